@@ -1,0 +1,64 @@
+"""The exception tree: every error Hyperdrive raises on purpose is a HyperdriveError."""
+
+
+class HyperdriveError(Exception):
+    """Base of every error Hyperdrive raises on purpose."""
+
+
+class ConfigError(HyperdriveError):
+    """main.conf or the environment holds a value Hyperdrive cannot run with."""
+
+
+class InvalidName(HyperdriveError):
+    """An app, ship, hull or ref name failed validation at the boundary."""
+
+
+class SpoolError(HyperdriveError):
+    """The durable inbox could not take or read a trigger."""
+
+
+class AlreadyRunning(HyperdriveError):
+    """Another `hd serve` holds the lock on this data folder."""
+
+
+class DaemonUnavailable(HyperdriveError):
+    """The CLI could not reach the daemon's admin socket."""
+
+
+class OrdersRejected(HyperdriveError):
+    """An orders file could not be parsed; carries file and line."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+        self.message = message
+
+
+class CommandFailed(HyperdriveError):
+    """An external program exited non-zero or timed out; carries its own output."""
+
+    def __init__(self, argv: list[str], returncode: int | None, output: str) -> None:
+        shown = " ".join(argv[:4]) + (" …" if len(argv) > 4 else "")
+        status = "timed out" if returncode is None else f"exited {returncode}"
+        super().__init__(f"{shown} {status}: {output.strip()[-2000:]}")
+        self.argv = argv
+        self.returncode = returncode
+        self.output = output
+
+
+class ContainerError(HyperdriveError):
+    """An lxc-* program failed; the message carries its log tail."""
+
+
+class ProxyError(HyperdriveError):
+    """nginx or nftables refused a change; the message carries their own words."""
+
+
+class DeployError(HyperdriveError):
+    """A deploy stage failed; the old ship keeps serving."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
