@@ -1,0 +1,389 @@
+"""The durable inbox: a trigger is acknowledged only once it is on disk.
+
+Triggers from inside the daemon (webhooks, the admin API) go straight into an append-only
+journal through one writer thread that fsyncs once per batch (group commit). Triggers from
+other processes (git's post-receive hook) are dropped as files into `spool/incoming/`; the
+daemon learns of them through watchfiles (inotify), moves them into the journal and deletes
+the file. A trigger leaves the journal only when the deploy it started has an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import watchfiles
+
+from hyperdrive.errors import HyperdriveError, SpoolError
+from hyperdrive.names import sanitize_app_name
+
+log = logging.getLogger(__name__)
+
+TRIGGER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+SEEN_RETENTION_S = 7 * 24 * 3600
+COMPACT_AFTER = 2000
+JOURNAL = "journal.jsonl"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Something that asks for work: a push, a webhook, a CLI deploy, an HQ change."""
+
+    id: str
+    kind: str
+    app: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    received: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "app": self.app,
+            "data": dict(self.data),
+            "received": self.received,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Trigger:
+        """Validate untrusted JSON into a Trigger; raise SpoolError naming what is wrong."""
+        if not isinstance(obj, dict):
+            raise SpoolError("trigger is not a JSON object")
+        tid, kind, app, data = obj.get("id"), obj.get("kind"), obj.get("app"), obj.get("data", {})
+        if not isinstance(tid, str) or not TRIGGER_ID.fullmatch(tid):
+            raise SpoolError(f"trigger has an invalid id: {tid!r}")
+        if not isinstance(kind, str) or not kind:
+            raise SpoolError(f"trigger {tid} has no kind")
+        if not isinstance(data, dict):
+            raise SpoolError(f"trigger {tid}: data is not an object")
+        if app is not None:
+            try:
+                sanitize_app_name(app)
+            except HyperdriveError as err:
+                raise SpoolError(f"trigger {tid}: {err}") from err
+        received = obj.get("received", 0.0)
+        if not isinstance(received, int | float):
+            raise SpoolError(f"trigger {tid}: received is not a number")
+        return cls(tid, kind, app, data, float(received))
+
+
+def new_trigger_id(prefix: str = "t") -> str:
+    """A fresh id that sorts by time: `<prefix>-<ms hex>-<random>`."""
+    return f"{prefix}-{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
+
+
+class Spool(Protocol):
+    """Put a trigger / receive triggers / acknowledge: the seam a fleet transport replaces."""
+
+    async def put(self, trigger: Trigger) -> bool:
+        """Return once durable; False when this id was already taken (handled once)."""
+        ...
+
+    def receive(self) -> AsyncIterator[Trigger]: ...
+
+    async def done(self, trigger_id: str, outcome: str) -> None: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_incoming(root: Path, trigger: Trigger) -> Path:
+    """Durably drop a trigger into `root/incoming/` from another process (e.g. post-receive)."""
+    incoming = root / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    final = incoming / f"{trigger.id}.json"
+    tmp = incoming / f".{trigger.id}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(json.dumps(trigger.to_json()).encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(incoming)
+    return final
+
+
+class _Batch:
+    """One request to the writer thread: lines to append, or a whole journal to swap in."""
+
+    def __init__(self, lines: list[bytes], replace_with: bytes | None = None) -> None:
+        self.lines = lines
+        self.replace_with = replace_with
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.callbacks: list[Callable[[BaseException | None], None]] = []
+
+
+class _JournalWriter:
+    """A dedicated thread: appends whatever is queued, fsyncs once, answers every waiter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the writer
+        self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self.batches = 0
+        self._thread.start()
+
+    def submit(self, batch: _Batch) -> None:
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._fh.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            with contextlib.suppress(queue.Empty):
+                while len(group) < 4096:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        self._queue.put(None)
+                        break
+                    group.append(item)
+            self._write(group)
+
+    def _write(self, group: list[_Batch]) -> None:
+        error: BaseException | None = None
+        try:
+            for batch in group:
+                if batch.replace_with is not None:
+                    self._swap(batch.replace_with)
+                else:
+                    self._fh.write(b"".join(batch.lines))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.batches += 1
+        except OSError as err:
+            error = err
+        for batch in group:
+            batch.error = error
+            batch.done.set()
+            for callback in batch.callbacks:
+                callback(error)
+
+    def _swap(self, content: bytes) -> None:
+        """Compaction: write the new journal beside the old one and rename it into place."""
+        self._fh.flush()
+        tmp = self.path.with_suffix(".compact")
+        with open(tmp, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self._fh.close()
+        self._fh = open(self.path, "ab")  # noqa: SIM115
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def read_journal(path: Path) -> tuple[dict[str, Trigger], dict[str, float], int]:
+    """Replay a journal: (pending triggers in order, done ids with time, records read).
+
+    A torn last line (a crash mid-write, never acknowledged) is cut off so appends stay clean.
+    """
+    pending: dict[str, Trigger] = {}
+    seen: dict[str, float] = {}
+    if not path.exists():
+        return pending, seen, 0
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        log.warning("spool journal: dropping a torn last record of %d bytes", len(data) - keep)
+        with open(path, "r+b") as fh:
+            fh.truncate(keep)
+    records = 0
+    for raw in data[:keep].splitlines():
+        records += 1
+        _replay(raw, pending, seen)
+    return pending, seen, records
+
+
+def _replay(raw: bytes, pending: dict[str, Trigger], seen: dict[str, float]) -> None:
+    try:
+        obj = json.loads(raw)
+        if obj["op"] == "put":
+            trigger = Trigger.from_json(obj["trigger"])
+            if trigger.id not in seen:
+                pending[trigger.id] = trigger
+        elif obj["op"] == "done":
+            pending.pop(obj["id"], None)
+            seen[obj["id"]] = float(obj.get("ts", 0.0))
+    except (ValueError, KeyError, TypeError, SpoolError) as err:
+        log.warning("spool journal: skipping an unreadable record: %s", err)
+
+
+RejectedCallback = Callable[[str, str], None]
+
+
+class FileSpool:
+    """The filesystem spool: journal with group commit, plus a watched incoming folder."""
+
+    def __init__(self, root: Path, on_rejected: RejectedCallback | None = None) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.rejected = root / "rejected"
+        self._on_rejected = on_rejected or (lambda name, why: None)
+        self._pending: dict[str, Trigger] = {}
+        self._seen: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._ready: asyncio.Queue[Trigger] = asyncio.Queue()
+        self._records = 0
+        self._writer: _JournalWriter | None = None
+
+    async def open(self) -> None:
+        """Replay the journal and queue every trigger a crash left unfinished."""
+        for folder in (self.root, self.incoming, self.rejected):
+            folder.mkdir(parents=True, exist_ok=True)
+        journal = self.root / JOURNAL
+        self._pending, self._seen, self._records = await asyncio.to_thread(read_journal, journal)
+        self._writer = _JournalWriter(journal)
+        for trigger in self._pending.values():
+            self._ready.put_nowait(trigger)
+        await self.ingest_incoming()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
+            self._writer = None
+
+    def pending(self) -> list[Trigger]:
+        return list(self._pending.values())
+
+    def knows(self, trigger_id: str) -> bool:
+        return trigger_id in self._pending or trigger_id in self._seen
+
+    async def put(self, trigger: Trigger) -> bool:
+        """Append and fsync (shared with concurrent puts); False for an id already taken."""
+        if trigger.id in self._inflight:
+            await asyncio.shield(self._inflight[trigger.id])
+            return False
+        if self.knows(trigger.id):
+            return False
+        self._pending[trigger.id] = trigger
+        future = self._submit([_line({"op": "put", "trigger": trigger.to_json()})])
+        self._inflight[trigger.id] = future
+        try:
+            await asyncio.shield(future)
+        except OSError as err:
+            self._pending.pop(trigger.id, None)
+            raise SpoolError(f"could not persist trigger {trigger.id}: {err}") from err
+        finally:
+            self._inflight.pop(trigger.id, None)
+        self._ready.put_nowait(trigger)
+        return True
+
+    async def done(self, trigger_id: str, outcome: str) -> None:
+        """The deploy this trigger started has an outcome: the trigger leaves the inbox."""
+        if self._pending.pop(trigger_id, None) is None:
+            return
+        now = time.time()
+        self._seen[trigger_id] = now
+        record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
+        await self._submit([_line(record)])
+        if self._records > COMPACT_AFTER and self._records > 4 * (len(self._pending) + 1):
+            await self.compact()
+
+    async def compact(self) -> None:
+        """Rewrite the journal as just the pending triggers and the recently done ids."""
+        horizon = time.time() - SEEN_RETENTION_S
+        self._seen = {tid: ts for tid, ts in self._seen.items() if ts >= horizon}
+        lines = [_line({"op": "put", "trigger": t.to_json()}) for t in self._pending.values()]
+        lines += [_line({"op": "done", "id": i, "ts": ts}) for i, ts in self._seen.items()]
+        self._records = len(lines)
+        await self._submit([], replace_with=b"".join(lines))
+
+    def _submit(
+        self, lines: list[bytes], replace_with: bytes | None = None
+    ) -> asyncio.Future[None]:
+        if self._writer is None:
+            raise SpoolError("the spool is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        batch = _Batch(lines, replace_with)
+
+        def resolve(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        batch.callbacks.append(resolve)
+        self._records += len(lines)
+        self._writer.submit(batch)
+        return future
+
+    async def receive(self) -> AsyncIterator[Trigger]:
+        """Every durable trigger, in order, once: pending ones from before a crash first."""
+        while True:
+            trigger = await self._ready.get()
+            if trigger.id in self._pending:
+                yield trigger
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Ingest incoming files as inotify reports them; nothing polls."""
+        async for _changes in watchfiles.awatch(
+            self.incoming, stop_event=stop, step=1, debounce=50, recursive=False
+        ):
+            await self.ingest_incoming()
+
+    async def ingest_incoming(self) -> int:
+        """Move every complete incoming file into the journal; quarantine what is not a trigger."""
+        names = sorted(p.name for p in self.incoming.iterdir() if _is_incoming(p.name))
+        count = 0
+        for name in names:
+            path = self.incoming / name
+            trigger = await asyncio.to_thread(self._load_incoming, path)
+            if trigger is None:
+                continue
+            await self.put(trigger)
+            path.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def _load_incoming(self, path: Path) -> Trigger | None:
+        try:
+            return Trigger.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, SpoolError) as err:
+            reason = str(err) or type(err).__name__
+            with contextlib.suppress(OSError):
+                os.replace(path, self.rejected / path.name)
+            log.warning("spool: quarantined %s: %s", path.name, reason)
+            self._on_rejected(path.name, reason)
+            return None
+
+
+def _is_incoming(name: str) -> bool:
+    return name.endswith(".json") and not name.startswith(".")
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
