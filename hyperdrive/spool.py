@@ -46,6 +46,7 @@ class Trigger:
     app: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     received: float = 0.0
+    fingerprint: str = ""  # e.g. a hash of the webhook body: tells a replay from a clash
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class Trigger:
             "app": self.app,
             "data": dict(self.data),
             "received": self.received,
+            "fingerprint": self.fingerprint,
         }
 
     @classmethod
@@ -73,10 +75,10 @@ class Trigger:
                 sanitize_app_name(app)
             except HyperdriveError as err:
                 raise SpoolError(f"trigger {tid}: {err}") from err
-        received = obj.get("received", 0.0)
-        if not isinstance(received, int | float):
-            raise SpoolError(f"trigger {tid}: received is not a number")
-        return cls(tid, kind, app, data, float(received))
+        received, fingerprint = obj.get("received", 0.0), obj.get("fingerprint", "")
+        if not isinstance(received, int | float) or not isinstance(fingerprint, str):
+            raise SpoolError(f"trigger {tid}: received or fingerprint has the wrong type")
+        return cls(tid, kind, app, data, float(received), fingerprint)
 
 
 def new_trigger_id(prefix: str = "t") -> str:
@@ -201,13 +203,16 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def read_journal(path: Path) -> tuple[dict[str, Trigger], dict[str, float], int]:
-    """Replay a journal: (pending triggers in order, done ids with time, records read).
+Seen = dict[str, tuple[float, str]]  # done trigger id -> (time done, fingerprint)
+
+
+def read_journal(path: Path) -> tuple[dict[str, Trigger], Seen, int]:
+    """Replay a journal: (pending triggers in order, done ids, records read).
 
     A torn last line (a crash mid-write, never acknowledged) is cut off so appends stay clean.
     """
     pending: dict[str, Trigger] = {}
-    seen: dict[str, float] = {}
+    seen: Seen = {}
     if not path.exists():
         return pending, seen, 0
     data = path.read_bytes()
@@ -223,7 +228,7 @@ def read_journal(path: Path) -> tuple[dict[str, Trigger], dict[str, float], int]
     return pending, seen, records
 
 
-def _replay(raw: bytes, pending: dict[str, Trigger], seen: dict[str, float]) -> None:
+def _replay(raw: bytes, pending: dict[str, Trigger], seen: Seen) -> None:
     try:
         obj = json.loads(raw)
         if obj["op"] == "put":
@@ -232,7 +237,7 @@ def _replay(raw: bytes, pending: dict[str, Trigger], seen: dict[str, float]) -> 
                 pending[trigger.id] = trigger
         elif obj["op"] == "done":
             pending.pop(obj["id"], None)
-            seen[obj["id"]] = float(obj.get("ts", 0.0))
+            seen[obj["id"]] = (float(obj.get("ts", 0.0)), str(obj.get("fp", "")))
     except (ValueError, KeyError, TypeError, SpoolError) as err:
         log.warning("spool journal: skipping an unreadable record: %s", err)
 
@@ -249,7 +254,7 @@ class FileSpool:
         self.rejected = root / "rejected"
         self._on_rejected = on_rejected or (lambda name, why: None)
         self._pending: dict[str, Trigger] = {}
-        self._seen: dict[str, float] = {}
+        self._seen: Seen = {}
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._ready: asyncio.Queue[Trigger] = asyncio.Queue()
         self._records = 0
@@ -277,6 +282,14 @@ class FileSpool:
     def knows(self, trigger_id: str) -> bool:
         return trigger_id in self._pending or trigger_id in self._seen
 
+    def fingerprint(self, trigger_id: str) -> str | None:
+        """The fingerprint a known id was taken with (pending or done), else None."""
+        if trigger_id in self._pending:
+            return self._pending[trigger_id].fingerprint
+        if trigger_id in self._seen:
+            return self._seen[trigger_id][1]
+        return None
+
     async def put(self, trigger: Trigger) -> bool:
         """Append and fsync (shared with concurrent puts); False for an id already taken."""
         if trigger.id in self._inflight:
@@ -299,11 +312,13 @@ class FileSpool:
 
     async def done(self, trigger_id: str, outcome: str) -> None:
         """The deploy this trigger started has an outcome: the trigger leaves the inbox."""
-        if self._pending.pop(trigger_id, None) is None:
+        trigger = self._pending.pop(trigger_id, None)
+        if trigger is None:
             return
         now = time.time()
-        self._seen[trigger_id] = now
+        self._seen[trigger_id] = (now, trigger.fingerprint)
         record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
+        record["fp"] = trigger.fingerprint
         await self._submit([_line(record)])
         if self._records > COMPACT_AFTER and self._records > 4 * (len(self._pending) + 1):
             await self.compact()
@@ -311,9 +326,11 @@ class FileSpool:
     async def compact(self) -> None:
         """Rewrite the journal as just the pending triggers and the recently done ids."""
         horizon = time.time() - SEEN_RETENTION_S
-        self._seen = {tid: ts for tid, ts in self._seen.items() if ts >= horizon}
+        self._seen = {tid: seen for tid, seen in self._seen.items() if seen[0] >= horizon}
         lines = [_line({"op": "put", "trigger": t.to_json()}) for t in self._pending.values()]
-        lines += [_line({"op": "done", "id": i, "ts": ts}) for i, ts in self._seen.items()]
+        lines += [
+            _line({"op": "done", "id": i, "ts": ts, "fp": fp}) for i, (ts, fp) in self._seen.items()
+        ]
         self._records = len(lines)
         await self._submit([], replace_with=b"".join(lines))
 

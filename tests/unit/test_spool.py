@@ -186,3 +186,19 @@ def test_sigkill_mid_load_loses_no_acknowledged_trigger(tmp_path: Path) -> None:
     pending, _, _ = read_journal(tmp_path / JOURNAL)
     assert {f"k{i}" for i in range(acked)} <= set(pending)
     assert all(json.dumps(t.to_json()) for t in pending.values())
+
+
+async def test_fingerprint_is_remembered_after_done_and_restart(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    await spool.open()
+    trigger = Trigger("github:abc", "webhook", None, {}, 1.0, fingerprint="f1")
+    await spool.put(trigger)
+    assert spool.fingerprint("github:abc") == "f1"
+    await spool.done(trigger.id, "deployed")
+    await spool.compact()
+    await spool.close()
+    again = FileSpool(tmp_path)
+    await again.open()
+    assert again.fingerprint("github:abc") == "f1"
+    assert again.fingerprint("github:other") is None
+    await again.close()
