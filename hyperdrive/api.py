@@ -1,0 +1,242 @@
+"""HTTP: the public API (healthz, events, metrics) and the admin API on the unix socket.
+
+Handlers here only read state or turn a request into a durable trigger; the pipeline does
+the work. The admin socket is mode 0600 and trusted; the public /events needs a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from hyperdrive import __version__
+from hyperdrive.errors import HyperdriveError
+from hyperdrive.eventlog import Event, EventLog, Filter, parse_since
+from hyperdrive.names import sanitize_app_name
+from hyperdrive.spool import FileSpool, Trigger, new_trigger_id
+
+StatusSource = Callable[[], Mapping[str, Any]]
+KEEPALIVE_S = 15.0
+
+
+def _filter(request: web.Request) -> Filter:
+    query = request.query
+    try:
+        app = sanitize_app_name(query["app"]) if query.get("app") else None
+        since = parse_since(query.get("since"))
+    except (HyperdriveError, ValueError) as err:
+        raise web.HTTPBadRequest(text=f"{err}\n") from None
+    return Filter(app=app, deploy=query.get("deploy") or None, since=since)
+
+
+def _history(request: web.Request) -> int | None:
+    raw = request.query.get("history", "100")
+    if raw == "all":
+        return None
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text="history must be a number or 'all'\n")
+    return int(raw)
+
+
+async def _heartbeat(events: AsyncIterator[Event]) -> AsyncIterator[Event | None]:
+    """Yield events, and None every KEEPALIVE_S of silence so dead clients are noticed."""
+    iterator = aiter(events)
+    pending: asyncio.Task[Event] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_S)
+            if not done:
+                yield None
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield event
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+class TokenStore:
+    """Admiral tokens for the public /events: only their SHA-256 is kept on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def create(self, admiral: str) -> str:
+        token = secrets.token_urlsafe(32)
+        tokens = self._load()
+        tokens[hashlib.sha256(token.encode()).hexdigest()] = admiral
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(tokens))
+        tmp.chmod(0o600)
+        tmp.replace(self.path)
+        return token
+
+    def admiral_for(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for known, admiral in self._load().items():
+            if hmac.compare_digest(known, digest):
+                return admiral
+        return None
+
+
+class Api:
+    """Both HTTP faces of the daemon; `public()` and `admin()` build the aiohttp apps."""
+
+    def __init__(
+        self,
+        eventlog: EventLog,
+        spool: FileSpool,
+        status: StatusSource,
+        tokens: TokenStore,
+        metrics: Callable[[], Mapping[str, float]],
+    ) -> None:
+        self.eventlog = eventlog
+        self.spool = spool
+        self.status = status
+        self.tokens = tokens
+        self.metrics = metrics
+        self.started = time.time()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def public(self) -> web.Application:
+        app = web.Application(client_max_size=25 * 1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/events", self.public_events)
+        app.router.add_get("/metrics", self.metrics_text)
+        return app
+
+    def admin(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/status", self.status_json)
+        app.router.add_get("/events", self.ndjson_events)
+        app.router.add_post("/triggers", self.post_trigger)
+        app.router.add_post("/tokens", self.post_token)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        uptime = round(time.time() - self.started, 1)
+        return web.json_response({"status": "ok", "version": __version__, "uptime": uptime})
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self.status()))
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def public_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events for an admiral holding a token (header or ?token=)."""
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() or request.query.get("token", "")
+        if not token or self.tokens.admiral_for(token) is None:
+            raise web.HTTPUnauthorized(
+                text="an admiral token is required: `hd token NAME` makes one\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await self._sse(request)
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        where, history = _filter(request), _history(request)
+        follow = request.query.get("follow", "1") != "0"
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        stream = self.eventlog.tail(where, history=history, follow=follow)
+        with contextlib.suppress(ConnectionResetError):
+            async for event in _heartbeat(stream):
+                if event is None:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                data = json.dumps(event, separators=(",", ":"))
+                chunk = f"id: {event.get('seq', '')}\nevent: {event['event']}\ndata: {data}\n\n"
+                await response.write(chunk.encode())
+        return response
+
+    async def ndjson_events(self, request: web.Request) -> web.StreamResponse:
+        """The admin stream: one JSON object a line; `follow=1` keeps it open."""
+        where, history = _filter(request), _history(request)
+        follow = request.query.get("follow") == "1"
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        stream = self.eventlog.tail(where, history=history, follow=follow)
+        with contextlib.suppress(ConnectionResetError):
+            async for event in _heartbeat(stream):
+                line = b"\n" if event is None else json.dumps(event).encode() + b"\n"
+                await response.write(line)
+        return response
+
+    async def post_trigger(self, request: web.Request) -> web.Response:
+        """`hd deploy`, `hd rollback`, …: a durable trigger, answered with its deploy id."""
+        try:
+            body = await request.json()
+            kind = str(body["kind"])
+            app = sanitize_app_name(body["app"]) if body.get("app") else None
+            data = body.get("data") or {}
+            trigger = Trigger(new_trigger_id(kind), kind, app, data, time.time())
+            Trigger.from_json(trigger.to_json())
+        except (ValueError, KeyError, TypeError, HyperdriveError) as err:
+            raise web.HTTPBadRequest(text=f"bad trigger: {err}\n") from None
+        await self.spool.put(trigger)
+        return web.json_response({"deploy": trigger.id}, status=202)
+
+    async def post_token(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        admiral = str(body.get("admiral", ""))
+        if not admiral.replace("-", "").replace("_", "").isalnum():
+            raise web.HTTPBadRequest(text="admiral name: letters, digits, - and _\n")
+        return web.json_response({"admiral": admiral, "token": self.tokens.create(admiral)})
+
+
+class _Collector:
+    """Prometheus metrics read from live state at scrape time."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def collect(self) -> Any:
+        api = self.api
+        yield GaugeMetricFamily("hyperdrive_up", "1 while the daemon serves", value=1)
+        yield GaugeMetricFamily(
+            "hyperdrive_uptime_seconds", "seconds since start", value=time.time() - api.started
+        )
+        yield CounterMetricFamily(
+            "hyperdrive_events", "events appended since start", value=api.eventlog.appended
+        )
+        yield GaugeMetricFamily(
+            "hyperdrive_event_subscribers", "live event readers", value=api.eventlog.subscribers
+        )
+        yield GaugeMetricFamily(
+            "hyperdrive_triggers_pending",
+            "triggers without an outcome",
+            value=len(api.spool.pending()),
+        )
+        for name, value in api.metrics().items():
+            yield GaugeMetricFamily(f"hyperdrive_{name}", name.replace("_", " "), value=value)

@@ -1,0 +1,151 @@
+"""`hd …`: the command line. Everything but `serve` and `doctor` talks to the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hyperdrive import __version__
+from hyperdrive import config as configuration
+from hyperdrive.client import AdminClient
+from hyperdrive.config import Config
+from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
+from hyperdrive.render import describe
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="hd", description="Hyperdrive: git push to deploy.")
+    top.add_argument("--config", type=Path, help="main.conf to read (default /etc/hyperdrive)")
+    verbs = top.add_subparsers(dest="verb", metavar="VERB")
+    serve = verbs.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("-v", "--verbose", action="store_true")
+    status = verbs.add_parser("status", help="the squadron and its apps")
+    status.add_argument("--json", action="store_true")
+    logs = verbs.add_parser("logs", help="events, optionally following them live")
+    logs.add_argument("app", nargs="?")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--json", action="store_true", help="one JSON object a line")
+    logs.add_argument("--deploy", help="only this deploy's events")
+    logs.add_argument("--since", help="e.g. 10m, 2h, or an ISO time")
+    logs.add_argument("-n", "--lines", default="100", help="how many stored events, or 'all'")
+    verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
+    verbs.add_parser("version", help="print the version")
+    token = verbs.add_parser("token", help="make an admiral token for GET /events")
+    token.add_argument("admiral")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.verb is None:
+        parser().print_help()
+        return EXIT_USAGE
+    if args.verb == "version":
+        print(f"hyperdrive {__version__}")
+        return EXIT_OK
+    try:
+        config = configuration.load(args.config, environ=os.environ)
+    except ConfigError as err:
+        print(f"hd: config: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    return _dispatch(args, config)
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    """Run the verb; errors a user can cause become one line and an exit code."""
+    try:
+        return HANDLERS[args.verb](args, config)
+    except DaemonUnavailable as err:
+        print(f"hd: {err}", file=sys.stderr)
+        return EXIT_DOWN
+    except HyperdriveError as err:
+        print(f"hd: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive import server  # noqa: PLC0415 - keep `hd status` start-up light
+
+    server.setup_logging(args.verbose)
+    server.run(config)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    status = AdminClient(config.socket_path).get("/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    console = Console()
+    console.print(
+        f"[bold]{status['name']}[/] {status['version']} (pid {status['pid']}) "
+        f"ssh {status['ssh']} api {status['api']} http :{status['http_port']}"
+    )
+    console.print(
+        f"headquarters: {status['headquarters']}   pending triggers: "
+        f"{status['pending']}   deploys in flight: {status['inflight']}"
+    )
+    console.print(_apps_table(status.get("apps", [])))
+    return EXIT_OK
+
+
+APP_COLUMNS = ("app", "ship", "sha", "since", "url", "last deploy", "orders")
+
+
+def _apps_table(apps: list[dict[str, Any]]) -> Table:
+    table = Table(*APP_COLUMNS, title=None if apps else "no apps yet: push one (see README)")
+    for app in apps:
+        table.add_row(*(str(app.get(col.replace(" ", "_"), "") or "-") for col in APP_COLUMNS))
+    return table
+
+
+def cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    history = None if args.lines == "all" else int(args.lines)
+    events = AdminClient(config.socket_path).events(
+        app=args.app, deploy=args.deploy, since=args.since, follow=args.follow, history=history
+    )
+    for event in events:
+        print(json.dumps(event) if args.json else describe(event), flush=True)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive import doctor  # noqa: PLC0415 - keep `hd status` start-up light
+
+    results = doctor.run_checks(config)
+    console = Console()
+    for result in results:
+        mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
+        console.print(f"{mark} {result.name}: {result.detail}")
+        if not result.ok and result.fix:
+            console.print(f"      fix: {result.fix}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
+
+
+def cmd_token(args: argparse.Namespace, config: Config) -> int:
+    answer = AdminClient(config.socket_path).post("/tokens", {"admiral": args.admiral})
+    print(answer["token"])
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Handler] = {
+    "serve": cmd_serve,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "doctor": cmd_doctor,
+    "token": cmd_token,
+}

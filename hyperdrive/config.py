@@ -1,0 +1,270 @@
+"""One frozen Config, read once from main.conf and the environment, validated by key."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperdrive.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/hyperdrive/main.conf")
+KNOWN_HULLS = ("debian", "busybox")
+NAME = re.compile(r"[a-z][a-z0-9]{0,11}")
+
+
+@dataclass(frozen=True)
+class Listen:
+    """A `host:port` to listen on; port 0 asks the kernel for a free one (tests)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a squadron is told at start; see the config table in README.md."""
+
+    name: str = "hyperdrive"
+    data: Path = Path("/data/hyperdrive")
+    var: Path = Path("/var/hyperdrive")
+    headquarters: str = ""
+    remote: str = ""
+    ssh_listen: Listen = Listen("0.0.0.0", 2222)
+    api_listen: Listen = Listen("0.0.0.0", 8421)
+    http_port: int = 80
+    domain: str = ""
+    webhook_secret: str = ""
+    admiral_keys: Path = Path("/etc/hyperdrive/admirals.pub")
+    admiral_user: str = ""
+    hull: str = "debian"
+    subnet: ipaddress.IPv4Network = field(
+        default_factory=lambda: ipaddress.IPv4Network("10.213.0.0/24")
+    )
+    keep_ships: int = 3
+    parallel_deploys: int = 4
+    eventlog_max_bytes: int = 64 * 1024 * 1024
+    source: Path | None = None
+
+    # -- derived paths (the contract's names) --
+    @property
+    def spool_dir(self) -> Path:
+        return self.data / "spool"
+
+    @property
+    def events_file(self) -> Path:
+        return self.data / "events.jsonl"
+
+    @property
+    def records_dir(self) -> Path:
+        return self.data / "records"
+
+    @property
+    def git_dir(self) -> Path:
+        return self.data / "git"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.var / "containers"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.var / "nginx"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.var / "hd.sock"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.name}br0"
+
+    def redacted(self) -> dict[str, str]:
+        """Every key as the environment spells it, secrets masked: safe to print or log."""
+        shown = {}
+        for key, attr in KEYS.items():
+            value = getattr(self, attr)
+            secret = attr == "webhook_secret" and value
+            shown[key] = "********" if secret else str(value)
+        return shown
+
+
+def _name(value: str) -> str:
+    if not NAME.fullmatch(value):
+        raise ValueError("use 1-12 lower-case letters and digits, starting with a letter")
+    return value
+
+
+def _abs_path(value: str) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    return path
+
+
+def _listen(value: str) -> Listen:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("use HOST:PORT, e.g. 0.0.0.0:2222")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"bad host {host!r}") from None
+    return Listen(host, _port(port, allow_zero=True))
+
+
+def _port(value: str, allow_zero: bool = False) -> int:
+    if not value.isdigit():
+        raise ValueError("port must be a number")
+    port = int(value)
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ValueError("port out of range 1-65535")
+    return port
+
+
+def _domain(value: str) -> str:
+    if value and not re.fullmatch(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?)+", value):
+        raise ValueError("not a DNS name")
+    return value.rstrip(".")
+
+
+def _hull(value: str) -> str:
+    if value not in KNOWN_HULLS:
+        raise ValueError(f"unknown hull, use one of: {', '.join(KNOWN_HULLS)}")
+    return value
+
+
+def _subnet(value: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as err:
+        raise ValueError(f"not an IPv4 subnet ({err})") from None
+    if net.prefixlen > 28 or net.prefixlen < 16:
+        raise ValueError("prefix must be between /16 and /28")
+    return net
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return int(value)
+
+    return parse
+
+
+def _user(value: str) -> str:
+    if value and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        raise ValueError("not a valid user name")
+    return value
+
+
+def _text(value: str) -> str:
+    return value
+
+
+KEYS: dict[str, str] = {
+    "HYPERDRIVE_NAME": "name",
+    "HYPERDRIVE_DATA": "data",
+    "HYPERDRIVE_VAR": "var",
+    "HYPERDRIVE_HEADQUARTERS": "headquarters",
+    "HYPERDRIVE_REMOTE": "remote",
+    "HYPERDRIVE_SSH_LISTEN": "ssh_listen",
+    "HYPERDRIVE_API_LISTEN": "api_listen",
+    "HYPERDRIVE_HTTP_PORT": "http_port",
+    "HYPERDRIVE_DOMAIN": "domain",
+    "HYPERDRIVE_WEBHOOK_SECRET": "webhook_secret",
+    "HYPERDRIVE_ADMIRAL_KEYS": "admiral_keys",
+    "HYPERDRIVE_ADMIRAL_USER": "admiral_user",
+    "HYPERDRIVE_HULL": "hull",
+    "HYPERDRIVE_SUBNET": "subnet",
+    "HYPERDRIVE_KEEP_SHIPS": "keep_ships",
+    "HYPERDRIVE_PARALLEL_DEPLOYS": "parallel_deploys",
+    "HYPERDRIVE_EVENTLOG_MAX_BYTES": "eventlog_max_bytes",
+}
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "name": _name,
+    "data": _abs_path,
+    "var": _abs_path,
+    "headquarters": _text,
+    "remote": _text,
+    "ssh_listen": _listen,
+    "api_listen": _listen,
+    "http_port": _port,
+    "domain": _domain,
+    "webhook_secret": _text,
+    "admiral_keys": _abs_path,
+    "admiral_user": _user,
+    "hull": _hull,
+    "subnet": _subnet,
+    "keep_ships": _count(0, 100),
+    "parallel_deploys": _count(1, 64),
+    "eventlog_max_bytes": _count(64 * 1024, 1 << 40),
+}
+
+
+def parse_conf(text: str, source: str) -> dict[str, str]:
+    """`KEY=VALUE` lines with `#` comments; optional matching quotes around a value."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if key.startswith("export "):
+            key = key[len("export ") :].strip()
+        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            raise ConfigError(f"{source}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (default /etc/hyperdrive/main.conf, if present) then let the environment win."""
+    environ = {} if environ is None else environ
+    path = path or Path(environ.get("HYPERDRIVE_CONFIG") or DEFAULT_CONFIG)
+    values: dict[str, str] = {}
+    if path.exists():
+        values = parse_conf(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    elif path != DEFAULT_CONFIG:
+        raise ConfigError(f"config file {path} does not exist")
+    unknown = sorted(k for k in values if k not in KEYS)
+    if unknown:
+        log.warning("%s: unknown keys ignored: %s", path, ", ".join(unknown))
+    values.update({k: v for k, v in environ.items() if k in KEYS})
+    return build(values, source=path if path.exists() else None)
+
+
+def build(values: Mapping[str, str], source: Path | None = None) -> Config:
+    """Validate each known key; the first bad one stops start-up with a line naming it."""
+    kwargs: dict[str, Any] = {}
+    for key, attr in KEYS.items():
+        if key not in values:
+            continue
+        try:
+            kwargs[attr] = PARSERS[attr](values[key])
+        except ValueError as err:
+            raise ConfigError(f"{key}={values[key]!r}: {err}") from None
+    config = Config(**kwargs, source=source)
+    _check_together(config)
+    return config
+
+
+def _check_together(config: Config) -> None:
+    if config.data == config.var:
+        raise ConfigError(f"HYPERDRIVE_DATA and HYPERDRIVE_VAR must differ (both {config.data})")

@@ -1,0 +1,129 @@
+"""`hd doctor`: check what Hyperdrive needs from this machine and say how to fix each gap."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperdrive.client import AdminClient
+from hyperdrive.config import Config, Listen
+from hyperdrive.errors import HyperdriveError
+
+APT = "apt-get install -y"
+MIN_FREE_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def check_root() -> Check:
+    ok = os.geteuid() == 0
+    return Check(
+        "root",
+        ok,
+        "running as root" if ok else f"running as uid {os.geteuid()}",
+        "run hyperdrive as root (it drives LXC, nginx and nftables)",
+    )
+
+
+def check_program(name: str, package: str) -> Check:
+    path = shutil.which(name)
+    return Check(name, path is not None, path or "not found", f"{APT} {package}")
+
+
+def check_cgroups() -> Check:
+    root = Path("/sys/fs/cgroup")
+    v2 = (root / "cgroup.controllers").exists()
+    v1_memory = (root / "memory").is_dir()
+    if not (v2 or v1_memory):
+        return Check(
+            "cgroups",
+            False,
+            "no cgroup filesystem at /sys/fs/cgroup",
+            "mount cgroups (systemd does) so ship limits can apply",
+        )
+    kinds = ", ".join(k for k, present in (("v2", v2), ("v1 memory", v1_memory)) if present)
+    return Check("cgroups", True, kinds)
+
+
+def check_disk(config: Config) -> Check:
+    folder = next((p for p in (config.data, *config.data.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free
+    ok = free >= MIN_FREE_BYTES
+    return Check(
+        "disk",
+        ok,
+        f"{free / (1 << 30):.1f} GiB free under {folder}",
+        "free at least 2 GiB for hulls and ships",
+    )
+
+
+def check_bridge(config: Config) -> Check:
+    present = Path("/sys/class/net", config.bridge).exists()
+    detail = f"{config.bridge} present" if present else f"{config.bridge} not created yet"
+    # The daemon creates the bridge itself on first deploy: absence is not a failure.
+    return Check("bridge", True, detail)
+
+
+def _port_free(listen: Listen) -> bool:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError:
+            return False
+    return True
+
+
+def check_daemon(config: Config) -> Check:
+    try:
+        status = AdminClient(config.socket_path, timeout=3).get("/status")
+    except HyperdriveError as err:
+        return Check("daemon", False, str(err), "start it: systemctl start hyperdrive, or hd serve")
+    return Check("daemon", True, f"running, pid {status['pid']}, version {status['version']}")
+
+
+def check_ports(config: Config, daemon_up: bool) -> list[Check]:
+    ports = {
+        "ssh port": config.ssh_listen,
+        "api port": config.api_listen,
+        "http port": Listen("0.0.0.0", config.http_port),
+    }
+    checks = []
+    for name, listen in ports.items():
+        if daemon_up:
+            checks.append(Check(name, True, f"{listen} served by hyperdrive"))
+            continue
+        free = _port_free(listen)
+        state = "free" if free else "taken by another program"
+        fix = f"stop what listens on {listen} or change the key in main.conf"
+        checks.append(Check(name, free, f"{listen} {state}", fix))
+    return checks
+
+
+def run_checks(config: Config) -> list[Check]:
+    daemon = check_daemon(config)
+    checks = [
+        check_root(),
+        check_program("lxc-start", "lxc"),
+        check_program("lxc-create", "lxc"),
+        check_program("debootstrap", "debootstrap"),
+        check_program("nginx", "nginx"),
+        check_program("git", "git"),
+        check_program("nft", "nftables"),
+        check_program("ip", "iproute2"),
+        check_cgroups(),
+        check_disk(config),
+        check_bridge(config),
+        daemon,
+    ]
+    return checks + check_ports(config, daemon.ok)

@@ -1,0 +1,284 @@
+"""The event log: every fact, one JSON object a line in events.jsonl, fanned out live.
+
+Appends are synchronous and cheap (one write to the page cache); subscribers are async
+iterators with bounded queues, so a slow reader never blocks the pipeline or other readers:
+it is told how many events it missed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+FIELDS = ("ts", "seq", "event", "app", "sha", "ship", "deploy", "ms", "message")
+SECRET_KEY = re.compile(r"secret|token|signature|password|private", re.IGNORECASE)
+RECENT = 2_000  # kept in memory: a deploy's own events are always recent
+
+
+def now_iso() -> str:
+    """UTC with milliseconds: `2026-11-25T14:54:35.123Z`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_since(value: str | float | None) -> float | None:
+    """Accept epoch seconds, an ISO time, or a span back from now like `90s`, `10m`, `2h`, `1d`."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    span = re.fullmatch(r"(\d+)([smhd])", value)
+    if span:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[span.group(2)]
+        return time.time() - int(span.group(1)) * unit
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"cannot read time {value!r}: use 10m, 2h, epoch or ISO 8601") from None
+
+
+def event_time(event: Mapping[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(event["ts"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which events a reader wants; empty fields match everything."""
+
+    app: str | None = None
+    deploy: str | None = None
+    since: float | None = None
+
+    def __call__(self, event: Mapping[str, Any]) -> bool:
+        if self.app is not None and event.get("app") != self.app:
+            return False
+        if self.deploy is not None and event.get("deploy") != self.deploy:
+            return False
+        return self.since is None or event_time(event) >= self.since
+
+
+def redact(event: Mapping[str, Any]) -> Event:
+    """Drop empty fields and mask any field whose name says it holds a secret."""
+    clean: Event = {}
+    for key, value in event.items():
+        if value is None:
+            continue
+        clean[key] = "********" if SECRET_KEY.search(key) else value
+    return clean
+
+
+class EventSink(Protocol):
+    """Append / subscribe: the seam a fleet transport (JetStream) replaces."""
+
+    def append(self, event: Mapping[str, Any]) -> Event: ...
+
+    def subscribe(self, where: Filter = ...) -> Subscription: ...
+
+
+class Subscription:
+    """A live reader: an async iterator over matching events with a bounded queue."""
+
+    def __init__(self, where: Filter, maxsize: int, on_close: Callable[[Subscription], None]):
+        self.where = where
+        self.maxsize = maxsize
+        self.missed = 0
+        self._queue: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self._on_close = on_close
+        self.closed = False
+
+    def offer(self, event: Event) -> None:
+        if self.closed or not self.where(event):
+            return
+        room = self.maxsize - len(self._queue) - (1 if self.missed else 0)
+        if room <= 0:
+            self.missed += 1
+            return
+        if self.missed:
+            self._queue.append(gap_marker(self.missed))
+            self.missed = 0
+        self._queue.append(event)
+        self._wake.set()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._queue:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._wake.set()
+            self._on_close(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def gap_marker(missed: int) -> Event:
+    return {
+        "ts": now_iso(),
+        "event": "EventsMissed",
+        "missed": missed,
+        "message": f"{missed} events skipped: this reader fell behind",
+    }
+
+
+class EventLog:
+    """Append-only JSONL with size-based rotation (`events.jsonl.1` … `.N`) and live fan-out."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 << 20, keep: int = 5, queue: int = 10_000):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.queue = queue
+        self.seq = 0
+        self._fh: IO[bytes] | None = None
+        self._size = 0
+        self._subscribers: list[Subscription] = []
+        self.recent: deque[Event] = deque(maxlen=RECENT)
+        self.appended = 0
+
+    def open(self) -> None:
+        """Open for append; a torn last line from a crash is ended so new lines stay whole."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - held for the daemon's life
+        self._size = self._fh.tell()
+        if self._size and _last_byte(self.path) != b"\n":
+            self._fh.write(b"\n")
+            self._fh.flush()
+            self._size += 1
+        for path in self.files()[-2:]:
+            self.recent.extend(_read_file(path, Filter()))
+        self.seq = max((int(e.get("seq", 0)) for e in self.recent), default=0)
+
+    def close(self) -> None:
+        for sub in list(self._subscribers):
+            sub.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def append(self, event: Mapping[str, Any]) -> Event:
+        """Stamp, write and fan out one event; never blocks on a subscriber."""
+        if self._fh is None:
+            raise RuntimeError("event log is not open")
+        self.seq += 1
+        record = redact({"ts": now_iso(), "seq": self.seq, **event})
+        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+        if self._size + len(line) > self.max_bytes and self._size:
+            self._rotate()
+        self._fh.write(line)
+        self._fh.flush()
+        self._size += len(line)
+        self.recent.append(record)
+        self.appended += 1
+        for sub in self._subscribers:
+            sub.offer(record)
+        return record
+
+    def _rotate(self) -> None:
+        """events.jsonl → .1 → .2 …; the oldest beyond `keep` is dropped. No line is lost."""
+        assert self._fh is not None
+        self._fh.close()
+        for n in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._fh = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def files(self) -> list[Path]:
+        """Oldest first: the rotated files, then the live one."""
+        rotated = [self.path.with_name(f"{self.path.name}.{n}") for n in range(self.keep, 0, -1)]
+        return [p for p in [*rotated, self.path] if p.exists()]
+
+    def read(self, where: Filter | None = None) -> Iterator[Event]:
+        """Every stored event that matches, oldest first; unreadable (torn) lines are skipped."""
+        for path in self.files():
+            yield from _read_file(path, where or Filter())
+
+    def subscribe(self, where: Filter | None = None) -> Subscription:
+        sub = Subscription(where or Filter(), self.queue, self._subscribers.remove)
+        self._subscribers.append(sub)
+        return sub
+
+    async def tail(
+        self, where: Filter, *, history: int | None = 100, follow: bool = False
+    ) -> AsyncIterator[Event]:
+        """The last `history` matching events (None = all), then, with follow, live ones."""
+        with contextlib.ExitStack() as stack:
+            live = stack.enter_context(self.subscribe(where)) if follow else None
+            last = 0
+            for event in self._history(where, history):
+                last = int(event.get("seq", 0))
+                yield event
+            if live is None:
+                return
+            async for event in live:
+                if int(event.get("seq", last + 1)) > last or event["event"] == "EventsMissed":
+                    yield event
+
+    def _history(self, where: Filter, limit: int | None) -> list[Event]:
+        if limit is not None and where.deploy:
+            matching = [e for e in self.recent if where(e)]
+            return matching[-limit:] if limit else []
+        if limit == 0:
+            return []
+        return list(deque(self.read(where), maxlen=limit))
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+
+def _read_file(path: Path, where: Filter) -> Iterator[Event]:
+    with open(path, "rb") as fh:
+        for raw in fh:
+            event = _parse_line(raw)
+            if event is not None and where(event):
+                yield event
+
+
+def _parse_line(raw: bytes) -> Event | None:
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)

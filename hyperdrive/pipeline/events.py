@@ -1,0 +1,193 @@
+"""Events: past-tense facts. Each becomes one line of events.jsonl named after its class."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """The contract's common fields; subclasses add their own."""
+
+    app: str | None = None
+    sha: str | None = None
+    ship: str | None = None
+    deploy: str | None = None
+    ms: int | None = None
+    message: str | None = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def record(self) -> dict[str, Any]:
+        return {"event": self.name, **{k: v for k, v in asdict(self).items() if v is not None}}
+
+
+# -- daemon and inbox --
+@dataclass(frozen=True, kw_only=True)
+class DaemonStarted(Event):
+    version: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonStopping(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerRejected(Event):
+    """A spool file that is not a trigger was quarantined to spool/rejected/."""
+
+    file: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerIgnored(Event):
+    kind: str = ""
+
+
+# -- a deploy, stage by stage --
+@dataclass(frozen=True, kw_only=True)
+class PushReceived(Event):
+    ref: str | None = None
+    admiral: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployQueued(Event):
+    source: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployStarted(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageFinished(Event):
+    stage: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOutput(Event):
+    """One line a build or the app printed, for people following a deploy."""
+
+    stream: str = "build"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipAssembled(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipBuilt(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildFailed(Event):
+    log: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipStarted(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipHealthy(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthCheckFailed(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrafficSwapped(Event):
+    previous: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipDrained(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipRetired(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipDestroyed(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployFinished(Event):
+    url: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployFailed(Event):
+    stage: str | None = None
+    log: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploySuperseded(Event):
+    by: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolledBack(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class NginxConfigRejected(Event):
+    pass
+
+
+# -- headquarters --
+@dataclass(frozen=True, kw_only=True)
+class HeadquartersSynced(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadquartersSyncFailed(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrdersChanged(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrdersRejected(Event):
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppOrdered(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppRetired(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmiralsChanged(Event):
+    admirals: tuple[str, ...] = ()
+
+
+TERMINAL = frozenset({"DeployFinished", "DeployFailed", "DeploySuperseded", "AppRetired"})

@@ -1,0 +1,72 @@
+"""The inbox loop: every durable trigger becomes commands on the bus; done only at an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.bus import FAILED, MessageBus
+from hyperdrive.pipeline.commands import Command, from_trigger
+from hyperdrive.spool import FileSpool, Trigger
+
+log = logging.getLogger(__name__)
+
+
+class Inbox:
+    """Takes triggers from the spool in order and runs each as its own task."""
+
+    def __init__(self, spool: FileSpool, bus: MessageBus) -> None:
+        self.spool = spool
+        self.bus = bus
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True
+        self.handed_over = 0
+
+    async def run(self) -> None:
+        """Hand each trigger to the bus at once; stops taking new ones when told to stop."""
+        async for trigger in self.spool.receive():
+            if not self.accepting:
+                return
+            self.handed_over += 1
+            task = asyncio.create_task(self._handle(trigger), name=f"trigger {trigger.id}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, trigger: Trigger) -> None:
+        commands = from_trigger(trigger)
+        if not commands:
+            why = f"nothing to do for a {trigger.kind!r} trigger"
+            self.bus.emit(
+                ev.TriggerIgnored(
+                    app=trigger.app, deploy=trigger.id, kind=trigger.kind, message=why
+                )
+            )
+            await self.spool.done(trigger.id, "ignored")
+            return
+        outcomes = await asyncio.gather(*(self._command(c) for c in commands))
+        worst = FAILED if FAILED in outcomes else outcomes[-1]
+        await self.spool.done(trigger.id, worst)
+
+    async def _command(self, command: Command) -> str:
+        try:
+            return await self.bus.handle(command)
+        except LookupError as err:
+            app = getattr(command, "app", None)
+            self.bus.emit(ev.DeployFailed(app=app, deploy=command.deploy, message=str(err)))
+            return FAILED
+
+    async def drain(self, grace: float) -> bool:
+        """Let in-flight triggers reach an outcome; cancel what is left after `grace` seconds.
+
+        A cancelled trigger stays pending in the spool and is taken up again at the next start.
+        """
+        self.accepting = False
+        if not self.tasks:
+            return True
+        _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        return not pending

@@ -1,0 +1,185 @@
+"""`hd serve`: capture signals → start → run until told to stop → drain → stop.
+
+The first SIGTERM/SIGINT stops accepting work and lets in-flight deploys reach an outcome
+within DRAIN_S; a second one stops at once. Unfinished triggers stay in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from hyperdrive import __version__, bootstrap
+from hyperdrive.config import Config
+from hyperdrive.errors import AlreadyRunning
+from hyperdrive.pipeline import events as ev
+
+log = logging.getLogger(__name__)
+DRAIN_S = 30.0
+
+
+class DataLock:
+    """An flock on `records/hd.lock`: one `hd serve` per data folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise AlreadyRunning(
+                f"another hd serve (pid {holder}) is using {self.path.parent.parent}; "
+                "stop it first or give this one another HYPERDRIVE_DATA"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class Server:
+    """Runs one squadron's daemon with the given config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
+        self.lock = DataLock(config.records_dir / "hd.lock")
+        self.daemon = bootstrap.build(config)
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_watch = asyncio.Event()
+
+    async def serve(self) -> None:
+        self.lock.acquire()
+        try:
+            self._capture_signals()
+            await self.startup()
+            await self.should_exit.wait()
+            await self.shutdown()
+        finally:
+            self.lock.release()
+
+    def _capture_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+
+    def handle_exit(self, sig: int) -> None:
+        if self.should_exit.is_set():
+            log.warning("second %s: stopping now", signal.Signals(sig).name)
+            self.force_exit.set()
+        self.should_exit.set()
+
+    async def startup(self) -> None:
+        config, daemon = self.config, self.daemon
+        for folder in (config.data, config.var, config.records_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        daemon.eventlog.open()
+        await daemon.spool.open()
+        for start in daemon.starters:
+            await start()
+        self._tasks = [
+            asyncio.create_task(self._guard(daemon.inbox.run(), "inbox")),
+            asyncio.create_task(self._guard(daemon.spool.watch(self._stop_watch), "spool watch")),
+        ]
+        await self._serve_http()
+        daemon.bus.emit(ev.DaemonStarted(version=__version__, message=self._banner()))
+        log.info("%s", self._banner())
+
+    def _banner(self) -> str:
+        c = self.config
+        return f"hyperdrive {__version__} serving: ssh {c.ssh_listen}, api {c.api_listen}"
+
+    async def _guard(self, work: object, what: str) -> None:
+        """A background loop that dies takes the daemon down cleanly instead of silently."""
+        try:
+            await work  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped unexpectedly; shutting down", what)
+            self.should_exit.set()
+
+    async def _serve_http(self) -> None:
+        public = web.AppRunner(self.daemon.api.public(), access_log=None, shutdown_timeout=1)
+        await public.setup()
+        listen = self.config.api_listen
+        await web.TCPSite(public, listen.host, listen.port, reuse_address=True).start()
+        admin = web.AppRunner(self.daemon.api.admin(), access_log=None, shutdown_timeout=1)
+        await admin.setup()
+        sock = self.config.socket_path
+        sock.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(admin, str(sock)).start()
+        finally:
+            os.umask(old_umask)
+        sock.chmod(0o600)
+        self._runners = [public, admin]
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain in-flight work (bounded), then stop everything."""
+        daemon = self.daemon
+        log.info("stopping: draining in-flight deploys for up to %.0f s", DRAIN_S)
+        daemon.bus.emit(ev.DaemonStopping(message="draining in-flight deploys"))
+        self._stop_watch.set()
+        drained = await self._drain(daemon)
+        if not drained:
+            log.warning("unfinished triggers stay in the spool and resume at next start")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self._runners:
+            await runner.cleanup()
+        for stop in reversed(daemon.stoppers):
+            with contextlib.suppress(Exception):
+                await stop()
+        await daemon.spool.close()
+        daemon.eventlog.close()
+        self.config.socket_path.unlink(missing_ok=True)
+
+    async def _drain(self, daemon: bootstrap.Daemon) -> bool:
+        drain = asyncio.create_task(daemon.inbox.drain(DRAIN_S))
+        forced = asyncio.create_task(self.force_exit.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not drain.done():
+            for task in list(daemon.inbox.tasks):
+                task.cancel()
+            await asyncio.wait({drain}, timeout=10)
+            return False
+        return drain.result() and await daemon.bus.drain(5)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """stderr only; journald adds its own time stamps, so we leave ours out there."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt)
+
+
+def run(config: Config) -> None:
+    asyncio.run(Server(config).serve())
