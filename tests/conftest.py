@@ -1,0 +1,152 @@
+"""Fixtures shared by every ring: free ports and a real `hd serve` in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.02, what: str = "condition"):
+    """Bounded wait for a condition a test needs; fails with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    """A real `hd serve` process with its own data, var, ports and main.conf."""
+
+    root: Path
+    env: dict[str, str]
+    api_port: int
+    ssh_port: int
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "daemon.log"
+
+    @property
+    def data(self) -> Path:
+        return Path(self.env["HYPERDRIVE_DATA"])
+
+    @property
+    def var(self) -> Path:
+        return Path(self.env["HYPERDRIVE_VAR"])
+
+    def hd(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "hyperdrive", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"hd {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def start(self, timeout: float = 20) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hyperdrive", "serve"], env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+        wait_for(self.healthy, timeout, 0.05, f"hd serve to answer /healthz; log: {self.log()}")
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"hd serve exited {self.proc.returncode}: {self.log()}")
+        try:
+            return self.get("/healthz")["status"] == "ok"
+        except OSError:
+            return False
+
+    def get(self, path: str, timeout: float = 5) -> dict:
+        url = f"http://127.0.0.1:{self.api_port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def events(self) -> list[dict]:
+        lines = (self.data / "events.jsonl").read_text().splitlines()
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+    def wait_event(self, name: str, timeout: float = 10, **fields: object) -> dict:
+        def found() -> dict | None:
+            for event in self.events():
+                if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
+                    return event
+            return None
+
+        return wait_for(found, timeout, 0.05, f"event {name} {fields}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"hd serve did not stop within {timeout} s: {self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+def make_daemon(root: Path, **extra: str) -> Daemon:
+    root.mkdir(parents=True, exist_ok=True)
+    api, ssh, http = free_port(), free_port(), free_port()
+    conf = root / "main.conf"
+    conf.write_text(
+        "# written by the test suite\n"
+        f"HYPERDRIVE_DATA={root / 'data'}\n"
+        f"HYPERDRIVE_VAR={root / 'var'}\n"
+        f"HYPERDRIVE_API_LISTEN=127.0.0.1:{api}\n"
+        f"HYPERDRIVE_SSH_LISTEN=127.0.0.1:{ssh}\n"
+        f"HYPERDRIVE_HTTP_PORT={http}\n"
+        f"HYPERDRIVE_ADMIRAL_KEYS={root / 'admirals.pub'}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
+    env.update({"HYPERDRIVE_CONFIG": str(conf), "PYTHONPATH": str(ROOT), **extra})
+    env["HYPERDRIVE_DATA"] = str(root / "data")
+    env["HYPERDRIVE_VAR"] = str(root / "var")
+    return Daemon(root, env, api, ssh, http)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A started daemon; stopped (and checked to stop cleanly) after the test."""
+    d = make_daemon(tmp_path / "hd")
+    d.start()
+    yield d
+    d.stop()

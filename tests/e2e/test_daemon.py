@@ -1,0 +1,140 @@
+"""`hd serve` as a user meets it: start, answer, take triggers, refuse a twin, stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+from tests.conftest import Daemon, make_daemon, wait_for
+
+
+def test_healthz_status_metrics_and_logs(daemon: Daemon) -> None:
+    assert daemon.get("/healthz")["status"] == "ok"
+    status = json.loads(daemon.hd("status", "--json").stdout)
+    assert status["pending"] == 0
+    assert status["api"] == f"127.0.0.1:{daemon.api_port}"
+    table = daemon.hd("status").stdout
+    assert "no apps yet" in table
+    url = f"http://127.0.0.1:{daemon.api_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        metrics = response.read().decode()
+    assert "hyperdrive_up 1.0" in metrics
+    assert "hyperdrive_triggers_pending 0.0" in metrics
+    logs = daemon.hd("logs").stdout
+    assert "DaemonStarted" in logs
+    as_json = [json.loads(line) for line in daemon.hd("logs", "--json").stdout.splitlines()]
+    assert as_json[0]["event"] == "DaemonStarted"
+
+
+def test_admin_socket_is_private(daemon: Daemon) -> None:
+    mode = (daemon.var / "hd.sock").stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_trigger_file_is_handed_over_and_leaves_the_spool(daemon: Daemon) -> None:
+    trigger = Trigger(new_trigger_id("test"), "unknown-kind", "web", {}, time.time())
+    write_incoming(daemon.data / "spool", trigger)
+    event = daemon.wait_event("TriggerIgnored", deploy=trigger.id)
+    assert event["app"] == "web"
+    wait_for(lambda: not list((daemon.data / "spool" / "incoming").glob("*.json")), 5)
+    wait_for(lambda: json.loads(daemon.hd("status", "--json").stdout)["pending"] == 0, 5)
+
+
+def test_bad_spool_files_are_quarantined_and_daemon_keeps_serving(daemon: Daemon) -> None:
+    incoming = daemon.data / "spool" / "incoming"
+    (incoming / "half.json").write_text('{"id": "t-1", "kind": "pu')
+    (incoming / "hostile.json").write_text('{"id": "../../etc", "kind": "push"}')
+    event = daemon.wait_event("TriggerRejected", file="half.json")
+    assert "spool/rejected/half.json" in event["message"]
+    daemon.wait_event("TriggerRejected", file="hostile.json")
+    assert (daemon.data / "spool" / "rejected" / "half.json").exists()
+    assert daemon.get("/healthz")["status"] == "ok"
+
+
+def test_second_serve_on_same_data_is_refused(daemon: Daemon) -> None:
+    result = daemon.hd("serve", check=False, timeout=20)
+    assert result.returncode == 1
+    assert "another hd serve" in result.stderr
+    assert str(daemon.proc.pid) in result.stderr  # type: ignore[union-attr]
+    assert daemon.get("/healthz")["status"] == "ok"
+
+
+def test_cli_says_daemon_is_not_running(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "down")
+    result = d.hd("status", check=False)
+    assert result.returncode == 4
+    assert "not running" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_cleanly_and_keeps_unfinished_triggers(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "hd")
+    d.start()
+    assert d.stop(signal.SIGTERM) == 0
+    events = [e["event"] for e in d.events()]
+    assert events[-2:] == ["DaemonStarted", "DaemonStopping"]
+    assert not (d.var / "hd.sock").exists()
+    # a trigger dropped while the daemon is down is taken at the next start
+    trigger = Trigger(new_trigger_id("test"), "unknown-kind", None, {}, time.time())
+    write_incoming(d.data / "spool", trigger)
+    d.start()
+    d.wait_event("TriggerIgnored", deploy=trigger.id)
+    assert d.stop() == 0
+
+
+def test_torn_event_log_line_is_skipped_after_crash(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "hd")
+    d.start()
+    d.stop(signal.SIGKILL)
+    with open(d.data / "events.jsonl", "ab") as fh:
+        fh.write(b'{"ts":"2026-01-01T00:00:00.000Z","event":"Tor')
+    d.start()
+    logs = d.hd("logs", "--json", "-n", "all").stdout.splitlines()
+    names = [json.loads(line)["event"] for line in logs]
+    assert names.count("DaemonStarted") == 2
+    assert d.stop() == 0
+
+
+def test_bad_config_value_stops_startup_naming_the_key(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "hd", HYPERDRIVE_HTTP_PORT="70000")
+    result = d.hd("serve", check=False, timeout=20)
+    assert result.returncode == 3
+    assert "HYPERDRIVE_HTTP_PORT='70000'" in result.stderr
+    assert "out of range" in result.stderr
+
+
+def test_public_events_need_a_token_and_stream_sse(daemon: Daemon) -> None:
+    url = f"http://127.0.0.1:{daemon.api_port}/events"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 401
+    refused.value.close()
+    token = daemon.hd("token", "alice").stdout.strip()
+    assert len(token) > 30
+    request = urllib.request.Request(f"{url}?follow=0", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        body = response.read().decode()
+    assert "event: DaemonStarted" in body
+    assert token not in (daemon.data / "events.jsonl").read_text()
+
+
+def test_logs_follow_streams_new_events(daemon: Daemon) -> None:
+    argv = [sys.executable, "-m", "hyperdrive", "logs", "-f", "--json", "-n", "0"]
+    with subprocess.Popen(argv, env=daemon.env, stdout=subprocess.PIPE, text=True) as follower:
+        time.sleep(0.5)
+        trigger = Trigger(new_trigger_id("test"), "unknown-kind", "web", {}, time.time())
+        write_incoming(daemon.data / "spool", trigger)
+        assert follower.stdout is not None
+        line = follower.stdout.readline()
+        follower.terminate()
+    assert json.loads(line)["deploy"] == trigger.id
