@@ -1,0 +1,272 @@
+"""The orders parser: every directive, every mistake a user can make, and the seed's example."""
+
+import pytest
+
+from hyperdrive.errors import ConfigError, OrdersRejected
+from hyperdrive.headquarters import (
+    MAX_FILE_BYTES,
+    Orders,
+    merge_env,
+    parse_orders,
+    parse_orders_bytes,
+    read_env_file,
+    read_includes,
+)
+
+SEED = "autodeploy https://github.com/wballard/starphleet.sample.git\nexport PORT=3000\n"
+
+
+def parse(text: str) -> Orders:
+    return parse_orders(text, "api/orders", default_hull="debian")
+
+
+def rejected(text: str) -> OrdersRejected:
+    with pytest.raises(OrdersRejected) as caught:
+        parse(text)
+    return caught.value
+
+
+def test_seed_example_parses_unchanged() -> None:
+    orders = parse_orders(SEED, "sample/orders")
+    assert orders.app == "sample"
+    assert orders.autodeploy_url == "https://github.com/wballard/starphleet.sample.git"
+    assert orders.branch is None
+    assert orders.env == {"PORT": "3000"}
+    assert orders.port == 3000
+    assert orders.publish_port is None
+    assert not orders.hosted_here
+
+
+def test_empty_orders_is_an_app_hosted_here_with_defaults() -> None:
+    orders = parse("# just a comment\n\n   \n")
+    assert orders.hosted_here
+    assert orders.env == {"PORT": "3000"}
+    assert orders.hull == "debian"
+    assert (orders.healthcheck_path, orders.healthcheck_seconds) == ("/", 60.0)
+    assert orders.servernames == ()
+    assert orders.memory_bytes is None
+    assert orders.cpus is None
+
+
+@pytest.mark.parametrize(
+    ("line", "url", "branch"),
+    [
+        ("autodeploy https://example.com/x.git#dev", "https://example.com/x.git", "dev"),
+        (
+            "autodeploy https://example.com/x.git release/1.2",
+            "https://example.com/x.git",
+            "release/1.2",
+        ),
+        ("autodeploy git@github.com:me/x.git", "git@github.com:me/x.git", None),
+        ("autodeploy ssh://git@host:22/x.git#main", "ssh://git@host:22/x.git", "main"),
+        ("autodeploy file:///srv/git/x.git", "file:///srv/git/x.git", None),
+        ("autodeploy /srv/git/x.git main", "/srv/git/x.git", "main"),
+        ("autodeploy 'https://example.com/x.git'  # a comment", "https://example.com/x.git", None),
+    ],
+)
+def test_autodeploy_forms(line: str, url: str, branch: str | None) -> None:
+    orders = parse(line)
+    assert (orders.autodeploy_url, orders.branch) == (url, branch)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("autodeploy", "takes a git URL"),
+        ("autodeploy a b c", "takes a git URL"),
+        ("autodeploy https://x/y.git#", "without a branch"),
+        ("autodeploy https://x/y.git#a b", "branch given twice"),
+        ("autodeploy https://x/y.git#a..b", "invalid branch name"),
+        ("autodeploy https://x/y.git 'bad branch'", "invalid branch name"),
+        ("autodeploy ext::sh", "remote helper"),
+        ("autodeploy --upload-pack=touch", "not a git URL"),
+        ("autodeploy 'https://x/a b.git'", "not a git URL"),
+        ("autodeploy relative/path.git", "not a git URL"),
+        ("autodeploy https:///nohost.git", "has no host"),
+    ],
+)
+def test_bad_autodeploy(line: str, says: str) -> None:
+    err = rejected(line)
+    assert (err.path, err.line) == ("api/orders", 1)
+    assert says in err.message
+
+
+def test_export_with_quoting_and_hashes() -> None:
+    orders = parse(
+        """export GREETING="hello world # not a comment" TOKEN=a#b EMPTY=\nexport Q='it''s'"""
+    )
+    assert orders.env == {
+        "PORT": "3000",
+        "GREETING": "hello world # not a comment",
+        "TOKEN": "a#b",
+        "EMPTY": "",
+        "Q": "its",
+    }
+
+
+def test_ports() -> None:
+    orders = parse("export PORT=8080\nexport PUBLISH_PORT=9000")
+    assert (orders.port, orders.publish_port) == (8080, 9000)
+    assert orders.where("export PUBLISH_PORT") == "api/orders:2"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        ("frobnicate now", 1, "unknown directive 'frobnicate'"),
+        ("\n\nexprot A=1", 3, "did you mean export?"),
+        ("build_timeout 30", 1, "unknown directive"),
+        ("export A", 1, "has no '='"),
+        ("export", 1, "export needs KEY=VALUE"),
+        ("export 1A=x", 1, "not a valid variable name"),
+        ("export PORT=0", 1, "bad PORT '0'"),
+        ("export PORT=65536", 1, "bad PORT"),
+        ("export PORT=abc", 1, "bad PORT"),
+        ("export PORT=03000", 1, "bad PORT"),
+        ("export PORT=", 1, "bad PORT"),
+        ("export PUBLISH_PORT=-1", 1, "bad PUBLISH_PORT"),
+        ("export A=1\nexport B=2 A=3", 2, "A exported twice (first on line 1)"),
+        ("export PORT=3000\nexport PORT=3000", 2, "PORT exported twice"),
+        ("export A='unclosed", 1, "bad quoting"),
+    ],
+)
+def test_bad_exports_and_unknown_directives(text: str, line: int, says: str) -> None:
+    err = rejected(text)
+    assert err.line == line
+    assert says in err.message
+    assert str(err).startswith(f"api/orders:{line}: ")
+
+
+@pytest.mark.parametrize(
+    "directive",
+    ["autodeploy https://x/y.git", "hull busybox", "healthcheck /", "memory 1G", "cpus 2"],
+)
+def test_duplicate_directives(directive: str) -> None:
+    err = rejected(f"{directive}\n# between\n{directive}")
+    assert err.line == 3
+    assert "duplicate" in err.message
+    assert "first on line 1" in err.message
+
+
+def test_hull() -> None:
+    assert parse("hull busybox").hull == "busybox"
+    assert "invalid hull name" in rejected("hull Busy_Box").message
+    assert "one name" in rejected("hull a b").message
+
+
+def test_healthcheck() -> None:
+    orders = parse("healthcheck /healthz 2.5")
+    assert (orders.healthcheck_path, orders.healthcheck_seconds) == ("/healthz", 2.5)
+    assert parse("healthcheck /ok").healthcheck_seconds == 60.0
+    assert "must start with /" in rejected("healthcheck ok").message
+    for seconds in ("0", "-1", "inf", "nan", "1e3", "soon"):
+        assert "positive number" in rejected(f"healthcheck / {seconds}").message
+
+
+def test_servername() -> None:
+    orders = parse("servername Example.COM www.example.com\nservername api.example.com example.com")
+    assert orders.servernames == ("example.com", "www.example.com", "api.example.com")
+    assert orders.where("servername api.example.com") == "api/orders:2"
+    assert "at least one" in rejected("servername").message
+    for bad in ("a_b.com", "-x.com", "x..com", "a" * 64 + ".com", "*.example.com"):
+        assert "not a valid DNS name" in rejected(f"servername {bad}").message
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("256M", 256 * 1024**2),
+        ("1G", 1024**3),
+        ("1.5g", 1536 * 1024**2),
+        ("512MiB", 512 * 1024**2),
+        ("64mb", 64 * 1024**2),
+        ("8388608", 8388608),
+    ],
+)
+def test_memory(size: str, expected: int) -> None:
+    assert parse(f"memory {size}").memory_bytes == expected
+
+
+def test_bad_memory() -> None:
+    assert "did you mean 256M?" in rejected("memory 256").message
+    assert "such as 256M" in rejected("memory lots").message
+    assert "such as 256M" in rejected("memory 1 G").message
+    assert "more than any machine" in rejected("memory 99999T").message
+
+
+def test_cpus() -> None:
+    assert parse("cpus 2").cpus == 2.0
+    assert parse("cpus 0.5").cpus == 0.5
+    assert "positive number" in rejected("cpus 0").message
+    assert "one number" in rejected("cpus").message
+
+
+def test_orders_are_never_executed(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    orders = parse(f'export X="$(touch {marker})" Y="`touch {marker}`"')
+    assert orders.env["X"] == f"$(touch {marker})"
+    assert orders.env["Y"] == f"`touch {marker}`"
+    assert not marker.exists()
+
+
+def test_binary_orders_are_rejected() -> None:
+    with pytest.raises(OrdersRejected) as caught:
+        parse_orders_bytes(b"export A=1\n\x00\x01\x02", "api/orders")
+    assert caught.value.line == 2
+    assert "binary" in caught.value.message
+    with pytest.raises(OrdersRejected) as caught:
+        parse_orders_bytes(b"export A=1\nexport B=\xff\xfe", "api/orders")
+    assert (caught.value.line, "not UTF-8" in caught.value.message) == (2, True)
+
+
+def test_huge_orders_are_rejected_without_reading_on() -> None:
+    data = b"# padding\n" * (MAX_FILE_BYTES // 10 + 1)
+    with pytest.raises(OrdersRejected) as caught:
+        parse_orders_bytes(data, "api/orders")
+    assert caught.value.line == 0
+    assert "too big" in caught.value.message
+    with pytest.raises(OrdersRejected):
+        parse_orders(data.decode(), "api/orders")
+
+
+def test_crlf_and_app_name_from_folder() -> None:
+    orders = parse_orders("export A=1\r\nhull busybox\r\n", "my-app/orders")
+    assert (orders.app, orders.env["A"], orders.hull) == ("my-app", "1", "busybox")
+    with pytest.raises(OrdersRejected) as caught:
+        parse_orders("", "Bad_App/orders")
+    assert "invalid app name" in caught.value.message
+
+
+def test_equal_orders_ignore_line_positions() -> None:
+    assert parse("hull busybox\nexport A=1") == parse("\n\nexport A=1\nhull busybox")
+    assert parse("export A=1") != parse("export A=2")
+
+
+def test_env_file_forms() -> None:
+    text = "# secrets\nDB_URL=postgres://u:p@h/db\nexport TOKEN='a b'\nQ=\"x\"\n\nRAW= spaced \n"
+    assert read_env_file(text, "/data/includes/a.env") == {
+        "DB_URL": "postgres://u:p@h/db",
+        "TOKEN": "a b",
+        "Q": "x",
+        "RAW": "spaced",
+    }
+
+
+@pytest.mark.parametrize("line", ["NOEQUALS", "1BAD=x", "A B=c"])
+def test_env_file_errors_name_file_and_line(line: str) -> None:
+    with pytest.raises(ConfigError, match=r"^/data/includes/a\.env:2: expected KEY=VALUE$"):
+        read_env_file(f"OK=1\n{line}\n", "/data/includes/a.env")
+
+
+def test_includes_folder_and_merge(tmp_path) -> None:
+    assert read_includes(tmp_path / "missing") == {}
+    (tmp_path / "a.env").write_text("A=1\nB=1\n")
+    (tmp_path / "b.env").write_text("B=2\n")
+    (tmp_path / "ignored.txt").write_text("C=3\n")
+    includes = read_includes(tmp_path)
+    assert includes == {"A": "1", "B": "2"}
+    assert merge_env(includes, {"B": "orders", "PORT": "3000"}) == {
+        "A": "1",
+        "B": "orders",
+        "PORT": "3000",
+    }
