@@ -1,0 +1,91 @@
+"""`./bootstrap` as a new user runs it: install and start, upgrade in place, uninstall cleanly.
+
+The system locations are pointed at a scratch root so the test leaves this machine as it was;
+packages are installed by .ci/run (and by `./bootstrap --test`) beforehand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def run_bootstrap(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(ROOT / "bootstrap"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"bootstrap {args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def healthz(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return json.loads(response.read())["status"] == "ok"
+    except OSError:
+        return False
+
+
+def test_install_upgrade_uninstall(tmp_path: Path) -> None:
+    key = tmp_path / "alice.pub"
+    key.write_text(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode())
+    api = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
+    env.update(
+        HYPERDRIVE_PREFIX=str(tmp_path / "opt"),
+        HYPERDRIVE_CONF_DIR=str(tmp_path / "etc"),
+        HYPERDRIVE_BIN_LINK=str(tmp_path / "bin" / "hd"),
+        HYPERDRIVE_PIDFILE=str(tmp_path / "run.pid"),
+        HYPERDRIVE_SKIP_PACKAGES="1",
+        HYPERDRIVE_NO_SYSTEMD="1",
+        HYPERDRIVE_DATA=str(tmp_path / "data"),
+        HYPERDRIVE_VAR=str(tmp_path / "var"),
+        HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
+        HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{free_port()}",
+        HYPERDRIVE_HTTP_PORT=str(free_port()),
+    )
+    (tmp_path / "bin").mkdir()
+    try:
+        out = run_bootstrap(env, "--admiral-key", str(key)).stdout
+        assert "git remote add hyperdrive ssh://git@" in out
+        assert healthz(api)
+        hd = str(tmp_path / "bin" / "hd")
+        status = json.loads(subprocess.run([hd, "status", "--json"], env=env, capture_output=True,
+                                           text=True, timeout=30, check=True).stdout)
+        assert status["api"] == f"127.0.0.1:{api}"
+        doctor = subprocess.run([hd, "doctor"], env=env, capture_output=True, text=True, timeout=30)
+        assert "daemon: running" in doctor.stdout
+        admirals = (tmp_path / "etc" / "admirals.pub").read_text()
+        assert key.read_text().split()[1] in admirals
+        records = (tmp_path / "data" / "records" / "system.files").read_text().split()
+        assert str(tmp_path / "etc" / "main.conf") in records
+        assert str(tmp_path / "bin" / "hd") in records
+
+        conf = tmp_path / "etc" / "main.conf"
+        conf.write_text(conf.read_text() + "# kept across upgrades\n")
+        (tmp_path / "data" / "mine").write_text("data survives")
+        run_bootstrap(env)
+        wait_for(lambda: healthz(api), 30, 0.2, "the upgraded daemon")
+        assert "# kept across upgrades" in conf.read_text()
+        assert (tmp_path / "data" / "mine").exists()
+
+        out = run_bootstrap(env, "--uninstall").stdout
+        assert not healthz(api)
+        for path in records:
+            assert not Path(path).exists(), f"{path} left behind by --uninstall"
+        assert (tmp_path / "data" / "mine").exists(), "data is kept without --purge"
+        assert "use --purge" in out
+    finally:
+        pidfile = tmp_path / "run.pid"
+        if pidfile.exists():
+            subprocess.run(["kill", "-TERM", pidfile.read_text().strip()], check=False)
