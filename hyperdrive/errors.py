@@ -62,3 +62,17 @@ class DeployError(HyperdriveError):
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.message = message
+
+
+class NetworkError(HyperdriveError):
+    """The ships' bridge or address records could not be set up, or the subnet is full."""
+
+
+class AttachTimedOut(ContainerError):
+    """A command run in a ship with lxc-attach outlived its timeout and was killed."""
+
+    def __init__(self, ship: str, timeout: float, output_tail: str) -> None:
+        super().__init__(f"{ship}: command killed after {timeout:g} s: {output_tail[-2000:]}")
+        self.ship = ship
+        self.timeout = timeout
+        self.output_tail = output_tail

@@ -1,0 +1,576 @@
+"""asyncio wrapper of the lxc-* programs: hulls, ship snapshots, ship config, start, attach, stop.
+
+The python lxc bindings leak monitor cgroups, so every operation runs an `lxc-*` program as an
+asyncio subprocess: argument list, `-P lxcpath`, a timeout, and `-l INFO -o <log_dir>/<name>.log`
+whose new lines (lxc-copy fails with no word on stderr) go into every ContainerError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import math
+import os
+import re
+import signal
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import NamedTuple
+
+import jinja2
+
+from hyperdrive.errors import AttachTimedOut, ContainerError
+from hyperdrive.network import mac_for_ip, write_atomically
+
+CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+SAFE_PATH = re.compile(r"(/[A-Za-z0-9_.@+-]+)+|/")  # lxc.mount.entry splits on blanks
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MARKER = "# --- hyperdrive: the lines below are generated from ShipSpec; edits are lost ---"
+MANAGED_KEYS = ("lxc.net.", "lxc.uts.name", "lxc.cgroup.", "lxc.cgroup2.")
+CFS_PERIOD_US = 100_000
+LOG_TAIL_LINES = 30
+MAX_LINE = 64 * 1024
+DRAIN_S = 1.0  # after the command exits, how long its background children may hold the pipe
+TEMPLATES = Path(__file__).parent / "templates"
+
+# The busybox hull's init. busybox init runs udhcpc (which clears the static address) and
+# takes ~2 s to stop; this one runs nothing, gives processes up to 1 s after SIGTERM, then exits.
+BUSYBOX_INIT = """#!/bin/sh
+# Hyperdrive's init for busybox ships: the address is static (no udhcpc), and stop is quick.
+others() {
+  for d in /proc/[0-9]*; do
+    case "${d#/proc/}" in 1) ;; *) return 0 ;; esac
+  done
+  return 1
+}
+stop() {
+  kill -TERM -1 2>/dev/null
+  i=0
+  while [ $i -lt 100 ] && others; do sleep 0.01; i=$((i+1)); done
+  kill -KILL -1 2>/dev/null
+  exit 0
+}
+trap stop TERM USR1 USR2 PWR INT
+/bin/mount -a 2>/dev/null
+while :; do sleep 3600 & wait $!; done
+"""
+BUSYBOX_HULL_LINES = (
+    "lxc.init.cmd = /sbin/hd-init",
+    "lxc.signal.halt = SIGTERM",
+    # LXC skips cgroup mounts when the container keeps CAP_SYS_ADMIN, unless forced; with them
+    # a ship can read its own limits.
+    "lxc.mount.auto = cgroup:mixed:force proc:mixed sys:ro",
+)
+
+
+class Mount(NamedTuple):
+    """A host folder or file bind-mounted into a ship."""
+
+    host_path: Path
+    container_path: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class ShipSpec:
+    """Everything Hyperdrive decides about a ship's container: network, limits, mounts."""
+
+    ip: IPv4Address
+    gateway: IPv4Address
+    prefixlen: int
+    bridge: str
+    hostname: str
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    mounts: tuple[Mount, ...] = ()
+
+    def __post_init__(self) -> None:
+        network = IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
+        if self.gateway not in network or self.gateway == self.ip:
+            raise ContainerError(f"gateway {self.gateway} is not another address in {network}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", self.bridge):
+            raise ContainerError(f"invalid bridge name {self.bridge!r}")
+        if not HOSTNAME.fullmatch(self.hostname):
+            raise ContainerError(f"invalid hostname {self.hostname!r}")
+        if self.memory_bytes is not None and self.memory_bytes < 4 * 1024 * 1024:
+            raise ContainerError(f"memory limit {self.memory_bytes} is below 4 MiB")
+        if self.cpus is not None and not 0.01 <= self.cpus <= 1024:
+            raise ContainerError(f"cpus {self.cpus} is out of range")
+        for mount in self.mounts:
+            _check_mount(mount)
+
+    @property
+    def mac(self) -> str:
+        """Derived from the address, so a reused address never meets a stale neighbour entry."""
+        return mac_for_ip(self.ip)
+
+    @property
+    def broadcast(self) -> IPv4Address:
+        return IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False).broadcast_address
+
+
+@dataclass(frozen=True)
+class CgroupKeys:
+    """Which cgroup version each controller lives on here: LXC ignores keys for the other."""
+
+    memory: str | None  # "v1", "v2" or None (no controller)
+    cpu: str | None
+    memsw: bool  # v1 swap accounting: limit memory+swap too
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container's name and state as lxc-ls or lxc-info report it."""
+
+    name: str
+    state: str  # RUNNING, STOPPED, STARTING, STOPPING, FROZEN, …
+    pid: int | None = None
+
+
+class _Result(NamedTuple):
+    argv: list[str]
+    returncode: int | None  # None: timed out and killed
+    stdout: str
+    stderr: str
+    logfile: Path
+    offset: int
+
+
+def detect_cgroups(root: Path = Path("/sys/fs/cgroup")) -> CgroupKeys:
+    """Find where the memory and cpu controllers are mounted (v1, hybrid or pure v2 hosts)."""
+    unified = root if (root / "cgroup.controllers").exists() else root / "unified"
+    try:
+        v2 = set((unified / "cgroup.controllers").read_text().split())
+    except OSError:
+        v2 = set()
+    memory = "v1" if (root / "memory" / "memory.limit_in_bytes").exists() else None
+    cpu = "v1" if (root / "cpu" / "cpu.cfs_quota_us").exists() else None
+    return CgroupKeys(
+        memory=memory or ("v2" if "memory" in v2 else None),
+        cpu=cpu or ("v2" if "cpu" in v2 else None),
+        memsw=(root / "memory" / "memory.memsw.limit_in_bytes").exists(),
+    )
+
+
+def cgroup_settings(spec: ShipSpec, keys: CgroupKeys) -> list[tuple[str, str]]:
+    """The lxc config keys that apply the spec's limits on this host, in the order to set them."""
+    settings: list[tuple[str, str]] = []
+    if spec.memory_bytes is not None:
+        size = str(spec.memory_bytes)
+        if keys.memory == "v1":
+            settings.append(("lxc.cgroup.memory.limit_in_bytes", size))
+            if keys.memsw:
+                settings.append(("lxc.cgroup.memory.memsw.limit_in_bytes", size))
+        elif keys.memory == "v2":
+            settings += [("lxc.cgroup2.memory.max", size), ("lxc.cgroup2.memory.swap.max", "0")]
+        else:
+            raise ContainerError("a memory limit was ordered but this host has no memory cgroup")
+    if spec.cpus is not None:
+        quota = str(max(1000, round(spec.cpus * CFS_PERIOD_US)))
+        if keys.cpu == "v1":
+            settings.append(("lxc.cgroup.cpu.cfs_period_us", str(CFS_PERIOD_US)))
+            settings.append(("lxc.cgroup.cpu.cfs_quota_us", quota))
+        elif keys.cpu == "v2":
+            settings.append(("lxc.cgroup2.cpu.max", f"{quota} {CFS_PERIOD_US}"))
+        else:
+            raise ContainerError("a cpu limit was ordered but this host has no cpu cgroup")
+    return settings
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - an LXC config, not HTML; every value is validated
+    )
+    return env.get_template("ship.conf.j2")
+
+
+def render_config(hull_config: str, spec: ShipSpec, keys: CgroupKeys) -> str:
+    """The ship's config: the hull's lines minus the keys Hyperdrive manages, then its own."""
+    return _template().render(
+        base=_hull_lines(hull_config),
+        marker=MARKER,
+        spec=spec,
+        broadcast=spec.broadcast,
+        cgroup=cgroup_settings(spec, keys),
+        mounts=[_mount_entry(m) for m in spec.mounts],
+    )
+
+
+def patch_busybox_hull(folder: Path) -> None:
+    """Give a fresh busybox container a static-address init that stops fast, and no network."""
+    config = folder / "config"
+    keep = [
+        line
+        for line in config.read_text().splitlines()
+        if not line.strip().startswith(
+            ("lxc.net.", "lxc.init.cmd", "lxc.signal.halt", "lxc.mount.auto")
+        )
+    ]
+    config.write_text("\n".join([*keep, *BUSYBOX_HULL_LINES]) + "\n")
+    rootfs = _rootfs(config.read_text(), folder)
+    init = rootfs / "sbin" / "hd-init"
+    init.write_text(BUSYBOX_INIT)
+    init.chmod(0o755)
+    rcs = rootfs / "etc" / "init.d" / "rcS"
+    if rcs.exists():  # in case someone boots busybox init after all: never run udhcpc
+        lines = [ln for ln in rcs.read_text().splitlines() if "udhcpc" not in ln]
+        rcs.write_text("\n".join(lines) + "\n")
+
+
+class Lxc:
+    """The lxc-* programs on one lxcpath, each call with a timeout and its log in errors."""
+
+    def __init__(
+        self,
+        lxcpath: Path,
+        log_dir: Path,
+        *,
+        cgroups: CgroupKeys | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.lxcpath = lxcpath
+        self.log_dir = log_dir
+        self.cgroups = cgroups or detect_cgroups()
+        self.timeout = timeout
+
+    async def create_busybox_hull(self, name: str) -> None:
+        """`lxc-create -t busybox` (0.3 s), then patch it for static addresses and a fast stop."""
+        self._check(await self._exec("lxc-create", name, "-t", "busybox", seconds=120))
+        try:
+            await asyncio.to_thread(patch_busybox_hull, self.lxcpath / name)
+        except OSError as err:
+            await self.destroy(name)
+            raise ContainerError(f"hull {name}: could not patch the busybox hull: {err}") from err
+
+    async def snapshot(self, hull: str, ship: str) -> None:
+        """Create `ship` as an overlay snapshot of the stopped `hull` (5–220 ms)."""
+        _check_name(ship)
+        args = ("-N", ship, "-s", "-B", "overlayfs")
+        result = await self._exec("lxc-copy", hull, *args, log=ship, seconds=self.timeout)
+        if result.returncode == 0 and not await self.exists(ship):
+            raise self._error(result, f"lxc-copy made no container {ship}")
+        self._check(result)
+
+    async def write_config(self, ship: str, spec: ShipSpec) -> None:
+        """Render the ship's config from templates/ship.conf.j2 over what lxc-copy wrote."""
+        path = self._config(ship)
+        if not path.is_file():
+            raise ContainerError(f"ship {ship} does not exist: snapshot it from a hull first")
+        text = render_config(path.read_text(), spec, self.cgroups)
+        await asyncio.to_thread(write_atomically, path, text)
+
+    async def start(self, ship: str) -> None:
+        """`lxc-start -d` (10–40 ms): returns once the container runs."""
+        self._check(await self._exec("lxc-start", ship, "-d", seconds=self.timeout))
+
+    async def stop(
+        self,
+        ship: str,
+        kill: bool = False,
+        timeout: float = 10.0,  # noqa: ASYNC109 - lxc-stop's own -t: halt, then kill
+    ) -> None:
+        """Stop a ship (its init gets the halt signal; killed after `timeout`); no-op if stopped."""
+        args = ("-k",) if kill else ("-t", str(max(1, math.ceil(timeout))))
+        result = await self._exec("lxc-stop", ship, *args, seconds=timeout + 10)
+        if result.returncode != 2:  # 2: the container was not running
+            self._check(result)
+
+    async def destroy(self, ship: str) -> None:
+        """Kill the container if it runs, delete it and its log; no-op if it does not exist."""
+        if not await self.exists(ship):
+            return
+        self._check(await self._exec("lxc-destroy", ship, "-f", seconds=self.timeout))
+        self._logfile(ship).unlink(missing_ok=True)
+
+    async def exists(self, ship: str) -> bool:
+        """LXC's own test: the container's config file exists."""
+        return self._config(ship).is_file()
+
+    def rootfs(self, ship: str) -> Path:
+        """Where to put files the ship should see (before start): an overlay ship's upper dir."""
+        config = self._config(ship)
+        try:
+            text = config.read_text()
+        except FileNotFoundError:
+            raise ContainerError(f"ship {ship} does not exist") from None
+        return _rootfs(text, config.parent)
+
+    async def info(self, ship: str) -> ContainerInfo | None:
+        """State and init pid of one container, or None if it does not exist."""
+        if not await self.exists(ship):
+            return None
+        result = await self._exec("lxc-info", ship, "-s", "-p", seconds=self.timeout)
+        self._check(result)
+        pairs = (line.partition(":") for line in result.stdout.splitlines())
+        fields = {key.strip().upper(): value.strip() for key, _, value in pairs}
+        return ContainerInfo(ship, fields.get("STATE", "UNKNOWN"), _pid(fields.get("PID")))
+
+    async def attach(
+        self,
+        ship: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        timeout: float,  # noqa: ASYNC109 - kills the command in the ship, not just the wait
+        on_line: Callable[[str], None] | None = None,
+    ) -> int:
+        """Run argv in the ship with exactly `env`; stream each output line; return its status.
+
+        Raises AttachTimedOut (after killing the command and its children) when it outlives
+        `timeout`, and ContainerError when lxc-attach itself failed (not running, no such file).
+        """
+        logfile, tail = self._logfile(ship), deque[str](maxlen=LOG_TAIL_LINES)
+        argv_ = self._attach_argv(ship, argv, env, logfile)
+        offset = _size(logfile)
+
+        def emit(line: str) -> None:
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+
+        returncode = await _stream(argv_, emit, timeout, ship, tail)
+        if returncode != 0 and (errors := _error_lines(logfile, offset)):
+            output = "\n".join(tail)
+            raise ContainerError(f"lxc-attach {ship} failed: {errors}\n{output}".strip())
+        return returncode
+
+    async def list(self) -> builtins.list[ContainerInfo]:
+        """Every container on this lxcpath with its state (`lxc-ls -f`)."""
+        argv = ["lxc-ls", "-P", str(self.lxcpath), "-f", "-F", "NAME,STATE,PID"]
+        code, out, err = await _communicate(argv, self.timeout)
+        if code != 0:
+            raise ContainerError(f"lxc-ls on {self.lxcpath} failed ({code}): {err.strip()}")
+        rows = [line.split() for line in out.splitlines()[1:]]
+        return [ContainerInfo(r[0], r[1], _pid(r[2])) for r in rows if len(r) >= 3]
+
+    def _attach_argv(
+        self, ship: str, argv: Sequence[str], env: Mapping[str, str], logfile: Path
+    ) -> builtins.list[str]:
+        _check_name(ship)
+        if not argv:
+            raise ContainerError("attach needs a command")
+        command = ["lxc-attach", "-P", str(self.lxcpath), "-n", ship]
+        command += ["-l", "INFO", "-o", str(logfile), "--clear-env"]
+        for key, value in env.items():
+            if not ENV_KEY.fullmatch(key) or "\0" in value:
+                raise ContainerError(f"invalid environment variable {key!r}")
+            command += ["-v", f"{key}={value}"]
+        return [*command, "--", *argv]
+
+    async def _exec(
+        self, program: str, name: str, *args: str, seconds: float, log: str = ""
+    ) -> _Result:
+        """Run `program -P lxcpath -n name -l INFO -o log args…`; never raises for its status."""
+        _check_name(name)
+        logfile = self._logfile(log or name)
+        argv = [program, "-P", str(self.lxcpath), "-n", name, "-l", "INFO", "-o", str(logfile)]
+        argv += args
+        offset = _size(logfile)
+        code, out, err = await _communicate(argv, seconds)
+        return _Result(argv, code, out, err, logfile, offset)
+
+    def _check(self, result: _Result) -> None:
+        if result.returncode != 0:
+            raise self._error(result, "")
+
+    def _error(self, result: _Result, why: str) -> ContainerError:
+        status = "timed out" if result.returncode is None else f"exited {result.returncode}"
+        tail = _log_tail(result.logfile, result.offset)
+        shown = " ".join([result.argv[0], result.argv[4], *result.argv[9:]])
+        message = f"{shown} {status}{': ' + why if why else ''}\n{result.stderr.strip()}"
+        return ContainerError(f"{message.strip()}\n--- {result.logfile} (tail) ---\n{tail}")
+
+    def _config(self, name: str) -> Path:
+        return self.lxcpath / _check_name(name) / "config"
+
+    def _logfile(self, name: str) -> Path:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.lxcpath.mkdir(parents=True, exist_ok=True)
+        return self.log_dir / f"{_check_name(name)}.log"
+
+
+async def _communicate(argv: Sequence[str], seconds: float) -> tuple[int | None, str, str]:
+    """Run argv; return (status or None on timeout, stdout, stderr). The child never outlives us."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd="/",
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), seconds)
+    except TimeoutError:
+        return None, "", ""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def _stream(
+    argv: Sequence[str], emit: Callable[[str], None], seconds: float, ship: str, tail: deque[str]
+) -> int:
+    """Run lxc-attach, feeding each output line to emit; kill the command tree on timeout."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd="/",
+    )
+    assert proc.stdout is not None
+    pump = asyncio.create_task(_pump_lines(proc.stdout, emit))
+    try:
+        async with asyncio.timeout(seconds):
+            returncode = await proc.wait()
+            # A command's background children may keep the pipe open: read what is there.
+            await asyncio.wait({pump}, timeout=DRAIN_S)
+    except TimeoutError:
+        raise AttachTimedOut(ship, seconds, "\n".join(tail)) from None
+    finally:
+        if proc.returncode is None:
+            await _kill_tree(proc)
+        if not pump.done():
+            pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+    return returncode
+
+
+async def _pump_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
+    """Split a byte stream into lines (very long lines in MAX_LINE pieces) and emit each."""
+    buffer = b""
+    while chunk := await stream.read(65536):
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            emit(line.rstrip(b"\r").decode(errors="replace"))
+        while len(buffer) > MAX_LINE:
+            emit(buffer[:MAX_LINE].decode(errors="replace"))
+            buffer = buffer[MAX_LINE:]
+    if buffer:
+        emit(buffer.rstrip(b"\r").decode(errors="replace"))
+
+
+async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL lxc-attach and everything below it (the command runs as its child, in the ship).
+
+    Killing only lxc-attach would leave the command running; the tree is frozen first with
+    SIGSTOP so no process can fork or be reparented away while we collect it.
+    """
+    frozen: set[int] = set()
+    for _ in range(10):
+        found = set(_descendants(proc.pid)) - frozen
+        if not found:
+            break
+        _signal_all(found, signal.SIGSTOP)
+        frozen |= found
+    _signal_all({*frozen, proc.pid}, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+def _descendants(root: int) -> builtins.list[int]:
+    """Every process below `root`, read from /proc (the host sees the ship's processes)."""
+    children: dict[int, builtins.list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _hull_lines(config: str) -> builtins.list[str]:
+    """The config lines that come from the hull: before our marker, minus the keys we manage."""
+    lines = config.split(MARKER, 1)[0].rstrip("\n").splitlines()
+    return [ln for ln in lines if not ln.strip().startswith(MANAGED_KEYS)]
+
+
+def _mount_entry(mount: Mount) -> dict[str, str]:
+    """Fields of one lxc.mount.entry; the host side must exist (LXC's own error is obscure)."""
+    if not mount.host_path.exists():
+        raise ContainerError(f"cannot mount {mount.host_path}: it does not exist")
+    kind = "dir" if mount.host_path.is_dir() else "file"
+    options = f"{'ro,' if mount.readonly else ''}bind,create={kind}"
+    target = mount.container_path.lstrip("/")
+    return {"source": str(mount.host_path), "target": target, "options": options}
+
+
+def _check_mount(mount: Mount) -> None:
+    for path in (str(mount.host_path), mount.container_path):
+        if not SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
+            raise ContainerError(f"mount path {path!r} must be absolute, plain and without '..'")
+    if mount.container_path == "/":
+        raise ContainerError("cannot mount over the ship's root")
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not CONTAINER_NAME.fullmatch(name):
+        raise ContainerError(f"invalid container name {name!r}")
+    return name
+
+
+def _rootfs(config: str, folder: Path) -> Path:
+    """The writable root from lxc.rootfs.path: `dir:PATH`, `PATH` or `overlay:LOWER:UPPER`."""
+    for line in config.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "lxc.rootfs.path":
+            kind, _, rest = value.strip().partition(":")
+            if kind in ("overlay", "overlayfs"):
+                return Path(rest.rpartition(":")[2])
+            return Path(rest if kind == "dir" else value.strip())
+    return folder / "rootfs"
+
+
+def _pid(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_tail(path: Path, offset: int) -> str:
+    """The last lines this call added to an lxc log file."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:]) or "(log is empty)"
+
+
+def _error_lines(path: Path, offset: int) -> str:
+    """lxc-attach's ERROR lines since offset (the running ship's monitor logs there too)."""
+    lines = _log_tail(path, offset).splitlines()
+    return "\n".join(ln for ln in lines if ln.startswith("lxc-attach ") and " ERROR " in ln)

@@ -1,0 +1,229 @@
+"""The ships' network: the bridge `<name>br0`, and persistent ship addresses on its subnet.
+
+Ships get static addresses (DHCP costs ~3 s) and a MAC derived from the address: reusing
+an address with a new MAC left it unreachable for 30–50 s (stale neighbour entries), so
+the MAC follows the address, and released addresses are handed out again last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from hyperdrive.errors import CommandFailed, NetworkError
+
+IP_TIMEOUT_S = 10.0
+IFNAMSIZ = 15  # the kernel's limit on interface names
+OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def mac_for_ip(ip: IPv4Address | str) -> str:
+    """A locally administered unicast MAC that is a function of the IPv4 address alone."""
+    octets = IPv4Address(ip).packed
+    return ":".join(f"{b:02x}" for b in (0x02, 0x48, *octets))
+
+
+def bridge_name(name: str) -> str:
+    """`<name>br0`, checked against the kernel's 15-character limit on interface names."""
+    bridge = f"{name}br0"
+    if len(bridge) > IFNAMSIZ or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise NetworkError(f"bridge name {bridge!r} is not a valid interface name (≤ 15 chars)")
+    return bridge
+
+
+def ship_subnet(subnet: IPv4Network | str) -> IPv4Network:
+    """Parse HYPERDRIVE_SUBNET; it must leave room for the bridge and at least one ship."""
+    try:
+        network = IPv4Network(subnet)
+    except ValueError as err:
+        raise NetworkError(f"invalid subnet {subnet!r}: {err}") from err
+    if network.prefixlen > 30:
+        raise NetworkError(f"subnet {network} is too small: use /30 or larger")
+    return network
+
+
+def bridge_address(subnet: IPv4Network | str) -> IPv4Address:
+    """The bridge (the ships' gateway) takes the subnet's first host address."""
+    return ship_subnet(subnet).network_address + 1
+
+
+async def _ip(*args: str, check: bool = True) -> tuple[int, str]:
+    """Run `ip ARGS` with a timeout; return (exit code, output) or raise CommandFailed."""
+    argv = ["ip", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), IP_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CommandFailed(argv, None, "") from None
+    text = out.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, text)
+    return proc.returncode or 0, text
+
+
+async def _link_kind(name: str) -> str | None:
+    """The link's kind ('bridge', 'veth', '' for plain devices), or None if it does not exist."""
+    rc, out = await _ip("-j", "-d", "link", "show", "dev", name, check=False)
+    if rc != 0:
+        return None
+    links: list[dict[str, Any]] = json.loads(out)
+    return str(links[0].get("linkinfo", {}).get("info_kind", "")) if links else None
+
+
+async def ensure_bridge(name: str, subnet: IPv4Network | str) -> IPv4Address:
+    """Create or repair `<name>br0`: fixed MAC, the subnet's first host address, up.
+
+    Idempotent. The fixed MAC matters: a bridge otherwise takes its lowest port's MAC, and
+    when that veth leaves, neighbours' ARP entries go stale. Returns the bridge address.
+    """
+    bridge, network = bridge_name(name), ship_subnet(subnet)
+    address = bridge_address(network)
+    kind = await _link_kind(bridge)
+    if kind is None:
+        await _ip("link", "add", bridge, "address", mac_for_ip(address), "type", "bridge")
+    elif kind != "bridge":
+        raise NetworkError(f"{bridge} exists but is a {kind or 'plain'} link, not a bridge")
+    await _ip("link", "set", "dev", bridge, "address", mac_for_ip(address))
+    await _ip("addr", "replace", f"{address}/{network.prefixlen}", "dev", bridge)
+    await _ip("link", "set", "dev", bridge, "up")
+    return address
+
+
+async def teardown_bridge(name: str) -> None:
+    """Delete `<name>br0` if it exists (tests and uninstall); ships on it lose their network."""
+    bridge = bridge_name(name)
+    if await _link_kind(bridge) is not None:
+        await _ip("link", "del", "dev", bridge)
+
+
+class IpAllocator:
+    """Ship addresses, kept in a JSON records file so they survive restarts.
+
+    Never-used addresses go first, in order; then released ones, longest-released first,
+    so an address comes back as late as possible (its old neighbour entries have expired).
+    Call from one thread (the event loop); the daemon's lock keeps other processes out.
+    """
+
+    def __init__(self, records_file: Path, subnet: IPv4Network | str) -> None:
+        self.path = records_file
+        self.subnet = ship_subnet(subnet)
+        self._first = int(bridge_address(self.subnet)) + 1
+        self._last = int(self.subnet.broadcast_address) - 1
+        self._ships: dict[str, int] = {}
+        self._released: dict[int, int] = {}  # address -> release sequence number
+        self._fresh = self._first  # every address below this was handed out at least once
+        self._seq = 0
+        self._load()
+
+    def allocate(self, ship: str) -> IPv4Address:
+        """The ship's address: its existing one, else the best free one (persisted first)."""
+        _check_owner(ship)
+        if ship in self._ships:
+            return IPv4Address(self._ships[ship])
+        address = self._next_free()
+        self._ships[ship] = address
+        self._released.pop(address, None)
+        self._save()
+        return IPv4Address(address)
+
+    def release(self, ship: str) -> None:
+        """Give the ship's address back; it is reused only after every other one."""
+        address = self._ships.pop(ship, None)
+        if address is None:
+            return
+        self._seq += 1
+        self._released[address] = self._seq
+        self._save()
+
+    def owner(self, ip: IPv4Address | str) -> str | None:
+        """The ship holding `ip`, or None."""
+        wanted = int(IPv4Address(ip))
+        return next((ship for ship, addr in self._ships.items() if addr == wanted), None)
+
+    def allocations(self) -> dict[str, IPv4Address]:
+        """Every ship with its address (for restart recovery and `hd status`)."""
+        return {ship: IPv4Address(addr) for ship, addr in self._ships.items()}
+
+    def _next_free(self) -> int:
+        if self._fresh <= self._last:
+            self._fresh += 1
+            return self._fresh - 1
+        if not self._released:
+            raise NetworkError(
+                f"no free ship address left in {self.subnet} ({len(self._ships)} ships hold "
+                "one): destroy old ships or widen HYPERDRIVE_SUBNET"
+            )
+        return min(self._released, key=self._released.__getitem__)
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            raise NetworkError(f"cannot read address records {self.path}: {err}") from err
+        try:
+            self._restore(data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise NetworkError(f"address records {self.path} are damaged: {err!r}") from err
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        if IPv4Network(data["subnet"]) != self.subnet:
+            raise NetworkError(
+                f"address records {self.path} are for subnet {data['subnet']}, "
+                f"not {self.subnet}: destroy the ships first or move the file away"
+            )
+        self._ships = {_check_owner(s): self._inside(a) for s, a in data["ships"].items()}
+        self._released = {self._inside(a): int(n) for a, n in data["released"].items()}
+        self._fresh = max(self._first, int(IPv4Address(data["fresh"])))
+        self._seq = int(data["seq"])
+
+    def _inside(self, address: str) -> int:
+        value = int(IPv4Address(address))
+        if not self._first <= value <= self._last:
+            raise ValueError(f"{address} is not a ship address in {self.subnet}")
+        return value
+
+    def _save(self) -> None:
+        data = {
+            "subnet": str(self.subnet),
+            "ships": {s: str(IPv4Address(a)) for s, a in sorted(self._ships.items())},
+            "released": {str(IPv4Address(a)): n for a, n in sorted(self._released.items())},
+            "fresh": str(IPv4Address(self._fresh)),
+            "seq": self._seq,
+        }
+        write_atomically(self.path, json.dumps(data, indent=1) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write, fsync, rename over `path`, fsync the folder: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _check_owner(ship: str) -> str:
+    if not isinstance(ship, str) or not OWNER.fullmatch(ship):
+        raise NetworkError(f"invalid ship name {ship!r}")
+    return ship

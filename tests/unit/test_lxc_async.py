@@ -1,0 +1,132 @@
+"""Ship configs without LXC: cgroup keys per host layout, rendering, validation."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from hyperdrive.errors import ContainerError
+from hyperdrive.lxc_async import (
+    MARKER,
+    CgroupKeys,
+    Lxc,
+    Mount,
+    ShipSpec,
+    cgroup_settings,
+    detect_cgroups,
+    render_config,
+)
+
+HULL_CONFIG = """lxc.rootfs.path = overlay:/c/hull/rootfs:/c/ship/overlay/delta
+lxc.uts.name = ship
+lxc.net.0.type = veth
+lxc.net.0.link = lxcbr0
+lxc.init.cmd = /sbin/hd-init
+"""
+V1 = CgroupKeys(memory="v1", cpu="v1", memsw=True)
+V2 = CgroupKeys(memory="v2", cpu="v2", memsw=False)
+
+
+def spec(**kw: object) -> ShipSpec:
+    base: dict[str, object] = {
+        "ip": IPv4Address("10.213.0.7"),
+        "gateway": IPv4Address("10.213.0.1"),
+        "prefixlen": 24,
+        "bridge": "hyperdrivebr0",
+        "hostname": "web",
+    }
+    return ShipSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_detects_v1_controllers_on_a_hybrid_host(tmp_path: Path) -> None:
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("max")
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
+    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v1", cpu="v1", memsw=False)
+
+
+def test_detects_a_pure_v2_host(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v2", cpu="v2", memsw=False)
+
+
+def test_limits_use_the_keys_that_take_effect() -> None:
+    limited = spec(memory_bytes=64 * 2**20, cpus=1.5)
+    assert cgroup_settings(limited, V1) == [
+        ("lxc.cgroup.memory.limit_in_bytes", "67108864"),
+        ("lxc.cgroup.memory.memsw.limit_in_bytes", "67108864"),
+        ("lxc.cgroup.cpu.cfs_period_us", "100000"),
+        ("lxc.cgroup.cpu.cfs_quota_us", "150000"),
+    ]
+    assert cgroup_settings(limited, V2) == [
+        ("lxc.cgroup2.memory.max", "67108864"),
+        ("lxc.cgroup2.memory.swap.max", "0"),
+        ("lxc.cgroup2.cpu.max", "150000 100000"),
+    ]
+    assert cgroup_settings(spec(), CgroupKeys(None, None, memsw=False)) == []
+    with pytest.raises(ContainerError, match="no memory cgroup"):
+        cgroup_settings(limited, CgroupKeys(None, "v1", memsw=False))
+
+
+def test_render_keeps_hull_lines_and_replaces_managed_ones(tmp_path: Path) -> None:
+    ship = spec(mounts=(Mount(tmp_path, "/app"), Mount(tmp_path, "/cache/pip", readonly=False)))
+    text = render_config(HULL_CONFIG, ship, V1)
+    assert text == render_config(text, ship, V1)  # rendering over itself changes nothing
+    hull, ours = text.split(MARKER + "\n")
+    assert hull == "lxc.rootfs.path = overlay:/c/hull/rootfs:/c/ship/overlay/delta\n" + (
+        "lxc.init.cmd = /sbin/hd-init\n"
+    )
+    assert "lxc.net.0.hwaddr = 02:48:0a:d5:00:07\n" in ours
+    assert "lxc.net.0.ipv4.address = 10.213.0.7/24 10.213.0.255\n" in ours
+    assert "lxc.net.0.ipv4.gateway = 10.213.0.1\n" in ours
+    assert "lxc.uts.name = web\n" in ours
+    assert f"lxc.mount.entry = {tmp_path} app none ro,bind,create=dir 0 0\n" in ours
+    assert f"lxc.mount.entry = {tmp_path} cache/pip none bind,create=dir 0 0\n" in ours
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("gateway", IPv4Address("10.99.0.1"), "gateway"),
+        ("hostname", "web\nlxc.init.cmd = /evil", "hostname"),
+        ("bridge", "br0 evil", "bridge"),
+        ("memory_bytes", 1024, "below 4 MiB"),
+        ("mounts", (Mount(Path("/srv/my app"), "/app"),), "mount path"),
+        ("mounts", (Mount(Path("/srv"), "/app/../etc"),), "mount path"),
+        ("mounts", (Mount(Path("/srv"), "/"),), "root"),
+    ],
+)
+def test_specs_that_could_break_the_config_are_refused(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ContainerError, match=message):
+        spec(**{field: value})
+
+
+def test_a_missing_mount_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ContainerError, match="does not exist"):
+        render_config(HULL_CONFIG, spec(mounts=(Mount(tmp_path / "gone", "/app"),)), V1)
+
+
+@pytest.mark.parametrize(
+    ("rootfs_line", "expected"),
+    [
+        ("overlay:/c/hull/rootfs:/c/ship/overlay/delta", "/c/ship/overlay/delta"),
+        ("dir:/c/ship/rootfs", "/c/ship/rootfs"),
+        ("/c/ship/rootfs", "/c/ship/rootfs"),
+    ],
+)
+def test_rootfs_is_where_the_ship_sees_new_files(
+    tmp_path: Path, rootfs_line: str, expected: str
+) -> None:
+    lxc = Lxc(tmp_path, tmp_path / "logs", cgroups=V1)
+    (tmp_path / "ship").mkdir()
+    (tmp_path / "ship" / "config").write_text(f"lxc.rootfs.path = {rootfs_line}\n")
+    assert lxc.rootfs("ship") == Path(expected)
+    with pytest.raises(ContainerError, match="does not exist"):
+        lxc.rootfs("other")
