@@ -1,0 +1,540 @@
+"""Routes: render the nginx config, test it, swap it in, reload, verify, roll back on failure.
+
+Hyperdrive supervises its own nginx master under `$VAR/nginx` (prefix, pid file, logs, temp
+paths). Each config is a generation folder `generations/NNNNNN`; `conf` is a symlink to the live
+one, swapped atomically. `hosts`, `proxies` and `upstream` (the seed's names) point into it.
+"""
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from hyperdrive.errors import InvalidName, ProxyError
+from hyperdrive.names import sanitize_app_name
+from hyperdrive.traffic import Traffic
+
+log = logging.getLogger(__name__)
+
+GENERATED = ("upstream", "proxies", "hosts")
+CONTROL = "control.conf"
+KEEP_GENERATIONS = 5
+TIMEOUT = 10.0
+UNANSWERED = (502, 504)  # what nginx says itself when the upstream did not answer
+HOST = re.compile(
+    r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("hyperdrive", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - nginx config, not HTML; every value is validated first
+)
+
+
+def check_host(name: str) -> str:
+    """A server name that is safe inside nginx config: a DNS name, optionally `*.`-prefixed."""
+    if not isinstance(name, str) or len(name) > 253 or not HOST.fullmatch(name):
+        raise InvalidName(f"invalid server name {name!r}")
+    return name
+
+
+def _check_port(port: int, what: str) -> int:
+    """A TCP port number, or InvalidName naming what it was for."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise InvalidName(f"invalid {what} {port!r}")
+    return port
+
+
+@dataclass(frozen=True)
+class AppRoute:
+    """How one app is reached: its stable address and the names and ports it is served on."""
+
+    app: str
+    address: str  # the stable per-app address on the bridge (traffic.py points it at a ship)
+    port: int
+    servernames: tuple[str, ...] = ()
+    publish_port: int | None = None
+    check_path: str = "/"  # what the verify step asks for through nginx, below /<app>
+
+    def __post_init__(self) -> None:
+        """Validate everything that ends up inside nginx config, once, here."""
+        sanitize_app_name(self.app)
+        try:
+            ipaddress.IPv4Address(self.address)
+        except ValueError as err:
+            raise InvalidName(f"invalid upstream address {self.address!r}") from err
+        _check_port(self.port, "upstream port")
+        for name in self.servernames:
+            check_host(name)
+        if self.publish_port is not None:
+            _check_port(self.publish_port, "PUBLISH_PORT")
+        if not CHECK_PATH.fullmatch(self.check_path):
+            raise InvalidName(f"invalid health check path {self.check_path!r}")
+
+
+def app_hosts(route: AppRoute, domain: str) -> list[str]:
+    """The host names an app answers to: its servernames and `<app>.<domain>` when set."""
+    hosts = list(route.servernames)
+    if domain:
+        hosts.append(f"{route.app}.{domain}")
+    return hosts
+
+
+def check_conflicts(routes: Sequence[AppRoute], http_port: int, domain: str) -> None:
+    """Refuse two apps claiming one name, host or port, with a message naming both."""
+    apps = [route.app for route in routes]
+    if dupes := sorted({app for app in apps if apps.count(app) > 1}):
+        raise ProxyError(f"app listed twice in the routes: {', '.join(dupes)}")
+    owners: dict[str, str] = {f"PUBLISH_PORT {http_port}": "the HTTP port (HYPERDRIVE_HTTP_PORT)"}
+    for route in routes:
+        claims = [f"server name {host}" for host in app_hosts(route, domain)]
+        if route.publish_port is not None:
+            claims.append(f"PUBLISH_PORT {route.publish_port}")
+        for claim in claims:
+            if (other := owners.setdefault(claim, route.app)) != route.app:
+                raise ProxyError(f"{route.app}: {claim} is already taken by {other}")
+
+
+def render(
+    routes: Sequence[AppRoute],
+    *,
+    prefix: Path,
+    http_port: int,
+    domain: str = "",
+    overrides: dict[str, str] | None = None,
+    workers: str = "auto",
+) -> dict[str, str]:
+    """The whole config as {relative path: text}, without the per-generation control file."""
+    overrides = overrides or {}
+    files = {
+        "nginx.conf": _templates.get_template("nginx.conf.j2").render(
+            prefix=prefix, http_port=http_port, workers=workers
+        )
+    }
+    for route in routes:
+        context = {
+            "app": route.app,
+            "upstream": f"app_{route.app}",
+            "address": f"{route.address}:{route.port}",
+            "hosts": app_hosts(route, domain),
+            "publish_port": route.publish_port,
+            "http_port": http_port,
+            "override": route.app in overrides,
+        }
+        for part in GENERATED:
+            text = _templates.get_template("app.conf.j2").render(part=part, **context)
+            files[f"{part}/{route.app}.conf"] = text
+        if route.app in overrides:
+            files[f"overrides/{route.app}.conf"] = overrides[route.app]
+    return files
+
+
+def changed_apps(
+    routes: Sequence[AppRoute], new: dict[str, str], live: dict[str, str] | None
+) -> list[AppRoute]:
+    """The routes whose files differ from the live generation: the ones to verify."""
+    if live is None:
+        return list(routes)
+    parts = (*GENERATED, "overrides")
+    return [
+        r
+        for r in routes
+        if any(new.get(f"{p}/{r.app}.conf") != live.get(f"{p}/{r.app}.conf") for p in parts)
+    ]
+
+
+def read_tree(folder: Path) -> dict[str, str]:
+    """A generation's files as {relative path: text}, without the control file."""
+    return {
+        path.relative_to(folder).as_posix(): path.read_text(errors="replace")
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != CONTROL
+    }
+
+
+async def http_status(port: int, path: str, host: str = "localhost", seconds: float = 2.0) -> int:
+    """GET 127.0.0.1:port/path on a new connection: the status, or OSError/TimeoutError."""
+    async with asyncio.timeout(seconds):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            status_line = await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise OSError(f"not an HTTP answer: {status_line!r}")
+    return int(parts[1])
+
+
+def _cmdline(pid: int) -> str:
+    """A process's command line as one string ('' once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+class Nginx:
+    """Hyperdrive's own nginx master under `prefix`: started daemonized, adopted from its pid file.
+
+    It outlives the Python process on purpose: apps keep serving while the daemon is down.
+    """
+
+    def __init__(self, prefix: Path, *, binary: str = "nginx", timeout: float = TIMEOUT) -> None:
+        self.prefix = prefix.absolute()
+        self.binary = binary
+        self.timeout = timeout
+        self.pid_file = self.prefix / "run" / "nginx.pid"
+        self.error_log = self.prefix / "logs" / "error.log"
+        self.control_socket = self.prefix / "run" / "control.sock"
+        self.generations = self.prefix / "generations"
+        self.link = self.prefix / "conf"
+
+    def argv(self, *extra: str, conf: str = "conf/nginx.conf") -> list[str]:
+        """The command line, always with our own prefix and config."""
+        return [self.binary, *extra, "-p", f"{self.prefix}/", "-c", conf]
+
+    def prepare(self) -> None:
+        """Create the folders nginx and the seed layout expect; idempotent."""
+        for sub in ("run", "logs", "temp", "generations", "overrides"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        for part in GENERATED:
+            seed_name = self.prefix / part
+            if not seed_name.exists() and not seed_name.is_symlink():
+                seed_name.symlink_to(Path("conf") / part)
+
+    def live(self) -> Path | None:
+        """The generation folder `conf` points at, if any."""
+        if not self.link.is_symlink():
+            return None
+        target = self.link.resolve()
+        return target if target.is_dir() else None
+
+    def master_pid(self) -> int | None:
+        """The pid of OUR running master (pid file + /proc check), or None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        cmdline = _cmdline(pid) + " "
+        mine = f" -p {self.prefix}/ -c conf/nginx.conf "
+        return pid if cmdline.startswith("nginx: master process") and mine in cmdline else None
+
+    async def _run(self, argv: list[str]) -> tuple[int | None, str]:
+        """Run nginx itself; (exit code or None on timeout, its output)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except FileNotFoundError as err:
+            raise ProxyError(f"{argv[0]} is not installed (apt-get install nginx)") from err
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None, f"no answer within {self.timeout} s"
+        return proc.returncode, out.decode(errors="replace").strip()
+
+    async def test(self, folder: Path) -> None:
+        """`nginx -t` against a generation folder; ProxyError with nginx's own message."""
+        code, out = await self._run(self.argv("-t", "-q", conf=str(folder / "nginx.conf")))
+        if code != 0:
+            raise ProxyError(f"nginx rejected the config: {out}")
+
+    async def start(self) -> int:
+        """Adopt the running master, or start one daemonized on the live config; its pid."""
+        if (pid := self.master_pid()) is not None:
+            return pid
+        if shutil.which(self.binary) is None:
+            raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
+        self.control_socket.unlink(missing_ok=True)  # left by a master that was killed
+        # stdout/stderr to a file: the daemonized master would otherwise hold our pipe open
+        start_log = self.prefix / "logs" / "start.log"
+        with start_log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+            )
+            try:
+                code = await asyncio.wait_for(proc.wait(), self.timeout)
+            except TimeoutError:
+                proc.kill()
+                code = await proc.wait()
+        if code != 0:
+            raise ProxyError(f"nginx did not start: {start_log.read_text(errors='replace')}")
+        return await self._wait_for_master()
+
+    async def _wait_for_master(self) -> int:
+        """Poll the pid file until the daemonized master is there (bounded)."""
+        async with asyncio.timeout(self.timeout):
+            while True:
+                if (pid := self.master_pid()) is not None:
+                    return pid
+                await asyncio.sleep(0.01)
+
+    async def generation(self) -> str | None:
+        """Which generation the workers serve, asked on the private control socket."""
+        try:
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_unix_connection(str(self.control_socket))
+                try:
+                    writer.write(b"GET /generation HTTP/1.0\r\nHost: control\r\n\r\n")
+                    answer = await reader.read()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return None
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return body.decode() if head.startswith(b"HTTP/1.1 200") else None
+
+    def log_offset(self) -> int:
+        """Where the error log ends now: new problems are read from here."""
+        try:
+            return self.error_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def errors_since(self, offset: int, levels: Iterable[str] = ("[emerg]",)) -> str:
+        """nginx's own error lines written after `offset`."""
+        try:
+            with self.error_log.open("rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(line for line in text.splitlines() if any(lv in line for lv in levels))
+
+    async def reload(self, generation: str) -> None:
+        """SIGHUP the master; wait until only new workers accept, or nginx says why not."""
+        pid = self.master_pid()
+        if pid is None:
+            raise ProxyError(f"nginx master under {self.prefix} is not running")
+        offset, old_workers = self.log_offset(), self.worker_pids(pid)
+        os.kill(pid, signal.SIGHUP)
+        try:
+            async with asyncio.timeout(self.timeout):
+                # the master lets old workers accept ~100 ms more: wait until they stopped
+                while not (await self.generation() == generation and self.retired(old_workers)):
+                    if problems := self.errors_since(offset):
+                        raise ProxyError(f"nginx kept its old config: {problems}")
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise ProxyError(
+                f"nginx did not take the new config within {self.timeout} s: "
+                f"{self.errors_since(offset, ('[emerg]', '[alert]', '[crit]'))}"
+            ) from None
+
+    @staticmethod
+    def worker_pids(master: int) -> set[int]:
+        """The master's worker processes that still accept connections."""
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != master:
+                    continue
+                if _cmdline(int(stat.parent.name)) == "nginx: worker process":
+                    found.add(int(stat.parent.name))
+        return found
+
+    @staticmethod
+    def retired(workers: set[int]) -> bool:
+        """Whether every one of `workers` has closed its listeners (shutting down) or exited."""
+        return all(_cmdline(pid) != "nginx: worker process" for pid in workers)
+
+    async def stop(self) -> None:
+        """Stop the master gracefully (SIGQUIT), then forcefully if it lingers."""
+        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL):
+            if (pid := self.master_pid()) is None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout / 2):
+                    while True:
+                        if self.master_pid() is None:
+                            return
+                        await asyncio.sleep(0.02)
+
+    def new_generation(self, files: dict[str, str]) -> Path:
+        """Write `files` into a fresh generation folder (with its own control file)."""
+        numbers = [int(p.name) for p in self.generations.iterdir() if p.name.isdigit()]
+        folder = self.generations / f"{max(numbers, default=0) + 1:06d}"
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+        for part in GENERATED:
+            (folder / part).mkdir(parents=True, exist_ok=True)
+        control = _templates.get_template("nginx_control.conf.j2")
+        (folder / CONTROL).write_text(control.render(prefix=self.prefix, generation=folder.name))
+        return folder
+
+    def switch(self, folder: Path) -> None:
+        """Point `conf` at `folder` atomically (a new symlink renamed over the old)."""
+        tmp = self.prefix / "conf.new"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(folder.relative_to(self.prefix))
+        tmp.replace(self.link)
+
+    def prune(self, keep: int = KEEP_GENERATIONS) -> None:
+        """Delete old generations, never the live one."""
+        live = self.live()
+        folders = sorted(p for p in self.generations.iterdir() if p.name.isdigit())
+        for folder in folders[:-keep]:
+            if folder != live:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class Routes:
+    """Every route change is one transaction: render, test, swap, reload, verify, or roll back."""
+
+    def __init__(
+        self,
+        nginx: Nginx,
+        *,
+        http_port: int,
+        domain: str = "",
+        verify_timeout: float = 5.0,
+        workers: str = "auto",
+    ) -> None:
+        self.nginx = nginx
+        self.http_port = _check_port(http_port, "HYPERDRIVE_HTTP_PORT")
+        self.domain = check_host(domain) if domain else ""
+        self.verify_timeout = verify_timeout
+        if workers != "auto" and not (workers.isdigit() and 0 < int(workers) <= 64):
+            raise InvalidName(f"invalid nginx worker count {workers!r}")
+        self.workers = workers
+        self._lock = asyncio.Lock()
+
+    def overrides(self, routes: Sequence[AppRoute]) -> dict[str, str]:
+        """The admirals' own lines, `overrides/<app>.conf`, for the apps being routed."""
+        found = {}
+        for route in routes:
+            path = self.nginx.prefix / "overrides" / f"{route.app}.conf"
+            if path.is_file():
+                found[route.app] = path.read_text(errors="replace")
+        return found
+
+    async def apply(self, routes: Sequence[AppRoute]) -> None:
+        """Make `routes` live, or leave the previous config live and raise ProxyError saying why."""
+        async with self._lock:
+            check_conflicts(routes, self.http_port, self.domain)
+            self.nginx.prepare()
+            files = render(
+                routes,
+                prefix=self.nginx.prefix,
+                http_port=self.http_port,
+                domain=self.domain,
+                overrides=self.overrides(routes),
+                workers=self.workers,
+            )
+            previous = self.nginx.live()
+            live_files = read_tree(previous) if previous else None
+            if files == live_files:
+                await self.nginx.start()  # adopts a running master: no reload when nothing changed
+                return
+            await self._transaction(files, changed_apps(routes, files, live_files), previous)
+
+    async def _transaction(
+        self, files: dict[str, str], changed: list[AppRoute], previous: Path | None
+    ) -> None:
+        """Test the new generation, swap, reload, verify; on any failure put `previous` back."""
+        folder = self.nginx.new_generation(files)
+        await self.nginx.test(folder)
+        running = self.nginx.master_pid() is not None
+        self.nginx.switch(folder)
+        try:
+            await (self.nginx.reload(folder.name) if running else self.nginx.start())
+            await self._verify(changed)
+        except ProxyError as err:
+            if trouble := await self._restore(previous):
+                raise ProxyError(
+                    f"{err}; putting the previous config back failed: {trouble}"
+                ) from err
+            raise ProxyError(f"{err} (the previous nginx config stays live)") from err
+        self.nginx.prune()
+
+    async def _restore(self, previous: Path | None) -> str:
+        """Put the previous generation back and make nginx serve it; '' or what went wrong."""
+        try:
+            if previous is None:  # there was no config before: back to no nginx at all
+                self.nginx.link.unlink(missing_ok=True)
+                await self.nginx.stop()
+                return ""
+            self.nginx.switch(previous)
+            if self.nginx.master_pid() is None:
+                await self.nginx.start()
+            elif await self.nginx.generation() != previous.name:
+                await self.nginx.reload(previous.name)
+        except ProxyError as err:
+            log.exception("could not restore nginx generation %s", previous)
+            return str(err)
+        return ""
+
+    async def _verify(self, changed: Sequence[AppRoute]) -> None:
+        """Each changed app must answer through nginx at /<app>/ (any status but 502/504)."""
+        offset = self.nginx.log_offset()
+        results = await asyncio.gather(*(self._answers(route) for route in changed))
+        failed = [
+            f"{route.app} ({why})" for route, why in zip(changed, results, strict=True) if why
+        ]
+        if failed:
+            said = self.nginx.errors_since(offset, ("[error]", "[crit]", "[emerg]"))
+            raise ProxyError(f"no answer through nginx from {', '.join(failed)}: {said}".strip())
+
+    async def _answers(self, route: AppRoute) -> str:
+        """'' once the app answers through nginx; otherwise what went wrong last."""
+        path = f"/{route.app}{route.check_path}"
+        why = "not asked"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.verify_timeout):
+                while True:
+                    try:
+                        status = await http_status(self.http_port, path)
+                    except (OSError, TimeoutError) as err:
+                        why = f"GET {path}: {err}"
+                    else:
+                        if status not in UNANSWERED:
+                            return ""
+                        why = f"GET {path}: {status}"
+                    await asyncio.sleep(0.05)
+        return why
+
+
+class NginxProxy:
+    """The pipeline's Proxy seam: routes through nginx, swaps through the nftables map."""
+
+    def __init__(self, routes: Routes, traffic: Traffic) -> None:
+        self.routes = routes
+        self.traffic = traffic
+
+    async def apply(self, routes: Sequence[AppRoute]) -> None:
+        """Make `routes` live (reloads nginx only when they changed)."""
+        await self.routes.apply(routes)
+
+    async def point(self, stable_port: int, ship_ip: str, ship_port: int) -> None:
+        """Move an app's new connections to a ship, without touching nginx."""
+        await self.traffic.point(stable_port, ship_ip, ship_port)
+
+    async def remove(self, stable_port: int) -> None:
+        """Stop forwarding an app's stable port."""
+        await self.traffic.remove(stable_port)

@@ -1,0 +1,203 @@
+"""Moves an app's traffic to a ship without touching nginx: an nftables map in Hyperdrive's table.
+
+nginx proxies each app to a stable `bridge-ip:stable-port`; the table DNATs that port to the
+live ship. A swap is one `nft -f -` transaction, so nginx workers (and their keep-alive
+connections) never restart. DESIGN.md has the measurements that led here.
+"""
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hyperdrive.errors import CommandFailed, ProxyError
+from hyperdrive.names import sanitize_app_name
+
+MAP = "app_backends"
+TIMEOUT = 10.0
+
+
+async def run(argv: list[str], stdin: str = "", seconds: float = TIMEOUT) -> str:
+    """Run a program with `stdin`; return its stdout, or raise CommandFailed with its output."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except FileNotFoundError as missing:
+        raise ProxyError(f"{argv[0]} is not installed (apt-get install nftables)") from missing
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), seconds)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CommandFailed(argv, None, f"no answer within {seconds} s") from None
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, (err or out).decode(errors="replace"))
+    return out.decode(errors="replace")
+
+
+def _port(value: int) -> int:
+    """Accept a TCP port number, or raise ProxyError (ports end up inside nft scripts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ProxyError(f"invalid TCP port {value!r}")
+    return value
+
+
+def _ipv4(value: str) -> str:
+    """Accept a dotted IPv4 address, or raise ProxyError."""
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError as err:
+        raise ProxyError(f"invalid IPv4 address {value!r}") from err
+
+
+class Traffic:
+    """Hyperdrive's own nftables table: stable port on the bridge address -> live ship address."""
+
+    def __init__(self, table: str, bridge: str, *, nft: str = "nft") -> None:
+        """`bridge` is the bridge's interface address with its prefix, e.g. `10.213.0.1/24`."""
+        sanitize_app_name(table)  # the same shape keeps the table name safe inside a script
+        self.table = table
+        self.interface = ipaddress.IPv4Interface(bridge)
+        self.nft = nft
+        self._lock = asyncio.Lock()
+
+    @property
+    def bridge_ip(self) -> str:
+        """The stable address every app is proxied to."""
+        return str(self.interface.ip)
+
+    def _table_script(self) -> str:
+        """Declare the table idempotently: `add` keeps the map's elements; chains are refilled."""
+        t, ip, net = f"ip {self.table}", self.bridge_ip, self.interface.network
+        dnat, nat = f"ip daddr {ip} dnat ip to tcp dport map @{MAP}", "type nat hook"
+        return "\n".join(
+            [
+                f"add table {t}",
+                f"add map {t} {MAP} {{ type inet_service : ipv4_addr . inet_service; }}",
+                f"add chain {t} output {{ {nat} output priority -100; policy accept; }}",
+                f"add chain {t} prerouting {{ {nat} prerouting priority -100; policy accept; }}",
+                f"add chain {t} postrouting {{ {nat} postrouting priority 100; policy accept; }}",
+                f"flush chain {t} output",
+                f"flush chain {t} prerouting",
+                f"flush chain {t} postrouting",
+                f"add rule {t} output {dnat}",
+                f"add rule {t} prerouting {dnat}",
+                # a ship calling another app's stable address: the answer must come back via us
+                f"add rule {t} postrouting ip saddr {net} ip daddr {net} ct status dnat masquerade",
+                "",
+            ]
+        )
+
+    async def _apply(self, script: str) -> None:
+        """Run one nft transaction; nft's own words in the error."""
+        try:
+            await run([self.nft, "-f", "-"], stdin=script)
+        except CommandFailed as err:
+            raise ProxyError(f"nft refused a change to table {self.table}: {err.output}") from err
+
+    async def ensure_table(self) -> None:
+        """Create or repair the table; live map elements survive (safe at every daemon start)."""
+        async with self._lock:
+            await self._apply(self._table_script())
+
+    async def exists(self) -> bool:
+        """Whether the table is there at all."""
+        listing = json.loads(await run([self.nft, "-j", "list", "tables", "ip"]))
+        names = [item["table"]["name"] for item in listing["nftables"] if "table" in item]
+        return self.table in names
+
+    async def drop_table(self) -> None:
+        """Remove the table and everything in it (tests, uninstall); never `flush ruleset`."""
+        async with self._lock:
+            if await self.exists():
+                await self._apply(f"delete table ip {self.table}\n")
+
+    async def current(self) -> dict[int, tuple[str, int]]:
+        """The live map: stable port -> (ship address, ship port)."""
+        try:
+            out = await run([self.nft, "-j", "list", "map", "ip", self.table, MAP])
+        except CommandFailed as err:
+            raise ProxyError(f"cannot read nft map {self.table} {MAP}: {err.output}") from err
+        return _parse_map(json.loads(out))
+
+    async def point(self, stable_port: int, ship_ip: str, ship_port: int) -> None:
+        """Send new connections for `stable_port` to the ship, in one nft transaction."""
+        key, value = _port(stable_port), f"{_ipv4(ship_ip)} . {_port(ship_port)}"
+        async with self._lock:
+            lines = []
+            if key in await self.current():
+                lines.append(f"delete element ip {self.table} {MAP} {{ {key} }}")
+            lines.append(f"add element ip {self.table} {MAP} {{ {key} : {value} }}")
+            await self._apply("\n".join([*lines, ""]))
+
+    async def remove(self, stable_port: int) -> None:
+        """Stop forwarding `stable_port` (an app removed); absent is fine."""
+        key = _port(stable_port)
+        async with self._lock:
+            if key in await self.current():
+                await self._apply(f"delete element ip {self.table} {MAP} {{ {key} }}\n")
+
+
+def _parse_map(listing: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """Read `nft -j list map` output: elem is [[port, {"concat": [ip, port]}], ...]."""
+    found: dict[int, tuple[str, int]] = {}
+    for item in listing.get("nftables", []):
+        for key, value in item.get("map", {}).get("elem", []):
+            ship_ip, ship_port = value["concat"]
+            found[int(key)] = (str(ship_ip), int(ship_port))
+    return found
+
+
+class StablePorts:
+    """app -> stable port on the bridge address, persisted as JSON; an app keeps it forever."""
+
+    def __init__(self, records_file: Path, first: int = 20000) -> None:
+        self.records_file = records_file
+        self.first = _port(first)
+
+    def load(self) -> dict[str, int]:
+        """Every app's port; an empty mapping before the first allocation."""
+        try:
+            data = json.loads(self.records_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise ProxyError(f"cannot read stable ports from {self.records_file}: {err}") from err
+        if not isinstance(data, dict) or not all(isinstance(p, int) for p in data.values()):
+            raise ProxyError(f"{self.records_file} is not a JSON object of app -> port")
+        return data
+
+    def port(self, app: str) -> int:
+        """The app's stable port, allocating the next free one (durably) the first time."""
+        ports = self.load()
+        if (known := ports.get(sanitize_app_name(app))) is not None:
+            return known
+        taken = set(ports.values())
+        port = next((p for p in range(self.first, 65536) if p not in taken), None)
+        if port is None:
+            raise ProxyError(f"no free stable port left from {self.first}")
+        self._save({**ports, app: port})
+        return port
+
+    def _save(self, ports: dict[str, int]) -> None:
+        """Write, fsync and rename, so a crash leaves the old or the new file, never half."""
+        self.records_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.records_file.with_name(self.records_file.name + ".tmp")
+        with tmp.open("w") as handle:
+            json.dump(ports, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.records_file)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.records_file.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
