@@ -125,6 +125,9 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         while not self._queue:
+            if self.missed:  # caught up after falling behind: say so now, not at the next event
+                missed, self.missed = self.missed, 0
+                return gap_marker(missed)
             if self.closed:
                 raise StopAsyncIteration
             self._wake.clear()

@@ -104,7 +104,11 @@ class MessageBus:
             lane.superseded_by[older.deploy] = newer.deploy
         lane.waiting = newer
         running = lane.running
-        if isinstance(running, Deploy) and lane.cancellable and lane.task is not None:
+        if not isinstance(running, Deploy):
+            return
+        if lane.task is None:  # holds the lane but still waits for a free slot
+            lane.superseded_by[running.deploy] = newer.deploy
+        elif lane.cancellable:
             lane.superseded_by[running.deploy] = newer.deploy
             lane.task.cancel()
 
@@ -115,12 +119,23 @@ class MessageBus:
         async with lane.lock:
             if lane.waiting is command:
                 lane.waiting = None
-            newer = lane.superseded_by.pop(command.deploy, None)
-            if newer is not None:
-                self._superseded(command, newer)
-                return SUPERSEDED
-            async with self._slots:
-                return await self._call(handler, command, lane)
+            lane.running = command
+            try:
+                if self._was_superseded(lane, command):
+                    return SUPERSEDED
+                async with self._slots:
+                    if self._was_superseded(lane, command):
+                        return SUPERSEDED
+                    return await self._call(handler, command, lane)
+            finally:
+                lane.running = None
+
+    def _was_superseded(self, lane: _Lane, command: Command) -> bool:
+        """A newer deploy came while this one waited (for the lane or for a slot): say so."""
+        newer = lane.superseded_by.pop(command.deploy, None)
+        if newer is not None:
+            self._superseded(command, newer)
+        return newer is not None
 
     async def _call(self, handler: CommandHandler, command: Command, lane: _Lane | None) -> str:
         task = asyncio.create_task(handler(command, Context(self, lane)))

@@ -99,14 +99,16 @@ def _hq(trigger: Trigger) -> Command:
 
 
 def _webhook(trigger: Trigger) -> list[Command]:
+    """One Deploy per app, each of the ref and sha it matched (a delivery may move several)."""
     data = trigger.data
     deploys, source = data.get("deploys", {}), f"webhook:{data.get('provider', '?')}"
+    targets = data.get("targets", {})
     return [
         Deploy(
             deploy=str(deploys.get(app, f"{trigger.id}:{app}")),
             app=app,
-            sha=data.get("after"),
-            ref=data.get("ref"),
+            sha=targets.get(app, data).get("after"),
+            ref=targets.get(app, data).get("ref"),
             source=source,
         )
         for app in data.get("apps", [])
