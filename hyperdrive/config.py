@@ -53,6 +53,7 @@ class Config:
     keep_ships: int = 3
     parallel_deploys: int = 4
     eventlog_max_bytes: int = 64 * 1024 * 1024
+    drain_seconds: float = 3.0
     source: Path | None = None
 
     # -- derived paths (the contract's names) --
@@ -164,6 +165,19 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if not low <= seconds <= high:
+            raise ValueError(f"must be from {low:g} to {high:g} seconds")
+        return seconds
+
+    return parse
+
+
 def _user(value: str) -> str:
     if value and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
         raise ValueError("not a valid user name")
@@ -192,6 +206,7 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_KEEP_SHIPS": "keep_ships",
     "HYPERDRIVE_PARALLEL_DEPLOYS": "parallel_deploys",
     "HYPERDRIVE_EVENTLOG_MAX_BYTES": "eventlog_max_bytes",
+    "HYPERDRIVE_DRAIN_SECONDS": "drain_seconds",
 }
 
 PARSERS: dict[str, Callable[[str], Any]] = {
@@ -212,6 +227,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "keep_ships": _count(0, 100),
     "parallel_deploys": _count(1, 64),
     "eventlog_max_bytes": _count(64 * 1024, 1 << 40),
+    "drain_seconds": _seconds(0, 300),
 }
 
 
@@ -240,7 +256,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     path = path or Path(environ.get("HYPERDRIVE_CONFIG") or DEFAULT_CONFIG)
     values: dict[str, str] = {}
     if path.exists():
-        values = parse_conf(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        values = parse_conf(_read(path), str(path))
     elif path != DEFAULT_CONFIG:
         raise ConfigError(f"config file {path} does not exist")
     unknown = sorted(k for k in values if k not in KEYS)
@@ -248,6 +264,14 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         log.warning("%s: unknown keys ignored: %s", path, ", ".join(unknown))
     values.update({k: v for k, v in environ.items() if k in KEYS})
     return build(values, source=path if path.exists() else None)
+
+
+def _read(path: Path) -> str:
+    """The file's text; a directory or an unreadable file is the user's error, not a crash."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
 
 
 def build(values: Mapping[str, str], source: Path | None = None) -> Config:

@@ -227,3 +227,12 @@ def _check_owner(ship: str) -> str:
     if not isinstance(ship, str) or not OWNER.fullmatch(ship):
         raise NetworkError(f"invalid ship name {ship!r}")
     return ship
+
+
+def enable_forwarding(proc_file: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> None:
+    """Ships reach each other's stable addresses through the host: IPv4 forwarding must be on."""
+    try:
+        if proc_file.read_text().strip() != "1":
+            proc_file.write_text("1\n")
+    except OSError as err:
+        raise NetworkError(f"cannot enable IPv4 forwarding ({proc_file}): {err}") from err

@@ -153,6 +153,22 @@ class NginxConfigRejected(Event):
     pass
 
 
+# -- hulls --
+@dataclass(frozen=True, kw_only=True)
+class HullBuildStarted(Event):
+    hull: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HullAssembled(Event):
+    hull: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HullRetired(Event):
+    hull: str | None = None
+
+
 # -- headquarters --
 @dataclass(frozen=True, kw_only=True)
 class HeadquartersSynced(Event):

@@ -7,7 +7,7 @@ import logging
 
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, MessageBus
-from hyperdrive.pipeline.commands import Command, from_trigger
+from hyperdrive.pipeline.commands import Command, Deploy, from_trigger
 from hyperdrive.spool import FileSpool, Trigger
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,16 @@ class Inbox:
         await self.spool.done(trigger.id, worst)
 
     async def _command(self, command: Command) -> str:
+        if isinstance(command, Deploy):
+            self.bus.emit(
+                ev.DeployQueued(
+                    app=command.app,
+                    sha=command.sha,
+                    deploy=command.deploy,
+                    source=command.source,
+                    message=f"deploy of {command.app} queued",
+                )
+            )
         try:
             return await self.bus.handle(command)
         except LookupError as err:

@@ -1,0 +1,46 @@
+"""The orders in force: the last good headquarters plus the squadron-wide includes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_orders
+
+
+@dataclass
+class Fleet:
+    """What each app is ordered to be; apps pushed here without orders get the defaults."""
+
+    default_hull: str
+    hq: Headquarters | None = None
+    hq_sha: str | None = None
+    includes: dict[str, str] = field(default_factory=dict)
+
+    def orders(self, app: str) -> Orders:
+        """The app's orders, or default orders for an app hosted here that HQ does not name."""
+        if self.hq is not None and app in self.hq.apps:
+            return self.hq.apps[app]
+        return parse_orders("", f"{app}/orders", app=app, default_hull=self.default_hull)
+
+    def ordered(self, app: str) -> bool:
+        return self.hq is not None and app in self.hq.apps
+
+    def rejected(self, app: str) -> str | None:
+        if self.hq is None or app not in self.hq.rejected:
+            return None
+        return str(self.hq.rejected[app])
+
+    def env(self, app: str) -> dict[str, str]:
+        """includes under the orders' env (orders win); PORT always set."""
+        return merge_env(self.includes, self.orders(app).env)
+
+    def names(self) -> list[str]:
+        return sorted(self.hq.apps) if self.hq is not None else []
+
+    def summary(self, app: str) -> Mapping[str, str]:
+        orders = self.orders(app)
+        source = orders.autodeploy_url or "hosted here"
+        if orders.branch:
+            source += f"#{orders.branch}"
+        return {"orders": f"{source}, PORT {orders.port}, hull {orders.hull}"}

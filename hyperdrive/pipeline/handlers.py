@@ -1,0 +1,689 @@
+"""The deploy pipeline: plan → fetch → assemble → build → start → health → swap → drain → retire.
+
+Each stage is a small step that emits its event with its duration. Until the swap nothing
+a client can reach has changed, so any failure (or a newer push) leaves the old ship serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import aiohttp
+
+from hyperdrive.buildpacks import BuildPlan, detect
+from hyperdrive.config import Config
+from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyError
+from hyperdrive.headquarters import Orders
+from hyperdrive.lxc_async import Mount, ShipSpec
+from hyperdrive.names import ship_name
+from hyperdrive.network import IpAllocator, bridge_address, enable_forwarding, ensure_bridge
+from hyperdrive.nginx_reload import AppRoute, Routes
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
+from hyperdrive.pipeline.commands import Assemble, Deploy, Launch, Retire, Rollback
+from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.pipeline.hulls import Hulls
+from hyperdrive.pipeline.model import BUILDING, HEALTHY, LIVE, STOPPED, App, Records, Ship
+from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
+from hyperdrive.pipeline.ports import Clock, ContainerRuntime
+from hyperdrive.repos import GitRepos
+from hyperdrive.traffic import StablePorts, Traffic
+
+IGNORED = "ignored"
+BUILD_TIMEOUT_S = 15 * 60
+START_TIMEOUT_S = 30
+LOG_CAP_BYTES = 16 * 1024 * 1024
+EVENT_LINES_CAP = 5000
+HEALTH_STEP_S = 0.05
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Parts:
+    """The adapters the pipeline drives, wired in bootstrap.py."""
+
+    config: Config
+    runtime: ContainerRuntime
+    routes: Routes
+    traffic: Traffic
+    ports: StablePorts
+    ips: IpAllocator
+    repos: GitRepos
+    records: Records
+    fleet: Fleet
+    hulls: Hulls
+    clock: Clock
+    drain_s: float = 3.0
+    bridge_ready: bool = field(default=False)
+
+
+class SetupLog:
+    """`$DATA/lxc/<ship>/setup.log` (capped) and BuildOutput events (capped) for each line."""
+
+    def __init__(self, path: Path, emit: Callable[[str], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._emit = emit
+        self.bytes = 0
+        self.lines = 0
+
+    def line(self, text: str) -> None:
+        self.lines += 1
+        if self.bytes < LOG_CAP_BYTES:
+            self.bytes += len(text) + 1
+            self._fh.write(text + "\n")
+            if self.bytes >= LOG_CAP_BYTES:
+                self._fh.write("[hyperdrive: output beyond 16 MiB is not kept]\n")
+            self._fh.flush()
+        if self.lines <= EVENT_LINES_CAP:
+            self._emit(text)
+        elif self.lines == EVENT_LINES_CAP + 1:
+            self._emit(f"[hyperdrive: more output in {self.path}]")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class Job:
+    """One deploy in flight: what it was asked, where it reports, and the ship it builds."""
+
+    cmd: Deploy
+    ctx: Context
+    app: App
+    orders: Orders
+    started: float
+    ship: Ship | None = None
+
+    def emit(self, event: type[ev.Event], message: str, **fields: object) -> None:
+        """Emit `event` filled with this job's app, sha, ship and deploy id."""
+        ship = self.ship
+        base: dict[str, object] = {
+            "app": self.cmd.app,
+            "deploy": self.cmd.deploy,
+            "sha": ship.sha if ship else self.cmd.sha,
+            "ship": ship.name if ship else None,
+        }
+        self.ctx.emit(event(**{**base, **fields, "message": message}))  # type: ignore[arg-type]
+
+
+class Pipeline:
+    """Command handlers for Deploy, Retire, Rollback, Assemble and Launch."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.p = parts
+
+    # -- paths and small helpers --
+    def ship_dir(self, ship: str) -> Path:
+        return self.p.config.data / "lxc" / ship
+
+    def url(self, app: str) -> str:
+        config = self.p.config
+        if config.domain:
+            return f"http://{app}.{config.domain}/"
+        port = "" if config.http_port == 80 else f":{config.http_port}"
+        return f"http://{socket.gethostname()}{port}/{app}/"
+
+    def _ms(self, t0: float) -> int:
+        return int((self.p.clock.monotonic() - t0) * 1000)
+
+    async def _ensure_bridge(self) -> str:
+        if not self.p.bridge_ready:
+            await ensure_bridge(self.p.config.name, self.p.config.subnet)
+            enable_forwarding()
+            await self.p.traffic.ensure_table()
+            self.p.bridge_ready = True
+        return str(bridge_address(self.p.config.subnet))
+
+    @contextlib.asynccontextmanager
+    async def _stage(self, stage: str) -> AsyncIterator[None]:
+        """Turn any error a user can cause inside a stage into a DeployError naming the stage."""
+        try:
+            yield
+        except DeployError:
+            raise
+        except (HyperdriveError, OSError, aiohttp.ClientError) as err:
+            raise DeployError(stage, str(err) or type(err).__name__) from err
+
+    def _job(self, cmd: Deploy, ctx: Context) -> Job:
+        app = self.p.records.get(cmd.app)
+        return Job(cmd, ctx, app, self.p.fleet.orders(cmd.app), self.p.clock.monotonic())
+
+    # -- Deploy --
+    async def deploy(self, cmd: Deploy, ctx: Context) -> str:
+        job = self._job(cmd, ctx)
+        job.emit(ev.DeployStarted, f"deploy of {cmd.app} started ({cmd.source})")
+        try:
+            sha = await self._plan(job)
+        except DeployError as err:
+            return self._failed(job, err)
+        if sha is None:
+            return IGNORED
+        live = job.app.live_ship
+        if live is not None and live.sha == sha and cmd.source != "hq":
+            job.ship = live
+            job.emit(
+                ev.DeployFinished,
+                f"{sha[:7]} is already live on {live.name}",
+                url=self.url(cmd.app),
+                ms=0,
+            )
+            return FINISHED
+        job.ship = self._new_ship(job.app, sha, cmd.deploy, job.orders.port)
+        try:
+            await self._launch_new(job)
+        except asyncio.CancelledError:
+            await self._scrap(job.app, job.ship)
+            raise
+        except DeployError as err:
+            await self._keep_failed(job.app, job.ship)
+            return self._failed(job, err)
+        return await self._go_live(job)
+
+    async def _plan(self, job: Job) -> str | None:
+        """Which commit to deploy; None when the push is not for the deploy branch."""
+        cmd, orders = job.cmd, job.orders
+        rejected = self.p.fleet.rejected(cmd.app)
+        if rejected and not self.p.fleet.ordered(cmd.app):
+            raise DeployError("plan", f"orders rejected: {rejected}")
+        async with self._stage("plan"):
+            branch = orders.branch or await self._default_branch(cmd.app, orders)
+        if cmd.ref is not None and cmd.ref != f"refs/heads/{branch}":
+            job.emit(
+                ev.TriggerIgnored, f"{cmd.ref} pushed; {cmd.app} deploys {branch}", kind="push"
+            )
+            return None
+        async with self._stage("fetch"):
+            sha = cmd.sha
+            if orders.autodeploy_url is not None:
+                t0 = self.p.clock.monotonic()
+                fetched = await self.p.repos.fetch(cmd.app, orders.autodeploy_url, branch)
+                sha = sha or fetched
+                job.emit(
+                    ev.StageFinished,
+                    f"fetched {branch} of {orders.autodeploy_url}",
+                    stage="fetch",
+                    ms=self._ms(t0),
+                    sha=sha,
+                )
+            sha = sha or await self.p.repos.resolve(cmd.app, branch)
+        if sha is None:
+            raise DeployError("plan", f"{cmd.app} has no commits on {branch} yet")
+        return sha
+
+    async def _default_branch(self, app: str, orders: Orders) -> str:
+        if orders.autodeploy_url:
+            return await self.p.repos.remote_default_branch(app, orders.autodeploy_url)
+        return await self.p.repos.default_branch(app)
+
+    def _new_ship(self, app: App, sha: str, deploy: str, port: int) -> Ship:
+        """`<name>-<app>-<sha7>`; a redeploy of the same commit gets `-2`, `-3`, …"""
+        base = ship_name(self.p.config.name, app.name, sha)
+        taken = {s.name for s in app.ships}
+        name = next(n for n in [base, *(f"{base}-{i}" for i in range(2, 10_000))] if n not in taken)
+        return Ship(name, sha, ip="", port=port, created=self.p.clock.time(), deploy=deploy)
+
+    async def _launch_new(self, job: Job) -> None:
+        """fetch → assemble → build → start → health, on a ship nobody is sent to yet."""
+        assert job.ship is not None
+        job.app.upsert(job.ship)
+        self.p.records.save(job.app)
+        await self._export(job)
+        await self._assemble(job)
+        plan = await self._build(job)
+        await self._start(job, plan)
+        await self._health(job)
+
+    async def _export(self, job: Job) -> None:
+        assert job.ship is not None
+        t0, ship = self.p.clock.monotonic(), job.ship
+        target = self.ship_dir(ship.name) / "app"
+        shutil.rmtree(target, ignore_errors=True)
+        async with self._stage("fetch"):
+            remote = not job.orders.hosted_here
+            await self.p.repos.export(job.cmd.app, ship.sha, target, remote=remote)
+        job.emit(ev.StageFinished, f"exported {ship.sha[:7]}", stage="export", ms=self._ms(t0))
+
+    async def _assemble(self, job: Job) -> None:
+        assert job.ship is not None
+        p, t0, ship = self.p, self.p.clock.monotonic(), job.ship
+        kind = job.orders.hull or p.config.hull
+        async with self._stage("assemble"):
+            gateway = await self._ensure_bridge()
+            hull = await p.hulls.ensure(kind, job.ctx)
+            ship.ip = str(p.ips.allocate(ship.name))
+            await p.runtime.snapshot(hull, ship.name)
+            await p.runtime.write_config(ship.name, self._spec(ship, job.orders, gateway))
+            await p.runtime.start(ship.name)
+        job.emit(
+            ev.ShipAssembled,
+            f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}",
+            ms=self._ms(t0),
+        )
+
+    def _spec(self, ship: Ship, orders: Orders, gateway: str) -> ShipSpec:
+        folder = self.ship_dir(ship.name)
+        cache = self.p.config.var / "cache" / orders.app
+        for path in (folder / "run", cache):
+            path.mkdir(parents=True, exist_ok=True)
+        mounts = (
+            Mount(folder / "app", "/app", readonly=False),
+            Mount(folder / "run", "/hyperdrive", readonly=False),
+            Mount(cache, "/var/cache/hyperdrive", readonly=False),
+        )
+        return ShipSpec(
+            ip=IPv4Address(ship.ip),
+            gateway=IPv4Address(gateway),
+            prefixlen=self.p.config.subnet.prefixlen,
+            bridge=self.p.config.bridge,
+            hostname=orders.app,
+            memory_bytes=orders.memory_bytes,
+            cpus=orders.cpus,
+            mounts=mounts,
+        )
+
+    def _write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> None:
+        """/hyperdrive/env, build and start: what runs inside the ship, written by us."""
+        run = self.ship_dir(ship.name) / "run"
+        path = ":".join(filter(None, (plan.path_prefix, SYSTEM_PATH)))
+        env = {
+            **env,
+            "PATH": path,
+            "HOME": "/app",
+            "PIP_CACHE_DIR": "/var/cache/hyperdrive/pip",
+            "npm_config_cache": "/var/cache/hyperdrive/npm",
+        }
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+        (run / "env").write_text("\n".join(lines) + "\n")
+        (run / "env").chmod(0o600)
+        build = plan.build or "true"
+        (run / "build").write_text(f"#!/bin/sh\n. /hyperdrive/env\ncd /app\n{build}\n")
+        (run / "web").write_text(f". /hyperdrive/env\ncd /app\n{plan.start}\n")
+        (run / "start").write_text(_START)
+
+    async def _build(self, job: Job) -> BuildPlan:
+        assert job.ship is not None
+        p, t0, ship = self.p, self.p.clock.monotonic(), job.ship
+        async with self._stage("build"):
+            plan = detect(self.ship_dir(ship.name) / "app")
+            self._write_scripts(ship, plan, p.fleet.env(job.cmd.app))
+        if plan.build is None:
+            return plan
+        log = SetupLog(
+            self.ship_dir(ship.name) / "setup.log", lambda text: job.emit(ev.BuildOutput, text)
+        )
+        try:
+            async with self._stage("build"):
+                argv = ["/bin/sh", "/hyperdrive/build"]
+                code = await p.runtime.attach(ship.name, argv, {}, BUILD_TIMEOUT_S, log.line)
+        finally:
+            log.close()
+        if code != 0:
+            job.emit(ev.BuildFailed, f"{plan.kind} build exited {code}", log=str(log.path))
+            raise DeployError("build", f"{plan.kind} build exited {code}; see {log.path}")
+        job.emit(ev.ShipBuilt, f"{plan.kind} build completed", ms=self._ms(t0))
+        return plan
+
+    async def _start(self, job: Job, plan: BuildPlan) -> None:
+        assert job.ship is not None
+        t0 = self.p.clock.monotonic()
+        async with self._stage("start"):
+            await self._run_start(job.ship)
+        job.emit(ev.ShipStarted, f"started: {plan.start[:200]}", ms=self._ms(t0))
+
+    async def _run_start(self, ship: Ship) -> None:
+        argv = ["/bin/sh", "/hyperdrive/start"]
+        code = await self.p.runtime.attach(ship.name, argv, {}, START_TIMEOUT_S)
+        if code != 0:
+            raise DeployError("start", f"the start script exited {code}")
+
+    async def _health(self, job: Job) -> None:
+        assert job.ship is not None
+        t0, ship, orders = self.p.clock.monotonic(), job.ship, job.orders
+        url = f"http://{ship.ip}:{ship.port}{orders.healthcheck_path}"
+        problem = await wait_healthy(url, orders.healthcheck_seconds)
+        if problem is not None:
+            message = f"{url} {problem} after {orders.healthcheck_seconds:g} s"
+            message += self._app_log_tail(ship)
+            job.emit(ev.HealthCheckFailed, message, ms=self._ms(t0))
+            raise DeployError("health", message)
+        ship.healthy, ship.state = True, HEALTHY
+        self.p.records.save(job.app)
+        job.emit(ev.ShipHealthy, f"{url} answered", ms=self._ms(t0))
+
+    def _app_log_tail(self, ship: Ship) -> str:
+        log = self.ship_dir(ship.name) / "run" / "app.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-5:]
+        except OSError:
+            return ""
+        return "; app output: " + " | ".join(lines) if lines else ""
+
+    # -- swap, drain, retire --
+    async def _go_live(self, job: Job) -> str:
+        assert job.ship is not None
+        job.ctx.point_of_no_return()
+        app, ship, previous = job.app, job.ship, job.app.live_ship
+        try:
+            await self._swap(job, previous)
+        except DeployError as err:
+            await self._keep_failed(app, ship)
+            return self._failed(job, err)
+        ship.state = LIVE
+        app.live, app.since = ship.name, self.p.clock.time()
+        took = self._ms(job.started)
+        app.last_deploy = {
+            "deploy": job.cmd.deploy,
+            "result": "finished",
+            "ms": took,
+            "at": self.p.clock.time(),
+        }
+        self.p.records.save(app)
+        url = self.url(app.name)
+        job.emit(ev.DeployFinished, f"{app.name} {ship.sha[:7]} is live at {url}", url=url, ms=took)
+        if previous is not None and previous.name != ship.name:
+            await self._drain(job, previous)
+        await self._retire_old(job)
+        return FINISHED
+
+    def routes(self, with_app: str | None = None) -> list[AppRoute]:
+        """Every routed app (plus `with_app`) as nginx routes to its stable address."""
+        p = self.p
+        names = {a.name for a in p.records.all() if a.routed} | ({with_app} if with_app else set())
+        bridge = str(bridge_address(p.config.subnet))
+        routes = []
+        for name in sorted(names):
+            orders = p.fleet.orders(name)
+            routes.append(
+                AppRoute(
+                    name,
+                    bridge,
+                    p.ports.port(name),
+                    tuple(orders.servernames),
+                    orders.publish_port,
+                    orders.healthcheck_path,
+                )
+            )
+        return routes
+
+    async def _swap(self, job: Job, previous: Ship | None) -> None:
+        assert job.ship is not None
+        p, t0, app, ship = self.p, self.p.clock.monotonic(), job.app, job.ship
+        stable = p.ports.port(app.name)
+        async with self._stage("swap"):
+            await p.traffic.point(stable, ship.ip, ship.port)
+        try:
+            await p.routes.apply(self.routes(with_app=app.name))
+        except (ProxyError, InvalidName) as err:
+            await self._point_back(previous, stable)
+            job.emit(ev.NginxConfigRejected, str(err))
+            raise DeployError("swap", f"nginx refused the new routes: {err}") from err
+        app.routed = True
+        bridge = bridge_address(p.config.subnet)
+        problem = await wait_healthy(f"http://{bridge}:{stable}{job.orders.healthcheck_path}", 5)
+        if problem is not None:
+            await self._point_back(previous, stable)
+            raise DeployError("swap", f"the new ship stopped answering after the swap: {problem}")
+        job.emit(
+            ev.TrafficSwapped,
+            f"traffic for {app.name} now goes to {ship.name}",
+            previous=previous.name if previous else None,
+            ms=self._ms(t0),
+        )
+
+    async def _point_back(self, previous: Ship | None, stable: int) -> None:
+        with contextlib.suppress(HyperdriveError):
+            if previous is not None:
+                await self.p.traffic.point(stable, previous.ip, previous.port)
+            else:
+                await self.p.traffic.remove(stable)
+
+    async def _drain(self, job: Job, old: Ship) -> None:
+        """Old workers finish in-flight requests (conntrack keeps them on the old ship)."""
+        await asyncio.sleep(self.p.drain_s)
+        with contextlib.suppress(HyperdriveError):
+            await self.p.runtime.stop(old.name, kill=True)
+        old.state = STOPPED
+        self.p.records.save(job.app)
+        job.emit(
+            ev.ShipDrained,
+            f"ship '{old.name}' drained and stopped, kept for rollback",
+            ship=old.name,
+            sha=old.sha,
+        )
+
+    async def _retire_old(self, job: Job) -> None:
+        """Keep HYPERDRIVE_KEEP_SHIPS stopped ships; destroy the older ones."""
+        app = job.app
+        kept = [s for s in app.ships if s.name != app.live and s.state != BUILDING]
+        for ship in kept[: max(0, len(kept) - self.p.config.keep_ships)]:
+            await self._destroy(app, ship)
+            job.emit(ev.ShipRetired, f"ship '{ship.name}' destroyed", ship=ship.name, sha=ship.sha)
+        self.p.records.save(app)
+
+    async def _destroy(self, app: App, ship: Ship) -> None:
+        with contextlib.suppress(HyperdriveError):
+            await self.p.runtime.destroy(ship.name)
+        self.p.ips.release(ship.name)
+        shutil.rmtree(self.ship_dir(ship.name), ignore_errors=True)
+        app.forget(ship.name)
+
+    async def _scrap(self, app: App, ship: Ship) -> None:
+        """A superseded deploy: its ship is of no further use."""
+        await asyncio.shield(self._destroy(app, ship))
+        self.p.records.save(app)
+
+    async def _keep_failed(self, app: App, ship: Ship) -> None:
+        """A failed ship is stopped and kept for inspection (counted against KEEP_SHIPS)."""
+        with contextlib.suppress(HyperdriveError):
+            await self.p.runtime.stop(ship.name, kill=True)
+        ship.state = SHIP_FAILED
+        self.p.records.save(app)
+
+    def _failed(self, job: Job, err: DeployError) -> str:
+        app, ship = job.app, job.ship
+        app.last_deploy = {
+            "deploy": job.cmd.deploy,
+            "result": f"failed at {err.stage}",
+            "at": self.p.clock.time(),
+        }
+        self.p.records.save(app)
+        serving = f"; {app.live} keeps serving" if app.live else ""
+        log = str(self.ship_dir(ship.name) / "setup.log") if ship else None
+        job.emit(ev.DeployFailed, f"{err}{serving}", stage=err.stage, log=log)
+        return FAILED
+
+    # -- other commands --
+    async def retire(self, cmd: Retire, ctx: Context) -> str:
+        p = self.p
+        if cmd.ref is not None:
+            orders = p.fleet.orders(cmd.app)
+            branch = orders.branch or await self._default_branch(cmd.app, orders)
+            if cmd.ref != f"refs/heads/{branch}":
+                message = f"{cmd.ref} deleted; {cmd.app} deploys {branch}"
+                ctx.emit(
+                    ev.TriggerIgnored(
+                        app=cmd.app, deploy=cmd.deploy, kind="retire", message=message
+                    )
+                )
+                return IGNORED
+        app = p.records.get(cmd.app)
+        if app.routed:
+            app.routed = False
+            await p.routes.apply(self.routes())
+            with contextlib.suppress(HyperdriveError):
+                await p.traffic.remove(p.ports.port(cmd.app))
+        for ship in list(app.ships):
+            await self._destroy(app, ship)
+        p.records.drop(cmd.app)
+        ctx.emit(
+            ev.AppRetired(
+                app=cmd.app,
+                deploy=cmd.deploy,
+                message=f"{cmd.app} retired: {cmd.reason or 'asked to'}",
+            )
+        )
+        return FINISHED
+
+    async def rollback(self, cmd: Rollback, ctx: Context) -> str:
+        """Swap back to the newest kept ship that was healthy, health-checking it first."""
+        job = self._job(Deploy(deploy=cmd.deploy, app=cmd.app, source="rollback"), ctx)
+        candidates = [s for s in job.app.ships if s.healthy and s.name != job.app.live]
+        if not candidates:
+            return self._failed(job, DeployError("rollback", "no earlier healthy ship is kept"))
+        job.ship = candidates[-1]
+        try:
+            await self._revive(job)
+        except DeployError as err:
+            return self._failed(job, err)
+        result = await self._go_live(job)
+        if result == FINISHED:
+            job.emit(
+                ev.RolledBack,
+                f"{cmd.app} rolled back to {job.ship.sha[:7]}",
+                ms=self._ms(job.started),
+            )
+        return result
+
+    async def _revive(self, job: Job) -> None:
+        """Start a kept ship again (container and app) and health-check it."""
+        assert job.ship is not None
+        info = await self.p.runtime.info(job.ship.name)
+        async with self._stage("start"):
+            if info is None or info.state != "RUNNING":
+                await self._ensure_bridge()
+                await self.p.runtime.start(job.ship.name)
+            await self._run_start(job.ship)
+        await self._health(job)
+
+    async def assemble(self, cmd: Assemble, ctx: Context) -> str:
+        """Build a ship for the app and leave it stopped, ready for `hd launch`."""
+        job = self._job(Deploy(deploy=cmd.deploy, app=cmd.app, sha=cmd.sha, source="cli"), ctx)
+        try:
+            sha = await self._plan(job)
+            assert sha is not None
+            job.ship = self._new_ship(job.app, sha, cmd.deploy, job.orders.port)
+            job.app.upsert(job.ship)
+            await self._export(job)
+            await self._assemble(job)
+            await self._build(job)
+            await self.p.runtime.stop(job.ship.name, kill=True)
+        except DeployError as err:
+            return self._failed(job, err)
+        job.ship.state, job.ship.healthy = STOPPED, True
+        self.p.records.save(job.app)
+        job.emit(ev.DeployFinished, f"ship '{job.ship.name}' ready: hd launch {job.ship.name}")
+        return FINISHED
+
+    async def launch(self, cmd: Launch, ctx: Context) -> str:
+        """Put an assembled ship in service: start, health, swap."""
+        app = next((a for a in self.p.records.all() if a.ship(cmd.ship)), None)
+        if app is None:
+            raise DeployError("launch", f"no ship named {cmd.ship}")
+        job = self._job(Deploy(deploy=cmd.deploy, app=app.name, source="launch"), ctx)
+        job.ship = app.ship(cmd.ship)
+        try:
+            await self._revive(job)
+        except DeployError as err:
+            return self._failed(job, err)
+        return await self._go_live(job)
+
+
+_START = """#!/bin/sh
+# Written by Hyperdrive: runs the app (/hyperdrive/web) in the background, restarting it if it exits.
+. /hyperdrive/env
+cd /app
+/bin/sh -c 'trap "" HUP; while :; do /bin/sh /hyperdrive/web; echo "[hyperdrive] app exited $?"; \\
+  sleep 1; done' </dev/null >>/hyperdrive/app.log 2>&1 &
+"""
+
+
+async def wait_healthy(url: str, seconds: float) -> str | None:
+    """GET `url` until it answers 2xx/3xx; None when healthy, else what went wrong last."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    problem = "never answered"
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while loop.time() < deadline:
+            try:
+                async with session.get(url, allow_redirects=False) as response:
+                    if response.status < 400:
+                        return None
+                    problem = f"answered HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as err:
+                problem = f"did not answer ({type(err).__name__})"
+            await asyncio.sleep(HEALTH_STEP_S)
+    return problem
+
+
+class Recovery:
+    """At start: ships and nginx kept serving while the daemon was down; make the records true.
+
+    Interrupted deploys' ships are destroyed (their triggers are still in the spool and run
+    again), live ships that are not running are started, the traffic map is re-pointed,
+    nginx is re-rendered only if it differs, and containers nobody owns are destroyed.
+    """
+
+    def __init__(self, pipeline: Pipeline, out: Callable[[ev.Event], None]) -> None:
+        self.pipeline = pipeline
+        self.p = pipeline.p
+        self.emit = out
+
+    async def run(self) -> None:
+        apps = self.p.records.all()
+        if not apps and not await self._ours():
+            return
+        await self.pipeline._ensure_bridge()
+        for app in apps:
+            await self._app(app)
+        await self._orphans()
+        if any(a.routed for a in self.p.records.all()):
+            await self.p.routes.apply(self.pipeline.routes())
+
+    async def _ours(self) -> list[str]:
+        prefix = f"{self.p.config.name}-"
+        return [c.name for c in await self.p.runtime.list() if c.name.startswith(prefix)]
+
+    async def _app(self, app: App) -> None:
+        for ship in list(app.ships):
+            if ship.state == BUILDING or (ship.state == HEALTHY and ship.name != app.live):
+                await self.pipeline._destroy(app, ship)
+                self.emit(
+                    ev.ShipDestroyed(
+                        app=app.name,
+                        ship=ship.name,
+                        sha=ship.sha,
+                        message=f"'{ship.name}' was mid-deploy at a restart",
+                    )
+                )
+        live = app.live_ship
+        if live is not None:
+            info = await self.p.runtime.info(live.name)
+            if info is None or info.state != "RUNNING":
+                with contextlib.suppress(HyperdriveError):
+                    await self.p.runtime.start(live.name)
+                    await self.pipeline._run_start(live)
+            if app.routed:
+                await self.p.traffic.point(self.p.ports.port(app.name), live.ip, live.port)
+        self.p.records.save(app)
+
+    async def _orphans(self) -> None:
+        known = {s.name for a in self.p.records.all() for s in a.ships}
+        hull_prefix = f"{self.p.config.name}-hull-"
+        for name in await self._ours():
+            if name in known or name.startswith(hull_prefix):
+                continue
+            with contextlib.suppress(HyperdriveError):
+                await self.p.runtime.destroy(name)
+            self.p.ips.release(name)
+            self.emit(ev.ShipDestroyed(ship=name, message=f"orphan container '{name}' destroyed"))

@@ -1,0 +1,177 @@
+"""The app repos the pipeline reads: hosted here (`git/<app>.git`) or mirrored from a remote.
+
+dulwich reads refs; real git moves objects (`git archive`, `git fetch`), as measured faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from dulwich.errors import NotGitRepository
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+from hyperdrive.errors import CommandFailed, DeployError
+from hyperdrive.names import check_sha, sanitize_app_name
+
+FETCH_TIMEOUT_S = 300.0
+ARCHIVE_TIMEOUT_S = 300.0
+ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
+
+
+async def run_git(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:  # noqa: ASYNC109
+    """Run git; return stdout, or raise CommandFailed carrying git's own words."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CommandFailed(argv, None, f"no answer within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, (err or out).decode(errors="replace"))
+    return out.decode(errors="replace")
+
+
+class GitRepos:
+    """Hosted repos under `git_root`, mirrors under `git_root/mirrors`."""
+
+    def __init__(self, git_root: Path, private_keys: Path, known_hosts: Path) -> None:
+        self.git_root = git_root
+        self.private_keys = private_keys
+        self.known_hosts = known_hosts
+
+    def hosted(self, app: str) -> Path:
+        return self.git_root / f"{sanitize_app_name(app)}.git"
+
+    def mirror(self, app: str) -> Path:
+        return self.git_root / "mirrors" / f"{sanitize_app_name(app)}.git"
+
+    def repo_for(self, app: str, remote: bool) -> Path:
+        return self.mirror(app) if remote else self.hosted(app)
+
+    async def resolve(self, app: str, ref: str, remote: bool = False) -> str | None:
+        """The commit `ref` points at (a branch name or full ref), or None."""
+        path = self.repo_for(app, remote)
+        return await asyncio.to_thread(_resolve, path, ref)
+
+    async def default_branch(self, app: str, remote: bool = False) -> str:
+        """The branch HEAD names in the repo (master for repos made here)."""
+        path = self.repo_for(app, remote)
+        return await asyncio.to_thread(_head_branch, path)
+
+    async def export(self, app: str, sha: str, target: Path, remote: bool = False) -> None:
+        """Write the tree of `sha` into `target` (git archive | tar -x)."""
+        repo = self.repo_for(app, remote)
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+        read, write = os.pipe()
+        git = await asyncio.create_subprocess_exec(
+            "git",
+            f"--git-dir={repo}",
+            "archive",
+            "--format=tar",
+            check_sha(sha),
+            stdout=write,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        tar = await asyncio.create_subprocess_exec(
+            "tar",
+            "-x",
+            "--no-same-owner",
+            "-C",
+            str(target),
+            stdin=read,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.close(read)
+        os.close(write)
+        try:
+            (_, git_err), (_, tar_err) = await asyncio.wait_for(
+                asyncio.gather(git.communicate(), tar.communicate()), ARCHIVE_TIMEOUT_S
+            )
+        except TimeoutError:
+            for proc in (git, tar):
+                proc.kill()
+            raise DeployError(
+                "fetch", f"git archive {sha[:7]} took over {ARCHIVE_TIMEOUT_S} s"
+            ) from None
+        if git.returncode or tar.returncode:
+            words = (git_err or tar_err).decode(errors="replace").strip()
+            raise DeployError("fetch", f"could not export {sha[:7]} of {app}: {words}")
+
+    async def fetch(self, app: str, url: str, ref: str) -> str:
+        """Mirror `url` into `mirrors/<app>.git` and return the sha `ref` now points at."""
+        mirror = self.mirror(app)
+        env = self._fetch_env(app)
+        if not (mirror / "HEAD").exists():
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            await run_git(["git", "init", "--bare", "-q", str(mirror)], 30, env)
+        spec = f"+{ref}:{ref}" if ref.startswith("refs/") else f"+refs/heads/{ref}:refs/heads/{ref}"
+        argv = ["git", f"--git-dir={mirror}", "fetch", "--quiet", "--no-tags", "--", url, spec]
+        await run_git(argv, FETCH_TIMEOUT_S, env)
+        sha = await self.resolve(app, ref, remote=True)
+        if sha is None:
+            raise DeployError("fetch", f"{url} has no {ref}")
+        return sha
+
+    async def remote_default_branch(self, app: str, url: str) -> str:
+        """Ask the remote which branch its HEAD names (`git ls-remote --symref`)."""
+        out = await run_git(
+            ["git", "ls-remote", "--symref", "--", url, "HEAD"], 60, self._fetch_env(app)
+        )
+        for line in out.splitlines():
+            if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
+                return line[len("ref: refs/heads/") : -len("\tHEAD")]
+        raise DeployError("fetch", f"{url} does not say which branch is its default")
+
+    def _fetch_env(self, app: str) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
+            "HOME": str(self.git_root),
+        }
+        key = self.private_keys / app
+        ssh = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+        ]
+        if key.is_file():
+            ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+        env["GIT_SSH_COMMAND"] = " ".join(ssh)
+        return env
+
+
+def _resolve(path: Path, ref: str) -> str | None:
+    try:
+        repo = Repo(str(path))
+    except NotGitRepository:
+        return None
+    with repo:
+        name = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+        try:
+            return repo.refs[Ref(name.encode())].decode()
+        except KeyError:
+            return None
+
+
+def _head_branch(path: Path) -> str:
+    try:
+        head = (path / "HEAD").read_text().strip()
+    except OSError:
+        return "master"
+    prefix = "ref: refs/heads/"
+    return head[len(prefix) :] if head.startswith(prefix) else "master"

@@ -1,0 +1,133 @@
+"""A whole squadron for e2e tests: a real daemon with its own name, subnet, LXC and nginx.
+
+Everything it makes on the host (containers, bridge, nft table, nginx master) carries its
+unique name and is removed by `teardown`, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import Daemon, make_daemon, wait_for
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Admiral",
+    "GIT_AUTHOR_EMAIL": "admiral@example.invalid",
+    "GIT_COMMITTER_NAME": "Admiral",
+    "GIT_COMMITTER_EMAIL": "admiral@example.invalid",
+}
+
+
+def make_squadron(root: Path, **extra: str) -> Daemon:
+    """A daemon whose ships, bridge and tables are named `hdt<hex>` on a subnet of its own."""
+    name = f"hdt{secrets.token_hex(3)}"
+    subnet = f"10.213.{100 + secrets.randbelow(90)}.0/24"
+    settings = {"HYPERDRIVE_NAME": name, "HYPERDRIVE_SUBNET": subnet, "HYPERDRIVE_HULL": "busybox",
+                "HYPERDRIVE_DRAIN_SECONDS": "0.5", **extra}
+    return make_daemon(root, **settings)
+
+
+def teardown(d: Daemon) -> None:
+    """Stop the daemon, then remove every host-wide thing this squadron made."""
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+    name = d.env["HYPERDRIVE_NAME"]
+    lxcpath = d.var / "containers"
+    if lxcpath.exists():
+        listed = subprocess.run(["lxc-ls", "-P", str(lxcpath), "-1"], capture_output=True,
+                                text=True, timeout=30)
+        names = listed.stdout.split()
+        # ships first: a hull with snapshots cannot be destroyed
+        for ship in sorted(names, key=lambda n: "-hull-" in n):
+            subprocess.run(["lxc-destroy", "-P", str(lxcpath), "-n", ship, "-f"],
+                           capture_output=True, timeout=60)
+    pid_file = d.var / "nginx" / "run" / "nginx.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGQUIT)
+        except (ValueError, ProcessLookupError):
+            pass
+    subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True, timeout=10)
+    subprocess.run(["ip", "link", "del", f"{name}br0"], capture_output=True, timeout=10)
+
+
+def http_get(port: int, path: str, host: str | None = None, timeout: float = 3) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if host:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        body = err.read().decode(errors="replace")
+        err.close()
+        return err.code, body
+
+
+def git(*args: str, cwd: Path) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **GIT_ENV})
+    assert result.returncode == 0, f"git {' '.join(args)}: {result.stderr}"
+    return result.stdout.strip()
+
+
+class AppRepo:
+    """A working copy whose commits are pushed straight into the squadron's hosted repo."""
+
+    def __init__(self, d: Daemon, app: str, workdir: Path) -> None:
+        self.d, self.app, self.dir = d, app, workdir
+        self.bare = d.data / "git" / f"{app}.git"
+        if not self.bare.exists():
+            self.bare.parent.mkdir(parents=True, exist_ok=True)
+            git("init", "-q", "--bare", "-b", "master", str(self.bare), cwd=self.bare.parent)
+        workdir.mkdir(parents=True, exist_ok=True)
+        git("init", "-q", "-b", "master", cwd=workdir)
+
+    def commit(self, files: dict[str, str], message: str = "change") -> str:
+        for name, text in files.items():
+            path = self.dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            if name.startswith("bin/"):
+                path.chmod(0o755)
+        git("add", "-A", cwd=self.dir)
+        git("commit", "-q", "-m", message, cwd=self.dir)
+        return git("rev-parse", "HEAD", cwd=self.dir)
+
+    def push_trigger(self, sha: str, ref: str = "refs/heads/master") -> str:
+        """What git push + post-receive do: update the ref, then drop a durable trigger."""
+        old = git("rev-parse", "--verify", "-q", ref, cwd=self.bare) if self._has(ref) else "0" * 40
+        git("push", "-q", "-f", str(self.bare), f"{sha}:{ref}", cwd=self.dir)
+        from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+
+        trigger = Trigger(new_trigger_id("push"), "push", self.app,
+                          {"ref": ref, "old": old, "new": sha, "admiral": "test"}, time.time())
+        write_incoming(self.d.data / "spool", trigger)
+        return trigger.id
+
+    def _has(self, ref: str) -> bool:
+        result = subprocess.run(["git", "rev-parse", "--verify", "-q", ref], cwd=self.bare,
+                                capture_output=True, timeout=10)
+        return result.returncode == 0
+
+
+def wait_outcome(d: Daemon, deploy: str, timeout: float = 120) -> dict:
+    """The DeployFinished / DeployFailed / DeploySuperseded event of `deploy`."""
+    terminal = {"DeployFinished", "DeployFailed", "DeploySuperseded", "AppRetired",
+                "TriggerIgnored"}
+
+    def outcome() -> dict | None:
+        for event in d.events():
+            if event.get("deploy") == deploy and event["event"] in terminal:
+                return event
+        return None
+
+    return wait_for(outcome, timeout, 0.1, f"the outcome of deploy {deploy}; log: {d.log()}")
