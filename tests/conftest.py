@@ -59,10 +59,15 @@ class Daemon:
     def var(self) -> Path:
         return Path(self.env["HYPERDRIVE_VAR"])
 
-    def hd(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def hd(
+        self, *args: str, timeout: float = 30, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "hyperdrive", *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"hd {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -117,7 +122,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"hd serve did not stop within {timeout} s: {self.log()}") from None
+            raise AssertionError(
+                f"hd serve did not stop within {timeout} s: {self.log()}"
+            ) from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -599,7 +599,7 @@ class Pipeline:
 
 
 _START = """#!/bin/sh
-# Written by Hyperdrive: runs the app (/hyperdrive/web) in the background, restarting it if it exits.
+# Written by Hyperdrive: runs /hyperdrive/web in the background and restarts it when it exits.
 . /hyperdrive/env
 cd /app
 /bin/sh -c 'trap "" HUP; while :; do /bin/sh /hyperdrive/web; echo "[hyperdrive] app exited $?"; \\

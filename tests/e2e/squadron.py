@@ -6,6 +6,7 @@ unique name and is removed by `teardown`, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
 
 GIT_ENV = {
@@ -29,8 +31,13 @@ def make_squadron(root: Path, **extra: str) -> Daemon:
     """A daemon whose ships, bridge and tables are named `hdt<hex>` on a subnet of its own."""
     name = f"hdt{secrets.token_hex(3)}"
     subnet = f"10.213.{100 + secrets.randbelow(90)}.0/24"
-    settings = {"HYPERDRIVE_NAME": name, "HYPERDRIVE_SUBNET": subnet, "HYPERDRIVE_HULL": "busybox",
-                "HYPERDRIVE_DRAIN_SECONDS": "0.5", **extra}
+    settings = {
+        "HYPERDRIVE_NAME": name,
+        "HYPERDRIVE_SUBNET": subnet,
+        "HYPERDRIVE_HULL": "busybox",
+        "HYPERDRIVE_DRAIN_SECONDS": "0.5",
+        **extra,
+    }
     return make_daemon(root, **settings)
 
 
@@ -42,19 +49,21 @@ def teardown(d: Daemon) -> None:
     name = d.env["HYPERDRIVE_NAME"]
     lxcpath = d.var / "containers"
     if lxcpath.exists():
-        listed = subprocess.run(["lxc-ls", "-P", str(lxcpath), "-1"], capture_output=True,
-                                text=True, timeout=30)
+        listed = subprocess.run(
+            ["lxc-ls", "-P", str(lxcpath), "-1"], capture_output=True, text=True, timeout=30
+        )
         names = listed.stdout.split()
         # ships first: a hull with snapshots cannot be destroyed
         for ship in sorted(names, key=lambda n: "-hull-" in n):
-            subprocess.run(["lxc-destroy", "-P", str(lxcpath), "-n", ship, "-f"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                ["lxc-destroy", "-P", str(lxcpath), "-n", ship, "-f"],
+                capture_output=True,
+                timeout=60,
+            )
     pid_file = d.var / "nginx" / "run" / "nginx.pid"
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGQUIT)
-        except (ValueError, ProcessLookupError):
-            pass
     subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True, timeout=10)
     subprocess.run(["ip", "link", "del", f"{name}br0"], capture_output=True, timeout=10)
 
@@ -73,8 +82,14 @@ def http_get(port: int, path: str, host: str | None = None, timeout: float = 3) 
 
 
 def git(*args: str, cwd: Path) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, **GIT_ENV})
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **GIT_ENV},
+    )
     assert result.returncode == 0, f"git {' '.join(args)}: {result.stderr}"
     return result.stdout.strip()
 
@@ -106,23 +121,35 @@ class AppRepo:
         """What git push + post-receive do: update the ref, then drop a durable trigger."""
         old = git("rev-parse", "--verify", "-q", ref, cwd=self.bare) if self._has(ref) else "0" * 40
         git("push", "-q", "-f", str(self.bare), f"{sha}:{ref}", cwd=self.dir)
-        from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
-
-        trigger = Trigger(new_trigger_id("push"), "push", self.app,
-                          {"ref": ref, "old": old, "new": sha, "admiral": "test"}, time.time())
+        trigger = Trigger(
+            new_trigger_id("push"),
+            "push",
+            self.app,
+            {"ref": ref, "old": old, "new": sha, "admiral": "test"},
+            time.time(),
+        )
         write_incoming(self.d.data / "spool", trigger)
         return trigger.id
 
     def _has(self, ref: str) -> bool:
-        result = subprocess.run(["git", "rev-parse", "--verify", "-q", ref], cwd=self.bare,
-                                capture_output=True, timeout=10)
+        result = subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", ref],
+            cwd=self.bare,
+            capture_output=True,
+            timeout=10,
+        )
         return result.returncode == 0
 
 
 def wait_outcome(d: Daemon, deploy: str, timeout: float = 120) -> dict:
     """The DeployFinished / DeployFailed / DeploySuperseded event of `deploy`."""
-    terminal = {"DeployFinished", "DeployFailed", "DeploySuperseded", "AppRetired",
-                "TriggerIgnored"}
+    terminal = {
+        "DeployFinished",
+        "DeployFailed",
+        "DeploySuperseded",
+        "AppRetired",
+        "TriggerIgnored",
+    }
 
     def outcome() -> dict | None:
         for event in d.events():

@@ -60,8 +60,16 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         assert "git remote add hyperdrive ssh://git@" in out
         assert healthz(api)
         hd = str(tmp_path / "bin" / "hd")
-        status = json.loads(subprocess.run([hd, "status", "--json"], env=env, capture_output=True,
-                                           text=True, timeout=30, check=True).stdout)
+        status = json.loads(
+            subprocess.run(
+                [hd, "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        )
         assert status["api"] == f"127.0.0.1:{api}"
         doctor = subprocess.run([hd, "doctor"], env=env, capture_output=True, text=True, timeout=30)
         assert "daemon: running" in doctor.stdout

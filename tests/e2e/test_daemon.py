@@ -120,7 +120,9 @@ def test_public_events_need_a_token_and_stream_sse(daemon: Daemon) -> None:
     refused.value.close()
     token = daemon.hd("token", "alice").stdout.strip()
     assert len(token) > 30
-    request = urllib.request.Request(f"{url}?follow=0", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{url}?follow=0", headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         body = response.read().decode()

@@ -38,8 +38,15 @@ def test_push_deploys_redeploys_and_rolls_back(squadron: Daemon, tmp_path: Path)
     assert outcome["event"] == "DeployFinished", outcome
     assert served(squadron, "web") == (200, "version one\n")
     names = [e["event"] for e in squadron.events() if e.get("deploy") == outcome["deploy"]]
-    for stage in ("DeployQueued", "DeployStarted", "ShipAssembled", "ShipStarted", "ShipHealthy",
-                  "TrafficSwapped", "DeployFinished"):
+    for stage in (
+        "DeployQueued",
+        "DeployStarted",
+        "ShipAssembled",
+        "ShipStarted",
+        "ShipHealthy",
+        "TrafficSwapped",
+        "DeployFinished",
+    ):
         assert stage in names
 
     second = repo.commit({"index.html": "version two\n"})
@@ -55,8 +62,12 @@ def test_push_deploys_redeploys_and_rolls_back(squadron: Daemon, tmp_path: Path)
 def test_broken_build_keeps_old_ship_serving(squadron: Daemon, tmp_path: Path) -> None:
     repo = AppRepo(squadron, "web", tmp_path / "web")
     wait_outcome(squadron, repo.push_trigger(repo.commit(STATIC)))
-    bad = repo.commit({"bin/build": "#!/bin/sh\necho compiling\nexit 3\n",
-                       "Procfile": "web: busybox httpd -f -p $PORT -h /app\n"})
+    bad = repo.commit(
+        {
+            "bin/build": "#!/bin/sh\necho compiling\nexit 3\n",
+            "Procfile": "web: busybox httpd -f -p $PORT -h /app\n",
+        }
+    )
     outcome = wait_outcome(squadron, repo.push_trigger(bad))
     assert outcome["event"] == "DeployFailed"
     assert outcome["stage"] == "build"
