@@ -1,0 +1,358 @@
+"""Git over SSH: Hyperdrive's asyncssh server beside OpenSSH sshd + git-shell, in one run.
+
+Run (as root): .venv/bin/python bench/git_ssh.py [--files 2000] [--mb 50] [--repeat 5]
+
+Both servers listen on 127.0.0.1 (free ports), serve the same kind of bare repo (made by
+hyperdrive.gitserver.create_repo, so both run the same post-receive hook, which writes its
+spool trigger; pushes say `-o nowait`: no daemon here), and the client forces the same key
+exchange and cipher on both (printed, and checked in `ssh -v` output). sshd runs from its own
+config: its own host key, AuthorizedKeysFile = a temp file, ForceCommand git-shell.
+Measured: connection setup (`git ls-remote`, the same op on both), first push of a generated
+repo (random, incompressible files), one-file push, full clone, 10 concurrent pushes (10
+repos), 10 concurrent clones. Then: every clone has the pushed commit and passes fsck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hyperdrive.gitserver import GitServer, create_repo  # noqa: E402
+from hyperdrive.keyring import KeyRing  # noqa: E402
+
+KEX = "curve25519-sha256"
+CIPHER = "aes128-gcm@openssh.com"
+HOSTKEY = "ssh-ed25519"
+TIMEOUT = 300
+GOALS = {"connection setup": 0.5, "one-file push": 0.5}
+
+
+def sh(*argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a program; fail with its own output."""
+    done = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, timeout=TIMEOUT, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{argv} exited {done.returncode}: {done.stdout!r} {done.stderr!r}")
+    return done.stdout.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Side:
+    """One server under test: how to reach a repo on it, and the env git needs."""
+
+    def __init__(self, name: str, key: Path, port: int, user: str, prefix: str) -> None:
+        self.name, self.port, self.user, self.prefix = name, port, user, prefix
+        ssh = [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port),
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", f"KexAlgorithms={KEX}",
+            "-o", f"Ciphers={CIPHER}", "-o", f"HostKeyAlgorithms={HOSTKEY}",
+            "-o", "Compression=no",
+        ]  # fmt: skip
+        self.env = {
+            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+            "GIT_SSH_COMMAND": shlex.join(ssh), "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "b",
+            "GIT_AUTHOR_EMAIL": "b@example.invalid", "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@example.invalid",
+        }  # fmt: skip
+
+    def url(self, repo: str) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{self.prefix}{repo}.git"
+
+    def negotiated(self) -> str:
+        """What `ssh -v` says was agreed, from a real `git ls-remote`."""
+        env = {**self.env, "GIT_SSH_COMMAND": self.env["GIT_SSH_COMMAND"] + " -v"}
+        done = subprocess.run(
+            ["git", "ls-remote", self.url("warm")], env=env, capture_output=True,
+            timeout=60, check=True,
+        )  # fmt: skip
+        lines = done.stderr.decode().splitlines()
+        kex = [ln.split("kex: algorithm: ")[1] for ln in lines if "kex: algorithm: " in ln]
+        cipher = [
+            ln.split("cipher: ")[1].split()[0] for ln in lines if "server->client cipher" in ln
+        ]
+        return f"kex {kex[0] if kex else '?'}, cipher {cipher[0] if cipher else '?'}"
+
+
+# -- the servers ---------------------------------------------------------------------------
+
+
+def serve_hyperdrive(work: Path, pub: Path) -> None:
+    """Child process: run GitServer until stdin closes; print the port first."""
+
+    async def main() -> None:
+        keyring = KeyRing()
+        keyring.add_bootstrap(pub.read_text().splitlines())
+        env = {"HYPERDRIVE_SPOOL": str(work / "spool-hd")}
+        server = GitServer("127.0.0.1", 0, work / "hd_host_key", work / "hd", keyring, env, None)
+        await server.start()
+        print(server.bound_port, flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+        await server.close()
+
+    asyncio.run(main())
+
+
+def start_hyperdrive(work: Path, pub: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(work), str(pub)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1
+HostKey {work}/sshd_host_ed25519
+PidFile {work}/sshd.pid
+AuthorizedKeysFile {work}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+PrintMotd no
+KexAlgorithms {kex}
+Ciphers {cipher}
+HostKeyAlgorithms {hostkey}
+AcceptEnv GIT_PROTOCOL
+SetEnv HYPERDRIVE_SPOOL={work}/spool-sshd HYPERDRIVE_PYTHON={python}
+ForceCommand git-shell -c "$SSH_ORIGINAL_COMMAND"
+"""
+
+
+def start_sshd(work: Path, pub: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """OpenSSH sshd from its own config, as root, on a free loopback port."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation folder
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "sshd_host_ed25519")
+    (work / "authorized_keys").write_text(pub.read_text())
+    config = work / "sshd_config"
+    config.write_text(
+        SSHD_CONFIG.format(
+            work=work, kex=KEX, cipher=CIPHER, hostkey=HOSTKEY, python=sys.executable
+        )
+    )
+    port = free_port()
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config), "-p", str(port)],
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+            return proc, port
+        time.sleep(0.05)
+    raise SystemExit("sshd did not start")
+
+
+# -- the workload ----------------------------------------------------------------------------
+
+
+def source_repo(path: Path, files: int, megabytes: int, env: dict[str, str]) -> None:
+    """`files` random (incompressible) files, `megabytes` in all, one commit on master."""
+    size = megabytes * 1024 * 1024 // files
+    sh("git", "init", "-q", "-b", "master", path, env=env)
+    for n in range(files):
+        folder = path / f"d{n % 40:02d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{n:05d}.bin").write_bytes(os.urandom(size))
+    sh("git", "add", "-A", cwd=path, env=env)
+    sh("git", "commit", "-q", "-m", "generated", cwd=path, env=env)
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def push(side: Side, tree: Path, repo: str) -> None:
+    sh("git", "push", "-q", "-o", "nowait", side.url(repo), "master", cwd=tree, env=side.env)
+
+
+def clone(side: Side, repo: str, into: Path) -> None:
+    sh("git", "clone", "-q", "--no-checkout", side.url(repo), into, env=side.env)
+
+
+def in_parallel(actions: list[Callable[[], object]]) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(actions)) as pool:
+        for future in [pool.submit(a) for a in actions]:
+            future.result()
+    return time.perf_counter() - started
+
+
+class Bench:
+    def __init__(self, work: Path, sides: list[Side], tree: Path, repeat: int) -> None:
+        self.work, self.sides, self.tree, self.repeat = work, sides, tree, repeat
+        self.rows: list[tuple[str, float, float]] = []
+        self.clones: list[Path] = []
+
+    def record(self, label: str, times: dict[str, list[float]]) -> None:
+        hd, ssh = (statistics.median(times[s.name]) for s in self.sides)
+        self.rows.append((label, hd, ssh))
+        print(f"  {label:<24} hyperdrive {hd:7.3f} s   sshd {ssh:7.3f} s   ratio {hd / ssh:5.2f}")
+
+    def alternate(self, label: str, runs: int, action: Callable[[Side, int], float]) -> None:
+        """Run each side `runs` times, alternating who goes first; keep the medians."""
+        times: dict[str, list[float]] = {s.name: [] for s in self.sides}
+        for run in range(runs):
+            for side in self.sides if run % 2 == 0 else self.sides[::-1]:
+                times[side.name].append(action(side, run))
+        self.record(label, times)
+
+    def connection_setup(self) -> None:
+        def ls_remote(side: Side, run: int) -> float:
+            return timed(lambda: sh("git", "ls-remote", side.url("main"), env=side.env))
+
+        self.alternate("connection setup", self.repeat * 2, ls_remote)
+
+    def first_push(self) -> None:
+        self.alternate("first push", 3, lambda s, n: timed(lambda: push(s, self.tree, f"first{n}")))
+
+    def one_file_push(self) -> None:
+        def one_file(side: Side, run: int) -> float:
+            (self.tree / "one.txt").write_text(f"{side.name} {run}\n")
+            sh("git", "commit", "-q", "-am", "one", cwd=self.tree, env=side.env)
+            return timed(lambda: push(side, self.tree, "main"))
+
+        (self.tree / "one.txt").write_text("start\n")
+        sh("git", "add", "one.txt", cwd=self.tree)
+        sh("git", "commit", "-q", "-m", "one", cwd=self.tree, env=self.sides[0].env)
+        for side in self.sides:
+            push(side, self.tree, "main")
+        self.alternate("one-file push", self.repeat, one_file)
+        for side in self.sides:  # both sides end at the same commit, for the clones
+            push(side, self.tree, "main")
+
+    def full_clone(self) -> None:
+        def one_clone(side: Side, run: int) -> float:
+            into = self.work / f"clone-{side.name}-{run}"
+            self.clones.append(into)
+            return timed(lambda: clone(side, "main", into))
+
+        self.alternate("full clone", 3, one_clone)
+
+    def concurrent(self) -> None:
+        pushes: dict[str, list[float]] = {}
+        clones: dict[str, list[float]] = {}
+        for side in self.sides:
+            jobs = [lambda s=side, n=n: push(s, self.tree, f"many{n}") for n in range(10)]
+            pushes[side.name] = [in_parallel(jobs)]
+        self.record("10 concurrent pushes", pushes)
+        for side in self.sides:
+            targets = [self.work / f"many-{side.name}-{n}" for n in range(10)]
+            jobs = [lambda s=side, t=t: clone(s, "main", t) for t in targets]
+            clones[side.name] = [in_parallel(jobs)]
+            self.clones += targets
+        self.record("10 concurrent clones", clones)
+
+    def verify(self) -> None:
+        """No byte lost: every clone holds the pushed commit and passes fsck."""
+        head = sh("git", "rev-parse", "HEAD", cwd=self.tree).strip()
+        for path in self.clones:
+            got = sh("git", "rev-parse", "HEAD", cwd=path).strip()
+            assert got == head, f"{path} has {got}, pushed {head}"
+            sh("git", "fsck", "--strict", "--no-dangling", cwd=path)
+        for root in ("hd", "sshd"):
+            for repo in sorted((self.work / root).glob("*.git")):
+                sh("git", "fsck", "--no-dangling", cwd=repo)
+        print(f"  verified: {len(self.clones)} clones at {head[:7]} pass fsck; so do all repos")
+
+
+def prepare_sshd_repos(work: Path) -> None:
+    """git-shell cannot create repos: make the sshd side's the same way Hyperdrive does."""
+    names = ["warm", "main", *(f"first{n}" for n in range(3)), *(f"many{n}" for n in range(10))]
+    for name in names:
+        create_repo(work / "sshd" / f"{name}.git", ROOT / "bin")
+
+
+def report(bench: Bench, negotiated: dict[str, str], work: Path) -> None:
+    print("\n| operation | Hyperdrive (s) | OpenSSH sshd + git-shell (s) | ratio | goal |")
+    print("|---|---:|---:|---:|---:|")
+    for label, hd, ssh in bench.rows:
+        goal = GOALS.get(label, 0.9)
+        mark = "ok" if hd / ssh <= goal else "MISSED"
+        print(f"| {label} | {hd:.3f} | {ssh:.3f} | {hd / ssh:.2f} | ≤ {goal} {mark} |")
+    for side, text in negotiated.items():
+        print(f"negotiated with {side}: {text}")
+    for root in ("spool-hd", "spool-sshd"):
+        count = len(list((work / root / "incoming").glob("*.json")))
+        print(f"{root}: {count} trigger files written by the post-receive hook")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve_hyperdrive(Path(args.serve[0]), Path(args.serve[1]))
+        return
+    with tempfile.TemporaryDirectory(prefix="hd-git-bench-") as tmp:
+        run_bench(Path(tmp), args)
+
+
+def run_bench(work: Path, args: argparse.Namespace) -> None:
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "client")
+    pub = work / "client.pub"
+    prepare_sshd_repos(work)
+    hd_proc, hd_port = start_hyperdrive(work, pub)
+    sshd_proc, sshd_port = start_sshd(work, pub)
+    try:
+        sides = [
+            Side("hyperdrive", work / "client", hd_port, "git", "/"),
+            Side("sshd", work / "client", sshd_port, "root", f"{work}/sshd/"),
+        ]
+        print(f"client forces: KexAlgorithms={KEX} Ciphers={CIPHER} HostKeyAlgorithms={HOSTKEY}")
+        tree = work / "source"
+        started = time.perf_counter()
+        source_repo(tree, args.files, args.mb, sides[0].env)
+        took = time.perf_counter() - started
+        print(f"source: {args.files} files, {args.mb} MB random, made in {took:.1f} s")
+        for side in sides:  # hyperdrive creates its repos here; sshd's exist already
+            push(side, tree, "warm")
+            push(side, tree, "main")
+        negotiated = {s.name: s.negotiated() for s in sides}
+        bench = Bench(work, sides, tree, args.repeat)
+        bench.connection_setup()
+        bench.first_push()
+        bench.one_file_push()
+        bench.full_clone()
+        bench.concurrent()
+        bench.verify()
+        report(bench, negotiated, work)
+    finally:
+        hd_proc.communicate("", timeout=30)
+        sshd_proc.send_signal(signal.SIGTERM)
+        sshd_proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

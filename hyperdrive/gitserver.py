@@ -1,0 +1,426 @@
+"""Git over SSH and admiral commands: the asyncssh server behind `git push hyperdrive master`.
+
+Only admirals get in (public keys from the KeyRing). A command is parsed with shlex, the repo
+name is validated here, once, and the real git program serves the pack on `git_root/<app>.git`
+with its pipes pumped by explicit coroutines (asyncssh's `redirect` lost data in measurements).
+Anything that is not git goes to the injected admiral command handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+from hyperdrive.errors import HyperdriveError, InvalidName
+from hyperdrive.keyring import KeyRing
+from hyperdrive.names import repo_name
+
+log = logging.getLogger(__name__)
+
+GIT_SERVICES = {
+    "git-receive-pack": "receive-pack",
+    "git-upload-pack": "upload-pack",
+    "git-upload-archive": "upload-archive",
+}
+ADMIRAL_VERBS = frozenset({"status", "logs", "deploy", "rollback", "enter"})
+PTY_VERBS = frozenset({"enter"})  # the only commands a terminal is allocated for
+MAX_COMMAND = 4096
+CHUNK = 64 * 1024
+PIPE_LIMIT = 1024 * 1024  # git's pipes buffer this much before asyncio pauses reading them
+GIT_TIMEOUT_S = 3600.0
+REAP_TIMEOUT_S = 10.0
+LOGIN_TIMEOUT_S = 20.0
+MAX_UNAUTHENTICATED = 32
+SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{1,64}")
+DEFAULT_HOOKS_DIR = Path(__file__).resolve().parent.parent / "bin"
+
+AdmiralCommands = Callable[[str, list[str], "asyncssh.SSHServerProcess[bytes]"], Awaitable[int]]
+
+
+class CommandRejected(HyperdriveError):
+    """An SSH command the server will not run; the message is shown to the client."""
+
+
+@dataclass(frozen=True)
+class GitRequest:
+    service: str  # receive-pack, upload-pack, upload-archive
+    app: str
+
+
+@dataclass(frozen=True)
+class AdmiralRequest:
+    argv: list[str]
+
+
+def parse_command(command: str | None) -> GitRequest | AdmiralRequest:
+    """Turn the client's command line into a request; raise CommandRejected or InvalidName."""
+    if command is None or not command.strip():
+        verbs = ", ".join(sorted(ADMIRAL_VERBS))
+        raise CommandRejected(f"no shell here: push with git, or run a command ({verbs})")
+    if len(command) > MAX_COMMAND:
+        raise CommandRejected(f"command too long ({len(command)} bytes, limit {MAX_COMMAND})")
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        raise CommandRejected(f"cannot parse the command: {err}") from None
+    if len(argv) >= 2 and argv[0] == "git" and f"git-{argv[1]}" in GIT_SERVICES:
+        argv = [f"git-{argv[1]}", *argv[2:]]
+    if argv[0] not in GIT_SERVICES:
+        return AdmiralRequest(argv)
+    if len(argv) != 2:
+        raise CommandRejected(f"usage: {argv[0]} <repository>")
+    return GitRequest(GIT_SERVICES[argv[0]], repo_name(argv[1]))
+
+
+def load_host_key(path: Path) -> asyncssh.SSHKey:
+    """Read the server's host key, generating an ed25519 one (mode 0600) at first start."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.export_private_key())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        log.info("ssh: generated host key %s", path)
+    return asyncssh.read_private_key(path)
+
+
+def create_repo(path: Path, hooks_dir: Path) -> bool:
+    """Create a bare repo at `path` wired to our post-receive hook; False if it already exists.
+
+    Built in a temporary folder and renamed into place, so two first pushes cannot both win.
+    """
+    if path.is_dir():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        _init_bare(tmp, hooks_dir)
+        os.rename(tmp, path)
+        return True
+    except OSError:
+        if path.is_dir():
+            return False
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _init_bare(path: Path, hooks_dir: Path) -> None:
+    repo = Repo.init_bare(str(path))
+    try:
+        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/master"))
+        config = repo.get_config()
+        config.set((b"core",), b"hooksPath", str(hooks_dir).encode())
+        config.set((b"receive",), b"advertisePushOptions", True)
+        config.set((b"receive",), b"denyNonFastForwards", False)  # force pushes deploy
+        config.write_to_path()
+    finally:
+        repo.close()
+
+
+async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter) -> None:
+    """Client → git stdin, until the client's EOF; a vanished client is an EOF too."""
+    try:
+        while data := await src.read(CHUNK):
+            dst.write(data)
+            await dst.drain()
+    except (asyncssh.Error, ConnectionError):
+        pass  # client gone or git done reading: git sees EOF and decides
+    finally:
+        dst.close()
+
+
+async def _relay(src: asyncio.StreamReader, dst: asyncssh.SSHWriter[bytes]) -> None:
+    """git → client until git's EOF; once the client is gone, drain git into the void.
+
+    Draining (not killing) lets git finish a ref update and its hook on its own terms.
+    """
+    client_gone = False
+    while data := await src.read(CHUNK):
+        if client_gone:
+            continue
+        try:
+            dst.write(data)
+            await dst.drain()
+        except (asyncssh.Error, ConnectionError):
+            client_gone = True
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Make sure git is gone: kill it if it outlived its session, then wait for it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S)
+
+
+async def run_git(
+    service: str, repo: Path, env: Mapping[str, str], process: asyncssh.SSHServerProcess[bytes]
+) -> int:
+    """Run `git <service> <repo>` with the session's streams pumped both ways; its exit code."""
+    proc = await asyncio.create_subprocess_exec(
+        "git", service, str(repo), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(env),
+        limit=PIPE_LIMIT,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    feeding = asyncio.create_task(_feed(process.stdin, proc.stdin))
+    try:
+        async with asyncio.timeout(GIT_TIMEOUT_S):
+            await asyncio.gather(
+                _relay(proc.stdout, process.stdout), _relay(proc.stderr, process.stderr)
+            )
+            return await proc.wait()
+    except TimeoutError:
+        process.stderr.write(f"hyperdrive: git {service} timed out\n".encode())
+        return 1
+    finally:
+        feeding.cancel()
+        await _reap(proc)
+
+
+class _Gate:
+    """Caps connections that have not authenticated yet by closing the oldest one.
+
+    A flood of idle connections then costs a bounded amount, and a real client, which
+    authenticates within milliseconds, still gets in instead of being refused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: OrderedDict[asyncssh.SSHServerConnection, float] = OrderedDict()
+        self.evicted = 0
+
+    def arrived(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._waiting[conn] = time.monotonic()
+        while len(self._waiting) > self.limit:
+            oldest, _ = self._waiting.popitem(last=False)
+            self.evicted += 1
+            oldest.abort()
+
+    def left(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._waiting.pop(conn, None)
+
+    def pending(self) -> int:
+        return len(self._waiting)
+
+
+class _Connection(asyncssh.SSHServer):
+    """One client connection: public-key auth against the live KeyRing, nothing else."""
+
+    def __init__(self, keyring: KeyRing, gate: _Gate) -> None:
+        self._keyring = keyring
+        self._gate = gate
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._admiral: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._gate.arrived(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._gate.left(self._conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # every user name needs a key; the key names the admiral
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Called for the probe and again for the signed request: the last answer counts.
+        self._admiral = self._keyring.admiral_for(key)
+        return self._admiral is not None
+
+    def auth_completed(self) -> None:
+        assert self._conn is not None
+        self._gate.left(self._conn)
+        self._conn.set_extra_info(admiral=self._admiral)
+        log.info("ssh: admiral %s logged in from %s", self._admiral, self._peer())
+
+    def _peer(self) -> str:
+        peer = self._conn.get_extra_info("peername") if self._conn else None
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+class GitServer:
+    """The SSH endpoint: git push/fetch/archive for app and HQ repos, plus admiral commands."""
+
+    def __init__(  # noqa: PLR0917 - the wiring signature bootstrap.py calls positionally
+        self,
+        host: str,
+        port: int,
+        host_key_path: Path,
+        git_root: Path,
+        keyring: KeyRing,
+        hook_env: Mapping[str, str],
+        admiral_commands: AdmiralCommands | None,
+        hooks_dir: Path = DEFAULT_HOOKS_DIR,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        login_timeout: float = LOGIN_TIMEOUT_S,
+    ) -> None:
+        self.host, self.port = host, port
+        self.host_key_path = host_key_path
+        self.git_root = git_root
+        self.keyring = keyring
+        self.hooks_dir = hooks_dir
+        self.login_timeout = login_timeout
+        self._hook_env = dict(hook_env)
+        self._admiral_commands = admiral_commands
+        self._gate = _Gate(max_unauthenticated)
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._sessions: set[asyncio.Task[Any]] = set()
+        self._creating: dict[str, asyncio.Lock] = {}
+
+    @property
+    def bound_port(self) -> int:
+        if self._acceptor is None:
+            raise HyperdriveError("the git server is not started")
+        return int(self._acceptor.get_port())
+
+    def active_sessions(self) -> int:
+        """SSH sessions running now (pushes, fetches, admiral commands)."""
+        return len(self._sessions)
+
+    def unauthenticated(self) -> int:
+        """Connections still in their handshake or login right now."""
+        return self._gate.pending()
+
+    async def start(self) -> None:
+        """Load (or create) the host key once, then listen."""
+        if not (self.hooks_dir / "post-receive").is_file():
+            raise HyperdriveError(f"no post-receive hook in {self.hooks_dir}")
+        host_key = await asyncio.to_thread(load_host_key, self.host_key_path)
+        self.git_root.mkdir(parents=True, exist_ok=True)
+        self._acceptor = await asyncssh.listen(
+            self.host, self.port, server_host_keys=[host_key],
+            server_factory=lambda: _Connection(self.keyring, self._gate),
+            process_factory=self._session, encoding=None, allow_pty=True,
+            line_editor=False, x11_forwarding=False, agent_forwarding=False,
+            login_timeout=self.login_timeout, keepalive_interval=30, keepalive_count_max=3,
+            reuse_address=True,
+        )  # fmt: skip
+        log.info("ssh: listening on %s:%d", self.host, self.bound_port)
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop listening, give running sessions `grace` seconds, then cancel the rest."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        if self._sessions:
+            _, late = await asyncio.wait(set(self._sessions), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=REAP_TIMEOUT_S)
+
+    async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """Entry point of every SSH session: transport failures end here as a log line."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        admiral = str(process.get_extra_info("admiral") or "")
+        status = 1
+        try:
+            status = await self._dispatch(admiral, process)
+        except (asyncssh.Error, ConnectionError) as err:
+            log.info("ssh: session of %s ended early: %s", admiral, err)
+        finally:
+            self._sessions.discard(task)
+            with contextlib.suppress(asyncssh.Error, OSError):
+                process.exit(status)
+
+    async def _dispatch(self, admiral: str, process: asyncssh.SSHServerProcess[bytes]) -> int:
+        try:
+            request = parse_command(process.command)
+            _check_terminal(request, process.term_type)
+        except CommandRejected as err:
+            return _refuse(process, str(err))
+        except InvalidName as err:
+            return _refuse(process, f"{err}")
+        if isinstance(request, GitRequest):
+            return await self._git(request, admiral, process)
+        if self._admiral_commands is None or request.argv[0] not in ADMIRAL_VERBS:
+            return _refuse(process, f"unknown command: {request.argv[0]}", prefix=False)
+        return await self._admiral_commands(admiral, request.argv, process)
+
+    async def _git(
+        self, request: GitRequest, admiral: str, process: asyncssh.SSHServerProcess[bytes]
+    ) -> int:
+        repo = self.git_root / f"{request.app}.git"
+        if not repo.is_dir():
+            if request.service != "receive-pack":
+                return _refuse(process, f"repository '{request.app}' does not exist")
+            await self._create(request.app, repo)
+        env = self._git_env(request.app, admiral, process.env)
+        return await run_git(request.service, repo, env, process)
+
+    async def _create(self, app: str, repo: Path) -> None:
+        """First push of an app: create its bare repo (one creator per name at a time)."""
+        lock = self._creating.setdefault(app, asyncio.Lock())
+        async with lock:
+            if await asyncio.to_thread(create_repo, repo, self.hooks_dir):
+                log.info("ssh: created repository %s", repo)
+        self._creating.pop(app, None)
+
+    def _git_env(self, app: str, admiral: str, client_env: Mapping[str, str]) -> dict[str, str]:
+        env = {
+            "PATH": SANE_PATH,
+            "HOME": str(self.git_root),
+            **self._hook_env,
+            "HYPERDRIVE_APP": app,
+            "HYPERDRIVE_ADMIRAL": admiral,
+            "HYPERDRIVE_PYTHON": sys.executable,
+        }
+        protocol = client_env.get("GIT_PROTOCOL", "")
+        if GIT_PROTOCOL.fullmatch(protocol):
+            env["GIT_PROTOCOL"] = protocol
+        return env
+
+
+def _check_terminal(request: GitRequest | AdmiralRequest, term_type: str | None) -> None:
+    """A terminal only for commands that want one: a PTY would corrupt a git pack."""
+    if term_type is None:
+        return
+    if isinstance(request, GitRequest) or request.argv[0] in ADMIRAL_VERBS - PTY_VERBS:
+        raise CommandRejected("this command takes no terminal: run it without `ssh -t`")
+
+
+def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, prefix: bool = True) -> int:
+    """Tell the client why on stderr; exit status 1."""
+    shown = f"hyperdrive: {message}" if prefix else message
+    process.stderr.write(shown.encode(errors="replace") + b"\n")
+    return 1

@@ -1,0 +1,252 @@
+"""What bin/post-receive runs: hand each pushed ref to the spool, then show the deploy.
+
+The refs are already updated when git runs this, so it always exits 0. The trigger files are
+written first, durably, before any output: a pusher who hangs up (Ctrl-C) cancels nothing.
+Unless the push said `-o nowait`, the deploy's events are then streamed back to the pusher,
+whose git prints them as `remote:` lines, until each deploy ends or WAIT_S passes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from hyperdrive.client import AdminClient
+from hyperdrive.errors import DaemonUnavailable, HyperdriveError
+from hyperdrive.names import HEADQUARTERS, check_ref, check_sha, repo_name
+from hyperdrive.pipeline.events import OUTCOMES
+from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+
+WAIT_S = 30 * 60.0
+ZERO = "0" * 40
+TERMINAL = OUTCOMES  # the events that end a trigger's story
+QUEUED = "queued: the deploy starts when hyperdrive is running"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps tabs; no escapes reach terminals
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    old: str
+    new: str
+    ref: str
+
+
+def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
+    """`<old> <new> <ref>` lines from git; lines that are not branch or tag updates are skipped."""
+    updates = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 3:
+            continue
+        try:
+            updates.append(RefUpdate(check_sha(parts[0]), check_sha(parts[1]), check_ref(parts[2])))
+        except HyperdriveError:
+            _say(out, f"-----> ignored {_clean(parts[2])}: only branches and tags deploy")
+    return updates
+
+
+def make_trigger(app: str, admiral: str, update: RefUpdate) -> Trigger:
+    """One trigger per ref; the HQ repo's pushes are `hq` triggers without an app."""
+    data = {"ref": update.ref, "old": update.old, "new": update.new, "admiral": admiral}
+    if app == HEADQUARTERS:
+        return Trigger(id=new_trigger_id("push"), kind="hq", app=None, data=data)
+    return Trigger(id=new_trigger_id("push"), kind="push", app=app, data=data)
+
+
+def push_options(env: Mapping[str, str]) -> list[str]:
+    """What the pusher passed with `git push -o …`."""
+    count = env.get("GIT_PUSH_OPTION_COUNT", "0")
+    total = int(count) if count.isdigit() else 0
+    return [env.get(f"GIT_PUSH_OPTION_{n}", "") for n in range(min(total, 100))]
+
+
+def app_of(env: Mapping[str, str]) -> str:
+    """The app: HYPERDRIVE_APP from the server, else the repo folder git runs us in."""
+    return repo_name(env.get("HYPERDRIVE_APP") or Path.cwd().name)
+
+
+def _clean(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def _say(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+def _short(sha: Any) -> str:
+    return str(sha)[:7] if sha else "?"
+
+
+def _took(event: Mapping[str, Any]) -> str:
+    ms = event.get("ms")
+    if not isinstance(ms, int | float):
+        return ""
+    return f" ({ms:.0f} ms)" if ms < 1000 else f" ({ms / 1000:.1f} s)"
+
+
+def _humanize(name: str) -> str:
+    """`ShipHealthy` → `Ship healthy`."""
+    return re.sub(r"(?<!^)([A-Z])", lambda m: " " + m.group(1).lower(), name)
+
+
+def _message(event: Mapping[str, Any]) -> str:
+    return _clean(str(event.get("message") or ""))
+
+
+def _build_output(event: Mapping[str, Any]) -> str:
+    lines = str(event.get("message") or "").splitlines() or [""]
+    return "\n".join(f"       {_clean(line)}" for line in lines)
+
+
+def _started(event: Mapping[str, Any]) -> str:
+    return f"-----> Deploying {event.get('app') or ''} at {_short(event.get('sha'))}"
+
+
+def _finished(event: Mapping[str, Any]) -> str:
+    url = _clean(str(event.get("url") or event.get("message") or ""))
+    return f"-----> {event.get('app') or ''} deployed{_took(event)}" + (f": {url}" if url else "")
+
+
+def _failed(event: Mapping[str, Any]) -> str:
+    name = str(event.get("event"))
+    stage = f" at {_clean(str(event['stage']))}" if event.get("stage") else ""
+    text = f" !     {event.get('app') or ''}: {_humanize(name).lower()}{stage}: {_message(event)}"
+    if name == "DeployFailed":
+        text += "\n !     the running ship keeps serving"
+    return text
+
+
+def _superseded(event: Mapping[str, Any]) -> str:
+    return f"-----> superseded by a newer push ({_clean(str(event.get('by') or 'a newer deploy'))})"
+
+
+def _generic(event: Mapping[str, Any]) -> str:
+    app, sha = event.get("app") or "", event.get("sha")
+    subject = event.get("ship") or (f"{app} at {_short(sha)}" if sha else app)
+    detail = f": {_message(event)}" if event.get("message") else ""
+    name = _humanize(_clean(str(event.get("event") or "event")))
+    return " ".join(f"-----> {name} {subject}{detail}{_took(event)}".split(" ")).rstrip()
+
+
+FORMATS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
+    "PushReceived": lambda event: None,  # the hook already said what it queued
+    "DeployQueued": lambda event: None,
+    "BuildOutput": _build_output,
+    "DeployStarted": _started,
+    "DeployFinished": _finished,
+    "DeployFailed": _failed,
+    "BuildFailed": _failed,
+    "HealthCheckFailed": _failed,
+    "DeploySuperseded": _superseded,
+}
+
+
+def format_event(event: Mapping[str, Any]) -> str | None:
+    """One event as the lines a pusher sees (git prefixes them with `remote:`); None = quiet."""
+    return FORMATS.get(str(event.get("event", "")), _generic)(event)
+
+
+class _Printer:
+    """Serialises output from the follower threads; remembers when the pusher hung up."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.gone = False
+        self._lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            if self.gone:
+                return
+            try:
+                _say(self.out, text)
+            except (BrokenPipeError, ValueError):  # ValueError: stdout already closed
+                self.gone = True
+
+
+def _follow_one(client: AdminClient, deploy: str, printer: _Printer) -> None:
+    """Print one deploy's events until a terminal one; the daemon being gone is not an error."""
+    try:
+        for event in client.events(deploy=deploy, follow=True):
+            text = format_event(event)
+            if text is not None:
+                printer.say(text)
+            if event.get("event") in TERMINAL or printer.gone:
+                return
+    except DaemonUnavailable:
+        printer.say(f"-----> {QUEUED}")
+    except HyperdriveError as err:
+        printer.say(f" !     cannot follow deploy {deploy}: {_clean(str(err))}")
+
+
+def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: float) -> bool:
+    """Stream every trigger's deploy until each ends or `wait_s` passes; False if hung up."""
+    printer = _Printer(out)
+    threads = [
+        threading.Thread(target=_follow_one, args=(client, t.id, printer), daemon=True)
+        for t in triggers
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + wait_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        printer.say("-----> still deploying; follow it with `hd logs -f`")
+    return not printer.gone
+
+
+def _announce(trigger: Trigger, out: TextIO) -> None:
+    new, ref = str(trigger.data["new"]), str(trigger.data["ref"])
+    what = trigger.app or HEADQUARTERS
+    verb = "deletion of" if new == ZERO else f"{new[:7]} on"
+    _say(out, f"-----> queued {verb} {ref} for {what} (deploy {trigger.id})")
+
+
+def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float = WAIT_S) -> int:
+    """The hook's whole job; returns 0 because the refs are updated whatever happens here."""
+    spool = env.get("HYPERDRIVE_SPOOL")
+    if not spool:
+        _say(out, " !     HYPERDRIVE_SPOOL is not set: nothing queued; run `hd deploy`")
+        return 0
+    try:
+        app = app_of(env)
+        updates = parse_updates(lines, out)
+        triggers = [make_trigger(app, env.get("HYPERDRIVE_ADMIRAL", ""), u) for u in updates]
+        for trigger in triggers:
+            write_incoming(Path(spool), trigger)
+            _announce(trigger, out)
+    except (HyperdriveError, OSError) as err:
+        _say(out, f" !     could not queue the deploy: {err}; run `hd deploy`")
+        return 0
+    socket_path = env.get("HYPERDRIVE_SOCKET", "")
+    if not triggers or "nowait" in push_options(env):
+        return 0
+    if not socket_path or not Path(socket_path).exists():
+        _say(out, f"-----> {QUEUED}")
+    elif not follow(triggers, AdminClient(Path(socket_path)), out, wait_s):
+        raise BrokenPipeError("the pusher hung up")
+    return 0
+
+
+def main() -> int:
+    """Entry point; a pusher who hung up (EPIPE, Ctrl-C) ends it quietly with 0."""
+    try:
+        return run(sys.stdin, sys.stdout, os.environ)
+    except (BrokenPipeError, KeyboardInterrupt):
+        # Python would complain again when flushing stdout at exit: point it nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

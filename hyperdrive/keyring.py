@@ -1,0 +1,92 @@
+"""The live set of admiral keys: who may push, deploy and enter ships over SSH.
+
+HQ's `authorized_keys/*.pub` are swapped in whole with `replace()` each time HQ changes; the
+bootstrap keys (HYPERDRIVE_ADMIRAL_KEYS) stay valid beside them so the first HQ push can happen.
+A lookup reads one dict reference, so a swap is atomic: a removed key opens no new connection,
+while sessions it already opened run to their end.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP = "bootstrap"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+
+
+def _key_line(line: str) -> str | None:
+    """The key part of an OpenSSH public key line, or None for blanks and comments."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    return stripped
+
+
+def parse_keys(lines: Iterable[str], source: str) -> tuple[list[asyncssh.SSHKey], list[str]]:
+    """Parse OpenSSH public key lines: (keys, problems), one problem per unreadable line."""
+    keys: list[asyncssh.SSHKey] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        text = _key_line(line)
+        if text is None:
+            continue
+        try:
+            keys.append(asyncssh.import_public_key(text))
+        except (asyncssh.KeyImportError, ValueError) as err:
+            problems.append(f"{source}:{number}: not an OpenSSH public key ({err})")
+    return keys, problems
+
+
+def _bootstrap_name(key: asyncssh.SSHKey) -> str:
+    """Name a bootstrap admiral after the key's comment, made safe for env vars and logs."""
+    comment = key.get_comment() or ""
+    safe = _UNSAFE.sub("", comment)[:64]
+    return f"{BOOTSTRAP}:{safe}" if safe else BOOTSTRAP
+
+
+class KeyRing:
+    """Maps public key blobs to admiral names; HQ's set is replaced whole, atomically."""
+
+    def __init__(self) -> None:
+        self._hq: dict[bytes, str] = {}
+        self._bootstrap: dict[bytes, str] = {}
+
+    def replace(self, keys: Mapping[str, Sequence[str]]) -> list[str]:
+        """Install HQ's admirals (name → key lines); return the lines that were skipped."""
+        fresh: dict[bytes, str] = {}
+        problems: list[str] = []
+        for admiral, lines in sorted(keys.items()):
+            parsed, bad = parse_keys(lines, admiral)
+            problems += bad
+            for key in parsed:
+                fresh.setdefault(key.public_data, admiral)
+        self._hq = fresh  # one reference swap: lookups see the old set or the new one
+        for problem in problems:
+            log.warning("admiral keys: %s", problem)
+        return problems
+
+    def add_bootstrap(self, lines: Iterable[str], source: str = BOOTSTRAP) -> list[str]:
+        """Add keys that stay valid whatever HQ says; return the lines that were skipped."""
+        parsed, problems = parse_keys(lines, source)
+        merged = dict(self._bootstrap)
+        for key in parsed:
+            merged.setdefault(key.public_data, _bootstrap_name(key))
+        self._bootstrap = merged
+        for problem in problems:
+            log.warning("bootstrap admiral keys: %s", problem)
+        return problems
+
+    def admiral_for(self, key: asyncssh.SSHKey) -> str | None:
+        """The admiral who owns `key` (HQ's name first), or None for a stranger."""
+        blob = key.public_data
+        return self._hq.get(blob) or self._bootstrap.get(blob)
+
+    def count(self) -> int:
+        """How many distinct keys may log in now."""
+        return len(self._hq.keys() | self._bootstrap.keys())

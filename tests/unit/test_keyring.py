@@ -1,0 +1,62 @@
+"""The live admiral key set: lookups, atomic replacement, bootstrap keys, bad lines."""
+
+from __future__ import annotations
+
+import asyncssh
+
+from hyperdrive.keyring import KeyRing
+
+
+def new_key(comment: str = "") -> tuple[asyncssh.SSHKey, str]:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment or None)
+    return key, key.export_public_key().decode()
+
+
+def test_replace_names_the_admiral_of_each_key() -> None:
+    (alice, alice_line), (bob, bob_line) = new_key(), new_key()
+    ring = KeyRing()
+    assert ring.replace({"alice": [alice_line], "bob": ["# laptop", "", bob_line]}) == []
+    assert ring.admiral_for(alice) == "alice"
+    assert ring.admiral_for(bob) == "bob"
+    assert ring.admiral_for(new_key()[0]) is None
+    assert ring.count() == 2
+
+
+def test_replace_is_whole_a_removed_key_is_gone() -> None:
+    (alice, alice_line), (bob, bob_line) = new_key(), new_key()
+    ring = KeyRing()
+    ring.replace({"alice": [alice_line], "bob": [bob_line]})
+    ring.replace({"bob": [bob_line]})
+    assert ring.admiral_for(alice) is None
+    assert ring.admiral_for(bob) == "bob"
+
+
+def test_bootstrap_keys_stay_beside_hq_and_hq_names_win() -> None:
+    (boot, boot_line), (shared, shared_line) = new_key("ops@laptop"), new_key()
+    ring = KeyRing()
+    ring.add_bootstrap([boot_line, shared_line])
+    assert ring.admiral_for(boot) == "bootstrap:ops@laptop"
+    assert ring.admiral_for(shared) == "bootstrap"
+    ring.replace({"carol": [shared_line]})
+    assert ring.admiral_for(shared) == "carol"
+    ring.replace({})
+    assert ring.admiral_for(boot) == "bootstrap:ops@laptop"
+    assert ring.count() == 2
+
+
+def test_unreadable_lines_are_reported_and_skipped() -> None:
+    key, line = new_key()
+    ring = KeyRing()
+    problems = ring.replace({"dave": ["ssh-ed25519 not-base64!", line, "hello"]})
+    assert [p.split(":")[:2] for p in problems] == [["dave", "1"], ["dave", "3"]]
+    assert ring.admiral_for(key) == "dave"
+    assert ring.add_bootstrap(["garbage"], source="/etc/hyperdrive/admirals.pub") == [
+        "/etc/hyperdrive/admirals.pub:1: not an OpenSSH public key (Invalid public key)"
+    ]
+
+
+def test_hostile_comments_do_not_leak_into_admiral_names() -> None:
+    key, line = new_key("x; rm -rf /$(reboot)")
+    ring = KeyRing()
+    ring.add_bootstrap([line])
+    assert ring.admiral_for(key) == "bootstrap:xrm-rfreboot"

@@ -1,0 +1,188 @@
+"""The post-receive hook: ref updates → spool triggers, and what the pusher sees."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hyperdrive.errors import DaemonUnavailable
+from hyperdrive.hooks import post_receive as hook
+from hyperdrive.spool import Trigger
+
+A, B, ZERO = "a" * 40, "b" * 40, "0" * 40
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def incoming(spool: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((spool / "incoming").glob("*.json"))]
+
+
+def test_parse_updates_keeps_branches_and_tags_only() -> None:
+    out = io.StringIO()
+    lines = [f"{A} {B} refs/heads/master\n", f"{ZERO} {A} refs/tags/v1\n", "garbage\n",
+             f"{A} {B} refs/notes/commits\n", f"{A} {B} refs/heads/../x\n"]  # fmt: skip
+    updates = hook.parse_updates(lines, out)
+    assert updates == [
+        hook.RefUpdate(A, B, "refs/heads/master"), hook.RefUpdate(ZERO, A, "refs/tags/v1")
+    ]  # fmt: skip
+    assert out.getvalue().count("ignored") == 2
+
+
+def test_triggers_for_apps_and_headquarters() -> None:
+    update = hook.RefUpdate(A, B, "refs/heads/master")
+    app = hook.make_trigger("web", "alice", update)
+    assert (app.kind, app.app, app.id.startswith("push-")) == ("push", "web", True)
+    assert app.data == {"ref": "refs/heads/master", "old": A, "new": B, "admiral": "alice"}
+    hq = hook.make_trigger("headquarters", "alice", update)
+    assert (hq.kind, hq.app) == ("hq", None)
+
+
+def test_push_options() -> None:
+    env = {"GIT_PUSH_OPTION_COUNT": "2", "GIT_PUSH_OPTION_0": "x", "GIT_PUSH_OPTION_1": "nowait"}
+    assert hook.push_options(env) == ["x", "nowait"]
+    assert hook.push_options({}) == []
+    assert hook.push_options({"GIT_PUSH_OPTION_COUNT": "many"}) == []
+
+
+def env_for(spool: Path, **extra: str) -> dict[str, str]:
+    return {"HYPERDRIVE_SPOOL": str(spool), "HYPERDRIVE_APP": "web",
+            "HYPERDRIVE_ADMIRAL": "alice", **extra}  # fmt: skip
+
+
+def test_run_writes_one_trigger_per_ref_then_says_the_daemon_is_away(tmp_path: Path) -> None:
+    out = io.StringIO()
+    lines = [f"{A} {B} refs/heads/master\n", f"{B} {ZERO} refs/heads/old\n"]
+    env = env_for(tmp_path, HYPERDRIVE_SOCKET=str(tmp_path / "absent.sock"))
+    assert hook.run(lines, out, env) == 0
+    written = incoming(tmp_path)
+    assert {(t["data"]["ref"], t["data"]["new"]) for t in written} == {
+        ("refs/heads/master", B), ("refs/heads/old", ZERO)
+    }  # fmt: skip
+    text = out.getvalue()
+    assert f"queued {B[:7]} on refs/heads/master for web" in text
+    assert "queued deletion of refs/heads/old for web" in text
+    assert text.endswith(f"-----> {hook.QUEUED}\n")
+
+
+def test_run_with_nowait_only_queues(tmp_path: Path) -> None:
+    out = io.StringIO()
+    env = env_for(tmp_path, GIT_PUSH_OPTION_COUNT="1", GIT_PUSH_OPTION_0="nowait")
+    assert hook.run([f"{A} {B} refs/heads/master\n"], out, env) == 0
+    assert len(incoming(tmp_path)) == 1
+    assert hook.QUEUED not in out.getvalue()
+
+
+def test_run_without_a_spool_or_with_a_bad_app_queues_nothing_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    out = io.StringIO()
+    assert hook.run([f"{A} {B} refs/heads/master\n"], out, {}) == 0
+    assert "HYPERDRIVE_SPOOL is not set" in out.getvalue()
+    env = env_for(tmp_path, HYPERDRIVE_APP="../etc")
+    assert hook.run([f"{A} {B} refs/heads/master\n"], out, env) == 0
+    assert "could not queue the deploy: invalid app name" in out.getvalue()
+    assert not (tmp_path / "incoming").exists()
+
+
+class FakeClient:
+    """Stands in for AdminClient: a canned event stream per deploy id."""
+
+    def __init__(self, events: list[dict[str, Any]] | None = None, error: bool = False):
+        self.script = events or []
+        self.error = error
+        self.asked: list[str] = []
+
+    def events(self, *, deploy: str, follow: bool) -> Iterator[dict[str, Any]]:
+        assert follow
+        self.asked.append(deploy)
+        if self.error:
+            raise DaemonUnavailable("hyperdrive is not running")
+        for event in self.script:
+            if event.get("block"):
+                threading.Event().wait(1)
+            yield {**event, "deploy": deploy}
+
+
+def trigger(tid: str = "push-1") -> Trigger:
+    return Trigger(id=tid, kind="push", app="web", data={"new": B, "ref": "refs/heads/master"})
+
+
+def test_follow_stops_at_the_terminal_event() -> None:
+    client = FakeClient([{"event": "DeployStarted", "app": "web", "sha": B},
+                         {"event": "DeployFailed", "app": "web", "stage": "build",
+                          "message": "exit 1"},
+                         {"event": "BuildOutput", "message": "never shown"}])  # fmt: skip
+    out = io.StringIO()
+    assert hook.follow([trigger("p1"), trigger("p2")], client, out, 5) is True  # type: ignore[arg-type]
+    assert sorted(client.asked) == ["p1", "p2"]
+    text = out.getvalue()
+    assert text.count("deploy failed at build: exit 1") == 2
+    assert "never shown" not in text
+
+
+def test_follow_gives_up_after_the_bound() -> None:
+    client = FakeClient([{"event": "DeployStarted", "app": "web", "sha": B}, {"block": True}])
+    out = io.StringIO()
+    assert hook.follow([trigger()], client, out, 0.2) is True  # type: ignore[arg-type]
+    assert out.getvalue().endswith("still deploying; follow it with `hd logs -f`\n")
+
+
+def test_follow_when_the_daemon_went_away() -> None:
+    out = io.StringIO()
+    assert hook.follow([trigger()], FakeClient(error=True), out, 5) is True  # type: ignore[arg-type]
+    assert out.getvalue() == f"-----> {hook.QUEUED}\n"
+
+
+class GoneOut(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_follow_notices_a_pusher_who_hung_up() -> None:
+    client = FakeClient([{"event": "DeployStarted", "app": "web", "sha": B},
+                         {"event": "DeployFinished", "app": "web"}])  # fmt: skip
+    assert hook.follow([trigger()], client, GoneOut(), 5) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("event", "shown"),
+    [
+        ({"event": "PushReceived"}, None),
+        ({"event": "DeployStarted", "app": "web", "sha": B}, f"-----> Deploying web at {B[:7]}"),
+        ({"event": "BuildOutput", "message": "a\nb\x1b[2J"}, "       a\n       b[2J"),
+        ({"event": "DeployFinished", "app": "web", "ms": 3200, "url": "http://h/web/"},
+         "-----> web deployed (3.2 s): http://h/web/"),
+        ({"event": "DeployFailed", "app": "web", "stage": "health", "message": "no answer"},
+         " !     web: deploy failed at health: no answer\n !     the running ship keeps serving"),
+        ({"event": "DeploySuperseded", "by": "push-2"},
+         "-----> superseded by a newer push (push-2)"),
+        ({"event": "TrafficSwapped", "ship": "hd-web-bbbbbbb", "ms": 12},
+         "-----> Traffic swapped hd-web-bbbbbbb (12 ms)"),
+        ({"event": "AppRetired", "app": "web"}, "-----> App retired web"),
+    ],
+)  # fmt: skip
+def test_format_event(event: dict[str, Any], shown: str | None) -> None:
+    assert hook.format_event(event) == shown
+
+
+def test_the_hook_program_exits_0_quietly_when_the_pusher_is_gone(tmp_path: Path) -> None:
+    """bin/post-receive, run the way git runs it, writing into a pipe nobody reads."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**env_for(tmp_path), "HYPERDRIVE_PYTHON": sys.executable, "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        [str(ROOT / "bin" / "post-receive")], input=f"{A} {B} refs/heads/master\n".encode(),
+        stdout=write_end, stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=30, check=False,
+    )  # fmt: skip
+    os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert len(incoming(tmp_path)) == 1
