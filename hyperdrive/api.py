@@ -114,12 +114,15 @@ class Api:
         status: StatusSource,
         tokens: TokenStore,
         metrics: Callable[[], Mapping[str, float]],
+        *,
+        set_headquarters: Callable[[str], None] | None = None,
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
         self.status = status
         self.tokens = tokens
         self.metrics = metrics
+        self.set_headquarters = set_headquarters
         self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -138,6 +141,7 @@ class Api:
         app.router.add_get("/events", self.ndjson_events)
         app.router.add_post("/triggers", self.post_trigger)
         app.router.add_post("/tokens", self.post_token)
+        app.router.add_post("/headquarters", self.post_headquarters)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -206,6 +210,17 @@ class Api:
             raise web.HTTPBadRequest(text=f"bad trigger: {err}\n") from None
         await self.spool.put(trigger)
         return web.json_response({"deploy": trigger.id}, status=202)
+
+    async def post_headquarters(self, request: web.Request) -> web.Response:
+        """`hd headquarters set URL`: HQ comes from URL from now on ('' = hosted here)."""
+        body = await request.json()
+        url = str(body.get("url", ""))
+        if any(c.isspace() for c in url) or url.startswith("-") or "::" in url.partition("#")[0]:
+            raise web.HTTPBadRequest(text=f"not a git URL: {url!r}\n")
+        if self.set_headquarters is None:
+            raise web.HTTPNotImplemented(text="headquarters cannot be changed here\n")
+        self.set_headquarters(url)
+        return web.json_response({"headquarters": url or "hosted here"})
 
     async def post_token(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -2,30 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import watchfiles
+
 from hyperdrive import __version__
+from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
-from hyperdrive.config import Config
+from hyperdrive.config import KEYS, Config
 from hyperdrive.eventlog import EventLog
+from hyperdrive.gitserver import GitServer
+from hyperdrive.keyring import KeyRing
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, bridge_address
 from hyperdrive.nginx_reload import Nginx, Routes
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import CommandHandler, EventHandler, MessageBus
-from hyperdrive.pipeline.commands import Assemble, Command, Deploy, Launch, Retire, Rollback
+from hyperdrive.pipeline.commands import (
+    Assemble,
+    AssembleHulls,
+    Command,
+    Deploy,
+    Launch,
+    Retire,
+    Rollback,
+    SyncHeadquarters,
+)
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.handlers import Parts, Pipeline, Recovery
+from hyperdrive.pipeline.hqsync import HeadquartersSync
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
 from hyperdrive.pipeline.ports import SystemClock
 from hyperdrive.repos import GitRepos
-from hyperdrive.spool import FileSpool
+from hyperdrive.spool import FileSpool, Trigger, new_trigger_id
 from hyperdrive.traffic import StablePorts, Traffic
+
+log = logging.getLogger(__name__)
+
+
+def hooks_dir() -> Path:
+    """git's hooks (`bin/` of the source): beside the package in a checkout, else the copy of
+    the source ./bootstrap keeps in the virtualenv (`/opt/hyperdrive/src/bin`)."""
+    beside = Path(__file__).resolve().parent.parent / "bin"
+    if (beside / "post-receive").is_file():
+        return beside
+    return Path(sys.prefix) / "src" / "bin"
+
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -41,6 +73,8 @@ class Daemon:
     inbox: Inbox
     api: Api
     pipeline: Pipeline
+    headquarters: HeadquartersSync
+    gitserver: GitServer
     starters: list[Hook] = field(default_factory=list)
     stoppers: list[Hook] = field(default_factory=list)
 
@@ -86,14 +120,18 @@ def app_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
     return rows
 
 
-def command_handlers(pipeline: Pipeline) -> dict[type[Command], CommandHandler]:
+def command_handlers(
+    pipeline: Pipeline, headquarters: HeadquartersSync
+) -> dict[type[Command], CommandHandler]:
     """The command table: each command type to exactly one handler."""
     return {
         Deploy: pipeline.deploy,
         Retire: pipeline.retire,
         Rollback: pipeline.rollback,
         Assemble: pipeline.assemble,
+        AssembleHulls: pipeline.assemble_hulls,
         Launch: pipeline.launch,
+        SyncHeadquarters: headquarters.sync,
     }
 
 
@@ -123,6 +161,37 @@ def pipeline_parts(config: Config) -> Parts:
     )
 
 
+def hook_env(config: Config) -> dict[str, str]:
+    """What git's hooks need: where the spool and socket are, and the config (no secrets)."""
+    env = {
+        key: str(getattr(config, attr)) for key, attr in KEYS.items() if attr != "webhook_secret"
+    }
+    env.update(HYPERDRIVE_SPOOL=str(config.spool_dir), HYPERDRIVE_SOCKET=str(config.socket_path))
+    if config.source is not None:
+        env["HYPERDRIVE_CONFIG"] = str(config.source)
+    return env
+
+
+def keyring_for(config: Config) -> KeyRing:
+    keyring = KeyRing()
+    try:
+        lines = config.admiral_keys.read_text(errors="replace").splitlines()
+    except OSError:
+        log.warning("no bootstrap admiral keys at %s", config.admiral_keys)
+        lines = []
+    keyring.add_bootstrap(lines, str(config.admiral_keys))
+    return keyring
+
+
+async def watch_includes(config: Config, spool: FileSpool, stop: asyncio.Event) -> None:
+    """A change to `$DATA/includes/*.env` re-reads HQ: the apps whose env changed redeploy."""
+    folder = config.data / "includes"
+    folder.mkdir(parents=True, exist_ok=True)
+    async for _ in watchfiles.awatch(folder, stop_event=stop, debounce=200, recursive=False):
+        trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
+        await spool.put(trigger)
+
+
 def build(config: Config) -> Daemon:
     eventlog = EventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
 
@@ -131,27 +200,72 @@ def build(config: Config) -> Daemon:
         eventlog.append(event.record())
 
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
-    pipeline = Pipeline(pipeline_parts(config))
+    parts = pipeline_parts(config)
+    pipeline = Pipeline(parts)
+    keyring = keyring_for(config)
+
+    async def has_commits(app: str) -> bool:
+        branch = await parts.repos.default_branch(app)
+        return await parts.repos.resolve(app, branch) is not None
+
+    headquarters = HeadquartersSync(config, parts.fleet, keyring, spool, has_commits)
     bus = MessageBus(
-        command_handlers(pipeline), event_handlers(), eventlog, parallel=config.parallel_deploys
+        command_handlers(pipeline, headquarters),
+        event_handlers(),
+        eventlog,
+        parallel=config.parallel_deploys,
     )
     inbox = Inbox(spool, bus)
 
     def metrics() -> Mapping[str, float]:
         return {"deploys_inflight": bus.inflight, "triggers_handed_over": inbox.handed_over}
 
+    def status() -> dict[str, Any]:
+        return daemon_status(config, spool, bus, pipeline)
+
     api = Api(
         eventlog,
         spool,
-        lambda: daemon_status(config, spool, bus, pipeline),
+        status,
         TokenStore(config.var / "tokens.json"),
         metrics,
+        set_headquarters=headquarters.set_source,
     )
-    daemon = Daemon(config, eventlog, spool, bus, inbox, api, pipeline)
+    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir)
+    listen = config.ssh_listen
+    gitserver = GitServer(
+        listen.host,
+        listen.port,
+        config.var / "ssh_host_ed25519_key",
+        config.git_dir,
+        keyring,
+        hook_env(config),
+        admiral,
+        hooks_dir(),
+    )
+    daemon = Daemon(config, eventlog, spool, bus, inbox, api, pipeline, headquarters, gitserver)
+    _lifecycle(daemon)
+    return daemon
+
+
+def _lifecycle(daemon: Daemon) -> None:
+    """What runs at start (in order) and at stop (in reverse)."""
+    stop_watch = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
 
     async def recover() -> None:
-        pipeline.p.records.load()
-        await Recovery(pipeline, bus.emit).run()
+        daemon.pipeline.p.records.load()
+        await daemon.headquarters.load()
+        await Recovery(daemon.pipeline, daemon.bus.emit).run()
 
-    daemon.starters.append(recover)
-    return daemon
+    async def serve_ssh() -> None:
+        await daemon.gitserver.start()
+        tasks.append(asyncio.create_task(watch_includes(daemon.config, daemon.spool, stop_watch)))
+
+    async def stop_ssh() -> None:
+        stop_watch.set()
+        await daemon.gitserver.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    daemon.starters += [recover, serve_ssh]
+    daemon.stoppers += [stop_ssh]

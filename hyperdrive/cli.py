@@ -8,17 +8,18 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from hyperdrive import __version__
 from hyperdrive import config as configuration
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
+from hyperdrive.pipeline.events import OUTCOMES
 from hyperdrive.render import describe
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
 
@@ -40,6 +41,20 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--deploy", help="only this deploy's events")
     logs.add_argument("--since", help="e.g. 10m, 2h, or an ISO time")
     logs.add_argument("-n", "--lines", default="100", help="how many stored events, or 'all'")
+    deploy = verbs.add_parser("deploy", help="deploy an app (its branch tip, or SHA)")
+    deploy.add_argument("app")
+    deploy.add_argument("sha", nargs="?")
+    verbs.add_parser("rollback", help="back to the newest kept healthy ship").add_argument("app")
+    assemble = verbs.add_parser("assemble", help="build the hulls, or a ship for APP (no launch)")
+    assemble.add_argument("app", nargs="?")
+    verbs.add_parser("launch", help="put an assembled ship in service").add_argument("ship")
+    verbs.add_parser("enter", help="a shell inside the app's live ship").add_argument("app")
+    hq = verbs.add_parser("headquarters", help="where orders come from")
+    hq_verbs = hq.add_subparsers(dest="hq_verb", required=True)
+    hq_set = hq_verbs.add_parser("set", help="follow a remote HQ repo: URL[#branch]")
+    hq_set.add_argument("url")
+    hq_set.add_argument("--sync", action="store_true", help="sync it now and show the plan")
+    hq_verbs.add_parser("sync", help="read headquarters again now")
     verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
     verbs.add_parser("version", help="print the version")
     token = verbs.add_parser("token", help="make an admiral token for GET /events")
@@ -90,6 +105,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
+    from rich.console import Console  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
     console = Console()
     console.print(
         f"[bold]{status['name']}[/] {status['version']} (pid {status['pid']}) "
@@ -107,6 +124,8 @@ APP_COLUMNS = ("app", "ship", "sha", "since", "url", "last deploy", "orders")
 
 
 def _apps_table(apps: list[dict[str, Any]]) -> Table:
+    from rich.table import Table  # noqa: PLC0415 - rich costs ~25 ms: only for tables
+
     table = Table(*APP_COLUMNS, title=None if apps else "no apps yet: push one (see README)")
     for app in apps:
         table.add_row(*(str(app.get(col.replace(" ", "_"), "") or "-") for col in APP_COLUMNS))
@@ -127,6 +146,8 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     from hyperdrive import doctor  # noqa: PLC0415 - keep `hd status` start-up light
 
     results = doctor.run_checks(config)
+    from rich.console import Console  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
     console = Console()
     for result in results:
         mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
@@ -142,10 +163,89 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _follow(client: AdminClient, kind: str, app: str | None, data: dict[str, Any]) -> int:
+    """Queue a durable trigger, then show its events until its outcome; Ctrl-C leaves it be."""
+    answer = client.post("/triggers", {"kind": kind, "app": app, "data": data})
+    deploy = answer["deploy"]
+    print(f"{kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
+    for event in client.events(deploy=deploy, follow=True, history=None):
+        print(describe(event), flush=True)
+        if event.get("event") in OUTCOMES:
+            ok = event["event"] in ("DeployFinished", "HeadquartersSynced", "AppRetired")
+            return EXIT_OK if ok else EXIT_FAIL
+    return EXIT_FAIL
+
+
+def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
+    client = AdminClient(config.socket_path)
+    return _follow(client, "deploy", args.app, {"sha": args.sha} if args.sha else {})
+
+
+def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
+    return _follow(AdminClient(config.socket_path), "rollback", args.app, {})
+
+
+def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
+    return _follow(AdminClient(config.socket_path), "assemble", args.app, {})
+
+
+def cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    return _follow(AdminClient(config.socket_path), "launch", None, {"ship": args.ship})
+
+
+def cmd_enter(args: argparse.Namespace, config: Config) -> int:
+    status = AdminClient(config.socket_path).get("/status")
+    row = next((a for a in status["apps"] if a["app"] == args.app), None)
+    if row is None or not row.get("ship"):
+        print(f"hd: {args.app} has no live ship", file=sys.stderr)
+        return EXIT_FAIL
+    shell = "cd /app 2>/dev/null; . /hyperdrive/env 2>/dev/null; exec /bin/sh"
+    argv = [
+        "lxc-attach",
+        "-P",
+        str(config.containers_dir),
+        "-n",
+        row["ship"],
+        "--",
+        "/bin/sh",
+        "-c",
+        shell,
+    ]
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces hd with the admiral's shell
+    return EXIT_FAIL  # not reached
+
+
+def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
+    client = AdminClient(config.socket_path)
+    if args.hq_verb == "set":
+        _remember_headquarters(config, args.url)
+        client.post("/headquarters", {"url": args.url})
+        print(f"headquarters: {args.url}")
+        if not args.sync:
+            return EXIT_OK
+    return _follow(client, "hq-sync", None, {})
+
+
+def _remember_headquarters(config: Config, url: str) -> None:
+    """Write HYPERDRIVE_HEADQUARTERS into main.conf so the choice survives a restart."""
+    path = config.source or configuration.DEFAULT_CONFIG
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [ln for ln in lines if not ln.strip().startswith("HYPERDRIVE_HEADQUARTERS=")]
+    lines.append(f"HYPERDRIVE_HEADQUARTERS={url}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 HANDLERS: dict[str, Handler] = {
     "serve": cmd_serve,
     "status": cmd_status,
     "logs": cmd_logs,
     "doctor": cmd_doctor,
     "token": cmd_token,
+    "deploy": cmd_deploy,
+    "rollback": cmd_rollback,
+    "assemble": cmd_assemble,
+    "launch": cmd_launch,
+    "enter": cmd_enter,
+    "headquarters": cmd_headquarters,
 }

@@ -83,12 +83,25 @@ class SyncHeadquarters(Command):
         return HEADQUARTERS
 
 
+@dataclass(frozen=True, kw_only=True)
+class AssembleHulls(Command):
+    """`hd assemble` with no app: build a new version of every hull."""
+
+    @property
+    def lane(self) -> str | None:
+        return "hulls"
+
+
 def from_trigger(trigger: Trigger) -> list[Command]:
     """Turn a durable trigger into the commands it asks for (an entry point holds no logic)."""
     if trigger.kind in ("hq", "hq-sync"):
         return [_hq(trigger)]
     if trigger.kind == "webhook":
         return _webhook(trigger)
+    if trigger.kind == "assemble" and not trigger.app:
+        return [AssembleHulls(deploy=trigger.id)]
+    if trigger.kind == "launch" and isinstance(trigger.data.get("ship"), str):
+        return [Launch(deploy=trigger.id, ship=trigger.data["ship"])]
     build = APP_TRIGGERS.get(trigger.kind)
     return [build(trigger, trigger.app)] if build and trigger.app else []
 
@@ -117,7 +130,14 @@ def _webhook(trigger: Trigger) -> list[Command]:
 
 def _cli_deploy(trigger: Trigger, app: str) -> Command:
     data = trigger.data
-    return Deploy(deploy=trigger.id, app=app, sha=data.get("sha"), admiral=data.get("admiral"))
+    source = "hq" if data.get("source") == "hq" else "cli"
+    return Deploy(
+        deploy=trigger.id, app=app, sha=data.get("sha"), admiral=data.get("admiral"), source=source
+    )
+
+
+def _assemble(trigger: Trigger, app: str) -> Command:
+    return Assemble(deploy=trigger.id, app=app, sha=trigger.data.get("sha"))
 
 
 def _rollback(trigger: Trigger, app: str) -> Command:
@@ -148,4 +168,5 @@ APP_TRIGGERS: dict[str, Callable[[Trigger, str], Command]] = {
     "deploy": _cli_deploy,
     "rollback": _rollback,
     "retire": _retire,
+    "assemble": _assemble,
 }

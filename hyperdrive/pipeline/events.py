@@ -207,3 +207,5 @@ class AdmiralsChanged(Event):
 
 
 TERMINAL = frozenset({"DeployFinished", "DeployFailed", "DeploySuperseded", "AppRetired"})
+# what ends any trigger's story, for those who follow one (CLI, ssh, the pushing git client)
+OUTCOMES = TERMINAL | {"TriggerIgnored", "HeadquartersSynced", "HeadquartersSyncFailed"}

@@ -23,14 +23,14 @@ from hyperdrive.config import Config
 from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyError
 from hyperdrive.headquarters import Orders
 from hyperdrive.lxc_async import Mount, ShipSpec
-from hyperdrive.names import ship_name
+from hyperdrive.names import check_sha, ship_name
 from hyperdrive.network import IpAllocator, bridge_address, enable_forwarding, ensure_bridge
 from hyperdrive.nginx_reload import AppRoute, Routes
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
-from hyperdrive.pipeline.commands import Assemble, Deploy, Launch, Retire, Rollback
+from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Retire, Rollback
 from hyperdrive.pipeline.fleet import Fleet
-from hyperdrive.pipeline.hulls import Hulls
+from hyperdrive.pipeline.hulls import BUILDERS, Hulls
 from hyperdrive.pipeline.model import BUILDING, HEALTHY, LIVE, STOPPED, App, Records, Ship
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
 from hyperdrive.pipeline.ports import Clock, ContainerRuntime
@@ -196,6 +196,8 @@ class Pipeline:
         if rejected and not self.p.fleet.ordered(cmd.app):
             raise DeployError("plan", f"orders rejected: {rejected}")
         async with self._stage("plan"):
+            if cmd.sha is not None:
+                check_sha(cmd.sha)
             branch = orders.branch or await self._default_branch(cmd.app, orders)
         if cmd.ref is not None and cmd.ref != f"refs/heads/{branch}":
             job.emit(
@@ -582,6 +584,21 @@ class Pipeline:
         job.ship.state, job.ship.healthy = STOPPED, True
         self.p.records.save(job.app)
         job.emit(ev.DeployFinished, f"ship '{job.ship.name}' ready: hd launch {job.ship.name}")
+        return FINISHED
+
+    async def assemble_hulls(self, cmd: AssembleHulls, ctx: Context) -> str:
+        """`hd assemble`: a new version of every hull; ships keep the one they came from."""
+        for kind in BUILDERS:
+            try:
+                await self.p.hulls.assemble(kind, ctx)
+            except HyperdriveError as err:
+                ctx.emit(
+                    ev.DeployFailed(
+                        deploy=cmd.deploy, stage="assemble", message=f"hull {kind}: {err}"
+                    )
+                )
+                return FAILED
+        ctx.emit(ev.DeployFinished(deploy=cmd.deploy, message="hulls assembled"))
         return FINISHED
 
     async def launch(self, cmd: Launch, ctx: Context) -> str:

@@ -1,0 +1,93 @@
+"""git's pre-receive hook for the hosted headquarters: check a push before it lands.
+
+Every orders file is parsed, ports, servernames and names must not collide, and a push that
+would leave no admiral key is refused — all with `file:line: message` lines. A good push is
+told the plan it will carry out. Pushes to app repos pass untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+from hyperdrive import config as configuration
+from hyperdrive.errors import HyperdriveError
+from hyperdrive.headquarters import (
+    Headquarters,
+    check,
+    plan,
+    read_headquarters_from_git,
+    read_includes,
+)
+from hyperdrive.keyring import parse_keys
+from hyperdrive.names import HEADQUARTERS
+
+ZERO = "0" * 40
+HQ_REF = "refs/heads/master"
+
+
+def _bootstrap_keys(path: Path) -> bool:
+    try:
+        keys, _ = parse_keys(path.read_text(errors="replace").splitlines(), str(path))
+    except OSError:
+        return False
+    return bool(keys)
+
+
+def _read(sha: str, hull: str, env: Mapping[str, str]) -> Headquarters:
+    quarantine = [Path(env["GIT_QUARANTINE_PATH"])] if env.get("GIT_QUARANTINE_PATH") else []
+    return read_headquarters_from_git(Path.cwd(), sha, hull, object_dirs=quarantine)
+
+
+def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: TextIO) -> int:
+    """0 to accept the push, 1 to refuse it; says why either way."""
+    config = configuration.load(environ=env)
+    for old, new, ref in updates:
+        if ref != HQ_REF:
+            continue
+        if new == ZERO:
+            out.write("hyperdrive: headquarters' master branch cannot be deleted\n")
+            return 1
+        fresh = _read(new, config.hull, env)
+        reserved = {
+            config.http_port: "Hyperdrive's HTTP port",
+            config.ssh_listen.port: "Hyperdrive's SSH port",
+            config.api_listen.port: "Hyperdrive's API port",
+        }
+        problems = check(
+            fresh,
+            bootstrap_keys_present=_bootstrap_keys(config.admiral_keys),
+            reserved_ports=reserved,
+            domain=config.domain,
+        )
+        if problems:
+            out.write("hyperdrive: headquarters refused, nothing changed:\n")
+            out.writelines(f"  {line}\n" for line in problems)
+            return 1
+        before = _read(old, config.hull, env) if old != ZERO else None
+        includes = read_includes(config.data / "includes")
+        out.write("hyperdrive: headquarters accepted; the plan:\n")
+        out.writelines(f"  {line}\n" for line in plan(before, fresh, includes, includes).lines())
+    return 0
+
+
+def main() -> int:
+    if os.environ.get("HYPERDRIVE_APP") != HEADQUARTERS:
+        return 0
+    updates = []
+    for line in sys.stdin:
+        parts = line.split()
+        if len(parts) == 3:
+            updates.append((parts[0], parts[1], parts[2]))
+    try:
+        return review(updates, os.environ, sys.stderr)
+    except HyperdriveError as err:
+        sys.stderr.write(f"hyperdrive: headquarters refused: {err}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""Reacting to headquarters: read it, plan, replace the admiral keys, queue deploys and retirements.
+
+HQ is hosted here (`git/headquarters.git`, a push is the change) or remote (fetched into
+`$DATA/headquarters` on a webhook or `hd headquarters sync`). Nothing polls. An app whose
+orders are rejected keeps its last good orders and its ship; the rest of the plan proceeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pwd
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from hyperdrive.config import Config
+from hyperdrive.errors import ConfigError, HyperdriveError, InvalidName
+from hyperdrive.headquarters import (
+    Headquarters,
+    Plan,
+    describe,
+    plan,
+    read_headquarters_from_git,
+    read_includes,
+)
+from hyperdrive.keyring import KeyRing
+from hyperdrive.names import HEADQUARTERS, sanitize_app_name
+from hyperdrive.network import write_atomically
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
+from hyperdrive.pipeline.commands import SyncHeadquarters
+from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.repos import run_git
+from hyperdrive.spool import FileSpool, Trigger
+
+log = logging.getLogger(__name__)
+FETCH_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where HQ comes from: the hosted repo, or a remote URL and branch."""
+
+    url: str
+    branch: str | None
+
+    @classmethod
+    def of(cls, config: Config) -> Source:
+        url, _, branch = config.headquarters.partition("#")
+        return cls(url, branch or None)
+
+    @property
+    def hosted(self) -> bool:
+        return not self.url
+
+
+class HeadquartersSync:
+    """The SyncHeadquarters handler and the start-up load of the last good HQ."""
+
+    def __init__(
+        self,
+        config: Config,
+        fleet: Fleet,
+        keyring: KeyRing,
+        spool: FileSpool,
+        has_commits: Callable[[str], Awaitable[bool]],
+    ) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.keyring = keyring
+        self.spool = spool
+        self.has_commits = has_commits
+        self.record = config.records_dir / "headquarters.json"
+        self.source = Source.of(config)
+
+    def set_source(self, url: str) -> None:
+        """`hd headquarters set URL`: from now on HQ comes from there ('' = hosted here)."""
+        url_part, _, branch = url.partition("#")
+        self.source = Source(url_part, branch or None)
+
+    @property
+    def hosted_repo(self) -> Path:
+        return self.config.git_dir / f"{HEADQUARTERS}.git"
+
+    @property
+    def checkout(self) -> Path:
+        return self.config.data / HEADQUARTERS
+
+    # -- start-up --
+    async def load(self) -> None:
+        """Put the last good HQ (by its recorded sha) in force before anything deploys."""
+        try:
+            sha = json.loads(self.record.read_text())["sha"]
+            repo = self.hosted_repo if self.source.hosted else self.checkout / ".git"
+            hq = await asyncio.to_thread(read_headquarters_from_git, repo, sha, self.config.hull)
+        except (OSError, ValueError, KeyError, HyperdriveError) as err:
+            log.info("no headquarters in force yet (%s)", err)
+            return
+        self.fleet.hq, self.fleet.hq_sha = hq, sha
+        self.fleet.includes = self._includes()
+        self._admirals(hq)
+
+    def _includes(self) -> dict[str, str]:
+        try:
+            return read_includes(self.config.data / "includes")
+        except ConfigError as err:
+            log.warning("includes ignored: %s", err)
+            return dict(self.fleet.includes)
+
+    # -- the handler --
+    async def sync(self, cmd: SyncHeadquarters, ctx: Context) -> str:
+        try:
+            repo, sha = await self._fetch(self.source, cmd.sha)
+        except HyperdriveError as err:
+            ctx.emit(
+                ev.HeadquartersSyncFailed(
+                    deploy=cmd.deploy, message=f"{err}; the last good headquarters stays in force"
+                )
+            )
+            return FAILED
+        if sha is None:
+            ctx.emit(ev.HeadquartersSynced(deploy=cmd.deploy, message="headquarters is empty"))
+            return FINISHED
+        try:
+            new = await asyncio.to_thread(read_headquarters_from_git, repo, sha, self.config.hull)
+        except (HyperdriveError, ValueError) as err:
+            ctx.emit(ev.HeadquartersSyncFailed(deploy=cmd.deploy, sha=sha, message=str(err)))
+            return FAILED
+        await self._apply(cmd, ctx, new, sha)
+        return FINISHED
+
+    async def _fetch(self, source: Source, sha: str | None) -> tuple[Path, str | None]:
+        """The repo to read and the commit to read in it."""
+        if source.hosted:
+            repo = self.hosted_repo
+            if sha is None:
+                sha = await _resolve(repo, "refs/heads/master")
+            return repo, sha
+        return await self._fetch_remote(source)
+
+    async def _fetch_remote(self, source: Source) -> tuple[Path, str | None]:
+        clone = self.checkout
+        if not (clone / ".git").exists():
+            clone.mkdir(parents=True, exist_ok=True)
+            await run_git(["git", "init", "-q", str(clone)], 30)
+        ref = f"refs/heads/{source.branch}" if source.branch else "HEAD"
+        await run_git(
+            [
+                "git",
+                "-C",
+                str(clone),
+                "fetch",
+                "--quiet",
+                "--",
+                source.url,
+                f"+{ref}:refs/remotes/hq/current",
+            ],
+            FETCH_TIMEOUT_S,
+            self._git_env(),
+        )
+        sha = await _resolve(clone / ".git", "refs/remotes/hq/current")
+        return clone / ".git", sha
+
+    def _git_env(self) -> dict[str, str]:
+        key = self.config.var / "private_keys" / HEADQUARTERS
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": "https:http:ssh:git:file",
+            "HOME": str(self.config.data),
+        }
+        ssh = (
+            f"ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
+            f"-o UserKnownHostsFile={self.config.var / 'known_hosts'}"
+        )
+        if key.is_file():
+            ssh += f" -i {key} -o IdentitiesOnly=yes"
+        env["GIT_SSH_COMMAND"] = ssh
+        return env
+
+    async def _apply(
+        self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, sha: str
+    ) -> None:
+        old, includes_old = self.fleet.hq, dict(self.fleet.includes)
+        includes = self._includes()
+        the_plan = plan(old, new, includes_old, includes)
+        kept = self._keep_last_good(old, new)
+        self.fleet.hq, self.fleet.hq_sha, self.fleet.includes = kept, sha, includes
+        write_atomically(self.record, json.dumps({"sha": sha, "at": time.time()}))
+        self._report(cmd, ctx, new, the_plan, sha)
+        self._admirals(new, ctx)
+        await self._queue(the_plan, sha)
+        if self.source.hosted:
+            await self._materialise(sha)
+
+    def _keep_last_good(self, old: Headquarters | None, new: Headquarters) -> Headquarters:
+        """Rejected apps keep the orders they had, so their ship is left alone."""
+        if old is None:
+            return new
+        apps = dict(new.apps)
+        for app in new.rejected:
+            if app in old.apps:
+                apps[app] = old.apps[app]
+        return replace(new, apps=apps)
+
+    def _report(
+        self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, the_plan: Plan, sha: str
+    ) -> None:
+        lines = the_plan.lines()
+        ctx.emit(
+            ev.HeadquartersSynced(
+                deploy=cmd.deploy, sha=sha, message=f"headquarters {sha[:7]}: " + "; ".join(lines)
+            )
+        )
+        for app in the_plan.added:
+            ctx.emit(ev.AppOrdered(app=app, deploy=cmd.deploy, sha=sha, message=f"{app} ordered"))
+        for app, why in the_plan.changed.items():
+            ctx.emit(
+                ev.OrdersChanged(
+                    app=app, deploy=cmd.deploy, sha=sha, message=f"{app}: orders changed ({why})"
+                )
+            )
+        for app, err in the_plan.rejected.items():
+            ctx.emit(
+                ev.OrdersRejected(
+                    app=app if _valid(app) else None,
+                    deploy=cmd.deploy,
+                    file=err.path,
+                    line=err.line,
+                    message=describe(err),
+                )
+            )
+        for problem in new.key_errors:
+            ctx.emit(ev.OrdersRejected(deploy=cmd.deploy, message=problem))
+
+    def _admirals(self, hq: Headquarters, ctx: Context | None = None) -> None:
+        """Replace the live key set and materialise `$VAR/public_keys`."""
+        keys = {name: [k.line for k in ks] for name, ks in hq.admirals.items()}
+        self.keyring.replace(keys)
+        folder = self.config.var / "public_keys"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.pub"):
+            if stale.stem not in keys:
+                stale.unlink()
+        for name, lines in keys.items():
+            write_atomically(folder / f"{name}.pub", "\n".join(lines) + "\n")
+        self._admiral_user(keys)
+        if ctx is not None:
+            names = ", ".join(sorted(keys)) or "none (bootstrap keys only)"
+            ctx.emit(
+                ev.AdmiralsChanged(
+                    admirals=tuple(sorted(keys)), message=f"admirals in force: {names}"
+                )
+            )
+
+    def _admiral_user(self, keys: dict[str, list[str]]) -> None:
+        """HYPERDRIVE_ADMIRAL_USER: the seed's admiral SSH access to the server itself."""
+        user = self.config.admiral_user
+        if not user:
+            return
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            log.warning("HYPERDRIVE_ADMIRAL_USER %s does not exist", user)
+            return
+        ssh = Path(entry.pw_dir) / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        lines = [
+            f"{line} hyperdrive-admiral-{name}" for name, ls in sorted(keys.items()) for line in ls
+        ]
+        target = ssh / "authorized_keys"
+        write_atomically(target, "\n".join(lines) + "\n")
+        for path in (ssh, target):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    async def _queue(self, the_plan: Plan, sha: str) -> None:
+        """Durable deploy and retire triggers: a crash after the sync loses none of them."""
+        tag, now = sha[:7], time.time()
+        for app in [*the_plan.added, *the_plan.changed]:
+            orders = self.fleet.orders(app)
+            if orders.hosted_here and not await self.has_commits(app):
+                continue
+            await self.spool.put(Trigger(f"hq-{tag}-{app}", "deploy", app, {"source": "hq"}, now))
+        for app in the_plan.removed:
+            await self.spool.put(
+                Trigger(
+                    f"hq-{tag}-{app}-retire",
+                    "retire",
+                    app,
+                    {"reason": "removed from headquarters"},
+                    now,
+                )
+            )
+
+    async def _materialise(self, sha: str) -> None:
+        """Keep `$DATA/headquarters` a readable checkout of the hosted HQ (the seed's path)."""
+        target = self.checkout
+        try:
+            if not (target / ".git").exists():
+                await run_git(["git", "clone", "-q", str(self.hosted_repo), str(target)], 60)
+            await run_git(["git", "-C", str(target), "fetch", "-q", "origin"], 60)
+            await run_git(["git", "-C", str(target), "checkout", "-q", "-f", sha], 60)
+        except HyperdriveError as err:
+            log.warning("could not update %s: %s", target, err)
+
+
+async def _resolve(repo: Path, ref: str) -> str | None:
+    try:
+        out = await run_git(["git", f"--git-dir={repo}", "rev-parse", "--verify", "-q", ref], 10)
+    except HyperdriveError:
+        return None
+    return out.strip() or None
+
+
+def _valid(app: str) -> bool:
+    try:
+        sanitize_app_name(app)
+    except InvalidName:
+        return False
+    return True
