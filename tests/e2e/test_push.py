@@ -1,0 +1,230 @@
+"""`git push hyperdrive master` and headquarters pushes, end to end, with the real git and ssh
+clients against the real daemon, LXC and nginx."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, wait_for
+from tests.e2e.squadron import GIT_ENV, http_get, make_squadron, teardown
+
+pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", path],
+        check=True,
+        timeout=30,
+    )
+    return path
+
+
+@dataclass
+class Admiral:
+    """A person at a workstation: a key, a working copy, and the real git/ssh clients."""
+
+    d: Daemon
+    key: Path
+
+    def ssh_command(self) -> str:
+        return shlex.join(
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                str(self.key),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ]
+        )
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **GIT_ENV, "GIT_SSH_COMMAND": self.ssh_command()}
+
+    def git(self, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd, env=self.env(), capture_output=True, text=True, timeout=180
+        )
+        if check:
+            assert result.returncode == 0, f"git {args}: {result.stdout}{result.stderr}"
+        return result
+
+    def ssh(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [
+            *shlex.split(self.ssh_command()),
+            "-p",
+            str(self.d.ssh_port),
+            "git@127.0.0.1",
+            *command,
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        if check:
+            assert result.returncode == 0, f"ssh {command}: {result.stdout}{result.stderr}"
+        return result
+
+    def remote(self, app: str) -> str:
+        return f"ssh://git@127.0.0.1:{self.d.ssh_port}/{app}"
+
+    def working_copy(self, folder: Path, app: str) -> Path:
+        folder.mkdir(parents=True)
+        self.git("init", "-q", "-b", "master", cwd=folder)
+        self.git("remote", "add", "hyperdrive", self.remote(app), cwd=folder)
+        return folder
+
+    def commit(self, folder: Path, files: dict[str, str], message: str = "change") -> None:
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        self.git("add", "-A", cwd=folder)
+        self.git("commit", "-q", "-m", message, cwd=folder)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[Daemon, Admiral]]:
+    d = make_squadron(tmp_path / "hd")
+    key = keygen(tmp_path / "admiral")
+    (d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
+    try:
+        d.start()
+        yield d, Admiral(d, key)
+    finally:
+        teardown(d)
+
+
+def test_git_push_deploys_and_streams_the_deploy(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = fleet
+    work = admiral.working_copy(tmp_path / "site", "site")
+    admiral.commit(work, {"index.html": "pushed over ssh\n"})
+    pushed = admiral.git("push", "hyperdrive", "master", cwd=work)
+    output = pushed.stdout + pushed.stderr
+    assert "remote:" in output
+    assert "site deployed" in output, output
+    assert "/site/" in output
+    assert http_get(d.http_port, "/site/") == (200, "pushed over ssh\n")
+
+    admiral.commit(work, {"index.html": "second\n"})
+    pushed = admiral.git("push", "-o", "nowait", "hyperdrive", "master", cwd=work)
+    assert "site deployed" not in pushed.stdout + pushed.stderr
+    wait_for(
+        lambda: http_get(d.http_port, "/site/") == (200, "second\n"),
+        60,
+        0.2,
+        "the nowait push to be served",
+    )
+
+    status = admiral.ssh("status")
+    assert "site" in status.stdout
+    logs = admiral.ssh("logs", "site")
+    assert "TrafficSwapped" in logs.stdout or "traffic:" in logs.stdout
+    unknown = admiral.ssh("reboot", check=False)
+    assert unknown.returncode == 1
+    assert "unknown command" in unknown.stderr
+
+
+def test_ssh_deploy_and_rollback(fleet: tuple[Daemon, Admiral], tmp_path: Path) -> None:
+    d, admiral = fleet
+    work = admiral.working_copy(tmp_path / "site", "site")
+    admiral.commit(work, {"index.html": "one\n"})
+    admiral.git("push", "hyperdrive", "master", cwd=work)
+    admiral.commit(work, {"index.html": "two\n"})
+    admiral.git("push", "hyperdrive", "master", cwd=work)
+    assert http_get(d.http_port, "/site/") == (200, "two\n")
+
+    rolled = admiral.ssh("rollback", "site")
+    assert "rolled back" in rolled.stdout or "is live" in rolled.stdout, rolled.stdout
+    assert http_get(d.http_port, "/site/") == (200, "one\n")
+
+    redeployed = d.hd("deploy", "site")
+    assert redeployed.returncode == 0
+    assert http_get(d.http_port, "/site/") == (200, "two\n")
+
+
+def test_unknown_key_is_refused(fleet: tuple[Daemon, Admiral], tmp_path: Path) -> None:
+    d, _ = fleet
+    stranger = Admiral(d, keygen(tmp_path / "stranger"))
+    result = stranger.ssh("status", check=False)
+    assert result.returncode == 255
+    assert "Permission denied" in result.stderr
+
+
+def hq_files(admiral_pub: str, healthcheck: str = "/ 5") -> dict[str, str]:
+    return {
+        "authorized_keys/alice.pub": admiral_pub,
+        "site/orders": (
+            f"# the site\nexport PORT=8080\nexport GREETING=hello\nhealthcheck {healthcheck}\n"
+        ),
+    }
+
+
+def test_headquarters_push_orders_apps_and_admirals(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = fleet
+    work = admiral.working_copy(tmp_path / "site", "site")
+    admiral.commit(work, {"index.html": "ordered\n"})
+    admiral.git("push", "-o", "nowait", "hyperdrive", "master", cwd=work)
+
+    hq = admiral.working_copy(tmp_path / "hq", "headquarters")
+    pub = Path(f"{admiral.key}.pub").read_text()
+    admiral.commit(hq, hq_files(pub))
+    pushed = admiral.git("push", "hyperdrive", "master", cwd=hq)
+    output = pushed.stdout + pushed.stderr
+    assert "site: deploy" in output, output
+    d.wait_event("AppOrdered", app="site")
+    admirals = d.wait_event("AdmiralsChanged")
+    assert admirals["admirals"] == ["alice"]
+    assert (d.var / "public_keys" / "alice.pub").exists()
+
+    def served_on_8080() -> bool:
+        status = json.loads(d.hd("status", "--json").stdout)
+        row = next((a for a in status["apps"] if a["app"] == "site"), None)
+        return bool(row and "PORT 8080" in row["orders"] and row["ship"])
+
+    wait_for(served_on_8080, 90, 0.3, "site redeployed on PORT 8080")
+    wait_for(lambda: http_get(d.http_port, "/site/") == (200, "ordered\n"), 60, 0.3, "site served")
+    envs = "".join(p.read_text() for p in (d.data / "lxc").glob("*-site-*/run/env"))
+    assert "GREETING=hello" in envs
+
+
+def test_bad_headquarters_push_is_refused_with_file_and_line(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = fleet
+    hq = admiral.working_copy(tmp_path / "hq", "headquarters")
+    pub = Path(f"{admiral.key}.pub").read_text()
+    files = hq_files(pub)
+    files["site/orders"] += "launch missiles\n"
+    files["other/orders"] = "export PORT=99999\n"
+    admiral.commit(hq, files)
+    pushed = admiral.git("push", "hyperdrive", "master", cwd=hq, check=False)
+    output = pushed.stdout + pushed.stderr
+    assert pushed.returncode != 0
+    assert "site/orders:5:" in output, output
+    assert "other/orders:1:" in output
+    refs = subprocess.run(
+        ["git", "--git-dir", str(d.data / "git" / "headquarters.git"), "for-each-ref"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert refs.stdout.strip() == "", "a refused push must not move any ref"
