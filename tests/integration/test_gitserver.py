@@ -155,7 +155,11 @@ async def test_archive_over_ssh(rig: Rig) -> None:
 
 
 async def test_headquarters_push_is_an_hq_trigger(rig: Rig) -> None:
-    _, sha, result = await push_app(rig, "headquarters", {"web/orders": b"healthcheck /\n"})
+    admiral = Path(f"{rig.key}.pub").read_bytes()  # HQ must keep an admiral (lockout check)
+    files = {"web/orders": b"healthcheck /\n", "authorized_keys/me.pub": admiral}
+    _, sha, result = await push_app(rig, "headquarters", files)
+    assert "site: deploy" not in result.stderr
+    assert "web: deploy" in result.stderr, result.output
     assert result.returncode == 0, result.output
     [trigger] = triggers(rig.spool)
     assert (trigger["kind"], trigger["app"]) == ("hq", None)
