@@ -22,7 +22,7 @@ import asyncssh
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.eventlog import EventLog, Filter
 from hyperdrive.names import check_sha, sanitize_app_name
-from hyperdrive.pipeline.events import TERMINAL
+from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.render import describe
 from hyperdrive.spool import FileSpool, Trigger, new_trigger_id
 
@@ -131,7 +131,7 @@ class AdmiralCommands:
             async with asyncio.timeout(FOLLOW_LIMIT_S):
                 async for event in events:
                     _write(process, describe(event) + "\n")
-                    if event["event"] in TERMINAL | {"TriggerIgnored"}:
+                    if event["event"] in OUTCOMES:
                         return 0 if event["event"] == "DeployFinished" else 1
         return 1
 

@@ -15,7 +15,7 @@ from hyperdrive import config as configuration
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
-from hyperdrive.pipeline.events import OUTCOMES
+from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.render import describe
 
 if TYPE_CHECKING:

@@ -21,12 +21,11 @@ from typing import Any, TextIO
 from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
 from hyperdrive.names import HEADQUARTERS, check_ref, check_sha, repo_name
-from hyperdrive.pipeline.events import OUTCOMES
+from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
 
 WAIT_S = 30 * 60.0
 ZERO = "0" * 40
-TERMINAL = OUTCOMES  # the events that end a trigger's story
 QUEUED = "queued: the deploy starts when hyperdrive is running"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps tabs; no escapes reach terminals
 
@@ -179,7 +178,7 @@ def _follow_one(client: AdminClient, deploy: str, printer: _Printer) -> None:
             text = format_event(event)
             if text is not None:
                 printer.say(text)
-            if event.get("event") in TERMINAL or printer.gone:
+            if event.get("event") in OUTCOMES or printer.gone:
                 return
     except DaemonUnavailable:
         printer.say(f"-----> {QUEUED}")

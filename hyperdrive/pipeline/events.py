@@ -169,6 +169,21 @@ class HullRetired(Event):
     hull: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class HullBuildProgress(Event):
+    """A step of a hull build, for progress bars: `percent` done, `step` under way."""
+
+    hull: str | None = None
+    percent: int = 0
+    step: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HullBuildFailed(Event):
+    hull: str | None = None
+    log: str | None = None
+
+
 # -- headquarters --
 @dataclass(frozen=True, kw_only=True)
 class HeadquartersSynced(Event):
@@ -204,8 +219,3 @@ class AppRetired(Event):
 @dataclass(frozen=True, kw_only=True)
 class AdmiralsChanged(Event):
     admirals: tuple[str, ...] = ()
-
-
-TERMINAL = frozenset({"DeployFinished", "DeployFailed", "DeploySuperseded", "AppRetired"})
-# what ends any trigger's story, for those who follow one (CLI, ssh, the pushing git client)
-OUTCOMES = TERMINAL | {"TriggerIgnored", "HeadquartersSynced", "HeadquartersSyncFailed"}
