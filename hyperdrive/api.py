@@ -13,7 +13,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,7 @@ class Api:
         metrics: Callable[[], Mapping[str, float]],
         *,
         set_headquarters: Callable[[str], None] | None = None,
+        public_routes: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
@@ -123,6 +124,7 @@ class Api:
         self.tokens = tokens
         self.metrics = metrics
         self.set_headquarters = set_headquarters
+        self.public_routes = public_routes
         self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -132,6 +134,8 @@ class Api:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/events", self.public_events)
         app.router.add_get("/metrics", self.metrics_text)
+        for add_routes in self.public_routes:
+            add_routes(app)
         return app
 
     def admin(self) -> web.Application:

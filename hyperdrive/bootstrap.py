@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import KEYS, Config
 from hyperdrive.eventlog import EventLog
 from hyperdrive.gitserver import GitServer
+from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
 from hyperdrive.keyring import KeyRing
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, bridge_address
@@ -161,6 +162,31 @@ def pipeline_parts(config: Config) -> Parts:
     )
 
 
+class FleetResolver:
+    """Which apps (or HQ) a pushed repository and ref concern, from the orders in force."""
+
+    def __init__(self, fleet: Fleet, headquarters: HeadquartersSync) -> None:
+        self.fleet = fleet
+        self.headquarters = headquarters
+        self._cached: tuple[object, str, StaticResolver] | None = None
+
+    def resolve(self, urls: Collection[str], ref: str, default_branch: str | None) -> Resolution:
+        return self._table().resolve(urls, ref, default_branch)
+
+    def _table(self) -> StaticResolver:
+        source = self.headquarters.source
+        hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
+        if self._cached is None or self._cached[:2] != (self.fleet.hq, hq_url):
+            apps = {
+                name: (orders.autodeploy_url, orders.branch)
+                for name in self.fleet.names()
+                if (orders := self.fleet.orders(name)).autodeploy_url is not None
+            }
+            table = StaticResolver(apps, hq_url or None)
+            self._cached = (self.fleet.hq, hq_url, table)
+        return self._cached[2]
+
+
 def hook_env(config: Config) -> dict[str, str]:
     """What git's hooks need: where the spool and socket are, and the config (no secrets)."""
     env = {
@@ -223,6 +249,9 @@ def build(config: Config) -> Daemon:
     def status() -> dict[str, Any]:
         return daemon_status(config, spool, bus, pipeline)
 
+    webhooks = WebhookReceiver(
+        config.webhook_secret, spool, FleetResolver(parts.fleet, headquarters), eventlog.append
+    )
     api = Api(
         eventlog,
         spool,
@@ -230,6 +259,7 @@ def build(config: Config) -> Daemon:
         TokenStore(config.var / "tokens.json"),
         metrics,
         set_headquarters=headquarters.set_source,
+        public_routes=[webhooks.add_routes],
     )
     admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir)
     listen = config.ssh_listen

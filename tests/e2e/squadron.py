@@ -7,10 +7,12 @@ unique name and is removed by `teardown`, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -79,6 +81,8 @@ def http_get(port: int, path: str, host: str | None = None, timeout: float = 3) 
         body = err.read().decode(errors="replace")
         err.close()
         return err.code, body
+    except (urllib.error.URLError, OSError) as err:
+        return 0, f"no answer: {err}"
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -106,12 +110,14 @@ class AppRepo:
         workdir.mkdir(parents=True, exist_ok=True)
         git("init", "-q", "-b", "master", cwd=workdir)
 
-    def commit(self, files: dict[str, str], message: str = "change") -> str:
+    def commit(
+        self, files: dict[str, str], message: str = "change", executable: tuple[str, ...] = ()
+    ) -> str:
         for name, text in files.items():
             path = self.dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            if name.startswith("bin/"):
+            if name.startswith("bin/") or name in executable:
                 path.chmod(0o755)
         git("add", "-A", cwd=self.dir)
         git("commit", "-q", "-m", message, cwd=self.dir)
@@ -158,3 +164,66 @@ def wait_outcome(d: Daemon, deploy: str, timeout: float = 120) -> dict:
         return None
 
     return wait_for(outcome, timeout, 0.1, f"the outcome of deploy {deploy}; log: {d.log()}")
+
+
+def containers(d: Daemon) -> set[str]:
+    """What `lxc-ls -P $VAR/containers` lists."""
+    listed = subprocess.run(
+        ["lxc-ls", "-P", str(d.var / "containers"), "-1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.returncode == 0, listed.stderr
+    return set(listed.stdout.split())
+
+
+def recorded_ships(d: Daemon) -> set[str]:
+    """Every ship the squadron's records know, over all apps."""
+    ships = set()
+    for path in (d.data / "records" / "apps").glob("*.json"):
+        ships |= {s["name"] for s in json.loads(path.read_text())["ships"]}
+    return ships
+
+
+def assert_no_orphans(d: Daemon) -> None:
+    """Every container is a hull or a recorded ship, and every recorded ship exists."""
+    hull = f"{d.env['HYPERDRIVE_NAME']}-hull-"
+    ships = {c for c in containers(d) if not c.startswith(hull)}
+    assert ships == recorded_ships(d), f"containers {ships} vs records {recorded_ships(d)}"
+
+
+class Prober:
+    """A client that GETs one path on a new connection every `step` s, in a thread, and counts
+    the answers: while it runs, a user can tell whether the app ever stopped serving."""
+
+    def __init__(self, port: int, path: str, step: float = 0.02, host: str | None = None) -> None:
+        self.port, self.path, self.step, self.host = port, path, step, host
+        self.answers: dict[tuple[int, str], int] = {}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = http_get(self.port, self.path, self.host, timeout=3)
+            except OSError as err:
+                self.failures.append(f"{type(err).__name__}: {err}")
+            else:
+                self.answers[answer] = self.answers.get(answer, 0) + 1
+                if answer[0] != 200:
+                    self.failures.append(f"HTTP {answer[0]}: {answer[1][:80]}")
+            self._stop.wait(self.step)
+
+    @property
+    def bodies(self) -> set[str]:
+        return {body for (status, body) in self.answers if status == 200}

@@ -1,0 +1,120 @@
+"""A push to a forge, its webhook, and the new commit served: the whole path with the real daemon.
+
+The "forge" is a local bare repository (file:// URL) so nothing leaves this machine; the webhook
+is GitHub's documented push payload with a real signature, posted to the daemon's own port.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, wait_for
+from tests.e2e.squadron import http_get, make_squadron, teardown
+from tests.e2e.test_push import Admiral, keygen
+from tests.fixtures.webhooks.forge import SECRET, changed, github
+
+pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[Daemon, Admiral]]:
+    d = make_squadron(tmp_path / "hd", HYPERDRIVE_WEBHOOK_SECRET=SECRET)
+    key = keygen(tmp_path / "admiral")
+    (d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
+    try:
+        d.start()
+        yield d, Admiral(d, key)
+    finally:
+        teardown(d)
+
+
+def post(d: Daemon, provider: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{d.api_port}/hooks/{provider}", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        answer = err.read()
+        err.close()
+        return err.code, {"raw": answer.decode(errors="replace")}
+
+
+def push_payload(url: str, before: str, after: str) -> bytes:
+    def change(obj: dict) -> None:
+        obj.update(ref="refs/heads/master", before=before, after=after, deleted=False)
+        repo = obj["repository"]
+        repo.update(
+            clone_url=url, html_url=url, url=url, git_url=url, ssh_url=url, default_branch="master"
+        )
+
+    return changed("github_push", change)
+
+
+def test_forge_push_and_webhook_deploy_the_new_commit(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = fleet
+    forge = tmp_path / "forge" / "site.git"
+    subprocess.run(
+        ["git", "init", "-q", "--bare", "-b", "master", str(forge)], check=True, timeout=30
+    )
+    work = tmp_path / "site"
+    work.mkdir()
+    admiral.git("init", "-q", "-b", "master", cwd=work)
+    admiral.git("remote", "add", "origin", str(forge), cwd=work)
+    admiral.commit(work, {"index.html": "from the forge\n"})
+    admiral.git("push", "-q", "origin", "master", cwd=work)
+    first = admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+    url = f"file://{forge}"
+    hq = admiral.working_copy(tmp_path / "hq", "headquarters")
+    admiral.commit(
+        hq,
+        {
+            "authorized_keys/admiral.pub": Path(f"{admiral.key}.pub").read_text(),
+            "site/orders": f"autodeploy {url}\nhealthcheck / 10\n",
+        },
+    )
+    admiral.git("push", "hyperdrive", "master", cwd=hq)
+    wait_for(
+        lambda: http_get(d.http_port, "/site/") == (200, "from the forge\n"),
+        90,
+        0.3,
+        "the autodeploy app served from its mirror",
+    )
+    assert (d.data / "git" / "mirrors" / "site.git").is_dir()
+
+    admiral.commit(work, {"index.html": "webhook delivered\n"})
+    admiral.git("push", "-q", "origin", "master", cwd=work)
+    second = admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    headers, body = github(push_payload(url, first, second))
+    status, answer = post(d, "github", headers, body)
+    assert status == 202, answer
+    assert list(answer["deploys"]) == ["site"]
+    wait_for(
+        lambda: http_get(d.http_port, "/site/") == (200, "webhook delivered\n"),
+        90,
+        0.3,
+        "the webhook's commit served",
+    )
+    fetched = d.wait_event("StageFinished", deploy=answer["deploys"]["site"], stage="fetch")
+    assert "ms" in fetched
+
+    again, duplicate = post(d, "github", headers, body)
+    assert (again, duplicate["status"]) == (200, "duplicate")
+    forged = dict(
+        headers, **{"X-Hub-Signature-256": "sha256=" + "0" * 64, "X-GitHub-Delivery": "another"}
+    )
+    refused, _ = post(d, "github", forged, body)
+    assert refused == 401
+    assert http_get(d.http_port, "/site/") == (200, "webhook delivered\n")
+    assert SECRET not in (d.data / "events.jsonl").read_text()
