@@ -124,12 +124,15 @@ def write_incoming(root: Path, trigger: Trigger) -> Path:
 class _Batch:
     """One request to the writer thread: lines to append, or a whole journal to swap in."""
 
-    def __init__(self, lines: list[bytes], replace_with: bytes | None = None) -> None:
+    def __init__(
+        self,
+        lines: list[bytes],
+        future: asyncio.Future[None],
+        replace_with: bytes | None = None,
+    ) -> None:
         self.lines = lines
+        self.future = future
         self.replace_with = replace_with
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.callbacks: list[Callable[[BaseException | None], None]] = []
 
 
 class _JournalWriter:
@@ -179,11 +182,12 @@ class _JournalWriter:
             self.batches += 1
         except OSError as err:
             error = err
+        # one wake-up per event loop for the whole group, not one per trigger
+        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for batch in group:
-            batch.error = error
-            batch.done.set()
-            for callback in batch.callbacks:
-                callback(error)
+            waiting.setdefault(batch.future.get_loop(), []).append(batch.future)
+        for loop, futures in waiting.items():
+            loop.call_soon_threadsafe(_settle, futures, error)
 
     def _swap(self, content: bytes) -> None:
         """Compaction: write the new journal beside the old one and rename it into place."""
@@ -339,16 +343,9 @@ class FileSpool:
     ) -> asyncio.Future[None]:
         if self._writer is None:
             raise SpoolError("the spool is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        batch = _Batch(lines, replace_with)
-
-        def resolve(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
-
-        batch.callbacks.append(resolve)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._records += len(lines)
-        self._writer.submit(batch)
+        self._writer.submit(_Batch(lines, future, replace_with))
         return future
 
     async def receive(self) -> AsyncIterator[Trigger]:
@@ -397,10 +394,11 @@ def _is_incoming(name: str) -> bool:
     return name.endswith(".json") and not name.startswith(".")
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
