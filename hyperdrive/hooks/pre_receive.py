@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hyperdrive import config as configuration
-from hyperdrive.errors import HyperdriveError
+from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters import (
     Headquarters,
     check,
@@ -40,6 +40,16 @@ def _bootstrap_keys(path: Path) -> bool:
 def _read(sha: str, hull: str, env: Mapping[str, str]) -> Headquarters:
     quarantine = [Path(env["GIT_QUARANTINE_PATH"])] if env.get("GIT_QUARANTINE_PATH") else []
     return read_headquarters_from_git(Path.cwd(), sha, hull, object_dirs=quarantine)
+
+
+def _includes(folder: Path, out: TextIO) -> dict[str, str]:
+    """The squadron's includes for the plan; a broken file is the server's problem, not the
+    pusher's, so it is mentioned and left out rather than refusing the push."""
+    try:
+        return read_includes(folder)
+    except ConfigError as err:
+        out.write(f"hyperdrive: note: includes left out of this plan: {err}\n")
+        return {}
 
 
 def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: TextIO) -> int:
@@ -68,7 +78,7 @@ def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: Tex
             out.writelines(f"  {line}\n" for line in problems)
             return 1
         before = _read(old, config.hull, env) if old != ZERO else None
-        includes = read_includes(config.data / "includes")
+        includes = _includes(config.data / "includes", out)
         out.write("hyperdrive: headquarters accepted; the plan:\n")
         out.writelines(f"  {line}\n" for line in plan(before, fresh, includes, includes).lines())
     return 0

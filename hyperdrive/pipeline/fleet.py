@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hyperdrive.errors import InvalidName
 from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_orders
+from hyperdrive.names import sanitize_app_name
 
 
 @dataclass
@@ -36,11 +38,30 @@ class Fleet:
         return merge_env(self.includes, self.orders(app).env)
 
     def names(self) -> list[str]:
-        return sorted(self.hq.apps) if self.hq is not None else []
+        """Every app HQ names: ordered ones and those whose orders were rejected."""
+        if self.hq is None:
+            return []
+        return sorted(set(self.hq.apps) | {a for a in self.hq.rejected if _valid(a)})
 
     def summary(self, app: str) -> Mapping[str, str]:
+        """What `hd status` shows: the orders in force, and a rejection when there is one."""
+        rejected = self.rejected(app)
+        if rejected and not self.ordered(app):
+            return {"orders": f"REJECTED, not deployed: {rejected}", "rejected": rejected}
         orders = self.orders(app)
         source = orders.autodeploy_url or "hosted here"
         if orders.branch:
             source += f"#{orders.branch}"
-        return {"orders": f"{source}, PORT {orders.port}, hull {orders.hull}"}
+        line = f"{source}, PORT {orders.port}, hull {orders.hull}"
+        if rejected:
+            return {"orders": f"{line}; new orders REJECTED: {rejected}", "rejected": rejected}
+        return {"orders": line}
+
+
+def _valid(app: str) -> bool:
+    """Whether a rejected folder name is an app name at all (`../x`, `API` are not)."""
+    try:
+        sanitize_app_name(app)
+    except InvalidName:
+        return False
+    return True

@@ -8,6 +8,7 @@ orders are rejected keeps its last good orders and its ship; the rest of the pla
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -20,14 +21,16 @@ from pathlib import Path
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, HyperdriveError, InvalidName
 from hyperdrive.headquarters import (
+    KEYS_DIR,
     Headquarters,
     Plan,
+    check,
     describe,
     plan,
     read_headquarters_from_git,
     read_includes,
 )
-from hyperdrive.keyring import KeyRing
+from hyperdrive.keyring import KeyRing, parse_keys
 from hyperdrive.names import HEADQUARTERS, sanitize_app_name
 from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
@@ -114,7 +117,7 @@ class HeadquartersSync:
     # -- the handler --
     async def sync(self, cmd: SyncHeadquarters, ctx: Context) -> str:
         try:
-            repo, sha = await self._fetch(self.source, cmd.sha)
+            repo, sha = await self._fetch(self.source)
         except HyperdriveError as err:
             ctx.emit(
                 ev.HeadquartersSyncFailed(
@@ -133,13 +136,16 @@ class HeadquartersSync:
         await self._apply(cmd, ctx, new, sha)
         return FINISHED
 
-    async def _fetch(self, source: Source, sha: str | None) -> tuple[Path, str | None]:
-        """The repo to read and the commit to read in it."""
+    async def _fetch(self, source: Source) -> tuple[Path, str | None]:
+        """The repo to read and the commit to read in it.
+
+        Hosted: the tip of master, never the pushed sha a trigger names — only master passes
+        the pre-receive check, so a push to another HQ branch must not become the HQ in force
+        (and two quick pushes both read the newest).
+        """
         if source.hosted:
             repo = self.hosted_repo
-            if sha is None:
-                sha = await _resolve(repo, "refs/heads/master")
-            return repo, sha
+            return repo, await _resolve(repo, "refs/heads/master")
         return await self._fetch_remote(source)
 
     async def _fetch_remote(self, source: Source) -> tuple[Path, str | None]:
@@ -190,12 +196,17 @@ class HeadquartersSync:
         the_plan = plan(old, new, includes_old, includes)
         kept = self._keep_last_good(old, new)
         self.fleet.hq, self.fleet.hq_sha, self.fleet.includes = kept, sha, includes
-        write_atomically(self.record, json.dumps({"sha": sha, "at": time.time()}))
         self._report(cmd, ctx, new, the_plan, sha)
-        self._admirals(new, ctx)
+        self._admirals(new, ctx, cmd.deploy)
         await self._queue(the_plan, sha)
-        if self.source.hosted:
-            await self._materialise(sha)
+        # Recorded only once the triggers are durable: a crash before this line re-runs the
+        # sync at the next start, which queues the same (deduplicated) trigger ids again.
+        write_atomically(self.record, json.dumps({"sha": sha, "at": time.time()}))
+        await self._materialise(sha)
+        # The outcome comes last: whoever follows the sync (a push, `hd headquarters sync`)
+        # has seen every app's event, and the new keys are live, when it is told.
+        summary = f"headquarters {sha[:7]}: " + "; ".join(the_plan.lines())
+        ctx.emit(ev.HeadquartersSynced(deploy=cmd.deploy, sha=sha, message=summary))
 
     def _keep_last_good(self, old: Headquarters | None, new: Headquarters) -> Headquarters:
         """Rejected apps keep the orders they had, so their ship is left alone."""
@@ -210,12 +221,7 @@ class HeadquartersSync:
     def _report(
         self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, the_plan: Plan, sha: str
     ) -> None:
-        lines = the_plan.lines()
-        ctx.emit(
-            ev.HeadquartersSynced(
-                deploy=cmd.deploy, sha=sha, message=f"headquarters {sha[:7]}: " + "; ".join(lines)
-            )
-        )
+        """One event per app the plan touches, and one per rejected orders or key file."""
         for app in the_plan.added:
             ctx.emit(ev.AppOrdered(app=app, deploy=cmd.deploy, sha=sha, message=f"{app} ordered"))
         for app, why in the_plan.changed.items():
@@ -234,12 +240,33 @@ class HeadquartersSync:
                     message=describe(err),
                 )
             )
-        for problem in new.key_errors:
+        said = {describe(err) for err in the_plan.rejected.values()}
+        for problem in [*new.key_errors, *self._collisions(new, said)]:
             ctx.emit(ev.OrdersRejected(deploy=cmd.deploy, message=problem))
 
-    def _admirals(self, hq: Headquarters, ctx: Context | None = None) -> None:
+    def _collisions(self, hq: Headquarters, said: set[str]) -> list[str]:
+        """What a push check would refuse beyond bad files: ports and servernames claimed twice.
+
+        A remote HQ has no push check: these become events (nginx refuses the clash itself,
+        and the app keeps its ship).
+        """
+        config = self.config
+        reserved = {
+            config.http_port: "Hyperdrive's HTTP port",
+            config.ssh_listen.port: "Hyperdrive's SSH port",
+            config.api_listen.port: "Hyperdrive's API port",
+        }
+        problems = check(
+            hq, bootstrap_keys_present=True, reserved_ports=reserved, domain=config.domain
+        )
+        return [p for p in problems if p not in said and p not in hq.key_errors]
+
+    def _admirals(self, hq: Headquarters, ctx: Context | None = None, deploy: str = "") -> None:
         """Replace the live key set and materialise `$VAR/public_keys`."""
         keys = {name: [k.line for k in ks] for name, ks in hq.admirals.items()}
+        if not keys and not self._bootstrap_keys():
+            self._keep_admirals(ctx, deploy)
+            return
         self.keyring.replace(keys)
         folder = self.config.var / "public_keys"
         folder.mkdir(parents=True, exist_ok=True)
@@ -256,6 +283,29 @@ class HeadquartersSync:
                     admirals=tuple(sorted(keys)), message=f"admirals in force: {names}"
                 )
             )
+
+    def _bootstrap_keys(self) -> bool:
+        """Whether HYPERDRIVE_ADMIRAL_KEYS holds a key now (it is read at each sync)."""
+        try:
+            text = self.config.admiral_keys.read_text(errors="replace")
+        except OSError:
+            return False
+        keys, _ = parse_keys(text.splitlines(), str(self.config.admiral_keys))
+        return bool(keys)
+
+    def _keep_admirals(self, ctx: Context | None, deploy: str) -> None:
+        """Lockout protection: an HQ with no key and no bootstrap key (a remote HQ; such a
+        push is refused) leaves the admirals in `$VAR/public_keys` in force."""
+        folder = self.config.var / "public_keys"
+        kept = {p.stem: p.read_text().splitlines() for p in sorted(folder.glob("*.pub"))}
+        self.keyring.replace(kept)
+        if ctx is not None:
+            names = ", ".join(sorted(kept)) or "none"
+            message = (
+                f"{KEYS_DIR}/: no valid admiral key and no bootstrap key; the admirals in "
+                f"force ({names}) stay so nobody is locked out"
+            )
+            ctx.emit(ev.OrdersRejected(deploy=deploy, message=message))
 
     def _admiral_user(self, keys: dict[str, list[str]]) -> None:
         """HYPERDRIVE_ADMIRAL_USER: the seed's admiral SSH access to the server itself."""
@@ -284,7 +334,8 @@ class HeadquartersSync:
             orders = self.fleet.orders(app)
             if orders.hosted_here and not await self.has_commits(app):
                 continue
-            await self.spool.put(Trigger(f"hq-{tag}-{app}", "deploy", app, {"source": "hq"}, now))
+            tid = f"hq-{tag}-{app}-{self._digest(app)}"
+            await self.spool.put(Trigger(tid, "deploy", app, {"source": "hq"}, now))
         for app in the_plan.removed:
             await self.spool.put(
                 Trigger(
@@ -296,14 +347,25 @@ class HeadquartersSync:
                 )
             )
 
+    def _digest(self, app: str) -> str:
+        """Short hash of what the ship will get (orders + merged env).
+
+        Part of the deploy trigger's id: the same sync run twice (a crash, a replay) queues
+        one deploy, while an includes change at the same HQ commit queues a new one.
+        """
+        orders = self.fleet.orders(app)
+        seen = (sorted(self.fleet.env(app).items()), replace(orders, env={}, path=""))
+        return hashlib.sha256(repr(seen).encode()).hexdigest()[:8]
+
     async def _materialise(self, sha: str) -> None:
-        """Keep `$DATA/headquarters` a readable checkout of the hosted HQ (the seed's path)."""
+        """Keep `$DATA/headquarters` a readable checkout of HQ at `sha` (the seed's path)."""
         target = self.checkout
         try:
-            if not (target / ".git").exists():
-                await run_git(["git", "clone", "-q", str(self.hosted_repo), str(target)], 60)
-            await run_git(["git", "-C", str(target), "fetch", "-q", "origin"], 60)
-            await run_git(["git", "-C", str(target), "checkout", "-q", "-f", sha], 60)
+            if self.source.hosted:
+                if not (target / ".git").exists():
+                    await run_git(["git", "clone", "-q", str(self.hosted_repo), str(target)], 60)
+                await run_git(["git", "-C", str(target), "fetch", "-q", "origin"], 60)
+            await run_git(["git", "-C", str(target), "checkout", "-q", "-f", "--detach", sha], 60)
         except HyperdriveError as err:
             log.warning("could not update %s: %s", target, err)
 
