@@ -81,7 +81,7 @@ class Daemon:
 
 
 def daemon_status(
-    config: Config, spool: FileSpool, bus: MessageBus, pipeline: Pipeline
+    config: Config, spool: FileSpool, bus: MessageBus, pipeline: Pipeline, hq: HeadquartersSync
 ) -> dict[str, Any]:
     """What `hd status` shows: the squadron itself and each app."""
     return {
@@ -92,7 +92,8 @@ def daemon_status(
         "ssh": str(config.ssh_listen),
         "api": str(config.api_listen),
         "http_port": config.http_port,
-        "headquarters": config.headquarters or "hosted here",
+        "headquarters": hq.source.url or "hosted here",
+        "headquarters_sha": pipeline.p.fleet.hq_sha,
         "pending": len(spool.pending()),
         "inflight": bus.inflight,
         "apps": app_rows(pipeline),
@@ -115,7 +116,7 @@ def app_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
                 "since": app.since,
                 "url": pipeline.url(name) if app.routed else None,
                 "last_deploy": result or None,
-                "orders": parts.fleet.rejected(name) or parts.fleet.summary(name)["orders"],
+                "orders": parts.fleet.summary(name)["orders"],
             }
         )
     return rows
@@ -247,7 +248,7 @@ def build(config: Config) -> Daemon:
         return {"deploys_inflight": bus.inflight, "triggers_handed_over": inbox.handed_over}
 
     def status() -> dict[str, Any]:
-        return daemon_status(config, spool, bus, pipeline)
+        return daemon_status(config, spool, bus, pipeline, headquarters)
 
     webhooks = WebhookReceiver(
         config.webhook_secret, spool, FleetResolver(parts.fleet, headquarters), eventlog.append
