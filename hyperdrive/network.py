@@ -7,7 +7,6 @@ the MAC follows the address, and released addresses are handed out again last.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperdrive.errors import CommandFailed, NetworkError
+from hyperdrive.procs import run
 
 IP_TIMEOUT_S = 10.0
 IFNAMSIZ = 15  # the kernel's limit on interface names
@@ -54,23 +54,10 @@ def bridge_address(subnet: IPv4Network | str) -> IPv4Address:
 
 async def _ip(*args: str, check: bool = True) -> tuple[int, str]:
     """Run `ip ARGS` with a timeout; return (exit code, output) or raise CommandFailed."""
-    argv = ["ip", *args]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), IP_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise CommandFailed(argv, None, "") from None
-    text = out.decode(errors="replace")
-    if check and proc.returncode != 0:
-        raise CommandFailed(argv, proc.returncode, text)
-    return proc.returncode or 0, text
+    result = await run(["ip", *args], timeout=IP_TIMEOUT_S, merge=True)
+    if result.returncode is None or (check and result.returncode != 0):
+        raise CommandFailed(result.argv, result.returncode, result.stdout)
+    return result.returncode, result.stdout
 
 
 async def _link_kind(name: str) -> str | None:

@@ -13,8 +13,9 @@ from dulwich.errors import NotGitRepository
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from hyperdrive.errors import CommandFailed, DeployError
+from hyperdrive.errors import DeployError
 from hyperdrive.names import check_sha, sanitize_app_name
+from hyperdrive.procs import check_output
 
 FETCH_TIMEOUT_S = 300.0
 ARCHIVE_TIMEOUT_S = 300.0
@@ -23,22 +24,7 @@ ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
 
 async def run_git(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:  # noqa: ASYNC109
     """Run git; return stdout, or raise CommandFailed carrying git's own words."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise CommandFailed(argv, None, f"no answer within {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        raise CommandFailed(argv, proc.returncode, (err or out).decode(errors="replace"))
-    return out.decode(errors="replace")
+    return await check_output(argv, timeout=timeout, env=env)
 
 
 class GitRepos:

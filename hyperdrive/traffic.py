@@ -15,6 +15,7 @@ from typing import Any
 
 from hyperdrive.errors import CommandFailed, ProxyError
 from hyperdrive.names import sanitize_app_name
+from hyperdrive.procs import check_output
 
 MAP = "app_backends"
 TIMEOUT = 10.0
@@ -22,24 +23,7 @@ TIMEOUT = 10.0
 
 async def run(argv: list[str], stdin: str = "", seconds: float = TIMEOUT) -> str:
     """Run a program with `stdin`; return its stdout, or raise CommandFailed with its output."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except FileNotFoundError as missing:
-        raise ProxyError(f"{argv[0]} is not installed (apt-get install nftables)") from missing
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), seconds)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise CommandFailed(argv, None, f"no answer within {seconds} s") from None
-    if proc.returncode != 0:
-        raise CommandFailed(argv, proc.returncode, (err or out).decode(errors="replace"))
-    return out.decode(errors="replace")
+    return await check_output(argv, timeout=seconds, stdin=stdin.encode())
 
 
 def _port(value: int) -> int:
