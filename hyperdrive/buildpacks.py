@@ -1,25 +1,47 @@
 """Build detection: how to build and start an app from the files it has, no special files needed.
 
-- `bin/build` or `.hyperdrive/build`: that script; the start command comes from the Procfile.
-- `requirements.txt` or `pyproject.toml`: a venv in /app/.venv and pip install; start:
-  `python3 app.py` (or main.py, server.py).
-- `package.json`: `npm ci` with a lock file, else `npm install`; start: `npm start`.
-- `index.html` or `public/`: no build; a tiny static web server.
-- only a `Procfile`: no build; its `web:` line.
+The first row that matches decides the build; a Procfile `web:` line always wins for the start.
 
-A Procfile `web:` line always wins for the start command.
+| the app has                        | build (in the ship, in /app)           | start (default)    |
+|------------------------------------|----------------------------------------|--------------------|
+| `bin/build` or `.hyperdrive/build` | that script (must be executable)       | Procfile, required |
+| `requirements.txt`                 | venv /app/.venv, `pip install -r …`    | `python3 app.py`   |
+| `pyproject.toml`                   | venv /app/.venv, `pip install .`       | (main/server.py)   |
+| `package.json`                     | `npm ci` (no lock file: `npm install`) | `npm start`        |
+| a `Procfile` only                  | none                                   | its `web:` line    |
+| `index.html` or `public/`          | none                                   | a tiny web server  |
+
+* The app runs with `/app/.venv/bin` (Python) or `/app/node_modules/.bin` (Node) first on PATH.
+* Environment: the orders' `export`s and PORT; pip and npm caches live in
+  `$VAR/cache/<app>` (mounted at /var/cache/hyperdrive), so a rebuild with unchanged
+  dependencies does not download them again; npm's audit, fund and update checks are off.
+* `export BUILD_TIMEOUT=<seconds>` in the orders (or `$DATA/includes/*.env`) bounds the build
+  (default 15 minutes); a build that runs longer is killed and the deploy fails.
+* A Procfile without a `web:` line, or a build script that is not executable, fails the deploy
+  with a message saying so; the running ship keeps serving.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperdrive.errors import DeployError
 
 VENV = "/app/.venv"
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
+BUILD_TIMEOUT_S = 15 * 60
+# Defaults under the orders' env: quiet, offline-friendly package managers, unbuffered logs.
+BUILD_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PIP_NO_INPUT": "1",
+    "npm_config_audit": "false",
+    "npm_config_fund": "false",
+    "npm_config_update_notifier": "false",
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +52,7 @@ class BuildPlan:
     build: str | None
     start: str
     path_prefix: str = ""
+    env: Mapping[str, str] = field(default_factory=lambda: dict(BUILD_ENV))
 
 
 def procfile_web(app_dir: Path) -> str | None:
@@ -44,22 +67,39 @@ def procfile_web(app_dir: Path) -> str | None:
     raise DeployError("build", "the Procfile has no `web:` line: add `web: <command>`")
 
 
+def build_timeout(env: Mapping[str, str]) -> float:
+    """`BUILD_TIMEOUT` (seconds) from the app's env, else 15 minutes; a bad value is an error."""
+    text = env.get("BUILD_TIMEOUT", "").strip()
+    if not text:
+        return BUILD_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds <= 24 * 3600:
+        raise DeployError("build", f"BUILD_TIMEOUT={text!r}: give a number of seconds up to 86400")
+    return seconds
+
+
 def _custom(app_dir: Path) -> str | None:
     for candidate in ("bin/build", ".hyperdrive/build"):
         script = app_dir / candidate
         if script.is_file():
             if not script.stat().st_mode & 0o111:
-                raise DeployError("build", f"{candidate} is not executable: chmod +x {candidate}")
+                raise DeployError(
+                    "build",
+                    f"{candidate} is not executable: run `chmod +x {candidate}` "
+                    f"(or `git update-index --chmod=+x {candidate}`) and push again",
+                )
             return f"/app/{candidate}"
     return None
 
 
 def _python_build(app_dir: Path) -> str:
-    install = (
-        "pip install -r requirements.txt"
-        if (app_dir / "requirements.txt").is_file()
-        else ("pip install .")
-    )
+    if (app_dir / "requirements.txt").is_file():
+        install = "pip install -r requirements.txt"
+    else:
+        install = "pip install ."
     return f"python3 -m venv {VENV} && {VENV}/bin/{install}"
 
 
@@ -67,7 +107,9 @@ def _python_start(app_dir: Path) -> str:
     for name in ("app.py", "main.py", "server.py"):
         if (app_dir / name).is_file():
             return f"python3 {name}"
-    raise DeployError("build", "a Python app needs a Procfile `web:` line or an app.py/main.py")
+    raise DeployError(
+        "build", "a Python app needs a Procfile `web:` line or an app.py, main.py or server.py"
+    )
 
 
 def _node_build(app_dir: Path) -> str:
@@ -83,10 +125,10 @@ def _static_root(app_dir: Path) -> str | None:
 
 
 def static_server(root: str) -> str:
-    """busybox httpd where busybox is, else Python's http.server (the Debian hull has both)."""
+    """busybox httpd where busybox is (busybox hull), else Python's http.server (Debian hull)."""
     return (
-        f'if command -v busybox >/dev/null; then busybox httpd -f -p "$PORT" -h {root}; '
-        f'else python3 -m http.server "$PORT" --directory {root}; fi'
+        f'if command -v busybox >/dev/null; then exec busybox httpd -f -p "$PORT" -h {root}; '
+        f'else exec python3 -m http.server "$PORT" --directory {root}; fi'
     )
 
 
@@ -105,13 +147,13 @@ def detect(app_dir: Path) -> BuildPlan:
         return BuildPlan(
             "node", _node_build(app_dir), web or "npm start", path_prefix="/app/node_modules/.bin"
         )
-    static = _static_root(app_dir)
     if web is not None:
         return BuildPlan("procfile", None, web)
+    static = _static_root(app_dir)
     if static is not None:
         return BuildPlan("static", None, static_server(static))
     raise DeployError(
         "build",
         "cannot tell how to run this app: add a Procfile with a `web:` line, a requirements.txt, "
-        "a package.json, or an index.html",
+        "a pyproject.toml, a package.json, or an index.html",
     )

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,17 +425,27 @@ class Routes:
         self.workers = workers
         self._lock = asyncio.Lock()
 
-    def overrides(self, routes: Sequence[AppRoute]) -> dict[str, str]:
-        """The admirals' own lines, `overrides/<app>.conf`, for the apps being routed."""
-        found = {}
+    def overrides(
+        self, routes: Sequence[AppRoute], fresh: Collection[str] | None = None
+    ) -> dict[str, str]:
+        """The admirals' own lines for the apps being routed: `overrides/<app>.conf` for the
+        apps in `fresh` (None: all), the copy nginx last accepted for the others, so one app's
+        bad override fails only that app's own change."""
+        found, live = {}, self.nginx.live()
         for route in routes:
-            path = self.nginx.prefix / "overrides" / f"{route.app}.conf"
+            name = f"{route.app}.conf"
+            path = self.nginx.prefix / "overrides" / name
+            if fresh is not None and route.app not in fresh:
+                path = live / "overrides" / name if live else path
             if path.is_file():
                 found[route.app] = path.read_text(errors="replace")
         return found
 
-    async def apply(self, routes: Sequence[AppRoute]) -> None:
-        """Make `routes` live, or leave the previous config live and raise ProxyError saying why."""
+    async def apply(self, routes: Sequence[AppRoute], fresh: Collection[str] | None = None) -> None:
+        """Make `routes` live, or leave the previous config live and raise ProxyError saying why.
+
+        Overrides are read afresh for the apps in `fresh` (None: every app).
+        """
         async with self._lock:
             check_conflicts(routes, self.http_port, self.domain)
             self.nginx.prepare()
@@ -444,7 +454,7 @@ class Routes:
                 prefix=self.nginx.prefix,
                 http_port=self.http_port,
                 domain=self.domain,
-                overrides=self.overrides(routes),
+                overrides=self.overrides(routes, fresh),
                 workers=self.workers,
             )
             previous = self.nginx.live()

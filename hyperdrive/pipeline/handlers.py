@@ -11,16 +11,17 @@ import contextlib
 import shlex
 import shutil
 import socket
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import aiohttp
 
-from hyperdrive.buildpacks import BuildPlan, detect
+from hyperdrive.buildpacks import BuildPlan, build_timeout, detect
 from hyperdrive.config import Config
-from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyError
+from hyperdrive.errors import AttachTimedOut, DeployError, HyperdriveError, InvalidName, ProxyError
 from hyperdrive.headquarters import Orders
 from hyperdrive.lxc_async import Mount, ShipSpec
 from hyperdrive.names import check_sha, ship_name
@@ -38,11 +39,11 @@ from hyperdrive.repos import GitRepos
 from hyperdrive.traffic import StablePorts, Traffic
 
 IGNORED = "ignored"
-BUILD_TIMEOUT_S = 15 * 60
 START_TIMEOUT_S = 30
 LOG_CAP_BYTES = 16 * 1024 * 1024
 EVENT_LINES_CAP = 5000
 HEALTH_STEP_S = 0.05
+HEALTH_FIRST_STEP_S = 0.005  # during the first second: a small app is up in a few ms
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -75,9 +76,11 @@ class SetupLog:
         self._emit = emit
         self.bytes = 0
         self.lines = 0
+        self.tail: deque[str] = deque(maxlen=3)
 
     def line(self, text: str) -> None:
         self.lines += 1
+        self.tail.append(text[:300])
         if self.bytes < LOG_CAP_BYTES:
             self.bytes += len(text) + 1
             self._fh.write(text + "\n")
@@ -121,6 +124,9 @@ class Pipeline:
 
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        # routes are computed and applied under one lock: two apps going live at once must
+        # not each render a config that lacks the other
+        self.routes_lock = asyncio.Lock()
 
     # -- paths and small helpers --
     def ship_dir(self, ship: str) -> Path:
@@ -298,6 +304,7 @@ class Pipeline:
         run = self.ship_dir(ship.name) / "run"
         path = ":".join(filter(None, (plan.path_prefix, SYSTEM_PATH)))
         env = {
+            **plan.env,
             **env,
             "PATH": path,
             "HOME": "/app",
@@ -324,16 +331,31 @@ class Pipeline:
             self.ship_dir(ship.name) / "setup.log", lambda text: job.emit(ev.BuildOutput, text)
         )
         try:
-            async with self._stage("build"):
-                argv = ["/bin/sh", "/hyperdrive/build"]
-                code = await p.runtime.attach(ship.name, argv, {}, BUILD_TIMEOUT_S, log.line)
+            code = await self._run_build(job, log)
         finally:
             log.close()
         if code != 0:
-            job.emit(ev.BuildFailed, f"{plan.kind} build exited {code}", log=str(log.path))
-            raise DeployError("build", f"{plan.kind} build exited {code}; see {log.path}")
+            why = f"{plan.kind} build exited {code}"
+            if code == 137 and await self._oom_kills(job) > 0:
+                why = f"{plan.kind} build was killed for memory ({_memory(job.orders)})"
+            job.emit(ev.BuildFailed, why, log=str(log.path))
+            output = " | ".join(log.tail)
+            raise DeployError("build", f"{why}: {output}; see {log.path}")
         job.emit(ev.ShipBuilt, f"{plan.kind} build completed", ms=self._ms(t0))
         return plan
+
+    async def _run_build(self, job: Job, log: SetupLog) -> int:
+        """/hyperdrive/build in the ship, killed after BUILD_TIMEOUT (orders' env) seconds."""
+        assert job.ship is not None
+        async with self._stage("build"):
+            seconds = build_timeout(self.p.fleet.env(job.cmd.app))
+            try:
+                argv = ["/bin/sh", "/hyperdrive/build"]
+                return await self.p.runtime.attach(job.ship.name, argv, {}, seconds, log.line)
+            except AttachTimedOut:
+                message = f"build timed out after {seconds:g} s (BUILD_TIMEOUT); see {log.path}"
+                job.emit(ev.BuildFailed, message, log=str(log.path))
+                raise DeployError("build", message) from None
 
     async def _start(self, job: Job, plan: BuildPlan) -> None:
         assert job.ship is not None
@@ -352,15 +374,57 @@ class Pipeline:
         assert job.ship is not None
         t0, ship, orders = self.p.clock.monotonic(), job.ship, job.orders
         url = f"http://{ship.ip}:{ship.port}{orders.healthcheck_path}"
-        problem = await wait_healthy(url, orders.healthcheck_seconds)
+        problem = await wait_healthy(url, orders.healthcheck_seconds, await self._oom_watch(job))
         if problem is not None:
             message = f"{url} {problem} after {orders.healthcheck_seconds:g} s"
+            if problem.startswith(KILLED_FOR_MEMORY):
+                message = f"{problem} (after {self._ms(t0)} ms)"
+            elif problem.startswith("did not answer"):
+                message += await self._listening(ship)
             message += self._app_log_tail(ship)
             job.emit(ev.HealthCheckFailed, message, ms=self._ms(t0))
             raise DeployError("health", message)
         ship.healthy, ship.state = True, HEALTHY
         self.p.records.save(job.app)
         job.emit(ev.ShipHealthy, f"{url} answered", ms=self._ms(t0))
+
+    async def _listening(self, ship: Ship) -> str:
+        """Where the app listens instead of PORT: the commonest reason it did not answer."""
+        info = await self.p.runtime.info(ship.name)
+        found = listening(info.pid if info else None)
+        if found is None:
+            return ""
+        if not found:
+            return "; the app listens on no TCP port"
+        if ship.port in found:
+            where = ", ".join(sorted(found[ship.port]))
+            return f"; the app listens on PORT {ship.port} only on {where}: listen on 0.0.0.0"
+        shown = ", ".join(str(port) for port in sorted(found))
+        return f"; the app listens on {shown}, not on PORT {ship.port}"
+
+    # -- memory: the kernel's OOM kills in the ship's cgroup --
+    async def _oom_kills(self, job: Job) -> int:
+        assert job.ship is not None
+        if job.orders.memory_bytes is None:
+            return 0
+        info = await self.p.runtime.info(job.ship.name)
+        return oom_kills(info.pid if info else None)
+
+    async def _oom_watch(self, job: Job) -> Callable[[], str | None] | None:
+        """For the health wait: a check that says so once the app was killed for memory."""
+        assert job.ship is not None
+        if job.orders.memory_bytes is None:
+            return None
+        info = await self.p.runtime.info(job.ship.name)
+        pid = info.pid if info else None
+        before, limit = oom_kills(pid), _memory(job.orders)
+
+        def killed() -> str | None:
+            if oom_kills(pid) > before:
+                return f"{KILLED_FOR_MEMORY}: it needs more than the ordered memory {limit}"
+            return None
+
+        return killed
 
     def _app_log_tail(self, ship: Ship) -> str:
         log = self.ship_dir(ship.name) / "run" / "app.log"
@@ -398,38 +462,66 @@ class Pipeline:
         return FINISHED
 
     def routes(self, with_app: str | None = None) -> list[AppRoute]:
-        """Every routed app (plus `with_app`) as nginx routes to its stable address."""
+        """Every routed app (plus `with_app`) as nginx routes to its stable address.
+
+        Only `with_app` is rendered from its orders; the others keep the route nginx last
+        accepted for them, so new orders (a taken servername…) fail only their own app's deploy.
+        """
         p = self.p
         names = {a.name for a in p.records.all() if a.routed} | ({with_app} if with_app else set())
-        bridge = str(bridge_address(p.config.subnet))
-        routes = []
-        for name in sorted(names):
+        return [self._route(name, fresh=name == with_app) for name in sorted(names)]
+
+    def _route(self, name: str, fresh: bool) -> AppRoute:
+        p, kept = self.p, self.p.records.get(name).route
+        if fresh or not kept:
             orders = p.fleet.orders(name)
-            routes.append(
-                AppRoute(
-                    name,
-                    bridge,
-                    p.ports.port(name),
-                    tuple(orders.servernames),
-                    orders.publish_port,
-                    orders.healthcheck_path,
-                )
-            )
-        return routes
+            kept = {
+                "servernames": list(orders.servernames),
+                "publish_port": orders.publish_port,
+                "check_path": orders.healthcheck_path,
+            }
+        return AppRoute(
+            name,
+            str(bridge_address(p.config.subnet)),
+            p.ports.port(name),
+            tuple(kept["servernames"]),
+            kept["publish_port"],
+            kept["check_path"],
+        )
+
+    async def apply_routes(self, with_app: str | None = None) -> None:
+        """Render and apply the routes; `with_app`'s route (and override) is the one tried."""
+        async with self.routes_lock:
+            routes = self.routes(with_app)
+            await self.p.routes.apply(routes, fresh={with_app} if with_app else set())
+            for route in routes:
+                if route.app == with_app:
+                    app = self.p.records.get(with_app)
+                    app.routed = True
+                    app.route = {
+                        "servernames": list(route.servernames),
+                        "publish_port": route.publish_port,
+                        "check_path": route.check_path,
+                    }
 
     async def _swap(self, job: Job, previous: Ship | None) -> None:
         assert job.ship is not None
         p, t0, app, ship = self.p, self.p.clock.monotonic(), job.app, job.ship
         stable = p.ports.port(app.name)
-        async with self._stage("swap"):
-            await p.traffic.point(stable, ship.ip, ship.port)
+        # nginx verifies a route through the stable address: a new app's must already lead to
+        # its ship; a live app's still leads to the old one, so a refused route serves nothing new
+        first = previous is None or not app.routed
+        if first:
+            await self._point(stable, ship)
         try:
-            await p.routes.apply(self.routes(with_app=app.name))
+            await self.apply_routes(with_app=app.name)
         except (ProxyError, InvalidName) as err:
-            await self._point_back(previous, stable)
+            if first:
+                await self._point_back(previous, stable)
             job.emit(ev.NginxConfigRejected, str(err))
             raise DeployError("swap", f"nginx refused the new routes: {err}") from err
-        app.routed = True
+        if not first:
+            await self._point(stable, ship)
         bridge = bridge_address(p.config.subnet)
         problem = await wait_healthy(f"http://{bridge}:{stable}{job.orders.healthcheck_path}", 5)
         if problem is not None:
@@ -442,6 +534,10 @@ class Pipeline:
             ms=self._ms(t0),
         )
 
+    async def _point(self, stable: int, ship: Ship) -> None:
+        async with self._stage("swap"):
+            await self.p.traffic.point(stable, ship.ip, ship.port)
+
     async def _point_back(self, previous: Ship | None, stable: int) -> None:
         with contextlib.suppress(HyperdriveError):
             if previous is not None:
@@ -450,8 +546,15 @@ class Pipeline:
                 await self.p.traffic.remove(stable)
 
     async def _drain(self, job: Job, old: Ship) -> None:
-        """Old workers finish in-flight requests (conntrack keeps them on the old ship)."""
-        await asyncio.sleep(self.p.drain_s)
+        """Old workers finish in-flight requests (conntrack keeps them on the old ship) while the
+        new ship is watched; if it stops answering meanwhile, the old one takes traffic back."""
+        stable = f"{bridge_address(self.p.config.subnet)}:{self.p.ports.port(job.app.name)}"
+        problem = await watch_healthy(
+            f"http://{stable}{job.orders.healthcheck_path}", self.p.drain_s
+        )
+        if problem is not None:
+            await self._fall_back(job, old, problem)
+            return
         with contextlib.suppress(HyperdriveError):
             await self.p.runtime.stop(old.name, kill=True)
         old.state = STOPPED
@@ -459,6 +562,27 @@ class Pipeline:
         job.emit(
             ev.ShipDrained,
             f"ship '{old.name}' drained and stopped, kept for rollback",
+            ship=old.name,
+            sha=old.sha,
+        )
+
+    async def _fall_back(self, job: Job, old: Ship, problem: str) -> None:
+        """The new ship died within the drain: the old one, still running, serves again."""
+        assert job.ship is not None
+        app, new = job.app, job.ship
+        await self.p.traffic.point(self.p.ports.port(app.name), old.ip, old.port)
+        app.live, app.since, old.state, new.healthy = old.name, self.p.clock.time(), LIVE, False
+        await self._keep_failed(app, new)
+        app.last_deploy = {
+            "deploy": job.cmd.deploy,
+            "result": "rolled back: the new ship stopped answering",
+            "at": self.p.clock.time(),
+        }
+        self.p.records.save(app)
+        job.emit(
+            ev.RolledBack,
+            f"'{new.name}' stopped answering within {self.p.drain_s:g} s of the swap ({problem}); "
+            f"traffic is back on '{old.name}' ({old.sha[:7]}){self._app_log_tail(new)}",
             ship=old.name,
             sha=old.sha,
         )
@@ -471,6 +595,9 @@ class Pipeline:
             await self._destroy(app, ship)
             job.emit(ev.ShipRetired, f"ship '{ship.name}' destroyed", ship=ship.name, sha=ship.sha)
         self.p.records.save(app)
+        # hull versions that are not current and that no ship is left on
+        in_use = [s.name for a in self.p.records.all() for s in a.ships]
+        await self.p.hulls.prune(in_use, job.ctx)
 
     async def _destroy(self, app: App, ship: Ship) -> None:
         with contextlib.suppress(HyperdriveError):
@@ -485,7 +612,13 @@ class Pipeline:
         self.p.records.save(app)
 
     async def _keep_failed(self, app: App, ship: Ship) -> None:
-        """A failed ship is stopped and kept for inspection (counted against KEEP_SHIPS)."""
+        """A failed ship is stopped and kept for inspection (counted against KEEP_SHIPS); one
+        whose container was never made (lxc-copy failed) is forgotten, its setup.log kept."""
+        if not await self.p.runtime.exists(ship.name):
+            self.p.ips.release(ship.name)
+            app.forget(ship.name)
+            self.p.records.save(app)
+            return
         with contextlib.suppress(HyperdriveError):
             await self.p.runtime.stop(ship.name, kill=True)
         ship.state = SHIP_FAILED
@@ -521,7 +654,7 @@ class Pipeline:
         app = p.records.get(cmd.app)
         if app.routed:
             app.routed = False
-            await p.routes.apply(self.routes())
+            await self.apply_routes()
             with contextlib.suppress(HyperdriveError):
                 await p.traffic.remove(p.ports.port(cmd.app))
         for ship in list(app.ships):
@@ -624,10 +757,15 @@ cd /app
 """
 
 
-async def wait_healthy(url: str, seconds: float) -> str | None:
-    """GET `url` until it answers 2xx/3xx; None when healthy, else what went wrong last."""
+async def wait_healthy(
+    url: str, seconds: float, give_up: Callable[[], str | None] | None = None
+) -> str | None:
+    """GET `url` until it answers 2xx/3xx; None when healthy, else what went wrong last.
+
+    `give_up` is asked between tries: a message from it ends the wait at once (a dead app).
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
+    brisk, deadline = loop.time() + 1, loop.time() + seconds
     problem = "never answered"
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -639,8 +777,101 @@ async def wait_healthy(url: str, seconds: float) -> str | None:
                     problem = f"answered HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 problem = f"did not answer ({type(err).__name__})"
-            await asyncio.sleep(HEALTH_STEP_S)
+            if give_up is not None and (reason := give_up()):
+                return reason
+            await asyncio.sleep(HEALTH_FIRST_STEP_S if loop.time() < brisk else HEALTH_STEP_S)
     return problem
+
+
+def listening(pid: int | None) -> dict[int, set[str]] | None:
+    """TCP ports listened on in the network namespace of `pid`, each with its addresses
+    (from /proc/<pid>/net/tcp and tcp6); None when that cannot be read."""
+    if pid is None:
+        return None
+    found: dict[int, set[str]] = {}
+    try:
+        for name in ("tcp", "tcp6"):
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+                    address, _, port = fields[1].partition(":")
+                    found.setdefault(int(port, 16), set()).add(_address(address))
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def _address(hexed: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it (32-bit words in host order) made readable."""
+    if len(hexed) == 8:
+        return str(IPv4Address(bytes.fromhex(hexed)[::-1]))
+    words = [bytes.fromhex(hexed[i : i + 8])[::-1] for i in range(0, 32, 8)]
+    return str(IPv6Address(b"".join(words)))
+
+
+WATCH_STEP_S = 0.1
+WATCH_FAILURES = 3  # in a row: one lost probe is not a dead app
+
+
+async def watch_healthy(url: str, seconds: float) -> str | None:
+    """GET `url` (a new connection each time) for `seconds`: None while it keeps answering
+    2xx/3xx, else how it failed once WATCH_FAILURES probes in a row did."""
+    loop = asyncio.get_running_loop()
+    deadline, failures = loop.time() + seconds, 0
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=1)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        while loop.time() < deadline:
+            try:
+                async with session.get(url, allow_redirects=False) as response:
+                    problem = None if response.status < 400 else f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as err:
+                problem = f"no answer: {type(err).__name__}"
+            failures = failures + 1 if problem else 0
+            if problem is not None and failures >= WATCH_FAILURES:
+                return problem
+            await asyncio.sleep(WATCH_STEP_S)
+    return None
+
+
+# -- memory kills, read from the ship's cgroup (v1 memory.oom_control, v2 memory.events) --
+KILLED_FOR_MEMORY = "the app was killed for memory"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def oom_kills(pid: int | None, root: Path = CGROUP_ROOT) -> int:
+    """OOM kills in the cgroup of the ship whose init is `pid` (where LXC puts its limit)."""
+    if pid is None:
+        return 0
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return 0
+    unified = root / "unified" if (root / "unified").is_dir() else root
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        top = path.strip("/").split("/")[0]
+        if "memory" in controllers.split(","):
+            return _counter(root / "memory" / top / "memory.oom_control", "oom_kill")
+        if controllers == "" and (unified / top / "memory.events").exists():
+            return _counter(unified / top / "memory.events", "oom_kill")
+    return 0
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def _memory(orders: Orders) -> str:
+    size = orders.memory_bytes or 0
+    return f"{size // (1024 * 1024)}M" if size % (1024 * 1024) == 0 else f"{size} bytes"
 
 
 class Recovery:
@@ -665,13 +896,23 @@ class Recovery:
             await self._app(app)
         await self._orphans()
         if any(a.routed for a in self.p.records.all()):
-            await self.p.routes.apply(self.pipeline.routes())
+            await self.pipeline.apply_routes()
 
     async def _ours(self) -> list[str]:
         prefix = f"{self.p.config.name}-"
         return [c.name for c in await self.p.runtime.list() if c.name.startswith(prefix)]
 
     async def _app(self, app: App) -> None:
+        # traffic first: a swap cut short may have pointed it at a ship about to be destroyed
+        live = app.live_ship
+        if live is not None:
+            info = await self.p.runtime.info(live.name)
+            if info is None or info.state != "RUNNING":
+                with contextlib.suppress(HyperdriveError):
+                    await self.p.runtime.start(live.name)
+                    await self.pipeline._run_start(live)
+            if app.routed:
+                await self.p.traffic.point(self.p.ports.port(app.name), live.ip, live.port)
         for ship in list(app.ships):
             if ship.state == BUILDING or (ship.state == HEALTHY and ship.name != app.live):
                 await self.pipeline._destroy(app, ship)
@@ -683,15 +924,13 @@ class Recovery:
                         message=f"'{ship.name}' was mid-deploy at a restart",
                     )
                 )
-        live = app.live_ship
-        if live is not None:
-            info = await self.p.runtime.info(live.name)
-            if info is None or info.state != "RUNNING":
+            elif not await self.p.runtime.exists(ship.name):  # its retire was cut short
+                self.p.ips.release(ship.name)
+                app.forget(ship.name)
+            elif ship.state == LIVE and ship.name != app.live:  # its drain was cut short
                 with contextlib.suppress(HyperdriveError):
-                    await self.p.runtime.start(live.name)
-                    await self.pipeline._run_start(live)
-            if app.routed:
-                await self.p.traffic.point(self.p.ports.port(app.name), live.ip, live.port)
+                    await self.p.runtime.stop(ship.name, kill=True)
+                ship.state = STOPPED
         self.p.records.save(app)
 
     async def _orphans(self) -> None:

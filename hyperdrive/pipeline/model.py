@@ -42,6 +42,9 @@ class App:
     ships: list[Ship] = field(default_factory=list)
     last_deploy: dict[str, Any] = field(default_factory=dict)
     routed: bool = False
+    # the route nginx last accepted (servernames, publish_port, check_path): other apps'
+    # deploys re-render it as it is, so new orders are only tried by the app's own deploy
+    route: dict[str, Any] = field(default_factory=dict)
 
     def ship(self, name: str | None) -> Ship | None:
         return next((s for s in self.ships if s.name == name), None) if name else None
@@ -69,6 +72,7 @@ class App:
             ships=ships,
             last_deploy=dict(data.get("last_deploy", {})),
             routed=bool(data.get("routed", False)),
+            route=dict(data.get("route", {})),
         )
 
 

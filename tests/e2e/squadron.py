@@ -227,3 +227,13 @@ class Prober:
     @property
     def bodies(self) -> set[str]:
         return {body for (status, body) in self.answers if status == 200}
+
+
+def settled(d: Daemon, timeout: float = 30) -> None:
+    """Wait until no trigger is pending and no command runs (drains and retires included)."""
+
+    def idle() -> bool:
+        status = json.loads(d.hd("status", "--json").stdout)
+        return status["pending"] == 0 and status["inflight"] == 0
+
+    wait_for(idle, timeout, 0.1, "the squadron to settle")
