@@ -157,7 +157,13 @@ def pipeline_parts(config: Config) -> Parts:
         repos=GitRepos(config.git_dir, config.var / "private_keys", config.var / "known_hosts"),
         records=Records(records / "apps"),
         fleet=Fleet(config.hull),
-        hulls=Hulls(config.name, lxc, records / "hulls.json"),
+        hulls=Hulls(
+            config.name,
+            lxc,
+            records / "hulls.json",
+            logs=config.data / "lxc",
+            mirror=config.apt_mirror,
+        ),
         clock=SystemClock(),
         drain_s=config.drain_seconds,
     )

@@ -168,12 +168,48 @@ def _follow(client: AdminClient, kind: str, app: str | None, data: dict[str, Any
     answer = client.post("/triggers", {"kind": kind, "app": app, "data": data})
     deploy = answer["deploy"]
     print(f"{kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
-    for event in client.events(deploy=deploy, follow=True, history=None):
-        print(describe(event), flush=True)
-        if event.get("event") in OUTCOMES:
-            ok = event["event"] in ("DeployFinished", "HeadquartersSynced", "AppRetired")
-            return EXIT_OK if ok else EXIT_FAIL
+    with _HullProgress() as progress:
+        for event in client.events(deploy=deploy, follow=True, history=None):
+            if not progress.update(event):
+                print(describe(event), flush=True)
+            if event.get("event") in OUTCOMES:
+                ok = event["event"] in ("DeployFinished", "HeadquartersSynced", "AppRetired")
+                return EXIT_OK if ok else EXIT_FAIL
     return EXIT_FAIL
+
+
+class _HullProgress:
+    """A progress bar per hull build on a terminal (HullBuildProgress events); lines otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _HullProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, event: dict[str, Any]) -> bool:
+        """True when the event was shown as progress (and needs no line of its own)."""
+        if event.get("event") != "HullBuildProgress" or not sys.stdout.isatty():
+            return False
+        if self.bar is None:
+            from rich.progress import Progress  # noqa: PLC0415 - only on a terminal
+
+            self.bar = Progress()
+            self.bar.start()
+        hull = str(event.get("hull", "hull"))
+        if hull not in self.tasks:
+            self.tasks[hull] = self.bar.add_task(hull, total=100)
+        self.bar.update(
+            self.tasks[hull],
+            completed=event.get("percent", 0),
+            description=f"{hull}: {event.get('step', '')}"[:60],
+        )
+        return True
 
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:

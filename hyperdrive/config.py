@@ -54,6 +54,7 @@ class Config:
     parallel_deploys: int = 4
     eventlog_max_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 3.0
+    apt_mirror: str = "http://deb.debian.org/debian"
     source: Path | None = None
 
     # -- derived paths (the contract's names) --
@@ -178,6 +179,12 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _mirror(value: str) -> str:
+    if not re.fullmatch(r"https?://[A-Za-z0-9.:/_~+-]+", value):
+        raise ValueError("must be an http(s) URL of a Debian mirror")
+    return value.rstrip("/")
+
+
 def _user(value: str) -> str:
     if value and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
         raise ValueError("not a valid user name")
@@ -207,6 +214,7 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_PARALLEL_DEPLOYS": "parallel_deploys",
     "HYPERDRIVE_EVENTLOG_MAX_BYTES": "eventlog_max_bytes",
     "HYPERDRIVE_DRAIN_SECONDS": "drain_seconds",
+    "HYPERDRIVE_APT_MIRROR": "apt_mirror",
 }
 
 PARSERS: dict[str, Callable[[str], Any]] = {
@@ -228,6 +236,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "parallel_deploys": _count(1, 64),
     "eventlog_max_bytes": _count(64 * 1024, 1 << 40),
     "drain_seconds": _seconds(0, 300),
+    "apt_mirror": _mirror,
 }
 
 

@@ -13,7 +13,7 @@ import shutil
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -94,6 +94,17 @@ class SetupLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """Emits through `ctx` with the deploy id filled in: hull events join the deploy's story."""
+
+    ctx: Context
+    deploy: str
+
+    def emit(self, event: ev.Event) -> None:
+        self.ctx.emit(event if event.deploy else replace(event, deploy=self.deploy))
 
 
 @dataclass
@@ -267,7 +278,7 @@ class Pipeline:
         kind = job.orders.hull or p.config.hull
         async with self._stage("assemble"):
             gateway = await self._ensure_bridge()
-            hull = await p.hulls.ensure(kind, job.ctx)
+            hull = await p.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
             ship.ip = str(p.ips.allocate(ship.name))
             await p.runtime.snapshot(hull, ship.name)
             await p.runtime.write_config(ship.name, self._spec(ship, job.orders, gateway))
@@ -723,7 +734,7 @@ class Pipeline:
         """`hd assemble`: a new version of every hull; ships keep the one they came from."""
         for kind in BUILDERS:
             try:
-                await self.p.hulls.assemble(kind, ctx)
+                await self.p.hulls.assemble(kind, Stamped(ctx, cmd.deploy))
             except HyperdriveError as err:
                 ctx.emit(
                     ev.DeployFailed(

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import http.server
+import json
 import shutil
 import threading
 import time
@@ -330,3 +331,25 @@ def test_an_app_that_needs_more_memory_than_ordered_is_killed_and_reported(
     failed(app.deploy(hungry), "health", "killed for memory", "64M")
     assert time.monotonic() - started < 30, "the kill is noticed before the health check ends"
     assert app.served() == (200, "light\n")
+
+
+def test_hd_assemble_makes_new_hull_versions_that_new_ships_use(
+    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+) -> None:
+    d, _ = squadron
+    app = App(d, "later", tmp_path / "later")
+    outcome = finished(app.deploy({"index.html": "on the first hull\n"}))
+    first = next(e for e in app.events(outcome["deploy"]) if e["event"] == "ShipAssembled")
+    versions = json.loads((d.data / "records" / "hulls.json").read_text())
+
+    assembled = d.hd("assemble", timeout=900)
+    assert "hull-build" in assembled.stdout, assembled.stdout
+    after = json.loads((d.data / "records" / "hulls.json").read_text())
+    assert after == {kind: number + 1 for kind, number in versions.items()}
+    assert app.served() == (200, "on the first hull\n"), "old ships keep their hull"
+
+    outcome = finished(app.deploy({"index.html": "on the new hull\n"}))
+    again = next(e for e in app.events(outcome["deploy"]) if e["event"] == "ShipAssembled")
+    assert again["message"] != first["message"]
+    assert f"hull-debian-{after['debian']}" in again["message"]
+    assert app.served() == (200, "on the new hull\n")
