@@ -24,15 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import (
+    Admiral,
     AppRepo,
     git,
     http_get,
+    keygen,
     make_squadron,
     settled,
     teardown,
     wait_outcome,
 )
-from tests.e2e.test_push import Admiral, keygen
 
 APP = "site"
 WALL_START: dict[str, float] = {}  # sha -> time.time() when its git push started

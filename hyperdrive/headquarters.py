@@ -24,7 +24,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from hyperdrive.errors import ConfigError, InvalidName, OrdersRejected
-from hyperdrive.names import HEADQUARTERS, HULL_NAME, SHA, check_ref, sanitize_app_name
+from hyperdrive.names import HEADQUARTERS, HULL_NAME, SHA, check_ref, is_app_name, sanitize_app_name
 
 MAX_FILE_BYTES = 64 * 1024
 ORDERS = "orders"
@@ -756,7 +756,7 @@ def plan(
     removal. Apps the old HQ knew, ordered or rejected, may have a ship; others have none.
     """
     before = old or Headquarters()
-    known = set(before.apps) | {app for app in before.rejected if _valid_app(app)}
+    known = set(before.apps) | {app for app in before.rejected if is_app_name(app)}
     changed: dict[str, str] = {}
     unchanged: list[str] = []
     for app in sorted(set(new.apps) & set(before.apps)):
@@ -774,15 +774,6 @@ def plan(
         rejected=dict(sorted(new.rejected.items())),
         running=frozenset(known),
     )
-
-
-def _valid_app(name: str) -> bool:
-    """Whether a rejected folder name could ever have had a ship."""
-    try:
-        sanitize_app_name(name)
-    except InvalidName:
-        return False
-    return True
 
 
 def _effective(orders: Orders, includes: Mapping[str, str]) -> Orders:

@@ -21,6 +21,11 @@ def sanitize_app_name(name: str) -> str:
     return name
 
 
+def is_app_name(name: str) -> bool:
+    """Whether `name` would pass sanitize_app_name (a rejected HQ folder may not)."""
+    return isinstance(name, str) and APP_NAME.fullmatch(name) is not None
+
+
 def repo_name(path: str) -> str:
     """Turn what a git client asks for (`/app.git`, `app`, `'~/app'`) into an app name."""
     name = path.strip().lstrip("/")

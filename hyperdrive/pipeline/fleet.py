@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hyperdrive.errors import InvalidName
 from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_orders
-from hyperdrive.names import sanitize_app_name
+from hyperdrive.names import is_app_name
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Fleet:
         """Every app HQ names: ordered ones and those whose orders were rejected."""
         if self.hq is None:
             return []
-        return sorted(set(self.hq.apps) | {a for a in self.hq.rejected if _valid(a)})
+        return sorted(set(self.hq.apps) | {a for a in self.hq.rejected if is_app_name(a)})
 
     def summary(self, app: str) -> Mapping[str, str]:
         """What `hd status` shows: the orders in force, and a rejection when there is one."""
@@ -56,12 +55,3 @@ class Fleet:
         if rejected:
             return {"orders": f"{line}; new orders REJECTED: {rejected}", "rejected": rejected}
         return {"orders": line}
-
-
-def _valid(app: str) -> bool:
-    """Whether a rejected folder name is an app name at all (`../x`, `API` are not)."""
-    try:
-        sanitize_app_name(app)
-    except InvalidName:
-        return False
-    return True

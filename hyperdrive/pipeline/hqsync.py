@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hyperdrive.config import Config
-from hyperdrive.errors import ConfigError, HyperdriveError, InvalidName
+from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters import (
     KEYS_DIR,
     Headquarters,
@@ -31,7 +31,7 @@ from hyperdrive.headquarters import (
     read_includes,
 )
 from hyperdrive.keyring import KeyRing, parse_keys
-from hyperdrive.names import HEADQUARTERS, sanitize_app_name
+from hyperdrive.names import HEADQUARTERS, is_app_name
 from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
@@ -233,7 +233,7 @@ class HeadquartersSync:
         for app, err in the_plan.rejected.items():
             ctx.emit(
                 ev.OrdersRejected(
-                    app=app if _valid(app) else None,
+                    app=app if is_app_name(app) else None,
                     deploy=cmd.deploy,
                     file=err.path,
                     line=err.line,
@@ -376,11 +376,3 @@ async def _resolve(repo: Path, ref: str) -> str | None:
     except HyperdriveError:
         return None
     return out.strip() or None
-
-
-def _valid(app: str) -> bool:
-    try:
-        sanitize_app_name(app)
-    except InvalidName:
-        return False
-    return True

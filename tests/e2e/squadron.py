@@ -10,12 +10,15 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
@@ -237,3 +240,94 @@ def settled(d: Daemon, timeout: float = 30) -> None:
         return status["pending"] == 0 and status["inflight"] == 0
 
     wait_for(idle, timeout, 0.1, "the squadron to settle")
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", path],
+        check=True,
+        timeout=30,
+    )
+    return path
+
+
+@dataclass
+class Admiral:
+    """A person at a workstation: a key, a working copy, and the real git/ssh clients."""
+
+    d: Daemon
+    key: Path
+
+    def ssh_command(self) -> str:
+        return shlex.join(
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                str(self.key),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ]
+        )
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **GIT_ENV, "GIT_SSH_COMMAND": self.ssh_command()}
+
+    def git(self, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd, env=self.env(), capture_output=True, text=True, timeout=180
+        )
+        if check:
+            assert result.returncode == 0, f"git {args}: {result.stdout}{result.stderr}"
+        return result
+
+    def ssh(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [
+            *shlex.split(self.ssh_command()),
+            "-p",
+            str(self.d.ssh_port),
+            "git@127.0.0.1",
+            *command,
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        if check:
+            assert result.returncode == 0, f"ssh {command}: {result.stdout}{result.stderr}"
+        return result
+
+    def remote(self, app: str) -> str:
+        return f"ssh://git@127.0.0.1:{self.d.ssh_port}/{app}"
+
+    def working_copy(self, folder: Path, app: str) -> Path:
+        folder.mkdir(parents=True)
+        self.git("init", "-q", "-b", "master", cwd=folder)
+        self.git("remote", "add", "hyperdrive", self.remote(app), cwd=folder)
+        return folder
+
+    def commit(self, folder: Path, files: dict[str, str], message: str = "change") -> None:
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        self.git("add", "-A", cwd=folder)
+        self.git("commit", "-q", "-m", message, cwd=folder)
+
+
+@contextlib.contextmanager
+def admiral_squadron(root: Path, **extra: str) -> Iterator[tuple[Daemon, Admiral]]:
+    """A started squadron whose bootstrap admiral key is a fresh key of the test's."""
+    d = make_squadron(root / "hd", **extra)
+    key = keygen(root / "admiral")
+    (d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
+    try:
+        d.start()
+        yield d, Admiral(d, key)
+    finally:
+        teardown(d)

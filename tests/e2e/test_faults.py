@@ -12,17 +12,18 @@ import pytest
 
 from tests.conftest import Daemon, free_port, wait_for
 from tests.e2e.squadron import (
+    Admiral,
     AppRepo,
     Prober,
     assert_no_orphans,
     containers,
     git,
     http_get,
+    keygen,
     make_squadron,
     teardown,
     wait_outcome,
 )
-from tests.e2e.test_push import Admiral, keygen
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
 

@@ -15,8 +15,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.squadron import git, http_get, make_squadron, teardown
-from tests.e2e.test_push import Admiral, keygen
+from tests.e2e.squadron import (
+    Admiral,
+    admiral_squadron,
+    git,
+    http_get,
+    keygen,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
 
@@ -53,15 +58,9 @@ class Remote:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[tuple[Daemon, Admiral]]:
-    """A squadron whose bootstrap admiral key is `lead`'s."""
-    d = make_squadron(tmp_path / "hd")
-    key = keygen(tmp_path / "lead")
-    (d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
-    try:
-        d.start()
-        yield d, Admiral(d, key)
-    finally:
-        teardown(d)
+    """A squadron whose bootstrap admiral is the lead's key."""
+    with admiral_squadron(tmp_path) as pair:
+        yield pair
 
 
 def pub(admiral: Admiral) -> str:

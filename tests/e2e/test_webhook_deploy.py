@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.squadron import http_get, make_squadron, teardown
-from tests.e2e.test_push import Admiral, keygen
+from tests.e2e.squadron import Admiral, admiral_squadron, http_get
 from tests.fixtures.webhooks.forge import SECRET, changed, github
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
@@ -25,14 +24,8 @@ pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[tuple[Daemon, Admiral]]:
-    d = make_squadron(tmp_path / "hd", HYPERDRIVE_WEBHOOK_SECRET=SECRET)
-    key = keygen(tmp_path / "admiral")
-    (d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
-    try:
-        d.start()
-        yield d, Admiral(d, key)
-    finally:
-        teardown(d)
+    with admiral_squadron(tmp_path, HYPERDRIVE_WEBHOOK_SECRET=SECRET) as pair:
+        yield pair
 
 
 def post(d: Daemon, provider: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
