@@ -226,7 +226,7 @@ def test_bad_key_files_and_a_lockout_are_refused_at_push(
     hosted = d.data / "git" / "headquarters.git"
     accepted = git("--git-dir", str(hosted), "rev-parse", "master", cwd=tmp_path)
 
-    private = (tmp_path / "lead").read_text()
+    private = lead.key.read_text()
     lead.commit(
         hq,
         {
