@@ -21,7 +21,7 @@ from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import (
     Admiral,

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from hyperdrive import config as configuration  # noqa: E402
 from hyperdrive.client import AdminClient  # noqa: E402
 from hyperdrive.eventlog import EventLog  # noqa: E402
-from hyperdrive.spool import FileSpool, Trigger, new_trigger_id, write_incoming  # noqa: E402
+from hyperdrive.spool import FileSpool  # noqa: E402
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming  # noqa: E402
 from tests.conftest import make_daemon  # noqa: E402
 
 SUBSCRIBERS = 10

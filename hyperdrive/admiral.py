@@ -24,7 +24,8 @@ from hyperdrive.eventlog import EventLog, Filter
 from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.render import describe
-from hyperdrive.spool import FileSpool, Trigger, new_trigger_id
+from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger, new_trigger_id
 
 Process = asyncssh.SSHServerProcess[bytes]
 FOLLOW_LIMIT_S = 3600.0

@@ -25,7 +25,8 @@ from hyperdrive import __version__
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since
 from hyperdrive.names import sanitize_app_name
-from hyperdrive.spool import FileSpool, Trigger, new_trigger_id
+from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger, new_trigger_id
 
 StatusSource = Callable[[], Mapping[str, Any]]
 KEEPALIVE_S = 15.0

@@ -45,8 +45,9 @@ from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
 from hyperdrive.pipeline.ports import SystemClock
 from hyperdrive.repos import GitRepos
-from hyperdrive.spool import FileSpool, Trigger, new_trigger_id
+from hyperdrive.spool import FileSpool
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.triggers import Trigger, new_trigger_id
 
 log = logging.getLogger(__name__)
 

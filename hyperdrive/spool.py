@@ -15,75 +15,22 @@ import json
 import logging
 import os
 import queue
-import re
-import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import watchfiles
 
-from hyperdrive.errors import HyperdriveError, SpoolError
-from hyperdrive.names import sanitize_app_name
+from hyperdrive.errors import SpoolError
+from hyperdrive.triggers import Trigger, fsync_dir
 
 log = logging.getLogger(__name__)
 
-TRIGGER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 SEEN_RETENTION_S = 7 * 24 * 3600
 COMPACT_AFTER = 2000
 JOURNAL = "journal.jsonl"
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """Something that asks for work: a push, a webhook, a CLI deploy, an HQ change."""
-
-    id: str
-    kind: str
-    app: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-    received: float = 0.0
-    fingerprint: str = ""  # e.g. a hash of the webhook body: tells a replay from a clash
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "app": self.app,
-            "data": dict(self.data),
-            "received": self.received,
-            "fingerprint": self.fingerprint,
-        }
-
-    @classmethod
-    def from_json(cls, obj: Any) -> Trigger:
-        """Validate untrusted JSON into a Trigger; raise SpoolError naming what is wrong."""
-        if not isinstance(obj, dict):
-            raise SpoolError("trigger is not a JSON object")
-        tid, kind, app, data = obj.get("id"), obj.get("kind"), obj.get("app"), obj.get("data", {})
-        if not isinstance(tid, str) or not TRIGGER_ID.fullmatch(tid):
-            raise SpoolError(f"trigger has an invalid id: {tid!r}")
-        if not isinstance(kind, str) or not kind:
-            raise SpoolError(f"trigger {tid} has no kind")
-        if not isinstance(data, dict):
-            raise SpoolError(f"trigger {tid}: data is not an object")
-        if app is not None:
-            try:
-                sanitize_app_name(app)
-            except HyperdriveError as err:
-                raise SpoolError(f"trigger {tid}: {err}") from err
-        received, fingerprint = obj.get("received", 0.0), obj.get("fingerprint", "")
-        if not isinstance(received, int | float) or not isinstance(fingerprint, str):
-            raise SpoolError(f"trigger {tid}: received or fingerprint has the wrong type")
-        return cls(tid, kind, app, data, float(received), fingerprint)
-
-
-def new_trigger_id(prefix: str = "t") -> str:
-    """A fresh id that sorts by time: `<prefix>-<ms hex>-<random>`."""
-    return f"{prefix}-{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
 
 
 class Spool(Protocol):
@@ -96,29 +43,6 @@ class Spool(Protocol):
     def receive(self) -> AsyncIterator[Trigger]: ...
 
     async def done(self, trigger_id: str, outcome: str) -> None: ...
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_incoming(root: Path, trigger: Trigger) -> Path:
-    """Durably drop a trigger into `root/incoming/` from another process (e.g. post-receive)."""
-    incoming = root / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    final = incoming / f"{trigger.id}.json"
-    tmp = incoming / f".{trigger.id}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(json.dumps(trigger.to_json()).encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(incoming)
-    return final
 
 
 class _Batch:
@@ -198,7 +122,7 @@ class _JournalWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._fh.close()
         self._fh = open(self.path, "ab")  # noqa: SIM115
 

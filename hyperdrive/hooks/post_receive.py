@@ -22,7 +22,7 @@ from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
 from hyperdrive.names import HEADQUARTERS, check_ref, check_sha, repo_name
 from hyperdrive.outcomes import OUTCOMES
-from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 
 WAIT_S = 30 * 60.0
 ZERO = "0" * 40

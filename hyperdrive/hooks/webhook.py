@@ -43,7 +43,7 @@ from multidict import CIMultiDictProxy
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
 from hyperdrive.names import check_ref, check_sha
-from hyperdrive.spool import TRIGGER_ID, Trigger
+from hyperdrive.triggers import TRIGGER_ID, Trigger
 
 log = logging.getLogger(__name__)
 

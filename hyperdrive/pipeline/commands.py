@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hyperdrive.names import HEADQUARTERS
-from hyperdrive.spool import Trigger
+from hyperdrive.triggers import Trigger
 
 ZERO_SHA = "0" * 40
 

@@ -38,7 +38,8 @@ from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import SyncHeadquarters
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.repos import run_git
-from hyperdrive.spool import FileSpool, Trigger
+from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger
 
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 120.0

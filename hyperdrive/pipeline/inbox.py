@@ -8,7 +8,8 @@ import logging
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, MessageBus
 from hyperdrive.pipeline.commands import Command, Deploy, from_trigger
-from hyperdrive.spool import FileSpool, Trigger
+from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger
 
 log = logging.getLogger(__name__)
 

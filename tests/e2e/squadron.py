@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
 
 GIT_ENV = {

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hyperdrive.network import bridge_address, ensure_bridge
-from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import AppRepo, git, http_get, make_squadron, teardown, wait_outcome
 

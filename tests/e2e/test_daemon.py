@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.spool import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
 
 

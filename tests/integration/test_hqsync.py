@@ -23,7 +23,8 @@ from hyperdrive.pipeline.bus import FAILED, FINISHED
 from hyperdrive.pipeline.commands import SyncHeadquarters
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.hqsync import HeadquartersSync
-from hyperdrive.spool import FileSpool, Trigger
+from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger
 from tests.integration.git_fixtures import require
 
 GIT_ENV = {

@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 
 from hyperdrive.hooks.webhook import MAX_BODY, StaticResolver, WebhookReceiver
-from hyperdrive.spool import JOURNAL, FileSpool, Trigger, read_journal
+from hyperdrive.spool import JOURNAL, FileSpool, read_journal
+from hyperdrive.triggers import Trigger
 from tests.fixtures.webhooks import forge
 
 READ_TIMEOUT = 2.0

@@ -13,7 +13,7 @@ from hyperdrive.pipeline.commands import (
     SyncHeadquarters,
     from_trigger,
 )
-from hyperdrive.spool import Trigger
+from hyperdrive.triggers import Trigger
 
 OLD, NEW = "1" * 40, "2" * 40
 

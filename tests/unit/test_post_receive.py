@@ -16,7 +16,7 @@ import pytest
 
 from hyperdrive.errors import DaemonUnavailable
 from hyperdrive.hooks import post_receive as hook
-from hyperdrive.spool import Trigger
+from hyperdrive.triggers import Trigger
 
 A, B, ZERO = "a" * 40, "b" * 40, "0" * 40
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 
 from hyperdrive.errors import SpoolError
-from hyperdrive.spool import (
-    JOURNAL,
-    FileSpool,
-    Trigger,
-    new_trigger_id,
-    read_journal,
-    write_incoming,
-)
+from hyperdrive.spool import JOURNAL, FileSpool, read_journal
+from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 
 
 def push(app: str = "web", tid: str | None = None) -> Trigger:
@@ -158,7 +152,8 @@ WRITER = """
 import asyncio, sys
 from pathlib import Path
 from hyperdrive.errors import SpoolError
-from hyperdrive.spool import FileSpool, Trigger
+from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger
 async def main():
     spool = FileSpool(Path(sys.argv[1]))
     await spool.open()

@@ -32,7 +32,7 @@ from hyperdrive.hooks.webhook import (
     verify_github,
     verify_gitlab,
 )
-from hyperdrive.spool import TRIGGER_ID
+from hyperdrive.triggers import TRIGGER_ID
 from tests.fixtures.webhooks import forge
 
 SECRET = forge.SECRET.encode()
