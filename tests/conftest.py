@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,6 +149,30 @@ def make_daemon(root: Path, **extra: str) -> Daemon:
     env["HYPERDRIVE_DATA"] = str(root / "data")
     env["HYPERDRIVE_VAR"] = str(root / "var")
     return Daemon(root, env, api, ssh, http)
+
+
+def nginx_masters_under(folder: Path) -> list[int]:
+    """Pids of nginx masters whose prefix lies under `folder` (the daemon leaves them running)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cmdline.startswith("nginx: master process") and f" {folder}" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _reap_nginx(tmp_path: Path) -> Iterator[None]:
+    """Ships and nginx outlive `hd serve` on purpose; a test's nginx must not outlive the test."""
+    yield
+    for pid in nginx_masters_under(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
 
 
 @pytest.fixture

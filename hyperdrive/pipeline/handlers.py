@@ -900,14 +900,14 @@ class Recovery:
 
     async def run(self) -> None:
         apps = self.p.records.all()
-        if not apps and not await self._ours():
-            return
-        await self.pipeline._ensure_bridge()
-        for app in apps:
-            await self._app(app)
-        await self._orphans()
-        if any(a.routed for a in self.p.records.all()):
-            await self.pipeline.apply_routes()
+        if apps or await self._ours():
+            await self.pipeline._ensure_bridge()
+            for app in apps:
+                await self._app(app)
+            await self._orphans()
+        # nginx answers on HYPERDRIVE_HTTP_PORT from the start (404 until an app is routed);
+        # a master left running by the previous daemon is adopted, not restarted.
+        await self.pipeline.apply_routes()
 
     async def _ours(self) -> list[str]:
         prefix = f"{self.p.config.name}-"

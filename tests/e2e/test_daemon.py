@@ -15,6 +15,7 @@ import pytest
 
 from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
+from tests.e2e.squadron import http_get
 
 
 def test_healthz_status_metrics_and_logs(daemon: Daemon) -> None:
@@ -140,3 +141,8 @@ def test_logs_follow_streams_new_events(daemon: Daemon) -> None:
         line = follower.stdout.readline()
         follower.terminate()
     assert json.loads(line)["deploy"] == trigger.id
+
+
+def test_the_http_port_answers_from_the_start(daemon: Daemon) -> None:
+    status, body = http_get(daemon.http_port, "/nothing-here/")
+    assert status == 404, body
