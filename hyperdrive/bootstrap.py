@@ -114,13 +114,20 @@ def app_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
                 "app": name,
                 "ship": live.name if live else None,
                 "sha": live.sha[:7] if live else None,
-                "since": app.since,
+                "since": _when(app.since),
                 "url": pipeline.url(name) if app.routed else None,
                 "last_deploy": result or None,
                 "orders": parts.fleet.summary(name)["orders"],
             }
         )
     return rows
+
+
+def _when(epoch: float | None) -> str | None:
+    """A record's time as people read it: `2026-11-25 14:02 UTC`."""
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def command_handlers(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         HYPERDRIVE_PIDFILE=str(tmp_path / "run.pid"),
         HYPERDRIVE_SKIP_PACKAGES="1",
         HYPERDRIVE_NO_SYSTEMD="1",
+        HYPERDRIVE_NAME=f"hdb{secrets.token_hex(3)}",  # never the machine's own `hyperdrive`
         HYPERDRIVE_DATA=str(tmp_path / "data"),
         HYPERDRIVE_VAR=str(tmp_path / "var"),
         HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
