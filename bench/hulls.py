@@ -25,30 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
 
 from hyperdrive.hull_debian import DebianHullBuild, mirror_from
 from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
 from tests.e2e.test_builds import PY_APP, PackageIndex
+from tests.integration.lxc_fixtures import get_until_ok
 
 SUBNET = "10.213.202.0/24"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 APP = "GREETING = 'bench'\n" + PY_APP
-
-
-async def wait_http(url: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.005)
 
 
 async def hull_build(root: Path, name: str, cache: Path | None) -> float:
@@ -102,7 +88,7 @@ class Bench:
         name, spec = await self.ship(hull, app, self.root / "cache-none")
         serve = "cd /app && (PORT=8000 python3 app.py >/dev/null 2>&1 &)"
         await self.lxc.attach(name, ["/bin/sh", "-c", serve], {"PATH": PATH}, 10)
-        await wait_http(f"http://{spec.ip}:8000/")
+        await get_until_ok(f"http://{spec.ip}:8000/")
         took = time.monotonic() - t0
         await self.lxc.destroy(name)
         return took

@@ -17,26 +17,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import aiohttp
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
 from hyperdrive.network import IpAllocator, bridge_name, ensure_bridge, teardown_bridge
+from tests.integration.lxc_fixtures import get_until_ok
 
 SUBNET = "10.213.201.0/24"
-
-
-async def wait_http(url: str, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.002)
 
 
 async def one_round(lxc: Lxc, hull: str, spec: ShipSpec, ship: str, times: dict) -> None:
@@ -55,7 +42,7 @@ async def one_round(lxc: Lxc, hull: str, spec: ShipSpec, ship: str, times: dict)
     t = lap("start (lxc-start -d)", t)
     await lxc.attach(ship, ["httpd", "-h", "/app", "-p", "8080"], {"PATH": "/bin"}, 10)
     t = lap("attach (httpd)", t)
-    await wait_http(f"http://{spec.ip}:8080/index.html")
+    await get_until_ok(f"http://{spec.ip}:8080/index.html")
     lap("HTTP answering after start", t)
     lap("start -> HTTP answering (total)", start)
     t = time.perf_counter()

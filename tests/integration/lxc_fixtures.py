@@ -6,15 +6,18 @@ The ships' subnet 10.213.200.0/24 belongs to these tests; no other address is ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
@@ -144,3 +147,18 @@ def site(tmp_path: Path) -> Path:
 
 def app_mount(site: Path) -> tuple[Mount, ...]:
     return (Mount(site, "/app", readonly=True),)
+
+
+async def get_until_ok(url: str, seconds: float = 5.0, step: float = 0.005) -> str:
+    """GET `url` until it answers 200 (bounded by `seconds`); return the body."""
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return await response.text()
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, f"{url} did not answer within {seconds} s"
+            await asyncio.sleep(step)

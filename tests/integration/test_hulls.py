@@ -11,14 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from hyperdrive.errors import ContainerError
 from hyperdrive.lxc_async import Lxc, Mount
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.hulls import Hulls
-from tests.integration.lxc_fixtures import Bridge, destroy_everything, require_lxc
+from tests.integration.lxc_fixtures import Bridge, destroy_everything, get_until_ok, require_lxc
 
 # The fixtures, re-exported so pytest finds them here (conftest.py belongs to everyone).
 from tests.integration.lxc_fixtures import bridge as bridge  # noqa: PLC0414
@@ -142,20 +141,6 @@ async def test_a_build_started_during_boot_keeps_its_tmp_files(
     assert code == 0, "\n".join(lines)
     assert (hulls.lxc.rootfs(ship) / "tmp" / "venv" / "bin" / "pip").exists()
     await hulls.lxc.destroy(ship)
-
-
-async def get_until_ok(url: str, seconds: float) -> str:
-    deadline = time.monotonic() + seconds
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return await response.text()
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"{url} did not answer within {seconds} s"
-            await asyncio.sleep(0.01)
 
 
 async def test_a_new_version_serves_new_ships_and_the_old_goes_with_its_last_ship(

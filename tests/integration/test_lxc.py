@@ -6,13 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import mac_for_ip
-from tests.integration.lxc_fixtures import Bridge, app_mount
+from tests.integration.lxc_fixtures import Bridge, app_mount, get_until_ok
 
 # The fixtures, re-exported so pytest finds them here (conftest.py belongs to everyone).
 from tests.integration.lxc_fixtures import bridge as bridge  # noqa: PLC0414
@@ -42,21 +41,6 @@ async def run(lxc: Lxc, ship: str, *argv: str, timeout: float = 10) -> tuple[int
     return code, lines
 
 
-async def http_get(url: str, seconds: float = 5.0) -> str:
-    """GET url until it answers 200 (bounded); return the body."""
-    deadline = time.monotonic() + seconds
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return await response.text()
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"{url} did not answer within {seconds} s"
-            await asyncio.sleep(0.01)
-
-
 async def test_busybox_hull_boots_without_dhcp(lxc: Lxc, hull: str) -> None:
     config = (lxc.lxcpath / hull / "config").read_text()
     rootfs = lxc.lxcpath / hull / "rootfs"
@@ -77,7 +61,7 @@ async def test_ship_serves_http_on_its_static_address(
     assert info.pid
     code, _ = await run(lxc, ship, "httpd", "-h", "/app", "-p", "8080")
     assert code == 0
-    body = await http_get(f"http://{bridge.subnet.network_address + 10}:8080/index.html")
+    body = await get_until_ok(f"http://{bridge.subnet.network_address + 10}:8080/index.html")
     assert body == "hello from a ship\n"
     _, mac = await run(lxc, ship, "cat", "/sys/class/net/eth0/address")
     assert mac == [mac_for_ip(bridge.subnet.network_address + 10)]
