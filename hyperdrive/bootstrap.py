@@ -38,12 +38,13 @@ from hyperdrive.pipeline.commands import (
     SyncHeadquarters,
 )
 from hyperdrive.pipeline.fleet import Fleet
-from hyperdrive.pipeline.handlers import Parts, Pipeline, Recovery
+from hyperdrive.pipeline.handlers import Parts, Pipeline
 from hyperdrive.pipeline.hqsync import HeadquartersSync
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
 from hyperdrive.pipeline.ports import SystemClock
+from hyperdrive.pipeline.recovery import Recovery
 from hyperdrive.repos import GitRepos
 from hyperdrive.spool import FileSpool
 from hyperdrive.traffic import StablePorts, Traffic

@@ -14,7 +14,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +31,13 @@ from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Retire, Rollback
 from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.pipeline.health import (
+    KILLED_FOR_MEMORY,
+    listening,
+    oom_kills,
+    wait_healthy,
+    watch_healthy,
+)
 from hyperdrive.pipeline.hulls import BUILDERS, Hulls
 from hyperdrive.pipeline.model import BUILDING, HEALTHY, LIVE, STOPPED, App, Records, Ship
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
@@ -42,8 +49,6 @@ IGNORED = "ignored"
 START_TIMEOUT_S = 30
 LOG_CAP_BYTES = 16 * 1024 * 1024
 EVENT_LINES_CAP = 5000
-HEALTH_STEP_S = 0.05
-HEALTH_FIRST_STEP_S = 0.005  # during the first second: a small app is up in a few ms
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -768,189 +773,6 @@ cd /app
 """
 
 
-async def wait_healthy(
-    url: str, seconds: float, give_up: Callable[[], str | None] | None = None
-) -> str | None:
-    """GET `url` until it answers 2xx/3xx; None when healthy, else what went wrong last.
-
-    `give_up` is asked between tries: a message from it ends the wait at once (a dead app).
-    """
-    loop = asyncio.get_running_loop()
-    brisk, deadline = loop.time() + 1, loop.time() + seconds
-    problem = "never answered"
-    timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        while loop.time() < deadline:
-            try:
-                async with session.get(url, allow_redirects=False) as response:
-                    if response.status < 400:
-                        return None
-                    problem = f"answered HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                problem = f"did not answer ({type(err).__name__})"
-            if give_up is not None and (reason := give_up()):
-                return reason
-            await asyncio.sleep(HEALTH_FIRST_STEP_S if loop.time() < brisk else HEALTH_STEP_S)
-    return problem
-
-
-def listening(pid: int | None) -> dict[int, set[str]] | None:
-    """TCP ports listened on in the network namespace of `pid`, each with its addresses
-    (from /proc/<pid>/net/tcp and tcp6); None when that cannot be read."""
-    if pid is None:
-        return None
-    found: dict[int, set[str]] = {}
-    try:
-        for name in ("tcp", "tcp6"):
-            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 3 and fields[3] == "0A":  # LISTEN
-                    address, _, port = fields[1].partition(":")
-                    found.setdefault(int(port, 16), set()).add(_address(address))
-    except (OSError, ValueError):
-        return None
-    return found
-
-
-def _address(hexed: str) -> str:
-    """An address as /proc/net/tcp{,6} writes it (32-bit words in host order) made readable."""
-    if len(hexed) == 8:
-        return str(IPv4Address(bytes.fromhex(hexed)[::-1]))
-    words = [bytes.fromhex(hexed[i : i + 8])[::-1] for i in range(0, 32, 8)]
-    return str(IPv6Address(b"".join(words)))
-
-
-WATCH_STEP_S = 0.1
-WATCH_FAILURES = 3  # in a row: one lost probe is not a dead app
-
-
-async def watch_healthy(url: str, seconds: float) -> str | None:
-    """GET `url` (a new connection each time) for `seconds`: None while it keeps answering
-    2xx/3xx, else how it failed once WATCH_FAILURES probes in a row did."""
-    loop = asyncio.get_running_loop()
-    deadline, failures = loop.time() + seconds, 0
-    connector = aiohttp.TCPConnector(force_close=True)
-    timeout = aiohttp.ClientTimeout(total=1)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        while loop.time() < deadline:
-            try:
-                async with session.get(url, allow_redirects=False) as response:
-                    problem = None if response.status < 400 else f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                problem = f"no answer: {type(err).__name__}"
-            failures = failures + 1 if problem else 0
-            if problem is not None and failures >= WATCH_FAILURES:
-                return problem
-            await asyncio.sleep(WATCH_STEP_S)
-    return None
-
-
-# -- memory kills, read from the ship's cgroup (v1 memory.oom_control, v2 memory.events) --
-KILLED_FOR_MEMORY = "the app was killed for memory"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def oom_kills(pid: int | None, root: Path = CGROUP_ROOT) -> int:
-    """OOM kills in the cgroup of the ship whose init is `pid` (where LXC puts its limit)."""
-    if pid is None:
-        return 0
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return 0
-    unified = root / "unified" if (root / "unified").is_dir() else root
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        top = path.strip("/").split("/")[0]
-        if "memory" in controllers.split(","):
-            return _counter(root / "memory" / top / "memory.oom_control", "oom_kill")
-        if controllers == "" and (unified / top / "memory.events").exists():
-            return _counter(unified / top / "memory.events", "oom_kill")
-    return 0
-
-
-def _counter(path: Path, key: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
-                return int(value)
-    except OSError:
-        pass
-    return 0
-
-
 def _memory(orders: Orders) -> str:
     size = orders.memory_bytes or 0
     return f"{size // (1024 * 1024)}M" if size % (1024 * 1024) == 0 else f"{size} bytes"
-
-
-class Recovery:
-    """At start: ships and nginx kept serving while the daemon was down; make the records true.
-
-    Interrupted deploys' ships are destroyed (their triggers are still in the spool and run
-    again), live ships that are not running are started, the traffic map is re-pointed,
-    nginx is re-rendered only if it differs, and containers nobody owns are destroyed.
-    """
-
-    def __init__(self, pipeline: Pipeline, out: Callable[[ev.Event], None]) -> None:
-        self.pipeline = pipeline
-        self.p = pipeline.p
-        self.emit = out
-
-    async def run(self) -> None:
-        apps = self.p.records.all()
-        if apps or await self._ours():
-            await self.pipeline._ensure_bridge()
-            for app in apps:
-                await self._app(app)
-            await self._orphans()
-        # nginx answers on HYPERDRIVE_HTTP_PORT from the start (404 until an app is routed);
-        # a master left running by the previous daemon is adopted, not restarted.
-        await self.pipeline.apply_routes()
-
-    async def _ours(self) -> list[str]:
-        prefix = f"{self.p.config.name}-"
-        return [c.name for c in await self.p.runtime.list() if c.name.startswith(prefix)]
-
-    async def _app(self, app: App) -> None:
-        # traffic first: a swap cut short may have pointed it at a ship about to be destroyed
-        live = app.live_ship
-        if live is not None:
-            info = await self.p.runtime.info(live.name)
-            if info is None or info.state != "RUNNING":
-                with contextlib.suppress(HyperdriveError):
-                    await self.p.runtime.start(live.name)
-                    await self.pipeline._run_start(live)
-            if app.routed:
-                await self.p.traffic.point(self.p.ports.port(app.name), live.ip, live.port)
-        for ship in list(app.ships):
-            if ship.state == BUILDING or (ship.state == HEALTHY and ship.name != app.live):
-                await self.pipeline._destroy(app, ship)
-                self.emit(
-                    ev.ShipDestroyed(
-                        app=app.name,
-                        ship=ship.name,
-                        sha=ship.sha,
-                        message=f"'{ship.name}' was mid-deploy at a restart",
-                    )
-                )
-            elif not await self.p.runtime.exists(ship.name):  # its retire was cut short
-                self.p.ips.release(ship.name)
-                app.forget(ship.name)
-            elif ship.state == LIVE and ship.name != app.live:  # its drain was cut short
-                with contextlib.suppress(HyperdriveError):
-                    await self.p.runtime.stop(ship.name, kill=True)
-                ship.state = STOPPED
-        self.p.records.save(app)
-
-    async def _orphans(self) -> None:
-        known = {s.name for a in self.p.records.all() for s in a.ships}
-        hull_prefix = f"{self.p.config.name}-hull-"
-        for name in await self._ours():
-            if name in known or name.startswith(hull_prefix):
-                continue
-            with contextlib.suppress(HyperdriveError):
-                await self.p.runtime.destroy(name)
-            self.p.ips.release(name)
-            self.emit(ev.ShipDestroyed(ship=name, message=f"orphan container '{name}' destroyed"))

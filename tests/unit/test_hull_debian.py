@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hyperdrive.hull_debian import Progress, ProgressTracker, mirror_from, patch_debian_hull
 from hyperdrive.lxc_async import Lxc
-from hyperdrive.pipeline.handlers import oom_kills
+from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
 
 
