@@ -35,6 +35,8 @@ class Inbox:
             task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, trigger: Trigger) -> None:
+        if trigger.kind == "push":
+            self._push_received(trigger)
         commands = from_trigger(trigger)
         if not commands:
             why = f"nothing to do for a {trigger.kind!r} trigger"
@@ -81,3 +83,18 @@ class Inbox:
         if pending:
             await asyncio.wait(pending, timeout=5)
         return not pending
+
+    def _push_received(self, trigger: Trigger) -> None:
+        data = trigger.data
+        ref, sha, admiral = data.get("ref"), data.get("new"), data.get("admiral")
+        short = str(sha)[:7] if sha else "?"
+        self.bus.emit(
+            ev.PushReceived(
+                app=trigger.app,
+                sha=sha,
+                deploy=trigger.id,
+                ref=ref,
+                admiral=admiral,
+                message=f"{admiral or 'someone'} pushed {short} to {ref}",
+            )
+        )

@@ -39,6 +39,7 @@ def test_push_deploys_redeploys_and_rolls_back(squadron: Daemon, tmp_path: Path)
     assert served(squadron, "web") == (200, "version one\n")
     names = [e["event"] for e in squadron.events() if e.get("deploy") == outcome["deploy"]]
     for stage in (
+        "PushReceived",
         "DeployQueued",
         "DeployStarted",
         "ShipAssembled",
