@@ -7,13 +7,13 @@ within DRAIN_S; a second one stops at once. Unfinished triggers stay in the spoo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 
@@ -144,21 +144,37 @@ class Server:
         daemon = self.daemon
         log.info("stopping: draining in-flight deploys for up to %.0f s", DRAIN_S)
         daemon.bus.emit(ev.DaemonStopping(message="draining in-flight deploys"))
-        self._stop_watch.set()
+        await self._unless_forced(self._stop_accepting())
         drained = await self._drain(daemon)
         if not drained:
             log.warning("unfinished triggers stay in the spool and resume at next start")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in self._runners:
-            await runner.cleanup()
-        for stop in reversed(daemon.stoppers):
-            with contextlib.suppress(Exception):
-                await stop()
         await daemon.spool.close()
         daemon.eventlog.close()
         self.config.socket_path.unlink(missing_ok=True)
+
+    async def _stop_accepting(self) -> None:
+        """No new HTTP, admin or SSH connections, and no new triggers from spool/incoming."""
+        self._stop_watch.set()
+        for runner in self._runners:
+            await runner.cleanup()
+        for stop in reversed(self.daemon.stoppers):
+            try:
+                await stop()
+            except Exception:
+                log.exception("stopping %s failed", getattr(stop, "__name__", stop))
+
+    async def _unless_forced(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work`, but give it up at once on a second signal."""
+        task = asyncio.create_task(work)
+        forced = asyncio.create_task(self.force_exit.wait())
+        await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _drain(self, daemon: bootstrap.Daemon) -> bool:
         drain = asyncio.create_task(daemon.inbox.drain(DRAIN_S))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,3 +147,26 @@ def test_logs_follow_streams_new_events(daemon: Daemon) -> None:
 def test_the_http_port_answers_from_the_start(daemon: Daemon) -> None:
     status, body = http_get(daemon.http_port, "/nothing-here/")
     assert status == 404, body
+
+
+def test_second_signal_stops_at_once_and_the_work_resumes_at_next_start(tmp_path: Path) -> None:
+    """A sync stuck on a silent remote is in flight: SIGTERM waits for it, a second one does not."""
+    with socket.socket() as silent:  # accepts git's connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"git://127.0.0.1:{silent.getsockname()[1]}/hq.git"
+        d = make_daemon(tmp_path / "hd", HYPERDRIVE_HEADQUARTERS=url)
+        d.start()
+        trigger = Trigger(new_trigger_id("hq"), "hq-sync", None, {}, time.time())
+        write_incoming(d.data / "spool", trigger)
+        wait_for(lambda: json.loads(d.hd("status", "--json").stdout)["inflight"] == 1, 10)
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert d.proc.poll() is None, "the first signal drains in-flight work"
+        started = time.monotonic()
+        assert d.stop(signal.SIGTERM, timeout=10) == 0
+        assert time.monotonic() - started < 5
+        pending = (d.data / "spool" / "journal.jsonl").read_text()
+        assert trigger.id in pending
+        assert f'"op":"done","id":"{trigger.id}"' not in pending
