@@ -26,6 +26,7 @@ import jinja2
 
 from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.network import mac_for_ip, write_atomically
+from hyperdrive.procs import run
 
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -400,22 +401,10 @@ class Lxc:
 
 async def _communicate(argv: Sequence[str], seconds: float) -> tuple[int | None, str, str]:
     """Run argv; return (status or None on timeout, stdout, stderr). The child never outlives us."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd="/",
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), seconds)
-    except TimeoutError:
+    result = await run(argv, timeout=seconds, cwd="/")
+    if result.returncode is None:
         return None, "", ""
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+    return result.returncode, result.stdout, result.stderr
 
 
 async def _stream(

@@ -21,6 +21,7 @@ import jinja2
 
 from hyperdrive.errors import InvalidName, ProxyError
 from hyperdrive.names import sanitize_app_name
+from hyperdrive.procs import run
 from hyperdrive.traffic import Traffic
 
 log = logging.getLogger(__name__)
@@ -240,21 +241,12 @@ class Nginx:
     async def _run(self, argv: list[str]) -> tuple[int | None, str]:
         """Run nginx itself; (exit code or None on timeout, its output)."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+            result = await run(argv, timeout=self.timeout, merge=True)
         except FileNotFoundError as err:
             raise ProxyError(f"{argv[0]} is not installed (apt-get install nginx)") from err
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if result.returncode is None:
             return None, f"no answer within {self.timeout} s"
-        return proc.returncode, out.decode(errors="replace").strip()
+        return result.returncode, result.stdout.strip()
 
     async def test(self, folder: Path) -> None:
         """`nginx -t` against a generation folder; ProxyError with nginx's own message."""
