@@ -4,6 +4,7 @@ version serving (checked over HTTP while it happens) and says why in an event.""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,8 +248,16 @@ def test_nginx_config_broken_by_hand(fleet: Fleet) -> None:
 
 def test_ten_pushes_within_a_second_deploy_only_the_last(fleet: Fleet) -> None:
     repo = fleet.repo("rapid")
-    shas = [repo.commit({"index.html": f"rapid {i}\n"}) for i in range(10)]
+    # A build that takes a while keeps each deploy short of its swap while the next push lands
+    # (a static deploy alone finishes in ~75 ms, faster than the pushes arrive).
+    slow = {
+        "bin/build": "#!/bin/sh\nsleep 3\n",
+        "Procfile": "web: busybox httpd -f -p $PORT -h /app\n",
+    }
+    shas = [repo.commit({**slow, "index.html": f"rapid {i}\n"}) for i in range(10)]
+    started = time.monotonic()
     ids = [repo.push_trigger(sha) for sha in shas]
+    assert time.monotonic() - started < 3, "the pushes must land while the first still builds"
     outcomes = [wait_outcome(fleet.d, deploy_id, timeout=60) for deploy_id in ids]
     assert [o["event"] for o in outcomes] == ["DeploySuperseded"] * 9 + ["DeployFinished"]
     assert http_get(fleet.d.http_port, "/rapid/") == (200, "rapid 9\n")
