@@ -24,6 +24,22 @@ STAGE = {
     "DeploySuperseded": "deploy",
     "HullAssembled": "hull-build",
     "HullBuildStarted": "hull-build",
+    "HullBuildProgress": "hull-build",
+    "HullBuildFailed": "hull-build",
+    "HullRetired": "hull-build",
+    "RolledBack": "rollback",
+    "NginxConfigRejected": "nginx",
+    "TriggerIgnored": "deploy",
+    "TriggerRejected": "spool",
+    "DaemonStarted": "hyperdrive",
+    "DaemonStopping": "hyperdrive",
+    "HeadquartersSynced": "headquarters",
+    "HeadquartersSyncFailed": "headquarters",
+    "OrdersChanged": "headquarters",
+    "OrdersRejected": "headquarters",
+    "AppOrdered": "headquarters",
+    "AppRetired": "headquarters",
+    "AdmiralsChanged": "admirals",
 }
 
 
@@ -34,7 +50,7 @@ def describe(event: Mapping[str, Any]) -> str:
     app = event.get("app") or "-"
     if name == "BuildOutput":
         return f"{clock} {app}        {event.get('message', '')}"
-    stage = STAGE.get(name, name)
+    stage = str(event.get("stage") or "") if name == "StageFinished" else STAGE.get(name, name)
     message = event.get("message") or _default_message(event)
     took = f" ({event['ms']} ms)" if event.get("ms") is not None else ""
     return f"{clock} {app} {stage}: {message}{took}"
