@@ -221,16 +221,18 @@ class Pipeline:
             if cmd.sha is not None:
                 check_sha(cmd.sha)
             branch = orders.branch or await self._default_branch(cmd.app, orders)
-        if cmd.ref is not None and cmd.ref != f"refs/heads/{branch}":
+        followed = (f"refs/heads/{branch}", f"refs/tags/{branch}")  # orders may name a tag
+        if cmd.ref is not None and cmd.ref not in followed:
             job.emit(
                 ev.TriggerIgnored, f"{cmd.ref} pushed; {cmd.app} deploys {branch}", kind="push"
             )
             return None
+        ref = cmd.ref or branch
         async with self._stage("fetch"):
             sha = cmd.sha
             if orders.autodeploy_url is not None:
                 t0 = self.p.clock.monotonic()
-                fetched = await self.p.repos.fetch(cmd.app, orders.autodeploy_url, branch)
+                fetched = await self.p.repos.fetch(cmd.app, orders.autodeploy_url, ref)
                 sha = sha or fetched
                 job.emit(
                     ev.StageFinished,
@@ -239,7 +241,7 @@ class Pipeline:
                     ms=self._ms(t0),
                     sha=sha,
                 )
-            sha = sha or await self.p.repos.resolve(cmd.app, branch)
+            sha = sha or await self.p.repos.resolve(cmd.app, ref)
         if sha is None:
             raise DeployError("plan", f"{cmd.app} has no commits on {branch} yet")
         return sha

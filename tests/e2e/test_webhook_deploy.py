@@ -111,3 +111,30 @@ def test_forge_push_and_webhook_deploy_the_new_commit(
     assert refused == 401
     assert http_get(d.http_port, "/site/") == (200, "webhook delivered\n")
     assert SECRET not in (d.data / "events.jsonl").read_text()
+
+    # an app whose orders follow a tag deploys when that tag is pushed, and only it does
+    admiral.commit(
+        hq,
+        {"release/orders": f"autodeploy {url}#v1.0\nhealthcheck / 10\n"},
+    )
+    admiral.git("push", "hyperdrive", "master", cwd=hq)
+    admiral.commit(work, {"index.html": "tagged release\n"})
+    admiral.git("tag", "-a", "v1.0", "-m", "release", cwd=work)
+    admiral.git("push", "-q", "origin", "master", "v1.0", cwd=work)
+    tagged = admiral.git("rev-parse", "v1.0", cwd=work).stdout.strip()
+
+    def tag_push(obj: dict) -> None:
+        obj.update(ref="refs/tags/v1.0", before="0" * 40, after=tagged, created=True)
+        obj["repository"].update(clone_url=url, url=url, default_branch="master")
+
+    headers, body = github(changed("github_push", tag_push))
+    status, answer = post(d, "github", headers, body)
+    assert status == 202, answer
+    assert list(answer["deploys"]) == ["release"]
+    wait_for(
+        lambda: http_get(d.http_port, "/release/") == (200, "tagged release\n"),
+        90,
+        0.3,
+        "the tagged release served",
+    )
+    assert http_get(d.http_port, "/site/") == (200, "webhook delivered\n")
