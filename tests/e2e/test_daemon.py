@@ -32,7 +32,8 @@ def test_healthz_status_metrics_and_logs(daemon: Daemon) -> None:
     assert "hyperdrive_up 1.0" in metrics
     assert "hyperdrive_triggers_pending 0.0" in metrics
     logs = daemon.hd("logs").stdout
-    assert "DaemonStarted" in logs
+    assert "hyperdrive: hyperdrive " in logs
+    assert " serving: ssh 127.0.0.1:" in logs
     as_json = [json.loads(line) for line in daemon.hd("logs", "--json").stdout.splitlines()]
     assert as_json[0]["event"] == "DaemonStarted"
 
