@@ -192,15 +192,16 @@ class FleetResolver:
     def _table(self) -> StaticResolver:
         source = self.headquarters.source
         hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
-        if self._cached is None or self._cached[:2] != (self.fleet.hq, hq_url):
+        cached = self._cached  # rebuilt only when the HQ in force (an identity) or its URL moves
+        if cached is None or cached[0] is not self.fleet.hq or cached[1] != hq_url:
             apps = {
                 name: (orders.autodeploy_url, orders.branch)
                 for name in self.fleet.names()
                 if (orders := self.fleet.orders(name)).autodeploy_url is not None
             }
-            table = StaticResolver(apps, hq_url or None)
-            self._cached = (self.fleet.hq, hq_url, table)
-        return self._cached[2]
+            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None))
+            self._cached = cached
+        return cached[2]
 
 
 def hook_env(config: Config) -> dict[str, str]:
