@@ -22,7 +22,6 @@ import jinja2
 from hyperdrive.errors import InvalidName, ProxyError
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import run
-from hyperdrive.traffic import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -520,23 +519,3 @@ class Routes:
                         why = f"GET {path}: {status}"
                     await asyncio.sleep(0.05)
         return why
-
-
-class NginxProxy:
-    """The pipeline's Proxy seam: routes through nginx, swaps through the nftables map."""
-
-    def __init__(self, routes: Routes, traffic: Traffic) -> None:
-        self.routes = routes
-        self.traffic = traffic
-
-    async def apply(self, routes: Sequence[AppRoute]) -> None:
-        """Make `routes` live (reloads nginx only when they changed)."""
-        await self.routes.apply(routes)
-
-    async def point(self, stable_port: int, ship_ip: str, ship_port: int) -> None:
-        """Move an app's new connections to a ship, without touching nginx."""
-        await self.traffic.point(stable_port, ship_ip, ship_port)
-
-    async def remove(self, stable_port: int) -> None:
-        """Stop forwarding an app's stable port."""
-        await self.traffic.remove(stable_port)

@@ -41,8 +41,7 @@ from hyperdrive.pipeline.health import (
 from hyperdrive.pipeline.hulls import BUILDERS, Hulls
 from hyperdrive.pipeline.model import BUILDING, HEALTHY, LIVE, STOPPED, App, Records, Ship
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
-from hyperdrive.pipeline.ports import Clock, ContainerRuntime
-from hyperdrive.repos import GitRepos
+from hyperdrive.pipeline.ports import Clock, ContainerRuntime, Git
 from hyperdrive.traffic import StablePorts, Traffic
 
 IGNORED = "ignored"
@@ -62,7 +61,7 @@ class Parts:
     traffic: Traffic
     ports: StablePorts
     ips: IpAllocator
-    repos: GitRepos
+    repos: Git
     records: Records
     fleet: Fleet
     hulls: Hulls

@@ -1,7 +1,7 @@
 """The seams of the pipeline: the programs it drives, as small Protocols.
 
-The real adapters are `lxc_async.Lxc`, `nginx_reload.Routes` + `traffic.Traffic`, and
-`pipeline.gitrepo.GitRepos`; unit tests wire the in-memory fakes in `pipeline.fakes`.
+The real adapters are `lxc_async.Lxc` (ContainerRuntime) and `repos.GitRepos` (Git); the
+proxy side is `nginx_reload.Routes` + `traffic.Traffic`, used as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Protocol
 
 from hyperdrive.lxc_async import ContainerInfo, ShipSpec
-from hyperdrive.nginx_reload import AppRoute
 
 
 class ContainerRuntime(Protocol):
@@ -44,24 +43,18 @@ class ContainerRuntime(Protocol):
     async def list(self) -> list[ContainerInfo]: ...
 
 
-class Proxy(Protocol):
-    """What clients reach: nginx routes (reloaded only when they change) and the traffic map."""
-
-    async def apply(self, routes: Sequence[AppRoute]) -> None: ...
-
-    async def point(self, stable_port: int, ship_ip: str, ship_port: int) -> None: ...
-
-    async def remove(self, stable_port: int) -> None: ...
-
-
 class Git(Protocol):
-    """Repos hosted here and mirrors of remote ones."""
+    """Repos hosted here (`remote=False`) and mirrors of remote ones (`remote=True`)."""
 
-    async def resolve(self, app: str, ref: str) -> str | None: ...
+    async def resolve(self, app: str, ref: str, remote: bool = False) -> str | None: ...
 
-    async def export(self, app: str, sha: str, target: Path) -> None: ...
+    async def default_branch(self, app: str, remote: bool = False) -> str: ...
+
+    async def export(self, app: str, sha: str, target: Path, remote: bool = False) -> None: ...
 
     async def fetch(self, app: str, url: str, ref: str) -> str: ...
+
+    async def remote_default_branch(self, app: str, url: str) -> str: ...
 
 
 class Clock(Protocol):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hyperdrive.errors import ProxyError
-from hyperdrive.nginx_reload import AppRoute, Nginx, NginxProxy, Routes
+from hyperdrive.nginx_reload import AppRoute, Nginx, Routes
 from hyperdrive.traffic import StablePorts, Traffic
 from tests.integration.net_fixtures import ShipNet, children, free_port, sh, ship_of
 
@@ -71,14 +71,13 @@ async def test_point_switches_ships_without_nginx_reload(
 ) -> None:
     one, two = net.ships
     routes = Routes(nginx, http_port=free_port())
-    proxy = NginxProxy(routes, traffic)  # what the pipeline is given
-    await proxy.point(STABLE, one.ip, one.port)
-    await proxy.apply([AppRoute("a", traffic.bridge_ip, STABLE)])
+    await traffic.point(STABLE, one.ip, one.port)  # a new app: traffic first, then its route
+    await routes.apply([AppRoute("a", traffic.bridge_ip, STABLE)])
     assert ship_of(routes.http_port, "/a/") == "one"
     master = nginx.master_pid()
     assert master is not None
     before = (children(master), await nginx.generation(), nginx.log_offset())
-    await proxy.point(STABLE, two.ip, two.port)
+    await traffic.point(STABLE, two.ip, two.port)
     await_ship(routes.http_port, "/a/", "two")
     await asyncio.sleep(1.2)  # keep-alive connections to the old ship live at most 1 s
     assert {ship_of(routes.http_port, "/a/") for _ in range(20)} == {"two"}
