@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hyperdrive.gitserver import GitServer, create_repo  # noqa: E402
+from hyperdrive.gitserver import GitServer, create_repo, package_hooks  # noqa: E402
 from hyperdrive.keyring import KeyRing  # noqa: E402
 
 KEX = "curve25519-sha256"
@@ -288,7 +288,7 @@ def prepare_sshd_repos(work: Path) -> None:
     """git-shell cannot create repos: make the sshd side's the same way Hyperdrive does."""
     names = ["warm", "main", *(f"first{n}" for n in range(3)), *(f"many{n}" for n in range(10))]
     for name in names:
-        create_repo(work / "sshd" / f"{name}.git", ROOT / "bin")
+        create_repo(work / "sshd" / f"{name}.git", package_hooks())
 
 
 def report(bench: Bench, negotiated: dict[str, str], work: Path) -> None:

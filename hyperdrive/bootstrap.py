@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import KEYS, Config
 from hyperdrive.eventlog import EventLog
-from hyperdrive.gitserver import GitServer
+from hyperdrive.gitserver import GitServer, package_hooks
 from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
 from hyperdrive.keyring import KeyRing
 from hyperdrive.lxc_async import Lxc
@@ -54,12 +53,8 @@ log = logging.getLogger(__name__)
 
 
 def hooks_dir() -> Path:
-    """git's hooks (`bin/` of the source): beside the package in a checkout, else the copy of
-    the source ./bootstrap keeps in the virtualenv (`/opt/hyperdrive/src/bin`)."""
-    beside = Path(__file__).resolve().parent.parent / "bin"
-    if (beside / "post-receive").is_file():
-        return beside
-    return Path(sys.prefix) / "src" / "bin"
+    """git's hooks: package data (`hyperdrive/githooks`), so a wheel has them too."""
+    return package_hooks()
 
 
 Hook = Callable[[], Awaitable[None]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 import os
 import re
@@ -50,7 +51,16 @@ LOGIN_TIMEOUT_S = 20.0
 MAX_UNAUTHENTICATED = 32
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{1,64}")
-DEFAULT_HOOKS_DIR = Path(__file__).resolve().parent.parent / "bin"
+HOOKS = ("pre-receive", "post-receive")
+
+
+def package_hooks() -> Path:
+    """git's hooks, package data of `hyperdrive` so every install (a wheel, pipx, ./bootstrap,
+    a checkout) has them; git runs them, so they must be real, executable files."""
+    return Path(str(importlib.resources.files("hyperdrive") / "githooks"))
+
+
+DEFAULT_HOOKS_DIR = package_hooks()
 
 AdmiralCommands = Callable[[str, list[str], "asyncssh.SSHServerProcess[bytes]"], Awaitable[int]]
 
@@ -104,6 +114,17 @@ def load_host_key(path: Path) -> asyncssh.SSHKey:
         os.replace(tmp, path)
         log.info("ssh: generated host key %s", path)
     return asyncssh.read_private_key(path)
+
+
+def check_hooks(folder: Path) -> None:
+    """Refuse to serve without runnable hooks: git skips a hook it cannot execute, silently
+    (no deploy after a push, no check of a headquarters push)."""
+    for name in HOOKS:
+        hook = folder / name
+        if not hook.is_file():
+            raise HyperdriveError(f"no {name} hook in {folder}: reinstall hyperdrive")
+        if not os.access(hook, os.X_OK):
+            raise HyperdriveError(f"{hook} is not executable: reinstall hyperdrive")
 
 
 def create_repo(path: Path, hooks_dir: Path) -> bool:
@@ -320,8 +341,7 @@ class GitServer:
 
     async def start(self) -> None:
         """Load (or create) the host key once, then listen."""
-        if not (self.hooks_dir / "post-receive").is_file():
-            raise HyperdriveError(f"no post-receive hook in {self.hooks_dir}")
+        check_hooks(self.hooks_dir)
         host_key = await asyncio.to_thread(load_host_key, self.host_key_path)
         self.git_root.mkdir(parents=True, exist_ok=True)
         self._acceptor = await asyncssh.listen(
@@ -404,6 +424,11 @@ class GitServer:
             "HYPERDRIVE_APP": app,
             "HYPERDRIVE_ADMIRAL": admiral,
             "HYPERDRIVE_PYTHON": sys.executable,
+            # the hooks of the Hyperdrive running now, whatever path a repo's config recorded
+            # when it was created (an older install kept them elsewhere)
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "core.hooksPath",
+            "GIT_CONFIG_VALUE_0": str(self.hooks_dir),
         }
         protocol = client_env.get("GIT_PROTOCOL", "")
         if GIT_PROTOCOL.fullmatch(protocol):

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 DRAIN_S = 30.0
 
 
+def make_private(folder: Path) -> None:
+    """`$VAR/private_keys` holds deploy keys: only its owner may list or read it (0700)."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+
+
 class DataLock:
     """An flock on `records/hd.lock`: one `hd serve` per data folder."""
 
@@ -96,6 +102,7 @@ class Server:
         config, daemon = self.config, self.daemon
         for folder in (config.data, config.var, config.records_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        make_private(config.var / "private_keys")
         daemon.eventlog.open()
         await daemon.spool.open()
         for start in daemon.starters:

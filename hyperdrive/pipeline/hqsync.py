@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hyperdrive import authorized_keys
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters import (
@@ -309,7 +310,8 @@ class HeadquartersSync:
             ctx.emit(ev.OrdersRejected(deploy=deploy, message=message))
 
     def _admiral_user(self, keys: dict[str, list[str]]) -> None:
-        """HYPERDRIVE_ADMIRAL_USER: the seed's admiral SSH access to the server itself."""
+        """HYPERDRIVE_ADMIRAL_USER: the seed's admiral SSH access to the server itself, as a
+        managed block in that user's authorized_keys (the user's own keys stay)."""
         user = self.config.admiral_user
         if not user:
             return
@@ -319,14 +321,10 @@ class HeadquartersSync:
             log.warning("HYPERDRIVE_ADMIRAL_USER %s does not exist", user)
             return
         ssh = Path(entry.pw_dir) / ".ssh"
-        ssh.mkdir(mode=0o700, exist_ok=True)
-        lines = [
-            f"{line} hyperdrive-admiral-{name}" for name, ls in sorted(keys.items()) for line in ls
-        ]
-        target = ssh / "authorized_keys"
-        write_atomically(target, "\n".join(lines) + "\n")
-        for path in (ssh, target):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        try:
+            authorized_keys.install(ssh, keys, entry.pw_uid, entry.pw_gid)
+        except (OSError, HyperdriveError) as err:
+            log.warning("HYPERDRIVE_ADMIRAL_USER %s: %s/authorized_keys kept: %s", user, ssh, err)
 
     async def _queue(self, the_plan: Plan, sha: str) -> None:
         """Durable deploy and retire triggers: a crash after the sync loses none of them."""

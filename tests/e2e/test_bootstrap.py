@@ -29,6 +29,67 @@ def run_bootstrap(env: dict[str, str], *args: str) -> subprocess.CompletedProces
     return result
 
 
+NGINX_UNIT = """[Unit]
+Description=the distribution's nginx (a scratch copy for the test)
+[Service]
+ExecStart=/usr/sbin/nginx -g 'daemon off;'
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def unit_tree(root: Path, enabled: bool) -> Path:
+    """A unit tree `systemctl --root` manages offline: this machine's nginx stays as it is."""
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    (root / "lib" / "systemd" / "system").mkdir(parents=True)
+    (root / "lib" / "systemd" / "system" / "nginx.service").write_text(NGINX_UNIT)
+    if enabled:
+        units(root, "enable", "nginx")
+    return root
+
+
+def units(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["systemctl", f"--root={root}", *args], capture_output=True, text=True, timeout=30
+    )
+    return done.stdout.strip()
+
+
+def only_bootstrap_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """What a new user reads: bootstrap's own short lines; apt, git and pip go to the log."""
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if not line.startswith("bootstrap: ")]
+
+
+def scratch_env(tmp_path: Path) -> tuple[dict[str, str], int]:
+    """bootstrap's system locations under `tmp_path`; the API port."""
+    api = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
+    env.update(
+        HYPERDRIVE_PREFIX=str(tmp_path / "opt"),
+        HYPERDRIVE_CONF_DIR=str(tmp_path / "etc"),
+        HYPERDRIVE_BIN_LINK=str(tmp_path / "bin" / "hd"),
+        HYPERDRIVE_PIDFILE=str(tmp_path / "run.pid"),
+        HYPERDRIVE_SKIP_PACKAGES="1",
+        HYPERDRIVE_NO_SYSTEMD="1",
+        HYPERDRIVE_SYSTEMD_ROOT=str(tmp_path / "systemd"),
+        HYPERDRIVE_NAME=f"hdb{secrets.token_hex(3)}",  # never the machine's own `hyperdrive`
+        HYPERDRIVE_DATA=str(tmp_path / "data"),
+        HYPERDRIVE_VAR=str(tmp_path / "var"),
+        HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
+        HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{free_port()}",
+        HYPERDRIVE_HTTP_PORT=str(free_port()),
+    )
+    (tmp_path / "bin").mkdir()
+    return env, api
+
+
+def stop_supervisor(tmp_path: Path) -> None:
+    pidfile = tmp_path / "run.pid"
+    if pidfile.exists():
+        subprocess.run(["kill", "-TERM", pidfile.read_text().strip()], check=False)
+
+
 def healthz(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
@@ -40,26 +101,17 @@ def healthz(port: int) -> bool:
 def test_install_upgrade_uninstall(tmp_path: Path) -> None:
     key = tmp_path / "alice.pub"
     key.write_text(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode())
-    api = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
-    env.update(
-        HYPERDRIVE_PREFIX=str(tmp_path / "opt"),
-        HYPERDRIVE_CONF_DIR=str(tmp_path / "etc"),
-        HYPERDRIVE_BIN_LINK=str(tmp_path / "bin" / "hd"),
-        HYPERDRIVE_PIDFILE=str(tmp_path / "run.pid"),
-        HYPERDRIVE_SKIP_PACKAGES="1",
-        HYPERDRIVE_NO_SYSTEMD="1",
-        HYPERDRIVE_NAME=f"hdb{secrets.token_hex(3)}",  # never the machine's own `hyperdrive`
-        HYPERDRIVE_DATA=str(tmp_path / "data"),
-        HYPERDRIVE_VAR=str(tmp_path / "var"),
-        HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
-        HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{free_port()}",
-        HYPERDRIVE_HTTP_PORT=str(free_port()),
-    )
-    (tmp_path / "bin").mkdir()
+    env, api = scratch_env(tmp_path)
+    systemd = unit_tree(tmp_path / "systemd", enabled=True)
     try:
-        out = run_bootstrap(env, "--admiral-key", str(key)).stdout
+        installed = run_bootstrap(env, "--admiral-key", str(key))
+        out = installed.stdout
         assert "git remote add hyperdrive ssh://git@" in out
+        assert only_bootstrap_lines(installed) == []
+        log = (tmp_path / "data" / "bootstrap.log").read_text()
+        assert "Successfully installed" in log, "pip's output is kept in bootstrap.log"
+        assert "ready: hyperdrive " in log
+        assert units(systemd, "is-enabled", "nginx") == "disabled"
         assert healthz(api)
         hd = str(tmp_path / "bin" / "hd")
         status = json.loads(
@@ -84,7 +136,8 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         conf = tmp_path / "etc" / "main.conf"
         conf.write_text(conf.read_text() + "# kept across upgrades\n")
         (tmp_path / "data" / "mine").write_text("data survives")
-        run_bootstrap(env)
+        upgraded = run_bootstrap(env)
+        assert only_bootstrap_lines(upgraded) == []
         wait_for(lambda: healthz(api), 30, 0.2, "the upgraded daemon")
         assert "# kept across upgrades" in conf.read_text()
         assert (tmp_path / "data" / "mine").exists()
@@ -95,7 +148,24 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
             assert not Path(path).exists(), f"{path} left behind by --uninstall"
         assert (tmp_path / "data" / "mine").exists(), "data is kept without --purge"
         assert "use --purge" in out
+        assert units(systemd, "is-enabled", "nginx") == "enabled", "uninstall restores nginx"
+        log = (tmp_path / "data" / "bootstrap.log").read_text()
+        assert log.count("=== ./bootstrap install") == 2
+        assert "=== ./bootstrap uninstall" in log
     finally:
-        pidfile = tmp_path / "run.pid"
-        if pidfile.exists():
-            subprocess.run(["kill", "-TERM", pidfile.read_text().strip()], check=False)
+        stop_supervisor(tmp_path)
+
+
+def test_uninstall_leaves_a_disabled_nginx_disabled(tmp_path: Path) -> None:
+    """Only what install changed is restored: an admin's disabled nginx stays disabled."""
+    env, api = scratch_env(tmp_path)
+    systemd = unit_tree(tmp_path / "systemd", enabled=False)
+    try:
+        run_bootstrap(env)
+        assert healthz(api)
+        out = run_bootstrap(env, "--uninstall", "--purge").stdout
+        assert units(systemd, "is-enabled", "nginx") == "disabled"
+        assert "nginx.service" not in out
+        assert not (tmp_path / "data").exists()
+    finally:
+        stop_supervisor(tmp_path)

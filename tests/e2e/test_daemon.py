@@ -41,6 +41,18 @@ def test_healthz_status_metrics_and_logs(daemon: Daemon) -> None:
 def test_admin_socket_is_private(daemon: Daemon) -> None:
     mode = (daemon.var / "hd.sock").stat().st_mode & 0o777
     assert mode == 0o600
+    assert (daemon.var / "private_keys").stat().st_mode & 0o777 == 0o700
+
+
+def test_private_keys_folder_is_made_private(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "hd")
+    (d.var / "private_keys").mkdir(parents=True)
+    (d.var / "private_keys").chmod(0o755)
+    d.start()
+    try:
+        assert (d.var / "private_keys").stat().st_mode & 0o777 == 0o700
+    finally:
+        d.stop()
 
 
 def test_trigger_file_is_handed_over_and_leaves_the_spool(daemon: Daemon) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from hyperdrive.errors import HyperdriveError
 from hyperdrive.gitserver import GitServer
 from hyperdrive.keyring import KeyRing
 from tests.integration.git_fixtures import (
@@ -118,6 +119,42 @@ async def test_push_creates_the_repo_and_one_trigger_per_ref(rig: Rig) -> None:
     assert pushed.returncode == 0, pushed.output
     found = {(t["data"]["ref"], t["data"]["new"]) for t in triggers(rig.spool)[1:]}  # type: ignore[index]
     assert found == {("refs/heads/master", second), ("refs/tags/v1", sha)}
+
+
+async def test_a_repo_made_by_an_older_install_runs_the_hooks_in_force(rig: Rig) -> None:
+    """Repos record core.hooksPath at creation; an install that moved the hooks (the old
+    `/opt/hyperdrive/src/bin`) must not turn every later push into a silent no-deploy."""
+    _, _, first = await push_app(rig)
+    assert first.returncode == 0, first.output
+    repo = rig.git_root / "web.git"
+    await check("git", "config", "core.hooksPath", str(rig.tmp / "gone" / "bin"), cwd=repo)
+    tree = rig.tmp / "tree-web"
+    await commit(tree, rig.env, {"b.txt": b"b\n"})
+    pushed = await run("git", "push", "hyperdrive", "master", cwd=tree, env=rig.env)
+    assert pushed.returncode == 0, pushed.output
+    assert "remote: -----> queued" in pushed.stderr
+    assert len(triggers(rig.spool)) == 2
+
+
+@pytest.mark.parametrize("broken", ["missing", "not executable"])
+async def test_serving_without_runnable_hooks_is_refused(
+    rig: Rig, tmp_path: Path, broken: str
+) -> None:
+    """git skips a hook it cannot run without failing the push: refuse to start instead."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for name in ("pre-receive", "post-receive"):
+        (hooks / name).write_text("#!/bin/sh\nexit 0\n")
+        (hooks / name).chmod(0o755)
+    if broken == "missing":
+        (hooks / "post-receive").unlink()
+    else:
+        (hooks / "pre-receive").chmod(0o644)
+    server = GitServer(
+        "127.0.0.1", 0, tmp_path / "host_key", rig.git_root, rig.keyring, {}, None, hooks
+    )
+    with pytest.raises(HyperdriveError, match="reinstall hyperdrive"):
+        await server.start()
 
 
 async def test_clone_and_fetch_see_exactly_what_was_pushed(rig: Rig) -> None:

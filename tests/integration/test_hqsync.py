@@ -8,9 +8,11 @@ stand-in for the bus Context that records what the handler emits.
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncssh
@@ -521,3 +523,49 @@ async def test_a_push_to_another_hq_branch_never_becomes_the_hq_in_force(
     assert ctx.named("HeadquartersSynced")[0].sha == master
     assert rig.fleet.names() == ["web"]
     assert retires(rig) == set()
+
+
+@pytest.fixture
+def host_user(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real host user `hdt<hex>` with its home in the test's folder, removed afterwards."""
+    require("useradd", "userdel")
+    name, home = f"hdt{secrets.token_hex(3)}", tmp_path / "home"
+    subprocess.run(
+        ["useradd", "-M", "-d", str(home), "-s", "/usr/sbin/nologin", name],
+        check=True,
+        timeout=30,
+    )
+    try:
+        home.mkdir()
+        yield name, home
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+
+
+@pytest.mark.root
+async def test_admiral_user_gets_a_managed_block_and_keeps_its_own_keys(
+    rig: Rig, tmp_path: Path, host_user: tuple[str, Path]
+) -> None:
+    name, home = host_user
+    entry = pwd.getpwnam(name)
+    own = pub(new_key()).strip()
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "authorized_keys").write_text(f"{own}\n")
+    os.chown(home / ".ssh" / "authorized_keys", entry.pw_uid, entry.pw_gid)
+    rig.hq.config = replace(rig.config, admiral_user=name)
+    alice, bob = new_key(), new_key()
+    repo = hosted_hq(rig, tmp_path)
+    repo.commit({"authorized_keys/alice.pub": pub(alice), "authorized_keys/bob.pub": pub(bob)})
+    await rig.sync()
+    target = home / ".ssh" / "authorized_keys"
+    text = target.read_text()
+    assert text.startswith(f"{own}\n# BEGIN hyperdrive admirals\n")
+    assert pub(alice).split()[1] in text
+    assert pub(bob).split()[1] in text
+    repo.commit({"authorized_keys/bob.pub": None})
+    await rig.sync()
+    text = target.read_text()
+    assert own in text
+    assert pub(alice).split()[1] in text
+    assert pub(bob).split()[1] not in text
+    assert (target.stat().st_uid, target.stat().st_gid) == (entry.pw_uid, entry.pw_gid)

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from hyperdrive.errors import DaemonUnavailable
+from hyperdrive.gitserver import package_hooks
 from hyperdrive.hooks import post_receive as hook
 from hyperdrive.triggers import Trigger
 
 A, B, ZERO = "a" * 40, "b" * 40, "0" * 40
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def incoming(spool: Path) -> list[dict[str, Any]]:
@@ -175,12 +175,12 @@ def test_format_event(event: dict[str, Any], shown: str | None) -> None:
 
 
 def test_the_hook_program_exits_0_quietly_when_the_pusher_is_gone(tmp_path: Path) -> None:
-    """bin/post-receive, run the way git runs it, writing into a pipe nobody reads."""
+    """githooks/post-receive, run the way git runs it, writing into a pipe nobody reads."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     env = {**env_for(tmp_path), "HYPERDRIVE_PYTHON": sys.executable, "PATH": os.environ["PATH"]}
     done = subprocess.run(
-        [str(ROOT / "bin" / "post-receive")], input=f"{A} {B} refs/heads/master\n".encode(),
+        [str(package_hooks() / "post-receive")], input=f"{A} {B} refs/heads/master\n".encode(),
         stdout=write_end, stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=30, check=False,
     )  # fmt: skip
     os.close(write_end)
