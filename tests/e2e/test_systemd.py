@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,20 +22,20 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SystemdHost]:
-    with systemd_host(tmp_path) as booted:
+PAGE = "served all along\n"
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHost]:
+    """Installed with ./bootstrap as a user would, with one static app pushed over git+ssh."""
+    with systemd_host(tmp_path_factory.mktemp("systemd")) as booted:
+        out = booted.bootstrap("--admiral-key", "/root/admiral.pub")
+        assert "system packages already installed" in out, out
+        assert "started hyperdrive.service" in out, out
+        assert booted.attach("systemctl", "is-active", "hyperdrive").stdout.strip() == "active"
+        pushed = booted.push(booted.root / "site", "site", {"index.html": PAGE})
+        assert "site deployed" in pushed, pushed
         yield booted
-
-
-def installed(host: SystemdHost) -> None:
-    """Install with ./bootstrap as a user would, and push one static app over git+ssh."""
-    out = host.bootstrap("--admiral-key", "/root/admiral.pub")
-    assert "system packages already installed" in out, out
-    assert "started hyperdrive.service" in out, out
-    assert host.attach("systemctl", "is-active", "hyperdrive").stdout.strip() == "active"
-    pushed = host.push(host.root / "site", "site", {"index.html": "served all along\n"})
-    assert "site deployed" in pushed, pushed
 
 
 def restarted(host: SystemdHost, action: Callable[[], object], what: str) -> None:
@@ -48,9 +47,8 @@ def restarted(host: SystemdHost, action: Callable[[], object], what: str) -> Non
 
 
 def test_restart_and_upgrade_fail_no_request(host: SystemdHost) -> None:
-    installed(host)
     url = host.url(80, "/site/")
-    assert get(url) == (200, "served all along\n")
+    assert get(url) == (200, PAGE)
     nginx, ship = host.nginx_master(), host.status()["apps"][0]["ship"]
     ship_pid = host.ship_pid(ship)
     assert host.cgroup(nginx) == "/system.slice/hyperdrive-nginx.scope"
@@ -70,3 +68,15 @@ def test_restart_and_upgrade_fail_no_request(host: SystemdHost) -> None:
     assert host.ship_pid(ship) == ship_pid, "the ship was restarted"
     assert host.status()["apps"][0]["ship"] == ship
     assert host.attach("systemctl", "is-active", "hyperdrive").stdout.strip() == "active"
+
+
+def test_a_killed_nginx_is_started_again_in_its_scope(host: SystemdHost) -> None:
+    """SIGKILL leaves the master's workers in the scope; the next start clears them first."""
+    url = host.url(80, "/site/")
+    killed = host.nginx_master()
+    host.attach("kill", "-KILL", str(killed))
+    assert host.attach("pgrep", "-f", "nginx: worker process").stdout.strip(), "no orphan workers"
+    restarted(host, lambda: host.attach("systemctl", "restart", "hyperdrive"), "a restart")
+    wait_for(lambda: get(url) == (200, PAGE), 30, 0.2, "the app through a new nginx")
+    assert host.nginx_master() != killed
+    assert host.cgroup(host.nginx_master()) == "/system.slice/hyperdrive-nginx.scope"
