@@ -52,7 +52,9 @@ def test_restart_and_upgrade_fail_no_request(host: SystemdHost) -> None:
     nginx, ship = host.nginx_master(), host.status()["apps"][0]["ship"]
     ship_pid = host.ship_pid(ship)
     assert host.cgroup(nginx) == "/system.slice/hyperdrive-nginx.scope"
-    assert "hyperdrive.service" not in host.cgroup(ship_pid)
+    assert host.cgroup(ship_pid) == f"/lxc.payload.{ship}"  # LXC's own, outside the service
+    monitor = host.attach("pgrep", "-fx", f"\\[lxc monitor\\] /var/hyperdrive/containers {ship}")
+    assert host.cgroup(int(monitor.stdout)) == f"/lxc.monitor.{ship}"
 
     with Client(url) as client:
         time.sleep(1)
