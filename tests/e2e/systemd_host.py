@@ -88,13 +88,21 @@ def base_key(packages: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def base_container(packages: list[str]) -> tuple[Path, str]:
-    """(lxcpath, name) of the stopped base, built now if the cache lacks it (flock'd)."""
-    lxcpath, name = CACHE / "systemd-host", f"sd-{base_key(packages)}"
-    lxcpath.mkdir(parents=True, exist_ok=True)
-    with (lxcpath / ".lock").open("w") as lock:
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """One test run at a time fills the cache; the others wait, then use what it made."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def base_container(packages: list[str]) -> tuple[Path, str]:
+    """(lxcpath, name) of the stopped base, built now if the cache lacks it."""
+    lxcpath, name = CACHE / "systemd-host", f"sd-{base_key(packages)}"
+    with cache_lock():
         if not (lxcpath / name / "ready").exists():
+            lxcpath.mkdir(parents=True, exist_ok=True)
             _build_base(lxcpath, name, packages)
     return lxcpath, name
 
@@ -124,8 +132,13 @@ def wheelhouse() -> Path:
     pyproject.toml (bootstrap installs Hyperdrive itself from its source, offline)."""
     pyproject = (ROOT / "pyproject.toml").read_bytes()
     folder = CACHE / f"wheels-{hashlib.sha256(pyproject).hexdigest()[:12]}"
-    if (folder / "ready").exists():
-        return folder
+    with cache_lock():
+        if not (folder / "ready").exists():
+            _build_wheels(folder)
+    return folder
+
+
+def _build_wheels(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     _must([*pip, "wheel", "-w", str(folder), str(ROOT)], 600, cwd="/")
@@ -133,7 +146,6 @@ def wheelhouse() -> Path:
     for own in folder.glob("hyperdrive-*.whl"):
         own.unlink()
     (folder / "ready").write_text("ok\n")
-    return folder
 
 
 def free_subnet() -> IPv4Network:
