@@ -13,7 +13,7 @@ from typing import Any
 
 import watchfiles
 
-from hyperdrive import __version__
+from hyperdrive import __version__, systemd
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import KEYS, Config
@@ -146,6 +146,12 @@ def event_handlers() -> dict[type[ev.Event], list[EventHandler]]:
     return {}
 
 
+def nginx_for(config: Config) -> Nginx:
+    """Our nginx master; under systemd in its own scope, so it outlives the service's restart."""
+    scope = f"{config.name}-nginx" if systemd.booted() else None
+    return Nginx(config.nginx_dir, scope=scope)
+
+
 def pipeline_parts(config: Config) -> Parts:
     """The real adapters: LXC, nginx + nftables, git, the records on disk."""
     records = config.records_dir
@@ -154,7 +160,7 @@ def pipeline_parts(config: Config) -> Parts:
     return Parts(
         config=config,
         runtime=lxc,
-        routes=Routes(Nginx(config.nginx_dir), http_port=config.http_port, domain=config.domain),
+        routes=Routes(nginx_for(config), http_port=config.http_port, domain=config.domain),
         traffic=Traffic(config.name, bridge),
         ports=StablePorts(records / "ports.json"),
         ips=IpAllocator(records / "ips.json", config.subnet),

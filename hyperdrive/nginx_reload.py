@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jinja2
 
+from hyperdrive import systemd
 from hyperdrive.errors import InvalidName, ProxyError
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import run
@@ -195,12 +196,22 @@ class Nginx:
     """Hyperdrive's own nginx master under `prefix`: started daemonized, adopted from its pid file.
 
     It outlives the Python process on purpose: apps keep serving while the daemon is down.
+    Under systemd it runs in its own transient `<scope>.scope`, so a restart of the daemon's
+    service (which kills what is left in the service's cgroup) does not take nginx with it.
     """
 
-    def __init__(self, prefix: Path, *, binary: str = "nginx", timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        prefix: Path,
+        *,
+        binary: str = "nginx",
+        timeout: float = TIMEOUT,
+        scope: str | None = None,
+    ) -> None:
         self.prefix = prefix.absolute()
         self.binary = binary
         self.timeout = timeout
+        self.scope = systemd.check_unit(scope) if scope is not None else None
         self.pid_file = self.prefix / "run" / "nginx.pid"
         self.error_log = self.prefix / "logs" / "error.log"
         self.control_socket = self.prefix / "run" / "control.sock"
@@ -260,11 +271,15 @@ class Nginx:
         if shutil.which(self.binary) is None:
             raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
         self.control_socket.unlink(missing_ok=True)  # left by a master that was killed
+        argv = self.argv()
+        if self.scope is not None:
+            await systemd.stop_scope(self.scope)  # a dead master's workers still holding it
+            argv = systemd.scope_argv(self.scope, argv, f"Hyperdrive's nginx ({self.prefix})")
         # stdout/stderr to a file: the daemonized master would otherwise hold our pipe open
         start_log = self.prefix / "logs" / "start.log"
         with start_log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
             )
             try:
                 code = await asyncio.wait_for(proc.wait(), self.timeout)
