@@ -23,6 +23,7 @@ from hyperdrive.gitserver import GitServer
 from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
 from hyperdrive.keyring import KeyRing
 from hyperdrive.lxc_async import Lxc
+from hyperdrive.names import HEADQUARTERS
 from hyperdrive.network import IpAllocator, bridge_address
 from hyperdrive.nginx_reload import Nginx, Routes
 from hyperdrive.pipeline import events as ev
@@ -306,6 +307,8 @@ def _lifecycle(daemon: Daemon) -> None:
         await Recovery(daemon.pipeline, daemon.bus.emit).run()
 
     async def serve_ssh() -> None:
+        if daemon.headquarters.source.hosted:  # clone, edit, push works from the first start
+            await daemon.gitserver.ensure_repo(HEADQUARTERS)
         await daemon.gitserver.start()
         tasks.append(asyncio.create_task(watch_includes(daemon.config, daemon.spool, stop_watch)))
 
