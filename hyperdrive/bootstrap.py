@@ -249,7 +249,7 @@ def build(config: Config) -> Daemon:
     keyring = keyring_for(config)
 
     async def has_commits(app: str) -> bool:
-        branch = await parts.repos.default_branch(app)
+        branch = parts.fleet.orders(app).branch or await parts.repos.default_branch(app)
         return await parts.repos.resolve(app, branch) is not None
 
     headquarters = HeadquartersSync(config, parts.fleet, keyring, spool, has_commits)

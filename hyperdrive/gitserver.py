@@ -111,7 +111,8 @@ def create_repo(path: Path, hooks_dir: Path) -> bool:
     """Create a bare repo at `path` wired to our post-receive hook; False if it already exists.
 
     Its HEAD names `main` until the first push: the post-receive hook then points it at the
-    first branch pushed (`main`, `master`, whatever the pusher's git made). Built in a temporary folder and renamed into place, so two first pushes cannot both win.
+    first branch pushed (`main`, `master`, whatever the pusher's git made). Built in a
+    temporary folder and renamed into place, so two first pushes cannot both win.
     """
     if path.is_dir():
         return False

@@ -22,7 +22,7 @@ from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
 from hyperdrive.names import HEADQUARTERS, check_ref, check_sha, repo_name
 from hyperdrive.outcomes import OUTCOMES
-from hyperdrive.repos import adopt_pushed_branch, head_branch
+from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 
 WAIT_S = 30 * 60.0
@@ -205,15 +205,6 @@ def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: fl
     return not printer.gone
 
 
-def _adopt(git_dir: Path, app: str, updates: list[RefUpdate], out: TextIO) -> None:
-    """Before any trigger: a repo whose HEAD names no branch yet takes the first one pushed
-    as its default, so the deploy that follows reads the branch the app was created with."""
-    before = head_branch(git_dir)
-    branch = adopt_pushed_branch(git_dir, [(u.ref, u.new) for u in updates])
-    if branch is not None and branch != before:
-        _say(out, f"-----> {app}'s default branch is now {branch} (the first branch pushed)")
-
-
 def _announce(trigger: Trigger, out: TextIO) -> None:
     new, ref = str(trigger.data["new"]), str(trigger.data["ref"])
     what = trigger.app or HEADQUARTERS
@@ -230,7 +221,9 @@ def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float
     try:
         app = app_of(env)
         updates = parse_updates(lines, out)
-        _adopt(Path(env.get("GIT_DIR") or "."), app, updates, out)
+        # Before any trigger: a repo whose HEAD names no branch yet takes the first one
+        # pushed as its default, so the deploy that follows reads the branch it was made with.
+        adopt_pushed_branch(Path(env.get("GIT_DIR") or "."), [(u.ref, u.new) for u in updates])
         triggers = [make_trigger(app, env.get("HYPERDRIVE_ADMIRAL", ""), u) for u in updates]
         for trigger in triggers:
             write_incoming(Path(spool), trigger)
