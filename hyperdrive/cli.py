@@ -140,8 +140,8 @@ def status_view(status: dict[str, Any]) -> list[RenderableType]:
 
 def _squadron_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
     hq = str(status["headquarters"])
-    if status.get("headquarters_sha"):
-        hq += f" at {str(status['headquarters_sha'])[:7]}"
+    sha = status.get("headquarters_sha")
+    hq += f" at {str(sha)[:7]}" if sha else ", nothing in force yet"
     ports = f"ssh {status['ssh']}, api {status['api']}, http :{status['http_port']}"
     pending = f"{status['pending']} triggers, {status['inflight']} deploys in flight"
     return [("listening", ports), ("headquarters", hq), ("pending", pending)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -37,10 +38,30 @@ def healthz(port: int) -> bool:
         return False
 
 
+def clone_headquarters(private_key: Path, ssh_port: int, target: Path) -> str:
+    """What the README's first HQ step does, with the real git and ssh clients."""
+    ssh = shlex.join([
+        "ssh", "-F", "/dev/null", "-i", str(private_key), "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+    ])  # fmt: skip
+    url = f"ssh://git@127.0.0.1:{ssh_port}/headquarters"
+    result = subprocess.run(
+        ["git", "clone", url, str(target)], env={**os.environ, "GIT_SSH_COMMAND": ssh},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, f"git clone {url}: {result.stderr}"
+    return result.stderr
+
+
 def test_install_upgrade_uninstall(tmp_path: Path) -> None:
+    secret = asyncssh.generate_private_key("ssh-ed25519")
+    private = tmp_path / "alice"
+    private.write_bytes(secret.export_private_key())
+    private.chmod(0o600)
     key = tmp_path / "alice.pub"
-    key.write_text(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode())
-    api = free_port()
+    key.write_text(secret.export_public_key().decode())
+    api, ssh_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
     env.update(
         HYPERDRIVE_PREFIX=str(tmp_path / "opt"),
@@ -53,7 +74,7 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         HYPERDRIVE_DATA=str(tmp_path / "data"),
         HYPERDRIVE_VAR=str(tmp_path / "var"),
         HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
-        HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{free_port()}",
+        HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
         HYPERDRIVE_HTTP_PORT=str(free_port()),
     )
     (tmp_path / "bin").mkdir()
@@ -73,6 +94,8 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
             ).stdout
         )
         assert status["api"] == f"127.0.0.1:{api}"
+        cloned = clone_headquarters(private, ssh_port, tmp_path / "hq")
+        assert "cloned an empty repository" in cloned, "headquarters exists from the first start"
         doctor = subprocess.run([hd, "doctor"], env=env, capture_output=True, text=True, timeout=30)
         assert "daemon: running" in doctor.stdout
         admirals = (tmp_path / "etc" / "admirals.pub").read_text()

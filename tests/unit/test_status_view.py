@@ -79,4 +79,6 @@ def test_the_same_facts_at_any_width() -> None:
 
 
 def test_no_apps_says_how_to_start() -> None:
-    assert "no apps yet: push one" in render(status([]), 80)
+    text = render({**status([]), "headquarters_sha": None}, 80)
+    assert "no apps yet: push one" in text
+    assert "hosted here, nothing in force yet" in text
