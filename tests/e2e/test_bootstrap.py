@@ -76,6 +76,7 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
         HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
         HYPERDRIVE_HTTP_PORT=str(free_port()),
+        COLUMNS="80",  # `hd`'s output for people as with no terminal, whatever runs the tests
     )
     (tmp_path / "bin").mkdir()
     try:
