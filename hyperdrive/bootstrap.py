@@ -22,6 +22,7 @@ from hyperdrive.gitserver import GitServer, package_hooks
 from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
 from hyperdrive.keyring import KeyRing
 from hyperdrive.lxc_async import Lxc
+from hyperdrive.names import HEADQUARTERS
 from hyperdrive.network import IpAllocator, bridge_address
 from hyperdrive.nginx_reload import Nginx, Routes
 from hyperdrive.pipeline import events as ev
@@ -249,7 +250,7 @@ def build(config: Config) -> Daemon:
     keyring = keyring_for(config)
 
     async def has_commits(app: str) -> bool:
-        branch = await parts.repos.default_branch(app)
+        branch = parts.fleet.orders(app).branch or await parts.repos.default_branch(app)
         return await parts.repos.resolve(app, branch) is not None
 
     headquarters = HeadquartersSync(config, parts.fleet, keyring, spool, has_commits)
@@ -307,6 +308,8 @@ def _lifecycle(daemon: Daemon) -> None:
         await Recovery(daemon.pipeline, daemon.bus.emit).run()
 
     async def serve_ssh() -> None:
+        if daemon.headquarters.source.hosted:  # clone, edit, push works from the first start
+            await daemon.gitserver.ensure_repo(HEADQUARTERS)
         await daemon.gitserver.start()
         tasks.append(asyncio.create_task(watch_includes(daemon.config, daemon.spool, stop_watch)))
 

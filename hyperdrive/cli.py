@@ -19,6 +19,7 @@ from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.render import describe
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
     from rich.table import Table
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
@@ -107,29 +108,65 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     from rich.console import Console  # noqa: PLC0415 - rich costs ~25 ms: only for people
 
-    console = Console()
-    console.print(
-        f"[bold]{status['name']}[/] {status['version']} (pid {status['pid']}) "
-        f"ssh {status['ssh']} api {status['api']} http :{status['http_port']}"
-    )
-    console.print(
-        f"headquarters: {status['headquarters']}   pending triggers: "
-        f"{status['pending']}   deploys in flight: {status['inflight']}"
-    )
-    console.print(_apps_table(status.get("apps", [])))
+    console = Console(highlight=False)
+    for part in status_view(status):
+        console.print(part)
     return EXIT_OK
 
 
-APP_COLUMNS = ("app", "ship", "sha", "since", "url", "last deploy", "orders")
+# Each app is a block of `label  value` lines: nothing has to share a line with a ship name,
+# so at 80 columns (rich's width without a terminal) nothing is cut; a long value wraps.
+APP_FIELDS = (
+    ("ship", "ship"),  # `<name>-<app>-<sha7>`: the commit is in its name
+    ("since", "since"),
+    ("last deploy", "last_deploy"),
+    ("orders", "orders"),
+)
 
 
-def _apps_table(apps: list[dict[str, Any]]) -> Table:
-    from rich.table import Table  # noqa: PLC0415 - rich costs ~25 ms: only for tables
+def status_view(status: dict[str, Any]) -> list[RenderableType]:
+    """What `hd status` prints: the squadron, then one block per app."""
+    from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
 
-    table = Table(*APP_COLUMNS, title=None if apps else "no apps yet: push one (see README)")
+    head = Text(f"{status['name']} {status['version']} (pid {status['pid']})", style="bold")
+    parts: list[RenderableType] = [head, _grid(_squadron_rows(status))]
+    apps = status.get("apps", [])
+    if not apps:
+        parts.append(Text("no apps yet: push one (see README, Your first app)"))
     for app in apps:
-        table.add_row(*(str(app.get(col.replace(" ", "_"), "") or "-") for col in APP_COLUMNS))
-    return table
+        parts += [Text(""), *_app_block(app)]
+    return parts
+
+
+def _squadron_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
+    hq = str(status["headquarters"])
+    sha = status.get("headquarters_sha")
+    hq += f" at {str(sha)[:7]}" if sha else ", nothing in force yet"
+    ports = f"ssh {status['ssh']}, api {status['api']}, http :{status['http_port']}"
+    pending = f"{status['pending']} triggers, {status['inflight']} deploys in flight"
+    return [("listening", ports), ("headquarters", hq), ("pending", pending)]
+
+
+def _app_block(app: dict[str, Any]) -> list[RenderableType]:
+    from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
+    title = Text(str(app["app"]), style="bold")
+    title.append(f"  {app.get('url') or 'not served'}", style="")
+    rows = [(label, str(app.get(key) or "-")) for label, key in APP_FIELDS]
+    return [title, _grid(rows)]
+
+
+def _grid(rows: list[tuple[str, str]]) -> Table:
+    """Two columns, labels and values; a value too long for the line wraps (or folds)."""
+    from rich.table import Table  # noqa: PLC0415 - rich costs ~25 ms: only for tables
+    from rich.text import Text  # noqa: PLC0415
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="dim")
+    grid.add_column(overflow="fold")
+    for label, value in rows:
+        grid.add_row(Text(f"  {label}"), Text(value))
+    return grid
 
 
 def cmd_logs(args: argparse.Namespace, config: Config) -> int:

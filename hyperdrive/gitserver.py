@@ -1,4 +1,4 @@
-"""Git over SSH and admiral commands: the asyncssh server behind `git push hyperdrive master`.
+"""Git over SSH and admiral commands: the asyncssh server behind `git push hyperdrive main`.
 
 Only admirals get in (public keys from the KeyRing). A command is parsed with shlex, the repo
 name is validated here, once, and the real git program serves the pack on `git_root/<app>.git`
@@ -32,6 +32,7 @@ from dulwich.repo import Repo
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
+from hyperdrive.repos import DEFAULT_BRANCH
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,9 @@ def check_hooks(folder: Path) -> None:
 def create_repo(path: Path, hooks_dir: Path) -> bool:
     """Create a bare repo at `path` wired to our post-receive hook; False if it already exists.
 
-    Built in a temporary folder and renamed into place, so two first pushes cannot both win.
+    Its HEAD names `main` until the first push: the post-receive hook then points it at the
+    first branch pushed (`main`, `master`, whatever the pusher's git made). Built in a
+    temporary folder and renamed into place, so two first pushes cannot both win.
     """
     if path.is_dir():
         return False
@@ -151,7 +154,7 @@ def create_repo(path: Path, hooks_dir: Path) -> bool:
 def _init_bare(path: Path, hooks_dir: Path) -> None:
     repo = Repo.init_bare(str(path))
     try:
-        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/master"))
+        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{DEFAULT_BRANCH}".encode()))
         config = repo.get_config()
         config.set((b"core",), b"hooksPath", str(hooks_dir).encode())
         config.set((b"receive",), b"advertisePushOptions", True)
@@ -407,6 +410,10 @@ class GitServer:
             await self._create(request.app, repo)
         env = self._git_env(request.app, admiral, process.env)
         return await run_git(request.service, repo, env, process)
+
+    async def ensure_repo(self, app: str) -> None:
+        """Create the hosted repo `app` now if it is missing (headquarters, at first start)."""
+        await self._create(app, self.git_root / f"{repo_name(app)}.git")
 
     async def _create(self, app: str, repo: Path) -> None:
         """First push of an app: create its bare repo (one creator per name at a time)."""

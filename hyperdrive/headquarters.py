@@ -244,7 +244,26 @@ def _autodeploy(draft: _Draft, args: list[str], line: int) -> None:
     branch = fragment or (args[1] if len(args) == 2 else None)
     url, branch = _git_url(url), _branch(branch) if branch is not None else None
     draft.once("autodeploy", line)
-    draft.url, draft.branch = url, branch
+    if branch is not None:
+        _one_branch(draft, "autodeploy", line)
+        draft.branch = branch
+    draft.url = url
+
+
+def _branch_directive(draft: _Draft, args: list[str], line: int) -> None:
+    """`branch <name>`: the branch (or tag) that deploys, for a repo hosted here or remote."""
+    if len(args) != 1:
+        raise _Bad("branch takes one branch or tag name")
+    draft.once("branch", line)
+    _one_branch(draft, "branch", line)
+    draft.branch = _branch(args[0])
+
+
+def _one_branch(draft: _Draft, directive: str, line: int) -> None:
+    """A branch may be named once: by `branch` or by `autodeploy`, not both."""
+    other = "autodeploy" if directive == "branch" else "branch"
+    if draft.branch is not None and other in draft.lines:
+        raise _Bad(f"branch given twice (also by {other} on line {draft.lines[other]})")
 
 
 def _git_url(url: str) -> str:
@@ -367,6 +386,7 @@ def _cpus(draft: _Draft, args: list[str], line: int) -> None:
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
+    "branch": _branch_directive,
     "export": _export,
     "hull": _hull,
     "healthcheck": _healthcheck,

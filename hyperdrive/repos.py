@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
@@ -18,6 +19,8 @@ from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.procs import check_output
 
 FETCH_TIMEOUT_S = 300.0
+DEFAULT_BRANCH = "main"  # what HEAD of a repo made here names until a push writes a branch
+ZERO = "0" * 40
 ARCHIVE_TIMEOUT_S = 300.0
 ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
 
@@ -50,9 +53,9 @@ class GitRepos:
         return await asyncio.to_thread(_resolve, path, ref)
 
     async def default_branch(self, app: str, remote: bool = False) -> str:
-        """The branch HEAD names in the repo (master for repos made here)."""
+        """The branch HEAD names in the repo: for a repo made here, the first branch pushed."""
         path = self.repo_for(app, remote)
-        return await asyncio.to_thread(_head_branch, path)
+        return await asyncio.to_thread(head_branch, path)
 
     async def export(self, app: str, sha: str, target: Path, remote: bool = False) -> None:
         """Write the tree of `sha` into `target` (git archive | tar -x)."""
@@ -154,10 +157,44 @@ def _resolve(path: Path, ref: str) -> str | None:
             return None
 
 
-def _head_branch(path: Path) -> str:
+def head_branch(path: Path) -> str:
+    """The branch a repo's HEAD names, which may not exist yet."""
     try:
         head = (path / "HEAD").read_text().strip()
     except OSError:
-        return "master"
+        return DEFAULT_BRANCH
     prefix = "ref: refs/heads/"
-    return head[len(prefix) :] if head.startswith(prefix) else "master"
+    return head[len(prefix) :] if head.startswith(prefix) else DEFAULT_BRANCH
+
+
+def branch_after_push(head: str, head_exists: bool, updates: Iterable[tuple[str, str]]) -> str:
+    """GitHub's rule for a repo's default branch: HEAD's branch while it exists, else the
+    first branch a push writes (so a first push of `main` or `master` is what deploys).
+
+    `updates` are (ref, new sha) in the order git reports them; `head_exists` is whether
+    HEAD's branch exists once the push has landed.
+    """
+    if head_exists:
+        return head
+    for ref, new in updates:
+        if ref.startswith("refs/heads/") and new != ZERO:
+            return ref.removeprefix("refs/heads/")
+    return head
+
+
+def adopt_pushed_branch(path: Path, updates: Iterable[tuple[str, str]]) -> str | None:
+    """After a push landed: point HEAD at the branch `branch_after_push` names; that branch,
+    or None when `path` is not a bare repo."""
+    if not (path / "HEAD").is_file():
+        return None
+    try:
+        repo = Repo(str(path))
+    except NotGitRepository:
+        return None
+    with repo:
+        head = head_branch(path)
+        exists = Ref(f"refs/heads/{head}".encode()) in repo.refs
+        branch = branch_after_push(head, exists, updates)
+        if branch != head:
+            repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{branch}".encode()))
+        return branch

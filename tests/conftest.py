@@ -145,7 +145,9 @@ def make_daemon(root: Path, **extra: str) -> Daemon:
         f"HYPERDRIVE_ADMIRAL_KEYS={root / 'admirals.pub'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
-    env.update({"HYPERDRIVE_CONFIG": str(conf), "PYTHONPATH": str(ROOT), **extra})
+    # `hd`'s output for people is as wide as with no terminal, whatever runs the tests
+    env.update({"HYPERDRIVE_CONFIG": str(conf), "PYTHONPATH": str(ROOT), "COLUMNS": "80"})
+    env.update(extra)
     env["HYPERDRIVE_DATA"] = str(root / "data")
     env["HYPERDRIVE_VAR"] = str(root / "var")
     return Daemon(root, env, api, ssh, http)

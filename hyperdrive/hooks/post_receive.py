@@ -22,6 +22,7 @@ from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
 from hyperdrive.names import HEADQUARTERS, check_ref, check_sha, repo_name
 from hyperdrive.outcomes import OUTCOMES
+from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 
 WAIT_S = 30 * 60.0
@@ -145,6 +146,7 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "BuildFailed": _failed,
     "HealthCheckFailed": _failed,
     "DeploySuperseded": _superseded,
+    "TriggerIgnored": lambda event: f"-----> {_message(event)}",
 }
 
 
@@ -219,6 +221,9 @@ def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float
     try:
         app = app_of(env)
         updates = parse_updates(lines, out)
+        # Before any trigger: a repo whose HEAD names no branch yet takes the first one
+        # pushed as its default, so the deploy that follows reads the branch it was made with.
+        adopt_pushed_branch(Path(env.get("GIT_DIR") or "."), [(u.ref, u.new) for u in updates])
         triggers = [make_trigger(app, env.get("HYPERDRIVE_ADMIRAL", ""), u) for u in updates]
         for trigger in triggers:
             write_incoming(Path(spool), trigger)

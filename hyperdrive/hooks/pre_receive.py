@@ -1,5 +1,6 @@
 """git's pre-receive hook for the hosted headquarters: check a push before it lands.
 
+Headquarters follows its default branch (HEAD; on the first push, the first branch pushed).
 Every orders file is parsed, ports, servernames and names must not collide, and a push that
 would leave no admiral key is refused — all with `file:line: message` lines. A good push is
 told the plan it will carry out. Pushes to app repos pass untouched.
@@ -13,6 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
+from dulwich.errors import NotGitRepository
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
 from hyperdrive import config as configuration
 from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters import (
@@ -24,9 +29,9 @@ from hyperdrive.headquarters import (
 )
 from hyperdrive.keyring import parse_keys
 from hyperdrive.names import HEADQUARTERS
+from hyperdrive.repos import branch_after_push, head_branch
 
 ZERO = "0" * 40
-HQ_REF = "refs/heads/master"
 
 
 def _bootstrap_keys(path: Path) -> bool:
@@ -52,14 +57,33 @@ def _includes(folder: Path, out: TextIO) -> dict[str, str]:
         return {}
 
 
+def followed_branch(repo: Path, updates: list[tuple[str, str, str]]) -> str:
+    """The branch HQ follows once this push lands: HEAD's, or on a first push the first pushed."""
+    head = head_branch(repo)
+    pushed = {ref: new for _, new, ref in updates}
+    ref = f"refs/heads/{head}"
+    exists = pushed[ref] != ZERO if ref in pushed else _has_ref(repo, ref)
+    return branch_after_push(head, exists, [(ref, new) for _, new, ref in updates])
+
+
+def _has_ref(repo: Path, ref: str) -> bool:
+    try:
+        with Repo(str(repo)) as git:
+            return Ref(ref.encode()) in git.refs
+    except NotGitRepository:
+        return False
+
+
 def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: TextIO) -> int:
     """0 to accept the push, 1 to refuse it; says why either way."""
     config = configuration.load(environ=env)
+    branch = followed_branch(Path(env.get("GIT_DIR") or "."), updates)
     for old, new, ref in updates:
-        if ref != HQ_REF:
+        if ref != f"refs/heads/{branch}":
+            out.write(f"hyperdrive: {ref} is not headquarters: headquarters follows {branch}\n")
             continue
         if new == ZERO:
-            out.write("hyperdrive: headquarters' master branch cannot be deleted\n")
+            out.write(f"hyperdrive: headquarters' branch {branch} cannot be deleted\n")
             return 1
         fresh = _read(new, config.hull, env)
         reserved = {

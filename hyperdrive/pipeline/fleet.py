@@ -50,7 +50,7 @@ class Fleet:
         orders = self.orders(app)
         source = orders.autodeploy_url or "hosted here"
         if orders.branch:
-            source += f"#{orders.branch}"
+            source += f"#{orders.branch}" if orders.autodeploy_url else f", branch {orders.branch}"
         line = f"{source}, PORT {orders.port}, hull {orders.hull}"
         if rejected:
             return {"orders": f"{line}; new orders REJECTED: {rejected}", "rejected": rejected}

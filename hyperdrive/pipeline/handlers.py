@@ -134,6 +134,24 @@ class Job:
         self.ctx.emit(event(**{**base, **fields, "message": message}))  # type: ignore[arg-type]
 
 
+def not_deployed(app: str, ref: str, branch: str, orders: Orders) -> str:
+    """What a pusher of another branch is told: which branch deploys, and how to change it."""
+    name = ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+    if orders.branch:
+        why = "as its orders say"
+    elif orders.hosted_here:
+        why = "its default branch: the first branch pushed"
+    else:
+        why = f"the default branch of {orders.autodeploy_url}"
+    how = f"name it in headquarters' {app}/orders: `branch {name}`"
+    if orders.branch:
+        how = f"name it in headquarters' {app}/orders instead of {branch}"
+    if orders.hosted_here and ref.startswith("refs/heads/"):
+        how = f"push it as {branch} (`git push hyperdrive {name}:{branch}`) or {how}"
+    stored = "stored" if orders.hosted_here else "pushed"
+    return f"{name} {stored}, not deployed: {app} deploys {branch} ({why}); to deploy {name}, {how}"
+
+
 class Pipeline:
     """Command handlers for Deploy, Retire, Rollback, Assemble and Launch."""
 
@@ -222,9 +240,7 @@ class Pipeline:
             branch = orders.branch or await self._default_branch(cmd.app, orders)
         followed = (f"refs/heads/{branch}", f"refs/tags/{branch}")  # orders may name a tag
         if cmd.ref is not None and cmd.ref not in followed:
-            job.emit(
-                ev.TriggerIgnored, f"{cmd.ref} pushed; {cmd.app} deploys {branch}", kind="push"
-            )
+            job.emit(ev.TriggerIgnored, not_deployed(cmd.app, cmd.ref, branch, orders), kind="push")
             return None
         ref = cmd.ref or branch
         async with self._stage("fetch"):

@@ -141,13 +141,14 @@ class HeadquartersSync:
     async def _fetch(self, source: Source) -> tuple[Path, str | None]:
         """The repo to read and the commit to read in it.
 
-        Hosted: the tip of master, never the pushed sha a trigger names — only master passes
-        the pre-receive check, so a push to another HQ branch must not become the HQ in force
-        (and two quick pushes both read the newest).
+        Hosted: the tip of the branch HEAD names (the first branch pushed), never the pushed
+        sha a trigger names — only that branch passes the pre-receive check, so a push to
+        another HQ branch must not become the HQ in force (and two quick pushes both read the
+        newest).
         """
         if source.hosted:
             repo = self.hosted_repo
-            return repo, await _resolve(repo, "refs/heads/master")
+            return repo, await _resolve(repo, "HEAD")
         return await self._fetch_remote(source)
 
     async def _fetch_remote(self, source: Source) -> tuple[Path, str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -79,6 +80,7 @@ def scratch_env(tmp_path: Path) -> tuple[dict[str, str], int]:
         HYPERDRIVE_API_LISTEN=f"127.0.0.1:{api}",
         HYPERDRIVE_SSH_LISTEN=f"127.0.0.1:{free_port()}",
         HYPERDRIVE_HTTP_PORT=str(free_port()),
+        COLUMNS="80",  # `hd`'s output for people as with no terminal, whatever runs the tests
     )
     (tmp_path / "bin").mkdir()
     return env, api
@@ -98,10 +100,31 @@ def healthz(port: int) -> bool:
         return False
 
 
+def clone_headquarters(private_key: Path, ssh_port: int, target: Path) -> str:
+    """What the README's first HQ step does, with the real git and ssh clients."""
+    ssh = shlex.join([
+        "ssh", "-F", "/dev/null", "-i", str(private_key), "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+    ])  # fmt: skip
+    url = f"ssh://git@127.0.0.1:{ssh_port}/headquarters"
+    result = subprocess.run(
+        ["git", "clone", url, str(target)], env={**os.environ, "GIT_SSH_COMMAND": ssh},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, f"git clone {url}: {result.stderr}"
+    return result.stderr
+
+
 def test_install_upgrade_uninstall(tmp_path: Path) -> None:
+    secret = asyncssh.generate_private_key("ssh-ed25519")
+    private = tmp_path / "alice"
+    private.write_bytes(secret.export_private_key())
+    private.chmod(0o600)
     key = tmp_path / "alice.pub"
-    key.write_text(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode())
+    key.write_text(secret.export_public_key().decode())
     env, api = scratch_env(tmp_path)
+    ssh_port = int(env["HYPERDRIVE_SSH_LISTEN"].rsplit(":", 1)[1])
     systemd = unit_tree(tmp_path / "systemd", enabled=True)
     try:
         installed = run_bootstrap(env, "--admiral-key", str(key))
@@ -125,6 +148,8 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
             ).stdout
         )
         assert status["api"] == f"127.0.0.1:{api}"
+        cloned = clone_headquarters(private, ssh_port, tmp_path / "hq")
+        assert "cloned an empty repository" in cloned, "headquarters exists from the first start"
         doctor = subprocess.run([hd, "doctor"], env=env, capture_output=True, text=True, timeout=30)
         assert "daemon: running" in doctor.stdout
         admirals = (tmp_path / "etc" / "admirals.pub").read_text()

@@ -141,12 +141,13 @@ def order(d: Daemon, work: Path, orders: dict[str, str]) -> None:
     """Push `<app>/orders` to the hosted headquarters, as an admiral's push would."""
     hq = AppRepo(d, "headquarters", work)
     sha = hq.commit({f"{app}/orders": text for app, text in orders.items()}, "orders")
-    git("push", "-q", "-f", str(hq.bare), f"{sha}:refs/heads/master", cwd=work)
+    ref = git("symbolic-ref", "HEAD", cwd=hq.bare)  # the branch HQ follows (made at start)
+    git("push", "-q", "-f", str(hq.bare), f"{sha}:{ref}", cwd=work)
     trigger = Trigger(
         new_trigger_id("push"),
         "hq",
         None,
-        {"ref": "refs/heads/master", "old": "0" * 40, "new": sha, "admiral": "test"},
+        {"ref": ref, "old": "0" * 40, "new": sha, "admiral": "test"},
         time.time(),
     )
     write_incoming(d.data / "spool", trigger)

@@ -141,3 +141,47 @@ def test_bad_headquarters_push_is_refused_with_file_and_line(
         timeout=10,
     )
     assert refs.stdout.strip() == "", "a refused push must not move any ref"
+
+
+def test_first_start_clone_headquarters_add_a_key_push_then_push_main(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    """The README's first steps on a squadron that just started: no restart anywhere."""
+    d, lead = fleet
+    hq = tmp_path / "hq"
+    cloned = lead.git("clone", lead.remote("headquarters"), str(hq), cwd=tmp_path)
+    assert "cloned an empty repository" in cloned.stderr
+    alice = Admiral(d, keygen(tmp_path / "alice"))
+    alice_pub = Path(f"{alice.key}.pub").read_text()
+    lead.commit(hq, {"authorized_keys/alice.pub": alice_pub, "web/orders": "healthcheck / 5\n"})
+    pushed = lead.git("push", cwd=hq)  # a plain `git push`: the clone tracks HQ's branch
+    assert "headquarters accepted" in pushed.stderr, pushed.stderr
+    d.wait_event("AdmiralsChanged", admirals=["alice"])
+    alice.ssh("status")
+
+    work = tmp_path / "web"
+    work.mkdir()
+    alice.git("init", "-q", "-b", "main", cwd=work)
+    alice.git("remote", "add", "hyperdrive", alice.remote("web"), cwd=work)
+    alice.commit(work, {"index.html": "on main\n"})
+    pushed = alice.git("push", "hyperdrive", "main", cwd=work)
+    assert "web deployed" in pushed.stderr, pushed.stderr
+    assert http_get(d.http_port, "/web/") == (200, "on main\n")
+
+    alice.git("checkout", "-q", "-b", "feature", cwd=work)
+    alice.commit(work, {"index.html": "on feature\n"})
+    other = alice.git("push", "hyperdrive", "feature", cwd=work).stderr
+    assert "feature stored, not deployed: web deploys main" in other, other
+    assert "`git push hyperdrive feature:main`" in other
+    assert "headquarters' web/orders: `branch feature`" in other
+    assert http_get(d.http_port, "/web/") == (200, "on main\n")
+
+    lead.commit(hq, {"web/orders": "healthcheck / 5\nbranch feature\n"})
+    pushed = lead.git("push", cwd=hq)
+    assert "web: redeploy (branch (default)→feature)" in pushed.stderr, pushed.stderr
+    wait_for(
+        lambda: http_get(d.http_port, "/web/") == (200, "on feature\n"),
+        90,
+        0.2,
+        f"web to deploy its orders' branch; log: {d.log()}",
+    )

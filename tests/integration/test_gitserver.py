@@ -203,6 +203,44 @@ async def test_headquarters_push_is_an_hq_trigger(rig: Rig) -> None:
     assert trigger["data"]["new"] == sha  # type: ignore[index]
 
 
+async def test_a_first_push_of_main_makes_main_the_default_branch(rig: Rig) -> None:
+    tree = rig.tmp / "tree"
+    await check("git", "init", "-q", "-b", "main", tree, env=rig.env)
+    sha = await commit(tree, rig.env, {"index.html": b"hi\n"})
+    pushed = await run("git", "push", rig.url("web"), "main", cwd=tree, env=rig.env)
+    assert pushed.returncode == 0, pushed.output
+    head = await check("git", "symbolic-ref", "HEAD", cwd=rig.git_root / "web.git")
+    assert head.stdout.strip() == "refs/heads/main"
+    assert [t["data"]["ref"] for t in triggers(rig.spool)] == ["refs/heads/main"]  # type: ignore[index]
+    other = await run("git", "push", rig.url("web"), "main:master", cwd=tree, env=rig.env)
+    assert other.returncode == 0, other.output
+    head = await check("git", "symbolic-ref", "HEAD", cwd=rig.git_root / "web.git")
+    assert head.stdout.strip() == "refs/heads/main", "a later branch does not move HEAD"
+    assert sha
+
+
+async def test_an_empty_headquarters_clones_and_a_plain_git_push_is_checked(rig: Rig) -> None:
+    await rig.server.ensure_repo("headquarters")
+    clone = rig.tmp / "hq"
+    cloned = await run("git", "clone", rig.url("headquarters"), clone, env=rig.env)
+    assert cloned.returncode == 0, cloned.output
+    assert "cloned an empty repository" in cloned.stderr
+    branch = await check("git", "branch", "--show-current", cwd=clone)
+    assert branch.stdout.strip() == "main"
+    admiral = Path(f"{rig.key}.pub").read_bytes()
+    files = {"authorized_keys/me.pub": admiral, "web/orders": b"healthcheck /\n"}
+    sha = await commit(clone, rig.env, files)
+    pushed = await run("git", "push", cwd=clone, env=rig.env)
+    assert pushed.returncode == 0, pushed.output
+    assert "web: deploy" in pushed.stderr, pushed.output
+    assert [t["data"]["new"] for t in triggers(rig.spool)] == [sha]  # type: ignore[index]
+    await check("git", "checkout", "-q", "-b", "draft", cwd=clone, env=rig.env)
+    draft = await run("git", "push", "origin", "draft", cwd=clone, env=rig.env)
+    assert draft.returncode == 0, draft.output
+    assert "refs/heads/draft is not headquarters: headquarters follows main" in draft.stderr
+    assert "web: deploy" not in draft.stderr
+
+
 async def test_nowait_queues_without_waiting(rig: Rig) -> None:
     tree = rig.tmp / "tree"
     sha = await work_tree(tree, rig.env, {"a": b"a"})

@@ -91,6 +91,30 @@ def test_bad_autodeploy(line: str, says: str) -> None:
     assert says in err.message
 
 
+def test_branch_names_the_deploy_branch_of_a_hosted_or_remote_repo() -> None:
+    hosted = parse("branch main")
+    assert (hosted.hosted_here, hosted.branch) == (True, "main")
+    remote = parse("autodeploy https://x/y.git\nbranch release/1.2")
+    assert (remote.autodeploy_url, remote.branch) == ("https://x/y.git", "release/1.2")
+    assert parse("branch v1.0").branch == "v1.0"  # a tag deploys too
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        ("branch", 1, "one branch or tag name"),
+        ("branch a b", 1, "one branch or tag name"),
+        ("branch a..b", 1, "invalid branch name"),
+        ("branch a\nbranch b", 2, "duplicate branch (first on line 1)"),
+        ("autodeploy https://x/y.git#dev\nbranch main", 2, "also by autodeploy on line 1"),
+        ("branch main\nautodeploy https://x/y.git dev", 2, "also by branch on line 1"),
+    ],
+)
+def test_bad_branch(text: str, line: int, says: str) -> None:
+    err = rejected(text)
+    assert (err.line, says in err.message) == (line, True), err.message
+
+
 def test_export_with_quoting_and_hashes() -> None:
     orders = parse(
         """export GREETING="hello world # not a comment" TOKEN=a#b EMPTY=\nexport Q='it''s'"""

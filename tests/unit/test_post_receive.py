@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dulwich.refs import Ref
+from dulwich.repo import Repo
 
 from hyperdrive.errors import DaemonUnavailable
 from hyperdrive.gitserver import package_hooks
+from hyperdrive.headquarters import parse_orders
 from hyperdrive.hooks import post_receive as hook
+from hyperdrive.pipeline.handlers import not_deployed
 from hyperdrive.triggers import Trigger
 
 A, B, ZERO = "a" * 40, "b" * 40, "0" * 40
@@ -186,3 +190,48 @@ def test_the_hook_program_exits_0_quietly_when_the_pusher_is_gone(tmp_path: Path
     os.close(write_end)
     assert (done.returncode, done.stderr) == (0, b"")
     assert len(incoming(tmp_path)) == 1
+
+
+def bare_repo(path: Path, head: str, branches: tuple[str, ...] = ()) -> Path:
+    """A bare repo whose HEAD names `head` and whose `branches` exist (refs only)."""
+    repo = Repo.init_bare(str(path), mkdir=True)
+    with repo:
+        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{head}".encode()))
+        for branch in branches:
+            repo.refs[Ref(f"refs/heads/{branch}".encode())] = A.encode()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("head", "branches", "pushed", "after"),
+    [
+        ("main", ("master",), ["refs/tags/v1", "refs/heads/master"], "master"),  # first push
+        ("main", ("main", "master"), ["refs/heads/master"], "main"),  # HEAD's branch exists
+        ("master", ("main",), ["refs/heads/main"], "main"),  # made before this rule: repaired
+        ("main", (), ["refs/tags/v1"], "main"),  # no branch pushed: HEAD stays
+    ],
+)
+def test_a_repo_takes_the_first_branch_pushed_as_its_default(
+    tmp_path: Path, head: str, branches: tuple[str, ...], pushed: list[str], after: str
+) -> None:
+    repo = bare_repo(tmp_path / "web.git", head, branches)
+    env = {**env_for(tmp_path / "spool"), "GIT_DIR": str(repo)}
+    assert hook.run([f"{ZERO} {B} {ref}\n" for ref in pushed], io.StringIO(), env) == 0
+    assert (repo / "HEAD").read_text() == f"ref: refs/heads/{after}\n"
+
+
+def test_a_push_to_another_branch_is_told_what_deploys_and_how_to_change_it() -> None:
+    hosted = parse_orders("", "web/orders")
+    message = not_deployed("web", "refs/heads/feature", "main", hosted)
+    assert message == (
+        "feature stored, not deployed: web deploys main (its default branch: the first branch "
+        "pushed); to deploy feature, push it as main (`git push hyperdrive feature:main`) or "
+        "name it in headquarters' web/orders: `branch feature`"
+    )
+    event = {"event": "TriggerIgnored", "app": "web", "message": message}
+    assert hook.format_event(event) == f"-----> {message}"
+    remote = parse_orders("autodeploy https://x/y.git#trunk", "web/orders")
+    assert not_deployed("web", "refs/tags/v2", "trunk", remote) == (
+        "v2 pushed, not deployed: web deploys trunk (as its orders say); to deploy v2, "
+        "name it in headquarters' web/orders instead of trunk"
+    )
