@@ -280,7 +280,12 @@ def build(config: Config) -> Daemon:
         branch = parts.fleet.orders(app).branch or await parts.repos.default_branch(app)
         return await parts.repos.resolve(app, branch) is not None
 
-    headquarters = HeadquartersSync(config, parts.fleet, keyring, spool, has_commits)
+    def running() -> list[str]:
+        return [app.name for app in parts.records.all() if app.live_ship is not None]
+
+    headquarters = HeadquartersSync(
+        config, parts.fleet, keyring, spool, has_commits, running=running
+    )
     bus = MessageBus(
         command_handlers(pipeline, headquarters),
         event_handlers(),
