@@ -92,6 +92,7 @@ def daemon_status(
         "http_port": config.http_port,
         "headquarters": hq.source.url or "hosted here",
         "headquarters_sha": pipeline.p.fleet.hq_sha,
+        "admirals": hq.keyring.count(),
         "pending": len(spool.pending()),
         "inflight": bus.inflight,
         "apps": app_rows(pipeline),

@@ -83,3 +83,25 @@ def test_an_editor_save_replaces_the_keys_and_bad_lines_are_refused(tmp_path: Pa
         assert _refused(old_admiral)
     finally:
         d.stop()
+
+
+def _doctor(d: Daemon) -> tuple[int, str]:
+    result = d.hd("doctor", check=False)
+    return result.returncode, " ".join(result.stdout.split())  # rich wraps at the width
+
+
+def test_doctor_fails_while_nobody_can_log_in(tmp_path: Path) -> None:
+    d = _started(tmp_path / "hd", "")
+    try:
+        code, said = _doctor(d)
+        assert "FAIL admirals: 0 admiral key(s) in force" in said
+        assert "fix: no admiral can log in: add a public key to" in said
+        assert code == 1
+        keygen(tmp_path / "ops")
+        (d.root / "admirals.pub").write_text((tmp_path / "ops.pub").read_text())
+        d.wait_event("AdmiralsChanged", keys=1)
+        code, said = _doctor(d)
+        assert "ok admirals: 1 admiral key(s) in force" in said
+        assert code == (1 if "FAIL" in said else 0)
+    finally:
+        d.stop()
