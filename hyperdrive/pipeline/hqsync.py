@@ -375,10 +375,9 @@ class HeadquartersSync:
         for app, why in changed.items():
             message = f"{app}: env changed ({why})"
             ctx.emit(ev.OrdersChanged(app=app, deploy=cmd.deploy, message=message))
-            trigger = Trigger(
-                f"env-{tag}-{app}", "deploy", app, {"source": "includes"}, time.time()
-            )
-            await self.spool.put(trigger)
+            # source "hq": the orders in force changed, so the same commit is built again
+            data = {"source": "hq"}
+            await self.spool.put(Trigger(f"env-{tag}-{app}", "deploy", app, data, time.time()))
         return [f"{app}: redeploy ({why})" for app, why in changed.items()]
 
     def _unordered(self, app: str) -> bool:
