@@ -2,7 +2,7 @@
 
 (a) EventLog append + fan-out to 10 live subscribers, each draining in its own task (≥ 20,000/s)
 (b) a trigger written to spool/incoming by another thread → out of FileSpool.receive() while
-    FileSpool.watch() runs (watchfiles, no polling): p50 ≤ 5 ms, p99 reported
+    FileSpool.watch() runs (inotify on the event loop, no polling): p50 ≤ 5 ms, p99 reported
 (c) an idle `hd serve` (tests.conftest.make_daemon): CPU ≤ 0.1% of a core over --idle seconds
     (utime + stime of all its threads, /proc/PID/stat) and RSS ≤ 60 MB
 (d) `hd status --json` wall time, median of N runs (`python -m hyperdrive` and .venv/bin/hd),
