@@ -344,9 +344,10 @@ def _lifecycle(daemon: Daemon, keyring: KeyRing) -> None:
         if daemon.headquarters.source.hosted:  # clone, edit, push works from the first start
             await daemon.gitserver.ensure_repo(HEADQUARTERS)
         await daemon.gitserver.start()
-        tasks.append(asyncio.create_task(watch_includes(daemon.config, daemon.spool, stop_watch)))
+        includes = watch_includes(daemon.config, daemon.spool, stop_watch)
         admirals = watch_admirals(daemon.config, keyring, daemon.eventlog.append, stop_watch)
-        tasks.append(asyncio.create_task(admirals))
+        tasks.append(asyncio.create_task(_logged(includes, "includes watch")))
+        tasks.append(asyncio.create_task(_logged(admirals, "admiral keys watch")))
 
     async def stop_ssh() -> None:
         stop_watch.set()
@@ -355,3 +356,11 @@ def _lifecycle(daemon: Daemon, keyring: KeyRing) -> None:
 
     daemon.starters += [recover, serve_ssh]
     daemon.stoppers += [stop_ssh]
+
+
+async def _logged(work: Awaitable[None], what: str) -> None:
+    """A watch that cannot run (a folder it may not read) is said in the log, not lost."""
+    try:
+        await work
+    except OSError as err:
+        log.warning("%s stopped: %s; changes there now need a restart", what, err)
