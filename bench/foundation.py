@@ -2,12 +2,14 @@
 
 (a) EventLog append + fan-out to 10 live subscribers, each draining in its own task (≥ 20,000/s)
 (b) a trigger written to spool/incoming by another thread → out of FileSpool.receive() while
-    FileSpool.watch() runs (watchfiles, no polling): p50 ≤ 5 ms, p99 reported
-(c) an idle `hd serve` (tests.conftest.make_daemon): RSS ≤ 60 MB
+    FileSpool.watch() runs (inotify on the event loop, no polling): p50 ≤ 5 ms, p99 reported
+(c) an idle `hd serve` (tests.conftest.make_daemon): CPU ≤ 0.1% of a core over --idle seconds
+    (utime + stime of all its threads, /proc/PID/stat) and RSS ≤ 60 MB
 (d) `hd status --json` wall time, median of N runs (`python -m hyperdrive` and .venv/bin/hd),
     interpreter start included: ≤ 100 ms
 
     .venv/bin/python bench/foundation.py [--events 200000] [--triggers 200] [--runs 20]
+                                         [--idle 60]
 """
 
 import argparse
@@ -142,14 +144,17 @@ def _percentile(values: list[float], pct: int) -> float:
 
 
 # -- (c) and (d): a real daemon --
-def daemon_figures(runs: int, folder: Path) -> None:
+def daemon_figures(runs: int, idle: float, folder: Path) -> None:
     daemon = make_daemon(folder / "hd")
     daemon.start()
     try:
         time.sleep(2)  # idle: start-up work done, nothing queued
         assert daemon.proc is not None
+        print(f"(c) idle daemon, {idle:.0f} s")
+        busy, wakeups = _idle_cpu(daemon.proc.pid, idle)
+        report("CPU of hd serve (all threads)", f"{busy:.3f} % core", "≤ 0.1 %", busy <= 0.1)
+        print(f"      context switches in that time: {wakeups}")
         rss, peak = _vm(daemon.proc.pid, "VmRSS"), _vm(daemon.proc.pid, "VmHWM")
-        print("(c) idle daemon")
         report("RSS of hd serve", f"{rss / 1024:.1f} MB", "≤ 60 MB", rss <= 60 * 1024)
         print(f"      peak RSS {peak / 1024:.1f} MB; children {_children(daemon.proc.pid)}")
         print(f"(d) `hd status --json`, median of {runs} runs")
@@ -180,6 +185,32 @@ def _breakdown(env: dict[str, str], runs: int) -> None:
         f"`hd version` (start + imports) {statistics.median(version):.1f} ms; "
         f"GET /status in-process {statistics.median(answers):.2f} ms"
     )
+
+
+def _idle_cpu(pid: int, seconds: float) -> tuple[float, int]:
+    """Percent of one core the process (every thread) used over `seconds`, and how many times
+    its threads were switched in (each wake-up is one)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu0, switches0, began = _cpu_ticks(pid), _switches(pid), time.monotonic()
+    time.sleep(seconds)
+    cpu1, switches1, ended = _cpu_ticks(pid), _switches(pid), time.monotonic()
+    return (cpu1 - cpu0) / tick / (ended - began) * 100, switches1 - switches0
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _switches(pid: int) -> int:
+    """Voluntary + involuntary context switches summed over the process's threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
 
 
 def _vm(pid: int, key: str) -> int:
@@ -220,6 +251,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--triggers", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle to measure")
     args = parser.parse_args()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} (the machine is shared)")
@@ -227,7 +259,7 @@ def main() -> None:
         folder = Path(tmp)
         asyncio.run(fan_out(args.events, folder))
         asyncio.run(spool_latency(args.triggers, folder))
-        daemon_figures(args.runs, folder)
+        daemon_figures(args.runs, args.idle, folder)
 
 
 if __name__ == "__main__":

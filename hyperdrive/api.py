@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hyperdrive import __version__
 from hyperdrive.errors import HyperdriveError
@@ -127,8 +125,7 @@ class Api:
         self.set_headquarters = set_headquarters
         self.public_routes = public_routes
         self.started = time.time()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))
+        self._registry: Any = None
 
     def public(self) -> web.Application:
         app = web.Application(client_max_size=25 * 1024 * 1024)
@@ -157,7 +154,14 @@ class Api:
         return web.json_response(dict(self.status()))
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        # prometheus_client is loaded at the first scrape: an idle daemon that is never
+        # scraped does not hold it (about 1 MB of RSS)
+        from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Collector(self))
+        body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def public_events(self, request: web.Request) -> web.StreamResponse:
@@ -242,6 +246,11 @@ class _Collector:
         self.api = api
 
     def collect(self) -> Any:
+        from prometheus_client.core import (  # noqa: PLC0415 - see Api.metrics_text
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
         api = self.api
         yield GaugeMetricFamily("hyperdrive_up", "1 while the daemon serves", value=1)
         yield GaugeMetricFamily(

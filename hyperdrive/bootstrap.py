@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import watchfiles
-
 from hyperdrive import __version__, systemd
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
@@ -20,7 +18,7 @@ from hyperdrive.config import KEYS, Config
 from hyperdrive.eventlog import EventLog
 from hyperdrive.gitserver import GitServer, package_hooks
 from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
-from hyperdrive.keyring import KeyRing
+from hyperdrive.keyring import BootstrapKeys, KeyRing
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.network import IpAllocator, bridge_address
@@ -49,6 +47,7 @@ from hyperdrive.repos import GitRepos
 from hyperdrive.spool import FileSpool
 from hyperdrive.traffic import StablePorts, Traffic
 from hyperdrive.triggers import Trigger, new_trigger_id
+from hyperdrive.watch import FolderWatch
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,7 @@ def hooks_dir() -> Path:
 
 
 Hook = Callable[[], Awaitable[None]]
+Append = Callable[[Mapping[str, Any]], object]  # EventLog.append
 
 
 @dataclass
@@ -92,6 +92,7 @@ def daemon_status(
         "http_port": config.http_port,
         "headquarters": hq.source.url or "hosted here",
         "headquarters_sha": pipeline.p.fleet.hq_sha,
+        "admirals": hq.keyring.count(),
         "pending": len(spool.pending()),
         "inflight": bus.inflight,
         "apps": app_rows(pipeline),
@@ -219,12 +220,9 @@ def hook_env(config: Config) -> dict[str, str]:
 
 def keyring_for(config: Config) -> KeyRing:
     keyring = KeyRing()
-    try:
-        lines = config.admiral_keys.read_text(errors="replace").splitlines()
-    except OSError:
+    loaded = keyring.reload_bootstrap(config.admiral_keys)
+    if not loaded.fingerprints:
         log.warning("no bootstrap admiral keys at %s", config.admiral_keys)
-        lines = []
-    keyring.add_bootstrap(lines, str(config.admiral_keys))
     return keyring
 
 
@@ -232,9 +230,39 @@ async def watch_includes(config: Config, spool: FileSpool, stop: asyncio.Event) 
     """A change to `$DATA/includes/*.env` re-reads HQ: the apps whose env changed redeploy."""
     folder = config.data / "includes"
     folder.mkdir(parents=True, exist_ok=True)
-    async for _ in watchfiles.awatch(folder, stop_event=stop, debounce=200, recursive=False):
-        trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
-        await spool.put(trigger)
+    async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
+        async for _ in watch.changes(stop, settle=0.2):
+            trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
+            await spool.put(trigger)
+
+
+async def watch_admirals(
+    config: Config, keyring: KeyRing, append: Append, stop: asyncio.Event
+) -> None:
+    """HYPERDRIVE_ADMIRAL_KEYS applies live: a key added there (by `>>` or an editor's
+    write-and-rename) logs in without a restart. The file and its folder may not exist yet."""
+    path = config.admiral_keys
+    async with FolderWatch(path.parent, lambda name: name == path.name) as watch:
+        report_admirals(keyring.reload_bootstrap(path), append)  # a change before the watch
+        async for _ in watch.changes(stop, settle=0.05):
+            report_admirals(keyring.reload_bootstrap(path), append)
+
+
+def report_admirals(loaded: BootstrapKeys, append: Append) -> None:
+    """Events for one read of the bootstrap keys: each refused line, then the set if it moved."""
+    for problem in loaded.problems:
+        append(ev.AdmiralKeysRejected(file=loaded.path, message=problem).record())
+    if not loaded.changed:
+        return
+    count = len(loaded.fingerprints)
+    shown = ", ".join(loaded.fingerprints) or "nobody can log in with a bootstrap key"
+    event = ev.AdmiralsChanged(
+        file=loaded.path,
+        keys=count,
+        fingerprints=loaded.fingerprints,
+        message=f"{loaded.path}: {count} bootstrap admiral key(s) in force: {shown}",
+    )
+    append(event.record())
 
 
 def build(config: Config) -> Daemon:
@@ -253,7 +281,12 @@ def build(config: Config) -> Daemon:
         branch = parts.fleet.orders(app).branch or await parts.repos.default_branch(app)
         return await parts.repos.resolve(app, branch) is not None
 
-    headquarters = HeadquartersSync(config, parts.fleet, keyring, spool, has_commits)
+    def running() -> list[str]:
+        return [app.name for app in parts.records.all() if app.live_ship is not None]
+
+    headquarters = HeadquartersSync(
+        config, parts.fleet, keyring, spool, has_commits, running=running
+    )
     bus = MessageBus(
         command_handlers(pipeline, headquarters),
         event_handlers(),
@@ -293,11 +326,11 @@ def build(config: Config) -> Daemon:
         hooks_dir(),
     )
     daemon = Daemon(config, eventlog, spool, bus, inbox, api, pipeline, headquarters, gitserver)
-    _lifecycle(daemon)
+    _lifecycle(daemon, keyring)
     return daemon
 
 
-def _lifecycle(daemon: Daemon) -> None:
+def _lifecycle(daemon: Daemon, keyring: KeyRing) -> None:
     """What runs at start (in order) and at stop (in reverse)."""
     stop_watch = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -311,7 +344,10 @@ def _lifecycle(daemon: Daemon) -> None:
         if daemon.headquarters.source.hosted:  # clone, edit, push works from the first start
             await daemon.gitserver.ensure_repo(HEADQUARTERS)
         await daemon.gitserver.start()
-        tasks.append(asyncio.create_task(watch_includes(daemon.config, daemon.spool, stop_watch)))
+        includes = watch_includes(daemon.config, daemon.spool, stop_watch)
+        admirals = watch_admirals(daemon.config, keyring, daemon.eventlog.append, stop_watch)
+        tasks.append(asyncio.create_task(_logged(includes, "includes watch")))
+        tasks.append(asyncio.create_task(_logged(admirals, "admiral keys watch")))
 
     async def stop_ssh() -> None:
         stop_watch.set()
@@ -320,3 +356,11 @@ def _lifecycle(daemon: Daemon) -> None:
 
     daemon.starters += [recover, serve_ssh]
     daemon.stoppers += [stop_ssh]
+
+
+async def _logged(work: Awaitable[None], what: str) -> None:
+    """A watch that cannot run (a folder it may not read) is said in the log, not lost."""
+    try:
+        await work
+    except OSError as err:
+        log.warning("%s stopped: %s; changes there now need a restart", what, err)

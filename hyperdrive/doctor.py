@@ -11,6 +11,7 @@ from pathlib import Path
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config, Listen
 from hyperdrive.errors import HyperdriveError
+from hyperdrive.keyring import parse_keys
 
 APT = "apt-get install -y"
 MIN_FREE_BYTES = 2 << 30
@@ -92,6 +93,38 @@ def check_daemon(config: Config) -> Check:
     return Check("daemon", True, f"running, pid {status['pid']}, version {status['version']}")
 
 
+def check_admirals(config: Config, daemon_up: bool) -> Check:
+    """Somebody must be able to log in: the keys in force are HQ's plus the bootstrap file's."""
+    count = _live_admirals(config) if daemon_up else None
+    where = "in force"
+    if count is None:
+        count, where = _admirals_on_disk(config), "on disk"
+    fix = f"no admiral can log in: add a public key to {config.admiral_keys} (it applies at once)"
+    return Check("admirals", count > 0, f"{count} admiral key(s) {where}", fix)
+
+
+def _live_admirals(config: Config) -> int | None:
+    """How many keys the running daemon accepts now (None from a daemon that does not say)."""
+    try:
+        count = AdminClient(config.socket_path, timeout=3).get("/status").get("admirals")
+    except HyperdriveError:
+        return None
+    return count if isinstance(count, int) else None
+
+
+def _admirals_on_disk(config: Config) -> int:
+    """The bootstrap keys plus the HQ keys materialised in `$VAR/public_keys`."""
+    files = [config.admiral_keys, *sorted((config.var / "public_keys").glob("*.pub"))]
+    blobs: set[bytes] = set()
+    for path in files:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        blobs |= {key.public_data for key in parse_keys(lines, str(path))[0]}
+    return len(blobs)
+
+
 def check_ports(config: Config, daemon_up: bool) -> list[Check]:
     ports = {
         "ssh port": config.ssh_listen,
@@ -125,5 +158,6 @@ def run_checks(config: Config) -> list[Check]:
         check_disk(config),
         check_bridge(config),
         daemon,
+        check_admirals(config, daemon.ok),
     ]
     return checks + check_ports(config, daemon.ok)

@@ -1,7 +1,8 @@
 """The live set of admiral keys: who may push, deploy and enter ships over SSH.
 
 HQ's `authorized_keys/*.pub` are swapped in whole with `replace()` each time HQ changes; the
-bootstrap keys (HYPERDRIVE_ADMIRAL_KEYS) stay valid beside them so the first HQ push can happen.
+bootstrap keys (HYPERDRIVE_ADMIRAL_KEYS) stay valid beside them so the first HQ push can happen;
+that file is re-read whenever it changes (`reload_bootstrap`), so a key added there works at once.
 A lookup reads one dict reference, so a swap is atomic: a removed key opens no new connection,
 while sessions it already opened run to their end.
 """
@@ -11,8 +12,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncssh
+
+from hyperdrive.headquarters import MAX_FILE_BYTES, PRIVATE_MARKERS
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +55,24 @@ def _bootstrap_name(key: asyncssh.SSHKey) -> str:
     return f"{BOOTSTRAP}:{safe}" if safe else BOOTSTRAP
 
 
+@dataclass(frozen=True)
+class BootstrapKeys:
+    """What one read of HYPERDRIVE_ADMIRAL_KEYS put in force (fingerprints, never keys)."""
+
+    path: str
+    fingerprints: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    changed: bool = False  # the set of keys that may log in is not what it was
+    refused: bool = False  # the file holds a private key: nothing in it was loaded
+
+
 class KeyRing:
     """Maps public key blobs to admiral names; HQ's set is replaced whole, atomically."""
 
     def __init__(self) -> None:
         self._hq: dict[bytes, str] = {}
         self._bootstrap: dict[bytes, str] = {}
+        self._fingerprints: tuple[str, ...] = ()
 
     def replace(self, keys: Mapping[str, Sequence[str]]) -> list[str]:
         """Install HQ's admirals (name → key lines); return the lines that were skipped."""
@@ -78,9 +95,42 @@ class KeyRing:
         for key in parsed:
             merged.setdefault(key.public_data, _bootstrap_name(key))
         self._bootstrap = merged
+        fingerprints = {*self._fingerprints, *(key.get_fingerprint() for key in parsed)}
+        self._fingerprints = tuple(sorted(fingerprints))
         for problem in problems:
             log.warning("bootstrap admiral keys: %s", problem)
         return problems
+
+    def reload_bootstrap(self, path: Path) -> BootstrapKeys:
+        """Replace the bootstrap keys with what `path` holds now (missing = none).
+
+        A file holding a private key is refused whole, like HQ refuses one: the keys in force
+        stay, and the message never quotes the file.
+        """
+        try:
+            data = path.read_bytes()[: MAX_FILE_BYTES + 1]
+        except FileNotFoundError:
+            data = b""
+        except OSError as err:
+            return BootstrapKeys(str(path), problems=(f"{path}: unreadable ({err.strerror})",))
+        if any(marker in data for marker in PRIVATE_MARKERS):
+            problem = f"{path}: holds a PRIVATE key: nothing in it was loaded; remove it and "
+            problem += "replace that key (the keys in force stay)"
+            return BootstrapKeys(str(path), self.bootstrap_fingerprints(), (problem,), refused=True)
+        parsed, problems = parse_keys(data.decode("utf-8", "replace").splitlines(), str(path))
+        fresh: dict[bytes, str] = {}
+        for key in parsed:
+            fresh.setdefault(key.public_data, _bootstrap_name(key))
+        changed = fresh.keys() != self._bootstrap.keys()
+        self._bootstrap = fresh  # one reference swap, like replace()
+        self._fingerprints = tuple(sorted({key.get_fingerprint() for key in parsed}))
+        for problem in problems:
+            log.warning("bootstrap admiral keys: %s", problem)
+        return BootstrapKeys(str(path), self.bootstrap_fingerprints(), tuple(problems), changed)
+
+    def bootstrap_fingerprints(self) -> tuple[str, ...]:
+        """SHA256 fingerprints of the bootstrap keys in force (safe to show)."""
+        return self._fingerprints
 
     def admiral_for(self, key: asyncssh.SSHKey) -> str | None:
         """The admiral who owns `key` (HQ's name first), or None for a stranger."""

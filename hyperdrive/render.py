@@ -40,6 +40,7 @@ STAGE = {
     "AppOrdered": "headquarters",
     "AppRetired": "headquarters",
     "AdmiralsChanged": "admirals",
+    "AdmiralKeysRejected": "admirals",
 }
 
 

@@ -3,7 +3,7 @@
 Triggers from inside the daemon (webhooks, the admin API) go straight into an append-only
 journal through one writer thread that fsyncs once per batch (group commit). Triggers from
 other processes (git's post-receive hook) are dropped as files into `spool/incoming/`; the
-daemon learns of them through watchfiles (inotify), moves them into the journal and deletes
+daemon learns of them through inotify (hyperdrive.watch), moves them into the journal and deletes
 the file. A trigger leaves the journal only when the deploy it started has an outcome.
 """
 
@@ -21,10 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import watchfiles
-
 from hyperdrive.errors import SpoolError
 from hyperdrive.triggers import Trigger, fsync_dir
+from hyperdrive.watch import ARRIVALS, FolderWatch
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +280,10 @@ class FileSpool:
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Ingest incoming files as inotify reports them; nothing polls."""
-        async for _changes in watchfiles.awatch(
-            self.incoming, stop_event=stop, step=1, debounce=50, recursive=False
-        ):
-            await self.ingest_incoming()
+        async with FolderWatch(self.incoming, _is_incoming, ARRIVALS) as watch:
+            await self.ingest_incoming()  # what landed between open() and the watch
+            async for _ in watch.changes(stop):
+                await self.ingest_incoming()
 
     async def ingest_incoming(self) -> int:
         """Move every complete incoming file into the journal; quarantine what is not a trigger."""

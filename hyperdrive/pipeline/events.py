@@ -219,3 +219,13 @@ class AppRetired(Event):
 @dataclass(frozen=True, kw_only=True)
 class AdmiralsChanged(Event):
     admirals: tuple[str, ...] = ()
+    file: str | None = None  # set when HYPERDRIVE_ADMIRAL_KEYS changed
+    keys: int | None = None
+    fingerprints: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmiralKeysRejected(Event):
+    """A line of HYPERDRIVE_ADMIRAL_KEYS that was not loaded (the message never quotes it)."""
+
+    file: str = ""

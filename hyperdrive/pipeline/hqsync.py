@@ -14,7 +14,7 @@ import logging
 import os
 import pwd
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,12 +73,15 @@ class HeadquartersSync:
         keyring: KeyRing,
         spool: FileSpool,
         has_commits: Callable[[str], Awaitable[bool]],
+        *,
+        running: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.config = config
         self.fleet = fleet
         self.keyring = keyring
         self.spool = spool
         self.has_commits = has_commits
+        self.running = running  # the apps that have a live ship
         self.record = config.records_dir / "headquarters.json"
         self.source = Source.of(config)
 
@@ -97,7 +100,9 @@ class HeadquartersSync:
 
     # -- start-up --
     async def load(self) -> None:
-        """Put the last good HQ (by its recorded sha) in force before anything deploys."""
+        """Put the includes and the last good HQ (by its recorded sha) in force before anything
+        deploys; the includes apply to pushed apps whether or not HQ has a commit."""
+        self.fleet.includes = self._includes()
         try:
             sha = json.loads(self.record.read_text())["sha"]
             repo = self.hosted_repo if self.source.hosted else self.checkout / ".git"
@@ -106,7 +111,6 @@ class HeadquartersSync:
             log.info("no headquarters in force yet (%s)", err)
             return
         self.fleet.hq, self.fleet.hq_sha = hq, sha
-        self.fleet.includes = self._includes()
         self._admirals(hq)
 
     def _includes(self) -> dict[str, str]:
@@ -128,7 +132,10 @@ class HeadquartersSync:
             )
             return FAILED
         if sha is None:
-            ctx.emit(ev.HeadquartersSynced(deploy=cmd.deploy, message="headquarters is empty"))
+            includes_old, self.fleet.includes = dict(self.fleet.includes), self._includes()
+            lines = await self._redeploy_unordered(cmd, ctx, includes_old)
+            summary = "; ".join(["headquarters is empty", *lines])
+            ctx.emit(ev.HeadquartersSynced(deploy=cmd.deploy, message=summary))
             return FINISHED
         try:
             new = await asyncio.to_thread(read_headquarters_from_git, repo, sha, self.config.hull)
@@ -202,13 +209,14 @@ class HeadquartersSync:
         self._report(cmd, ctx, new, the_plan, sha)
         self._admirals(new, ctx, cmd.deploy)
         await self._queue(the_plan, sha)
+        unordered = await self._redeploy_unordered(cmd, ctx, includes_old, the_plan.removed)
         # Recorded only once the triggers are durable: a crash before this line re-runs the
         # sync at the next start, which queues the same (deduplicated) trigger ids again.
         write_atomically(self.record, json.dumps({"sha": sha, "at": time.time()}))
         await self._materialise(sha)
         # The outcome comes last: whoever follows the sync (a push, `hd headquarters sync`)
         # has seen every app's event, and the new keys are live, when it is told.
-        summary = f"headquarters {sha[:7]}: " + "; ".join(the_plan.lines())
+        summary = f"headquarters {sha[:7]}: " + "; ".join([*the_plan.lines(), *unordered])
         ctx.emit(ev.HeadquartersSynced(deploy=cmd.deploy, sha=sha, message=summary))
 
     def _keep_last_good(self, old: Headquarters | None, new: Headquarters) -> Headquarters:
@@ -346,6 +354,34 @@ class HeadquartersSync:
                     now,
                 )
             )
+
+    async def _redeploy_unordered(
+        self,
+        cmd: SyncHeadquarters,
+        ctx: Context,
+        includes_old: dict[str, str],
+        retiring: tuple[str, ...] = (),
+    ) -> list[str]:
+        """Apps pushed here that HQ does not order get the includes too: each with a ship whose
+        env they changed redeploys. The trigger id is the sync's own, so a replay queues one."""
+        apps = {
+            a: self.fleet.orders(a)
+            for a in self.running()
+            if self._unordered(a) and a not in retiring
+        }
+        pushed = Headquarters(apps=apps)
+        changed = plan(pushed, pushed, includes_old, self.fleet.includes).changed
+        tag = hashlib.sha256(cmd.deploy.encode()).hexdigest()[:12]
+        for app, why in changed.items():
+            message = f"{app}: env changed ({why})"
+            ctx.emit(ev.OrdersChanged(app=app, deploy=cmd.deploy, message=message))
+            # source "hq": the orders in force changed, so the same commit is built again
+            data = {"source": "hq"}
+            await self.spool.put(Trigger(f"env-{tag}-{app}", "deploy", app, data, time.time()))
+        return [f"{app}: redeploy ({why})" for app, why in changed.items()]
+
+    def _unordered(self, app: str) -> bool:
+        return not self.fleet.ordered(app) and self.fleet.rejected(app) is None
 
     def _digest(self, app: str) -> str:
         """Short hash of what the ship will get (orders + merged env).

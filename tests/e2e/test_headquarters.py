@@ -255,16 +255,21 @@ def test_bad_key_files_and_a_lockout_are_refused_at_push(
     assert d.wait_event("AdmiralsChanged", admirals=[])
     lead.ssh("status")
 
-    # the bootstrap file emptied too: a push leaving zero keys would lock everyone out
-    (d.root / "admirals.pub").write_text("")
-    lead.commit(hq, {"web/orders": STATIC})
-    locked = push(lead, hq, check=False)
-    assert locked.returncode != 0
-    assert "refused so nobody is locked out" in locked.stdout + locked.stderr
     mark = len(d.events())
     lead.commit(hq, {"authorized_keys/lead.pub": pub(lead)})
     push(lead, hq)
     assert events_after(d, mark, "AdmiralsChanged", admirals=["lead"])
+
+    # the bootstrap file emptied (that applies at once): a push leaving zero HQ keys would
+    # lock everyone out
+    (d.root / "admirals.pub").write_text("")
+    d.wait_event("AdmiralsChanged", keys=0)
+    (hq / "authorized_keys" / "lead.pub").unlink()
+    lead.commit(hq, {"web/orders": STATIC})
+    locked = push(lead, hq, check=False)
+    assert locked.returncode != 0
+    assert "refused so nobody is locked out" in locked.stdout + locked.stderr
+    lead.ssh("status")  # lead's HQ key is still in force
 
 
 # ─── includes, unchanged apps, and an HQ without apps ────────────────────────

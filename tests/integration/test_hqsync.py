@@ -317,6 +317,41 @@ async def test_an_includes_change_redeploys_the_apps_it_affects_at_the_same_hq_c
     assert after["api"] == before["api"]
 
 
+async def test_includes_reach_pushed_apps_whether_or_not_hq_has_a_commit(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Push-only users: an app pushed here that HQ does not order still gets the includes,
+    and an includes change redeploys it (a running ship), with HQ empty or not."""
+    includes = rig.config.data / "includes"
+    includes.mkdir(parents=True)
+    (includes / "app.env").write_text("GREETING=hello\n")
+    running = ["pushed"]
+    hq = HeadquartersSync(
+        rig.config, rig.fleet, rig.keyring, rig.spool, rig.hq.has_commits, running=lambda: running
+    )
+    await hq.load()  # the start of a squadron whose HQ has no commit
+    assert rig.fleet.env("pushed")["GREETING"] == "hello"
+
+    (includes / "app.env").write_text("GREETING=goodbye\n")
+    ctx = Recorder()
+    assert await hq.sync(SyncHeadquarters(deploy="includes-1"), ctx) == FINISHED  # type: ignore[arg-type]
+    assert rig.fleet.env("pushed")["GREETING"] == "goodbye"
+    assert ctx.apps("OrdersChanged") == {"pushed"}
+    assert "GREETING changed" in ctx.named("HeadquartersSynced")[0].message
+    (queued,) = [t for t in rig.queued().values() if t.app == "pushed"]
+    assert queued.kind == "deploy"
+    await hq.sync(SyncHeadquarters(deploy="includes-1"), Recorder())  # type: ignore[arg-type]
+    assert len(rig.queued()) == 1, "a replayed sync queues no second deploy"
+
+    repo = hosted_hq(rig, tmp_path)
+    repo.commit({"authorized_keys/alice.pub": pub(new_key()), "web/orders": "export PORT=8080\n"})
+    (includes / "app.env").write_text("GREETING=again\n")
+    ctx = Recorder()
+    await hq.sync(SyncHeadquarters(deploy="hq-2"), ctx)  # type: ignore[arg-type]
+    assert ctx.apps("OrdersChanged") == {"pushed"}
+    assert len([t for t in rig.queued().values() if t.app == "pushed"]) == 2
+
+
 async def test_the_same_sync_twice_queues_each_deploy_once(rig: Rig, tmp_path: Path) -> None:
     """A crash after the triggers were queued but before the sync was recorded re-runs it."""
     repo = hosted_hq(rig, tmp_path)

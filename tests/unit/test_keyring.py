@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncssh
 
 from hyperdrive.keyring import KeyRing
@@ -9,7 +11,7 @@ from hyperdrive.keyring import KeyRing
 
 def new_key(comment: str = "") -> tuple[asyncssh.SSHKey, str]:
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment or None)
-    return key, key.export_public_key().decode()
+    return key, key.export_public_key().decode().strip()
 
 
 def test_replace_names_the_admiral_of_each_key() -> None:
@@ -60,3 +62,39 @@ def test_hostile_comments_do_not_leak_into_admiral_names() -> None:
     ring = KeyRing()
     ring.add_bootstrap([line])
     assert ring.admiral_for(key) == "bootstrap:xrm-rfreboot"
+
+
+def test_reload_bootstrap_replaces_the_file_keys_whole(tmp_path: Path) -> None:
+    (first, first_line), (second, second_line) = new_key("one"), new_key("two")
+    path = tmp_path / "admirals.pub"
+    ring = KeyRing()
+    assert ring.reload_bootstrap(path).fingerprints == ()  # no file yet: nobody
+    path.write_text(first_line)
+    loaded = ring.reload_bootstrap(path)
+    assert loaded.changed
+    assert ring.admiral_for(first) == "bootstrap:one"
+    assert loaded.fingerprints == (first.get_fingerprint(),)
+    path.write_text(f"{second_line}\nnot a key\n")
+    loaded = ring.reload_bootstrap(path)
+    assert ring.admiral_for(first) is None
+    assert ring.admiral_for(second) == "bootstrap:two"
+    assert loaded.problems == (f"{path}:2: not an OpenSSH public key (Invalid public key)",)
+    assert not ring.reload_bootstrap(path).changed  # the same keys again: no change
+
+
+def test_reload_bootstrap_refuses_a_file_with_a_private_key(tmp_path: Path) -> None:
+    key, line = new_key("ops")
+    path = tmp_path / "admirals.pub"
+    path.write_text(line)
+    ring = KeyRing()
+    ring.reload_bootstrap(path)
+    private = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    other, other_line = new_key()
+    path.write_text(f"{line}\n{other_line}\n{private}")
+    loaded = ring.reload_bootstrap(path)
+    assert loaded.refused
+    assert not loaded.changed
+    assert "PRIVATE key" in loaded.problems[0]
+    assert private.splitlines()[1] not in repr(loaded)
+    assert ring.admiral_for(key) == "bootstrap:ops"  # the keys in force stay
+    assert ring.admiral_for(other) is None
