@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     verbs.add_parser("rollback", help="back to the newest kept healthy ship").add_argument("app")
     assemble = verbs.add_parser("assemble", help="build the hulls, or a ship for APP (no launch)")
     assemble.add_argument("app", nargs="?")
+    assemble.add_argument(
+        "--fresh", action="store_true", help="Debian from the mirror, not from the kept tree"
+    )
     verbs.add_parser("launch", help="put an assembled ship in service").add_argument("ship")
     verbs.add_parser("enter", help="a shell inside the app's live ship").add_argument("app")
     hq = verbs.add_parser("headquarters", help="where orders come from")
@@ -116,8 +119,23 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         f"headquarters: {status['headquarters']}   pending triggers: "
         f"{status['pending']}   deploys in flight: {status['inflight']}"
     )
+    if line := _hulls_line(status.get("hulls", {})):
+        console.print(line, markup=False)
     console.print(_apps_table(status.get("apps", [])))
     return EXIT_OK
+
+
+def _hulls_line(hulls: dict[str, Any]) -> str:
+    """`hulls: debian building 45% (installing …), busybox hdx-hull-busybox-1`: only the
+    kinds that are built or being built."""
+    parts = []
+    for kind, row in sorted(hulls.items()):
+        building = row.get("building")
+        if building:
+            parts.append(f"{kind} building {building['percent']}% ({building['step']})")
+        elif row.get("current"):
+            parts.append(f"{kind} {row['current']}")
+    return "hulls: " + ", ".join(parts) if parts else ""
 
 
 APP_COLUMNS = ("app", "ship", "sha", "since", "url", "last deploy", "orders")
@@ -222,7 +240,8 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
-    return _follow(AdminClient(config.socket_path), "assemble", args.app, {})
+    data = {"fresh": True} if args.fresh else {}
+    return _follow(AdminClient(config.socket_path), "assemble", args.app, data)
 
 
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:

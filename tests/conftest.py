@@ -145,7 +145,11 @@ def make_daemon(root: Path, **extra: str) -> Daemon:
         f"HYPERDRIVE_ADMIRAL_KEYS={root / 'admirals.pub'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
-    env.update({"HYPERDRIVE_CONFIG": str(conf), "PYTHONPATH": str(ROOT), **extra})
+    # busybox unless asked: a daemon with an unbuilt `debian` default builds it at start
+    env.update(
+        {"HYPERDRIVE_CONFIG": str(conf), "PYTHONPATH": str(ROOT), "HYPERDRIVE_HULL": "busybox"}
+    )
+    env.update(extra)
     env["HYPERDRIVE_DATA"] = str(root / "data")
     env["HYPERDRIVE_VAR"] = str(root / "var")
     return Daemon(root, env, api, ssh, http)
