@@ -7,6 +7,9 @@ Ships get their address from their LXC config, so the hull runs no DHCP client
 A full build (lxc-create, then `apt-get dist-upgrade`) keeps its finished tree in the LXC cache
 (`/var/cache/lxc/hyperdrive/`, the seed); the next build copies the seed (seconds) instead of
 unpacking ~400 packages again, until the seed is SEED_MAX_AGE_S old or a fresh build is asked.
+The copy is made of hard links where it can be (one filesystem): a hull is never written after
+its build (ships are overlays on it), and the patch replaces files instead of rewriting them, so
+hulls and the seed can share their files; a seed being replaced leaves older hulls theirs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -189,11 +193,9 @@ class Seed:
         is not replaced under the copy)."""
         async with _flock(self.folder.with_name(self.folder.name + ".lock"), fcntl.LOCK_SH):
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-            await _copy_tree(self.folder / "rootfs", folder / "rootfs")
+            await _link_tree(self.folder / "rootfs", folder / "rootfs")
             config = await asyncio.to_thread((self.folder / "config").read_text)
-        await asyncio.to_thread(
-            (folder / "config").write_text, _renamed_config(config, folder, name)
-        )
+        await asyncio.to_thread(_rename, config, folder, name)
 
     async def keep(self, folder: Path, mirror: str) -> None:
         """Make a finished hull the seed: copy it aside, then swap it in under the lock."""
@@ -201,7 +203,7 @@ class Seed:
         old = fresh.with_name(fresh.name.replace(".new-", ".old-"))
         try:
             fresh.mkdir(parents=True)
-            await _copy_tree(folder / "rootfs", fresh / "rootfs")
+            await _link_tree(folder / "rootfs", fresh / "rootfs")
             shutil.copy2(folder / "config", fresh / "config")
             stamp = {"built": time.time(), "packages": list(PACKAGES), "mirror": mirror}
             (fresh / "seed.json").write_text(json.dumps(stamp))
@@ -229,8 +231,13 @@ async def _flock(path: Path, mode: int, seconds: float = COPY_TIMEOUT_S) -> Asyn
         yield
 
 
-async def _copy_tree(source: Path, target: Path) -> None:
-    """`cp -a` (a reflink where the filesystem has them): owners, modes, links, xattrs kept."""
+async def _link_tree(source: Path, target: Path) -> None:
+    """`cp -al` (hard links: a second, no data written); across filesystems `cp -a` (a reflink
+    where the filesystem has them). Owners, modes, symlinks and xattrs are kept."""
+    linked = await procs.run(["cp", "-al", "--", str(source), str(target)], timeout=COPY_TIMEOUT_S)
+    if linked.returncode == 0:
+        return
+    await asyncio.to_thread(shutil.rmtree, target, ignore_errors=True)
     argv = ["cp", "-a", "--reflink=auto", "--", str(source), str(target)]
     done = await procs.run(argv, timeout=COPY_TIMEOUT_S)
     if done.returncode != 0:
@@ -239,6 +246,25 @@ async def _copy_tree(source: Path, target: Path) -> None:
 
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
+def _rename(config: str, folder: Path, name: str) -> None:
+    """The copy as the template would have made it under `name`: its LXC config, and the host
+    name in /etc/hostname and /etc/hosts (lxc-copy renames a ship's from the hull's name)."""
+    old = next(
+        (
+            ln.partition("=")[2].strip()
+            for ln in config.splitlines()
+            if ln.partition("=")[0].strip() == "lxc.uts.name"
+        ),
+        "",
+    )
+    (folder / "config").write_text(_renamed_config(config, folder, name))
+    for path in (folder / "rootfs" / "etc" / "hostname", folder / "rootfs" / "etc" / "hosts"):
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text()
+            if old and old in text:
+                _replace(path, re.sub(rf"\b{re.escape(old)}\b", name, text))
 
 
 def _renamed_config(config: str, folder: Path, name: str) -> str:
@@ -436,11 +462,11 @@ def patch_debian_hull(folder: Path) -> None:
     and a /tmp that boot does not empty."""
     config = folder / "config"
     keep = [ln for ln in config.read_text().splitlines() if not ln.strip().startswith("lxc.net.")]
-    config.write_text("\n".join(keep) + "\n")
+    _replace(config, "\n".join(keep) + "\n")
     rootfs = folder / "rootfs"
-    (rootfs / "etc" / "network" / "interfaces").write_text(INTERFACES)
+    _replace(rootfs / "etc" / "network" / "interfaces", INTERFACES)
     (rootfs / "etc" / "tmpfiles.d").mkdir(parents=True, exist_ok=True)
-    (rootfs / "etc" / "tmpfiles.d" / "tmp.conf").write_text(TMPFILES_TMP)
+    _replace(rootfs / "etc" / "tmpfiles.d" / "tmp.conf", TMPFILES_TMP)
     systemd = rootfs / "etc" / "systemd" / "system"
     for unit in MASKED_UNITS:
         link = systemd / unit
@@ -451,6 +477,14 @@ def patch_debian_hull(folder: Path) -> None:
         for link in wants.iterdir():
             if link.name in MASKED_UNITS or _template_of(link.name) in MASKED_UNITS:
                 link.unlink()
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write a new file over `path` (never into it: its old inode may be the seed's too)."""
+    new = path.with_name(path.name + ".hd-new")
+    new.write_text(text)
+    new.chmod(0o644)
+    new.replace(path)
 
 
 def _template_of(unit: str) -> str:

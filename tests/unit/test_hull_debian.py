@@ -15,6 +15,7 @@ from hyperdrive.hull_debian import (
     Progress,
     ProgressTracker,
     Seed,
+    _replace,
     create_env,
     patch_debian_hull,
 )
@@ -80,6 +81,7 @@ def fake_seed(cache: Path, built: float) -> Seed:
     seed = Seed.in_cache(cache)
     (seed.folder / "rootfs" / "etc").mkdir(parents=True)
     (seed.folder / "rootfs" / "etc" / "hostname").write_text("seed\n")
+    (seed.folder / "rootfs" / "etc" / "hosts").write_text("127.0.1.1   old-hull\n")
     os.symlink("hostname", seed.folder / "rootfs" / "etc" / "link")
     (seed.folder / "config").write_text(
         "lxc.rootfs.path = dir:/old/place/rootfs\nlxc.uts.name = old-hull\nlxc.arch = amd64\n"
@@ -116,8 +118,21 @@ def test_a_seed_copy_is_a_container_of_its_own(tmp_path: Path) -> None:
         f"lxc.rootfs.path = dir:{target / 'rootfs'}\nlxc.uts.name = hd-hull-debian-2\n"
         "lxc.arch = amd64\n"
     )
-    (target / "rootfs" / "etc" / "hostname").write_text("changed\n")
-    assert (seed.folder / "rootfs" / "etc" / "hostname").read_text() == "seed\n"
+    copied, kept = (
+        target / "rootfs" / "etc" / "hostname",
+        seed.folder / "rootfs" / "etc" / "hostname",
+    )
+    assert copied.stat().st_ino == kept.stat().st_ino, "one filesystem: hard links, no data copied"
+    rootfs = fake_hull(tmp_path / "patched")
+    shared = tmp_path / "seed-interfaces"
+    os.link(rootfs / "etc" / "network" / "interfaces", shared)
+    patch_debian_hull(tmp_path / "patched")  # the patch replaces files, never writes into them
+    assert shared.read_text() == "auto eth0\niface eth0 inet dhcp\n"
+    _replace(copied, "changed\n")
+    assert kept.read_text() == "seed\n"
+    hosts = "127.0.1.1   hd-hull-debian-2\n"  # as lxc-create would write it: lxc-copy renames it
+    assert (target / "rootfs" / "etc" / "hosts").read_text() == hosts
+    assert (seed.folder / "rootfs" / "etc" / "hosts").read_text() == "127.0.1.1   old-hull\n"
 
 
 def test_keeping_a_hull_replaces_the_seed_and_leaves_nothing_aside(tmp_path: Path) -> None:
