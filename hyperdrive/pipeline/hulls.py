@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -253,7 +253,8 @@ class Hulls:
             )
             raise
         finally:
-            self._builds.pop(kind, None)
+            if self._builds.get(kind) is build:
+                del self._builds[kind]
 
     async def _make(self, kind: str, version: int, build: _Build, why: str, fresh: bool) -> str:
         """Create the container (a failure leaves nothing of it behind), then make it current."""
@@ -280,8 +281,11 @@ class Hulls:
         """The Debian build: from the kept tree, or from the mirror the host's apt uses."""
 
         def progress(step: Progress) -> None:
-            event = ev.HullBuildProgress(hull=name, percent=step.percent, step=step.step)
-            build.emit(replace(event, message=step.step))
+            build.emit(
+                ev.HullBuildProgress(
+                    hull=name, percent=step.percent, step=step.step, message=step.step
+                )
+            )
 
         apt = await from_host(self.mirror)
         debian = DebianHullBuild(
