@@ -55,11 +55,11 @@ async def hull_build(root: Path, name: str, cache: Path | None) -> float:
     t0 = time.monotonic()
     how = await build.run(step)
     took = time.monotonic() - t0
-    marks = [t0, *(t for t, _ in steps)]
+    ends = [t for t, _ in steps[1:]]
     phases = ", ".join(
-        f"{what} {marks[i + 1] - marks[i]:.1f} s" for i, (_, what) in enumerate(steps[:-1])
+        f"{what} {end - t:.1f} s" for (t, what), end in zip(steps[:-1], ends, strict=True)
     )
-    print(f"  {name}: {how}\n  steps (time until the next step): {phases}")
+    print(f"  {name}: {how}\n  seconds per step (until the next one): {phases}")
     return took
 
 
