@@ -1,12 +1,15 @@
-"""Hull and build figures: Debian hull cold and cached, ship create → app answering on Debian,
-and a Python build with dependencies from a cold pip cache vs a warm one.
+"""Hull and build figures: the Debian hull cold and rebuilt warm, ship create → app answering
+on Debian, and a Python build with dependencies from a cold pip cache vs a warm one.
 
     sudo .venv/bin/python bench/hulls.py [--skip-cold] [ROUNDS]
 
 Uses a private lxcpath in a temp folder and a bridge `hdb<hex4>br0` on 10.213.202.0/24; removes
-everything at the end. The cold hull build uses an empty LXC cache (LXC_CACHE_PATH) and so
-downloads Debian from the apt mirror (HYPERDRIVE_APT_MIRROR); the cached one uses /var/cache/lxc.
-Dependencies come from a package index served on the bridge, as in tests/e2e/test_builds.py.
+everything at the end. The cold hull build uses an empty LXC cache (LXC_CACHE_PATH in the temp
+folder) and so downloads Debian from the mirror the host's apt sources name (or
+HYPERDRIVE_APT_MIRROR), then keeps its tree there; the warm rebuild copies that kept tree.
+With --skip-cold both use /var/cache/lxc. Each build prints where its time went (the seconds
+between its progress steps). Dependencies come from a package index served on the bridge, as
+in tests/e2e/test_builds.py.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from hyperdrive.hull_debian import DebianHullBuild, mirror_from
+from hyperdrive.aptsource import from_host
+from hyperdrive.hull_debian import DebianHullBuild, Progress
 from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
 from tests.e2e.test_builds import PY_APP, PackageIndex
@@ -38,16 +42,25 @@ APP = "GREETING = 'bench'\n" + PY_APP
 
 
 async def hull_build(root: Path, name: str, cache: Path | None) -> float:
-    t0 = time.monotonic()
+    """One Debian hull build; prints how it went and the seconds each step took."""
+    apt = await from_host(os.environ.get("HYPERDRIVE_APT_MIRROR", ""))
     build = DebianHullBuild(
-        root / "containers",
-        name,
-        root / "lxc" / name / "setup.log",
-        mirror=mirror_from(os.environ),
-        cache_dir=cache,
+        root / "containers", name, root / "lxc" / name / "setup.log", apt=apt, cache_dir=cache
     )
-    await build.run()
-    return time.monotonic() - t0
+    steps: list[tuple[float, str]] = []
+
+    def step(progress: Progress) -> None:
+        steps.append((time.monotonic(), progress.step))
+
+    t0 = time.monotonic()
+    how = await build.run(step)
+    took = time.monotonic() - t0
+    ends = [t for t, _ in steps[1:]]
+    phases = ", ".join(
+        f"{what} {end - t:.1f} s" for (t, what), end in zip(steps[:-1], ends, strict=True)
+    )
+    print(f"  {name}: {how}\n  seconds per step (until the next one): {phases}")
+    return took
 
 
 class Bench:
@@ -128,22 +141,24 @@ async def main(rounds: int, skip_cold: bool) -> None:
     bench = Bench(root, tag, gateway)
     index = PackageIndex(root / "index", str(gateway))
     try:
+        cache = None if skip_cold else root / "lxc-cache"
         if not skip_cold:
-            cold = await hull_build(root, f"{tag}-cold", root / "lxc-cache")
-            print(f"debian hull, cold LXC cache (downloads Debian): {cold:.1f} s")
+            cold = await hull_build(root, f"{tag}-cold", cache)
+            print(f"debian hull, cold: empty LXC cache, downloads Debian: {cold:.1f} s")
             await bench.lxc.destroy(f"{tag}-cold")
-        cached = await hull_build(root, f"{tag}-hull", None)
-        print(f"debian hull, /var/cache/lxc warm: {cached:.1f} s")
+        warm = await hull_build(root, f"{tag}-hull", cache)
+        print(f"debian hull, rebuilt with the cache warm: {warm:.1f} s")
         hull = f"{tag}-hull"
         times = [await bench.answering(hull) for _ in range(rounds)]
         print(f"ship create → Python app answering (debian, {rounds} rounds): {ms(times)}")
-        cache = root / "pip-cache"
-        cache.mkdir()
-        cold_build = await bench.pip_build(hull, cache, index)
-        warm = [await bench.pip_build(hull, cache, index) for _ in range(3)]
+        pip_cache = root / "pip-cache"
+        pip_cache.mkdir()
+        cold_build = await bench.pip_build(hull, pip_cache, index)
+        warm_builds = [await bench.pip_build(hull, pip_cache, index) for _ in range(3)]
         print(
             f"pip build with a dependency: cold cache {cold_build:.2f} s, warm cache "
-            f"{statistics.median(warm):.2f} s (ratio {statistics.median(warm) / cold_build:.2f}); "
+            f"{statistics.median(warm_builds):.2f} s "
+            f"(ratio {statistics.median(warm_builds) / cold_build:.2f}); "
             f"wheel downloads: {len(index.downloads)}"
         )
     finally:

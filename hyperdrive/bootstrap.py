@@ -95,6 +95,7 @@ def daemon_status(
         "admirals": hq.keyring.count(),
         "pending": len(spool.pending()),
         "inflight": bus.inflight,
+        "hulls": pipeline.p.hulls.status(),
         "apps": app_rows(pipeline),
     }
 
@@ -354,8 +355,16 @@ def _lifecycle(daemon: Daemon, keyring: KeyRing) -> None:
         await daemon.gitserver.close()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    daemon.starters += [recover, serve_ssh]
-    daemon.stoppers += [stop_ssh]
+    async def prepare_hull() -> None:
+        """The default hull, when it has no version yet, starts building now (not awaited):
+        the first push then waits for what is left of it, not for all of it."""
+        daemon.pipeline.p.hulls.prepare(daemon.config.hull, daemon.bus)
+
+    async def stop_hulls() -> None:
+        await daemon.pipeline.p.hulls.close()
+
+    daemon.starters += [recover, prepare_hull, serve_ssh]
+    daemon.stoppers += [stop_hulls, stop_ssh]
 
 
 async def _logged(work: Awaitable[None], what: str) -> None:

@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     verbs.add_parser("rollback", help="back to the newest kept healthy ship").add_argument("app")
     assemble = verbs.add_parser("assemble", help="build the hulls, or a ship for APP (no launch)")
     assemble.add_argument("app", nargs="?")
+    assemble.add_argument(
+        "--fresh", action="store_true", help="Debian from the mirror, not from the kept tree"
+    )
     verbs.add_parser("launch", help="put an assembled ship in service").add_argument("ship")
     verbs.add_parser("enter", help="a shell inside the app's live ship").add_argument("app")
     hq = verbs.add_parser("headquarters", help="where orders come from")
@@ -124,6 +127,19 @@ APP_FIELDS = (
 )
 
 
+def _hulls_line(hulls: dict[str, Any]) -> str:
+    """`debian building 45% (installing …), busybox hdx-hull-busybox-1`: only the kinds that
+    are built or being built."""
+    parts = []
+    for kind, row in sorted(hulls.items()):
+        building = row.get("building")
+        if building:
+            parts.append(f"{kind} building {building['percent']}% ({building['step']})")
+        elif row.get("current"):
+            parts.append(f"{kind} {row['current']}")
+    return ", ".join(parts)
+
+
 def status_view(status: dict[str, Any]) -> list[RenderableType]:
     """What `hd status` prints: the squadron, then one block per app."""
     from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
@@ -144,7 +160,10 @@ def _squadron_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
     hq += f" at {str(sha)[:7]}" if sha else ", nothing in force yet"
     ports = f"ssh {status['ssh']}, api {status['api']}, http :{status['http_port']}"
     pending = f"{status['pending']} triggers, {status['inflight']} deploys in flight"
-    return [("listening", ports), ("headquarters", hq), ("pending", pending)]
+    rows = [("listening", ports), ("headquarters", hq), ("pending", pending)]
+    if hulls := _hulls_line(status.get("hulls", {})):
+        rows.append(("hulls", hulls))
+    return rows
 
 
 def _app_block(app: dict[str, Any]) -> list[RenderableType]:
@@ -259,7 +278,8 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
-    return _follow(AdminClient(config.socket_path), "assemble", args.app, {})
+    data = {"fresh": True} if args.fresh else {}
+    return _follow(AdminClient(config.socket_path), "assemble", args.app, data)
 
 
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:

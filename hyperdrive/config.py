@@ -54,7 +54,7 @@ class Config:
     parallel_deploys: int = 4
     eventlog_max_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 3.0
-    apt_mirror: str = "http://deb.debian.org/debian"
+    apt_mirror: str = ""  # "": the Debian mirror the host's own apt sources name
     source: Path | None = None
 
     # -- derived paths (the contract's names) --
@@ -180,6 +180,8 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 
 
 def _mirror(value: str) -> str:
+    if not value:
+        return ""  # the host's own apt sources
     if not re.fullmatch(r"https?://[A-Za-z0-9.:/_~+-]+", value):
         raise ValueError("must be an http(s) URL of a Debian mirror")
     return value.rstrip("/")

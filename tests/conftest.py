@@ -145,8 +145,16 @@ def make_daemon(root: Path, **extra: str) -> Daemon:
         f"HYPERDRIVE_ADMIRAL_KEYS={root / 'admirals.pub'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}
-    # `hd`'s output for people is as wide as with no terminal, whatever runs the tests
-    env.update({"HYPERDRIVE_CONFIG": str(conf), "PYTHONPATH": str(ROOT), "COLUMNS": "80"})
+    # `hd`'s output for people is as wide as with no terminal, whatever runs the tests;
+    # busybox unless asked: a daemon with an unbuilt `debian` default builds it at start
+    env.update(
+        {
+            "HYPERDRIVE_CONFIG": str(conf),
+            "PYTHONPATH": str(ROOT),
+            "COLUMNS": "80",
+            "HYPERDRIVE_HULL": "busybox",
+        }
+    )
     env.update(extra)
     env["HYPERDRIVE_DATA"] = str(root / "data")
     env["HYPERDRIVE_VAR"] = str(root / "var")

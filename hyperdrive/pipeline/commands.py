@@ -85,7 +85,10 @@ class SyncHeadquarters(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class AssembleHulls(Command):
-    """`hd assemble` with no app: build a new version of every hull."""
+    """`hd assemble` with no app: build a new version of every hull (`fresh`: Debian's from
+    the mirror, not from the kept tree)."""
+
+    fresh: bool = False
 
     @property
     def lane(self) -> str | None:
@@ -99,7 +102,7 @@ def from_trigger(trigger: Trigger) -> list[Command]:
     if trigger.kind == "webhook":
         return _webhook(trigger)
     if trigger.kind == "assemble" and not trigger.app:
-        return [AssembleHulls(deploy=trigger.id)]
+        return [AssembleHulls(deploy=trigger.id, fresh=trigger.data.get("fresh") is True)]
     if trigger.kind == "launch" and isinstance(trigger.data.get("ship"), str):
         return [Launch(deploy=trigger.id, ship=trigger.data["ship"])]
     build = APP_TRIGGERS.get(trigger.kind)

@@ -756,7 +756,7 @@ class Pipeline:
         """`hd assemble`: a new version of every hull; ships keep the one they came from."""
         for kind in BUILDERS:
             try:
-                await self.p.hulls.assemble(kind, Stamped(ctx, cmd.deploy))
+                await self.p.hulls.assemble(kind, Stamped(ctx, cmd.deploy), fresh=cmd.fresh)
             except HyperdriveError as err:
                 ctx.emit(
                     ev.DeployFailed(

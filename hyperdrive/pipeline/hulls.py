@@ -4,6 +4,9 @@ Hulls are versioned (`<name>-hull-<kind>-<n>`): assembling again makes a new ver
 ships use, while old ships keep the one they were snapshotted from; `prune` destroys a version
 that is no longer current once no ship is left on it. `records/hulls.json` names the current
 version of each kind; `$DATA/lxc/<hull>/setup.log` holds a hull build's output.
+
+A kind has at most one build under way: whoever needs that kind meanwhile (a deploy, the
+background build at the daemon's first start) waits for the same build and hears its progress.
 """
 
 from __future__ import annotations
@@ -11,24 +14,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from hyperdrive.aptsource import from_host
 from hyperdrive.errors import ContainerError, DeployError, HyperdriveError
-from hyperdrive.hull_debian import DebianHullBuild, Progress, mirror_from
+from hyperdrive.hull_debian import DebianHullBuild, Progress
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
 
 BUILDERS = ("busybox", "debian")
+# Built at the daemon's first start: busybox takes 0.3 s on first need, Debian a minute or more.
+BACKGROUND = ("debian",)
 
 
 class Emitter(Protocol):
     def emit(self, event: ev.Event) -> None: ...
+
+
+@dataclass
+class _Build:
+    """A hull build under way: who hears its events, and how far it is."""
+
+    hull: str
+    started: float  # epoch
+    listeners: list[Emitter] = field(default_factory=list)
+    background: Emitter | None = None  # hears the events only while nobody else does
+    last: ev.HullBuildProgress | None = None
+    task: asyncio.Task[str] | None = None
+
+    def emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.HullBuildProgress):
+            self.last = event
+        targets = list(self.listeners)
+        if not targets and self.background is not None:
+            targets = [self.background]
+        for listener in targets:
+            listener.emit(event)
+
+    def joined(self) -> ev.HullBuildStarted:
+        """What a newcomer is told: the build under way, how far it is."""
+        done = f"{self.last.percent}%: {self.last.step}" if self.last else "starting"
+        message = f"hull '{self.hull}' is being built ({done}): waiting for it"
+        return ev.HullBuildStarted(hull=self.hull, message=message)
 
 
 class Hulls:
@@ -41,16 +74,17 @@ class Hulls:
         records_file: Path,
         *,
         logs: Path | None = None,
-        mirror: str | None = None,
-        environ: Mapping[str, str] | None = None,
+        mirror: str = "",
+        cache_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.lxc = lxc
         self.records_file = records_file
         # $DATA/lxc: records_file is $DATA/records/hulls.json
         self.logs = logs or records_file.parent.parent / "lxc"
-        self.mirror = mirror or mirror_from(os.environ if environ is None else environ)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.mirror = mirror  # HYPERDRIVE_APT_MIRROR; "" = the host's apt sources
+        self.cache_dir = cache_dir  # LXC_CACHE_PATH; None = /var/cache/lxc
+        self._builds: dict[str, _Build] = {}
 
     def _load(self) -> dict[str, int]:
         try:
@@ -81,24 +115,93 @@ class Hulls:
         return sorted(found)
 
     async def ensure(self, kind: str, out: Emitter) -> str:
-        """The current hull of `kind`, assembled now if there is none."""
-        async with self._locks.setdefault(kind, asyncio.Lock()):
-            current = self.current(kind)
-            if current is not None and await self.lxc.exists(current):
-                return current
-            return await self._build(kind, out, "is missing and will now be created")
+        """The current hull of `kind`; when there is none, the build under way or a new one."""
+        current = self.current(kind)
+        if current is not None and await self.lxc.exists(current):
+            return current
+        build = self._builds.get(kind)
+        if build is None:
+            build = self._start(kind, "is missing and will now be created")
+        else:
+            out.emit(build.joined())
+        return await self._join(build, out)
 
-    async def assemble(self, kind: str, out: Emitter) -> str:
-        """Build a new version of `kind` and make it current (ships keep the one they have)."""
-        async with self._locks.setdefault(kind, asyncio.Lock()):
-            return await self._build(kind, out, "is being assembled")
+    async def assemble(self, kind: str, out: Emitter, *, fresh: bool = False) -> str:
+        """Build a new version of `kind` and make it current (ships keep the one they have);
+        `fresh`: from the mirror, not from the kept Debian tree."""
+        under_way = self._builds.get(kind)
+        if under_way is not None:
+            out.emit(under_way.joined())
+            with contextlib.suppress(HyperdriveError):
+                await self._join(under_way, out)
+        return await self._join(self._start(kind, "is being assembled", fresh=fresh), out)
+
+    def prepare(self, kind: str, out: Emitter) -> bool:
+        """At start-up: build `kind` in the background when it has no version yet, so the first
+        push does not wait for all of it. `out` hears the build while no deploy waits for it."""
+        current = self.current(kind)
+        if kind not in BACKGROUND or kind in self._builds:
+            return False
+        if current is not None and (self.lxc.lxcpath / current / "config").is_file():
+            return False
+        self._start(kind, "is missing and is being built in the background", background=out)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For `hd status`: each kind's current version and the build under way, if any."""
+        rows: dict[str, Any] = {}
+        for kind in BUILDERS:
+            build = self._builds.get(kind)
+            building = None
+            if build is not None:
+                last = build.last
+                building = {
+                    "hull": build.hull,
+                    "percent": last.percent if last else 0,
+                    "step": last.step if last else "starting",
+                    "seconds": int(time.time() - build.started),
+                }
+            rows[kind] = {"current": self.current(kind), "building": building}
+        return rows
+
+    async def close(self) -> None:
+        """Stop the builds under way (each cleans up after itself); they start again when
+        needed, and a deploy that waited for one stays in the spool for the next start."""
+        tasks = [b.task for b in self._builds.values() if b.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(
+        self, kind: str, why: str, *, fresh: bool = False, background: Emitter | None = None
+    ) -> _Build:
+        """Begin the one build of `kind` (none may be under way) as a task of its own."""
+        if kind not in BUILDERS:
+            raise DeployError("assemble", f"there is no hull {kind!r}: use {' or '.join(BUILDERS)}")
+        records = self._load()
+        version = max([records.get(kind, 0), *self.versions(kind)]) + 1
+        build = _Build(self.container(kind, version), time.time(), background=background)
+        self._builds[kind] = build
+        build.task = asyncio.create_task(self._build(kind, version, build, why, fresh))
+        build.task.add_done_callback(_retrieve)
+        return build
+
+    async def _join(self, build: _Build, out: Emitter) -> str:
+        """Wait for the build, hearing its events; leaving (a superseded deploy) stops only
+        the waiting, not the build."""
+        assert build.task is not None
+        build.listeners.append(out)
+        try:
+            return await asyncio.shield(build.task)
+        finally:
+            build.listeners.remove(out)
 
     async def prune(self, ships_in_use: Iterable[str], out: Emitter | None = None) -> list[str]:
         """Destroy hull versions that are not current and that no ship in use was made from."""
         used = {self.hull_of(ship) for ship in ships_in_use}
         retired = []
         for kind in BUILDERS:
-            if self._locks.setdefault(kind, asyncio.Lock()).locked():
+            if kind in self._builds:
                 continue  # a build is under way: its half-made version is not an old one
             current = self._load().get(kind)
             for version in self.versions(kind):
@@ -134,40 +237,73 @@ class Hulls:
         except OSError:
             return False
 
-    async def _build(self, kind: str, out: Emitter, why: str) -> str:
-        if kind not in BUILDERS:
-            raise DeployError("assemble", f"there is no hull {kind!r}: use {' or '.join(BUILDERS)}")
-        records = self._load()
-        version = max([records.get(kind, 0), *self.versions(kind)]) + 1
-        name = self.container(kind, version)
-        out.emit(ev.HullBuildStarted(hull=name, message=f"hull '{name}' {why}"))
-        t0 = time.monotonic()
+    async def _build(self, kind: str, version: int, build: _Build, why: str, fresh: bool) -> str:
+        name = build.hull
         try:
-            await self._create(kind, name, out)
-        except HyperdriveError as err:
-            out.emit(ev.HullBuildFailed(hull=name, log=str(self.setup_log(name)), message=str(err)))
+            return await self._make(kind, version, build, why, fresh)
+        except asyncio.CancelledError:
+            message = f"hull '{name}': build stopped with the daemon; it starts again when needed"
+            build.emit(
+                ev.HullBuildFailed(hull=name, log=str(self.setup_log(name)), message=message)
+            )
             raise
-        write_atomically(self.records_file, json.dumps({**records, kind: version}))
-        ms = int((time.monotonic() - t0) * 1000)
-        out.emit(ev.HullAssembled(hull=name, ms=ms, message=f"hull '{name}' ready in {ms} ms"))
-        return name
+        except HyperdriveError as err:
+            build.emit(
+                ev.HullBuildFailed(hull=name, log=str(self.setup_log(name)), message=str(err))
+            )
+            raise
+        finally:
+            if self._builds.get(kind) is build:
+                del self._builds[kind]
 
-    async def _create(self, kind: str, name: str, out: Emitter) -> None:
-        """Create the container; a failure leaves nothing of it behind."""
+    async def _make(self, kind: str, version: int, build: _Build, why: str, fresh: bool) -> str:
+        """Create the container (a failure leaves nothing of it behind), then make it current."""
+        name, t0 = build.hull, time.monotonic()
         await self.lxc.destroy(name)
         if kind == "busybox":
-            await self.lxc.create_busybox_hull(name)
-            return
+            build.emit(ev.HullBuildStarted(hull=name, message=f"hull '{name}' {why}"))
+            try:
+                await self.lxc.create_busybox_hull(name)
+            except BaseException:
+                with contextlib.suppress(HyperdriveError):
+                    await self.lxc.destroy(name)
+                raise
+            how = "from busybox"
+        else:
+            how = await self._debian(name, build, why, fresh)
+        write_atomically(self.records_file, json.dumps({**self._load(), kind: version}))
+        ms = int((time.monotonic() - t0) * 1000)
+        message = f"hull '{name}' ready in {ms} ms ({how})"
+        build.emit(ev.HullAssembled(hull=name, ms=ms, message=message))
+        return name
+
+    async def _debian(self, name: str, build: _Build, why: str, fresh: bool) -> str:
+        """The Debian build: from the kept tree, or from the mirror the host's apt uses."""
 
         def progress(step: Progress) -> None:
-            out.emit(
+            build.emit(
                 ev.HullBuildProgress(
                     hull=name, percent=step.percent, step=step.step, message=step.step
                 )
             )
 
-        build = DebianHullBuild(self.lxc.lxcpath, name, self.setup_log(name), mirror=self.mirror)
+        apt = await from_host(self.mirror)
+        debian = DebianHullBuild(
+            self.lxc.lxcpath,
+            name,
+            self.setup_log(name),
+            apt=apt,
+            cache_dir=self.cache_dir,
+            fresh=fresh,
+        )
+        build.emit(ev.HullBuildStarted(hull=name, message=f"hull '{name}' {why}, {debian.plan()}"))
         try:
-            await build.run(progress)
+            return await debian.run(progress)
         except OSError as err:
             raise ContainerError(f"hull {name}: {err}") from err
+
+
+def _retrieve(task: asyncio.Task[str]) -> None:
+    """A build nobody waited for (the background one) must not warn 'never retrieved'."""
+    if not task.cancelled():
+        task.exception()

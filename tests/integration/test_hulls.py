@@ -1,7 +1,8 @@
 """Hulls against real LXC: the Debian hull (debootstrap, patched), versions, pruning, failures.
 
-The Debian hull is built once for the module (about 10 s with /var/cache/lxc warm; the first
-run on a machine downloads Debian, 1–2 minutes).
+The Debian hull is built once for the module: a copy of the tree kept in
+/var/cache/lxc/hyperdrive (seconds), or on the first run on a machine a full build that keeps
+it (1–2 minutes). A second version is then made from the kept tree.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +44,7 @@ class Recorder:
         return [e.name for e in self.events]
 
 
-def make_hulls(root: Path, **kw: str) -> Hulls:
+def make_hulls(root: Path, **kw: Any) -> Hulls:
     lxc = Lxc(root / "containers", root / "logs", timeout=60)
     return Hulls("hdth", lxc, root / "data" / "records" / "hulls.json", **kw)
 
@@ -76,7 +78,8 @@ def test_debian_hull_is_built_patched_and_reported(debian: tuple[Hulls, str, Rec
     assert percents[-1] == 100
     setup_log = hulls.setup_log(name)
     assert setup_log == hulls.logs / name / "setup.log"
-    assert "Installing packages" in setup_log.read_text()
+    log = setup_log.read_text()
+    assert "Installing packages" in log or "copying the Debian tree kept" in log
     folder = hulls.lxc.lxcpath / name
     assert "lxc.net." not in (folder / "config").read_text()
     interfaces = (folder / "rootfs" / "etc" / "network" / "interfaces").read_text()
@@ -143,6 +146,36 @@ async def test_a_build_started_during_boot_keeps_its_tmp_files(
     await hulls.lxc.destroy(ship)
 
 
+@pytest.mark.timeout(900)
+async def test_a_rebuild_copies_the_kept_tree_and_its_ships_serve(
+    debian: tuple[Hulls, str, Recorder], bridge: Bridge, tmp_path: Path
+) -> None:
+    hulls, _, _ = debian
+    out = Recorder()
+    second = await hulls.assemble("debian", out)
+    assert second == "hdth-hull-debian-2"
+    assert hulls.current("debian") == second
+    assert "from the Debian tree kept" in out.events[0].message
+    assert "copied from the tree kept" in out.events[-1].message
+    config = (hulls.lxc.lxcpath / second / "config").read_text()
+    assert f"lxc.rootfs.path = dir:{hulls.lxc.lxcpath / second / 'rootfs'}" in config
+    assert f"lxc.uts.name = {second}" in config
+    assert "lxc.net." not in config
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello from the kept tree\n")
+    ship = f"{second}-ship"
+    spec = bridge.spec(23, "keptship", mounts=(Mount(site, "/app", readonly=True),))
+    await hulls.lxc.snapshot(second, ship)
+    await hulls.lxc.write_config(ship, spec)
+    await hulls.lxc.start(ship)
+    serve = "cd /app && (python3 -m http.server 8000 >/dev/null 2>&1 &)"
+    assert await hulls.lxc.attach(ship, ["/bin/sh", "-c", serve], {"PATH": PATH}, 10) == 0
+    assert await get_until_ok(f"http://{spec.ip}:8000/", seconds=10) == "hello from the kept tree\n"
+    await hulls.lxc.destroy(ship)
+
+
 async def test_a_new_version_serves_new_ships_and_the_old_goes_with_its_last_ship(
     tmp_path: Path,
 ) -> None:
@@ -182,9 +215,10 @@ async def test_unknown_hull_kind_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(900)
 async def test_a_failed_debian_build_leaves_no_hull_and_shows_the_log(tmp_path: Path) -> None:
-    """A mirror nothing answers on (loopback, closed port): apt fails, the hull is removed."""
+    """A mirror nothing answers on (loopback, closed port) and no kept tree to copy (an empty
+    LXC cache): debootstrap fails at once, the hull is removed."""
     require_lxc()
-    hulls = make_hulls(tmp_path, mirror="http://127.0.0.1:9/debian")
+    hulls = make_hulls(tmp_path, mirror="http://127.0.0.1:9/debian", cache_dir=tmp_path / "cache")
     out = Recorder()
     with pytest.raises(ContainerError, match=r"127\.0\.0\.1:9") as failure:
         await hulls.ensure("debian", out)

@@ -7,6 +7,7 @@ import pytest
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline.commands import (
     ZERO_SHA,
+    AssembleHulls,
     Deploy,
     Retire,
     Rollback,
@@ -134,3 +135,10 @@ def test_app_kinds_without_an_app_ask_for_nothing(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["launch-missiles", "", "PUSH", "webhooks"])
 def test_an_unknown_kind_asks_for_nothing(kind: str) -> None:
     assert from_trigger(trigger(kind)) == []
+
+
+def test_hd_assemble_builds_every_hull_fresh_only_when_asked() -> None:
+    assert from_trigger(trigger("assemble", app=None)) == [AssembleHulls(deploy="t-1")]
+    fresh = from_trigger(trigger("assemble", app=None, fresh=True))
+    assert fresh == [AssembleHulls(deploy="t-1", fresh=True)]
+    assert from_trigger(trigger("assemble", app=None, fresh="yes")) == [AssembleHulls(deploy="t-1")]

@@ -82,3 +82,15 @@ def test_no_apps_says_how_to_start() -> None:
     text = render({**status([]), "headquarters_sha": None}, 80)
     assert "no apps yet: push one" in text
     assert "hosted here, nothing in force yet" in text
+
+
+def test_a_hull_build_under_way_is_a_line_of_the_squadron() -> None:
+    data = {
+        **status([]),
+        "hulls": {
+            "debian": {"building": {"percent": 45, "step": "installing packages"}},
+            "busybox": {"current": "hdt-hull-busybox-1"},
+        },
+    }
+    lines = [line.rstrip() for line in render(data, 80).splitlines()]
+    assert "  hulls         busybox hdt-hull-busybox-1, debian building 45% (installing" in lines
