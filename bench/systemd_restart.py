@@ -22,7 +22,8 @@ from tempfile import TemporaryDirectory
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import wait_for
-from tests.e2e.systemd_host import Client, SystemdHost, systemd_host
+from tests.e2e.squadron import Prober
+from tests.e2e.systemd_host import SystemdHost, systemd_host
 
 
 def timed(host: SystemdHost, action: Callable[[], object]) -> tuple[float, float]:
@@ -36,9 +37,8 @@ def timed(host: SystemdHost, action: Callable[[], object]) -> tuple[float, float
 
 
 def phase(host: SystemdHost, name: str, action: Callable[[], object], rounds: int) -> None:
-    url = host.url(80, "/site/")
     took, healthy = [], []
-    with Client(url, step=0.01) as client:
+    with Prober(80, "/site/", step=0.01, address=host.address, limit=900) as client:
         for _ in range(rounds):
             a, b = timed(host, action)
             took.append(a)

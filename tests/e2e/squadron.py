@@ -73,8 +73,15 @@ def teardown(d: Daemon) -> None:
     subprocess.run(["ip", "link", "del", f"{name}br0"], capture_output=True, timeout=10)
 
 
-def http_get(port: int, path: str, host: str | None = None, timeout: float = 3) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def http_get(
+    port: int,
+    path: str,
+    host: str | None = None,
+    timeout: float = 3,
+    address: str = "127.0.0.1",
+) -> tuple[int, str]:
+    """(status, body) of a GET on a new connection; (0, why) when nothing answered."""
+    request = urllib.request.Request(f"http://{address}:{port}{path}")
     if host:
         request.add_header("Host", host)
     try:
@@ -200,8 +207,17 @@ class Prober:
     """A client that GETs one path on a new connection every `step` s, in a thread, and counts
     the answers: while it runs, a user can tell whether the app ever stopped serving."""
 
-    def __init__(self, port: int, path: str, step: float = 0.02, host: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str,
+        step: float = 0.02,
+        host: str | None = None,
+        address: str = "127.0.0.1",
+        limit: float = 600,
+    ) -> None:
         self.port, self.path, self.step, self.host = port, path, step, host
+        self.address, self.limit = address, limit
         self.answers: dict[tuple[int, str], int] = {}
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -216,9 +232,10 @@ class Prober:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                answer = http_get(self.port, self.path, self.host, timeout=3)
+                answer = http_get(self.port, self.path, self.host, 3, self.address)
             except OSError as err:
                 self.failures.append(f"{type(err).__name__}: {err}")
             else:
@@ -226,6 +243,10 @@ class Prober:
                 if answer[0] != 200:
                     self.failures.append(f"HTTP {answer[0]}: {answer[1][:80]}")
             self._stop.wait(self.step)
+
+    @property
+    def served(self) -> int:
+        return sum(n for (status, _), n in self.answers.items() if status == 200)
 
     @property
     def bodies(self) -> set[str]:

@@ -20,7 +20,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -311,12 +310,10 @@ class SystemdHost:
             self.attach("systemctl", "show", "-p", "MainPID", "--value", "hyperdrive").stdout
         )
 
-    def url(self, port: int, path: str) -> str:
-        return f"http://{self.address}:{port}{path}"
-
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url(8421, "/healthz"), timeout=2) as response:
+            url = f"http://{self.address}:8421/healthz"
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(json.loads(response.read())["status"] == "ok")
         except (OSError, ValueError):
             return False
@@ -380,45 +377,3 @@ def systemd_host(root: Path) -> Iterator[SystemdHost]:
         yield host
     finally:
         host.close()
-
-
-def get(url: str, timeout: float = 3) -> tuple[int, str]:
-    """(status, body) of a GET on a new connection; (0, why) when nothing answered."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        err.close()
-        return err.code, ""
-    except OSError as err:
-        return 0, f"{type(err).__name__}: {err}"
-
-
-class Client:
-    """GETs one URL on a new connection every `step` s in a thread, for at most `limit` s,
-    and counts what it got: a user's view of whether the app ever stopped serving."""
-
-    def __init__(self, url: str, step: float = 0.02, limit: float = 400) -> None:
-        self.url, self.step, self.limit = url, step, limit
-        self.served = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Client:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.limit
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            status, body = get(self.url)
-            if status == 200:
-                self.served += 1
-            else:
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {status} {body[:80]}")
-            self._stop.wait(self.step)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import wait_for
-from tests.e2e.systemd_host import Client, SystemdHost, get, systemd_host
+from tests.e2e.squadron import Prober, http_get
+from tests.e2e.systemd_host import SystemdHost, systemd_host
 
 pytestmark = [
     pytest.mark.root,
@@ -47,8 +48,7 @@ def restarted(host: SystemdHost, action: Callable[[], object], what: str) -> Non
 
 
 def test_restart_and_upgrade_fail_no_request(host: SystemdHost) -> None:
-    url = host.url(80, "/site/")
-    assert get(url) == (200, PAGE)
+    assert http_get(80, "/site/", address=host.address) == (200, PAGE)
     nginx, ship = host.nginx_master(), host.status()["apps"][0]["ship"]
     ship_pid = host.ship_pid(ship)
     assert host.cgroup(nginx) == "/system.slice/hyperdrive-nginx.scope"
@@ -56,7 +56,7 @@ def test_restart_and_upgrade_fail_no_request(host: SystemdHost) -> None:
     monitor = host.attach("pgrep", "-fx", f"\\[lxc monitor\\] /var/hyperdrive/containers {ship}")
     assert host.cgroup(int(monitor.stdout)) == f"/lxc.monitor.{ship}"
 
-    with Client(url) as client:
+    with Prober(80, "/site/", address=host.address, limit=400) as client:
         time.sleep(1)
         restarted(host, lambda: host.attach("systemctl", "restart", "hyperdrive"), "a restart")
         host.attach("touch", "/root/hyperdrive/UPGRADED")  # a change the upgrade must bring
@@ -74,11 +74,11 @@ def test_restart_and_upgrade_fail_no_request(host: SystemdHost) -> None:
 
 def test_a_killed_nginx_is_started_again_in_its_scope(host: SystemdHost) -> None:
     """SIGKILL leaves the master's workers in the scope; the next start clears them first."""
-    url = host.url(80, "/site/")
     killed = host.nginx_master()
     host.attach("kill", "-KILL", str(killed))
     assert host.attach("pgrep", "-f", "nginx: worker process").stdout.strip(), "no orphan workers"
     restarted(host, lambda: host.attach("systemctl", "restart", "hyperdrive"), "a restart")
-    wait_for(lambda: get(url) == (200, PAGE), 30, 0.2, "the app through a new nginx")
+    serving = lambda: http_get(80, "/site/", address=host.address) == (200, PAGE)  # noqa: E731
+    wait_for(serving, 30, 0.2, "the app through a new nginx")
     assert host.nginx_master() != killed
     assert host.cgroup(host.nginx_master()) == "/system.slice/hyperdrive-nginx.scope"
