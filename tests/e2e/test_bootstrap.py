@@ -182,12 +182,20 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
 
 
 def test_uninstall_leaves_a_disabled_nginx_disabled(tmp_path: Path) -> None:
-    """Only what install changed is restored: an admin's disabled nginx stays disabled."""
+    """Only what install changed is restored: an admin's disabled nginx stays disabled.
+
+    The source is a checkout owned by another user, as with `sudo ./bootstrap` from one's own
+    clone (or Vagrant's /vagrant): git's ownership check must not stop the install."""
     env, api = scratch_env(tmp_path)
     systemd = unit_tree(tmp_path / "systemd", enabled=False)
+    checkout = tmp_path / "someone" / "hyperdrive"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True, timeout=60)
+    subprocess.run(["chown", "-R", "nobody", str(checkout.parent)], check=True, timeout=60)
+    env["HYPERDRIVE_REMOTE"] = str(checkout)
     try:
         run_bootstrap(env)
         assert healthz(api)
+        assert (tmp_path / "opt" / "src" / "bootstrap").is_file()
         out = run_bootstrap(env, "--uninstall", "--purge").stdout
         assert units(systemd, "is-enabled", "nginx") == "disabled"
         assert "nginx.service" not in out
