@@ -7,6 +7,7 @@ one, swapped atomically. `hosts`, `proxies` and `upstream` (the seed's names) po
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -16,13 +17,15 @@ import signal
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from hyperdrive import systemd
 from hyperdrive.errors import InvalidName, ProxyError
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import run
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,18 @@ HOST = re.compile(
 )
 CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
 
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("hyperdrive", "templates"),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - nginx config, not HTML; every value is validated first
-)
+
+@functools.cache
+def _templates() -> "jinja2.Environment":
+    """The nginx templates; jinja2 (~2 MB) is loaded at the first render, not by an idle start."""
+    import jinja2  # noqa: PLC0415 - an unchanged start renders nothing (see Routes.apply)
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("hyperdrive", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - nginx config, not HTML; every value is validated first
+    )
 
 
 def check_host(name: str) -> str:
@@ -119,11 +128,8 @@ def render(
 ) -> dict[str, str]:
     """The whole config as {relative path: text}, without the per-generation control file."""
     overrides = overrides or {}
-    files = {
-        "nginx.conf": _templates.get_template("nginx.conf.j2").render(
-            prefix=prefix, http_port=http_port, workers=workers
-        )
-    }
+    main = _templates().get_template("nginx.conf.j2")
+    files = {"nginx.conf": main.render(prefix=prefix, http_port=http_port, workers=workers)}
     for route in routes:
         context = {
             "app": route.app,
@@ -135,7 +141,7 @@ def render(
             "override": route.app in overrides,
         }
         for part in GENERATED:
-            text = _templates.get_template("app.conf.j2").render(part=part, **context)
+            text = _templates().get_template("app.conf.j2").render(part=part, **context)
             files[f"{part}/{route.app}.conf"] = text
         if route.app in overrides:
             files[f"overrides/{route.app}.conf"] = overrides[route.app]
@@ -390,7 +396,7 @@ class Nginx:
             (folder / rel).write_text(text)
         for part in GENERATED:
             (folder / part).mkdir(parents=True, exist_ok=True)
-        control = _templates.get_template("nginx_control.conf.j2")
+        control = _templates().get_template("nginx_control.conf.j2")
         (folder / CONTROL).write_text(control.render(prefix=self.prefix, generation=folder.name))
         return folder
 
