@@ -610,6 +610,11 @@ def read_headquarters_from_git(
     `rev` is a full commit id, `refs/…` or a branch name. A pre-receive hook passes
     GIT_QUARANTINE_PATH in `object_dirs`: pushed objects live there until accepted.
     """
+    return headquarters_from_files(read_files_from_git(repo, rev, object_dirs), default_hull)
+
+
+def read_files_from_git(repo: Path, rev: str, object_dirs: Sequence[Path] = ()) -> Files:
+    """The entries of HQ at `rev` that `headquarters_from_files` reads (see the caller)."""
     # dulwich (~3 MB) only where git is read: a daemon with nothing to do never loads it
     from dulwich.object_store import DiskObjectStore, OverlayObjectStore  # noqa: PLC0415
     from dulwich.repo import Repo  # noqa: PLC0415
@@ -618,11 +623,10 @@ def read_headquarters_from_git(
         extra = [DiskObjectStore(str(path)) for path in object_dirs]
         store = OverlayObjectStore([*extra, git.object_store]) if extra else git.object_store
         try:
-            files = _git_files(store, _resolve(git, store, rev))
+            return _git_files(store, _resolve(git, store, rev))
         finally:
             for each in extra:
                 each.close()
-    return headquarters_from_files(files, default_hull)
 
 
 def _resolve(git: Repo, store: BaseObjectStore, rev: str) -> ObjectID:
