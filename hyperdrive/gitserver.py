@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-from dulwich.refs import Ref
-from dulwich.repo import Repo
 
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
+from hyperdrive.procs import check_output
 from hyperdrive.repos import DEFAULT_BRANCH
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,7 @@ MAX_COMMAND = 4096
 CHUNK = 64 * 1024
 PIPE_LIMIT = 1024 * 1024  # git's pipes buffer this much before asyncio pauses reading them
 GIT_TIMEOUT_S = 3600.0
+INIT_TIMEOUT_S = 30.0
 REAP_TIMEOUT_S = 10.0
 LOGIN_TIMEOUT_S = 20.0
 MAX_UNAUTHENTICATED = 32
@@ -128,40 +128,54 @@ def check_hooks(folder: Path) -> None:
             raise HyperdriveError(f"{hook} is not executable: reinstall hyperdrive")
 
 
-def create_repo(path: Path, hooks_dir: Path) -> bool:
+async def create_repo(path: Path, hooks_dir: Path) -> bool:
     """Create a bare repo at `path` wired to our post-receive hook; False if it already exists.
 
     Its HEAD names `main` until the first push: the post-receive hook then points it at the
     first branch pushed (`main`, `master`, whatever the pusher's git made). Built in a
     temporary folder and renamed into place, so two first pushes cannot both win.
     """
-    if path.is_dir():
+    tmp = _scratch_beside(path)
+    if tmp is None:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        _init_bare(tmp, hooks_dir)
+        await _init_bare(tmp, hooks_dir)
+        return _move_into_place(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _scratch_beside(path: Path) -> Path | None:
+    """A fresh temporary folder next to `path`, or None when `path` already exists."""
+    if path.is_dir():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+
+
+def _move_into_place(tmp: Path, path: Path) -> bool:
+    """Rename `tmp` to `path`; False when another creator got there first."""
+    try:
         os.rename(tmp, path)
         return True
     except OSError:
         if path.is_dir():
             return False
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _init_bare(path: Path, hooks_dir: Path) -> None:
-    repo = Repo.init_bare(str(path))
-    try:
-        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{DEFAULT_BRANCH}".encode()))
-        config = repo.get_config()
-        config.set((b"core",), b"hooksPath", str(hooks_dir).encode())
-        config.set((b"receive",), b"advertisePushOptions", True)
-        config.set((b"receive",), b"denyNonFastForwards", False)  # force pushes deploy
-        config.write_to_path()
-    finally:
-        repo.close()
+async def _init_bare(path: Path, hooks_dir: Path) -> None:
+    """The real git makes the repo it serves (and a first start then needs no dulwich: ~3 MB
+    an idle daemon would hold for good)."""
+    init = ["git", "init", "--bare", "--quiet", "--template=", f"--initial-branch={DEFAULT_BRANCH}"]
+    await check_output([*init, str(path)], timeout=INIT_TIMEOUT_S)
+    for key, value in (
+        ("core.hooksPath", str(hooks_dir)),
+        ("receive.advertisePushOptions", "true"),
+        ("receive.denyNonFastForwards", "false"),  # force pushes deploy
+    ):
+        config = ["git", f"--git-dir={path}", "config", key, value]
+        await check_output(config, timeout=INIT_TIMEOUT_S)
 
 
 async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter) -> None:
@@ -419,7 +433,7 @@ class GitServer:
         """First push of an app: create its bare repo (one creator per name at a time)."""
         lock = self._creating.setdefault(app, asyncio.Lock())
         async with lock:
-            if await asyncio.to_thread(create_repo, repo, self.hooks_dir):
+            if await create_repo(repo, self.hooks_dir):
                 log.info("ssh: created repository %s", repo)
         self._creating.pop(app, None)
 

@@ -16,15 +16,17 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import asyncssh
-from dulwich.object_store import BaseObjectStore, DiskObjectStore, OverlayObjectStore
-from dulwich.objects import Commit, ObjectID, Tag, Tree
-from dulwich.refs import Ref
-from dulwich.repo import Repo
 
 from hyperdrive.errors import ConfigError, InvalidName, OrdersRejected
 from hyperdrive.names import HEADQUARTERS, HULL_NAME, SHA, check_ref, is_app_name, sanitize_app_name
+
+if TYPE_CHECKING:
+    from dulwich.object_store import BaseObjectStore
+    from dulwich.objects import ObjectID
+    from dulwich.repo import Repo
 
 MAX_FILE_BYTES = 64 * 1024
 ORDERS = "orders"
@@ -608,19 +610,30 @@ def read_headquarters_from_git(
     `rev` is a full commit id, `refs/…` or a branch name. A pre-receive hook passes
     GIT_QUARANTINE_PATH in `object_dirs`: pushed objects live there until accepted.
     """
+    return headquarters_from_files(read_files_from_git(repo, rev, object_dirs), default_hull)
+
+
+def read_files_from_git(repo: Path, rev: str, object_dirs: Sequence[Path] = ()) -> Files:
+    """The entries of HQ at `rev` that `headquarters_from_files` reads (see the caller)."""
+    # dulwich (~3 MB) only where git is read: a daemon with nothing to do never loads it
+    from dulwich.object_store import DiskObjectStore, OverlayObjectStore  # noqa: PLC0415
+    from dulwich.repo import Repo  # noqa: PLC0415
+
     with Repo(str(repo)) as git:
         extra = [DiskObjectStore(str(path)) for path in object_dirs]
         store = OverlayObjectStore([*extra, git.object_store]) if extra else git.object_store
         try:
-            files = _git_files(store, _resolve(git, store, rev))
+            return _git_files(store, _resolve(git, store, rev))
         finally:
             for each in extra:
                 each.close()
-    return headquarters_from_files(files, default_hull)
 
 
 def _resolve(git: Repo, store: BaseObjectStore, rev: str) -> ObjectID:
     """The tree id of commit `rev` (tags peeled); InvalidName when it does not exist."""
+    from dulwich.objects import Commit, ObjectID, Tag  # noqa: PLC0415 - see the caller
+    from dulwich.refs import Ref  # noqa: PLC0415 - see the caller
+
     try:
         if SHA.fullmatch(rev):
             sha = ObjectID(rev.encode())
@@ -653,6 +666,8 @@ def _git_files(store: BaseObjectStore, tree_id: ObjectID) -> dict[str, bytes | N
 
 def _tree_items(store: BaseObjectStore, tree_id: ObjectID) -> list[tuple[str, int, ObjectID]]:
     """(name, mode, sha) of one tree; names decoded with undecodable bytes escaped."""
+    from dulwich.objects import Tree  # noqa: PLC0415 - see read_headquarters_from_git
+
     tree = store[tree_id]
     if not isinstance(tree, Tree):  # a crafted entry: directory mode, not a tree
         return []

@@ -7,27 +7,35 @@ one, swapped atomically. `hosts`, `proxies` and `upstream` (the seed's names) po
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import ipaddress
+import json
 import logging
 import os
 import re
 import shutil
 import signal
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from hyperdrive import systemd
 from hyperdrive.errors import InvalidName, ProxyError
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import run
 
+if TYPE_CHECKING:
+    import jinja2
+
 log = logging.getLogger(__name__)
 
 GENERATED = ("upstream", "proxies", "hosts")
 CONTROL = "control.conf"
+RENDERED = "rendered-from"  # in a generation: the key of what it was rendered from, its digest
+TEMPLATES = Path(__file__).with_name("templates")
+NGINX_TEMPLATES = ("nginx.conf.j2", "app.conf.j2")
 KEEP_GENERATIONS = 5
 TIMEOUT = 10.0
 UNANSWERED = (502, 504)  # what nginx says itself when the upstream did not answer
@@ -36,12 +44,18 @@ HOST = re.compile(
 )
 CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
 
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("hyperdrive", "templates"),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - nginx config, not HTML; every value is validated first
-)
+
+@functools.cache
+def _templates() -> "jinja2.Environment":
+    """The nginx templates; jinja2 (~2 MB) is loaded at the first render, not by an idle start."""
+    import jinja2  # noqa: PLC0415 - an unchanged start renders nothing (see Routes.apply)
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("hyperdrive", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - nginx config, not HTML; every value is validated first
+    )
 
 
 def check_host(name: str) -> str:
@@ -119,11 +133,8 @@ def render(
 ) -> dict[str, str]:
     """The whole config as {relative path: text}, without the per-generation control file."""
     overrides = overrides or {}
-    files = {
-        "nginx.conf": _templates.get_template("nginx.conf.j2").render(
-            prefix=prefix, http_port=http_port, workers=workers
-        )
-    }
+    main = _templates().get_template("nginx.conf.j2")
+    files = {"nginx.conf": main.render(prefix=prefix, http_port=http_port, workers=workers)}
     for route in routes:
         context = {
             "app": route.app,
@@ -135,7 +146,7 @@ def render(
             "override": route.app in overrides,
         }
         for part in GENERATED:
-            text = _templates.get_template("app.conf.j2").render(part=part, **context)
+            text = _templates().get_template("app.conf.j2").render(part=part, **context)
             files[f"{part}/{route.app}.conf"] = text
         if route.app in overrides:
             files[f"overrides/{route.app}.conf"] = overrides[route.app]
@@ -157,12 +168,36 @@ def changed_apps(
 
 
 def read_tree(folder: Path) -> dict[str, str]:
-    """A generation's files as {relative path: text}, without the control file."""
+    """A generation's files as {relative path: text}, without the control and key files."""
     return {
         path.relative_to(folder).as_posix(): path.read_text(errors="replace")
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != CONTROL
+        if path.is_file() and path.name not in (CONTROL, RENDERED)
     }
+
+
+def digest(value: object) -> str:
+    """sha256 of a JSON-able value."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def render_key(
+    routes: Sequence[AppRoute], overrides: Mapping[str, str], settings: Mapping[str, str]
+) -> str:
+    """Everything `render` makes the files from: its arguments, the templates and this module's
+    own source (an upgrade that changes how config is rendered renders again)."""
+    sources = [(TEMPLATES / name).read_text() for name in NGINX_TEMPLATES]
+    sources.append(Path(__file__).read_text())
+    return digest([[asdict(r) for r in routes], dict(overrides), dict(settings), sources])
+
+
+def rendered_from(folder: Path) -> tuple[str, str] | None:
+    """The (render key, digest of its files) a generation was written with, if recorded."""
+    try:
+        key, files = (folder / RENDERED).read_text().split()
+    except (OSError, ValueError):
+        return None
+    return key, files
 
 
 async def http_status(port: int, path: str, host: str = "localhost", seconds: float = 2.0) -> int:
@@ -390,7 +425,7 @@ class Nginx:
             (folder / rel).write_text(text)
         for part in GENERATED:
             (folder / part).mkdir(parents=True, exist_ok=True)
-        control = _templates.get_template("nginx_control.conf.j2")
+        control = _templates().get_template("nginx_control.conf.j2")
         (folder / CONTROL).write_text(control.render(prefix=self.prefix, generation=folder.name))
         return folder
 
@@ -450,31 +485,52 @@ class Routes:
     async def apply(self, routes: Sequence[AppRoute], fresh: Collection[str] | None = None) -> None:
         """Make `routes` live, or leave the previous config live and raise ProxyError saying why.
 
-        Overrides are read afresh for the apps in `fresh` (None: every app).
+        Overrides are read afresh for the apps in `fresh` (None: every app). When the live
+        generation was rendered from the same inputs and its files are untouched, nothing is
+        rendered (an unchanged start loads no jinja2); any difference renders and repairs.
         """
         async with self._lock:
             check_conflicts(routes, self.http_port, self.domain)
             self.nginx.prepare()
+            overrides = self.overrides(routes, fresh)
+            key = render_key(routes, overrides, self._settings())
+            previous = self.nginx.live()
+            live_files = read_tree(previous) if previous else None
+            if previous and rendered_from(previous) == (key, digest(live_files)):
+                await self.nginx.start()  # adopts a running master: no reload when nothing changed
+                return
             files = render(
                 routes,
                 prefix=self.nginx.prefix,
                 http_port=self.http_port,
                 domain=self.domain,
-                overrides=self.overrides(routes, fresh),
+                overrides=overrides,
                 workers=self.workers,
             )
-            previous = self.nginx.live()
-            live_files = read_tree(previous) if previous else None
-            if files == live_files:
-                await self.nginx.start()  # adopts a running master: no reload when nothing changed
+            record = f"{key} {digest(files)}\n"
+            if previous and files == live_files:
+                (previous / RENDERED).write_text(record)  # so that the next start renders nothing
+                await self.nginx.start()
                 return
-            await self._transaction(files, changed_apps(routes, files, live_files), previous)
+            await self._transaction(
+                files, changed_apps(routes, files, live_files), previous, record
+            )
+
+    def _settings(self) -> dict[str, str]:
+        """`render`'s arguments besides the routes and overrides, for its key."""
+        return {
+            "prefix": str(self.nginx.prefix),
+            "http_port": str(self.http_port),
+            "domain": self.domain,
+            "workers": self.workers,
+        }
 
     async def _transaction(
-        self, files: dict[str, str], changed: list[AppRoute], previous: Path | None
+        self, files: dict[str, str], changed: list[AppRoute], previous: Path | None, record: str
     ) -> None:
         """Test the new generation, swap, reload, verify; on any failure put `previous` back."""
         folder = self.nginx.new_generation(files)
+        (folder / RENDERED).write_text(record)
         await self.nginx.test(folder)
         running = self.nginx.master_pid() is not None
         self.nginx.switch(folder)

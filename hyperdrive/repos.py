@@ -10,10 +10,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dulwich.errors import NotGitRepository
-from dulwich.refs import Ref
-from dulwich.repo import Repo
-
 from hyperdrive.errors import DeployError
 from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.procs import check_output
@@ -145,6 +141,11 @@ class GitRepos:
 
 
 def _resolve(path: Path, ref: str) -> str | None:
+    # dulwich (~3 MB) at the first read of a repo: a daemon with nothing to do never loads it
+    from dulwich.errors import NotGitRepository  # noqa: PLC0415
+    from dulwich.refs import Ref  # noqa: PLC0415
+    from dulwich.repo import Repo  # noqa: PLC0415
+
     try:
         repo = Repo(str(path))
     except NotGitRepository:
@@ -185,6 +186,10 @@ def branch_after_push(head: str, head_exists: bool, updates: Iterable[tuple[str,
 def adopt_pushed_branch(path: Path, updates: Iterable[tuple[str, str]]) -> str | None:
     """After a push landed: point HEAD at the branch `branch_after_push` names; that branch,
     or None when `path` is not a bare repo."""
+    from dulwich.errors import NotGitRepository  # noqa: PLC0415 - as in _resolve
+    from dulwich.refs import Ref  # noqa: PLC0415 - as in _resolve
+    from dulwich.repo import Repo  # noqa: PLC0415 - as in _resolve
+
     if not (path / "HEAD").is_file():
         return None
     try:

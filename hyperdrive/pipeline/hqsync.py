@@ -8,27 +8,31 @@ orders are rejected keeps its last good orders and its ship; the rest of the pla
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 import os
 import pwd
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from hyperdrive import authorized_keys
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters import (
     KEYS_DIR,
+    Files,
     Headquarters,
     Plan,
     check,
     describe,
+    headquarters_from_files,
     plan,
-    read_headquarters_from_git,
+    read_files_from_git,
     read_includes,
 )
 from hyperdrive.keyring import KeyRing, parse_keys
@@ -104,14 +108,37 @@ class HeadquartersSync:
         deploys; the includes apply to pushed apps whether or not HQ has a commit."""
         self.fleet.includes = self._includes()
         try:
-            sha = json.loads(self.record.read_text())["sha"]
-            repo = self.hosted_repo if self.source.hosted else self.checkout / ".git"
-            hq = await asyncio.to_thread(read_headquarters_from_git, repo, sha, self.config.hull)
-        except (OSError, ValueError, KeyError, HyperdriveError) as err:
+            record = json.loads(self.record.read_text())
+            sha = record["sha"]
+            hq = headquarters_from_files(await self._files_at(sha, record), self.config.hull)
+        except (OSError, ValueError, KeyError, TypeError, HyperdriveError) as err:
             log.info("no headquarters in force yet (%s)", err)
             return
         self.fleet.hq, self.fleet.hq_sha = hq, sha
         self._admirals(hq)
+
+    async def _files_at(self, sha: str, record: Mapping[str, Any]) -> Files:
+        """HQ's files at the recorded sha: the copy the sync recorded beside it (a start then
+        reads no git, so an idle daemon needs no dulwich), else read from the source's repo."""
+        kept = record.get("files")
+        if isinstance(kept, dict) and record.get("source") == self._source_key():
+            return {
+                path: None if b64 is None else base64.b64decode(b64) for path, b64 in kept.items()
+            }
+        repo = self.hosted_repo if self.source.hosted else self.checkout / ".git"
+        return await asyncio.to_thread(read_files_from_git, repo, sha)
+
+    def _source_key(self) -> list[str | None]:
+        return [self.source.url, self.source.branch]
+
+    def _record(self, sha: str, files: Files) -> None:
+        """HQ in force: its sha, where it came from and the files it was read from."""
+        kept = {
+            path: None if data is None else base64.b64encode(data).decode()
+            for path, data in files.items()
+        }
+        record = {"sha": sha, "at": time.time(), "source": self._source_key(), "files": kept}
+        write_atomically(self.record, json.dumps(record))
 
     def _includes(self) -> dict[str, str]:
         try:
@@ -138,11 +165,12 @@ class HeadquartersSync:
             ctx.emit(ev.HeadquartersSynced(deploy=cmd.deploy, message=summary))
             return FINISHED
         try:
-            new = await asyncio.to_thread(read_headquarters_from_git, repo, sha, self.config.hull)
+            files = await asyncio.to_thread(read_files_from_git, repo, sha)
+            new = headquarters_from_files(files, self.config.hull)
         except (HyperdriveError, ValueError) as err:
             ctx.emit(ev.HeadquartersSyncFailed(deploy=cmd.deploy, sha=sha, message=str(err)))
             return FAILED
-        await self._apply(cmd, ctx, new, sha)
+        await self._apply(cmd, ctx, new, sha, files)
         return FINISHED
 
     async def _fetch(self, source: Source) -> tuple[Path, str | None]:
@@ -199,7 +227,7 @@ class HeadquartersSync:
         return env
 
     async def _apply(
-        self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, sha: str
+        self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, sha: str, files: Files
     ) -> None:
         old, includes_old = self.fleet.hq, dict(self.fleet.includes)
         includes = self._includes()
@@ -212,7 +240,7 @@ class HeadquartersSync:
         unordered = await self._redeploy_unordered(cmd, ctx, includes_old, the_plan.removed)
         # Recorded only once the triggers are durable: a crash before this line re-runs the
         # sync at the next start, which queues the same (deduplicated) trigger ids again.
-        write_atomically(self.record, json.dumps({"sha": sha, "at": time.time()}))
+        self._record(sha, files)
         await self._materialise(sha)
         # The outcome comes last: whoever follows the sync (a push, `hd headquarters sync`)
         # has seen every app's event, and the new keys are live, when it is told.

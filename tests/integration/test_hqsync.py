@@ -7,9 +7,12 @@ stand-in for the bus Context that records what the handler emits.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -412,6 +415,51 @@ async def test_start_up_puts_the_recorded_hq_in_force(rig: Rig, tmp_path: Path) 
     assert again.fleet.hq_sha == sha
     assert again.fleet.orders("web").port == 81
     assert again.keyring.admiral_for(alice) == "alice"
+
+
+async def test_start_up_reads_the_hq_in_force_from_its_record_not_git(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The sync keeps HQ's files beside its sha: a start reads no git (no dulwich to hold)."""
+    alice = new_key()
+    repo = hosted_hq(rig, tmp_path)
+    sha = repo.commit({"authorized_keys/alice.pub": pub(alice), "web/orders": "export PORT=81\n"})
+    await rig.sync()
+    shutil.rmtree(rig.config.git_dir / "headquarters.git" / "objects")
+    again = rig.restarted()
+    await again.load()
+    assert (again.fleet.hq_sha, again.fleet.orders("web").port) == (sha, 81)
+    assert again.keyring.admiral_for(alice) == "alice"
+
+
+async def test_a_record_with_only_a_sha_is_read_from_git(rig: Rig, tmp_path: Path) -> None:
+    """A record written by an older Hyperdrive (sha only) still puts that HQ in force."""
+    repo = hosted_hq(rig, tmp_path)
+    sha = repo.commit({"web/orders": "export PORT=81\n"})
+    await rig.sync()
+    repo.commit({"web/orders": "export PORT=82\n"})
+    record = rig.config.records_dir / "headquarters.json"
+    record.write_text(json.dumps({"sha": sha, "at": 0}))
+    again = rig.restarted()
+    await again.load()
+    assert (again.fleet.hq_sha, again.fleet.orders("web").port) == (sha, 81)
+
+
+async def test_a_record_from_another_source_is_read_from_the_current_one(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """HQ moved while the daemon was down: the files kept from the old source are not used."""
+    repo = hosted_hq(rig, tmp_path)
+    sha = repo.commit({"web/orders": "export PORT=81\n"})
+    await rig.sync()
+    record = rig.config.records_dir / "headquarters.json"
+    elsewhere = {"web/orders": base64.b64encode(b"export PORT=99\n").decode()}
+    record.write_text(
+        json.dumps({"sha": sha, "source": ["git@example.invalid:hq", None], "files": elsewhere})
+    )
+    again = rig.restarted()
+    await again.load()
+    assert (again.fleet.hq_sha, again.fleet.orders("web").port) == (sha, 81)
 
 
 async def test_remote_hq_over_file_url_with_a_branch(rig: Rig, tmp_path: Path) -> None:

@@ -163,6 +163,69 @@ async def test_unchanged_routes_do_not_reload(net: ShipNet, routes: Routes) -> N
     assert (await routes.nginx.generation(), children(master)) == before
 
 
+def restarted(routes: Routes, **settings: object) -> Routes:
+    """The Routes of a daemon started again on the same nginx prefix (settings may change)."""
+    given: dict = {"http_port": routes.http_port, "domain": routes.domain, **settings}
+    return Routes(Nginx(routes.nginx.prefix), verify_timeout=1.0, **given)
+
+
+def generations(routes: Routes) -> list[str]:
+    return sorted(p.name for p in routes.nginx.generations.iterdir())
+
+
+async def test_a_start_with_unchanged_inputs_renders_and_reloads_nothing(
+    net: ShipNet, routes: Routes
+) -> None:
+    await routes.apply([route_a(net), route_b(net)])
+    master = routes.nginx.master_pid()
+    assert master is not None
+    before = (generations(routes), await routes.nginx.generation(), children(master))
+    again = restarted(routes)
+    await again.apply([route_a(net), route_b(net)], fresh=set())  # what Recovery does
+    assert (generations(again), await again.nginx.generation(), children(master)) == before
+    assert again.nginx.master_pid() == master
+
+
+async def test_a_start_with_changed_inputs_renders_again(net: ShipNet, routes: Routes) -> None:
+    """Edited while the daemon was down: the domain, an override (read afresh for its app)."""
+    await routes.apply([route_a(net)])
+    first = await routes.nginx.generation()
+    again = restarted(routes, domain="elsewhere.test")
+    await again.apply([route_a(net)], fresh=set())
+    assert await again.nginx.generation() != first
+    assert ship_of(again.http_port, "/", "a.elsewhere.test") == "one"
+    (again.nginx.prefix / "overrides" / "a.conf").write_text("add_header X-Edited yes always;\n")
+    third = restarted(again)
+    await third.apply([route_a(net)], fresh={"a"})
+    assert http_get(third.http_port, "/a/")[1].get("X-Edited") == "yes"
+
+
+async def test_a_start_repairs_a_live_config_edited_while_down(
+    net: ShipNet, routes: Routes
+) -> None:
+    await routes.apply([route_a(net)])
+    (routes.nginx.prefix / "upstream" / "a.conf").write_text("garbage;\n")
+    again = restarted(routes)
+    await again.apply([route_a(net)], fresh=set())
+    assert "garbage" not in (again.nginx.prefix / "upstream" / "a.conf").read_text()
+    assert ship_of(again.http_port, "/a/") == "one"
+
+
+async def test_a_generation_without_its_key_is_adopted_when_it_matches(
+    net: ShipNet, routes: Routes
+) -> None:
+    """Written by an older Hyperdrive: rendered once to compare, no reload, then recorded."""
+    await routes.apply([route_a(net)])
+    live = routes.nginx.live()
+    assert live is not None
+    (live / "rendered-from").unlink()
+    before = (generations(routes), await routes.nginx.generation())
+    again = restarted(routes)
+    await again.apply([route_a(net)], fresh=set())
+    assert (generations(again), await again.nginx.generation()) == before
+    assert (live / "rendered-from").is_file()
+
+
 async def test_app_that_does_not_answer_is_rolled_back(net: ShipNet, routes: Routes) -> None:
     await routes.apply([route_a(net)])
     generation = await routes.nginx.generation()

@@ -1,0 +1,12 @@
+"""An idle daemon holds only what it uses: dulwich and jinja2 load at their first use."""
+
+import subprocess
+import sys
+
+
+def test_the_daemon_imports_neither_dulwich_nor_jinja2_until_it_needs_them() -> None:
+    probe = "import sys, hyperdrive.server; print(sorted({'dulwich', 'jinja2'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
