@@ -111,12 +111,16 @@ def test_headquarters_push_orders_apps_and_admirals(
     def served_on_8080() -> bool:
         status = json.loads(d.hd("status", "--json").stdout)
         row = next((a for a in status["apps"] if a["app"] == "site"), None)
-        return bool(row and "PORT 8080" in row["orders"] and row["ship"])
+        if not (row and "PORT 8080" in row["orders"] and row["ship"]):
+            return False
+        env = d.data / "lxc" / row["ship"] / "run" / "env"  # the live ship's, not an older one's
+        return env.is_file() and "PORT=8080" in env.read_text()
 
     wait_for(served_on_8080, 90, 0.3, "site redeployed on PORT 8080")
     wait_for(lambda: http_get(d.http_port, "/site/") == (200, "ordered\n"), 60, 0.3, "site served")
-    envs = "".join(p.read_text() for p in (d.data / "lxc").glob("*-site-*/run/env"))
-    assert "GREETING=hello" in envs
+    status = json.loads(d.hd("status", "--json").stdout)
+    live = next(a for a in status["apps"] if a["app"] == "site")["ship"]
+    assert "GREETING=hello" in (d.data / "lxc" / live / "run" / "env").read_text()
 
 
 def test_bad_headquarters_push_is_refused_with_file_and_line(
