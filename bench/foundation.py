@@ -31,7 +31,7 @@ from hyperdrive.client import AdminClient  # noqa: E402
 from hyperdrive.eventlog import EventLog  # noqa: E402
 from hyperdrive.spool import FileSpool  # noqa: E402
 from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming  # noqa: E402
-from tests.conftest import make_daemon  # noqa: E402
+from tests.conftest import make_daemon, stop_nginx_under  # noqa: E402
 
 SUBSCRIBERS = 10
 BATCH = 1_000  # appends between yields to the loop; below the subscribers' queue of 10,000
@@ -168,6 +168,7 @@ def daemon_figures(runs: int, idle: float, folder: Path) -> None:
         _breakdown(daemon.env, runs)
     finally:
         daemon.stop()
+        stop_nginx_under(folder)
 
 
 def _breakdown(env: dict[str, str], runs: int) -> None:

@@ -176,13 +176,18 @@ def nginx_masters_under(folder: Path) -> list[int]:
     return pids
 
 
+def stop_nginx_under(folder: Path) -> None:
+    """Stop the nginx masters that daemons under `folder` left running (they do, on purpose)."""
+    for pid in nginx_masters_under(folder):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+
+
 @pytest.fixture(autouse=True)
 def _reap_nginx(tmp_path: Path) -> Iterator[None]:
     """Ships and nginx outlive `hd serve` on purpose; a test's nginx must not outlive the test."""
     yield
-    for pid in nginx_masters_under(tmp_path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGQUIT)
+    stop_nginx_under(tmp_path)
 
 
 @pytest.fixture
