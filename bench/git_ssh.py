@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from hyperdrive.gitserver import GitServer, create_repo, package_hooks  # noqa: E402
 from hyperdrive.keyring import KeyRing  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 KEX = "curve25519-sha256"
 CIPHER = "aes128-gcm@openssh.com"
@@ -51,12 +52,6 @@ def sh(*argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = 
     if done.returncode != 0:
         raise SystemExit(f"{argv} exited {done.returncode}: {done.stdout!r} {done.stderr!r}")
     return done.stdout.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Side:

@@ -33,6 +33,10 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port  # noqa: E402
+
 BODY = (ROOT / "tests/fixtures/webhooks/github_push.json").read_bytes()
 SECRET = "bench-secret-0123456789"
 SIGNATURE = "sha256=" + hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
@@ -113,12 +117,6 @@ async def _serve(port: int, spool_dir: Path, loop_name: str) -> None:
 
 
 # ─── helpers ─────────────────────────────────────────────────────────────────
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,10 +21,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default), where the
+# clients' own ends of connections take their ports: a port found free there may be a busy
+# connection's local port a moment later, and the daemon's bind then fails.
+TEST_PORTS = range(20000, 32768)
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, outside the ephemeral range, never handed out twice in one
+    run (a daemon's API, SSH and HTTP ports must differ)."""
+    for _ in range(200):
+        port = secrets.choice(TEST_PORTS)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise AssertionError("no free port in 200 tries")
 
 
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.02, what: str = "condition"):

@@ -38,9 +38,9 @@ def unique_tag() -> str:
 
 def free_port() -> int:
     """A TCP port nothing listens on right now (any address)."""
-    with socket.socket() as probe:
-        probe.bind(("0.0.0.0", 0))
-        return int(probe.getsockname()[1])
+    from tests.conftest import free_port as pick  # noqa: PLC0415 - this file also runs as a script
+
+    return pick("0.0.0.0")
 
 
 def wait_listening(host: str, port: int, seconds: float = 10.0) -> None:
