@@ -358,7 +358,7 @@ def _lifecycle(daemon: Daemon, keyring: KeyRing) -> None:
     async def prepare_hull() -> None:
         """The default hull, when it has no version yet, starts building now (not awaited):
         the first push then waits for what is left of it, not for all of it."""
-        daemon.pipeline.p.hulls.prepare(daemon.config.hull, daemon.bus)
+        await daemon.pipeline.p.hulls.prepare(daemon.config.hull, daemon.bus)
 
     async def stop_hulls() -> None:
         await daemon.pipeline.p.hulls.close()

@@ -136,13 +136,13 @@ class Hulls:
                 await self._join(under_way, out)
         return await self._join(self._start(kind, "is being assembled", fresh=fresh), out)
 
-    def prepare(self, kind: str, out: Emitter) -> bool:
+    async def prepare(self, kind: str, out: Emitter) -> bool:
         """At start-up: build `kind` in the background when it has no version yet, so the first
         push does not wait for all of it. `out` hears the build while no deploy waits for it."""
-        current = self.current(kind)
         if kind not in BACKGROUND or kind in self._builds:
             return False
-        if current is not None and (self.lxc.lxcpath / current / "config").is_file():
+        current = self.current(kind)
+        if current is not None and await self.lxc.exists(current):
             return False
         self._start(kind, "is missing and is being built in the background", background=out)
         return True

@@ -231,9 +231,9 @@ async def test_closing_stops_the_build_and_its_waiters(tmp_path: Path) -> None:
     assert hulls.status()["busybox"]["building"] is None
 
 
-def test_only_the_slow_hull_is_built_in_the_background(tmp_path: Path) -> None:
+async def test_only_the_slow_hull_is_built_in_the_background(tmp_path: Path) -> None:
     hulls = Hulls("hd", FakeLxc(tmp_path), tmp_path / "records" / "hulls.json")
-    assert hulls.prepare("busybox", Heard()) is False
+    assert await hulls.prepare("busybox", Heard()) is False
 
 
 def test_hulls_know_their_versions_and_which_hull_a_ship_came_from(tmp_path: Path) -> None:
