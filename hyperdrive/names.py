@@ -8,6 +8,7 @@ APP_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,38}")
 HULL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 HEADQUARTERS = "headquarters"
+ZERO_SHA = "0" * 40  # what git reports for the missing side of a ref created or deleted
 
 
 def sanitize_app_name(name: str) -> str:

@@ -11,12 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hyperdrive.errors import DeployError
-from hyperdrive.names import check_sha, sanitize_app_name
+from hyperdrive.names import ZERO_SHA, check_sha, sanitize_app_name
 from hyperdrive.procs import check_output
 
 FETCH_TIMEOUT_S = 300.0
 DEFAULT_BRANCH = "main"  # what HEAD of a repo made here names until a push writes a branch
-ZERO = "0" * 40
 ARCHIVE_TIMEOUT_S = 300.0
 ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
 
@@ -178,7 +177,7 @@ def branch_after_push(head: str, head_exists: bool, updates: Iterable[tuple[str,
     if head_exists:
         return head
     for ref, new in updates:
-        if ref.startswith("refs/heads/") and new != ZERO:
+        if ref.startswith("refs/heads/") and new != ZERO_SHA:
             return ref.removeprefix("refs/heads/")
     return head
 

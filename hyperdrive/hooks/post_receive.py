@@ -20,13 +20,12 @@ from typing import Any, TextIO
 
 from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
-from hyperdrive.names import HEADQUARTERS, check_ref, check_sha, repo_name
+from hyperdrive.names import HEADQUARTERS, ZERO_SHA, check_ref, check_sha, repo_name
 from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
 
 WAIT_S = 30 * 60.0
-ZERO = "0" * 40
 QUEUED = "queued: the deploy starts when hyperdrive is running"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps tabs; no escapes reach terminals
 
@@ -208,7 +207,7 @@ def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: fl
 def _announce(trigger: Trigger, out: TextIO) -> None:
     new, ref = str(trigger.data["new"]), str(trigger.data["ref"])
     what = trigger.app or HEADQUARTERS
-    verb = "deletion of" if new == ZERO else f"{new[:7]} on"
+    verb = "deletion of" if new == ZERO_SHA else f"{new[:7]} on"
     _say(out, f"-----> queued {verb} {ref} for {what} (deploy {trigger.id})")
 
 

@@ -28,10 +28,8 @@ from hyperdrive.headquarters import (
     read_includes,
 )
 from hyperdrive.keyring import parse_keys
-from hyperdrive.names import HEADQUARTERS
+from hyperdrive.names import HEADQUARTERS, ZERO_SHA
 from hyperdrive.repos import branch_after_push, head_branch
-
-ZERO = "0" * 40
 
 
 def _bootstrap_keys(path: Path) -> bool:
@@ -62,7 +60,7 @@ def followed_branch(repo: Path, updates: list[tuple[str, str, str]]) -> str:
     head = head_branch(repo)
     pushed = {ref: new for _, new, ref in updates}
     ref = f"refs/heads/{head}"
-    exists = pushed[ref] != ZERO if ref in pushed else _has_ref(repo, ref)
+    exists = pushed[ref] != ZERO_SHA if ref in pushed else _has_ref(repo, ref)
     return branch_after_push(head, exists, [(ref, new) for _, new, ref in updates])
 
 
@@ -82,7 +80,7 @@ def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: Tex
         if ref != f"refs/heads/{branch}":
             out.write(f"hyperdrive: {ref} is not headquarters: headquarters follows {branch}\n")
             continue
-        if new == ZERO:
+        if new == ZERO_SHA:
             out.write(f"hyperdrive: headquarters' branch {branch} cannot be deleted\n")
             return 1
         fresh = _read(new, config.hull, env)
@@ -101,7 +99,7 @@ def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: Tex
             out.write("hyperdrive: headquarters refused, nothing changed:\n")
             out.writelines(f"  {line}\n" for line in problems)
             return 1
-        before = _read(old, config.hull, env) if old != ZERO else None
+        before = _read(old, config.hull, env) if old != ZERO_SHA else None
         includes = _includes(config.data / "includes", out)
         out.write("hyperdrive: headquarters accepted; the plan:\n")
         out.writelines(f"  {line}\n" for line in plan(before, fresh, includes, includes).lines())

@@ -42,7 +42,7 @@ from multidict import CIMultiDictProxy
 
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
-from hyperdrive.names import check_ref, check_sha
+from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.triggers import TRIGGER_ID, Trigger
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ MAX_BODY = 25 * 1024 * 1024
 READ_TIMEOUT_S = 10.0
 SIGNED_WEBHOOK_TOLERANCE_S = 300.0
 PARSE_IN_THREAD_BYTES = 256 * 1024
-ZERO_SHA = "0" * 40
 DELIVERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 DISABLED_MESSAGE = (
     "webhooks are disabled because no secret is set: put HYPERDRIVE_WEBHOOK_SECRET=<a long "

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hyperdrive.names import HEADQUARTERS
+from hyperdrive.names import HEADQUARTERS, ZERO_SHA
 from hyperdrive.triggers import Trigger
-
-ZERO_SHA = "0" * 40
 
 
 @dataclass(frozen=True, kw_only=True)
