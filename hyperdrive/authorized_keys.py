@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from hyperdrive.errors import HyperdriveError
+from hyperdrive.triggers import fsync_dir
 
 BEGIN = "# BEGIN hyperdrive admirals"
 END = "# END hyperdrive admirals"
@@ -81,7 +82,9 @@ def _refuse_links(ssh_dir: Path, target: Path) -> None:
 
 
 def _replace(target: Path, text: str, mode: int, owner: tuple[int, int]) -> None:
-    """Temp file beside it, fsync, mode and owner, rename, fsync the folder."""
+    """Temp file beside it, fsync, mode and owner, rename, fsync the folder. Not
+    network.write_atomically: in a folder the user owns, the temp name must be unguessable
+    (mkstemp, O_EXCL), or root could be made to write through the user's symlink."""
     fd, tmp = tempfile.mkstemp(prefix=".authorized_keys.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", errors="surrogateescape") as handle:
@@ -95,8 +98,4 @@ def _replace(target: Path, text: str, mode: int, owner: tuple[int, int]) -> None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_dir(target.parent)
