@@ -45,7 +45,7 @@ class GitRepos:
     async def resolve(self, app: str, ref: str, remote: bool = False) -> str | None:
         """The commit `ref` points at (a branch name or full ref), or None."""
         path = self.repo_for(app, remote)
-        return await asyncio.to_thread(_resolve, path, ref)
+        return await asyncio.to_thread(resolve_ref, path, ref)
 
     async def default_branch(self, app: str, remote: bool = False) -> str:
         """The branch HEAD names in the repo: for a repo made here, the first branch pushed."""
@@ -139,7 +139,8 @@ class GitRepos:
         return env
 
 
-def _resolve(path: Path, ref: str) -> str | None:
+def resolve_ref(path: Path, ref: str) -> str | None:
+    """The sha `ref` (a branch name or `refs/…`) points at in the repo at `path`, or None."""
     # dulwich (~3 MB) at the first read of a repo: a daemon with nothing to do never loads it
     from dulwich.errors import NotGitRepository  # noqa: PLC0415
     from dulwich.refs import Ref  # noqa: PLC0415
@@ -185,9 +186,9 @@ def branch_after_push(head: str, head_exists: bool, updates: Iterable[tuple[str,
 def adopt_pushed_branch(path: Path, updates: Iterable[tuple[str, str]]) -> str | None:
     """After a push landed: point HEAD at the branch `branch_after_push` names; that branch,
     or None when `path` is not a bare repo."""
-    from dulwich.errors import NotGitRepository  # noqa: PLC0415 - as in _resolve
-    from dulwich.refs import Ref  # noqa: PLC0415 - as in _resolve
-    from dulwich.repo import Repo  # noqa: PLC0415 - as in _resolve
+    from dulwich.errors import NotGitRepository  # noqa: PLC0415 - as in resolve_ref
+    from dulwich.refs import Ref  # noqa: PLC0415 - as in resolve_ref
+    from dulwich.repo import Repo  # noqa: PLC0415 - as in resolve_ref
 
     if not (path / "HEAD").is_file():
         return None

@@ -14,10 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from dulwich.errors import NotGitRepository
-from dulwich.refs import Ref
-from dulwich.repo import Repo
-
 from hyperdrive import config as configuration
 from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters import (
@@ -29,7 +25,7 @@ from hyperdrive.headquarters import (
 )
 from hyperdrive.keyring import parse_keys
 from hyperdrive.names import HEADQUARTERS, ZERO_SHA
-from hyperdrive.repos import branch_after_push, head_branch
+from hyperdrive.repos import branch_after_push, head_branch, resolve_ref
 
 
 def _bootstrap_keys(path: Path) -> bool:
@@ -60,16 +56,8 @@ def followed_branch(repo: Path, updates: list[tuple[str, str, str]]) -> str:
     head = head_branch(repo)
     pushed = {ref: new for _, new, ref in updates}
     ref = f"refs/heads/{head}"
-    exists = pushed[ref] != ZERO_SHA if ref in pushed else _has_ref(repo, ref)
+    exists = pushed[ref] != ZERO_SHA if ref in pushed else resolve_ref(repo, ref) is not None
     return branch_after_push(head, exists, [(ref, new) for _, new, ref in updates])
-
-
-def _has_ref(repo: Path, ref: str) -> bool:
-    try:
-        with Repo(str(repo)) as git:
-            return Ref(ref.encode()) in git.refs
-    except NotGitRepository:
-        return False
 
 
 def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: TextIO) -> int:
