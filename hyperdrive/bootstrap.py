@@ -43,6 +43,7 @@ from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
 from hyperdrive.pipeline.ports import SystemClock
 from hyperdrive.pipeline.recovery import Recovery
+from hyperdrive.render import when
 from hyperdrive.repos import GitRepos
 from hyperdrive.spool import FileSpool
 from hyperdrive.traffic import StablePorts, Traffic
@@ -124,9 +125,7 @@ def app_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
 
 def _when(epoch: float | None) -> str | None:
     """A record's time as people read it: `2026-11-25 14:02 UTC`."""
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+    return None if epoch is None else when(epoch)
 
 
 def command_handlers(

@@ -33,6 +33,7 @@ from typing import TextIO
 from hyperdrive import procs
 from hyperdrive.aptsource import DEFAULT_MIRROR, AptSource
 from hyperdrive.errors import ContainerError
+from hyperdrive.render import when
 
 RELEASE = "bookworm"
 PACKAGES = (
@@ -244,10 +245,6 @@ async def _link_tree(source: Path, target: Path) -> None:
         raise ContainerError(f"copying {source} to {target} failed: {done.output}")
 
 
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
-
-
 def _rename(config: str, folder: Path, name: str) -> None:
     """The copy as the template would have made it under `name`: its LXC config, and the host
     name in /etc/hostname and /etc/hosts (lxc-copy renames a ship's from the hull's name)."""
@@ -327,17 +324,17 @@ class DebianHullBuild:
         built = self.seed_built()
         if built is None:
             return f"from {self.apt.describe()}"
-        return f"from the Debian tree kept {_when(built)} (`hd assemble --fresh` for the mirror's)"
+        return f"from the Debian tree kept {when(built)} (`hd assemble --fresh` for the mirror's)"
 
     async def _make(self, seed: Seed, log: TextIO, tracker: ProgressTracker) -> str:
         """From the seed when there is a recent one, else lxc-create and dist-upgrade."""
         built = self.seed_built()
         if built is not None:
-            step = f"copying the Debian tree kept {_when(built)}"
+            step = f"copying the Debian tree kept {when(built)}"
             tracker.done(COPYING_SEED, step)
             log.write(f"{step} from {seed.folder}\n")
             await seed.copy_to(self.folder, self.name)
-            return f"copied from the tree kept {_when(built)}"
+            return f"copied from the tree kept {when(built)}"
         await self._create(log, tracker)
         tracker.done(*UPGRADING)
         await self._upgrade(log)

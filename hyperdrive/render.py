@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
+
+
+def when(epoch: float) -> str:
+    """A moment as people read it, the same on every machine: `2026-11-25 14:02 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
 
 STAGE = {
     "PushReceived": "git-push",
