@@ -156,24 +156,23 @@ def nginx_for(config: Config) -> Nginx:
 
 def pipeline_parts(config: Config) -> Parts:
     """The real adapters: LXC, nginx + nftables, git, the records on disk."""
-    records = config.records_dir
-    lxc = Lxc(config.containers_dir, config.data / "lxc" / "logs")
+    lxc = Lxc(config.containers_dir, config.lxc_logs_dir)
     bridge = f"{bridge_address(config.subnet)}/{config.subnet.prefixlen}"
     return Parts(
         config=config,
         runtime=lxc,
         routes=Routes(nginx_for(config), http_port=config.http_port, domain=config.domain),
         traffic=Traffic(config.name, bridge),
-        ports=StablePorts(records / "ports.json"),
-        ips=IpAllocator(records / "ips.json", config.subnet),
-        repos=GitRepos(config.git_dir, config.var / "private_keys", config.var / "known_hosts"),
-        records=Records(records / "apps"),
+        ports=StablePorts(config.ports_record),
+        ips=IpAllocator(config.ips_record, config.subnet),
+        repos=GitRepos(config.git_dir, config.private_keys_dir, config.known_hosts_file),
+        records=Records(config.apps_records_dir),
         fleet=Fleet(config.hull),
         hulls=Hulls(
             config.name,
             lxc,
-            records / "hulls.json",
-            logs=config.data / "lxc",
+            config.hulls_record,
+            logs=config.ships_dir,
             mirror=config.apt_mirror,
         ),
         clock=SystemClock(),
@@ -228,7 +227,7 @@ def keyring_for(config: Config) -> KeyRing:
 
 async def watch_includes(config: Config, spool: FileSpool, stop: asyncio.Event) -> None:
     """A change to `$DATA/includes/*.env` re-reads HQ: the apps whose env changed redeploy."""
-    folder = config.data / "includes"
+    folder = config.includes_dir
     folder.mkdir(parents=True, exist_ok=True)
     async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
         async for _ in watch.changes(stop, settle=0.2):
@@ -308,7 +307,7 @@ def build(config: Config) -> Daemon:
         eventlog,
         spool,
         status,
-        TokenStore(config.var / "tokens.json"),
+        TokenStore(config.tokens_file),
         metrics,
         set_headquarters=headquarters.set_source,
         public_routes=[webhooks.add_routes],
@@ -318,7 +317,7 @@ def build(config: Config) -> Daemon:
     gitserver = GitServer(
         listen.host,
         listen.port,
-        config.var / "ssh_host_ed25519_key",
+        config.host_key_file,
         config.git_dir,
         keyring,
         hook_env(config),

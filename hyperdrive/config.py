@@ -87,6 +87,76 @@ class Config:
         return self.var / "hd.sock"
 
     @property
+    def ships_dir(self) -> Path:
+        """`$DATA/lxc`: each ship's app tree, run scripts and setup.log, and the hull logs."""
+        return self.data / "lxc"
+
+    def ship_dir(self, ship: str) -> Path:
+        return self.ships_dir / ship
+
+    @property
+    def lxc_logs_dir(self) -> Path:
+        return self.ships_dir / "logs"
+
+    @property
+    def includes_dir(self) -> Path:
+        return self.data / "includes"
+
+    @property
+    def headquarters_dir(self) -> Path:
+        """The checkout of HQ the squadron reads its orders from."""
+        return self.data / "headquarters"
+
+    @property
+    def apps_records_dir(self) -> Path:
+        return self.records_dir / "apps"
+
+    @property
+    def headquarters_record(self) -> Path:
+        return self.records_dir / "headquarters.json"
+
+    @property
+    def hulls_record(self) -> Path:
+        return self.records_dir / "hulls.json"
+
+    @property
+    def ports_record(self) -> Path:
+        return self.records_dir / "ports.json"
+
+    @property
+    def ips_record(self) -> Path:
+        return self.records_dir / "ips.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.records_dir / "hd.lock"
+
+    @property
+    def private_keys_dir(self) -> Path:
+        return self.var / "private_keys"
+
+    @property
+    def public_keys_dir(self) -> Path:
+        """Admirals' keys as HQ last gave them (`authorized_keys/*.pub`)."""
+        return self.var / "public_keys"
+
+    @property
+    def known_hosts_file(self) -> Path:
+        return self.var / "known_hosts"
+
+    @property
+    def host_key_file(self) -> Path:
+        return self.var / "ssh_host_ed25519_key"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.var / "tokens.json"
+
+    def cache_dir(self, app: str) -> Path:
+        """The app's build cache (pip, npm), mounted in each of its ships."""
+        return self.var / "cache" / app
+
+    @property
     def bridge(self) -> str:
         return f"{self.name}br0"
 

@@ -114,7 +114,7 @@ def _live_admirals(config: Config) -> int | None:
 
 def _admirals_on_disk(config: Config) -> int:
     """The bootstrap keys plus the HQ keys materialised in `$VAR/public_keys`."""
-    files = [config.admiral_keys, *sorted((config.var / "public_keys").glob("*.pub"))]
+    files = [config.admiral_keys, *sorted(config.public_keys_dir.glob("*.pub"))]
     blobs: set[bytes] = set()
     for path in files:
         try:

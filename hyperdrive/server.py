@@ -85,7 +85,7 @@ class Server:
         self.config = config
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
-        self.lock = DataLock(config.records_dir / "hd.lock")
+        self.lock = DataLock(config.lock_file)
         self.daemon = bootstrap.build(config)
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,7 +116,7 @@ class Server:
         config, daemon = self.config, self.daemon
         for folder in (config.data, config.var, config.records_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        make_private(config.var / "private_keys")
+        make_private(config.private_keys_dir)
         daemon.eventlog.open()
         await daemon.spool.open()
         for start in daemon.starters:

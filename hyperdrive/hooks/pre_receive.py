@@ -88,7 +88,7 @@ def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: Tex
             out.writelines(f"  {line}\n" for line in problems)
             return 1
         before = _read(old, config.hull, env) if old != ZERO_SHA else None
-        includes = _includes(config.data / "includes", out)
+        includes = _includes(config.includes_dir, out)
         out.write("hyperdrive: headquarters accepted; the plan:\n")
         out.writelines(f"  {line}\n" for line in plan(before, fresh, includes, includes).lines())
     return 0

@@ -163,7 +163,7 @@ class Pipeline:
 
     # -- paths and small helpers --
     def ship_dir(self, ship: str) -> Path:
-        return self.p.config.data / "lxc" / ship
+        return self.p.config.ship_dir(ship)
 
     def url(self, app: str) -> str:
         config = self.p.config
@@ -313,7 +313,7 @@ class Pipeline:
 
     def _spec(self, ship: Ship, orders: Orders, gateway: str) -> ShipSpec:
         folder = self.ship_dir(ship.name)
-        cache = self.p.config.var / "cache" / orders.app
+        cache = self.p.config.cache_dir(orders.app)
         for path in (folder / "run", cache):
             path.mkdir(parents=True, exist_ok=True)
         mounts = (

@@ -86,7 +86,7 @@ class HeadquartersSync:
         self.spool = spool
         self.has_commits = has_commits
         self.running = running  # the apps that have a live ship
-        self.record = config.records_dir / "headquarters.json"
+        self.record = config.headquarters_record
         self.source = Source.of(config)
 
     def set_source(self, url: str) -> None:
@@ -100,7 +100,7 @@ class HeadquartersSync:
 
     @property
     def checkout(self) -> Path:
-        return self.config.data / HEADQUARTERS
+        return self.config.headquarters_dir
 
     # -- start-up --
     async def load(self) -> None:
@@ -142,7 +142,7 @@ class HeadquartersSync:
 
     def _includes(self) -> dict[str, str]:
         try:
-            return read_includes(self.config.data / "includes")
+            return read_includes(self.config.includes_dir)
         except ConfigError as err:
             log.warning("includes ignored: %s", err)
             return dict(self.fleet.includes)
@@ -210,7 +210,7 @@ class HeadquartersSync:
         return clone / ".git", sha
 
     def _git_env(self) -> dict[str, str]:
-        key = self.config.var / "private_keys" / HEADQUARTERS
+        key = self.config.private_keys_dir / HEADQUARTERS
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_TERMINAL_PROMPT": "0",
@@ -219,7 +219,7 @@ class HeadquartersSync:
         }
         ssh = (
             f"ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
-            f"-o UserKnownHostsFile={self.config.var / 'known_hosts'}"
+            f"-o UserKnownHostsFile={self.config.known_hosts_file}"
         )
         if key.is_file():
             ssh += f" -i {key} -o IdentitiesOnly=yes"
@@ -307,7 +307,7 @@ class HeadquartersSync:
             self._keep_admirals(ctx, deploy)
             return
         self.keyring.replace(keys)
-        folder = self.config.var / "public_keys"
+        folder = self.config.public_keys_dir
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.pub"):
             if stale.stem not in keys:
@@ -335,7 +335,7 @@ class HeadquartersSync:
     def _keep_admirals(self, ctx: Context | None, deploy: str) -> None:
         """Lockout protection: an HQ with no key and no bootstrap key (a remote HQ; such a
         push is refused) leaves the admirals in `$VAR/public_keys` in force."""
-        folder = self.config.var / "public_keys"
+        folder = self.config.public_keys_dir
         kept = {p.stem: p.read_text().splitlines() for p in sorted(folder.glob("*.pub"))}
         self.keyring.replace(kept)
         if ctx is not None:
