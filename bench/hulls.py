@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hyperdrive.aptsource import from_host
 from hyperdrive.hull_debian import DebianHullBuild, Progress
-from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
+from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
+from hyperdrive.pipeline.model import Mount, ShipSpec
 from tests.e2e.test_builds import PY_APP, PackageIndex
 from tests.integration.lxc_fixtures import get_until_ok
 

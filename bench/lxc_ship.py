@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
+from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, bridge_name, ensure_bridge, teardown_bridge
+from hyperdrive.pipeline.model import Mount, ShipSpec
 from tests.integration.lxc_fixtures import get_until_ok
 
 SUBNET = "10.213.201.0/24"

@@ -1,29 +1,26 @@
-"""The one place where real adapters are wired into the bus (unit tests wire fakes instead)."""
+"""The composition root: the one place where adapters (real ones, or the fakes beside the
+Protocols in pipeline/ports.py) are wired into the deploy core, the bus and the daemon."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from hyperdrive import __version__, systemd
+from hyperdrive import systemd
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
-from hyperdrive.config import KEYS, Config
+from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog
-from hyperdrive.gitserver import GitServer, package_hooks
+from hyperdrive.gitserver import GitServer, hook_env, package_hooks
 from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
-from hyperdrive.keyring import BootstrapKeys, KeyRing
+from hyperdrive.hull_builder import LxcHullBuilder
+from hyperdrive.keyring import KeyRing, bootstrap_keyring
 from hyperdrive.lxc_async import Lxc
-from hyperdrive.names import HEADQUARTERS
-from hyperdrive.network import IpAllocator, bridge_address
+from hyperdrive.network import IpAllocator, ShipNetwork, bridge_address
 from hyperdrive.nginx_reload import Nginx, Routes
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.build import Builder
 from hyperdrive.pipeline.bus import CommandHandler, EventHandler, MessageBus
 from hyperdrive.pipeline.commands import (
     Assemble,
@@ -35,36 +32,67 @@ from hyperdrive.pipeline.commands import (
     Rollback,
     SyncHeadquarters,
 )
+from hyperdrive.pipeline.deploy import Deployer
 from hyperdrive.pipeline.fleet import Fleet
-from hyperdrive.pipeline.handlers import Parts, Pipeline
+from hyperdrive.pipeline.golive import GoLive, RouteTable
+from hyperdrive.pipeline.handlers import Handlers
+from hyperdrive.pipeline.health import HttpProbe
 from hyperdrive.pipeline.hqsync import HeadquartersSync
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
-from hyperdrive.pipeline.ports import SystemClock
+from hyperdrive.pipeline.plan import Planner
+from hyperdrive.pipeline.ports import (
+    Clock,
+    ContainerRuntime,
+    Git,
+    HullBuilder,
+    Network,
+    Probe,
+    Proxy,
+    SystemClock,
+)
 from hyperdrive.pipeline.recovery import Recovery
-from hyperdrive.render import when
+from hyperdrive.pipeline.ships import Ships
+from hyperdrive.pipeline.start import Starter
+from hyperdrive.proxy import NginxProxy
 from hyperdrive.repos import GitRepos
 from hyperdrive.spool import FileSpool
+from hyperdrive.status import squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
-from hyperdrive.triggers import Trigger, new_trigger_id
-from hyperdrive.watch import FolderWatch
-
-log = logging.getLogger(__name__)
 
 
-def hooks_dir() -> Path:
-    """git's hooks: package data (`hyperdrive/githooks`), so a wheel has them too."""
-    return package_hooks()
+@dataclass
+class Adapters:
+    """What the deploy core drives; `bootstrap.build` fills in the real one for each None."""
+
+    runtime: ContainerRuntime
+    hull_builder: HullBuilder
+    git: Git
+    proxy: Proxy
+    network: Network
+    probe: Probe
+    clock: Clock
 
 
-Hook = Callable[[], Awaitable[None]]
-Append = Callable[[Mapping[str, Any]], object]  # EventLog.append
+@dataclass
+class Core:
+    """The deploy core: the records, the stages and the command handlers over them."""
+
+    records: Records
+    fleet: Fleet
+    hulls: Hulls
+    ships: Ships
+    routes: RouteTable
+    planner: Planner
+    deployer: Deployer
+    handlers: Handlers
+    adapters: Adapters
 
 
 @dataclass
 class Daemon:
-    """Everything `hd serve` runs, built but not started."""
+    """Everything `hd serve` runs, built but not started (server.py starts and stops it)."""
 
     config: Config
     eventlog: EventLog
@@ -72,80 +100,11 @@ class Daemon:
     bus: MessageBus
     inbox: Inbox
     api: Api
-    pipeline: Pipeline
+    core: Core
+    recovery: Recovery
     headquarters: HeadquartersSync
     gitserver: GitServer
-    starters: list[Hook] = field(default_factory=list)
-    stoppers: list[Hook] = field(default_factory=list)
-
-
-def daemon_status(
-    config: Config, spool: FileSpool, bus: MessageBus, pipeline: Pipeline, hq: HeadquartersSync
-) -> dict[str, Any]:
-    """What `hd status` shows: the squadron itself and each app."""
-    return {
-        "version": __version__,
-        "pid": os.getpid(),
-        "name": config.name,
-        "data": str(config.data),
-        "ssh": str(config.ssh_listen),
-        "api": str(config.api_listen),
-        "http_port": config.http_port,
-        "headquarters": hq.source.url or "hosted here",
-        "headquarters_sha": pipeline.p.fleet.hq_sha,
-        "admirals": hq.keyring.count(),
-        "pending": len(spool.pending()),
-        "inflight": bus.inflight,
-        "hulls": pipeline.p.hulls.status(),
-        "apps": app_rows(pipeline),
-    }
-
-
-def app_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
-    parts = pipeline.p
-    names = sorted({a.name for a in parts.records.all()} | set(parts.fleet.names()))
-    rows = []
-    for name in names:
-        app = parts.records.get(name)
-        live, last = app.live_ship, app.last_deploy
-        result = f"{last.get('result', '')} {last.get('ms', '')} ms".strip() if last else ""
-        rows.append(
-            {
-                "app": name,
-                "ship": live.name if live else None,
-                "sha": live.sha[:7] if live else None,
-                "since": _when(app.since),
-                "url": pipeline.url(name) if app.routed else None,
-                "last_deploy": result or None,
-                "orders": parts.fleet.summary(name)["orders"],
-            }
-        )
-    return rows
-
-
-def _when(epoch: float | None) -> str | None:
-    """A record's time as people read it: `2026-11-25 14:02 UTC`."""
-    return None if epoch is None else when(epoch)
-
-
-def command_handlers(
-    pipeline: Pipeline, headquarters: HeadquartersSync
-) -> dict[type[Command], CommandHandler]:
-    """The command table: each command type to exactly one handler."""
-    return {
-        Deploy: pipeline.deploy,
-        Retire: pipeline.retire,
-        Rollback: pipeline.rollback,
-        Assemble: pipeline.assemble,
-        AssembleHulls: pipeline.assemble_hulls,
-        Launch: pipeline.launch,
-        SyncHeadquarters: headquarters.sync,
-    }
-
-
-def event_handlers() -> dict[type[ev.Event], list[EventHandler]]:
-    """The event table: facts to the listeners that react to them."""
-    return {}
+    keyring: KeyRing
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -154,30 +113,107 @@ def nginx_for(config: Config) -> Nginx:
     return Nginx(config.nginx_dir, scope=scope)
 
 
-def pipeline_parts(config: Config) -> Parts:
-    """The real adapters: LXC, nginx + nftables, git, the records on disk."""
+def real_adapters(
+    config: Config,
+    *,
+    runtime: ContainerRuntime | None = None,
+    hull_builder: HullBuilder | None = None,
+    git: Git | None = None,
+    proxy: Proxy | None = None,
+    network: Network | None = None,
+    probe: Probe | None = None,
+    clock: Clock | None = None,
+) -> Adapters:
+    """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
     lxc = Lxc(config.containers_dir, config.lxc_logs_dir)
-    bridge = f"{bridge_address(config.subnet)}/{config.subnet.prefixlen}"
-    return Parts(
-        config=config,
-        runtime=lxc,
-        routes=Routes(nginx_for(config), http_port=config.http_port, domain=config.domain),
-        traffic=Traffic(config.name, bridge),
-        ports=StablePorts(config.ports_record),
-        ips=IpAllocator(config.ips_record, config.subnet),
-        repos=GitRepos(config.git_dir, config.private_keys_dir, config.known_hosts_file),
-        records=Records(config.apps_records_dir),
-        fleet=Fleet(config.hull),
-        hulls=Hulls(
-            config.name,
-            lxc,
-            config.hulls_record,
-            logs=config.ships_dir,
-            mirror=config.apt_mirror,
-        ),
-        clock=SystemClock(),
-        drain_s=config.drain_seconds,
+    address = str(bridge_address(config.subnet))
+    if proxy is None:
+        routes = Routes(nginx_for(config), http_port=config.http_port, domain=config.domain)
+        traffic = Traffic(config.name, f"{address}/{config.subnet.prefixlen}")
+        proxy = NginxProxy(routes, traffic, StablePorts(config.ports_record), address)
+    return Adapters(
+        runtime=runtime or lxc,
+        hull_builder=hull_builder
+        or LxcHullBuilder(lxc, config.ships_dir, mirror=config.apt_mirror),
+        git=git or GitRepos(config.git_dir, config.private_keys_dir, config.known_hosts_file),
+        proxy=proxy,
+        network=network
+        or ShipNetwork(config.name, config.subnet, IpAllocator(config.ips_record, config.subnet)),
+        probe=probe or HttpProbe(),
+        clock=clock or SystemClock(),
     )
+
+
+def deploy_core(config: Config, adapters: Adapters) -> Core:
+    """The stages of a deploy over the adapters, and the handlers of every app command."""
+    a = adapters
+    records, fleet = Records(config.apps_records_dir), Fleet(config.hull)
+    hulls = Hulls(config.name, a.runtime, a.hull_builder, config.hulls_record)
+    ships = Ships(
+        config=config,
+        runtime=a.runtime,
+        network=a.network,
+        records=records,
+        hulls=hulls,
+        clock=a.clock,
+    )
+    routes = RouteTable(records, fleet, a.proxy)
+    planner = Planner(a.git, fleet)
+    builder = Builder(
+        config=config,
+        runtime=a.runtime,
+        git=a.git,
+        network=a.network,
+        proxy=a.proxy,
+        hulls=hulls,
+        fleet=fleet,
+    )
+    starter = Starter(
+        config=config, runtime=a.runtime, network=a.network, probe=a.probe, records=records
+    )
+    golive = GoLive(
+        config=config,
+        runtime=a.runtime,
+        proxy=a.proxy,
+        probe=a.probe,
+        routes=routes,
+        ships=ships,
+        starter=starter,
+        clock=a.clock,
+    )
+    deployer = Deployer(
+        records=records,
+        fleet=fleet,
+        clock=a.clock,
+        planner=planner,
+        builder=builder,
+        starter=starter,
+        golive=golive,
+        ships=ships,
+    )
+    handlers = Handlers(deployer, routes, a.proxy, a.runtime, hulls)
+    return Core(records, fleet, hulls, ships, routes, planner, deployer, handlers, a)
+
+
+def command_handlers(
+    core: Core, headquarters: HeadquartersSync
+) -> dict[type[Command], CommandHandler]:
+    """The command table: each command type to exactly one handler."""
+    h = core.handlers
+    return {
+        Deploy: core.deployer.deploy,
+        Retire: h.retire,
+        Rollback: h.rollback,
+        Assemble: h.assemble,
+        AssembleHulls: h.assemble_hulls,
+        Launch: h.launch,
+        SyncHeadquarters: headquarters.sync,
+    }
+
+
+def event_handlers() -> dict[type[ev.Event], list[EventHandler]]:
+    """The event table: facts to the listeners that react to them."""
+    return {}
 
 
 class FleetResolver:
@@ -206,65 +242,18 @@ class FleetResolver:
         return cached[2]
 
 
-def hook_env(config: Config) -> dict[str, str]:
-    """What git's hooks need: where the spool and socket are, and the config (no secrets)."""
-    env = {
-        key: str(getattr(config, attr)) for key, attr in KEYS.items() if attr != "webhook_secret"
-    }
-    env.update(HYPERDRIVE_SPOOL=str(config.spool_dir), HYPERDRIVE_SOCKET=str(config.socket_path))
-    if config.source is not None:
-        env["HYPERDRIVE_CONFIG"] = str(config.source)
-    return env
-
-
-def keyring_for(config: Config) -> KeyRing:
-    keyring = KeyRing()
-    loaded = keyring.reload_bootstrap(config.admiral_keys)
-    if not loaded.fingerprints:
-        log.warning("no bootstrap admiral keys at %s", config.admiral_keys)
-    return keyring
-
-
-async def watch_includes(config: Config, spool: FileSpool, stop: asyncio.Event) -> None:
-    """A change to `$DATA/includes/*.env` re-reads HQ: the apps whose env changed redeploy."""
-    folder = config.includes_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
-        async for _ in watch.changes(stop, settle=0.2):
-            trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
-            await spool.put(trigger)
-
-
-async def watch_admirals(
-    config: Config, keyring: KeyRing, append: Append, stop: asyncio.Event
-) -> None:
-    """HYPERDRIVE_ADMIRAL_KEYS applies live: a key added there (by `>>` or an editor's
-    write-and-rename) logs in without a restart. The file and its folder may not exist yet."""
-    path = config.admiral_keys
-    async with FolderWatch(path.parent, lambda name: name == path.name) as watch:
-        report_admirals(keyring.reload_bootstrap(path), append)  # a change before the watch
-        async for _ in watch.changes(stop, settle=0.05):
-            report_admirals(keyring.reload_bootstrap(path), append)
-
-
-def report_admirals(loaded: BootstrapKeys, append: Append) -> None:
-    """Events for one read of the bootstrap keys: each refused line, then the set if it moved."""
-    for problem in loaded.problems:
-        append(ev.AdmiralKeysRejected(file=loaded.path, message=problem).record())
-    if not loaded.changed:
-        return
-    count = len(loaded.fingerprints)
-    shown = ", ".join(loaded.fingerprints) or "nobody can log in with a bootstrap key"
-    event = ev.AdmiralsChanged(
-        file=loaded.path,
-        keys=count,
-        fingerprints=loaded.fingerprints,
-        message=f"{loaded.path}: {count} bootstrap admiral key(s) in force: {shown}",
-    )
-    append(event.record())
-
-
-def build(config: Config) -> Daemon:
+def build(
+    config: Config,
+    *,
+    runtime: ContainerRuntime | None = None,
+    git: Git | None = None,
+    proxy: Proxy | None = None,
+    clock: Clock | None = None,
+    network: Network | None = None,
+    probe: Probe | None = None,
+    hull_builder: HullBuilder | None = None,
+) -> Daemon:
+    """The whole daemon, wired; each adapter not given is the real one."""
     eventlog = EventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
 
     def rejected(name: str, why: str) -> None:
@@ -272,49 +261,137 @@ def build(config: Config) -> Daemon:
         eventlog.append(event.record())
 
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
-    parts = pipeline_parts(config)
-    pipeline = Pipeline(parts)
-    keyring = keyring_for(config)
-
-    async def has_commits(app: str) -> bool:
-        branch = parts.fleet.orders(app).branch or await parts.repos.default_branch(app)
-        return await parts.repos.resolve(app, branch) is not None
-
-    def running() -> list[str]:
-        return [app.name for app in parts.records.all() if app.live_ship is not None]
-
-    headquarters = HeadquartersSync(
-        config, parts.fleet, keyring, spool, has_commits, running=running
+    adapters = real_adapters(
+        config,
+        runtime=runtime,
+        hull_builder=hull_builder,
+        git=git,
+        proxy=proxy,
+        network=network,
+        probe=probe,
+        clock=clock,
     )
+    core = deploy_core(config, adapters)
+    keyring = bootstrap_keyring(config.admiral_keys)
+    headquarters = _headquarters(config, core, keyring, spool)
     bus = MessageBus(
-        command_handlers(pipeline, headquarters),
+        command_handlers(core, headquarters),
         event_handlers(),
         eventlog,
         parallel=config.parallel_deploys,
     )
-    inbox = Inbox(spool, bus)
+    inbox = Inbox(spool, bus, owner=core.ships.owner)
+    recovery = Recovery(
+        name=config.name,
+        records=core.records,
+        runtime=adapters.runtime,
+        network=adapters.network,
+        proxy=adapters.proxy,
+        routes=core.routes,
+        ships=core.ships,
+        starter=core.deployer.starter,
+        out=bus,
+    )
+    status = _status(config, core, headquarters, spool, bus)
+    api = _api(
+        config=config,
+        core=core,
+        hq=headquarters,
+        eventlog=eventlog,
+        spool=spool,
+        bus=bus,
+        inbox=inbox,
+        status=status,
+    )
+    gitserver = _gitserver(config, keyring, eventlog, spool, status)
+    return Daemon(
+        config,
+        eventlog,
+        spool,
+        bus,
+        inbox,
+        api,
+        core,
+        recovery,
+        headquarters,
+        gitserver,
+        keyring,
+    )
 
+
+Status = Callable[[], dict[str, Any]]
+
+
+def _status(
+    config: Config, core: Core, hq: HeadquartersSync, spool: FileSpool, bus: MessageBus
+) -> Status:
+    def status() -> dict[str, Any]:
+        counts = {
+            "admirals": hq.keyring.count(),
+            "pending": len(spool.pending()),
+            "inflight": bus.inflight,
+        }
+        return squadron_status(
+            config=config,
+            records=core.records,
+            fleet=core.fleet,
+            hulls=core.hulls,
+            headquarters=hq.source.url,
+            counts=counts,
+        )
+
+    return status
+
+
+def _headquarters(
+    config: Config, core: Core, keyring: KeyRing, spool: FileSpool
+) -> HeadquartersSync:
+    git = core.adapters.git
+
+    async def has_commits(app: str) -> bool:
+        branch = await core.planner.branch(app, core.fleet.orders(app))
+        return await git.resolve(app, branch) is not None
+
+    def running() -> list[str]:
+        return [app.name for app in core.records.all() if app.live_ship is not None]
+
+    return HeadquartersSync(config, core.fleet, keyring, spool, has_commits, running=running)
+
+
+def _api(
+    *,
+    config: Config,
+    core: Core,
+    hq: HeadquartersSync,
+    eventlog: EventLog,
+    spool: FileSpool,
+    bus: MessageBus,
+    inbox: Inbox,
+    status: Status,
+) -> Api:
     def metrics() -> Mapping[str, float]:
         return {"deploys_inflight": bus.inflight, "triggers_handed_over": inbox.handed_over}
 
-    def status() -> dict[str, Any]:
-        return daemon_status(config, spool, bus, pipeline, headquarters)
-
     webhooks = WebhookReceiver(
-        config.webhook_secret, spool, FleetResolver(parts.fleet, headquarters), eventlog.append
+        config.webhook_secret, spool, FleetResolver(core.fleet, hq), eventlog.append
     )
-    api = Api(
+    return Api(
         eventlog,
         spool,
         status,
         TokenStore(config.tokens_file),
         metrics,
-        set_headquarters=headquarters.set_source,
+        set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes],
     )
+
+
+def _gitserver(
+    config: Config, keyring: KeyRing, eventlog: EventLog, spool: FileSpool, status: Status
+) -> GitServer:
     admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir)
     listen = config.ssh_listen
-    gitserver = GitServer(
+    return GitServer(
         listen.host,
         listen.port,
         config.host_key_file,
@@ -322,52 +399,5 @@ def build(config: Config) -> Daemon:
         keyring,
         hook_env(config),
         admiral,
-        hooks_dir(),
+        package_hooks(),
     )
-    daemon = Daemon(config, eventlog, spool, bus, inbox, api, pipeline, headquarters, gitserver)
-    _lifecycle(daemon, keyring)
-    return daemon
-
-
-def _lifecycle(daemon: Daemon, keyring: KeyRing) -> None:
-    """What runs at start (in order) and at stop (in reverse)."""
-    stop_watch = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def recover() -> None:
-        daemon.pipeline.p.records.load()
-        await daemon.headquarters.load()
-        await Recovery(daemon.pipeline, daemon.bus.emit).run()
-
-    async def serve_ssh() -> None:
-        if daemon.headquarters.source.hosted:  # clone, edit, push works from the first start
-            await daemon.gitserver.ensure_repo(HEADQUARTERS)
-        await daemon.gitserver.start()
-        includes = watch_includes(daemon.config, daemon.spool, stop_watch)
-        admirals = watch_admirals(daemon.config, keyring, daemon.eventlog.append, stop_watch)
-        tasks.append(asyncio.create_task(_logged(includes, "includes watch")))
-        tasks.append(asyncio.create_task(_logged(admirals, "admiral keys watch")))
-
-    async def stop_ssh() -> None:
-        stop_watch.set()
-        await daemon.gitserver.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def prepare_hull() -> None:
-        """The default hull, when it has no version yet, starts building now (not awaited):
-        the first push then waits for what is left of it, not for all of it."""
-        await daemon.pipeline.p.hulls.prepare(daemon.config.hull, daemon.bus)
-
-    async def stop_hulls() -> None:
-        await daemon.pipeline.p.hulls.close()
-
-    daemon.starters += [recover, prepare_hull, serve_ssh]
-    daemon.stoppers += [stop_hulls, stop_ssh]
-
-
-async def _logged(work: Awaitable[None], what: str) -> None:
-    """A watch that cannot run (a folder it may not read) is said in the log, not lost."""
-    try:
-        await work
-    except OSError as err:
-        log.warning("%s stopped: %s; changes there now need a restart", what, err)

@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncssh
 
+from hyperdrive.config import KEYS, Config
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
@@ -470,3 +471,14 @@ def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, prefix: boo
     shown = f"hyperdrive: {message}" if prefix else message
     process.stderr.write(shown.encode(errors="replace") + b"\n")
     return 1
+
+
+def hook_env(config: Config) -> dict[str, str]:
+    """What git's hooks need: where the spool and socket are, and the config (no secrets)."""
+    env = {
+        key: str(getattr(config, attr)) for key, attr in KEYS.items() if attr != "webhook_secret"
+    }
+    env.update(HYPERDRIVE_SPOOL=str(config.spool_dir), HYPERDRIVE_SOCKET=str(config.socket_path))
+    if config.source is not None:
+        env["HYPERDRIVE_CONFIG"] = str(config.source)
+    return env

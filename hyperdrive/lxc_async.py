@@ -18,20 +18,18 @@ import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from hyperdrive.errors import AttachTimedOut, ContainerError
-from hyperdrive.network import mac_for_ip, write_atomically
+from hyperdrive.network import write_atomically
+from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec
 from hyperdrive.procs import run
 
 if TYPE_CHECKING:
     import jinja2
 
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-SAFE_PATH = re.compile(r"(/[A-Za-z0-9_.@+-]+)+|/")  # lxc.mount.entry splits on blanks
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MARKER = "# --- hyperdrive: the lines below are generated from ShipSpec; edits are lost ---"
 MANAGED_KEYS = ("lxc.net.", "lxc.uts.name", "lxc.cgroup.", "lxc.cgroup2.")
@@ -71,52 +69,6 @@ BUSYBOX_HULL_LINES = (
 )
 
 
-class Mount(NamedTuple):
-    """A host folder or file bind-mounted into a ship."""
-
-    host_path: Path
-    container_path: str
-    readonly: bool = True
-
-
-@dataclass(frozen=True)
-class ShipSpec:
-    """Everything Hyperdrive decides about a ship's container: network, limits, mounts."""
-
-    ip: IPv4Address
-    gateway: IPv4Address
-    prefixlen: int
-    bridge: str
-    hostname: str
-    memory_bytes: int | None = None
-    cpus: float | None = None
-    mounts: tuple[Mount, ...] = ()
-
-    def __post_init__(self) -> None:
-        network = IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
-        if self.gateway not in network or self.gateway == self.ip:
-            raise ContainerError(f"gateway {self.gateway} is not another address in {network}")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", self.bridge):
-            raise ContainerError(f"invalid bridge name {self.bridge!r}")
-        if not HOSTNAME.fullmatch(self.hostname):
-            raise ContainerError(f"invalid hostname {self.hostname!r}")
-        if self.memory_bytes is not None and self.memory_bytes < 4 * 1024 * 1024:
-            raise ContainerError(f"memory limit {self.memory_bytes} is below 4 MiB")
-        if self.cpus is not None and not 0.01 <= self.cpus <= 1024:
-            raise ContainerError(f"cpus {self.cpus} is out of range")
-        for mount in self.mounts:
-            _check_mount(mount)
-
-    @property
-    def mac(self) -> str:
-        """Derived from the address, so a reused address never meets a stale neighbour entry."""
-        return mac_for_ip(self.ip)
-
-    @property
-    def broadcast(self) -> IPv4Address:
-        return IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False).broadcast_address
-
-
 @dataclass(frozen=True)
 class CgroupKeys:
     """Which cgroup version each controller lives on here: LXC ignores keys for the other."""
@@ -124,15 +76,6 @@ class CgroupKeys:
     memory: str | None  # "v1", "v2" or None (no controller)
     cpu: str | None
     memsw: bool  # v1 swap accounting: limit memory+swap too
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A container's name and state as lxc-ls or lxc-info report it."""
-
-    name: str
-    state: str  # RUNNING, STOPPED, STARTING, STOPPING, FROZEN, …
-    pid: int | None = None
 
 
 class _Result(NamedTuple):
@@ -299,6 +242,33 @@ class Lxc:
     async def exists(self, ship: str) -> bool:
         """LXC's own test: the container's config file exists."""
         return self._config(ship).is_file()
+
+    def names(self) -> builtins.list[str]:
+        """Every container on the lxcpath (a folder with a config), without running lxc-ls."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(e.name for e in self.lxcpath.iterdir() if (e / "config").is_file())
+        return []
+
+    def snapshot_source(self, ship: str) -> str | None:
+        """The container an overlay snapshot was made from, read from its LXC config."""
+        try:
+            config = self._config(ship).read_text()
+        except (OSError, ValueError):
+            return None
+        for line in config.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "lxc.rootfs.path":
+                kind, _, rest = value.strip().partition(":")
+                if kind in ("overlay", "overlayfs"):
+                    return Path(rest.rpartition(":")[0]).parent.name
+        return None
+
+    def has_snapshots(self, name: str) -> bool:
+        """LXC's own list of snapshots made from this container (lxc-destroy refuses them)."""
+        try:
+            return bool((self.lxcpath / name / "lxc_snapshots").read_text().strip())
+        except OSError:
+            return False
 
     def rootfs(self, ship: str) -> Path:
         """Where to put files the ship should see (before start): an overlay ship's upper dir."""
@@ -512,14 +482,6 @@ def _mount_entry(mount: Mount) -> dict[str, str]:
     options = f"{'ro,' if mount.readonly else ''}bind,create={kind}"
     target = mount.container_path.lstrip("/")
     return {"source": str(mount.host_path), "target": target, "options": options}
-
-
-def _check_mount(mount: Mount) -> None:
-    for path in (str(mount.host_path), mount.container_path):
-        if not SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
-            raise ContainerError(f"mount path {path!r} must be absolute, plain and without '..'")
-    if mount.container_path == "/":
-        raise ContainerError("cannot mount over the ship's root")
 
 
 def _check_name(name: str) -> str:

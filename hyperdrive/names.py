@@ -1,6 +1,7 @@
 """The security boundary for names: every app, ship, hull and ref name is checked here, once."""
 
 import re
+from ipaddress import IPv4Address
 
 from hyperdrive.errors import InvalidName
 
@@ -63,3 +64,9 @@ def check_ref(ref: str) -> str:
 def ship_name(prefix: str, app: str, sha: str) -> str:
     """`<name>-<app>-<sha7>`: the ship that runs `app` at `sha`."""
     return f"{prefix}-{sanitize_app_name(app)}-{check_sha(sha)[:7]}"
+
+
+def mac_for_ip(ip: IPv4Address | str) -> str:
+    """A locally administered unicast MAC that is a function of the IPv4 address alone."""
+    octets = IPv4Address(ip).packed
+    return ":".join(f"{b:02x}" for b in (0x02, 0x48, *octets))

@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from hyperdrive.errors import CommandFailed, NetworkError
+from hyperdrive.names import mac_for_ip
+
+__all__ = ["mac_for_ip"]  # derived from the address alone: names.py, used here for the bridge
 from hyperdrive.procs import run
 
 IP_TIMEOUT_S = 10.0
 IFNAMSIZ = 15  # the kernel's limit on interface names
 OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def mac_for_ip(ip: IPv4Address | str) -> str:
-    """A locally administered unicast MAC that is a function of the IPv4 address alone."""
-    octets = IPv4Address(ip).packed
-    return ":".join(f"{b:02x}" for b in (0x02, 0x48, *octets))
 
 
 def bridge_name(name: str) -> str:
@@ -223,3 +220,38 @@ def enable_forwarding(proc_file: Path = Path("/proc/sys/net/ipv4/ip_forward")) -
             proc_file.write_text("1\n")
     except OSError as err:
         raise NetworkError(f"cannot enable IPv4 forwarding ({proc_file}): {err}") from err
+
+
+class ShipNetwork:
+    """The Network port for real: `<name>br0` on HYPERDRIVE_SUBNET, forwarding on, and the
+    ships' addresses from an IpAllocator."""
+
+    def __init__(self, name: str, subnet: IPv4Network | str, ips: IpAllocator) -> None:
+        self.name = name
+        self.subnet = ship_subnet(subnet)
+        self.ips = ips
+        self._up = False
+
+    @property
+    def gateway(self) -> str:
+        return str(bridge_address(self.subnet))
+
+    @property
+    def prefixlen(self) -> int:
+        return self.subnet.prefixlen
+
+    @property
+    def bridge(self) -> str:
+        return bridge_name(self.name)
+
+    async def ensure(self) -> None:
+        if not self._up:
+            await ensure_bridge(self.name, self.subnet)
+            enable_forwarding()
+            self._up = True
+
+    def allocate(self, ship: str) -> str:
+        return str(self.ips.allocate(ship))
+
+    def release(self, ship: str) -> None:
+        self.ips.release(ship)

@@ -13,7 +13,8 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +23,8 @@ from aiohttp import web
 from hyperdrive import __version__, bootstrap
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
+from hyperdrive.keyring import watch_bootstrap_keys
+from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
 
 log = logging.getLogger(__name__)
@@ -78,18 +81,41 @@ class DataLock:
             self._fh = None
 
 
-class Server:
-    """Runs one squadron's daemon with the given config."""
+@dataclass
+class Step:
+    """One part of the daemon: started in list order, stopped in reverse."""
 
-    def __init__(self, config: Config) -> None:
+    name: str
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]] | None = None
+
+
+class Server:
+    """Runs one squadron's daemon: its steps in order, until the one stop event is set."""
+
+    def __init__(self, config: Config, daemon: bootstrap.Daemon | None = None) -> None:
         self.config = config
-        self.should_exit = asyncio.Event()
+        self.should_exit = asyncio.Event()  # the one stop event: every loop ends on it
         self.force_exit = asyncio.Event()
         self.lock = DataLock(config.lock_file)
-        self.daemon = bootstrap.build(config)
+        self.daemon = daemon or bootstrap.build(config)
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop_watch = asyncio.Event()
+        self._started: list[Step] = []
+        self.steps = self._steps()
+
+    def _steps(self) -> list[Step]:
+        d = self.daemon
+        return [
+            Step("folders", self._folders),
+            Step("event log", self._open_eventlog, self._close_eventlog),
+            Step("spool", d.spool.open, d.spool.close),
+            Step("recovery", self._recover),
+            Step("inbox", self._run_inbox, self._drain_inbox),
+            Step("default hull", self._prepare_hull, d.core.hulls.close),
+            Step("ssh", self._serve_ssh, d.gitserver.close),
+            Step("http", self._serve_http, self._close_http),
+        ]
 
     async def serve(self) -> None:
         self.lock.acquire()
@@ -113,20 +139,10 @@ class Server:
         self.should_exit.set()
 
     async def startup(self) -> None:
-        config, daemon = self.config, self.daemon
-        for folder in (config.data, config.var, config.records_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        make_private(config.private_keys_dir)
-        daemon.eventlog.open()
-        await daemon.spool.open()
-        for start in daemon.starters:
-            await start()
-        self._tasks = [
-            asyncio.create_task(self._guard(daemon.inbox.run(), "inbox")),
-            asyncio.create_task(self._guard(daemon.spool.watch(self._stop_watch), "spool watch")),
-        ]
-        await self._serve_http()
-        daemon.bus.emit(ev.DaemonStarted(version=__version__, message=self._banner()))
+        for step in self.steps:
+            await step.start()
+            self._started.append(step)
+        self.daemon.bus.emit(ev.DaemonStarted(version=__version__, message=self._banner()))
         log.info("%s", self._banner())
         give_back_memory()
 
@@ -134,15 +150,70 @@ class Server:
         c = self.config
         return f"hyperdrive {__version__} serving: ssh {c.ssh_listen}, api {c.api_listen}"
 
-    async def _guard(self, work: object, what: str) -> None:
-        """A background loop that dies takes the daemon down cleanly instead of silently."""
+    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        self._tasks.append(asyncio.create_task(self._guard(work, what)))
+
+    async def _guard(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """A background loop that dies takes the daemon down cleanly instead of silently; a
+        watch that cannot run (a folder it may not read) is said, and the daemon goes on."""
         try:
-            await work  # type: ignore[misc]
+            await work
         except asyncio.CancelledError:
             raise
+        except OSError as err:
+            log.warning("%s stopped: %s; changes there now need a restart", what, err)
         except Exception:
             log.exception("%s stopped unexpectedly; shutting down", what)
             self.should_exit.set()
+
+    # -- the steps --
+    async def _folders(self) -> None:
+        config = self.config
+        for folder in (config.data, config.var, config.records_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        make_private(config.private_keys_dir)
+
+    async def _open_eventlog(self) -> None:
+        self.daemon.eventlog.open()
+
+    async def _close_eventlog(self) -> None:
+        self.daemon.eventlog.close()
+
+    async def _recover(self) -> None:
+        """Records and HQ in force, then what kept serving made true again."""
+        self.daemon.core.records.load()
+        await self.daemon.headquarters.load()
+        await self.daemon.recovery.run()
+
+    async def _run_inbox(self) -> None:
+        d = self.daemon
+        self._background(d.inbox.run(), "inbox")
+        self._background(d.spool.watch(self.should_exit), "spool watch")
+
+    async def _drain_inbox(self) -> None:
+        """In-flight triggers reach an outcome within DRAIN_S (unless forced); the rest stay
+        in the spool and resume at the next start."""
+        if not await self._drain(self.daemon):
+            log.warning("unfinished triggers stay in the spool and resume at next start")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _prepare_hull(self) -> None:
+        """The default hull, when it has no version yet, starts building now (not awaited):
+        the first push then waits for what is left of it, not for all of it."""
+        await self.daemon.core.hulls.prepare(self.config.hull, self.daemon.bus)
+
+    async def _serve_ssh(self) -> None:
+        d = self.daemon
+        if d.headquarters.source.hosted:  # clone, edit, push works from the first start
+            await d.gitserver.ensure_repo(HEADQUARTERS)
+        await d.gitserver.start()
+        self._background(d.headquarters.watch_includes(self.should_exit), "includes watch")
+        keys = watch_bootstrap_keys(
+            self.config.admiral_keys, d.keyring, d.eventlog.append, self.should_exit
+        )
+        self._background(keys, "admiral keys watch")
 
     async def _serve_http(self) -> None:
         public = web.AppRunner(self.daemon.api.public(), access_log=None, shutdown_timeout=1)
@@ -161,42 +232,38 @@ class Server:
         sock.chmod(0o600)
         self._runners = [public, admin]
 
-    async def shutdown(self) -> None:
-        """Stop accepting, drain in-flight work (bounded), then stop everything."""
-        daemon = self.daemon
-        log.info("stopping: draining in-flight deploys for up to %.0f s", DRAIN_S)
-        daemon.bus.emit(ev.DaemonStopping(message="draining in-flight deploys"))
-        await self._unless_forced(self._stop_accepting())
-        drained = await self._drain(daemon)
-        if not drained:
-            log.warning("unfinished triggers stay in the spool and resume at next start")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await daemon.spool.close()
-        daemon.eventlog.close()
-        self.config.socket_path.unlink(missing_ok=True)
-
-    async def _stop_accepting(self) -> None:
-        """No new HTTP, admin or SSH connections, and no new triggers from spool/incoming."""
-        self._stop_watch.set()
+    async def _close_http(self) -> None:
         for runner in self._runners:
             await runner.cleanup()
-        for stop in reversed(self.daemon.stoppers):
-            try:
-                await stop()
-            except Exception:
-                log.exception("stopping %s failed", getattr(stop, "__name__", stop))
+        self.config.socket_path.unlink(missing_ok=True)
 
-    async def _unless_forced(self, work: Coroutine[Any, Any, None]) -> None:
+    async def shutdown(self) -> None:
+        """Stop the steps in reverse: first what accepts work, then the drain, then the rest.
+
+        Only the drain waits for deploys (bounded); a second signal cuts every step short.
+        """
+        log.info("stopping: draining in-flight deploys for up to %.0f s", DRAIN_S)
+        self.daemon.bus.emit(ev.DaemonStopping(message="draining in-flight deploys"))
+        self.should_exit.set()
+        for step in reversed(self._started):
+            if step.stop is None:
+                continue
+            try:
+                await self._unless_forced(step.stop())
+            except Exception:
+                log.exception("stopping %s failed", step.name)
+
+    async def _unless_forced(self, work: Awaitable[None]) -> None:
         """Run `work`, but give it up at once on a second signal."""
-        task = asyncio.create_task(work)
+        task = asyncio.ensure_future(work)
         forced = asyncio.create_task(self.force_exit.wait())
         await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        elif task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
     async def _drain(self, daemon: bootstrap.Daemon) -> bool:
         drain = asyncio.create_task(daemon.inbox.drain(DRAIN_S))

@@ -8,8 +8,9 @@ return (the traffic swap). A semaphore bounds how many lanes work at the same ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,11 @@ from hyperdrive.pipeline.commands import Command, Deploy
 log = logging.getLogger(__name__)
 
 FINISHED, FAILED, SUPERSEDED = "finished", "failed", "superseded"
+
+
+class Superseded(Exception):
+    """A newer deploy came while this one could not be cancelled (it waited for a hull
+    build): raised where the wait ends, so the deploy is dropped there."""
 
 
 class Context:
@@ -37,6 +43,23 @@ class Context:
         if self._lane is not None:
             self._lane.cancellable = False
 
+    @contextlib.contextmanager
+    def not_cancelled(self) -> Iterator[None]:
+        """A stretch a newer deploy must not cut (a hull build everyone needs): it waits, and
+        this deploy is dropped (Superseded) when the stretch ends, if one came meanwhile."""
+        lane = self._lane
+        if lane is None or not lane.cancellable:
+            yield
+            return
+        lane.cancellable, lane.shielded = False, True
+        try:
+            yield
+        finally:
+            lane.cancellable, lane.shielded = True, False
+        running = lane.running
+        if running is not None and running.deploy in lane.superseded_by:
+            raise Superseded(lane.superseded_by[running.deploy])
+
 
 CommandHandler = Callable[[Any, Context], Coroutine[Any, Any, str | None]]
 EventHandler = Callable[[Any], Coroutine[Any, Any, None]]
@@ -49,6 +72,7 @@ class _Lane:
     running: Command | None = None
     task: asyncio.Task[str | None] | None = None
     cancellable: bool = False
+    shielded: bool = False  # in a not_cancelled() stretch: a newer deploy marks, not cancels
     superseded_by: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,6 +135,8 @@ class MessageBus:
         elif lane.cancellable:
             lane.superseded_by[running.deploy] = newer.deploy
             lane.task.cancel()
+        elif lane.shielded:
+            lane.superseded_by[running.deploy] = newer.deploy
 
     async def _run(self, handler: CommandHandler, command: Command, lane: _Lane | None) -> str:
         if lane is None:
@@ -143,6 +169,10 @@ class MessageBus:
             lane.running, lane.task, lane.cancellable = command, task, isinstance(command, Deploy)
         try:
             return await task or FINISHED
+        except Superseded:
+            newer = lane.superseded_by.pop(command.deploy, None) if lane else None
+            self._superseded(command, newer or "a newer deploy")
+            return SUPERSEDED
         except asyncio.CancelledError:
             newer = lane.superseded_by.pop(command.deploy, None) if lane else None
             if newer is None or not task.cancelled():
@@ -155,7 +185,7 @@ class MessageBus:
             return FAILED
         finally:
             if lane is not None:
-                lane.running, lane.task, lane.cancellable = None, None, False
+                lane.running, lane.task, lane.cancellable, lane.shielded = None, None, False, False
 
     def _superseded(self, command: Command, newer: str) -> None:
         app = getattr(command, "app", None)

@@ -65,9 +65,15 @@ class Assemble(AppCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class Launch(Command):
-    """Put an already assembled ship in service."""
+    """Put an already assembled ship in service, in its app's lane (the inbox fills `app` in
+    from the records: the trigger names only the ship)."""
 
     ship: str
+    app: str | None = None
+
+    @property
+    def lane(self) -> str | None:
+        return self.app
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +23,12 @@ class Event:
 
     def record(self) -> dict[str, Any]:
         return {"event": self.name, **{k: v for k, v in asdict(self).items() if v is not None}}
+
+
+class Emitter(Protocol):
+    """Whatever events are told to: the bus, a deploy's context, a test's list."""
+
+    def emit(self, event: Event) -> None: ...
 
 
 # -- daemon and inbox --

@@ -42,6 +42,18 @@ async def wait_healthy(
     return problem
 
 
+class HttpProbe:
+    """The Probe port for real: HTTP GETs with aiohttp, bounded in time."""
+
+    async def wait_healthy(
+        self, url: str, seconds: float, give_up: Callable[[], str | None] | None = None
+    ) -> str | None:
+        return await wait_healthy(url, seconds, give_up)
+
+    async def watch_healthy(self, url: str, seconds: float) -> str | None:
+        return await watch_healthy(url, seconds)
+
+
 def listening(pid: int | None) -> dict[int, set[str]] | None:
     """TCP ports listened on in the network namespace of `pid`, each with its addresses
     (from /proc/<pid>/net/tcp and tcp6); None when that cannot be read."""

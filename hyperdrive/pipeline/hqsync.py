@@ -43,8 +43,9 @@ from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import SyncHeadquarters
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.repos import run_git
-from hyperdrive.spool import FileSpool
-from hyperdrive.triggers import Trigger
+from hyperdrive.spool import Spool
+from hyperdrive.triggers import Trigger, new_trigger_id
+from hyperdrive.watch import FolderWatch
 
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 120.0
@@ -75,7 +76,7 @@ class HeadquartersSync:
         config: Config,
         fleet: Fleet,
         keyring: KeyRing,
-        spool: FileSpool,
+        spool: Spool,
         has_commits: Callable[[str], Awaitable[bool]],
         *,
         running: Callable[[], Iterable[str]] = tuple,
@@ -88,6 +89,15 @@ class HeadquartersSync:
         self.running = running  # the apps that have a live ship
         self.record = config.headquarters_record
         self.source = Source.of(config)
+
+    async def watch_includes(self, stop: asyncio.Event) -> None:
+        """A change to `$DATA/includes/*.env` re-reads HQ: the apps whose env changed redeploy."""
+        folder = self.config.includes_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
+            async for _ in watch.changes(stop, settle=0.2):
+                trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
+                await self.spool.put(trigger)
 
     def set_source(self, url: str) -> None:
         """`hd headquarters set URL`: from now on HQ comes from there ('' = hosted here)."""

@@ -19,22 +19,17 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from hyperdrive.aptsource import from_host
-from hyperdrive.errors import ContainerError, DeployError, HyperdriveError
-from hyperdrive.hull_debian import DebianHullBuild, Progress
-from hyperdrive.lxc_async import Lxc
+from hyperdrive.errors import DeployError, HyperdriveError
 from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.events import Emitter
+from hyperdrive.pipeline.ports import ContainerRuntime, HullBuilder
 
 BUILDERS = ("busybox", "debian")
 # Built at the daemon's first start: busybox takes 0.3 s on first need, Debian a minute or more.
 BACKGROUND = ("debian",)
-
-
-class Emitter(Protocol):
-    def emit(self, event: ev.Event) -> None: ...
 
 
 @dataclass
@@ -68,22 +63,12 @@ class Hulls:
     """Which hull version is current for each kind, and building, finding and pruning them."""
 
     def __init__(
-        self,
-        name: str,
-        lxc: Lxc,
-        records_file: Path,
-        *,
-        logs: Path | None = None,
-        mirror: str = "",
-        cache_dir: Path | None = None,
+        self, name: str, runtime: ContainerRuntime, builder: HullBuilder, records_file: Path
     ) -> None:
         self.name = name
-        self.lxc = lxc
+        self.runtime = runtime
+        self.builder = builder
         self.records_file = records_file
-        # $DATA/lxc: records_file is $DATA/records/hulls.json
-        self.logs = logs or records_file.parent.parent / "lxc"
-        self.mirror = mirror  # HYPERDRIVE_APT_MIRROR; "" = the host's apt sources
-        self.cache_dir = cache_dir  # LXC_CACHE_PATH; None = /var/cache/lxc
         self._builds: dict[str, _Build] = {}
 
     def _load(self) -> dict[str, int]:
@@ -101,23 +86,18 @@ class Hulls:
         return self.container(kind, version) if version else None
 
     def setup_log(self, hull: str) -> Path:
-        return self.logs / hull / "setup.log"
+        return self.builder.setup_log(hull)
 
     def versions(self, kind: str) -> list[int]:
         """Every version of `kind` that exists on the lxcpath, oldest first."""
         pattern = re.compile(rf"{re.escape(self.name)}-hull-{re.escape(kind)}-([0-9]+)")
-        found = []
-        with contextlib.suppress(FileNotFoundError):
-            for entry in self.lxc.lxcpath.iterdir():
-                match = pattern.fullmatch(entry.name)
-                if match and (entry / "config").is_file():
-                    found.append(int(match.group(1)))
-        return sorted(found)
+        matches = (pattern.fullmatch(name) for name in self.runtime.names())
+        return sorted(int(m.group(1)) for m in matches if m)
 
     async def ensure(self, kind: str, out: Emitter) -> str:
         """The current hull of `kind`; when there is none, the build under way or a new one."""
         current = self.current(kind)
-        if current is not None and await self.lxc.exists(current):
+        if current is not None and await self.runtime.exists(current):
             return current
         build = self._builds.get(kind)
         if build is None:
@@ -142,7 +122,7 @@ class Hulls:
         if kind not in BACKGROUND or kind in self._builds:
             return False
         current = self.current(kind)
-        if current is not None and await self.lxc.exists(current):
+        if current is not None and await self.runtime.exists(current):
             return False
         self._start(kind, "is missing and is being built in the background", background=out)
         return True
@@ -209,7 +189,7 @@ class Hulls:
                 if version == current or hull in used or self._has_clones(hull):
                     continue
                 with contextlib.suppress(HyperdriveError):
-                    await self.lxc.destroy(hull)
+                    await self.runtime.destroy(hull)
                     retired.append(hull)
                     if out is not None:
                         message = f"hull '{hull}' destroyed: not current and no ship uses it"
@@ -217,25 +197,11 @@ class Hulls:
         return retired
 
     def hull_of(self, ship: str) -> str | None:
-        """The hull an overlay ship was snapshotted from, read from its LXC config."""
-        try:
-            config = (self.lxc.lxcpath / ship / "config").read_text()
-        except (OSError, ValueError):
-            return None
-        for line in config.splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "lxc.rootfs.path":
-                kind, _, rest = value.strip().partition(":")
-                if kind in ("overlay", "overlayfs"):
-                    return Path(rest.rpartition(":")[0]).parent.name
-        return None
+        """The hull an overlay ship was snapshotted from."""
+        return self.runtime.snapshot_source(ship)
 
     def _has_clones(self, hull: str) -> bool:
-        """LXC's own list of snapshots made from this container (lxc-destroy refuses them)."""
-        try:
-            return bool((self.lxc.lxcpath / hull / "lxc_snapshots").read_text().strip())
-        except OSError:
-            return False
+        return self.runtime.has_snapshots(hull)
 
     async def _build(self, kind: str, version: int, build: _Build, why: str, fresh: bool) -> str:
         name = build.hull
@@ -259,48 +225,13 @@ class Hulls:
     async def _make(self, kind: str, version: int, build: _Build, why: str, fresh: bool) -> str:
         """Create the container (a failure leaves nothing of it behind), then make it current."""
         name, t0 = build.hull, time.monotonic()
-        await self.lxc.destroy(name)
-        if kind == "busybox":
-            build.emit(ev.HullBuildStarted(hull=name, message=f"hull '{name}' {why}"))
-            try:
-                await self.lxc.create_busybox_hull(name)
-            except BaseException:
-                with contextlib.suppress(HyperdriveError):
-                    await self.lxc.destroy(name)
-                raise
-            how = "from busybox"
-        else:
-            how = await self._debian(name, build, why, fresh)
+        await self.runtime.destroy(name)
+        how = await self.builder.build(kind, name, why, fresh, build.emit)
         write_atomically(self.records_file, json.dumps({**self._load(), kind: version}))
         ms = int((time.monotonic() - t0) * 1000)
         message = f"hull '{name}' ready in {ms} ms ({how})"
         build.emit(ev.HullAssembled(hull=name, ms=ms, message=message))
         return name
-
-    async def _debian(self, name: str, build: _Build, why: str, fresh: bool) -> str:
-        """The Debian build: from the kept tree, or from the mirror the host's apt uses."""
-
-        def progress(step: Progress) -> None:
-            build.emit(
-                ev.HullBuildProgress(
-                    hull=name, percent=step.percent, step=step.step, message=step.step
-                )
-            )
-
-        apt = await from_host(self.mirror)
-        debian = DebianHullBuild(
-            self.lxc.lxcpath,
-            name,
-            self.setup_log(name),
-            apt=apt,
-            cache_dir=self.cache_dir,
-            fresh=fresh,
-        )
-        build.emit(ev.HullBuildStarted(hull=name, message=f"hull '{name}' {why}, {debian.plan()}"))
-        try:
-            return await debian.run(progress)
-        except OSError as err:
-            raise ContainerError(f"hull {name}: {err}") from err
 
 
 def _retrieve(task: asyncio.Task[str]) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, MessageBus
-from hyperdrive.pipeline.commands import Command, Deploy, from_trigger
+from hyperdrive.pipeline.commands import Command, Deploy, Launch, from_trigger
 from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import Trigger
 
@@ -17,9 +19,15 @@ log = logging.getLogger(__name__)
 class Inbox:
     """Takes triggers from the spool in order and runs each as its own task."""
 
-    def __init__(self, spool: FileSpool, bus: MessageBus) -> None:
+    def __init__(
+        self,
+        spool: FileSpool,
+        bus: MessageBus,
+        owner: Callable[[str], str | None] = lambda ship: None,
+    ) -> None:
         self.spool = spool
         self.bus = bus
+        self.owner = owner  # a ship's app, so `hd launch SHIP` runs in that app's lane
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.handed_over = 0
@@ -37,7 +45,7 @@ class Inbox:
     async def _handle(self, trigger: Trigger) -> None:
         if trigger.kind == "push":
             self._push_received(trigger)
-        commands = from_trigger(trigger)
+        commands = [self._in_lane(c) for c in from_trigger(trigger)]
         if not commands:
             why = f"nothing to do for a {trigger.kind!r} trigger"
             self.bus.emit(
@@ -50,6 +58,11 @@ class Inbox:
         outcomes = await asyncio.gather(*(self._command(c) for c in commands))
         worst = FAILED if FAILED in outcomes else outcomes[-1]
         await self.spool.done(trigger.id, worst)
+
+    def _in_lane(self, command: Command) -> Command:
+        if isinstance(command, Launch) and command.app is None:
+            return dataclasses.replace(command, app=self.owner(command.ship))
+        return command
 
     async def _command(self, command: Command) -> str:
         if isinstance(command, Deploy):

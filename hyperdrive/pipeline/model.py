@@ -9,13 +9,45 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from hyperdrive.names import sanitize_app_name
+from hyperdrive.errors import ContainerError
+from hyperdrive.names import mac_for_ip, sanitize_app_name
 
 BUILDING, HEALTHY, LIVE, STOPPED, FAILED = "building", "healthy", "live", "stopped", "failed"
+HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+SAFE_PATH = re.compile(r"(/[A-Za-z0-9_.@+-]+)+|/")  # lxc.mount.entry splits on blanks
+
+
+@dataclass(frozen=True)
+class Route:
+    """How clients reach an app: the names and port nginx serves it on, the path its verify
+    step asks for. Kept in the app's record as the route nginx last accepted."""
+
+    app: str
+    servernames: tuple[str, ...] = ()
+    publish_port: int | None = None
+    check_path: str = "/"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "servernames": list(self.servernames),
+            "publish_port": self.publish_port,
+            "check_path": self.check_path,
+        }
+
+    @classmethod
+    def from_json(cls, app: str, data: dict[str, Any]) -> Route:
+        return cls(
+            app,
+            tuple(data.get("servernames", ())),
+            data.get("publish_port"),
+            data.get("check_path", "/"),
+        )
 
 
 @dataclass
@@ -112,3 +144,67 @@ class Records:
     def drop(self, name: str) -> None:
         self._apps.pop(name, None)
         (self.folder / f"{name}.json").unlink(missing_ok=True)
+
+
+# -- what the pipeline asks of its container runtime (ports.ContainerRuntime) --
+class Mount(NamedTuple):
+    """A host folder or file bind-mounted into a ship."""
+
+    host_path: Path
+    container_path: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class ShipSpec:
+    """Everything Hyperdrive decides about a ship's container: network, limits, mounts."""
+
+    ip: IPv4Address
+    gateway: IPv4Address
+    prefixlen: int
+    bridge: str
+    hostname: str
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    mounts: tuple[Mount, ...] = ()
+
+    def __post_init__(self) -> None:
+        network = IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
+        if self.gateway not in network or self.gateway == self.ip:
+            raise ContainerError(f"gateway {self.gateway} is not another address in {network}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", self.bridge):
+            raise ContainerError(f"invalid bridge name {self.bridge!r}")
+        if not HOSTNAME.fullmatch(self.hostname):
+            raise ContainerError(f"invalid hostname {self.hostname!r}")
+        if self.memory_bytes is not None and self.memory_bytes < 4 * 1024 * 1024:
+            raise ContainerError(f"memory limit {self.memory_bytes} is below 4 MiB")
+        if self.cpus is not None and not 0.01 <= self.cpus <= 1024:
+            raise ContainerError(f"cpus {self.cpus} is out of range")
+        for mount in self.mounts:
+            _check_mount(mount)
+
+    @property
+    def mac(self) -> str:
+        """Derived from the address, so a reused address never meets a stale neighbour entry."""
+        return mac_for_ip(self.ip)
+
+    @property
+    def broadcast(self) -> IPv4Address:
+        return IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False).broadcast_address
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container's name and state as lxc-ls or lxc-info report it."""
+
+    name: str
+    state: str  # RUNNING, STOPPED, STARTING, STOPPING, FROZEN, …
+    pid: int | None = None
+
+
+def _check_mount(mount: Mount) -> None:
+    for path in (str(mount.host_path), mount.container_path):
+        if not SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
+            raise ContainerError(f"mount path {path!r} must be absolute, plain and without '..'")
+    if mount.container_path == "/":
+        raise ContainerError("cannot mount over the ship's root")

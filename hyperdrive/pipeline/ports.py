@@ -1,17 +1,29 @@
-"""The seams of the pipeline: the programs it drives, as small Protocols.
+"""The seams of the pipeline: the programs it drives, as small Protocols, and in-memory fakes.
 
-The real adapters are `lxc_async.Lxc` (ContainerRuntime) and `repos.GitRepos` (Git); the
-proxy side is `nginx_reload.Routes` + `traffic.Traffic`, used as they are.
+Real adapters: `lxc_async.Lxc` (ContainerRuntime), `hull_builder.LxcHullBuilder` (HullBuilder),
+`repos.GitRepos` (Git), `proxy.NginxProxy` (Proxy: nginx routes + the nftables map + stable
+ports), `network.ShipNetwork` (Network), `health.HttpProbe` (Probe), `SystemClock` (Clock).
+`bootstrap.build` wires them. The fakes below keep the same promises in memory, so the deploy
+state machine is tested in milliseconds without root (tests/unit/test_pipeline.py); like
+dulwich's `DictBackend` beside `Backend`, they live next to what they stand in for.
 """
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hyperdrive.lxc_async import ContainerInfo, ShipSpec
+from hyperdrive.errors import AttachTimedOut, ContainerError, ProxyError
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec
+
+Emit = Callable[[ev.Event], None]
+Giveup = Callable[[], str | None]
 
 
 class ContainerRuntime(Protocol):
@@ -42,6 +54,20 @@ class ContainerRuntime(Protocol):
 
     async def list(self) -> list[ContainerInfo]: ...
 
+    def names(self) -> builtins.list[str]: ...
+
+    def snapshot_source(self, ship: str) -> str | None: ...
+
+    def has_snapshots(self, name: str) -> bool: ...
+
+
+class HullBuilder(Protocol):
+    """Makes one hull container of a kind; says how (`from busybox`, `from the kept tree`…)."""
+
+    def setup_log(self, hull: str) -> Path: ...
+
+    async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str: ...
+
 
 class Git(Protocol):
     """Repos hosted here (`remote=False`) and mirrors of remote ones (`remote=True`)."""
@@ -57,6 +83,56 @@ class Git(Protocol):
     async def remote_default_branch(self, app: str, url: str) -> str: ...
 
 
+class Proxy(Protocol):
+    """How clients reach apps: nginx routes to a stable address per app, which points at a ship."""
+
+    async def prepare(self) -> None:
+        """Make the traffic map exist (idempotent)."""
+
+    def stable_url(self, app: str, path: str) -> str:
+        """`http://<stable address of app><path>`: what nginx sends the app's requests to."""
+
+    async def point(self, app: str, ip: str, port: int) -> None: ...
+
+    async def unpoint(self, app: str) -> None: ...
+
+    async def apply_routes(self, routes: Sequence[Route], fresh: Collection[str]) -> None:
+        """Make exactly `routes` live or raise ProxyError/InvalidName, the old ones still live;
+        the admirals' overrides are read afresh only for the apps in `fresh`."""
+
+
+class Network(Protocol):
+    """The ships' bridge and their addresses on it."""
+
+    @property
+    def gateway(self) -> str: ...
+
+    @property
+    def prefixlen(self) -> int: ...
+
+    @property
+    def bridge(self) -> str: ...
+
+    async def ensure(self) -> None:
+        """The bridge is up and forwarding is on (idempotent)."""
+
+    def allocate(self, ship: str) -> str: ...
+
+    def release(self, ship: str) -> None: ...
+
+
+class Probe(Protocol):
+    """Is an app answering over HTTP?"""
+
+    async def wait_healthy(
+        self, url: str, seconds: float, give_up: Giveup | None = None
+    ) -> str | None:
+        """None once `url` answers 2xx/3xx within `seconds`, else what went wrong last."""
+
+    async def watch_healthy(self, url: str, seconds: float) -> str | None:
+        """None if `url` keeps answering for `seconds`, else how it failed."""
+
+
 class Clock(Protocol):
     def monotonic(self) -> float: ...
 
@@ -69,3 +145,311 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
+
+
+# ─── in-memory fakes (unit tests) ────────────────────────────────────────────
+
+
+class FakeClock:
+    """Time that moves only when told to (`advance`), or a millisecond per reading."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeContainer:
+    name: str
+    state: str = "STOPPED"
+    source: str | None = None  # the hull it was snapshotted from
+    spec: ShipSpec | None = None
+    app_running: bool = False
+
+
+@dataclass
+class FakeRuntime:
+    """Containers as records; `/hyperdrive/build` and `/hyperdrive/start` do what tests say.
+
+    `build_output`/`build_code` script the build, `fail` names an operation that raises
+    ContainerError (`snapshot`, `start`, `build`, `start-app`), `hang_build` makes the build time
+    out. A started app answers the FakeProbe unless the test brings it down (`stop_app`).
+    """
+
+    containers: dict[str, FakeContainer] = field(default_factory=dict)
+    build_output: list[str] = field(default_factory=lambda: ["built"])
+    build_code: int = 0
+    start_code: int = 0
+    fail: set[str] = field(default_factory=set)
+    hang_build: bool = False
+    gate: asyncio.Event | None = None  # when set, a build waits for it (to supersede mid-build)
+    calls: list[str] = field(default_factory=list)
+
+    def _get(self, name: str) -> FakeContainer:
+        if name not in self.containers:
+            raise ContainerError(f"ship {name} does not exist")
+        return self.containers[name]
+
+    def _maybe_fail(self, what: str) -> None:
+        if what in self.fail:
+            raise ContainerError(f"{what} failed (as the test asked)")
+
+    async def snapshot(self, hull: str, ship: str) -> None:
+        self.calls.append(f"snapshot {ship}")
+        self._maybe_fail("snapshot")
+        self._get(hull)
+        self.containers[ship] = FakeContainer(ship, source=hull)
+
+    async def write_config(self, ship: str, spec: ShipSpec) -> None:
+        self._get(ship).spec = spec
+
+    async def start(self, ship: str) -> None:
+        self.calls.append(f"start {ship}")
+        self._maybe_fail("start")
+        self._get(ship).state = "RUNNING"
+
+    async def attach(
+        self,
+        ship: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        timeout: float,  # noqa: ASYNC109 - mirrors the port
+        on_line: Callable[[str], None] | None = None,
+    ) -> int:
+        box = self._get(ship)
+        if box.state != "RUNNING":
+            raise ContainerError(f"lxc-attach {ship} failed: not running")
+        script = argv[-1].rsplit("/", 1)[-1]
+        self.calls.append(f"{script} {ship}")
+        if script == "build":
+            return await self._build(on_line, timeout)
+        self._maybe_fail("start-app")
+        box.app_running = self.start_code == 0
+        return self.start_code
+
+    async def _build(self, on_line: Callable[[str], None] | None, seconds: float) -> int:
+        if self.gate is not None:
+            await self.gate.wait()
+        self._maybe_fail("build")
+        if self.hang_build:
+            raise AttachTimedOut("ship", seconds, "")
+        for line in self.build_output:
+            if on_line is not None:
+                on_line(line)
+        return self.build_code
+
+    async def stop(self, ship: str, kill: bool = False) -> None:
+        self.calls.append(f"stop {ship}")
+        if ship in self.containers:
+            box = self.containers[ship]
+            box.state, box.app_running = "STOPPED", False
+
+    async def destroy(self, ship: str) -> None:
+        self.calls.append(f"destroy {ship}")
+        self.containers.pop(ship, None)
+
+    async def exists(self, ship: str) -> bool:
+        return ship in self.containers
+
+    async def info(self, ship: str) -> ContainerInfo | None:
+        box = self.containers.get(ship)
+        return ContainerInfo(ship, box.state) if box else None
+
+    async def list(self) -> builtins.list[ContainerInfo]:
+        return [ContainerInfo(b.name, b.state) for b in self.containers.values()]
+
+    def names(self) -> builtins.list[str]:
+        return sorted(self.containers)
+
+    def snapshot_source(self, ship: str) -> str | None:
+        box = self.containers.get(ship)
+        return box.source if box else None
+
+    def has_snapshots(self, name: str) -> bool:
+        return False
+
+    def running_apps(self) -> builtins.list[str]:
+        return sorted(b.name for b in self.containers.values() if b.app_running)
+
+    def stop_app(self, ship: str) -> None:
+        """The app in `ship` dies (its container keeps running)."""
+        self._get(ship).app_running = False
+
+
+@dataclass
+class FakeHullBuilder:
+    """Makes hull containers in a FakeRuntime; `gate` holds every build until it is set."""
+
+    runtime: FakeRuntime
+    logs: Path
+    gate: asyncio.Event | None = None
+    built: list[str] = field(default_factory=list)
+
+    def setup_log(self, hull: str) -> Path:
+        return self.logs / hull / "setup.log"
+
+    async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str:
+        emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}"))
+        if self.gate is not None:
+            await self.gate.wait()
+        self.built.append(hull)
+        self.runtime.containers[hull] = FakeContainer(hull)
+        return f"from {kind} (fake)"
+
+
+@dataclass
+class FakeGit:
+    """Repos as {app: {ref: sha}}, commits as {sha: {path: text}}; `fetch` reads `remote`."""
+
+    refs: dict[str, dict[str, str]] = field(default_factory=dict)
+    trees: dict[str, dict[str, str]] = field(default_factory=dict)
+    remote: dict[str, dict[str, str]] = field(default_factory=dict)  # url → {ref: sha}
+    fetched: list[tuple[str, str]] = field(default_factory=list)
+
+    def commit(self, app: str, sha: str, files: Mapping[str, str], branch: str = "main") -> str:
+        self.trees[sha] = dict(files)
+        self.refs.setdefault(app, {})[f"refs/heads/{branch}"] = sha
+        return sha
+
+    async def resolve(self, app: str, ref: str, remote: bool = False) -> str | None:
+        refs = self.refs.get(app, {})
+        return refs.get(ref) or refs.get(f"refs/heads/{ref}") or refs.get(f"refs/tags/{ref}")
+
+    async def default_branch(self, app: str, remote: bool = False) -> str:
+        return "main"
+
+    async def export(self, app: str, sha: str, target: Path, remote: bool = False) -> None:
+        if sha not in self.trees:
+            raise ContainerError(f"{app}: no commit {sha[:7]}")
+        for rel, text in self.trees[sha].items():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            (target / rel).write_text(text)
+
+    async def fetch(self, app: str, url: str, ref: str) -> str:
+        self.fetched.append((url, ref))
+        refs = self.remote.get(url, {})
+        sha = refs.get(ref) or refs.get(f"refs/heads/{ref}")
+        if sha is None:
+            raise ContainerError(f"{url} has no {ref}")
+        self.refs.setdefault(app, {})[f"refs/heads/{ref}"] = sha
+        return sha
+
+    async def remote_default_branch(self, app: str, url: str) -> str:
+        return "main"
+
+
+@dataclass
+class FakeProxy:
+    """Stable ports from 20000, a traffic map and the routes that are live; `refuse` names
+    apps whose new route nginx would refuse."""
+
+    ports: dict[str, int] = field(default_factory=dict)
+    pointed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    live_routes: list[Route] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+    prepared: bool = False
+
+    async def prepare(self) -> None:
+        self.prepared = True
+
+    def stable_port(self, app: str) -> int:
+        return self.ports.setdefault(app, 20000 + len(self.ports))
+
+    def stable_url(self, app: str, path: str) -> str:
+        return f"http://stable:{self.stable_port(app)}{path}"
+
+    async def point(self, app: str, ip: str, port: int) -> None:
+        self.pointed[app] = (ip, port)
+
+    async def unpoint(self, app: str) -> None:
+        self.pointed.pop(app, None)
+
+    async def apply_routes(self, routes: Sequence[Route], fresh: Collection[str]) -> None:
+        bad = sorted(r.app for r in routes if r.app in fresh and r.app in self.refuse)
+        if bad:
+            raise ProxyError(f"nginx -t: the route of {', '.join(bad)} does not test")
+        self.live_routes = list(routes)
+
+    def target(self, url: str) -> tuple[str, int] | None:
+        """Where a stable URL leads now."""
+        port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        app = next((a for a, p in self.ports.items() if p == port), None)
+        return self.pointed.get(app) if app else None
+
+
+@dataclass
+class FakeNetwork:
+    """Addresses 10.0.0.2… on a bridge that is 'up' once ensured."""
+
+    gateway: str = "10.0.0.1"
+    prefixlen: int = 24
+    bridge: str = "fakebr0"
+    up: bool = False
+    taken: dict[str, str] = field(default_factory=dict)
+
+    async def ensure(self) -> None:
+        self.up = True
+
+    def allocate(self, ship: str) -> str:
+        if ship not in self.taken:
+            used = set(self.taken.values())
+            self.taken[ship] = next(
+                f"10.0.0.{n}" for n in range(2, 255) if f"10.0.0.{n}" not in used
+            )
+        return self.taken[ship]
+
+    def release(self, ship: str) -> None:
+        self.taken.pop(ship, None)
+
+
+@dataclass
+class FakeProbe:
+    """Answers for ships in a FakeRuntime (healthy while their app runs), and through the
+    FakeProxy's map for stable URLs; `dies_in_drain` stops the new ship's app during a watch."""
+
+    runtime: FakeRuntime
+    network: FakeNetwork
+    proxy: FakeProxy
+    dies_in_drain: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    def _answers(self, url: str) -> bool:
+        if url.startswith("http://stable:"):
+            target = self.proxy.target(url)
+            if target is None:
+                return False
+            url = f"http://{target[0]}:{target[1]}/"
+        ip = url.split("://", 1)[1].split(":", 1)[0]
+        ship = next((s for s, a in self.network.taken.items() if a == ip), None)
+        box = self.runtime.containers.get(ship or "")
+        return box is not None and box.state == "RUNNING" and box.app_running
+
+    async def wait_healthy(
+        self, url: str, seconds: float, give_up: Giveup | None = None
+    ) -> str | None:
+        self.asked.append(url)
+        if self._answers(url):
+            return None
+        if give_up is not None and (reason := give_up()):
+            return reason
+        return "did not answer (ClientConnectorError)"
+
+    async def watch_healthy(self, url: str, seconds: float) -> str | None:
+        self.asked.append(f"watch {url}")
+        if self.dies_in_drain:
+            target = self.proxy.target(url)
+            ship = next(
+                (s for s, a in self.network.taken.items() if target and a == target[0]), None
+            )
+            if ship:
+                self.runtime.stop_app(ship)
+        return None if self._answers(url) else "no answer: ClientConnectorError"

@@ -20,8 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hyperdrive.lxc_async import Lxc, Mount, ShipSpec
+from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
+from hyperdrive.pipeline.model import Mount, ShipSpec
 
 SUBNET = IPv4Network("10.213.200.0/24")
 LXC_PROGRAMS = ("lxc-create", "lxc-copy", "lxc-start", "lxc-attach", "lxc-stop", "lxc-destroy")

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from hyperdrive.errors import ContainerError
-from hyperdrive.lxc_async import Lxc, Mount
+from hyperdrive.hull_builder import LxcHullBuilder
+from hyperdrive.lxc_async import Lxc
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.hulls import Hulls
+from hyperdrive.pipeline.model import Mount
 from tests.integration.lxc_fixtures import Bridge, destroy_everything, get_until_ok, require_lxc
 
 # The fixtures, re-exported so pytest finds them here (conftest.py belongs to everyone).
@@ -46,7 +48,8 @@ class Recorder:
 
 def make_hulls(root: Path, **kw: Any) -> Hulls:
     lxc = Lxc(root / "containers", root / "logs", timeout=60)
-    return Hulls("hdth", lxc, root / "data" / "records" / "hulls.json", **kw)
+    builder = LxcHullBuilder(lxc, root / "data" / "lxc", **kw)
+    return Hulls("hdth", lxc, builder, root / "data" / "records" / "hulls.json")
 
 
 @pytest.fixture(scope="module")

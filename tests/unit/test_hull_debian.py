@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hyperdrive.aptsource import AptSource
+from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.hull_debian import (
     PACKAGES,
     DebianHullBuild,
@@ -187,7 +188,9 @@ async def test_who_needs_a_hull_under_construction_waits_for_that_one_build(
     tmp_path: Path,
 ) -> None:
     lxc = FakeLxc(tmp_path)
-    hulls = Hulls("hd", lxc, tmp_path / "records" / "hulls.json")
+    hulls = Hulls(
+        "hd", lxc, LxcHullBuilder(lxc, tmp_path / "lxc"), tmp_path / "records" / "hulls.json"
+    )
     first, second = Heard(), Heard()
     one = asyncio.create_task(hulls.ensure("busybox", first))
     await asyncio.sleep(0.01)
@@ -206,7 +209,9 @@ async def test_who_needs_a_hull_under_construction_waits_for_that_one_build(
 
 async def test_a_waiter_that_leaves_does_not_stop_the_build(tmp_path: Path) -> None:
     lxc = FakeLxc(tmp_path)
-    hulls = Hulls("hd", lxc, tmp_path / "records" / "hulls.json")
+    hulls = Hulls(
+        "hd", lxc, LxcHullBuilder(lxc, tmp_path / "lxc"), tmp_path / "records" / "hulls.json"
+    )
     waiter = asyncio.create_task(hulls.ensure("busybox", Heard()))
     await asyncio.sleep(0.01)
     waiter.cancel()  # a superseded deploy
@@ -218,7 +223,9 @@ async def test_a_waiter_that_leaves_does_not_stop_the_build(tmp_path: Path) -> N
 
 async def test_closing_stops_the_build_and_its_waiters(tmp_path: Path) -> None:
     lxc = FakeLxc(tmp_path)
-    hulls = Hulls("hd", lxc, tmp_path / "records" / "hulls.json")
+    hulls = Hulls(
+        "hd", lxc, LxcHullBuilder(lxc, tmp_path / "lxc"), tmp_path / "records" / "hulls.json"
+    )
     heard = Heard()
     waiter = asyncio.create_task(hulls.ensure("busybox", heard))
     await asyncio.sleep(0.01)
@@ -232,13 +239,19 @@ async def test_closing_stops_the_build_and_its_waiters(tmp_path: Path) -> None:
 
 
 async def test_only_the_slow_hull_is_built_in_the_background(tmp_path: Path) -> None:
-    hulls = Hulls("hd", FakeLxc(tmp_path), tmp_path / "records" / "hulls.json")
+    lxc = FakeLxc(tmp_path)
+    hulls = Hulls(
+        "hd", lxc, LxcHullBuilder(lxc, tmp_path / "lxc"), tmp_path / "records" / "hulls.json"
+    )
     assert await hulls.prepare("busybox", Heard()) is False
 
 
 def test_hulls_know_their_versions_and_which_hull_a_ship_came_from(tmp_path: Path) -> None:
     lxcpath = tmp_path / "containers"
-    hulls = Hulls("hd", Lxc(lxcpath, tmp_path / "logs"), tmp_path / "records" / "hulls.json")
+    lxc = Lxc(lxcpath, tmp_path / "logs")
+    hulls = Hulls(
+        "hd", lxc, LxcHullBuilder(lxc, tmp_path / "lxc"), tmp_path / "records" / "hulls.json"
+    )
     for name in (
         "hd-hull-debian-1",
         "hd-hull-debian-3",
@@ -256,7 +269,9 @@ def test_hulls_know_their_versions_and_which_hull_a_ship_came_from(tmp_path: Pat
     )
     assert hulls.hull_of("hd-web-abc1234") == "hd-hull-debian-3"
     assert hulls.hull_of("nope") is None
-    assert hulls.logs == tmp_path / "lxc"
+    assert (
+        hulls.setup_log("hd-hull-debian-3") == tmp_path / "lxc" / "hd-hull-debian-3" / "setup.log"
+    )
 
 
 def test_oom_kills_are_read_from_the_ships_memory_cgroup(tmp_path: Path) -> None:

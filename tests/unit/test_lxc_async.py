@@ -12,12 +12,11 @@ from hyperdrive.lxc_async import (
     MARKER,
     CgroupKeys,
     Lxc,
-    Mount,
-    ShipSpec,
     cgroup_settings,
     detect_cgroups,
     render_config,
 )
+from hyperdrive.pipeline.model import Mount, ShipSpec
 
 HULL_CONFIG = """lxc.rootfs.path = overlay:/c/hull/rootfs:/c/ship/overlay/delta
 lxc.uts.name = ship

@@ -20,7 +20,7 @@ from hyperdrive.errors import DaemonUnavailable
 from hyperdrive.gitserver import package_hooks
 from hyperdrive.headquarters import parse_orders
 from hyperdrive.hooks import post_receive as hook
-from hyperdrive.pipeline.handlers import not_deployed
+from hyperdrive.pipeline.plan import not_deployed
 from hyperdrive.triggers import Trigger
 
 A, B, ZERO = "a" * 40, "b" * 40, "0" * 40

@@ -1,0 +1,68 @@
+"""The HullBuilder port for real: a busybox hull from the host's busybox, a Debian hull from
+the kept tree or the mirror the host's apt uses (hull_debian.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from hyperdrive.aptsource import from_host
+from hyperdrive.errors import ContainerError, HyperdriveError
+from hyperdrive.hull_debian import DebianHullBuild, Progress
+from hyperdrive.lxc_async import Lxc
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.ports import Emit
+
+
+class LxcHullBuilder:
+    """Makes hull containers on an Lxc's lxcpath; `$DATA/lxc/<hull>/setup.log` keeps the output."""
+
+    def __init__(
+        self, lxc: Lxc, logs: Path, *, mirror: str = "", cache_dir: Path | None = None
+    ) -> None:
+        self.lxc = lxc
+        self.logs = logs  # $DATA/lxc
+        self.mirror = mirror  # HYPERDRIVE_APT_MIRROR; "" = the host's apt sources
+        self.cache_dir = cache_dir  # LXC_CACHE_PATH; None = /var/cache/lxc
+
+    def setup_log(self, hull: str) -> Path:
+        return self.logs / hull / "setup.log"
+
+    async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str:
+        """Create the container; a failure leaves nothing of it behind."""
+        if kind == "busybox":
+            return await self._busybox(hull, why, emit)
+        return await self._debian(hull, why, fresh, emit)
+
+    async def _busybox(self, hull: str, why: str, emit: Emit) -> str:
+        emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}"))
+        try:
+            await self.lxc.create_busybox_hull(hull)
+        except BaseException:
+            with contextlib.suppress(HyperdriveError):
+                await self.lxc.destroy(hull)
+            raise
+        return "from busybox"
+
+    async def _debian(self, hull: str, why: str, fresh: bool, emit: Emit) -> str:
+        def progress(step: Progress) -> None:
+            emit(
+                ev.HullBuildProgress(
+                    hull=hull, percent=step.percent, step=step.step, message=step.step
+                )
+            )
+
+        apt = await from_host(self.mirror)
+        debian = DebianHullBuild(
+            self.lxc.lxcpath,
+            hull,
+            self.setup_log(hull),
+            apt=apt,
+            cache_dir=self.cache_dir,
+            fresh=fresh,
+        )
+        emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}, {debian.plan()}"))
+        try:
+            return await debian.run(progress)
+        except OSError as err:
+            raise ContainerError(f"hull {hull}: {err}") from err

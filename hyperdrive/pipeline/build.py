@@ -1,0 +1,206 @@
+"""The build stages: export the commit, assemble a ship from its hull, write what runs in it,
+run the build (its output in setup.log and in BuildOutput events)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from collections import deque
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from hyperdrive.buildpacks import BuildPlan, build_timeout, detect
+from hyperdrive.config import Config
+from hyperdrive.errors import AttachTimedOut, DeployError
+from hyperdrive.headquarters import Orders
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.pipeline.health import oom_kills
+from hyperdrive.pipeline.hulls import Hulls
+from hyperdrive.pipeline.job import Job, Stamped, stage
+from hyperdrive.pipeline.model import Mount, Ship, ShipSpec
+from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
+
+LOG_CAP_BYTES = 16 * 1024 * 1024
+EVENT_LINES_CAP = 5000
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+START_SCRIPT = """#!/bin/sh
+# Written by Hyperdrive: runs /hyperdrive/web in the background and restarts it when it exits.
+. /hyperdrive/env
+cd /app
+/bin/sh -c 'trap "" HUP; while :; do /bin/sh /hyperdrive/web; echo "[hyperdrive] app exited $?"; \\
+  sleep 1; done' </dev/null >>/hyperdrive/app.log 2>&1 &
+"""
+
+
+class SetupLog:
+    """`$DATA/lxc/<ship>/setup.log` (capped) and BuildOutput events (capped) for each line."""
+
+    def __init__(self, path: Path, emit: Callable[[str], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._emit = emit
+        self.bytes = 0
+        self.lines = 0
+        self.tail: deque[str] = deque(maxlen=3)
+
+    def line(self, text: str) -> None:
+        self.lines += 1
+        self.tail.append(text[:300])
+        if self.bytes < LOG_CAP_BYTES:
+            self.bytes += len(text) + 1
+            self._fh.write(text + "\n")
+            if self.bytes >= LOG_CAP_BYTES:
+                self._fh.write("[hyperdrive: output beyond 16 MiB is not kept]\n")
+            self._fh.flush()
+        if self.lines <= EVENT_LINES_CAP:
+            self._emit(text)
+        elif self.lines == EVENT_LINES_CAP + 1:
+            self._emit(f"[hyperdrive: more output in {self.path}]")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def memory(orders: Orders) -> str:
+    """The ordered memory limit as people write it: `256M`."""
+    size = orders.memory_bytes or 0
+    return f"{size // (1024 * 1024)}M" if size % (1024 * 1024) == 0 else f"{size} bytes"
+
+
+class Builder:
+    """export → assemble → build, on a ship nobody is sent to yet."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        runtime: ContainerRuntime,
+        git: Git,
+        network: Network,
+        proxy: Proxy,
+        hulls: Hulls,
+        fleet: Fleet,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.git = git
+        self.network = network
+        self.proxy = proxy
+        self.hulls = hulls
+        self.fleet = fleet
+
+    async def ready(self) -> None:
+        """The bridge and the traffic map exist (once per daemon; cheap after that)."""
+        await self.network.ensure()
+        await self.proxy.prepare()
+
+    async def export(self, job: Job) -> None:
+        t0, ship = job.now(), job.built
+        target = self.config.ship_dir(ship.name) / "app"
+        shutil.rmtree(target, ignore_errors=True)
+        async with stage("fetch"):
+            remote = not job.orders.hosted_here
+            await self.git.export(job.cmd.app, ship.sha, target, remote=remote)
+        job.emit(ev.StageFinished, f"exported {ship.sha[:7]}", stage="export", ms=job.ms(t0))
+
+    async def assemble(self, job: Job) -> None:
+        """A snapshot of the hull, configured and started; a newer push waits for a hull build
+        under way instead of cancelling it, and this deploy is dropped after it if superseded."""
+        t0, ship = job.now(), job.built
+        kind = job.orders.hull or self.config.hull
+        async with stage("assemble"):
+            await self.ready()
+            with job.ctx.not_cancelled():
+                hull = await self.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
+            ship.ip = self.network.allocate(ship.name)
+            await self.runtime.snapshot(hull, ship.name)
+            await self.runtime.write_config(ship.name, self.spec(ship, job.orders))
+            await self.runtime.start(ship.name)
+        message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
+        job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
+
+    def spec(self, ship: Ship, orders: Orders) -> ShipSpec:
+        folder, cache = self.config.ship_dir(ship.name), self.config.cache_dir(orders.app)
+        for path in (folder / "run", cache):
+            path.mkdir(parents=True, exist_ok=True)
+        mounts = (
+            Mount(folder / "app", "/app", readonly=False),
+            Mount(folder / "run", "/hyperdrive", readonly=False),
+            Mount(cache, "/var/cache/hyperdrive", readonly=False),
+        )
+        return ShipSpec(
+            ip=IPv4Address(ship.ip),
+            gateway=IPv4Address(self.network.gateway),
+            prefixlen=self.network.prefixlen,
+            bridge=self.network.bridge,
+            hostname=orders.app,
+            memory_bytes=orders.memory_bytes,
+            cpus=orders.cpus,
+            mounts=mounts,
+        )
+
+    def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> None:
+        """/hyperdrive/env, build and start: what runs inside the ship, written by us."""
+        run = self.config.ship_dir(ship.name) / "run"
+        path = ":".join(filter(None, (plan.path_prefix, SYSTEM_PATH)))
+        env = {
+            **plan.env,
+            **env,
+            "PATH": path,
+            "HOME": "/app",
+            "PIP_CACHE_DIR": "/var/cache/hyperdrive/pip",
+            "npm_config_cache": "/var/cache/hyperdrive/npm",
+        }
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+        (run / "env").write_text("\n".join(lines) + "\n")
+        (run / "env").chmod(0o600)
+        build = plan.build or "true"
+        (run / "build").write_text(f"#!/bin/sh\n. /hyperdrive/env\ncd /app\n{build}\n")
+        (run / "web").write_text(f". /hyperdrive/env\ncd /app\n{plan.start}\n")
+        (run / "start").write_text(START_SCRIPT)
+
+    async def build(self, job: Job) -> BuildPlan:
+        t0, ship = job.now(), job.built
+        async with stage("build"):
+            plan = detect(self.config.ship_dir(ship.name) / "app")
+            self.write_scripts(ship, plan, self.fleet.env(job.cmd.app))
+        if plan.build is None:
+            return plan
+        log = SetupLog(
+            self.config.ship_dir(ship.name) / "setup.log",
+            lambda text: job.emit(ev.BuildOutput, text),
+        )
+        try:
+            code = await self._run(job, log)
+        finally:
+            log.close()
+        if code != 0:
+            why = f"{plan.kind} build exited {code}"
+            if code == 137 and await self._oom_kills(job) > 0:
+                why = f"{plan.kind} build was killed for memory ({memory(job.orders)})"
+            job.emit(ev.BuildFailed, why, log=str(log.path))
+            raise DeployError("build", f"{why}: {' | '.join(log.tail)}; see {log.path}")
+        job.emit(ev.ShipBuilt, f"{plan.kind} build completed", ms=job.ms(t0))
+        return plan
+
+    async def _run(self, job: Job, log: SetupLog) -> int:
+        """/hyperdrive/build in the ship, killed after BUILD_TIMEOUT (orders' env) seconds."""
+        async with stage("build"):
+            seconds = build_timeout(self.fleet.env(job.cmd.app))
+            try:
+                argv = ["/bin/sh", "/hyperdrive/build"]
+                return await self.runtime.attach(job.built.name, argv, {}, seconds, log.line)
+            except AttachTimedOut:
+                message = f"build timed out after {seconds:g} s (BUILD_TIMEOUT); see {log.path}"
+                job.emit(ev.BuildFailed, message, log=str(log.path))
+                raise DeployError("build", message) from None
+
+    async def _oom_kills(self, job: Job) -> int:
+        if job.orders.memory_bytes is None:
+            return 0
+        info = await self.runtime.info(job.built.name)
+        return oom_kills(info.pid if info else None)

@@ -1,0 +1,115 @@
+"""The start and health stages: the app runs in its ship and answers on PORT, or the deploy
+fails saying why (it exited, it listens elsewhere, it was killed for memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hyperdrive.buildpacks import BuildPlan
+from hyperdrive.config import Config
+from hyperdrive.errors import DeployError
+from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.build import memory
+from hyperdrive.pipeline.health import KILLED_FOR_MEMORY, listening, oom_kills
+from hyperdrive.pipeline.job import Job, stage
+from hyperdrive.pipeline.model import HEALTHY, Records, Ship
+from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
+
+START_TIMEOUT_S = 30
+
+
+class Starter:
+    """Starts the app in a ship (new or kept) and health-checks it."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        runtime: ContainerRuntime,
+        network: Network,
+        probe: Probe,
+        records: Records,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.network = network
+        self.probe = probe
+        self.records = records
+
+    async def start(self, job: Job, plan: BuildPlan) -> None:
+        t0 = job.now()
+        async with stage("start"):
+            await self.run_start(job.built)
+        job.emit(ev.ShipStarted, f"started: {plan.start[:200]}", ms=job.ms(t0))
+
+    async def run_start(self, ship: Ship) -> None:
+        argv = ["/bin/sh", "/hyperdrive/start"]
+        code = await self.runtime.attach(ship.name, argv, {}, START_TIMEOUT_S)
+        if code != 0:
+            raise DeployError("start", f"the start script exited {code}")
+
+    async def revive(self, job: Job) -> None:
+        """Start a kept ship again (container and app) and health-check it."""
+        ship = job.built
+        info = await self.runtime.info(ship.name)
+        async with stage("start"):
+            if info is None or info.state != "RUNNING":
+                await self.network.ensure()
+                await self.runtime.start(ship.name)
+            await self.run_start(ship)
+        await self.health(job)
+
+    async def health(self, job: Job) -> None:
+        t0, ship, orders = job.now(), job.built, job.orders
+        url = f"http://{ship.ip}:{ship.port}{orders.healthcheck_path}"
+        seconds = orders.healthcheck_seconds
+        problem = await self.probe.wait_healthy(url, seconds, await self._oom_watch(job))
+        if problem is not None:
+            message = f"{url} {problem} after {seconds:g} s"
+            if problem.startswith(KILLED_FOR_MEMORY):
+                message = f"{problem} (after {job.ms(t0)} ms)"
+            elif problem.startswith("did not answer"):
+                message += await self._listening(ship)
+            message += self.app_log_tail(ship)
+            job.emit(ev.HealthCheckFailed, message, ms=job.ms(t0))
+            raise DeployError("health", message)
+        ship.healthy, ship.state = True, HEALTHY
+        self.records.save(job.app)
+        job.emit(ev.ShipHealthy, f"{url} answered", ms=job.ms(t0))
+
+    async def _listening(self, ship: Ship) -> str:
+        """Where the app listens instead of PORT: the commonest reason it did not answer."""
+        info = await self.runtime.info(ship.name)
+        found = listening(info.pid if info else None)
+        if found is None:
+            return ""
+        if not found:
+            return "; the app listens on no TCP port"
+        if ship.port in found:
+            where = ", ".join(sorted(found[ship.port]))
+            return f"; the app listens on PORT {ship.port} only on {where}: listen on 0.0.0.0"
+        shown = ", ".join(str(port) for port in sorted(found))
+        return f"; the app listens on {shown}, not on PORT {ship.port}"
+
+    async def _oom_watch(self, job: Job) -> Callable[[], str | None] | None:
+        """For the health wait: a check that says so once the app was killed for memory."""
+        if job.orders.memory_bytes is None:
+            return None
+        info = await self.runtime.info(job.built.name)
+        pid = info.pid if info else None
+        before, limit = oom_kills(pid), memory(job.orders)
+
+        def killed() -> str | None:
+            if oom_kills(pid) > before:
+                return f"{KILLED_FOR_MEMORY}: it needs more than the ordered memory {limit}"
+            return None
+
+        return killed
+
+    def app_log_tail(self, ship: Ship) -> str:
+        log = self.config.ship_dir(ship.name) / "run" / "app.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-5:]
+        except OSError:
+            return ""
+        return "; app output: " + " | ".join(lines) if lines else ""

@@ -1,0 +1,62 @@
+"""What `hd status` (and `ssh … status`) are told: the squadron itself and each app."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hyperdrive import __version__
+from hyperdrive.config import Config
+from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.pipeline.golive import app_url
+from hyperdrive.pipeline.hulls import Hulls
+from hyperdrive.pipeline.model import Records
+from hyperdrive.render import when
+
+
+def squadron_status(
+    *,
+    config: Config,
+    records: Records,
+    fleet: Fleet,
+    hulls: Hulls,
+    headquarters: str,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """The squadron, its hulls and apps; `counts` holds admirals, pending and inflight."""
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "name": config.name,
+        "data": str(config.data),
+        "ssh": str(config.ssh_listen),
+        "api": str(config.api_listen),
+        "http_port": config.http_port,
+        "headquarters": headquarters or "hosted here",
+        "headquarters_sha": fleet.hq_sha,
+        **counts,
+        "hulls": hulls.status(),
+        "apps": app_rows(config, records, fleet),
+    }
+
+
+def app_rows(config: Config, records: Records, fleet: Fleet) -> list[dict[str, Any]]:
+    """One row per app a record or HQ names: live ship, since, URL, last deploy, orders."""
+    names = sorted({a.name for a in records.all()} | set(fleet.names()))
+    rows = []
+    for name in names:
+        app = records.get(name)
+        live, last = app.live_ship, app.last_deploy
+        result = f"{last.get('result', '')} {last.get('ms', '')} ms".strip() if last else ""
+        rows.append(
+            {
+                "app": name,
+                "ship": live.name if live else None,
+                "sha": live.sha[:7] if live else None,
+                "since": None if app.since is None else when(app.since),
+                "url": app_url(config, name) if app.routed else None,
+                "last_deploy": result or None,
+                "orders": fleet.summary(name)["orders"],
+            }
+        )
+    return rows
