@@ -161,16 +161,21 @@ def test_health_check_answers_500(fleet: Fleet) -> None:
 def test_app_crashing_right_after_the_swap_is_rolled_back(fleet: Fleet) -> None:
     """Decided behaviour: the old ship keeps running through the drain while the new one is
     watched through the app's stable address; if the new one stops answering then, traffic goes
-    back to the old ship (RolledBack says why). A crash after the drain is left to the ship's
-    respawn loop, which restarts the app after 1 s and notes each exit in run/app.log."""
+    back to the old ship (RolledBack says why) and the deploy has failed at the drain: a deploy
+    finishes only after its drain. A crash after the drain is left to the ship's respawn loop,
+    which restarts the app after 1 s and notes each exit in run/app.log."""
     repo = fleet.repo("crash")
     live(repo, "crash one\n")
     # serves for 0.6 s (long enough to pass health and the swap), then dies; respawned 1 s later
     crash = "web: busybox httpd -f -p $PORT -h /app & sleep 0.6; kill $!; exit 1\n"
     outcome = deploy(repo, {"index.html": "crash two\n", "Procfile": crash})
-    assert outcome["event"] == "DeployFinished", outcome
-    rolled = fleet.d.wait_event("RolledBack", timeout=15, app="crash")
-    assert "stopped answering" in rolled["message"], rolled
+    assert outcome["event"] == "DeployFailed", outcome
+    assert outcome["stage"] == "drain", outcome
+    assert "rolled back" in outcome["message"] and "keeps serving" in outcome["message"], outcome
+    story = events_of(fleet.d, outcome["deploy"])
+    assert "DeployFinished" not in story, story
+    assert "stopped answering" in story["RolledBack"]["message"], story
+    assert story["RolledBack"]["seq"] < outcome["seq"], story
     assert http_get(fleet.d.http_port, "/crash/") == (200, "crash one\n")
     with Prober(fleet.d.http_port, "/crash/") as probe:
         wait_outcome(fleet.d, repo.push_trigger(repo.commit({"Procfile": "web: sleep 1\n"})))
