@@ -17,7 +17,8 @@ from pathlib import Path
 
 import asyncssh
 
-from hyperdrive.headquarters import MAX_FILE_BYTES, PRIVATE_MARKERS
+from hyperdrive.headquarters.admirals import PRIVATE_MARKERS
+from hyperdrive.headquarters.orders import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -3,15 +3,8 @@
 import pytest
 
 from hyperdrive.errors import ConfigError, OrdersRejected
-from hyperdrive.headquarters import (
-    MAX_FILE_BYTES,
-    Orders,
-    merge_env,
-    parse_orders,
-    parse_orders_bytes,
-    read_env_file,
-    read_includes,
-)
+from hyperdrive.headquarters.includes import merge_env, read_env_file, read_includes
+from hyperdrive.headquarters.orders import MAX_FILE_BYTES, Orders, parse_orders, parse_orders_bytes
 
 SEED = "autodeploy https://github.com/wballard/starphleet.sample.git\nexport PORT=3000\n"
 
