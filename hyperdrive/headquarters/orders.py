@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from hyperdrive.config import KNOWN_HULLS
 from hyperdrive.errors import InvalidName, OrdersRejected
 from hyperdrive.names import HULL_NAME, check_ref, sanitize_app_name
 
@@ -304,11 +305,14 @@ def _port(key: str, value: str) -> str:
 
 
 def _hull(draft: _Draft, args: list[str], line: int) -> None:
-    """`hull <name>`: the base container ships of this app are snapshotted from."""
+    """`hull <name>`: the base container ships of this app are snapshotted from; a hull
+    Hyperdrive cannot build is refused here, at push time, not at the deploy."""
     if len(args) != 1:
         raise _Bad("hull takes one name")
     if not HULL_NAME.fullmatch(args[0]):
         raise _Bad(f"invalid hull name {shown(args[0])}: use [a-z0-9][a-z0-9-]{{0,30}}")
+    if args[0] not in KNOWN_HULLS:
+        raise _Bad(f"unknown hull {shown(args[0])}; known: {', '.join(KNOWN_HULLS)}")
     draft.once("hull", line)
     draft.hull = args[0]
 

@@ -431,6 +431,12 @@ def test_pre_receive_check_reads_the_quarantined_push(repos, keys) -> None:
     assert "remote: api/orders:2: export 'PORT' has no '='" in refused.stderr
     assert git("rev-parse", "master", cwd=bare).stdout.strip() != bad
 
+    git("reset", "-q", "--hard", "HEAD~", cwd=work)
+    unbuildable = commit(work, {"api/orders": "export PORT=3000\nhull ubuntu\n"}, "no such hull")
+    refused = git("push", "hq", "master", cwd=work, check_ok=False)
+    assert "remote: api/orders:2: unknown hull 'ubuntu'; known: debian, busybox" in refused.stderr
+    assert git("rev-parse", "master", cwd=bare).stdout.strip() != unbuildable
+
     commit(work, {}, "lock everyone out", remove=("authorized_keys",))
     refused = git("push", "hq", "master", cwd=work, check_ok=False)
     assert "no valid admiral key" in refused.stderr
