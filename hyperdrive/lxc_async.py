@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from hyperdrive.errors import AttachTimedOut, ContainerError
-from hyperdrive.network import mac_for_ip, write_atomically
+from hyperdrive.files import write_atomically
+from hyperdrive.network import mac_for_ip
 from hyperdrive.procs import run
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from typing import Any
 from hyperdrive import authorized_keys
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, HyperdriveError
+from hyperdrive.files import write_atomically
 from hyperdrive.headquarters import (
     KEYS_DIR,
     Files,
@@ -37,7 +38,6 @@ from hyperdrive.headquarters import (
 )
 from hyperdrive.keyring import KeyRing, parse_keys
 from hyperdrive.names import HEADQUARTERS, is_app_name
-from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import SyncHeadquarters

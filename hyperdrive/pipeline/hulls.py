@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 from hyperdrive.aptsource import from_host
 from hyperdrive.errors import ContainerError, DeployError, HyperdriveError
+from hyperdrive.files import write_atomically
 from hyperdrive.hull_debian import DebianHullBuild, Progress
 from hyperdrive.lxc_async import Lxc
-from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
 
 BUILDERS = ("busybox", "debian")

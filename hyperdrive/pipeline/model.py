@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 
 BUILDING, HEALTHY, LIVE, STOPPED, FAILED = "building", "healthy", "live", "stopped", "failed"
@@ -102,12 +102,7 @@ class Records:
     def save(self, app: App) -> None:
         self._apps[app.name] = app
         path = self.folder / f"{app.name}.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(app.to_json(), fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(app.to_json(), indent=1, sort_keys=True))
 
     def drop(self, name: str) -> None:
         self._apps.pop(name, None)

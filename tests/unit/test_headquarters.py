@@ -147,6 +147,17 @@ def test_symlinks_are_refused_not_followed(tmp_path, keys) -> None:
     ]
 
 
+def test_a_folder_named_orders_or_pub_is_refused_not_read(tmp_path, keys) -> None:
+    hq_root = write_tree(tmp_path / "hq", {"authorized_keys/alice.pub": pub(keys[0])})
+    (hq_root / "api" / "orders").mkdir(parents=True)
+    (hq_root / "authorized_keys" / "bob.pub").mkdir()
+    hq = read_headquarters(hq_root, "debian")
+    assert "not a regular file" in hq.rejected["api"].message
+    assert hq.key_errors == [
+        "authorized_keys/bob.pub: not a regular file (symlinks are not followed)"
+    ]
+
+
 def test_huge_and_binary_orders_in_a_checkout(tmp_path) -> None:
     files: dict[str, str | bytes] = {
         "big/orders": b"#" * 10_000_000,
