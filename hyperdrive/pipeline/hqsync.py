@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import pwd
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -42,7 +41,7 @@ from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import SyncHeadquarters
 from hyperdrive.pipeline.fleet import Fleet
-from hyperdrive.repos import run_git
+from hyperdrive.repos import git_ssh_env, run_git
 from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import Trigger
 
@@ -211,20 +210,7 @@ class HeadquartersSync:
 
     def _git_env(self) -> dict[str, str]:
         key = self.config.private_keys_dir / HEADQUARTERS
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ALLOW_PROTOCOL": "https:http:ssh:git:file",
-            "HOME": str(self.config.data),
-        }
-        ssh = (
-            f"ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
-            f"-o UserKnownHostsFile={self.config.known_hosts_file}"
-        )
-        if key.is_file():
-            ssh += f" -i {key} -o IdentitiesOnly=yes"
-        env["GIT_SSH_COMMAND"] = ssh
-        return env
+        return git_ssh_env(self.config.data, self.config.known_hosts_file, key)
 
     async def _apply(
         self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, sha: str, files: Files
