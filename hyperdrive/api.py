@@ -22,6 +22,7 @@ from aiohttp import web
 from hyperdrive import __version__
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since
+from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import Trigger, new_trigger_id
@@ -88,11 +89,7 @@ class TokenStore:
         token = secrets.token_urlsafe(32)
         tokens = self._load()
         tokens[hashlib.sha256(token.encode()).hexdigest()] = admiral
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(tokens))
-        tmp.chmod(0o600)
-        tmp.replace(self.path)
+        write_atomically(self.path, json.dumps(tokens), mode=0o600)
         return token
 
     def admiral_for(self, token: str) -> str | None:

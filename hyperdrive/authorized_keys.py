@@ -7,15 +7,13 @@ never left empty: a user who had keys cannot be locked out by a sync.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 from hyperdrive.errors import HyperdriveError
-from hyperdrive.triggers import fsync_dir
+from hyperdrive.files import write_atomically
 
 BEGIN = "# BEGIN hyperdrive admirals"
 END = "# END hyperdrive admirals"
@@ -68,7 +66,8 @@ def install(ssh_dir: Path, keys: dict[str, list[str]], uid: int, gid: int) -> Pa
         return None
     mode = stat.S_IMODE(info.st_mode) if info else 0o600
     owner = (info.st_uid, info.st_gid) if info else (uid, gid)
-    _replace(target, merge(text, admiral_lines(keys)), mode, owner)
+    # temp name unguessable and created O_EXCL|O_NOFOLLOW: safe in a folder the user owns
+    write_atomically(target, merge(text, admiral_lines(keys)), mode=mode, owner=owner)
     return target
 
 
@@ -79,23 +78,3 @@ def _refuse_links(ssh_dir: Path, target: Path) -> None:
             raise AuthorizedKeysError(f"{path} is a symbolic link; not following it")
     if not ssh_dir.is_dir():
         raise AuthorizedKeysError(f"{ssh_dir} is not a folder")
-
-
-def _replace(target: Path, text: str, mode: int, owner: tuple[int, int]) -> None:
-    """Temp file beside it, fsync, mode and owner, rename, fsync the folder. Not
-    network.write_atomically: in a folder the user owns, the temp name must be unguessable
-    (mkstemp, O_EXCL), or root could be made to write through the user's symlink."""
-    fd, tmp = tempfile.mkstemp(prefix=".authorized_keys.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", errors="surrogateescape") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fchown(handle.fileno(), *owner)
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(target.parent)

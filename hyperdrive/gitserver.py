@@ -29,6 +29,7 @@ import asyncssh
 
 from hyperdrive.config import KEYS, Config
 from hyperdrive.errors import HyperdriveError, InvalidName
+from hyperdrive.files import write_atomically
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
 from hyperdrive.procs import check_output
@@ -105,15 +106,8 @@ def parse_command(command: str | None) -> GitRequest | AdmiralRequest:
 def load_host_key(path: Path) -> asyncssh.SSHKey:
     """Read the server's host key, generating an ed25519 one (mode 0600) at first start."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = asyncssh.generate_private_key("ssh-ed25519")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key.export_private_key())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, key.export_private_key(), mode=0o600)
         log.info("ssh: generated host key %s", path)
     return asyncssh.read_private_key(path)
 

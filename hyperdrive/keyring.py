@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncssh
 
-from hyperdrive.headquarters import MAX_FILE_BYTES, PRIVATE_MARKERS
+from hyperdrive.headquarters.admirals import PRIVATE_MARKERS, key_lines, public_key
+from hyperdrive.headquarters.orders import MAX_FILE_BYTES
 from hyperdrive.pipeline import events as ev
 from hyperdrive.watch import FolderWatch
 
@@ -29,25 +30,14 @@ BOOTSTRAP = "bootstrap"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
 
-def _key_line(line: str) -> str | None:
-    """The key part of an OpenSSH public key line, or None for blanks and comments."""
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    return stripped
-
-
 def parse_keys(lines: Iterable[str], source: str) -> tuple[list[asyncssh.SSHKey], list[str]]:
     """Parse OpenSSH public key lines: (keys, problems), one problem per unreadable line."""
     keys: list[asyncssh.SSHKey] = []
     problems: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        text = _key_line(line)
-        if text is None:
-            continue
+    for number, line in key_lines(lines):
         try:
-            keys.append(asyncssh.import_public_key(text))
-        except (asyncssh.KeyImportError, ValueError) as err:
+            keys.append(public_key(line))
+        except ValueError as err:
             problems.append(f"{source}:{number}: not an OpenSSH public key ({err})")
     return keys, problems
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from hyperdrive.errors import AttachTimedOut, ContainerError
-from hyperdrive.network import write_atomically
+from hyperdrive.files import write_atomically
 from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec
 from hyperdrive.procs import run
 

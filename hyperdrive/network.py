@@ -8,13 +8,13 @@ the MAC follows the address, and released addresses are handed out again last.
 from __future__ import annotations
 
 import json
-import os
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from hyperdrive.errors import CommandFailed, NetworkError
+from hyperdrive.files import write_atomically
 from hyperdrive.names import mac_for_ip
 
 __all__ = ["mac_for_ip"]  # derived from the address alone: names.py, used here for the bridge
@@ -189,22 +189,6 @@ class IpAllocator:
             "seq": self._seq,
         }
         write_atomically(self.path, json.dumps(data, indent=1) + "\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write, fsync, rename over `path`, fsync the folder: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _check_owner(ship: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -117,26 +118,24 @@ class GitRepos:
         raise DeployError("fetch", f"{url} does not say which branch is its default")
 
     def _fetch_env(self, app: str) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
-            "HOME": str(self.git_root),
-        }
-        key = self.private_keys / app
-        ssh = [
-            "ssh",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-        ]
-        if key.is_file():
-            ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-        env["GIT_SSH_COMMAND"] = " ".join(ssh)
-        return env
+        return git_ssh_env(self.git_root, self.known_hosts, self.private_keys / app)
+
+
+def git_ssh_env(home: Path, known_hosts: Path, identity: Path) -> dict[str, str]:
+    """The env git talks to remotes with (an app's repo, a remote HQ): never a prompt, only
+    ALLOWED_PROTOCOLS, ssh in batch mode trusting a host at first sight and remembering it in
+    `known_hosts`, and the deploy key `identity` (alone) when it exists."""
+    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
+    ssh += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    if identity.is_file():
+        ssh += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
+        "HOME": str(home),
+        "GIT_SSH_COMMAND": shlex.join(ssh),  # git hands it to a shell
+    }
 
 
 def resolve_ref(path: Path, ref: str) -> str | None:

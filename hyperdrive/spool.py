@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hyperdrive.errors import SpoolError
-from hyperdrive.triggers import Trigger, fsync_dir
+from hyperdrive.files import write_atomically
+from hyperdrive.triggers import Trigger
 from hyperdrive.watch import ARRIVALS, FolderWatch
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,7 @@ class _JournalWriter:
     def _swap(self, content: bytes) -> None:
         """Compaction: write the new journal beside the old one and rename it into place."""
         self._fh.flush()
-        tmp = self.path.with_suffix(".compact")
-        with open(tmp, "wb") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_atomically(self.path, content)
         self._fh.close()
         self._fh = open(self.path, "ab")  # noqa: SIM115
 

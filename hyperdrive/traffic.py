@@ -6,14 +6,13 @@ connections) never restart. DESIGN.md has the measurements that led here.
 """
 
 import asyncio
-import contextlib
 import ipaddress
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from hyperdrive.errors import CommandFailed, ProxyError
+from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import check_output
 
@@ -172,16 +171,4 @@ class StablePorts:
 
     def _save(self, ports: dict[str, int]) -> None:
         """Write, fsync and rename, so a crash leaves the old or the new file, never half."""
-        self.records_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.records_file.with_name(self.records_file.name + ".tmp")
-        with tmp.open("w") as handle:
-            json.dump(ports, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self.records_file)
-        with contextlib.suppress(OSError):
-            fd = os.open(self.records_file.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        write_atomically(self.records_file, json.dumps(ports, indent=1, sort_keys=True))

@@ -7,7 +7,6 @@ event loop machinery: `write_incoming` is what bin/post-receive calls on every p
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperdrive.errors import HyperdriveError, SpoolError
+from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 
 TRIGGER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -71,24 +71,8 @@ def new_trigger_id(prefix: str = "t") -> str:
     return f"{prefix}-{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_incoming(root: Path, trigger: Trigger) -> Path:
     """Durably drop a trigger into `root/incoming/` from another process (e.g. post-receive)."""
-    incoming = root / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    final = incoming / f"{trigger.id}.json"
-    tmp = incoming / f".{trigger.id}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(json.dumps(trigger.to_json()).encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fsync_dir(incoming)
+    final = root / "incoming" / f"{trigger.id}.json"
+    write_atomically(final, json.dumps(trigger.to_json()))
     return final

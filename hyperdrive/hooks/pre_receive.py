@@ -16,13 +16,10 @@ from typing import TextIO
 
 from hyperdrive import config as configuration
 from hyperdrive.errors import ConfigError, HyperdriveError
-from hyperdrive.headquarters import (
-    Headquarters,
-    check,
-    plan,
-    read_headquarters_from_git,
-    read_includes,
-)
+from hyperdrive.headquarters.checks import check
+from hyperdrive.headquarters.includes import read_includes
+from hyperdrive.headquarters.plan import plan
+from hyperdrive.headquarters.reader import Headquarters, read_headquarters_from_git
 from hyperdrive.keyring import parse_keys
 from hyperdrive.names import HEADQUARTERS, ZERO_SHA
 from hyperdrive.repos import branch_after_push, head_branch, resolve_ref

@@ -13,7 +13,7 @@ from pathlib import Path
 from hyperdrive.buildpacks import BuildPlan, build_timeout, detect
 from hyperdrive.config import Config
 from hyperdrive.errors import AttachTimedOut, DeployError
-from hyperdrive.headquarters import Orders
+from hyperdrive.headquarters.orders import Orders
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import pwd
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 from hyperdrive import authorized_keys
 from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, HyperdriveError
+from hyperdrive.files import write_atomically
 from hyperdrive.headquarters import (
     KEYS_DIR,
     Files,
@@ -37,12 +37,11 @@ from hyperdrive.headquarters import (
 )
 from hyperdrive.keyring import KeyRing, parse_keys
 from hyperdrive.names import HEADQUARTERS, is_app_name
-from hyperdrive.network import write_atomically
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import SyncHeadquarters
 from hyperdrive.pipeline.fleet import Fleet
-from hyperdrive.repos import run_git
+from hyperdrive.repos import git_ssh_env, run_git
 from hyperdrive.spool import Spool
 from hyperdrive.triggers import Trigger, new_trigger_id
 from hyperdrive.watch import FolderWatch
@@ -221,20 +220,7 @@ class HeadquartersSync:
 
     def _git_env(self) -> dict[str, str]:
         key = self.config.private_keys_dir / HEADQUARTERS
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ALLOW_PROTOCOL": "https:http:ssh:git:file",
-            "HOME": str(self.config.data),
-        }
-        ssh = (
-            f"ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
-            f"-o UserKnownHostsFile={self.config.known_hosts_file}"
-        )
-        if key.is_file():
-            ssh += f" -i {key} -o IdentitiesOnly=yes"
-        env["GIT_SSH_COMMAND"] = ssh
-        return env
+        return git_ssh_env(self.config.data, self.config.known_hosts_file, key)
 
     async def _apply(
         self, cmd: SyncHeadquarters, ctx: Context, new: Headquarters, sha: str, files: Files

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperdrive.errors import DeployError, HyperdriveError
-from hyperdrive.network import write_atomically
+from hyperdrive.files import write_atomically
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.events import Emitter
 from hyperdrive.pipeline.ports import ContainerRuntime, HullBuilder

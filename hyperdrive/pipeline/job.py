@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import aiohttp
 
 from hyperdrive.errors import DeployError, HyperdriveError
-from hyperdrive.headquarters import Orders
+from hyperdrive.headquarters.orders import Orders
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import Context
 from hyperdrive.pipeline.commands import Deploy

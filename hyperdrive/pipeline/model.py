@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hyperdrive.errors import ContainerError
+from hyperdrive.files import write_atomically
 from hyperdrive.names import mac_for_ip, sanitize_app_name
 
 BUILDING, HEALTHY, LIVE, STOPPED, FAILED = "building", "healthy", "live", "stopped", "failed"
@@ -134,12 +134,7 @@ class Records:
     def save(self, app: App) -> None:
         self._apps[app.name] = app
         path = self.folder / f"{app.name}.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(app.to_json(), fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(app.to_json(), indent=1, sort_keys=True))
 
     def drop(self, name: str) -> None:
         self._apps.pop(name, None)

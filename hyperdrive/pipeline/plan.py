@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hyperdrive.errors import DeployError
-from hyperdrive.headquarters import Orders
+from hyperdrive.headquarters.orders import Orders
 from hyperdrive.names import check_sha
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.fleet import Fleet

@@ -219,7 +219,7 @@ def test_admiral_keys_are_swapped_live_and_open_sessions_survive(
     assert sorted(p.name for p in (d.var / "public_keys").iterdir()) == ["alice.pub", "lead.pub"]
 
 
-def test_bad_key_files_and_a_lockout_are_refused_at_push(
+def test_bad_key_files_unknown_hulls_and_a_lockout_are_refused_at_push(
     fleet: tuple[Daemon, Admiral], tmp_path: Path
 ) -> None:
     d, lead = fleet
@@ -235,6 +235,8 @@ def test_bad_key_files_and_a_lockout_are_refused_at_push(
         {
             "authorized_keys/carol.pub": "carol's key goes here\n",
             "authorized_keys/oops.pub": private,
+            "api/orders": STATIC + "hull ubuntu\n",  # a hull Hyperdrive cannot build
+            "docs/orders": "hull ../x\n",
         },
     )
     refused = push(lead, hq, check=False)
@@ -243,6 +245,8 @@ def test_bad_key_files_and_a_lockout_are_refused_at_push(
     assert "headquarters refused, nothing changed" in output
     assert "authorized_keys/carol.pub: line 1 is not an OpenSSH public key" in output
     assert "authorized_keys/oops.pub: holds a PRIVATE key: it was not loaded" in output
+    assert "api/orders:2: unknown hull 'ubuntu'; known: debian, busybox" in output
+    assert "docs/orders:1: invalid hull name '../x'" in output
     assert "PRIVATE KEY-----" not in output, "the private key is never echoed"
     assert git("--git-dir", str(hosted), "rev-parse", "master", cwd=tmp_path) == accepted
     assert not (d.var / "public_keys" / "oops.pub").exists()

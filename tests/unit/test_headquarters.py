@@ -147,6 +147,17 @@ def test_symlinks_are_refused_not_followed(tmp_path, keys) -> None:
     ]
 
 
+def test_a_folder_named_orders_or_pub_is_refused_not_read(tmp_path, keys) -> None:
+    hq_root = write_tree(tmp_path / "hq", {"authorized_keys/alice.pub": pub(keys[0])})
+    (hq_root / "api" / "orders").mkdir(parents=True)
+    (hq_root / "authorized_keys" / "bob.pub").mkdir()
+    hq = read_headquarters(hq_root, "debian")
+    assert "not a regular file" in hq.rejected["api"].message
+    assert hq.key_errors == [
+        "authorized_keys/bob.pub: not a regular file (symlinks are not followed)"
+    ]
+
+
 def test_huge_and_binary_orders_in_a_checkout(tmp_path) -> None:
     files: dict[str, str | bytes] = {
         "big/orders": b"#" * 10_000_000,
@@ -430,6 +441,12 @@ def test_pre_receive_check_reads_the_quarantined_push(repos, keys) -> None:
     assert refused.returncode != 0
     assert "remote: api/orders:2: export 'PORT' has no '='" in refused.stderr
     assert git("rev-parse", "master", cwd=bare).stdout.strip() != bad
+
+    git("reset", "-q", "--hard", "HEAD~", cwd=work)
+    unbuildable = commit(work, {"api/orders": "export PORT=3000\nhull ubuntu\n"}, "no such hull")
+    refused = git("push", "hq", "master", cwd=work, check_ok=False)
+    assert "remote: api/orders:2: unknown hull 'ubuntu'; known: debian, busybox" in refused.stderr
+    assert git("rev-parse", "master", cwd=bare).stdout.strip() != unbuildable
 
     commit(work, {}, "lock everyone out", remove=("authorized_keys",))
     refused = git("push", "hq", "master", cwd=work, check_ok=False)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperdrive.errors import OrdersRejected
-from hyperdrive.headquarters import DIRECTIVES, Orders, parse_orders, parse_orders_bytes
+from hyperdrive.headquarters.orders import DIRECTIVES, Orders, parse_orders, parse_orders_bytes
 
 FUZZ = settings(max_examples=300, deadline=None)
 

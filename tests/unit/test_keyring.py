@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncssh
+import pytest
 
-from hyperdrive.keyring import KeyRing
+from hyperdrive.headquarters.admirals import parse_admiral_file
+from hyperdrive.keyring import KeyRing, parse_keys
 
 
 def new_key(comment: str = "") -> tuple[asyncssh.SSHKey, str]:
@@ -98,3 +100,17 @@ def test_reload_bootstrap_refuses_a_file_with_a_private_key(tmp_path: Path) -> N
     assert private.splitlines()[1] not in repr(loaded)
     assert ring.admiral_for(key) == "bootstrap:ops"  # the keys in force stay
     assert ring.admiral_for(other) is None
+
+
+def test_hq_files_and_the_bootstrap_file_read_key_lines_alike() -> None:
+    """One reader of `type base64 comment` lines: the same lines count and the same one fails."""
+    key, line = new_key("ops@laptop")
+    text = f"# laptop\n\n  {line}  \r\nssh-ed25519 not-base64!\n"
+    keys, problems = parse_keys(text.split("\n"), "admirals.pub")
+    assert [k.public_data for k in keys] == [key.public_data]
+    assert [p.split(":")[:2] for p in problems] == [["admirals.pub", "4"]]
+    with pytest.raises(ValueError, match=r"^line 4 is not an OpenSSH public key \(use OpenSSH"):
+        parse_admiral_file("ops.pub", text.encode())
+    [loaded] = parse_admiral_file("ops.pub", f"# laptop\n\n  {line}  \r\n".encode())
+    assert loaded.line == line
+    assert loaded.fingerprint == key.get_fingerprint("sha256")

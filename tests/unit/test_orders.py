@@ -2,16 +2,11 @@
 
 import pytest
 
+from hyperdrive.config import KNOWN_HULLS
 from hyperdrive.errors import ConfigError, OrdersRejected
-from hyperdrive.headquarters import (
-    MAX_FILE_BYTES,
-    Orders,
-    merge_env,
-    parse_orders,
-    parse_orders_bytes,
-    read_env_file,
-    read_includes,
-)
+from hyperdrive.headquarters.includes import merge_env, read_env_file, read_includes
+from hyperdrive.headquarters.orders import MAX_FILE_BYTES, Orders, parse_orders, parse_orders_bytes
+from hyperdrive.pipeline.hulls import BUILDERS
 
 SEED = "autodeploy https://github.com/wballard/starphleet.sample.git\nexport PORT=3000\n"
 
@@ -176,6 +171,22 @@ def test_hull() -> None:
     assert parse("hull busybox").hull == "busybox"
     assert "invalid hull name" in rejected("hull Busy_Box").message
     assert "one name" in rejected("hull a b").message
+
+
+@pytest.mark.parametrize("name", ["ubuntu", "../x", "debian-12"])
+def test_a_hull_hyperdrive_cannot_build_is_refused_with_its_line(name: str) -> None:
+    err = rejected(f"export A=1\nhull {name}\n")
+    assert (err.path, err.line) == ("api/orders", 2)
+    assert "hull" in err.message
+    assert name in err.message
+
+
+def test_every_hull_the_orders_accept_has_a_builder() -> None:
+    """The parser's list and the pipeline's builders are one set: no hull passes the push and
+    fails the deploy."""
+    assert set(KNOWN_HULLS) == set(BUILDERS)
+    for name in KNOWN_HULLS:
+        assert parse(f"hull {name}").hull == name
 
 
 def test_healthcheck() -> None:

@@ -18,7 +18,7 @@ from dulwich.repo import Repo
 
 from hyperdrive.errors import DaemonUnavailable
 from hyperdrive.gitserver import package_hooks
-from hyperdrive.headquarters import parse_orders
+from hyperdrive.headquarters.orders import parse_orders
 from hyperdrive.hooks import post_receive as hook
 from hyperdrive.pipeline.plan import not_deployed
 from hyperdrive.triggers import Trigger

@@ -1,0 +1,73 @@
+"""Files Hyperdrive keeps: written whole or not at all, read capped and without following links.
+
+Light on purpose (only the standard library): git's hooks import it on every push.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_atomically(
+    path: Path,
+    data: bytes | str,
+    *,
+    mode: int | None = None,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Temp file beside `path`, fsync, rename over it, fsync the folder: readers and a crash
+    see the old content or the new, never half, and a failed write leaves no temp file.
+
+    The temp name is unguessable and created exclusively without following links, so root may
+    write this way into a folder another user owns. `mode` None is what open() makes (0o666
+    less the umask); a given `mode` is set exactly, and `owner` (uid, gid) is given to the file
+    before it takes `path`'s place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    blob = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    fd = os.open(tmp, _WRITE_FLAGS, 0o666 if mode is None else 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new name in `path` survive a power loss (the folder's own fsync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_capped(path: Path, limit: int) -> bytes | None:
+    """Up to `limit` + 1 bytes of a regular file (so "too big" shows); None for a symlink,
+    a missing file or anything that is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen: a folder would raise there
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(limit + 1)

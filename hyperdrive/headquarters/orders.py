@@ -1,0 +1,384 @@
+"""Orders: one app's `<app>/orders` file, parsed (never executed) into Orders.
+
+A mistake raises OrdersRejected naming file and line, so a push is refused with `file:line`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import math
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from hyperdrive.config import KNOWN_HULLS
+from hyperdrive.errors import InvalidName, OrdersRejected
+from hyperdrive.names import HULL_NAME, check_ref, sanitize_app_name
+
+MAX_FILE_BYTES = 64 * 1024
+ORDERS = "orders"
+DEFAULT_PORT = 3000
+DEFAULT_HEALTHCHECK = ("/", 60.0)
+MIN_MEMORY = 4 * 1024**2
+MAX_MEMORY = 1024**5
+UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PORT_TEXT = re.compile(r"[1-9][0-9]{0,4}")
+NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
+DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+URL_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+SCP_LIKE = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:[^:/\\].*")
+REMOTE_HELPER = re.compile(r"[A-Za-z0-9+.-]+::")
+
+
+class _Bad(Exception):
+    """A directive is wrong; the parser adds file and line."""
+
+
+@dataclass(frozen=True)
+class Orders:
+    """One app's parsed orders; `path` and `lines` are for messages and never compared."""
+
+    app: str
+    autodeploy_url: str | None = None
+    branch: str | None = None
+    env: dict[str, str] = field(default_factory=lambda: {"PORT": str(DEFAULT_PORT)})
+    hull: str | None = None
+    healthcheck_path: str = DEFAULT_HEALTHCHECK[0]
+    healthcheck_seconds: float = DEFAULT_HEALTHCHECK[1]
+    servernames: tuple[str, ...] = ()
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    path: str = field(default="", compare=False)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def port(self) -> int:
+        """The port the app listens on inside its ship."""
+        return int(self.env["PORT"])
+
+    @property
+    def publish_port(self) -> int | None:
+        """A public port of the app's own, if its orders ask for one."""
+        value = self.env.get("PUBLISH_PORT")
+        return int(value) if value is not None else None
+
+    @property
+    def hosted_here(self) -> bool:
+        """No `autodeploy`: the app's repo is `<app>.git` on this squadron."""
+        return self.autodeploy_url is None
+
+    def where(self, key: str) -> str:
+        """`path:line` of a directive (`export PORT`, `servername host`…), or just the path."""
+        line = self.lines.get(key)
+        return f"{self.path}:{line}" if line else self.path
+
+
+@dataclass
+class _Draft:
+    """Orders while they are being parsed."""
+
+    app: str
+    hull: str | None
+    url: str | None = None
+    branch: str | None = None
+    health: tuple[str, float] = DEFAULT_HEALTHCHECK
+    memory: int | None = None
+    cpus: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    servernames: dict[str, None] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def once(self, name: str, line: int) -> None:
+        """Refuse a directive that may appear only once."""
+        if name in self.lines:
+            raise _Bad(f"duplicate {name} (first on line {self.lines[name]})")
+        self.lines[name] = line
+
+
+def parse_orders(
+    text: str, path: str, *, app: str | None = None, default_hull: str | None = None
+) -> Orders:
+    """Parse an orders file; raise OrdersRejected naming file and line on any mistake.
+
+    `app` defaults to the folder holding the file (`api/orders` → `api`). Line 0 means the
+    whole file.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise OrdersRejected(path, 0, f"orders file is too big (limit {MAX_FILE_BYTES} bytes)")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise OrdersRejected(path, line, "binary content (a NUL byte): orders are text")
+    draft = _Draft(app=_app_of(path, app), hull=default_hull)
+    for number, raw in enumerate(text.split("\n"), start=1):
+        try:
+            words = _words(raw.removesuffix("\r"))
+            if words:
+                _directive(draft, words, number)
+        except _Bad as err:
+            raise OrdersRejected(path, number, str(err)) from None
+    return _finish(draft, path)
+
+
+def parse_orders_bytes(
+    data: bytes, path: str, *, app: str | None = None, default_hull: str | None = None
+) -> Orders:
+    """Parse orders read from disk or git: capped at 64 KiB, UTF-8 text only."""
+    if len(data) > MAX_FILE_BYTES:
+        raise OrdersRejected(path, 0, f"orders file is too big (limit {MAX_FILE_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise OrdersRejected(path, line, "binary content (not UTF-8): orders are text") from None
+    return parse_orders(text, path, app=app, default_hull=default_hull)
+
+
+def _app_of(path: str, app: str | None) -> str:
+    """The app an orders file belongs to: given, or the name of its folder."""
+    name = app if app is not None else PurePosixPath(path).parent.name
+    try:
+        return sanitize_app_name(name)
+    except InvalidName as err:
+        raise OrdersRejected(path, 0, str(err)) from None
+
+
+def _words(line: str) -> list[str]:
+    """Split one line like a shell would, without expanding anything; `#` starts a comment.
+
+    shlex's own comment handling would cut `url#branch`, so a comment is a word whose
+    unquoted source begins with `#`, as in sh.
+    """
+    if not line.strip() or line.lstrip().startswith("#"):
+        return []
+    stream = io.StringIO(line)
+    lexer = shlex.shlex(stream, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    words: list[str] = []
+    start = 0
+    while True:
+        try:
+            token = lexer.get_token()
+        except ValueError as err:
+            if line[start:].lstrip().startswith("#"):
+                return words
+            raise _Bad(f"bad quoting: {str(err).lower()}") from None
+        if token is None or line[start : stream.tell()].lstrip().startswith("#"):
+            return words
+        words.append(token)
+        start = stream.tell()
+
+
+def _directive(draft: _Draft, words: list[str], line: int) -> None:
+    """Apply one directive to the draft."""
+    name, args = words[0], words[1:]
+    handler = DIRECTIVES.get(name)
+    if handler is None:
+        raise _Bad(_unknown(name))
+    handler(draft, args, line)
+
+
+def _unknown(name: str) -> str:
+    """Message for an unknown directive, with a suggestion when one is close."""
+    close = difflib.get_close_matches(name, DIRECTIVES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown directive {shown(name)}{hint}; known: {', '.join(DIRECTIVES)}"
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A user's word, quoted, escaped and cut short, safe to put in a one-line message."""
+    cut = value if len(value) <= limit else value[:limit] + "…"
+    return repr(cut)
+
+
+def _finish(draft: _Draft, path: str) -> Orders:
+    """Freeze a draft into Orders with defaults filled in."""
+    return Orders(
+        app=draft.app,
+        autodeploy_url=draft.url,
+        branch=draft.branch,
+        env={"PORT": str(DEFAULT_PORT), **draft.env},
+        hull=draft.hull,
+        healthcheck_path=draft.health[0],
+        healthcheck_seconds=draft.health[1],
+        servernames=tuple(draft.servernames),
+        memory_bytes=draft.memory,
+        cpus=draft.cpus,
+        path=path,
+        lines=dict(draft.lines),
+    )
+
+
+def _autodeploy(draft: _Draft, args: list[str], line: int) -> None:
+    """`autodeploy <git-url>[#branch]` or `autodeploy <git-url> <branch>`."""
+    if len(args) not in (1, 2):
+        raise _Bad("autodeploy takes a git URL and an optional branch")
+    url, sep, fragment = args[0].rpartition("#")
+    if not sep:
+        url, fragment = args[0], ""
+    elif not fragment:
+        raise _Bad("autodeploy URL ends in '#' without a branch")
+    if fragment and len(args) == 2:
+        raise _Bad("autodeploy branch given twice (after '#' and as a second word)")
+    branch = fragment or (args[1] if len(args) == 2 else None)
+    url, branch = _git_url(url), _branch(branch) if branch is not None else None
+    draft.once("autodeploy", line)
+    if branch is not None:
+        _one_branch(draft, "autodeploy", line)
+        draft.branch = branch
+    draft.url = url
+
+
+def _branch_directive(draft: _Draft, args: list[str], line: int) -> None:
+    """`branch <name>`: the branch (or tag) that deploys, for a repo hosted here or remote."""
+    if len(args) != 1:
+        raise _Bad("branch takes one branch or tag name")
+    draft.once("branch", line)
+    _one_branch(draft, "branch", line)
+    draft.branch = _branch(args[0])
+
+
+def _one_branch(draft: _Draft, directive: str, line: int) -> None:
+    """A branch may be named once: by `branch` or by `autodeploy`, not both."""
+    other = "autodeploy" if directive == "branch" else "branch"
+    if draft.branch is not None and other in draft.lines:
+        raise _Bad(f"branch given twice (also by {other} on line {draft.lines[other]})")
+
+
+def _git_url(url: str) -> str:
+    """Accept the URL forms git fetches from; refuse options and remote helpers (`ext::`)."""
+    if not url or url.startswith("-") or any(c.isspace() or not c.isprintable() for c in url):
+        raise _Bad(f"autodeploy URL {shown(url)} is not a git URL")
+    if REMOTE_HELPER.match(url):
+        raise _Bad(f"autodeploy URL {shown(url)} uses a remote helper, which is not allowed")
+    if url.startswith(URL_SCHEMES):
+        scheme, _, rest = url.partition("://")
+        if scheme != "file" and not rest.split("/", 1)[0]:
+            raise _Bad(f"autodeploy URL {shown(url)} has no host")
+        return url
+    if url.startswith("/") or SCP_LIKE.fullmatch(url):
+        return url
+    raise _Bad(
+        f"autodeploy URL {shown(url)} is not a git URL (use https://, ssh://, git://, "
+        "file://, user@host:path or an absolute path)"
+    )
+
+
+def _branch(branch: str) -> str:
+    """A branch name git would accept."""
+    try:
+        check_ref(f"refs/heads/{branch}")
+    except InvalidName:
+        raise _Bad(f"invalid branch name {shown(branch)}") from None
+    return branch
+
+
+def _export(draft: _Draft, args: list[str], line: int) -> None:
+    """`export KEY=VALUE [KEY=VALUE…]`: environment of the app's ship."""
+    if not args:
+        raise _Bad("export needs KEY=VALUE")
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq:
+            raise _Bad(f"export {shown(arg)} has no '=': write export KEY=VALUE")
+        if not ENV_NAME.fullmatch(key):
+            raise _Bad(f"export {shown(key)}: not a valid variable name")
+        if key in ("PORT", "PUBLISH_PORT"):
+            value = _port(key, value)
+        if f"export {key}" in draft.lines:
+            raise _Bad(f"{key} exported twice (first on line {draft.lines[f'export {key}']})")
+        draft.lines[f"export {key}"] = line
+        draft.env[key] = value
+
+
+def _port(key: str, value: str) -> str:
+    """A TCP port, 1-65535, written without leading zeros."""
+    if not PORT_TEXT.fullmatch(value) or int(value) > 65535:
+        raise _Bad(f"bad {key} {shown(value)}: a port is a number from 1 to 65535")
+    return value
+
+
+def _hull(draft: _Draft, args: list[str], line: int) -> None:
+    """`hull <name>`: the base container ships of this app are snapshotted from; a hull
+    Hyperdrive cannot build is refused here, at push time, not at the deploy."""
+    if len(args) != 1:
+        raise _Bad("hull takes one name")
+    if not HULL_NAME.fullmatch(args[0]):
+        raise _Bad(f"invalid hull name {shown(args[0])}: use [a-z0-9][a-z0-9-]{{0,30}}")
+    if args[0] not in KNOWN_HULLS:
+        raise _Bad(f"unknown hull {shown(args[0])}; known: {', '.join(KNOWN_HULLS)}")
+    draft.once("hull", line)
+    draft.hull = args[0]
+
+
+def _healthcheck(draft: _Draft, args: list[str], line: int) -> None:
+    """`healthcheck <path> [seconds]`: what must answer, and how long it may take to."""
+    if len(args) not in (1, 2):
+        raise _Bad("healthcheck takes a path and optional seconds")
+    path = args[0]
+    if not path.startswith("/") or any(c.isspace() or not c.isprintable() for c in path):
+        raise _Bad(f"healthcheck path {shown(path)} must start with / and hold no spaces")
+    seconds = _positive(args[1], "healthcheck seconds") if len(args) == 2 else 60.0
+    draft.once("healthcheck", line)
+    draft.health = (path, seconds)
+
+
+def _positive(text: str, what: str) -> float:
+    """A plain positive decimal number (no signs, exponents, inf or nan)."""
+    if not NUMBER.fullmatch(text) or float(text) <= 0 or not math.isfinite(float(text)):
+        raise _Bad(f"{what} {shown(text)} must be a positive number")
+    return float(text)
+
+
+def _servername(draft: _Draft, args: list[str], line: int) -> None:
+    """`servername <host>…`: extra host names nginx serves the app on."""
+    if not args:
+        raise _Bad("servername needs at least one host name")
+    for host in (arg.lower() for arg in args):
+        labels = host.split(".")
+        if len(host) > 253 or not all(DNS_LABEL.fullmatch(label) for label in labels):
+            raise _Bad(f"servername {shown(host)} is not a valid DNS name")
+        draft.servernames[host] = None
+        draft.lines.setdefault(f"servername {host}", line)
+
+
+def _memory(draft: _Draft, args: list[str], line: int) -> None:
+    """`memory <size>`: the ship's memory limit, `256M`, `1G`, `1.5G` or bytes."""
+    match = MEMORY.fullmatch(args[0]) if len(args) == 1 else None
+    if match is None:
+        raise _Bad("memory takes one size such as 256M or 1G")
+    size = int(float(match[1]) * UNITS[match[2].lower()])
+    if size < MIN_MEMORY:
+        raise _Bad(f"memory {shown(args[0])} is {size} bytes; did you mean {args[0]}M?")
+    if size > MAX_MEMORY:
+        raise _Bad(f"memory {shown(args[0])} is more than any machine has")
+    draft.once("memory", line)
+    draft.memory = size
+
+
+def _cpus(draft: _Draft, args: list[str], line: int) -> None:
+    """`cpus <n>`: how many CPUs' worth of time the ship may use."""
+    if len(args) != 1:
+        raise _Bad("cpus takes one number")
+    value = _positive(args[0], "cpus")
+    draft.once("cpus", line)
+    draft.cpus = value
+
+
+Directive = Callable[[_Draft, list[str], int], None]
+DIRECTIVES: dict[str, Directive] = {
+    "autodeploy": _autodeploy,
+    "branch": _branch_directive,
+    "export": _export,
+    "hull": _hull,
+    "healthcheck": _healthcheck,
+    "servername": _servername,
+    "memory": _memory,
+    "cpus": _cpus,
+}

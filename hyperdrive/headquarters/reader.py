@@ -1,0 +1,189 @@
+"""Reading a headquarters: from a checkout folder or straight out of a (bare) git repo.
+
+Both readers gather the same `Files` and build one Headquarters from them. Symlinks and
+anything that is not a regular file are refused, never followed; files are read capped.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hyperdrive.errors import InvalidName, OrdersRejected
+from hyperdrive.files import read_capped
+from hyperdrive.headquarters.admirals import KEYS_DIR, AdmiralKey, parse_admiral_file
+from hyperdrive.headquarters.orders import MAX_FILE_BYTES, ORDERS, Orders, parse_orders_bytes
+from hyperdrive.names import HEADQUARTERS, SHA, check_ref
+
+if TYPE_CHECKING:
+    from dulwich.object_store import BaseObjectStore
+    from dulwich.objects import ObjectID
+    from dulwich.repo import Repo
+
+
+@dataclass(frozen=True)
+class Headquarters:
+    """What an HQ commit says: orders per app, rejected orders, admiral keys and key errors."""
+
+    apps: dict[str, Orders] = field(default_factory=dict)
+    rejected: dict[str, OrdersRejected] = field(default_factory=dict)
+    admirals: dict[str, list[AdmiralKey]] = field(default_factory=dict)
+    key_errors: list[str] = field(default_factory=list)
+
+    def key_count(self) -> int:
+        """How many valid admiral keys this HQ holds."""
+        return sum(len(keys) for keys in self.admirals.values())
+
+
+# The shared reader input: HQ-relative path → content; None marks an entry that is not a
+# regular file (a symlink, a submodule, a folder), which is refused, never followed.
+Files = Mapping[str, bytes | None]
+
+
+def headquarters_from_files(files: Files, default_hull: str) -> Headquarters:
+    """Build a Headquarters from `authorized_keys/*.pub` and `<app>/orders` entries."""
+    hq = Headquarters()
+    for path in sorted(files):
+        folder, _, name = path.partition("/")
+        if folder == KEYS_DIR:
+            _load_keys(hq, path, name, files[path])
+        elif name == ORDERS:
+            _load_orders(hq, path, folder, files[path], default_hull)
+    return hq
+
+
+def _load_orders(hq: Headquarters, path: str, folder: str, data: bytes | None, hull: str) -> None:
+    """Parse one `<app>/orders` into hq.apps, or record why it was rejected."""
+    try:
+        hq.apps[folder] = _orders_from(printable(path), folder, data, hull)
+    except OrdersRejected as err:
+        hq.rejected[folder] = err
+
+
+def _orders_from(path: str, folder: str, data: bytes | None, hull: str) -> Orders:
+    """Orders of one app folder, refusing the HQ's own name and anything not a file."""
+    if folder == HEADQUARTERS:
+        raise OrdersRejected(path, 0, f"{HEADQUARTERS!r} is the HQ repo's own name")
+    if data is None:
+        raise OrdersRejected(path, 0, "not a regular file (symlinks are not followed)")
+    return parse_orders_bytes(data, path, app=folder, default_hull=hull)
+
+
+def _load_keys(hq: Headquarters, path: str, name: str, data: bytes | None) -> None:
+    """Load one admiral's .pub file, or record why not; a key may belong to one admiral only."""
+    shown = printable(path)
+    try:
+        keys = parse_admiral_file(name, data if data is not None else b"")
+    except ValueError as err:
+        why = "not a regular file (symlinks are not followed)" if data is None else err
+        hq.key_errors.append(f"{shown}: {why}")
+        return
+    owners = {key.fingerprint: key.admiral for keys in hq.admirals.values() for key in keys}
+    for key in keys:
+        if key.fingerprint in owners:
+            hq.key_errors.append(
+                f"{shown}: key {key.fingerprint} already belongs to "
+                f"{owners[key.fingerprint]}; not loaded twice"
+            )
+    fresh = [key for key in keys if key.fingerprint not in owners]
+    if fresh:
+        hq.admirals[fresh[0].admiral] = fresh
+
+
+def printable(path: str) -> str:
+    """A path as it may appear in a one-line message (control characters escaped)."""
+    return path if path.isprintable() else ascii(path)
+
+
+def read_headquarters(root: Path, default_hull: str) -> Headquarters:
+    """Read an HQ checkout folder. Symlinks are refused and files are read capped."""
+    files: dict[str, bytes | None] = {}
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.name == KEYS_DIR:
+                for key_file in sorted(Path(entry.path).glob("*.pub")):
+                    files[f"{KEYS_DIR}/{key_file.name}"] = read_capped(key_file, MAX_FILE_BYTES)
+            elif os.path.lexists(orders := Path(entry.path, ORDERS)):
+                files[f"{entry.name}/{ORDERS}"] = read_capped(orders, MAX_FILE_BYTES)
+    return headquarters_from_files(files, default_hull)
+
+
+def read_headquarters_from_git(
+    repo: Path, rev: str, default_hull: str, *, object_dirs: Sequence[Path] = ()
+) -> Headquarters:
+    """Read an HQ straight out of a (bare) git repo at `rev`, without a checkout.
+
+    `rev` is a full commit id, `refs/…` or a branch name. A pre-receive hook passes
+    GIT_QUARANTINE_PATH in `object_dirs`: pushed objects live there until accepted.
+    """
+    return headquarters_from_files(read_files_from_git(repo, rev, object_dirs), default_hull)
+
+
+def read_files_from_git(repo: Path, rev: str, object_dirs: Sequence[Path] = ()) -> Files:
+    """The entries of HQ at `rev` that `headquarters_from_files` reads (see the caller)."""
+    # dulwich (~3 MB) only where git is read: a daemon with nothing to do never loads it
+    from dulwich.object_store import DiskObjectStore, OverlayObjectStore  # noqa: PLC0415
+    from dulwich.repo import Repo  # noqa: PLC0415
+
+    with Repo(str(repo)) as git:
+        extra = [DiskObjectStore(str(path)) for path in object_dirs]
+        store = OverlayObjectStore([*extra, git.object_store]) if extra else git.object_store
+        try:
+            return _git_files(store, _resolve(git, store, rev))
+        finally:
+            for each in extra:
+                each.close()
+
+
+def _resolve(git: Repo, store: BaseObjectStore, rev: str) -> ObjectID:
+    """The tree id of commit `rev` (tags peeled); InvalidName when it does not exist."""
+    from dulwich.objects import Commit, ObjectID, Tag  # noqa: PLC0415 - see the caller
+    from dulwich.refs import Ref  # noqa: PLC0415 - see the caller
+
+    try:
+        if SHA.fullmatch(rev):
+            sha = ObjectID(rev.encode())
+        else:
+            ref = rev if rev.startswith("refs/") else f"refs/heads/{rev}"
+            sha = git.refs[Ref(check_ref(ref).encode())]
+        obj = store[sha]
+        while isinstance(obj, Tag):
+            obj = store[obj.object[1]]
+    except KeyError:
+        raise InvalidName(f"unknown revision {rev!r}") from None
+    if not isinstance(obj, Commit):
+        raise InvalidName(f"{rev!r} is not a commit")
+    return ObjectID(obj.tree)
+
+
+def _git_files(store: BaseObjectStore, tree_id: ObjectID) -> dict[str, bytes | None]:
+    """The entries `headquarters_from_files` needs, read from a git tree."""
+    files: dict[str, bytes | None] = {}
+    for folder, mode, sha in _tree_items(store, tree_id):
+        if folder.startswith(".") or not stat.S_ISDIR(mode):
+            continue
+        for name, sub_mode, sub_sha in _tree_items(store, sha):
+            wanted = name.endswith(".pub") if folder == KEYS_DIR else name == ORDERS
+            if wanted:
+                blob = store[sub_sha].as_raw_string() if stat.S_ISREG(sub_mode) else None
+                files[f"{folder}/{name}"] = blob
+    return files
+
+
+def _tree_items(store: BaseObjectStore, tree_id: ObjectID) -> list[tuple[str, int, ObjectID]]:
+    """(name, mode, sha) of one tree; names decoded with undecodable bytes escaped."""
+    from dulwich.objects import Tree  # noqa: PLC0415 - see read_headquarters_from_git
+
+    tree = store[tree_id]
+    if not isinstance(tree, Tree):  # a crafted entry: directory mode, not a tree
+        return []
+    return [
+        (entry.path.decode("utf-8", "backslashreplace"), entry.mode, entry.sha)
+        for entry in tree.iteritems()
+    ]
