@@ -168,6 +168,29 @@ class FakeClock:
 
 
 @dataclass
+class Holds:
+    """Points where the fakes wait until a test lets them go (`hold`, `release`), so a test can
+    stop a deploy in any stage: to supersede it there, or to 'crash' the daemon there."""
+
+    waits: dict[str, asyncio.Event] = field(default_factory=dict)
+    reached: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def hold(self, point: str) -> None:
+        self.waits[point], self.reached[point] = asyncio.Event(), asyncio.Event()
+
+    def release(self, point: str) -> None:
+        self.waits.pop(point).set()
+
+    async def at(self, point: str) -> None:
+        if point in self.waits:
+            self.reached[point].set()
+            await self.waits[point].wait()
+
+    async def arrived(self, point: str, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+        await asyncio.wait_for(self.reached[point].wait(), timeout)
+
+
+@dataclass
 class FakeContainer:
     name: str
     state: str = "STOPPED"
@@ -181,8 +204,9 @@ class FakeRuntime:
     """Containers as records; `/hyperdrive/build` and `/hyperdrive/start` do what tests say.
 
     `build_output`/`build_code` script the build, `fail` names an operation that raises
-    ContainerError (`snapshot`, `start`, `build`, `start-app`), `hang_build` makes the build time
-    out. A started app answers the FakeProbe unless the test brings it down (`stop_app`).
+    ContainerError (`snapshot`, `start`, `build`, `start-app`) or, for `answer`, an app that
+    starts but never answers; `hang_build` makes the build time out. A started app answers the
+    FakeProbe unless the test brings it down (`stop_app`). Holds: `build`, `destroy`.
     """
 
     containers: dict[str, FakeContainer] = field(default_factory=dict)
@@ -191,7 +215,7 @@ class FakeRuntime:
     start_code: int = 0
     fail: set[str] = field(default_factory=set)
     hang_build: bool = False
-    gate: asyncio.Event | None = None  # when set, a build waits for it (to supersede mid-build)
+    holds: Holds = field(default_factory=Holds)
     calls: list[str] = field(default_factory=list)
 
     def _get(self, name: str) -> FakeContainer:
@@ -233,12 +257,11 @@ class FakeRuntime:
         if script == "build":
             return await self._build(on_line, timeout)
         self._maybe_fail("start-app")
-        box.app_running = self.start_code == 0
+        box.app_running = self.start_code == 0 and "answer" not in self.fail
         return self.start_code
 
     async def _build(self, on_line: Callable[[str], None] | None, seconds: float) -> int:
-        if self.gate is not None:
-            await self.gate.wait()
+        await self.holds.at("build")
         self._maybe_fail("build")
         if self.hang_build:
             raise AttachTimedOut("ship", seconds, "")
@@ -256,6 +279,7 @@ class FakeRuntime:
     async def destroy(self, ship: str) -> None:
         self.calls.append(f"destroy {ship}")
         self.containers.pop(ship, None)
+        await self.holds.at("destroy")
 
     async def exists(self, ship: str) -> bool:
         return ship in self.containers
@@ -287,11 +311,11 @@ class FakeRuntime:
 
 @dataclass
 class FakeHullBuilder:
-    """Makes hull containers in a FakeRuntime; `gate` holds every build until it is set."""
+    """Makes hull containers in a FakeRuntime. Hold: `hull`."""
 
     runtime: FakeRuntime
     logs: Path
-    gate: asyncio.Event | None = None
+    holds: Holds = field(default_factory=Holds)
     built: list[str] = field(default_factory=list)
 
     def setup_log(self, hull: str) -> Path:
@@ -299,8 +323,7 @@ class FakeHullBuilder:
 
     async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str:
         emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}"))
-        if self.gate is not None:
-            await self.gate.wait()
+        await self.holds.at("hull")
         self.built.append(hull)
         self.runtime.containers[hull] = FakeContainer(hull)
         return f"from {kind} (fake)"
@@ -414,12 +437,14 @@ class FakeNetwork:
 @dataclass
 class FakeProbe:
     """Answers for ships in a FakeRuntime (healthy while their app runs), and through the
-    FakeProxy's map for stable URLs; `dies_in_drain` stops the new ship's app during a watch."""
+    FakeProxy's map for stable URLs; `dies_in_drain` stops the new ship's app during a watch.
+    Holds: `health` (a ship's own URL), `swap` (the stable URL after the swap), `drain`."""
 
     runtime: FakeRuntime
     network: FakeNetwork
     proxy: FakeProxy
     dies_in_drain: bool = False
+    holds: Holds = field(default_factory=Holds)
     asked: list[str] = field(default_factory=list)
 
     def _answers(self, url: str) -> bool:
@@ -437,6 +462,7 @@ class FakeProbe:
         self, url: str, seconds: float, give_up: Giveup | None = None
     ) -> str | None:
         self.asked.append(url)
+        await self.holds.at("swap" if url.startswith("http://stable:") else "health")
         if self._answers(url):
             return None
         if give_up is not None and (reason := give_up()):
@@ -445,6 +471,7 @@ class FakeProbe:
 
     async def watch_healthy(self, url: str, seconds: float) -> str | None:
         self.asked.append(f"watch {url}")
+        await self.holds.at("drain")
         if self.dies_in_drain:
             target = self.proxy.target(url)
             ship = next(

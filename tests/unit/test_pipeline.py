@@ -1,0 +1,347 @@
+"""The deploy state machine on the in-memory fakes: outcomes, failures per stage, supersede,
+retention, rollback targets and the hull build — in milliseconds, without root."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hyperdrive.pipeline.bus import FAILED, FINISHED, SUPERSEDED
+from hyperdrive.pipeline.commands import Assemble, Deploy, Launch, Rollback
+from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
+from hyperdrive.pipeline.model import LIVE, STOPPED
+from tests.unit.deploy_world import PYTHON, STATIC, Squadron, World
+
+STAGES = ("plan", "export", "assemble", "build", "start", "health", "swap", "drain")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    yield world
+    world.close()
+
+
+@pytest.fixture
+def hd(world: World) -> Squadron:
+    return world.daemon()
+
+
+async def live_at(hd: Squadron, app: str, files: dict[str, str] | None = None) -> str:
+    """Deploy a good version; the ship now live."""
+    deploy = await hd.deploy(app, files)
+    assert hd.outcome(deploy)["event"] == "DeployFinished", hd.events(deploy)
+    ship = hd.app(app).live
+    assert ship is not None
+    return ship
+
+
+# ─── a deploy and its story ──────────────────────────────────────────────────
+
+
+async def test_a_deploy_tells_every_stage_with_its_duration_and_finishes_after_the_drain(
+    hd: Squadron,
+) -> None:
+    await live_at(hd, "web")
+    deploy = await hd.deploy("web", PYTHON)
+    names = hd.names(deploy)
+    assert names == [
+        "DeployStarted",
+        "StageFinished",  # plan
+        "StageFinished",  # export
+        "ShipAssembled",
+        "BuildOutput",
+        "ShipBuilt",
+        "ShipStarted",
+        "ShipHealthy",
+        "TrafficSwapped",
+        "ShipDrained",
+        "DeployFinished",
+    ]
+    timed = [e for e in hd.events(deploy) if e["event"] not in ("DeployStarted", "BuildOutput")]
+    assert all(isinstance(e.get("ms"), int) for e in timed), timed
+    stages = [e["stage"] for e in hd.events(deploy, name="StageFinished")]
+    assert stages == ["plan", "export"]
+
+
+async def test_the_first_deploy_routes_the_app_and_points_traffic_at_its_ship(
+    world: World, hd: Squadron
+) -> None:
+    ship = await live_at(hd, "web")
+    app = hd.app("web")
+    assert app.routed
+    assert [r.app for r in world.proxy.live_routes] == ["web"]
+    assert world.serving("web") == hd.live_ship_address("web")
+    assert app.ship(ship).state == LIVE  # type: ignore[union-attr]
+    assert app.last_deploy["result"] == "finished"
+
+
+async def test_pushing_the_live_commit_again_builds_nothing(world: World, hd: Squadron) -> None:
+    first = await hd.deploy("web")
+    sha = hd.app("web").live_ship.sha  # type: ignore[union-attr]
+    again = hd.next_id()
+    assert await hd.run(Deploy(deploy=again, app="web", sha=sha, source="push")) == FINISHED
+    assert "already live" in hd.outcome(again)["message"]
+    assert len(hd.app("web").ships) == 1
+    assert hd.outcome(first)["event"] == "DeployFinished"
+
+
+async def test_a_push_of_another_branch_is_ignored_and_says_which_branch_deploys(
+    world: World, hd: Squadron
+) -> None:
+    await live_at(hd, "web")
+    sha = world.commit("web", STATIC, branch="feature")
+    deploy = hd.next_id()
+    outcome = await hd.run(Deploy(deploy=deploy, app="web", sha=sha, ref="refs/heads/feature"))
+    assert outcome == "ignored"
+    said = hd.outcome(deploy)
+    assert said["event"] == "TriggerIgnored"
+    assert "web deploys main" in said["message"]
+
+
+# ─── a failure in each stage leaves the old ship serving ────────────────────
+
+
+def break_stage(world: World, stage: str) -> None:
+    """Make `stage` of the next deploy fail the way a user can make it fail."""
+    if stage == "assemble":
+        world.runtime.fail.add("snapshot")
+    elif stage == "build":
+        world.runtime.build_code = 1
+    elif stage == "start":
+        world.runtime.start_code = 2
+    elif stage == "health":
+        world.runtime.fail.add("answer")
+    elif stage == "swap":
+        world.proxy.refuse.add("web")
+    elif stage == "drain":
+        world.probe.dies_in_drain = True
+
+
+@pytest.mark.parametrize("stage", ["assemble", "build", "start", "health", "swap", "drain"])
+async def test_a_failure_in_any_stage_leaves_the_old_ship_serving(
+    world: World, hd: Squadron, stage: str
+) -> None:
+    old = await live_at(hd, "web")
+    before = world.serving("web")
+    break_stage(world, stage)
+    deploy = await hd.deploy("web", PYTHON)
+    outcome = hd.outcome(deploy)
+    assert outcome["event"] == "DeployFailed", hd.events(deploy)
+    assert outcome["stage"] == stage, outcome
+    assert f"{old} keeps serving" in outcome["message"]
+    assert "DeployFinished" not in hd.names(deploy)
+    assert hd.app("web").live == old
+    assert world.serving("web") == before
+    assert old in world.runtime.running_apps()
+    assert hd.app("web").last_deploy["result"] == f"failed at {stage}"
+
+
+async def test_a_failed_plan_builds_nothing(world: World, hd: Squadron) -> None:
+    deploy = hd.next_id()
+    assert await hd.run(Deploy(deploy=deploy, app="empty", source="cli")) == FAILED
+    outcome = hd.outcome(deploy)
+    assert outcome["stage"] == "plan"
+    assert "has no commits on main yet" in outcome["message"]
+    assert world.runtime.containers == {}
+
+
+async def test_an_export_of_a_missing_commit_fails_at_fetch(hd: Squadron) -> None:
+    deploy = hd.next_id()
+    sha = "a" * 40
+    assert await hd.run(Deploy(deploy=deploy, app="web", sha=sha, source="cli")) == FAILED
+    assert hd.outcome(deploy)["stage"] == "fetch"
+
+
+async def test_a_fall_back_in_the_drain_is_a_failed_deploy_after_rolled_back(
+    world: World, hd: Squadron
+) -> None:
+    old = await live_at(hd, "web")
+    world.probe.dies_in_drain = True
+    deploy = await hd.deploy("web", {"index.html": "v2\n"})
+    names = hd.names(deploy)
+    assert names[-2:] == ["RolledBack", "DeployFailed"], names
+    assert "TrafficSwapped" in names
+    app = hd.app("web")
+    assert app.live == old
+    new = next(s for s in app.ships if s.name != old)
+    assert new.state == SHIP_FAILED
+    assert not new.healthy
+    assert "rolled back" in hd.outcome(deploy)["message"]
+
+
+# ─── supersede ───────────────────────────────────────────────────────────────
+
+
+async def test_a_newer_push_cancels_a_build_and_its_ship_is_scrapped(
+    world: World, hd: Squadron
+) -> None:
+    old = await live_at(hd, "web")
+    world.holds.hold("build")
+    first = asyncio.create_task(hd.deploy("web", PYTHON, deploy="t-old"))
+    await world.holds.arrived("build")
+    scrapped = hd.app("web").ships[-1].name
+    newer = asyncio.create_task(hd.deploy("web", {**PYTHON, "v": "2"}, deploy="t-new"))
+    await asyncio.wait_for(first, 5)
+    world.holds.release("build")
+    await asyncio.wait_for(newer, 5)
+    assert hd.outcome("t-old")["event"] == "DeploySuperseded"
+    assert hd.outcome("t-old")["by"] == "t-new"
+    assert hd.outcome("t-new")["event"] == "DeployFinished"
+    assert scrapped not in world.runtime.containers
+    assert hd.app("web").ship(scrapped) is None
+    assert hd.app("web").live != old
+
+
+async def test_a_newer_push_waits_for_a_hull_build_and_the_older_deploy_is_dropped_after_it(
+    world: World, hd: Squadron
+) -> None:
+    world.holds.hold("hull")
+    first = asyncio.create_task(
+        hd.run(Deploy(deploy="t-a", app="web", sha=world.commit("web", STATIC)))
+    )
+    await world.holds.arrived("hull")
+    second = asyncio.create_task(
+        hd.run(Deploy(deploy="t-b", app="web", sha=world.commit("web", {"index.html": "b\n"})))
+    )
+    await asyncio.sleep(0.01)
+    assert not first.done(), "a newer push does not cancel a deploy waiting for its hull"
+    world.holds.release("hull")
+    assert await asyncio.wait_for(first, 5) == SUPERSEDED
+    assert await asyncio.wait_for(second, 5) == FINISHED
+    assert world.hull_builder.built == ["hd-hull-busybox-1"]
+    assert hd.events(name="HullBuildFailed") == []
+    assert "HullAssembled" in hd.names("t-a")
+    assert hd.outcome("t-a")["by"] == "t-b"
+    assert len(hd.app("web").ships) == 1
+
+
+async def test_a_deploy_past_the_swap_is_not_cancelled_the_newer_one_waits(
+    world: World, hd: Squadron
+) -> None:
+    await live_at(hd, "web")
+    world.holds.hold("drain")
+    first = asyncio.create_task(hd.deploy("web", {"index.html": "v2\n"}, deploy="t-1st"))
+    await world.holds.arrived("drain")
+    second = asyncio.create_task(hd.deploy("web", {"index.html": "v3\n"}, deploy="t-2nd"))
+    await asyncio.sleep(0.01)
+    world.holds.release("drain")
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert hd.outcome("t-1st")["event"] == "DeployFinished"
+    assert hd.outcome("t-2nd")["event"] == "DeployFinished"
+
+
+# ─── retention ───────────────────────────────────────────────────────────────
+
+
+async def test_keep_ships_counts_healthy_ships_only_and_failed_ones_are_pruned_too(
+    world: World, tmp_path: Path
+) -> None:
+    hd = world.daemon(keep_ships=2)
+    healthy = [await live_at(hd, "web", {"index.html": f"v{i}\n"}) for i in range(4)]
+    world.runtime.build_code = 1
+    failed = []
+    for i in range(4):
+        await hd.deploy("web", {**PYTHON, "n": str(i)})
+        failed.append(hd.app("web").ships[-1].name)
+    world.runtime.build_code = 0
+    current = await live_at(hd, "web", {"index.html": "last\n"})
+    kept = {s.name: s for s in hd.app("web").ships}
+    assert current in kept
+    assert [n for n in healthy if n in kept] == healthy[-2:], "KEEP_SHIPS healthy ones"
+    assert [n for n in failed if n in kept] == failed[-2:], "the newest failed, for their logs"
+    assert all(kept[n].state == SHIP_FAILED for n in failed[-2:])
+    gone = set(healthy[:-2]) | set(failed[:-2])
+    assert not gone & set(world.runtime.containers)
+    retired = [e["ship"] for e in hd.events(name="ShipRetired")]
+    assert set(retired) == gone
+    assert all(isinstance(e["ms"], int) for e in hd.events(name="ShipRetired"))
+
+
+async def test_failed_deploys_never_push_out_the_last_rollback_target(world: World) -> None:
+    hd = world.daemon(keep_ships=1)
+    await live_at(hd, "web")
+    previous = await live_at(hd, "web", {"index.html": "v2\n"})
+    world.runtime.build_code = 1
+    for i in range(5):
+        await hd.deploy("web", {**PYTHON, "n": str(i)})
+    world.runtime.build_code = 0
+    await live_at(hd, "web", {"index.html": "v3\n"})
+    target = hd.daemon.core.ships.rollback_target(hd.app("web"))
+    assert target is not None
+    assert target.name == previous
+
+
+async def test_keep_ships_zero_still_keeps_one_rollback_target(world: World) -> None:
+    hd = world.daemon(keep_ships=0)
+    first = await live_at(hd, "web")
+    await live_at(hd, "web", {"index.html": "v2\n"})
+    assert hd.daemon.core.ships.rollback_target(hd.app("web")).name == first  # type: ignore[union-attr]
+
+
+# ─── rollback targets ────────────────────────────────────────────────────────
+
+
+async def test_rollback_goes_to_the_newest_healthy_kept_ship(world: World, hd: Squadron) -> None:
+    await live_at(hd, "web")
+    second = await live_at(hd, "web", {"index.html": "v2\n"})
+    world.runtime.fail.add("answer")
+    await hd.deploy("web", {"index.html": "broken\n"})  # a failed ship is no target
+    world.runtime.fail.discard("answer")
+    third = await live_at(hd, "web", {"index.html": "v3\n"})
+    deploy = hd.next_id()
+    assert await hd.run(Rollback(deploy=deploy, app="web")) == FINISHED
+    assert hd.app("web").live == second
+    assert world.serving("web") == hd.live_ship_address("web")
+    assert hd.app("web").ship(third).state == STOPPED  # type: ignore[union-attr]
+    assert hd.names(deploy)[-2:] == ["DeployFinished", "RolledBack"]
+
+
+async def test_rollback_without_a_healthy_kept_ship_fails_and_changes_nothing(
+    world: World, hd: Squadron
+) -> None:
+    only = await live_at(hd, "web")
+    deploy = hd.next_id()
+    assert await hd.run(Rollback(deploy=deploy, app="web")) == FAILED
+    assert "no earlier healthy ship is kept" in hd.outcome(deploy)["message"]
+    assert hd.app("web").live == only
+
+
+async def test_an_assembled_ship_is_no_rollback_target_until_it_has_been_healthy(
+    world: World, hd: Squadron
+) -> None:
+    await live_at(hd, "web")
+    world.commit("web", {"index.html": "next\n"})
+    assert await hd.run(Assemble(deploy="t-asm", app="web")) == FINISHED
+    assembled = hd.app("web").ships[-1]
+    assert assembled.state == STOPPED
+    assert not assembled.healthy
+    assert hd.daemon.core.ships.rollback_target(hd.app("web")) is None
+    assert await hd.run(Launch(deploy="t-launch", ship=assembled.name, app="web")) == FINISHED
+    assert hd.app("web").live == assembled.name
+    assert hd.app("web").ship(assembled.name).healthy  # type: ignore[union-attr]
+
+
+async def test_launch_runs_in_its_apps_lane(world: World, hd: Squadron) -> None:
+    await live_at(hd, "web")
+    world.commit("web", {"index.html": "next\n"})
+    await hd.run(Assemble(deploy="t-asm", app="web"))
+    ship = hd.app("web").ships[-1].name
+    assert Launch(deploy="t-l", ship=ship, app="web").lane == "web"
+    world.holds.hold("drain")
+    deploying = asyncio.create_task(hd.deploy("web", {"index.html": "v3\n"}, deploy="t-d"))
+    await world.holds.arrived("drain")
+    launching = asyncio.create_task(hd.run(Launch(deploy="t-l", ship=ship, app="web")))
+    await asyncio.sleep(0.01)
+    assert hd.events("t-l") == [], "the launch waits for the deploy in its lane"
+    world.holds.release("drain")
+    await asyncio.wait_for(asyncio.gather(deploying, launching), 5)
+    assert hd.app("web").live == ship
+
+
+async def test_launch_of_an_unknown_ship_fails_clearly(hd: Squadron) -> None:
+    assert await hd.run(Launch(deploy="t-x", ship="hd-nope-1234567")) == FAILED
+    assert "no ship named hd-nope-1234567" in hd.outcome("t-x")["message"]
