@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import KEYS, Config
 from hyperdrive.eventlog import EventLog
 from hyperdrive.gitserver import GitServer, package_hooks
-from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
+from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.keyring import BootstrapKeys, KeyRing
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.names import HEADQUARTERS
@@ -178,32 +178,6 @@ def pipeline_parts(config: Config) -> Parts:
         clock=SystemClock(),
         drain_s=config.drain_seconds,
     )
-
-
-class FleetResolver:
-    """Which apps (or HQ) a pushed repository and ref concern, from the orders in force."""
-
-    def __init__(self, fleet: Fleet, headquarters: HeadquartersSync) -> None:
-        self.fleet = fleet
-        self.headquarters = headquarters
-        self._cached: tuple[object, str, StaticResolver] | None = None
-
-    def resolve(self, urls: Collection[str], ref: str, default_branch: str | None) -> Resolution:
-        return self._table().resolve(urls, ref, default_branch)
-
-    def _table(self) -> StaticResolver:
-        source = self.headquarters.source
-        hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
-        cached = self._cached  # rebuilt only when the HQ in force (an identity) or its URL moves
-        if cached is None or cached[0] is not self.fleet.hq or cached[1] != hq_url:
-            apps = {
-                name: (orders.autodeploy_url, orders.branch)
-                for name in self.fleet.names()
-                if (orders := self.fleet.orders(name)).autodeploy_url is not None
-            }
-            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None))
-            self._cached = cached
-        return cached[2]
 
 
 def hook_env(config: Config) -> dict[str, str]:

@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -44,6 +44,10 @@ from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.triggers import TRIGGER_ID, Trigger
+
+if TYPE_CHECKING:  # named for types only: hqsync's imports would make a cycle
+    from hyperdrive.pipeline.fleet import Fleet
+    from hyperdrive.pipeline.hqsync import Source
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,39 @@ class StaticResolver:
             return Resolution(reason="no app's orders autodeploy this repository")
         wanted = {_wanted(self._apps_ok[a].branch, default_branch) for a in same_repo}
         return Resolution(reason=f"{', '.join(same_repo)} follow {', '.join(sorted(wanted))}")
+
+
+class HeadquartersSource(Protocol):
+    """Where HQ comes from now (`hd headquarters set` moves it while the daemon runs)."""
+
+    @property
+    def source(self) -> Source: ...
+
+
+class FleetResolver:
+    """Which apps (or HQ) a pushed repository and ref concern, from the orders in force."""
+
+    def __init__(self, fleet: Fleet, headquarters: HeadquartersSource) -> None:
+        self.fleet = fleet
+        self.headquarters = headquarters
+        self._cached: tuple[object, str, StaticResolver] | None = None
+
+    def resolve(self, urls: Collection[str], ref: str, default_branch: str | None) -> Resolution:
+        return self._table().resolve(urls, ref, default_branch)
+
+    def _table(self) -> StaticResolver:
+        source = self.headquarters.source
+        hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
+        cached = self._cached  # rebuilt only when the HQ in force (an identity) or its URL moves
+        if cached is None or cached[0] is not self.fleet.hq or cached[1] != hq_url:
+            apps = {
+                name: (orders.autodeploy_url, orders.branch)
+                for name in self.fleet.names()
+                if (orders := self.fleet.orders(name)).autodeploy_url is not None
+            }
+            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None))
+            self._cached = cached
+        return cached[2]
 
 
 def _follower(url: str, branch: str | None) -> _Follower | None:
