@@ -33,7 +33,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -43,6 +43,7 @@ from multidict import CIMultiDictProxy
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
+from hyperdrive.pipeline import events as ev
 from hyperdrive.triggers import TRIGGER_ID, Trigger
 
 if TYPE_CHECKING:  # named for types only: hqsync's imports would make a cycle
@@ -569,7 +570,9 @@ class WebhookReceiver:
             delivery = await self._receive(provider, request)
             return await self._dispatch(delivery)
         except WebhookRefused as err:
-            self._emit_event("WebhookRejected", provider.name, err.reason, status=err.status)
+            self._record(
+                ev.WebhookRejected(provider=provider.name, message=err.reason, status=err.status)
+            )
             response = web.json_response(
                 {"status": "rejected", "reason": err.reason}, status=err.status
             )
@@ -615,9 +618,8 @@ class WebhookReceiver:
     async def _dispatch(self, delivery: _Delivery) -> web.Response:
         provider, event = delivery.provider, delivery.event
         if event in provider.ping_events:
-            self._emit_event(
-                "WebhookPinged", provider.name, "the forge says hello", delivery=delivery
-            )
+            pinged = ev.WebhookPinged(message="the forge says hello")
+            self._record(pinged, delivery)
             return web.json_response({"status": "pong"}, status=200)
         if event not in provider.push_events:
             return self._ignored(delivery, f"{_shown(event)} events start nothing; pushes do")
@@ -683,18 +685,15 @@ class WebhookReceiver:
         return web.json_response(answer, status=202)
 
     def _redelivered(self, delivery: _Delivery, known: str | None) -> web.Response:
-        name = delivery.provider.name
         if known is not None and hmac.compare_digest(known, delivery.fingerprint):
-            self._emit_event(
-                "WebhookRedelivered", name, "seen before; started nothing", delivery=delivery
-            )
+            self._record(ev.WebhookRedelivered(message="seen before; started nothing"), delivery)
             return web.json_response({"status": "duplicate"}, status=200)
         reason = "this delivery id was used before for a different body; started nothing"
-        self._emit_event("WebhookRejected", name, reason, delivery=delivery, status=409)
+        self._record(ev.WebhookRejected(message=reason, status=409), delivery)
         return web.json_response({"status": "rejected", "reason": reason}, status=409)
 
     def _ignored(self, delivery: _Delivery, reason: str) -> web.Response:
-        self._emit_event("WebhookIgnored", delivery.provider.name, reason, delivery=delivery)
+        self._record(ev.WebhookIgnored(message=reason), delivery)
         return web.json_response({"status": "ignored", "reason": reason}, status=202)
 
     def _emit_received(
@@ -705,33 +704,20 @@ class WebhookReceiver:
         deploys: Mapping[str, str],
         kind: str,
     ) -> None:
-        name, repo = delivery.provider.name, push.repository or push.urls[0]
+        repo = push.repository or push.urls[0]
         if kind == "hq-sync":
-            self._emit_event("WebhookReceived", name, f"push to HQ {repo}", delivery=delivery)
+            self._record(ev.WebhookReceived(message=f"push to HQ {repo}"), delivery)
         for app, update in targets.items():
-            message = f"{update.ref} of {repo} pushed"
-            self._emit_event(
-                "WebhookReceived", name, message, delivery=delivery, app=app,
-                sha=update.after, deploy=deploys[app],
-            )  # fmt: skip
+            said = f"{update.ref} of {repo} pushed"
+            event = ev.WebhookReceived(app=app, sha=update.after, deploy=deploys[app], message=said)
+            self._record(event, delivery)
 
-    def _emit_event(
-        self,
-        event: str,
-        provider: str,
-        message: str,
-        *,
-        delivery: _Delivery | None = None,
-        app: str | None = None,
-        **extra: Any,
-    ) -> None:
-        """One event-log record; carries ids and reasons, never secrets, tokens or signatures."""
-        record: dict[str, Any] = {"event": event, "app": app, "message": message}
-        record["provider"] = provider
+    def _record(self, event: ev.WebhookEvent, delivery: _Delivery | None = None) -> None:
+        """One event-log record, named after the delivery when there is one; it carries ids and
+        reasons, never secrets, tokens or signatures."""
         if delivery is not None:
-            record["delivery"] = delivery.trigger_id
-        record.update(extra)
-        self._emit(record)
+            event = replace(event, provider=delivery.provider.name, delivery=delivery.trigger_id)
+        self._emit(event.record())
 
 
 def _trigger(
