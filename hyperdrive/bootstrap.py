@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from hyperdrive.render import when
 from hyperdrive.repos import GitRepos
 from hyperdrive.spool import FileSpool
 from hyperdrive.traffic import StablePorts, Traffic
-from hyperdrive.triggers import Trigger, new_trigger_id
+from hyperdrive.triggers import Trigger
 from hyperdrive.watch import FolderWatch
 
 log = logging.getLogger(__name__)
@@ -205,8 +204,7 @@ async def watch_includes(config: Config, spool: FileSpool, stop: asyncio.Event) 
     folder.mkdir(parents=True, exist_ok=True)
     async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
         async for _ in watch.changes(stop, settle=0.2):
-            trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
-            await spool.put(trigger)
+            await spool.put(Trigger.hq_sync("includes changed"))
 
 
 async def watch_admirals(

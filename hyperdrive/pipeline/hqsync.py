@@ -365,23 +365,16 @@ class HeadquartersSync:
 
     async def _queue(self, the_plan: Plan, sha: str) -> None:
         """Durable deploy and retire triggers: a crash after the sync loses none of them."""
-        tag, now = sha[:7], time.time()
+        tag = sha[:7]
         for app in [*the_plan.added, *the_plan.changed]:
             orders = self.fleet.orders(app)
             if orders.hosted_here and not await self.has_commits(app):
                 continue
             tid = f"hq-{tag}-{app}-{self._digest(app)}"
-            await self.spool.put(Trigger(tid, "deploy", app, {"source": "hq"}, now))
+            await self.spool.put(Trigger.deploy(app, source="hq", tid=tid))
         for app in the_plan.removed:
-            await self.spool.put(
-                Trigger(
-                    f"hq-{tag}-{app}-retire",
-                    "retire",
-                    app,
-                    {"reason": "removed from headquarters"},
-                    now,
-                )
-            )
+            tid = f"hq-{tag}-{app}-retire"
+            await self.spool.put(Trigger.retire(app, "removed from headquarters", tid=tid))
 
     async def _redeploy_unordered(
         self,
@@ -404,8 +397,7 @@ class HeadquartersSync:
             message = f"{app}: env changed ({why})"
             ctx.emit(ev.OrdersChanged(app=app, deploy=cmd.deploy, message=message))
             # source "hq": the orders in force changed, so the same commit is built again
-            data = {"source": "hq"}
-            await self.spool.put(Trigger(f"env-{tag}-{app}", "deploy", app, data, time.time()))
+            await self.spool.put(Trigger.deploy(app, source="hq", tid=f"env-{tag}-{app}"))
         return [f"{app}: redeploy ({why})" for app, why in changed.items()]
 
     def _unordered(self, app: str) -> bool:
