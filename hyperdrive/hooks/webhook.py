@@ -46,7 +46,7 @@ from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
 from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
 
-if TYPE_CHECKING:  # named for types only: hqsync's imports would make a cycle
+if TYPE_CHECKING:  # names for types only: the receiver needs none of HQ sync's machinery
     from hyperdrive.pipeline.fleet import Fleet
     from hyperdrive.pipeline.hqsync import Source
 
