@@ -21,7 +21,7 @@ from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import (
     Admiral,
@@ -107,8 +107,7 @@ def trigger_round(d: Daemon, repo: AppRepo, i: int) -> tuple[float, str]:
         else "0" * 40
     )
     git("push", "-q", "-f", str(repo.bare), f"{sha}:refs/heads/master", cwd=repo.dir)
-    data = {"ref": "refs/heads/master", "old": old, "new": sha, "admiral": "bench"}
-    trigger = Trigger(new_trigger_id("push"), "push", repo.app, data, time.time())
+    trigger = Trigger.push(repo.app, RefUpdate("refs/heads/master", old, sha), "bench")
     watch = Watch(d.http_port, repo.app, body)
     watch.start()
     write_incoming(d.data / "spool", trigger)

@@ -30,10 +30,11 @@ from hyperdrive import config as configuration  # noqa: E402
 from hyperdrive.client import AdminClient  # noqa: E402
 from hyperdrive.eventlog import EventLog  # noqa: E402
 from hyperdrive.spool import FileSpool  # noqa: E402
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming  # noqa: E402
+from hyperdrive.triggers import RefUpdate, Trigger, write_incoming  # noqa: E402
 from tests.conftest import make_daemon, stop_nginx_under  # noqa: E402
 
 SUBSCRIBERS = 10
+OLD = "0" * 40  # the ref the bench triggers "push" is new
 BATCH = 1_000  # appends between yields to the loop; below the subscribers' queue of 10,000
 
 
@@ -87,7 +88,7 @@ async def spool_latency(count: int, folder: Path) -> None:
     await asyncio.sleep(0.3)  # let the inotify watch settle before the clock starts
     after_write, whole, noticed = [], [], []
     for n in range(count + 5):
-        trigger = Trigger(new_trigger_id("bench"), "push", "web", {"new": "a" * 40}, time.time())
+        trigger = Trigger.push("web", RefUpdate("refs/heads/master", OLD, "a" * 40), "bench")
         began, written = await _write_in_thread(folder / "spool", trigger)
         got = await asyncio.wait_for(anext(received), 5)
         arrived = time.perf_counter()

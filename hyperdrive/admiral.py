@@ -12,7 +12,6 @@ import os
 import pty
 import struct
 import termios
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.render import describe
 from hyperdrive.spool import FileSpool
-from hyperdrive.triggers import Trigger, new_trigger_id
+from hyperdrive.triggers import Trigger
 
 Process = asyncssh.SSHServerProcess[bytes]
 FOLLOW_LIMIT_S = 3600.0
@@ -115,20 +114,18 @@ class AdmiralCommands:
         return 0
 
     async def cmd_deploy(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
-        data = {"sha": check_sha(args.sha) if args.sha else None, "admiral": admiral}
-        return await self._trigger("deploy", sanitize_app_name(args.app), data, process)
+        sha = check_sha(args.sha) if args.sha else None
+        trigger = Trigger.deploy(sanitize_app_name(args.app), sha, admiral)
+        return await self._trigger(trigger, process)
 
     async def cmd_rollback(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
-        return await self._trigger(
-            "rollback", sanitize_app_name(args.app), {"admiral": admiral}, process
-        )
+        return await self._trigger(Trigger.rollback(sanitize_app_name(args.app), admiral), process)
 
-    async def _trigger(self, kind: str, app: str, data: dict[str, Any], process: Process) -> int:
+    async def _trigger(self, trigger: Trigger, process: Process) -> int:
         """Durable trigger, then its events until the outcome (Ctrl-C leaves it running)."""
-        trigger = Trigger(new_trigger_id(kind), kind, app, data, time.time())
         with self.eventlog.subscribe(Filter(deploy=trigger.id)) as events:
             await self.spool.put(trigger)
-            _write(process, f"{kind} {trigger.id} queued\n")
+            _write(process, f"{trigger.kind} {trigger.id} queued\n")
             async with asyncio.timeout(FOLLOW_LIMIT_S):
                 async for event in events:
                     _write(process, describe(event) + "\n")

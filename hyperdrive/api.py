@@ -25,7 +25,7 @@ from hyperdrive.eventlog import Event, EventLog, Filter, parse_since
 from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.spool import FileSpool
-from hyperdrive.triggers import Trigger, new_trigger_id
+from hyperdrive.triggers import Trigger
 
 StatusSource = Callable[[], Mapping[str, Any]]
 KEEPALIVE_S = 15.0
@@ -206,13 +206,8 @@ class Api:
     async def post_trigger(self, request: web.Request) -> web.Response:
         """`hd deploy`, `hd rollback`, …: a durable trigger, answered with its deploy id."""
         try:
-            body = await request.json()
-            kind = str(body["kind"])
-            app = sanitize_app_name(body["app"]) if body.get("app") else None
-            data = body.get("data") or {}
-            trigger = Trigger(new_trigger_id(kind), kind, app, data, time.time())
-            Trigger.from_json(trigger.to_json())
-        except (ValueError, KeyError, TypeError, HyperdriveError) as err:
+            trigger = Trigger.requested(await request.json())
+        except (ValueError, HyperdriveError) as err:
             raise web.HTTPBadRequest(text=f"bad trigger: {err}\n") from None
         await self.spool.put(trigger)
         return web.json_response({"deploy": trigger.id}, status=202)

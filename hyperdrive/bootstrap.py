@@ -3,7 +3,7 @@ Protocols in pipeline/ports.py) are wired into the deploy core, the bus and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
-from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
+from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.keyring import KeyRing, bootstrap_keyring
 from hyperdrive.lxc_async import Lxc
@@ -214,32 +214,6 @@ def command_handlers(
 def event_handlers() -> dict[type[ev.Event], list[EventHandler]]:
     """The event table: facts to the listeners that react to them."""
     return {}
-
-
-class FleetResolver:
-    """Which apps (or HQ) a pushed repository and ref concern, from the orders in force."""
-
-    def __init__(self, fleet: Fleet, headquarters: HeadquartersSync) -> None:
-        self.fleet = fleet
-        self.headquarters = headquarters
-        self._cached: tuple[object, str, StaticResolver] | None = None
-
-    def resolve(self, urls: Collection[str], ref: str, default_branch: str | None) -> Resolution:
-        return self._table().resolve(urls, ref, default_branch)
-
-    def _table(self) -> StaticResolver:
-        source = self.headquarters.source
-        hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
-        cached = self._cached  # rebuilt only when the HQ in force (an identity) or its URL moves
-        if cached is None or cached[0] is not self.fleet.hq or cached[1] != hq_url:
-            apps = {
-                name: (orders.autodeploy_url, orders.branch)
-                for name in self.fleet.names()
-                if (orders := self.fleet.orders(name)).autodeploy_url is not None
-            }
-            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None))
-            self._cached = cached
-        return cached[2]
 
 
 def build(

@@ -17,6 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
 from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.render import describe
+from hyperdrive.triggers import Trigger
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -219,11 +220,10 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _follow(client: AdminClient, kind: str, app: str | None, data: dict[str, Any]) -> int:
+def _follow(client: AdminClient, trigger: Trigger) -> int:
     """Queue a durable trigger, then show its events until its outcome; Ctrl-C leaves it be."""
-    answer = client.post("/triggers", {"kind": kind, "app": app, "data": data})
-    deploy = answer["deploy"]
-    print(f"{kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
+    deploy = client.post("/triggers", trigger.request())["deploy"]  # the daemon's id for it
+    print(f"{trigger.kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
     with _HullProgress() as progress:
         for event in client.events(deploy=deploy, follow=True, history=None):
             if not progress.update(event):
@@ -270,20 +270,20 @@ class _HullProgress:
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path)
-    return _follow(client, "deploy", args.app, {"sha": args.sha} if args.sha else {})
+    return _follow(client, Trigger.deploy(args.app, args.sha))
 
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
-    return _follow(AdminClient(config.socket_path), "rollback", args.app, {})
+    return _follow(AdminClient(config.socket_path), Trigger.rollback(args.app))
 
 
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
-    data = {"fresh": True} if args.fresh else {}
-    return _follow(AdminClient(config.socket_path), "assemble", args.app, data)
+    trigger = Trigger.assemble(args.app, fresh=args.fresh)
+    return _follow(AdminClient(config.socket_path), trigger)
 
 
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:
-    return _follow(AdminClient(config.socket_path), "launch", None, {"ship": args.ship})
+    return _follow(AdminClient(config.socket_path), Trigger.launch(args.ship))
 
 
 def cmd_enter(args: argparse.Namespace, config: Config) -> int:
@@ -316,7 +316,7 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
         print(f"headquarters: {args.url}")
         if not args.sync:
             return EXIT_OK
-    return _follow(client, "hq-sync", None, {})
+    return _follow(client, Trigger.hq_sync("hd headquarters sync"))
 
 
 def _remember_headquarters(config: Config, url: str) -> None:

@@ -14,27 +14,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
-from hyperdrive.names import HEADQUARTERS, ZERO_SHA, check_ref, check_sha, repo_name
+from hyperdrive.names import HEADQUARTERS, repo_name
 from hyperdrive.outcomes import OUTCOMES
 from hyperdrive.repos import adopt_pushed_branch
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 
 WAIT_S = 30 * 60.0
 QUEUED = "queued: the deploy starts when hyperdrive is running"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps tabs; no escapes reach terminals
-
-
-@dataclass(frozen=True)
-class RefUpdate:
-    old: str
-    new: str
-    ref: str
 
 
 def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
@@ -45,7 +37,7 @@ def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
         if len(parts) != 3:
             continue
         try:
-            updates.append(RefUpdate(check_sha(parts[0]), check_sha(parts[1]), check_ref(parts[2])))
+            updates.append(RefUpdate(parts[2], old=parts[0], new=parts[1]))
         except HyperdriveError:
             _say(out, f"-----> ignored {_clean(parts[2])}: only branches and tags deploy")
     return updates
@@ -53,10 +45,9 @@ def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
 
 def make_trigger(app: str, admiral: str, update: RefUpdate) -> Trigger:
     """One trigger per ref; the HQ repo's pushes are `hq` triggers without an app."""
-    data = {"ref": update.ref, "old": update.old, "new": update.new, "admiral": admiral}
     if app == HEADQUARTERS:
-        return Trigger(id=new_trigger_id("push"), kind="hq", app=None, data=data)
-    return Trigger(id=new_trigger_id("push"), kind="push", app=app, data=data)
+        return Trigger.hq_push(update, admiral)
+    return Trigger.push(app, update, admiral)
 
 
 def push_options(env: Mapping[str, str]) -> list[str]:
@@ -205,10 +196,11 @@ def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: fl
 
 
 def _announce(trigger: Trigger, out: TextIO) -> None:
-    new, ref = str(trigger.data["new"]), str(trigger.data["ref"])
+    update = trigger.update
+    assert update is not None  # every push trigger has one
     what = trigger.app or HEADQUARTERS
-    verb = "deletion of" if new == ZERO_SHA else f"{new[:7]} on"
-    _say(out, f"-----> queued {verb} {ref} for {what} (deploy {trigger.id})")
+    verb = "deletion of" if update.deleted else f"{update.new[:7]} on"
+    _say(out, f"-----> queued {verb} {update.ref} for {what} (deploy {trigger.id})")
 
 
 def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float = WAIT_S) -> int:

@@ -33,8 +33,8 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -43,7 +43,12 @@ from multidict import CIMultiDictProxy
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
-from hyperdrive.triggers import TRIGGER_ID, Trigger
+from hyperdrive.pipeline import events as ev
+from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
+
+if TYPE_CHECKING:  # names for types only: the receiver needs none of HQ sync's machinery
+    from hyperdrive.pipeline.fleet import Fleet
+    from hyperdrive.pipeline.hqsync import Source
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +81,6 @@ def _bad(reason: str) -> WebhookRefused:
 
 
 # ─── what a push says, and who follows it ─────────────────────────────────────
-
-
-@dataclass(frozen=True)
-class RefUpdate:
-    """One ref moved by a push; `after` is the zero sha when the ref was deleted."""
-
-    ref: str
-    before: str
-    after: str
-    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +147,39 @@ class StaticResolver:
             return Resolution(reason="no app's orders autodeploy this repository")
         wanted = {_wanted(self._apps_ok[a].branch, default_branch) for a in same_repo}
         return Resolution(reason=f"{', '.join(same_repo)} follow {', '.join(sorted(wanted))}")
+
+
+class HeadquartersSource(Protocol):
+    """Where HQ comes from now (`hd headquarters set` moves it while the daemon runs)."""
+
+    @property
+    def source(self) -> Source: ...
+
+
+class FleetResolver:
+    """Which apps (or HQ) a pushed repository and ref concern, from the orders in force."""
+
+    def __init__(self, fleet: Fleet, headquarters: HeadquartersSource) -> None:
+        self.fleet = fleet
+        self.headquarters = headquarters
+        self._cached: tuple[object, str, StaticResolver] | None = None
+
+    def resolve(self, urls: Collection[str], ref: str, default_branch: str | None) -> Resolution:
+        return self._table().resolve(urls, ref, default_branch)
+
+    def _table(self) -> StaticResolver:
+        source = self.headquarters.source
+        hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
+        cached = self._cached  # rebuilt only when the HQ in force (an identity) or its URL moves
+        if cached is None or cached[0] is not self.fleet.hq or cached[1] != hq_url:
+            apps = {
+                name: (orders.autodeploy_url, orders.branch)
+                for name in self.fleet.names()
+                if (orders := self.fleet.orders(name)).autodeploy_url is not None
+            }
+            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None))
+            self._cached = cached
+        return cached[2]
 
 
 def _follower(url: str, branch: str | None) -> _Follower | None:
@@ -320,14 +348,15 @@ def parse_github(obj: Mapping[str, Any]) -> Push:
     ref = _ref(_field(obj, "ref"), "ref")
     before, after = _sha(obj, "before"), _sha(obj, "after")
     _field(obj, "repository", dict)
-    deleted = obj.get("deleted") is True or after.strip("0") == ""
+    if obj.get("deleted") is True:  # GitHub says so itself; the after sha is then zero too
+        after = ZERO_SHA
     return Push(
         repository=_optional(obj, "repository.full_name") or "",
         urls=_urls(
             obj, *(f"repository.{k}" for k in ("clone_url", "ssh_url", "html_url", "git_url"))
         ),
         default_branch=_optional(obj, "repository.default_branch"),
-        updates=(RefUpdate(ref, before, after, deleted),),
+        updates=(RefUpdate(ref, before, after),),
     )
 
 
@@ -342,7 +371,7 @@ def parse_gitlab(obj: Mapping[str, Any]) -> Push:
         repository=_optional(obj, "project.path_with_namespace") or "",
         urls=urls,
         default_branch=_optional(obj, "project.default_branch"),
-        updates=(RefUpdate(ref, before, after, after.strip("0") == ""),),
+        updates=(RefUpdate(ref, before, after),),
     )
 
 
@@ -372,7 +401,7 @@ def _bitbucket_change(change: Any, index: int) -> RefUpdate | None:
     ref = _ref(prefix + str(_field(side, "name")), f"{where}.name")
     after = _sha(new, "target.hash") if isinstance(new, dict) else ZERO_SHA
     before = _sha(old, "target.hash") if isinstance(old, dict) else ZERO_SHA
-    return RefUpdate(ref, before, after, deleted=not isinstance(new, dict))
+    return RefUpdate(ref, before, after)
 
 
 # ─── the providers ────────────────────────────────────────────────────────────
@@ -437,15 +466,6 @@ def delivery_id(provider: Provider, headers: Headers, fingerprint: str) -> str:
     else:
         delivery = "h-" + hashlib.sha256(given.encode("utf-8", "replace")).hexdigest()[:40]
     return f"{provider.name}:{delivery}"
-
-
-def deploy_id(trigger_id: str, app: str) -> str:
-    """`<trigger id>:<app>`, kept inside the trigger id charset and length."""
-    text = re.sub(r"[^A-Za-z0-9._:-]", "-", f"{trigger_id}:{app}")
-    if not TRIGGER_ID.fullmatch(text):
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        text = f"d-{digest}-{text[-100:]}"
-    return text
 
 
 def load_json(raw: bytes) -> dict[str, Any]:
@@ -532,7 +552,9 @@ class WebhookReceiver:
             delivery = await self._receive(provider, request)
             return await self._dispatch(delivery)
         except WebhookRefused as err:
-            self._emit_event("WebhookRejected", provider.name, err.reason, status=err.status)
+            self._record(
+                ev.WebhookRejected(provider=provider.name, message=err.reason, status=err.status)
+            )
             response = web.json_response(
                 {"status": "rejected", "reason": err.reason}, status=err.status
             )
@@ -578,9 +600,8 @@ class WebhookReceiver:
     async def _dispatch(self, delivery: _Delivery) -> web.Response:
         provider, event = delivery.provider, delivery.event
         if event in provider.ping_events:
-            self._emit_event(
-                "WebhookPinged", provider.name, "the forge says hello", delivery=delivery
-            )
+            pinged = ev.WebhookPinged(message="the forge says hello")
+            self._record(pinged, delivery)
             return web.json_response({"status": "pong"}, status=200)
         if event not in provider.push_events:
             return self._ignored(delivery, f"{_shown(event)} events start nothing; pushes do")
@@ -595,12 +616,10 @@ class WebhookReceiver:
         if not live:
             return self._ignored(delivery, "a deleted branch or tag starts no build")
         targets, hq, reasons = self._match(push, live)
-        if hq is not None:
-            return await self._queue(delivery, push, hq, {}, kind="hq-sync")
-        if not targets:
+        if hq is None and not targets:
             return self._ignored(delivery, "; ".join(dict.fromkeys(reasons)))
-        first = next(iter(targets.values()))
-        return await self._queue(delivery, push, first, targets, kind="webhook")
+        trigger = _trigger(delivery, push, targets, hq, self._clock())
+        return await self._queue(delivery, push, trigger)
 
     def _match(
         self, push: Push, live: Sequence[RefUpdate]
@@ -619,16 +638,8 @@ class WebhookReceiver:
                 reasons.append(f"{update.ref}: {found.reason}")
         return targets, hq, reasons
 
-    async def _queue(
-        self,
-        delivery: _Delivery,
-        push: Push,
-        first: RefUpdate,
-        targets: Mapping[str, RefUpdate],
-        kind: str,
-    ) -> web.Response:
+    async def _queue(self, delivery: _Delivery, push: Push, trigger: Trigger) -> web.Response:
         """Put the one trigger of this delivery; answer only once it is durable."""
-        trigger = _trigger(delivery, push, first, targets, kind=kind, now=self._clock())
         try:
             fresh = await self._spool.put(trigger)
         except SpoolError as err:
@@ -638,88 +649,62 @@ class WebhookReceiver:
             ) from err
         if not fresh:
             return self._redelivered(delivery, self._spool.fingerprint(trigger.id))
-        deploys: dict[str, str] = trigger.data["deploys"]
-        self._emit_received(delivery, push, targets, deploys, kind)
+        deploys = trigger.deploys
+        self._record_received(delivery, push, trigger, deploys)
         answer: dict[str, Any] = {"status": "queued", "deploys": deploys}
-        if kind == "hq-sync":
+        if trigger.kind == TriggerKind.HQ_SYNC:
             answer["hq"] = True
         return web.json_response(answer, status=202)
 
     def _redelivered(self, delivery: _Delivery, known: str | None) -> web.Response:
-        name = delivery.provider.name
         if known is not None and hmac.compare_digest(known, delivery.fingerprint):
-            self._emit_event(
-                "WebhookRedelivered", name, "seen before; started nothing", delivery=delivery
-            )
+            self._record(ev.WebhookRedelivered(message="seen before; started nothing"), delivery)
             return web.json_response({"status": "duplicate"}, status=200)
         reason = "this delivery id was used before for a different body; started nothing"
-        self._emit_event("WebhookRejected", name, reason, delivery=delivery, status=409)
+        self._record(ev.WebhookRejected(message=reason, status=409), delivery)
         return web.json_response({"status": "rejected", "reason": reason}, status=409)
 
     def _ignored(self, delivery: _Delivery, reason: str) -> web.Response:
-        self._emit_event("WebhookIgnored", delivery.provider.name, reason, delivery=delivery)
+        self._record(ev.WebhookIgnored(message=reason), delivery)
         return web.json_response({"status": "ignored", "reason": reason}, status=202)
 
-    def _emit_received(
-        self,
-        delivery: _Delivery,
-        push: Push,
-        targets: Mapping[str, RefUpdate],
-        deploys: Mapping[str, str],
-        kind: str,
+    def _record_received(
+        self, delivery: _Delivery, push: Push, trigger: Trigger, deploys: Mapping[str, str]
     ) -> None:
-        name, repo = delivery.provider.name, push.repository or push.urls[0]
-        if kind == "hq-sync":
-            self._emit_event("WebhookReceived", name, f"push to HQ {repo}", delivery=delivery)
-        for app, update in targets.items():
-            message = f"{update.ref} of {repo} pushed"
-            self._emit_event(
-                "WebhookReceived", name, message, delivery=delivery, app=app,
-                sha=update.after, deploy=deploys[app],
-            )  # fmt: skip
+        repo = push.repository or push.urls[0]
+        if trigger.kind == TriggerKind.HQ_SYNC:
+            self._record(ev.WebhookReceived(message=f"push to HQ {repo}"), delivery)
+        for app, update in trigger.targets.items():
+            said = f"{update.ref} of {repo} pushed"
+            event = ev.WebhookReceived(app=app, sha=update.new, deploy=deploys[app], message=said)
+            self._record(event, delivery)
 
-    def _emit_event(
-        self,
-        event: str,
-        provider: str,
-        message: str,
-        *,
-        delivery: _Delivery | None = None,
-        app: str | None = None,
-        **extra: Any,
-    ) -> None:
-        """One event-log record; carries ids and reasons, never secrets, tokens or signatures."""
-        record: dict[str, Any] = {"event": event, "app": app, "message": message}
-        record["provider"] = provider
+    def _record(self, event: ev.WebhookEvent, delivery: _Delivery | None = None) -> None:
+        """One event-log record, named after the delivery when there is one; it carries ids and
+        reasons, never secrets, tokens or signatures."""
         if delivery is not None:
-            record["delivery"] = delivery.trigger_id
-        record.update(extra)
-        self._emit(record)
+            event = replace(event, provider=delivery.provider.name, delivery=delivery.trigger_id)
+        self._emit(event.record())
 
 
 def _trigger(
     delivery: _Delivery,
     push: Push,
-    first: RefUpdate,
     targets: Mapping[str, RefUpdate],
-    *,
-    kind: str,
+    hq: RefUpdate | None,
     now: float,
 ) -> Trigger:
-    """The one trigger of a delivery; `targets` tells each app which ref and sha to deploy."""
-    data = {
-        "provider": delivery.provider.name,
-        "repository": push.repository,
-        "ref": first.ref,
-        "before": first.before,
-        "after": first.after,
-        "apps": list(targets),
-        "deploys": {app: deploy_id(delivery.trigger_id, app) for app in targets},
-        "targets": {
-            app: {"ref": u.ref, "before": u.before, "after": u.after} for app, u in targets.items()
-        },
-    }
-    return Trigger(delivery.trigger_id, kind, None, data, now, delivery.fingerprint)
+    """The one trigger of a delivery: a sync of HQ when it moved, else each app's deploy."""
+    tid, provider, fingerprint = delivery.trigger_id, delivery.provider.name, delivery.fingerprint
+    if hq is not None:
+        return Trigger.hq_webhook(
+            tid, provider=provider, repository=push.repository, update=hq,
+            fingerprint=fingerprint, received=now,
+        )  # fmt: skip
+    return Trigger.webhook(
+        tid, provider=provider, repository=push.repository, targets=targets,
+        fingerprint=fingerprint, received=now,
+    )  # fmt: skip
 
 
 def _check_forge(provider: Provider, headers: Headers) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hyperdrive.names import HEADQUARTERS, ZERO_SHA
-from hyperdrive.triggers import Trigger
+from hyperdrive.names import HEADQUARTERS
+from hyperdrive.triggers import Trigger, TriggerKind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,79 +101,83 @@ class AssembleHulls(Command):
 
 def from_trigger(trigger: Trigger) -> list[Command]:
     """Turn a durable trigger into the commands it asks for (an entry point holds no logic)."""
-    if trigger.kind in ("hq", "hq-sync"):
-        return [_hq(trigger)]
-    if trigger.kind == "webhook":
-        return _webhook(trigger)
-    if trigger.kind == "assemble" and not trigger.app:
-        return [AssembleHulls(deploy=trigger.id, fresh=trigger.data.get("fresh") is True)]
-    if trigger.kind == "launch" and isinstance(trigger.data.get("ship"), str):
-        return [Launch(deploy=trigger.id, ship=trigger.data["ship"])]
-    build = APP_TRIGGERS.get(trigger.kind)
-    return [build(trigger, trigger.app)] if build and trigger.app else []
+    return FROM_TRIGGER[trigger.kind](trigger)
 
 
-def _hq(trigger: Trigger) -> Command:
-    new = trigger.data.get("new") or trigger.data.get("after")
-    return SyncHeadquarters(deploy=trigger.id, sha=new if new != ZERO_SHA else None)
+def _hq(trigger: Trigger) -> list[Command]:
+    update = trigger.update
+    sha = update.new if update is not None and not update.deleted else None
+    return [SyncHeadquarters(deploy=trigger.id, sha=sha)]
 
 
 def _webhook(trigger: Trigger) -> list[Command]:
     """One Deploy per app, each of the ref and sha it matched (a delivery may move several)."""
-    data = trigger.data
-    deploys, source = data.get("deploys", {}), f"webhook:{data.get('provider', '?')}"
-    targets = data.get("targets", {})
+    source, deploys = f"webhook:{trigger.text('provider') or '?'}", trigger.deploys
     return [
-        Deploy(
-            deploy=str(deploys.get(app, f"{trigger.id}:{app}")),
-            app=app,
-            sha=targets.get(app, data).get("after"),
-            ref=targets.get(app, data).get("ref"),
-            source=source,
-        )
-        for app in data.get("apps", [])
+        Deploy(deploy=deploys[app], app=app, sha=update.new, ref=update.ref, source=source)
+        for app, update in trigger.targets.items()
     ]
 
 
-def _cli_deploy(trigger: Trigger, app: str) -> Command:
-    data = trigger.data
-    source = "hq" if data.get("source") == "hq" else "cli"
-    return Deploy(
-        deploy=trigger.id, app=app, sha=data.get("sha"), admiral=data.get("admiral"), source=source
-    )
+def _push(trigger: Trigger) -> list[Command]:
+    """A pushed branch deploys; a deleted one retires the app if it is the branch it deploys."""
+    update, app = trigger.update, _app(trigger)
+    assert update is not None  # the schema requires one
+    if update.deleted:
+        reason = f"branch deleted: {update.ref}"
+        return [Retire(deploy=trigger.id, app=app, reason=reason, ref=update.ref)]
+    admiral = trigger.text("admiral")
+    return [
+        Deploy(
+            deploy=trigger.id,
+            app=app,
+            sha=update.new,
+            ref=update.ref,
+            source="push",
+            admiral=admiral,
+        )
+    ]
 
 
-def _assemble(trigger: Trigger, app: str) -> Command:
-    return Assemble(deploy=trigger.id, app=app, sha=trigger.data.get("sha"))
+def _deploy(trigger: Trigger) -> list[Command]:
+    source = "hq" if trigger.text("source") == "hq" else "cli"
+    sha, admiral = trigger.text("sha"), trigger.text("admiral")
+    return [Deploy(deploy=trigger.id, app=_app(trigger), sha=sha, admiral=admiral, source=source)]
 
 
-def _rollback(trigger: Trigger, app: str) -> Command:
-    return Rollback(deploy=trigger.id, app=app)
+def _assemble(trigger: Trigger) -> list[Command]:
+    if trigger.app is None:
+        return [AssembleHulls(deploy=trigger.id, fresh=trigger.data.get("fresh") is True)]
+    return [Assemble(deploy=trigger.id, app=trigger.app, sha=trigger.text("sha"))]
 
 
-def _retire(trigger: Trigger, app: str) -> Command:
-    return Retire(deploy=trigger.id, app=app, reason=str(trigger.data.get("reason", "")))
+def _rollback(trigger: Trigger) -> list[Command]:
+    return [Rollback(deploy=trigger.id, app=_app(trigger))]
 
 
-def _push(trigger: Trigger, app: str) -> Command:
-    data = trigger.data
-    if data.get("new") == ZERO_SHA:
-        ref = data.get("ref")
-        return Retire(deploy=trigger.id, app=app, reason=f"branch deleted: {ref}", ref=ref)
-    return Deploy(
-        deploy=trigger.id,
-        app=app,
-        sha=data.get("new"),
-        ref=data.get("ref"),
-        source="push",
-        admiral=data.get("admiral"),
-    )
+def _retire(trigger: Trigger) -> list[Command]:
+    reason = trigger.text("reason") or ""
+    return [Retire(deploy=trigger.id, app=_app(trigger), reason=reason)]
 
 
-APP_TRIGGERS: dict[str, Callable[[Trigger, str], Command]] = {
-    "push": _push,
-    "deploy": _cli_deploy,
-    "rollback": _rollback,
-    "retire": _retire,
-    "assemble": _assemble,
+def _launch(trigger: Trigger) -> list[Command]:
+    return [Launch(deploy=trigger.id, ship=str(trigger.text("ship")))]
+
+
+def _app(trigger: Trigger) -> str:
+    assert trigger.app is not None  # the schema requires one for this kind
+    return trigger.app
+
+
+FROM_TRIGGER: dict[TriggerKind, Callable[[Trigger], list[Command]]] = {
+    TriggerKind.PUSH: _push,
+    TriggerKind.HQ: _hq,
+    TriggerKind.HQ_SYNC: _hq,
+    TriggerKind.WEBHOOK: _webhook,
+    TriggerKind.DEPLOY: _deploy,
+    TriggerKind.ROLLBACK: _rollback,
+    TriggerKind.RETIRE: _retire,
+    TriggerKind.ASSEMBLE: _assemble,
+    TriggerKind.LAUNCH: _launch,
 }
+"""Each kind of trigger to the commands it asks for."""

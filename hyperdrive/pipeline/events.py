@@ -235,3 +235,39 @@ class AdmiralKeysRejected(Event):
     """A line of HYPERDRIVE_ADMIRAL_KEYS that was not loaded (the message never quotes it)."""
 
     file: str = ""
+
+
+# -- webhooks --
+@dataclass(frozen=True, kw_only=True)
+class WebhookEvent(Event):
+    """What became of a delivery: the forge that sent it, and its spool id once it has one."""
+
+    provider: str = ""
+    delivery: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookReceived(WebhookEvent):
+    """A push delivery is durable: one per app it deploys (`deploy`), or one for HQ."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookRedelivered(WebhookEvent):
+    """The same delivery id and body again: answered `duplicate`, started nothing."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookIgnored(WebhookEvent):
+    """A delivery that asks for nothing (another event, a deleted branch, no app follows it)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookPinged(WebhookEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookRejected(WebhookEvent):
+    """A delivery refused with HTTP `status`; the message is the reason the sender was given."""
+
+    status: int = 400

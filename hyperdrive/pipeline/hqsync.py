@@ -43,7 +43,7 @@ from hyperdrive.pipeline.commands import SyncHeadquarters
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.repos import git_ssh_env, run_git
 from hyperdrive.spool import Spool
-from hyperdrive.triggers import Trigger, new_trigger_id
+from hyperdrive.triggers import Trigger
 from hyperdrive.watch import FolderWatch
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ class HeadquartersSync:
         folder.mkdir(parents=True, exist_ok=True)
         async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
             async for _ in watch.changes(stop, settle=0.2):
-                trigger = Trigger(new_trigger_id("includes"), "hq-sync", None, {}, time.time())
-                await self.spool.put(trigger)
+                await self.spool.put(Trigger.hq_sync("includes changed"))
 
     def set_source(self, url: str) -> None:
         """`hd headquarters set URL`: from now on HQ comes from there ('' = hosted here)."""
@@ -361,23 +360,16 @@ class HeadquartersSync:
 
     async def _queue(self, the_plan: Plan, sha: str) -> None:
         """Durable deploy and retire triggers: a crash after the sync loses none of them."""
-        tag, now = sha[:7], time.time()
+        tag = sha[:7]
         for app in [*the_plan.added, *the_plan.changed]:
             orders = self.fleet.orders(app)
             if orders.hosted_here and not await self.has_commits(app):
                 continue
             tid = f"hq-{tag}-{app}-{self._digest(app)}"
-            await self.spool.put(Trigger(tid, "deploy", app, {"source": "hq"}, now))
+            await self.spool.put(Trigger.deploy(app, source="hq", tid=tid))
         for app in the_plan.removed:
-            await self.spool.put(
-                Trigger(
-                    f"hq-{tag}-{app}-retire",
-                    "retire",
-                    app,
-                    {"reason": "removed from headquarters"},
-                    now,
-                )
-            )
+            tid = f"hq-{tag}-{app}-retire"
+            await self.spool.put(Trigger.retire(app, "removed from headquarters", tid=tid))
 
     async def _redeploy_unordered(
         self,
@@ -400,8 +392,7 @@ class HeadquartersSync:
             message = f"{app}: env changed ({why})"
             ctx.emit(ev.OrdersChanged(app=app, deploy=cmd.deploy, message=message))
             # source "hq": the orders in force changed, so the same commit is built again
-            data = {"source": "hq"}
-            await self.spool.put(Trigger(f"env-{tag}-{app}", "deploy", app, data, time.time()))
+            await self.spool.put(Trigger.deploy(app, source="hq", tid=f"env-{tag}-{app}"))
         return [f"{app}: redeploy ({why})" for app, why in changed.items()]
 
     def _unordered(self, app: str) -> bool:

@@ -11,7 +11,7 @@ from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, MessageBus
 from hyperdrive.pipeline.commands import Command, Deploy, Launch, from_trigger
 from hyperdrive.spool import FileSpool
-from hyperdrive.triggers import Trigger
+from hyperdrive.triggers import Trigger, TriggerKind
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ class Inbox:
             task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, trigger: Trigger) -> None:
-        if trigger.kind == "push":
+        if trigger.kind == TriggerKind.PUSH:
             self._push_received(trigger)
         commands = [self._in_lane(c) for c in from_trigger(trigger)]
         if not commands:
-            why = f"nothing to do for a {trigger.kind!r} trigger"
+            why = f"nothing to do for a '{trigger.kind}' trigger"
             self.bus.emit(
                 ev.TriggerIgnored(
-                    app=trigger.app, deploy=trigger.id, kind=trigger.kind, message=why
+                    app=trigger.app, deploy=trigger.id, kind=str(trigger.kind), message=why
                 )
             )
             await self.spool.done(trigger.id, "ignored")
@@ -98,9 +98,9 @@ class Inbox:
         return not pending
 
     def _push_received(self, trigger: Trigger) -> None:
-        data = trigger.data
-        ref, sha, admiral = data.get("ref"), data.get("new"), data.get("admiral")
-        short = str(sha)[:7] if sha else "?"
+        update, admiral = trigger.update, trigger.text("admiral")
+        ref, sha = (update.ref, update.new) if update else (None, None)
+        short = sha[:7] if sha else "?"
         self.bus.emit(
             ev.PushReceived(
                 app=trigger.app,

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
 
 GIT_ENV = {
@@ -137,13 +137,7 @@ class AppRepo:
         """What git push + post-receive do: update the ref, then drop a durable trigger."""
         old = git("rev-parse", "--verify", "-q", ref, cwd=self.bare) if self._has(ref) else "0" * 40
         git("push", "-q", "-f", str(self.bare), f"{sha}:{ref}", cwd=self.dir)
-        trigger = Trigger(
-            new_trigger_id("push"),
-            "push",
-            self.app,
-            {"ref": ref, "old": old, "new": sha, "admiral": "test"},
-            time.time(),
-        )
+        trigger = Trigger.push(self.app, RefUpdate(ref, old, sha), "test")
         write_incoming(self.d.data / "spool", trigger)
         return trigger.id
 

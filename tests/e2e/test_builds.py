@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hyperdrive.network import bridge_address, ensure_bridge
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import AppRepo, git, http_get, make_squadron, teardown, wait_outcome
 
@@ -143,13 +143,7 @@ def order(d: Daemon, work: Path, orders: dict[str, str]) -> None:
     sha = hq.commit({f"{app}/orders": text for app, text in orders.items()}, "orders")
     ref = git("symbolic-ref", "HEAD", cwd=hq.bare)  # the branch HQ follows (made at start)
     git("push", "-q", "-f", str(hq.bare), f"{sha}:{ref}", cwd=work)
-    trigger = Trigger(
-        new_trigger_id("push"),
-        "hq",
-        None,
-        {"ref": ref, "old": "0" * 40, "new": sha, "admiral": "test"},
-        time.time(),
-    )
+    trigger = Trigger.hq_push(RefUpdate(ref, "0" * 40, sha), "test")
     write_incoming(d.data / "spool", trigger)
     d.wait_event("HeadquartersSynced", timeout=30, deploy=trigger.id)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import Trigger, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
 from tests.e2e.squadron import http_get
 
@@ -56,9 +56,9 @@ def test_private_keys_folder_is_made_private(tmp_path: Path) -> None:
 
 
 def test_trigger_file_is_handed_over_and_leaves_the_spool(daemon: Daemon) -> None:
-    trigger = Trigger(new_trigger_id("test"), "unknown-kind", "web", {}, time.time())
+    trigger = Trigger.retire("web", "a test")  # an app with nothing running: no LXC needed
     write_incoming(daemon.data / "spool", trigger)
-    event = daemon.wait_event("TriggerIgnored", deploy=trigger.id)
+    event = daemon.wait_event("AppRetired", deploy=trigger.id)
     assert event["app"] == "web"
     wait_for(lambda: not list((daemon.data / "spool" / "incoming").glob("*.json")), 5)
     wait_for(lambda: json.loads(daemon.hd("status", "--json").stdout)["pending"] == 0, 5)
@@ -68,9 +68,13 @@ def test_bad_spool_files_are_quarantined_and_daemon_keeps_serving(daemon: Daemon
     incoming = daemon.data / "spool" / "incoming"
     (incoming / "half.json").write_text('{"id": "t-1", "kind": "pu')
     (incoming / "hostile.json").write_text('{"id": "../../etc", "kind": "push"}')
+    (incoming / "newer.json").write_text('{"id": "t-2", "kind": "teleport", "app": "web"}')
     event = daemon.wait_event("TriggerRejected", file="half.json")
     assert "spool/rejected/half.json" in event["message"]
     daemon.wait_event("TriggerRejected", file="hostile.json")
+    unknown = daemon.wait_event("TriggerRejected", file="newer.json")
+    assert "unknown kind 'teleport'" in unknown["message"]
+    assert (daemon.data / "spool" / "rejected" / "newer.json").exists()
     assert (daemon.data / "spool" / "rejected" / "half.json").exists()
     assert daemon.get("/healthz")["status"] == "ok"
 
@@ -99,10 +103,10 @@ def test_sigterm_stops_cleanly_and_keeps_unfinished_triggers(tmp_path: Path) -> 
     assert events[-2:] == ["DaemonStarted", "DaemonStopping"]
     assert not (d.var / "hd.sock").exists()
     # a trigger dropped while the daemon is down is taken at the next start
-    trigger = Trigger(new_trigger_id("test"), "unknown-kind", None, {}, time.time())
+    trigger = Trigger.retire("web", "a test")
     write_incoming(d.data / "spool", trigger)
     d.start()
-    d.wait_event("TriggerIgnored", deploy=trigger.id)
+    d.wait_event("AppRetired", deploy=trigger.id)
     assert d.stop() == 0
 
 
@@ -149,7 +153,7 @@ def test_logs_follow_streams_new_events(daemon: Daemon) -> None:
     argv = [sys.executable, "-m", "hyperdrive", "logs", "-f", "--json", "-n", "0"]
     with subprocess.Popen(argv, env=daemon.env, stdout=subprocess.PIPE, text=True) as follower:
         time.sleep(0.5)
-        trigger = Trigger(new_trigger_id("test"), "unknown-kind", "web", {}, time.time())
+        trigger = Trigger.retire("web", "a test")
         write_incoming(daemon.data / "spool", trigger)
         assert follower.stdout is not None
         line = follower.stdout.readline()
@@ -170,7 +174,7 @@ def test_second_signal_stops_at_once_and_the_work_resumes_at_next_start(tmp_path
         url = f"git://127.0.0.1:{silent.getsockname()[1]}/hq.git"
         d = make_daemon(tmp_path / "hd", HYPERDRIVE_HEADQUARTERS=url)
         d.start()
-        trigger = Trigger(new_trigger_id("hq"), "hq-sync", None, {}, time.time())
+        trigger = Trigger.hq_sync("a test")
         write_incoming(d.data / "spool", trigger)
         wait_for(lambda: json.loads(d.hd("status", "--json").stdout)["inflight"] == 1, 10)
         assert d.proc is not None

@@ -106,9 +106,9 @@ async def test_github_push_is_queued_durably(server: Server) -> None:
     assert (status, answer) == (202, {"status": "queued", "deploys": {"web": "github:d-1:web"}})
     trigger = server.triggers()["github:d-1"]
     assert trigger.kind == "webhook"
-    assert trigger.data["apps"] == ["web"]
+    assert list(trigger.targets) == ["web"]
     assert trigger.data["ref"] == "refs/heads/main"
-    assert trigger.data["after"] == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
+    assert trigger.data["new"] == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
     assert trigger.data["repository"] == "octo-org/web"
     assert trigger.fingerprint == hashlib.sha256(body).hexdigest()
     assert [e["event"] for e in server.events] == ["WebhookReceived"]
@@ -132,7 +132,7 @@ async def test_gitlab_push_with_token_or_signed_headers(server: Server, signed: 
     status, answer = await server.post("gitlab", headers, body)
     assert (status, answer["deploys"]) == (202, {"api": "gitlab:gl-1:api"})
     assert (
-        server.triggers()["gitlab:gl-1"].data["after"] == "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
+        server.triggers()["gitlab:gl-1"].data["new"] == "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
     )
     if signed:
         no_secrets_in(server, headers["webhook-signature"][3:])
@@ -154,7 +154,7 @@ async def test_gitea_and_forgejo_pushes(server: Server, name: str, app: str, for
     headers, body = forge.gitea(forge.payload(name), forgejo=forgejo, delivery="g-1")
     status, answer = await server.post("gitea", headers, body)
     assert (status, answer["deploys"]) == (202, {app: f"gitea:g-1:{app}"})
-    assert server.triggers()["gitea:g-1"].data["apps"] == [app]
+    assert list(server.triggers()["gitea:g-1"].targets) == [app]
 
 
 async def test_bitbucket_push(server: Server) -> None:
@@ -164,7 +164,7 @@ async def test_bitbucket_push(server: Server) -> None:
     ((app, deploy),) = answer["deploys"].items()
     assert app == "shop"
     trigger_id = deploy.rsplit(":", 1)[0]
-    assert server.triggers()[trigger_id].data["after"] == "c4f8a0f1b9e1f0c2d3a4b5c6d7e8f9a0b1c2d3e4"
+    assert server.triggers()[trigger_id].data["new"] == "c4f8a0f1b9e1f0c2d3a4b5c6d7e8f9a0b1c2d3e4"
 
 
 async def test_hq_push_queues_an_hq_sync(server: Server) -> None:
@@ -225,7 +225,7 @@ async def test_same_delivery_id_with_another_body_is_a_conflict(server: Server) 
     assert status == 409
     assert "different body" in answer["reason"]
     (trigger,) = server.triggers().values()
-    assert trigger.data["after"] == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
+    assert trigger.data["new"] == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
     assert server.events[-1]["event"] == "WebhookRejected"
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.triggers import Trigger
+from hyperdrive.names import ZERO_SHA
+from hyperdrive.triggers import RefUpdate, Trigger
 from tests.unit.deploy_world import STATIC, Squadron, World
 
 
@@ -48,50 +49,59 @@ async def _idle(hd: Squadron) -> None:
         await asyncio.sleep(0.005)
 
 
-def push(world: World, app: str, tid: str, files: dict[str, str] | None = None) -> Trigger:
+def push(world: World, app: str, files: dict[str, str] | None = None) -> Trigger:
     sha = world.commit(app, files or STATIC)
-    data = {"ref": "refs/heads/main", "old": "0" * 40, "new": sha, "admiral": "ada"}
-    return Trigger(tid, "push", app, data, time.time())
+    return Trigger.push(app, RefUpdate("refs/heads/main", ZERO_SHA, sha), "ada")
 
 
 async def test_a_push_trigger_is_received_queued_deployed_and_done(
     world: World, hd: Squadron
 ) -> None:
-    await handled(hd, push(world, "web", "t-push"))
-    names = hd.names("t-push")
+    trigger = push(world, "web")
+    await handled(hd, trigger)
+    names = hd.names(trigger.id)
     assert names[:3] == ["PushReceived", "DeployQueued", "DeployStarted"], names
     assert names[-1] == "DeployFinished"
-    assert "ada pushed" in hd.events("t-push", name="PushReceived")[0]["message"]
+    assert "ada pushed" in hd.events(trigger.id, name="PushReceived")[0]["message"]
     assert hd.daemon.spool.pending() == []
     assert hd.daemon.inbox.handed_over == 1
 
 
-async def test_a_trigger_nothing_handles_is_ignored_and_leaves_the_spool(hd: Squadron) -> None:
-    await handled(hd, Trigger("t-odd", "teleport", "web", {}, time.time()))
-    (said,) = hd.events("t-odd")
+async def test_a_trigger_that_asks_for_nothing_is_ignored_and_leaves_the_spool(
+    hd: Squadron,
+) -> None:
+    nothing = Trigger.webhook(
+        "t-none",
+        provider="github",
+        repository="https://git.example/unknown.git",
+        targets={},
+        fingerprint="f",
+        received=time.time(),
+    )
+    await handled(hd, nothing)
+    (said,) = hd.events("t-none")
     assert said["event"] == "TriggerIgnored"
-    assert "nothing to do for a 'teleport' trigger" in said["message"]
+    assert "nothing to do for a 'webhook' trigger" in said["message"]
     assert hd.daemon.spool.pending() == []
 
 
 async def test_a_launch_trigger_runs_in_the_lane_of_the_ships_app(
     world: World, hd: Squadron
 ) -> None:
-    await handled(hd, push(world, "web", "t-1"))
+    await handled(hd, push(world, "web"))
     world.commit("web", {"index.html": "two\n"})
-    await handled(hd, Trigger("t-asm", "assemble", "web", {}, time.time()))
+    await handled(hd, Trigger.assemble("web"))
     ship = hd.app("web").ships[-1].name
     world.holds.hold("drain")
-    deploying = asyncio.create_task(handled(hd, push(world, "web", "t-3", {"index.html": "3\n"})))
+    deploying = asyncio.create_task(handled(hd, push(world, "web", {"index.html": "3\n"})))
     await world.holds.arrived("drain")
-    launch = asyncio.create_task(
-        handled(hd, Trigger("t-launch", "launch", None, {"ship": ship}, time.time()))
-    )
+    launch = Trigger.launch(ship)
+    launching = asyncio.create_task(handled(hd, launch))
     await asyncio.sleep(0.02)
-    assert hd.names("t-launch") == [], "it waits for the deploy of web in web's lane"
+    assert hd.names(launch.id) == [], "it waits for the deploy of web in web's lane"
     world.holds.release("drain")
-    await asyncio.wait_for(asyncio.gather(deploying, launch), 5)
-    assert hd.outcome("t-launch")["event"] == "DeployFinished"
+    await asyncio.wait_for(asyncio.gather(deploying, launching), 5)
+    assert hd.outcome(launch.id)["event"] == "DeployFinished"
     assert hd.app("web").live == ship
 
 
@@ -99,18 +109,21 @@ async def test_a_webhook_for_two_apps_deploys_both_and_one_failure_does_not_stop
     world: World, hd: Squadron
 ) -> None:
     good = world.commit("good", STATIC)
-    data = {
-        "provider": "github",
-        "apps": ["good", "bad"],
-        "deploys": {"good": "t-hook:good", "bad": "t-hook:bad"},
-        "targets": {
-            "good": {"ref": "refs/heads/main", "new": good, "after": good},
-            "bad": {"ref": "refs/heads/main", "new": "b" * 40, "after": "b" * 40},
+    hook = Trigger.webhook(
+        "t-hook",
+        provider="github",
+        repository="https://git.example/both.git",
+        targets={
+            "good": RefUpdate("refs/heads/main", ZERO_SHA, good),
+            "bad": RefUpdate("refs/heads/main", ZERO_SHA, "b" * 40),
         },
-    }
-    await handled(hd, Trigger("t-hook", "webhook", None, data, time.time()))
-    assert hd.outcome("t-hook:good")["event"] == "DeployFinished"
-    assert hd.outcome("t-hook:bad")["event"] == "DeployFailed"
+        fingerprint="f",
+        received=time.time(),
+    )
+    await handled(hd, hook)
+    deploys = hook.data["deploys"]
+    assert hd.outcome(deploys["good"])["event"] == "DeployFinished"
+    assert hd.outcome(deploys["bad"])["event"] == "DeployFailed"
     assert hd.daemon.spool.pending() == []
 
 
@@ -118,15 +131,16 @@ async def test_a_trigger_cut_short_by_the_drain_stays_pending_and_runs_at_the_ne
     world: World, hd: Squadron
 ) -> None:
     world.holds.hold("build")
-    await hd.daemon.spool.put(push(world, "web", "t-cut", {"requirements.txt": "", "app.py": ""}))
+    cut = push(world, "web", {"requirements.txt": "", "app.py": ""})
+    await hd.daemon.spool.put(cut)
     await world.holds.arrived("build")
     assert await hd.daemon.inbox.drain(0.01) is False
-    assert [t.id for t in hd.daemon.spool.pending()] == ["t-cut"]
+    assert [t.id for t in hd.daemon.spool.pending()] == [cut.id]
     await hd.daemon.spool.close()
     world.holds.release("build")
     after = world.daemon()
     await after.daemon.spool.open()
-    assert [t.id for t in after.daemon.spool.pending()] == ["t-cut"]
+    assert [t.id for t in after.daemon.spool.pending()] == [cut.id]
     inbox = asyncio.create_task(after.daemon.inbox.run())
     try:
         deadline = time.monotonic() + 5
@@ -137,5 +151,5 @@ async def test_a_trigger_cut_short_by_the_drain_stays_pending_and_runs_at_the_ne
         inbox.cancel()
         await asyncio.gather(inbox, return_exceptions=True)
         await after.daemon.spool.close()
-    assert after.outcome("t-cut")["event"] == "DeployFinished"
+    assert after.outcome(cut.id)["event"] == "DeployFinished"
     await hd.daemon.spool.open()  # the fixture closes it again

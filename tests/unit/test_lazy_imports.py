@@ -10,3 +10,14 @@ def test_the_daemon_imports_neither_dulwich_nor_jinja2_until_it_needs_them() -> 
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_git_hooks_write_triggers_without_the_event_loop_machinery() -> None:
+    probe = (
+        "import sys, hyperdrive.triggers; "
+        "print(sorted({'asyncio', 'aiohttp', 'asyncssh'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

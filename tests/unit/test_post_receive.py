@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from hyperdrive.gitserver import package_hooks
 from hyperdrive.headquarters.orders import parse_orders
 from hyperdrive.hooks import post_receive as hook
 from hyperdrive.pipeline.plan import not_deployed
-from hyperdrive.triggers import Trigger
+from hyperdrive.triggers import RefUpdate, Trigger
 
 A, B, ZERO = "a" * 40, "b" * 40, "0" * 40
 
@@ -36,13 +37,13 @@ def test_parse_updates_keeps_branches_and_tags_only() -> None:
              f"{A} {B} refs/notes/commits\n", f"{A} {B} refs/heads/../x\n"]  # fmt: skip
     updates = hook.parse_updates(lines, out)
     assert updates == [
-        hook.RefUpdate(A, B, "refs/heads/master"), hook.RefUpdate(ZERO, A, "refs/tags/v1")
+        RefUpdate("refs/heads/master", A, B), RefUpdate("refs/tags/v1", ZERO, A)
     ]  # fmt: skip
     assert out.getvalue().count("ignored") == 2
 
 
 def test_triggers_for_apps_and_headquarters() -> None:
-    update = hook.RefUpdate(A, B, "refs/heads/master")
+    update = RefUpdate("refs/heads/master", A, B)
     app = hook.make_trigger("web", "alice", update)
     assert (app.kind, app.app, app.id.startswith("push-")) == ("push", "web", True)
     assert app.data == {"ref": "refs/heads/master", "old": A, "new": B, "admiral": "alice"}
@@ -117,7 +118,7 @@ class FakeClient:
 
 
 def trigger(tid: str = "push-1") -> Trigger:
-    return Trigger(id=tid, kind="push", app="web", data={"new": B, "ref": "refs/heads/master"})
+    return replace(Trigger.push("web", RefUpdate("refs/heads/master", A, B), "alice"), id=tid)
 
 
 def test_follow_stops_at_the_terminal_event() -> None:

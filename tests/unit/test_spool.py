@@ -6,17 +6,21 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hyperdrive.errors import SpoolError
 from hyperdrive.spool import JOURNAL, FileSpool, read_journal
-from hyperdrive.triggers import Trigger, new_trigger_id, write_incoming
+from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
+
+MASTER = RefUpdate("refs/heads/master", "0" * 40, "a" * 40)
 
 
 def push(app: str = "web", tid: str | None = None) -> Trigger:
-    return Trigger(tid or new_trigger_id("push"), "push", app, {"sha": "a" * 40}, 1.0)
+    trigger = Trigger.push(app, MASTER, "test")
+    return replace(trigger, id=tid) if tid else trigger
 
 
 async def next_trigger(spool: FileSpool, timeout: float = 5) -> Trigger:
@@ -153,13 +157,15 @@ import asyncio, sys
 from pathlib import Path
 from hyperdrive.errors import SpoolError
 from hyperdrive.spool import FileSpool
-from hyperdrive.triggers import Trigger
+from dataclasses import replace
+from hyperdrive.triggers import RefUpdate, Trigger
+PUSH = Trigger.push("web", RefUpdate("refs/heads/master", "0" * 40, "a" * 40), "test")
 async def main():
     spool = FileSpool(Path(sys.argv[1]))
     await spool.open()
     n = 0
     while True:
-        batch = [Trigger(f"k{n + i}", "push", "web") for i in range(20)]
+        batch = [replace(PUSH, id=f"k{n + i}") for i in range(20)]
         await asyncio.gather(*(spool.put(t) for t in batch))
         n += 20
         print(n, flush=True)
@@ -186,7 +192,9 @@ def test_sigkill_mid_load_loses_no_acknowledged_trigger(tmp_path: Path) -> None:
 async def test_fingerprint_is_remembered_after_done_and_restart(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
     await spool.open()
-    trigger = Trigger("github:abc", "webhook", None, {}, 1.0, fingerprint="f1")
+    trigger = Trigger.webhook(
+        "github:abc", provider="github", repository="", targets={}, fingerprint="f1", received=1.0
+    )
     await spool.put(trigger)
     assert spool.fingerprint("github:abc") == "f1"
     await spool.done(trigger.id, "deployed")

@@ -18,7 +18,6 @@ from hyperdrive.hooks.webhook import (
     StaticResolver,
     WebhookRefused,
     delivery_id,
-    deploy_id,
     detect_provider,
     form_payload,
     hmac_sha256_hex,
@@ -32,7 +31,7 @@ from hyperdrive.hooks.webhook import (
     verify_github,
     verify_gitlab,
 )
-from hyperdrive.triggers import TRIGGER_ID
+from hyperdrive.triggers import TRIGGER_ID, deploy_id
 from tests.fixtures.webhooks import forge
 
 SECRET = forge.SECRET.encode()
@@ -221,7 +220,7 @@ def test_github_push() -> None:
     assert "git@github.com:octo-org/web.git" in push.urls
     (update,) = push.updates
     assert update.ref == "refs/heads/main"
-    assert update.after == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
+    assert update.new == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
     assert not update.deleted
 
 
@@ -247,7 +246,7 @@ def test_gitlab_push_and_tag_push() -> None:
     assert "git@gitlab.example.com:acme/platform/api.git" in push.urls
     (tag,) = parse_gitlab(json.loads(forge.payload("gitlab_tag_push"))).updates
     assert tag.ref == "refs/tags/v1.0.0"
-    assert tag.before == "0" * 40
+    assert tag.old == "0" * 40
     assert not tag.deleted
 
 
@@ -263,8 +262,8 @@ def test_bitbucket_push_with_several_changes() -> None:
     assert push.default_branch == "main"
     main, gone, tag = push.updates
     assert (main.ref, main.deleted) == ("refs/heads/main", False)
-    assert (gone.ref, gone.deleted, gone.after) == ("refs/heads/old-feature", True, "0" * 40)
-    assert (tag.ref, tag.before) == ("refs/tags/v2", "0" * 40)
+    assert (gone.ref, gone.deleted, gone.new) == ("refs/heads/old-feature", True, "0" * 40)
+    assert (tag.ref, tag.old) == ("refs/tags/v2", "0" * 40)
 
 
 @pytest.mark.parametrize(
