@@ -15,7 +15,7 @@ from hyperdrive import __version__, systemd
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import KEYS, Config
-from hyperdrive.eventlog import EventLog
+from hyperdrive.eventlog import JsonlEventLog
 from hyperdrive.gitserver import GitServer, package_hooks
 from hyperdrive.hooks.webhook import Resolution, StaticResolver, WebhookReceiver
 from hyperdrive.keyring import BootstrapKeys, KeyRing
@@ -67,7 +67,7 @@ class Daemon:
     """Everything `hd serve` runs, built but not started."""
 
     config: Config
-    eventlog: EventLog
+    eventlog: JsonlEventLog
     spool: FileSpool
     bus: MessageBus
     inbox: Inbox
@@ -265,7 +265,7 @@ def report_admirals(loaded: BootstrapKeys, append: Append) -> None:
 
 
 def build(config: Config) -> Daemon:
-    eventlog = EventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
+    eventlog = JsonlEventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
 
     def rejected(name: str, why: str) -> None:
         event = ev.TriggerRejected(file=name, message=f"spool/rejected/{name}: {why}")
