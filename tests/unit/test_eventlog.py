@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hyperdrive import eventlog
 from hyperdrive.eventlog import Filter, JsonlEventLog, Subscription, parse_since, tail
 
 
@@ -260,3 +261,95 @@ async def test_tail_without_follow_gives_the_last_n(log: JsonlEventLog) -> None:
 def test_append_on_a_closed_log_is_a_loud_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not open"):
         JsonlEventLog(tmp_path / "events.jsonl").append({"event": "X"})
+
+
+def fill(log: JsonlEventLog, deploys: int, per_deploy: int = 5) -> None:
+    """`deploys` deploys of `per_deploy` events each, interleaved in pairs like real ones."""
+    for n in range(0, deploys, 2):
+        for step in range(per_deploy):
+            for deploy in (f"d{n}", f"d{n + 1}"):
+                log.append({"event": "StageFinished", "app": "web", "deploy": deploy,
+                            "stage": f"s{step}"})  # fmt: skip
+
+
+async def read_all(log: JsonlEventLog, where: Filter, last: int | None = None) -> list[dict]:
+    return [event async for event in log.read(where, last=last)]
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many stored lines were parsed, counted while the test runs."""
+    count = [0]
+    real = eventlog._parse_line
+
+    def counting(raw: bytes) -> dict | None:
+        count[0] += 1
+        return real(raw)
+
+    monkeypatch.setattr(eventlog, "_parse_line", counting)
+    return count
+
+
+async def test_following_one_deploy_seeks_to_it_instead_of_reading_the_history(
+    make_log, parsed: list[int]
+) -> None:
+    log = make_log()
+    fill(log, 4_000)  # 20,000 events
+    log.append({"event": "DeployFinished", "app": "web", "deploy": "d3998"})
+    await read_all(log, Filter(deploy="warm-up"))  # waits for the start-up scan of the index
+    parsed[0] = 0
+    got = await read_all(log, Filter(deploy="d3998"))
+    assert [e.get("stage") for e in got] == ["s0", "s1", "s2", "s3", "s4", None]
+    assert parsed[0] < 20, "only the lines from the deploy's first event on were read"
+    parsed[0] = 0
+    assert await read_all(log, Filter(deploy="never-queued")) == []
+    assert parsed[0] == 0, "a deploy with nothing stored reads no file at all"
+
+
+async def test_the_index_is_rebuilt_at_start_and_follows_rotation(
+    make_log, parsed: list[int]
+) -> None:
+    log = make_log(max_bytes=20_000, keep=50)
+    fill(log, 600)
+    log.close()
+    assert len(log.files()) > 10, "the deploys are spread over many rotated files"
+
+    again = make_log(max_bytes=20_000, keep=50)  # the index comes from one scan, in a thread
+    await read_all(again, Filter(deploy="warm-up"))
+    for deploy in ("d0", "d301", "d599"):
+        got = await read_all(again, Filter(deploy=deploy))
+        assert [e["stage"] for e in got] == ["s0", "s1", "s2", "s3", "s4"], deploy
+        assert {e["deploy"] for e in got} == {deploy}
+    parsed[0] = 0
+    assert len(await read_all(again, Filter(deploy="d599"))) == 5
+    assert parsed[0] < 40
+    fill(again, 200)  # rotates on: d0 … are new deploys again, found after the old ones
+    assert [e["seq"] for e in await read_all(again, Filter(deploy="d0"))] == [
+        e["seq"] for e in again.stored(Filter(deploy="d0"))
+    ]
+    assert len(await read_all(again, Filter(deploy="d0"), last=3)) == 3
+
+
+async def test_a_big_history_read_leaves_the_loop_free(make_log) -> None:
+    log = make_log()
+    fill(log, 4_000)
+    ticks = 0
+    reading = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while reading:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    beat = asyncio.create_task(ticker())
+    await settle()
+    before = ticks
+    got = await read_all(log, Filter(app="web"))
+    last = await read_all(log, Filter(app="web"), last=10)
+    reading = False
+    await beat
+    assert len(got) == 20_000
+    assert [e["seq"] for e in last] == list(range(19_991, 20_001))
+    # the reads ran in worker threads, a batch at a time: the loop kept turning meanwhile
+    assert ticks - before > 10
