@@ -25,7 +25,7 @@ from hyperdrive.eventlog import EventLog, Filter, tail
 from hyperdrive.follow import Outcome, follow_async
 from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.render import describe, status_text
-from hyperdrive.spool import FileSpool
+from hyperdrive.spool import Spool
 from hyperdrive.triggers import Trigger, new_trigger_id
 
 Process = asyncssh.SSHServerProcess[bytes]
@@ -70,7 +70,7 @@ class AdmiralCommands:
     def __init__(
         self,
         eventlog: EventLog,
-        spool: FileSpool,
+        spool: Spool,
         status: Callable[[], Mapping[str, Any]],
         lxcpath: Path,
     ) -> None:
