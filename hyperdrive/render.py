@@ -141,10 +141,9 @@ def _started(event: Mapping[str, Any]) -> str:
 
 def _finished(event: Mapping[str, Any]) -> str:
     url = clean(event.get("url") or "")
-    if not event.get("app"):  # hulls assembled, a ship made ready: the message says it all
+    if not event.get("app") or not url:  # hulls assembled, a ship made ready: as it says
         return _plain(event)
-    said = url or clean(event.get("message") or "")
-    return f"{clean(event['app'])} deployed{took(event)}" + (f": {said}" if said else "")
+    return f"{clean(event['app'])} deployed{took(event)}: {url}"
 
 
 def _failed(event: Mapping[str, Any]) -> str:

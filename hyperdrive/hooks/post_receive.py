@@ -112,7 +112,7 @@ def _follow_one(client: AdminClient, deploy: str, printer: _Printer) -> Outcome:
     except HyperdriveError as err:
         printer.say(f" !     cannot follow deploy {deploy}: {_clean(str(err))}")
         return Outcome(deploy)
-    if (hint := outcome.hint("hd logs")) is not None:
+    if (hint := outcome.hint("ssh … logs")) is not None:
         printer.say(f"-----> {hint}")
     return outcome
 
