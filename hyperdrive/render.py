@@ -140,10 +140,12 @@ def _started(event: Mapping[str, Any]) -> str:
 
 
 def _finished(event: Mapping[str, Any]) -> str:
-    url = clean(event.get("url") or "")
-    if not event.get("app") or not url:  # hulls assembled, a ship made ready: as it says
+    """`web deployed (3.2 s): web 1a2b3c4 is live at http://…/web/` (the URL alone without a
+    message); a ship made ready or hulls assembled are said as the event says them."""
+    if not event.get("app") or not event.get("url"):
         return _plain(event)
-    return f"{clean(event['app'])} deployed{took(event)}: {url}"
+    said = clean(event.get("message") or event["url"])
+    return f"{clean(event['app'])} deployed{took(event)}: {said}"
 
 
 def _failed(event: Mapping[str, Any]) -> str:

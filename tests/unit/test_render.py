@@ -71,7 +71,9 @@ def test_the_log_and_the_pusher_say_the_same_words(event: dict[str, object]) -> 
 
 
 def test_outcomes_read_as_outcomes() -> None:
-    assert headline(FINISHED) == "web deployed (3.2 s): http://h/web/"
+    assert headline(FINISHED) == "web deployed (3.2 s): web 1a2b3c4 is live at http://h/web/"
+    ready = {"event": "DeployFinished", "app": "web", "message": "ship 'x' ready: hd launch x"}
+    assert headline(ready) == "ship 'x' ready: hd launch x"
     assert headline(FAILED) == ("deploy failed at drain: rolled back; hd-web-aaaaaaa keeps serving")
     assert pushed(FAILED) == f" !     web: {headline(FAILED)}"
     superseded = {"event": "DeploySuperseded", "app": "web", "by": "push-2"}
