@@ -219,6 +219,7 @@ class JsonlEventLog:
         self._first: dict[str, Position] = {}
         self._indexed = asyncio.Event()
         self._indexing: asyncio.Task[None] | None = None
+        self._partial = False  # the start-up scan failed: a deploy not in the index may be stored
 
     def open(self) -> None:
         """Open for append; a torn last line from a crash is ended so new lines stay whole.
@@ -237,11 +238,19 @@ class JsonlEventLog:
             asyncio.get_running_loop()
         except RuntimeError:
             self._merge(_index(self._generations()))
+            self._indexed.set()
             return
         self._indexing = asyncio.create_task(self._build_index(), name="event log index")
 
     async def _build_index(self) -> None:
-        self._merge(await asyncio.to_thread(_index, self._generations()))
+        """An unreadable file leaves the index partial: reads of one deploy then scan it all."""
+        try:
+            self._merge(await asyncio.to_thread(_index, self._generations()))
+        except OSError as err:
+            log.warning("event log index not built (%s): deploy reads scan the whole log", err)
+            self._partial = True
+        finally:
+            self._indexed.set()
 
     def _merge(self, found: Mapping[str, Position]) -> None:
         """Keep the earliest position of each deploy: appends made during the scan are later."""
@@ -249,7 +258,6 @@ class JsonlEventLog:
             known = self._first.get(deploy)
             if known is None or position < known:
                 self._first[deploy] = position
-        self._indexed.set()
 
     def close(self) -> None:
         for sub in list(self._subscribers):
@@ -323,7 +331,7 @@ class JsonlEventLog:
         if where.deploy is not None:
             await self._indexed.wait()
             start = self._first.get(where.deploy)
-            if start is None:
+            if start is None and not self._partial:
                 return  # nothing stored for it: no file is read at all
         events = _scan(self._generations(), where, start)
         if last is not None:
