@@ -49,7 +49,7 @@ def _parser() -> _Parser:
     logs.add_argument("app", nargs="?")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--json", action="store_true")
-    logs.add_argument("-n", "--lines", type=int, default=100)
+    logs.add_argument("-n", "--lines", type=_lines, default=100, help="a number or 'all'")
     logs.add_argument("--deploy")
     deploy = verbs.add_parser("deploy", add_help=False)
     deploy.add_argument("app")
@@ -57,6 +57,15 @@ def _parser() -> _Parser:
     verbs.add_parser("rollback", add_help=False).add_argument("app")
     verbs.add_parser("enter", add_help=False).add_argument("app")
     return top
+
+
+def _lines(value: str) -> int | None:
+    """`-n N` or `-n all`, as `hd logs` takes it."""
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise _Refused(f"-n takes a number or 'all', not {value!r}")
+    return int(value)
 
 
 def _write(process: Process, text: str, err: bool = False) -> None:

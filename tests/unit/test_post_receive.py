@@ -240,3 +240,29 @@ def test_a_push_to_another_branch_is_told_what_deploys_and_how_to_change_it() ->
         "v2 pushed, not deployed: web deploys trunk (as its orders say); to deploy v2, "
         "name it in headquarters' web/orders instead of trunk"
     )
+
+
+def test_a_superseded_push_ends_naming_the_deploy_that_took_over() -> None:
+    client = FakeClient([{"event": "DeployStarted", "app": "web", "sha": B},
+                         {"event": "DeploySuperseded", "app": "web", "by": "push-2"},
+                         {"event": "DeployFinished", "app": "web"}])  # fmt: skip
+    out = io.StringIO()
+    assert hook.follow([trigger()], client, out, 5) is True  # type: ignore[arg-type]
+    assert out.getvalue().splitlines()[-2:] == [
+        "-----> superseded by a newer deploy (push-2)",
+        "-----> push-2 goes on from here: `ssh … logs -f --deploy push-2`",
+    ]
+
+
+def test_a_fall_back_during_the_drain_is_told_as_a_failure() -> None:
+    client = FakeClient([{"event": "TrafficSwapped", "app": "web", "ship": "hd-web-bbbbbbb"},
+                         {"event": "RolledBack", "app": "web", "message": "back on hd-web-a"},
+                         {"event": "DeployFailed", "app": "web", "stage": "drain",
+                          "message": "the new ship stopped answering"},
+                         {"event": "DeployFinished", "app": "web"}])  # fmt: skip
+    out = io.StringIO()
+    assert hook.follow([trigger()], client, out, 5) is True  # type: ignore[arg-type]
+    assert out.getvalue().splitlines()[-2:] == [
+        " !     web: back on hd-web-a",
+        " !     web: deploy failed at drain: the new ship stopped answering",
+    ]
