@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from hyperdrive import config as configuration  # noqa: E402
 from hyperdrive.client import AdminClient  # noqa: E402
-from hyperdrive.eventlog import EventLog  # noqa: E402
+from hyperdrive.eventlog import JsonlEventLog  # noqa: E402
 from hyperdrive.spool import FileSpool  # noqa: E402
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming  # noqa: E402
 from tests.conftest import make_daemon, stop_nginx_under  # noqa: E402
@@ -45,7 +45,7 @@ def report(label: str, figure: str, target: str, ok: bool) -> None:
 # -- (a) event log fan-out --
 async def fan_out(total: int, folder: Path) -> None:
     """Append `total` events while 10 subscribers drain; time until the last one has them all."""
-    log = EventLog(folder / "events.jsonl")
+    log = JsonlEventLog(folder / "events.jsonl")
     log.open()
     subs = [log.subscribe() for _ in range(SUBSCRIBERS)]
     gaps = [0] * SUBSCRIBERS

@@ -18,17 +18,17 @@ from typing import Any
 
 import asyncssh
 
+from hyperdrive.enter import enter_argv
 from hyperdrive.errors import HyperdriveError, InvalidName
-from hyperdrive.eventlog import EventLog, Filter
+from hyperdrive.eventlog import EventLog, Filter, tail
+from hyperdrive.follow import Outcome, follow_async
 from hyperdrive.names import check_sha, sanitize_app_name
-from hyperdrive.outcomes import OUTCOMES
-from hyperdrive.render import describe
-from hyperdrive.spool import FileSpool
+from hyperdrive.render import describe, status_text
+from hyperdrive.spool import Spool
 from hyperdrive.triggers import Trigger
 
 Process = asyncssh.SSHServerProcess[bytes]
 FOLLOW_LIMIT_S = 3600.0
-ENTER_SHELL = ("/bin/sh", "-c", "cd /app 2>/dev/null; . /hyperdrive/env 2>/dev/null; exec /bin/sh")
 
 
 class _Refused(Exception):
@@ -48,13 +48,23 @@ def _parser() -> _Parser:
     logs.add_argument("app", nargs="?")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--json", action="store_true")
-    logs.add_argument("-n", "--lines", type=int, default=100)
+    logs.add_argument("-n", "--lines", type=_lines, default=100, help="a number or 'all'")
+    logs.add_argument("--deploy")
     deploy = verbs.add_parser("deploy", add_help=False)
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
     verbs.add_parser("rollback", add_help=False).add_argument("app")
     verbs.add_parser("enter", add_help=False).add_argument("app")
     return top
+
+
+def _lines(value: str) -> int | None:
+    """`-n N` or `-n all`, as `hd logs` takes it."""
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise _Refused(f"-n takes a number or 'all', not {value!r}")
+    return int(value)
 
 
 def _write(process: Process, text: str, err: bool = False) -> None:
@@ -68,7 +78,7 @@ class AdmiralCommands:
     def __init__(
         self,
         eventlog: EventLog,
-        spool: FileSpool,
+        spool: Spool,
         status: Callable[[], Mapping[str, Any]],
         lxcpath: Path,
     ) -> None:
@@ -89,25 +99,19 @@ class AdmiralCommands:
             return 1
 
     async def cmd_status(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
+        """The same view as `hd status`, as wide as the admiral's terminal (80 without one)."""
         status = dict(self.status())
         if args.json:
             _write(process, json.dumps(status, indent=2) + "\n")
             return 0
-        lines = [
-            f"{status['name']} {status['version']}: {len(status['apps'])} apps, "
-            f"{status['pending']} pending triggers"
-        ]
-        for app in status["apps"]:
-            lines.append(
-                f"  {app['app']:<20} {app['sha'] or '-':<8} {app['ship'] or '-':<40} "
-                f"{app['last_deploy'] or '-'}"
-            )
-        _write(process, "\n".join(lines) + "\n")
+        width = process.get_terminal_size()[0] if process.get_terminal_type() else 0
+        _write(process, status_text(status, width or 80, color=width > 0))
         return 0
 
     async def cmd_logs(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
         app = sanitize_app_name(args.app) if args.app else None
-        stream = self.eventlog.tail(Filter(app=app), history=args.lines, follow=args.follow)
+        where = Filter(app=app, deploy=args.deploy)
+        stream = tail(self.eventlog, where, history=args.lines, follow=args.follow)
         async for event in stream:
             _write(process, (json.dumps(event) if args.json else describe(event)) + "\n")
             await process.stdout.drain()
@@ -122,23 +126,26 @@ class AdmiralCommands:
         return await self._trigger(Trigger.rollback(sanitize_app_name(args.app), admiral), process)
 
     async def _trigger(self, trigger: Trigger, process: Process) -> int:
-        """Durable trigger, then its events until the outcome (Ctrl-C leaves it running)."""
+        """Durable trigger, then its events until the outcome (Ctrl-C leaves it running); the
+        exit status is `hd deploy`'s: 0 only when the deploy finished."""
+
+        def show(event: Mapping[str, Any]) -> None:
+            _write(process, describe(event) + "\n")
+
         with self.eventlog.subscribe(Filter(deploy=trigger.id)) as events:
             await self.spool.put(trigger)
             _write(process, f"{trigger.kind} {trigger.id} queued\n")
-            async with asyncio.timeout(FOLLOW_LIMIT_S):
-                async for event in events:
-                    _write(process, describe(event) + "\n")
-                    if event["event"] in OUTCOMES:
-                        return 0 if event["event"] == "DeployFinished" else 1
-        return 1
+            try:
+                async with asyncio.timeout(FOLLOW_LIMIT_S):
+                    outcome = await follow_async(events, trigger.id, show)
+            except TimeoutError:
+                outcome = Outcome(trigger.id)
+        if (hint := outcome.hint("ssh … logs")) is not None:
+            _write(process, hint + "\n")
+        return outcome.exit_code
 
     async def cmd_enter(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
-        app = sanitize_app_name(args.app)
-        row = next((a for a in self.status()["apps"] if a["app"] == app), None)
-        if row is None or not row.get("ship"):
-            raise HyperdriveError(f"{app} has no live ship to enter")
-        argv = ["lxc-attach", "-P", str(self.lxcpath), "-n", row["ship"], "--", *ENTER_SHELL]
+        argv = enter_argv(self.status(), sanitize_app_name(args.app), self.lxcpath)
         return await _run_in_pty(argv, process)
 
 

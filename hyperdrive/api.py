@@ -21,7 +21,7 @@ from aiohttp import web
 
 from hyperdrive import __version__
 from hyperdrive.errors import HyperdriveError
-from hyperdrive.eventlog import Event, EventLog, Filter, parse_since
+from hyperdrive.eventlog import Event, EventLog, Filter, parse_since, tail
 from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.spool import FileSpool
@@ -179,7 +179,7 @@ class Api:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        stream = self.eventlog.tail(where, history=history, follow=follow)
+        stream = tail(self.eventlog, where, history=history, follow=follow)
         with contextlib.suppress(ConnectionResetError):
             async for event in _heartbeat(stream):
                 if event is None:
@@ -196,7 +196,7 @@ class Api:
         follow = request.query.get("follow") == "1"
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        stream = self.eventlog.tail(where, history=history, follow=follow)
+        stream = tail(self.eventlog, where, history=history, follow=follow)
         with contextlib.suppress(ConnectionResetError):
             async for event in _heartbeat(stream):
                 line = b"\n" if event is None else json.dumps(event).encode() + b"\n"

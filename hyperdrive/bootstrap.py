@@ -11,7 +11,7 @@ from hyperdrive import systemd
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
-from hyperdrive.eventlog import EventLog
+from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
@@ -95,7 +95,7 @@ class Daemon:
     """Everything `hd serve` runs, built but not started (server.py starts and stops it)."""
 
     config: Config
-    eventlog: EventLog
+    eventlog: JsonlEventLog
     spool: FileSpool
     bus: MessageBus
     inbox: Inbox
@@ -228,7 +228,7 @@ def build(
     hull_builder: HullBuilder | None = None,
 ) -> Daemon:
     """The whole daemon, wired; each adapter not given is the real one."""
-    eventlog = EventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
+    eventlog = JsonlEventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
 
     def rejected(name: str, why: str) -> None:
         event = ev.TriggerRejected(file=name, message=f"spool/rejected/{name}: {why}")

@@ -6,22 +6,19 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hyperdrive import __version__
 from hyperdrive import config as configuration
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
+from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
-from hyperdrive.outcomes import OUTCOMES
-from hyperdrive.render import describe
+from hyperdrive.follow import follow_client
+from hyperdrive.render import describe, status_view
 from hyperdrive.triggers import Trigger
-
-if TYPE_CHECKING:
-    from rich.console import RenderableType
-    from rich.table import Table
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
 
@@ -118,77 +115,6 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-# Each app is a block of `label  value` lines: nothing has to share a line with a ship name,
-# so at 80 columns (rich's width without a terminal) nothing is cut; a long value wraps.
-APP_FIELDS = (
-    ("ship", "ship"),  # `<name>-<app>-<sha7>`: the commit is in its name
-    ("since", "since"),
-    ("last deploy", "last_deploy"),
-    ("orders", "orders"),
-)
-
-
-def _hulls_line(hulls: dict[str, Any]) -> str:
-    """`debian building 45% (installing …), busybox hdx-hull-busybox-1`: only the kinds that
-    are built or being built."""
-    parts = []
-    for kind, row in sorted(hulls.items()):
-        building = row.get("building")
-        if building:
-            parts.append(f"{kind} building {building['percent']}% ({building['step']})")
-        elif row.get("current"):
-            parts.append(f"{kind} {row['current']}")
-    return ", ".join(parts)
-
-
-def status_view(status: dict[str, Any]) -> list[RenderableType]:
-    """What `hd status` prints: the squadron, then one block per app."""
-    from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
-
-    head = Text(f"{status['name']} {status['version']} (pid {status['pid']})", style="bold")
-    parts: list[RenderableType] = [head, _grid(_squadron_rows(status))]
-    apps = status.get("apps", [])
-    if not apps:
-        parts.append(Text("no apps yet: push one (see README, Your first app)"))
-    for app in apps:
-        parts += [Text(""), *_app_block(app)]
-    return parts
-
-
-def _squadron_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
-    hq = str(status["headquarters"])
-    sha = status.get("headquarters_sha")
-    hq += f" at {str(sha)[:7]}" if sha else ", nothing in force yet"
-    ports = f"ssh {status['ssh']}, api {status['api']}, http :{status['http_port']}"
-    pending = f"{status['pending']} triggers, {status['inflight']} deploys in flight"
-    rows = [("listening", ports), ("headquarters", hq), ("pending", pending)]
-    if hulls := _hulls_line(status.get("hulls", {})):
-        rows.append(("hulls", hulls))
-    return rows
-
-
-def _app_block(app: dict[str, Any]) -> list[RenderableType]:
-    from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
-
-    title = Text(str(app["app"]), style="bold")
-    title.append(f"  {app.get('url') or 'not served'}", style="")
-    rows = [(label, str(app.get(key) or "-")) for label, key in APP_FIELDS]
-    return [title, _grid(rows)]
-
-
-def _grid(rows: list[tuple[str, str]]) -> Table:
-    """Two columns, labels and values; a value too long for the line wraps (or folds)."""
-    from rich.table import Table  # noqa: PLC0415 - rich costs ~25 ms: only for tables
-    from rich.text import Text  # noqa: PLC0415
-
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(no_wrap=True, style="dim")
-    grid.add_column(overflow="fold")
-    for label, value in rows:
-        grid.add_row(Text(f"  {label}"), Text(value))
-    return grid
-
-
 def cmd_logs(args: argparse.Namespace, config: Config) -> int:
     history = None if args.lines == "all" else int(args.lines)
     events = AdminClient(config.socket_path).events(
@@ -221,17 +147,16 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
 
 
 def _follow(client: AdminClient, trigger: Trigger) -> int:
-    """Queue a durable trigger, then show its events until its outcome; Ctrl-C leaves it be."""
+    """Queue a durable trigger, then show its events until its outcome; Ctrl-C leaves it be.
+
+    The exit status is 0 only when the work finished (a deploy: after its drain)."""
     deploy = client.post("/triggers", trigger.request())["deploy"]  # the daemon's id for it
     print(f"{trigger.kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
     with _HullProgress() as progress:
-        for event in client.events(deploy=deploy, follow=True, history=None):
-            if not progress.update(event):
-                print(describe(event), flush=True)
-            if event.get("event") in OUTCOMES:
-                ok = event["event"] in ("DeployFinished", "HeadquartersSynced", "AppRetired")
-                return EXIT_OK if ok else EXIT_FAIL
-    return EXIT_FAIL
+        outcome = follow_client(client, deploy, progress.show)
+    if (hint := outcome.hint("hd logs")) is not None:
+        print(hint, flush=True)
+    return EXIT_OK if outcome.ok else EXIT_FAIL
 
 
 class _HullProgress:
@@ -248,7 +173,12 @@ class _HullProgress:
         if self.bar is not None:
             self.bar.stop()
 
-    def update(self, event: dict[str, Any]) -> bool:
+    def show(self, event: Mapping[str, Any]) -> None:
+        """A hull build's progress as a bar on a terminal; every other event as a log line."""
+        if not self.update(event):
+            print(describe(event), flush=True)
+
+    def update(self, event: Mapping[str, Any]) -> bool:
         """True when the event was shown as progress (and needs no line of its own)."""
         if event.get("event") != "HullBuildProgress" or not sys.stdout.isatty():
             return False
@@ -288,22 +218,7 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_enter(args: argparse.Namespace, config: Config) -> int:
     status = AdminClient(config.socket_path).get("/status")
-    row = next((a for a in status["apps"] if a["app"] == args.app), None)
-    if row is None or not row.get("ship"):
-        print(f"hd: {args.app} has no live ship", file=sys.stderr)
-        return EXIT_FAIL
-    shell = "cd /app 2>/dev/null; . /hyperdrive/env 2>/dev/null; exec /bin/sh"
-    argv = [
-        "lxc-attach",
-        "-P",
-        str(config.containers_dir),
-        "-n",
-        row["ship"],
-        "--",
-        "/bin/sh",
-        "-c",
-        shell,
-    ]
+    argv = enter_argv(status, args.app, config.containers_dir)
     os.execvp(argv[0], argv)  # noqa: S606 - replaces hd with the admiral's shell
     return EXIT_FAIL  # not reached
 

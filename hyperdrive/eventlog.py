@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 FIELDS = ("ts", "seq", "event", "app", "sha", "ship", "deploy", "ms", "message")
 SECRET_KEY = re.compile(r"secret|token|signature|password|private", re.IGNORECASE)
-RECENT = 2_000  # kept in memory: a deploy's own events are always recent
 
 
 def now_iso() -> str:
@@ -88,11 +88,49 @@ def redact(event: Mapping[str, Any]) -> Event:
 
 
 class EventSink(Protocol):
-    """Append / subscribe: the seam a fleet transport (JetStream) replaces."""
+    """Append / subscribe: what the pipeline needs; the seam a fleet transport replaces."""
 
     def append(self, event: Mapping[str, Any]) -> Event: ...
 
     def subscribe(self, where: Filter = ...) -> Subscription: ...
+
+
+class EventLog(EventSink, Protocol):
+    """Append / subscribe / read: what readers of history (the API, `ssh … logs`, followers)
+    type against; a JSONL file here, a JetStream stream in a fleet."""
+
+    def read(self, where: Filter = ..., *, last: int | None = None) -> AsyncIterator[Event]:
+        """Stored events that match, oldest first (`last`: only the newest N); never blocks
+        the event loop."""
+        ...
+
+    @property
+    def appended(self) -> int:
+        """Events appended since start (for /metrics)."""
+        ...
+
+    @property
+    def subscribers(self) -> int:
+        """Live readers now (for /metrics)."""
+        ...
+
+
+async def tail(
+    log: EventLog, where: Filter, *, history: int | None = 100, follow: bool = False
+) -> AsyncIterator[Event]:
+    """The last `history` matching events (None = all), then, with follow, live ones: no
+    event twice, none lost between the two (the live reader is subscribed first)."""
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(log.subscribe(where)) if follow else None
+        last = 0
+        async for event in log.read(where, last=history):
+            last = int(event.get("seq", 0))
+            yield event
+        if live is None:
+            return
+        async for event in live:
+            if int(event.get("seq", last + 1)) > last or event["event"] == "EventsMissed":
+                yield event
 
 
 class Subscription:
@@ -156,8 +194,16 @@ def gap_marker(missed: int) -> Event:
     }
 
 
-class EventLog:
-    """Append-only JSONL with size-based rotation (`events.jsonl.1` … `.N`) and live fan-out."""
+Position = tuple[int, int]  # (generation of the file, byte offset in it)
+BATCH = 2_000  # events read per trip to a worker thread
+
+
+class JsonlEventLog:
+    """Append-only JSONL with size-based rotation (`events.jsonl.1` … `.N`) and live fan-out.
+
+    An index in memory (deploy id → where its first event is) lets a follower of one deploy
+    seek straight to it; history is read in worker threads, a batch at a time.
+    """
 
     def __init__(self, path: Path, max_bytes: int = 64 << 20, keep: int = 5, queue: int = 10_000):
         self.path = path
@@ -168,11 +214,18 @@ class EventLog:
         self._fh: IO[bytes] | None = None
         self._size = 0
         self._subscribers: list[Subscription] = []
-        self.recent: deque[Event] = deque(maxlen=RECENT)
         self.appended = 0
+        self._generation = 0  # the live file's; a rotated file `.n` is `generation - n`
+        self._first: dict[str, Position] = {}
+        self._indexed = asyncio.Event()
+        self._indexing: asyncio.Task[None] | None = None
+        self._partial = False  # the start-up scan failed: a deploy not in the index may be stored
 
     def open(self) -> None:
-        """Open for append; a torn last line from a crash is ended so new lines stay whole."""
+        """Open for append; a torn last line from a crash is ended so new lines stay whole.
+
+        The index of stored deploys is built by one scan: in a worker thread when an event
+        loop runs (reads of one deploy wait for it), else at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "ab")  # noqa: SIM115 - held for the daemon's life
         self._size = self._fh.tell()
@@ -180,13 +233,37 @@ class EventLog:
             self._fh.write(b"\n")
             self._fh.flush()
             self._size += 1
-        for path in self.files()[-2:]:
-            self.recent.extend(_read_file(path, Filter()))
-        self.seq = max((int(e.get("seq", 0)) for e in self.recent), default=0)
+        self.seq = _last_seq(self.files())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._merge(_index(self._generations()))
+            self._indexed.set()
+            return
+        self._indexing = asyncio.create_task(self._build_index(), name="event log index")
+
+    async def _build_index(self) -> None:
+        """An unreadable file leaves the index partial: reads of one deploy then scan it all."""
+        try:
+            self._merge(await asyncio.to_thread(_index, self._generations()))
+        except OSError as err:
+            log.warning("event log index not built (%s): deploy reads scan the whole log", err)
+            self._partial = True
+        finally:
+            self._indexed.set()
+
+    def _merge(self, found: Mapping[str, Position]) -> None:
+        """Keep the earliest position of each deploy: appends made during the scan are later."""
+        for deploy, position in found.items():
+            known = self._first.get(deploy)
+            if known is None or position < known:
+                self._first[deploy] = position
 
     def close(self) -> None:
         for sub in list(self._subscribers):
             sub.close()
+        if self._indexing is not None:
+            self._indexing.cancel()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -200,10 +277,12 @@ class EventLog:
         line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
         if self._size + len(line) > self.max_bytes and self._size:
             self._rotate()
+        deploy = record.get("deploy")
+        if isinstance(deploy, str) and deploy not in self._first:
+            self._first[deploy] = (self._generation, self._size)
         self._fh.write(line)
         self._fh.flush()
         self._size += len(line)
-        self.recent.append(record)
         self.appended += 1
         for sub in self._subscribers:
             sub.offer(record)
@@ -220,57 +299,121 @@ class EventLog:
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self._fh = open(self.path, "ab")  # noqa: SIM115
         self._size = 0
+        self._generation += 1
+        oldest = self._generation - self.keep
+        self._first = {d: p for d, p in self._first.items() if p[0] >= oldest}
 
     def files(self) -> list[Path]:
         """Oldest first: the rotated files, then the live one."""
-        rotated = [self.path.with_name(f"{self.path.name}.{n}") for n in range(self.keep, 0, -1)]
-        return [p for p in [*rotated, self.path] if p.exists()]
+        return [path for _, path in self._generations()]
 
-    def read(self, where: Filter | None = None) -> Iterator[Event]:
-        """Every stored event that matches, oldest first; unreadable (torn) lines are skipped."""
-        for path in self.files():
-            yield from _read_file(path, where or Filter())
+    def _generations(self) -> list[tuple[int, Path]]:
+        rotated = [
+            (n, self.path.with_name(f"{self.path.name}.{n}")) for n in range(self.keep, 0, -1)
+        ]
+        named = [*rotated, (0, self.path)]
+        return [(self._generation - n, path) for n, path in named if path.exists()]
+
+    def stored(self, where: Filter | None = None) -> Iterator[Event]:
+        """Every stored event that matches, oldest first, read here and now (tests, tools);
+        unreadable (torn) lines are skipped. The daemon reads with `read`."""
+        return _scan(self._generations(), where or Filter(), None)
+
+    async def read(
+        self, where: Filter | None = None, *, last: int | None = None
+    ) -> AsyncIterator[Event]:
+        """Stored events that match, oldest first (`last`: the newest N), read in worker
+        threads; one deploy's are read from its first event on, not from the start."""
+        where = where or Filter()
+        if last == 0:
+            return
+        start: Position | None = None
+        if where.deploy is not None:
+            await self._indexed.wait()
+            start = self._first.get(where.deploy)
+            if start is None and not self._partial:
+                return  # nothing stored for it: no file is read at all
+        events = _scan(self._generations(), where, start)
+        if last is not None:
+            for event in await asyncio.to_thread(lambda: list(deque(events, maxlen=last))):
+                yield event
+            return
+        try:
+            while batch := await asyncio.to_thread(_take, events, BATCH):
+                for event in batch:
+                    yield event
+        finally:
+            events.close()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
 
     def subscribe(self, where: Filter | None = None) -> Subscription:
         sub = Subscription(where or Filter(), self.queue, self._subscribers.remove)
         self._subscribers.append(sub)
         return sub
 
-    async def tail(
-        self, where: Filter, *, history: int | None = 100, follow: bool = False
-    ) -> AsyncIterator[Event]:
-        """The last `history` matching events (None = all), then, with follow, live ones."""
-        with contextlib.ExitStack() as stack:
-            live = stack.enter_context(self.subscribe(where)) if follow else None
-            last = 0
-            for event in self._history(where, history):
-                last = int(event.get("seq", 0))
-                yield event
-            if live is None:
-                return
-            async for event in live:
-                if int(event.get("seq", last + 1)) > last or event["event"] == "EventsMissed":
+
+def _scan(
+    files: list[tuple[int, Path]], where: Filter, start: Position | None
+) -> Generator[Event, None, None]:
+    """Matching events of `files` (generation, path), from `start` on. Every file is opened
+    first, so a rotation while this runs moves no line out of reach."""
+    handles = []
+    try:
+        for generation, path in files:
+            if start is not None and generation < start[0]:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                handles.append((generation, open(path, "rb")))  # noqa: SIM115 - closed below
+        for generation, fh in handles:
+            if start is not None and generation == start[0]:
+                fh.seek(start[1])
+            for raw in fh:
+                event = _parse_line(raw)
+                if event is not None and where(event):
                     yield event
-
-    def _history(self, where: Filter, limit: int | None) -> list[Event]:
-        if limit is not None and where.deploy:
-            matching = [e for e in self.recent if where(e)]
-            return matching[-limit:] if limit else []
-        if limit == 0:
-            return []
-        return list(deque(self.read(where), maxlen=limit))
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
+    finally:
+        for _, fh in handles:
+            fh.close()
 
 
-def _read_file(path: Path, where: Filter) -> Iterator[Event]:
-    with open(path, "rb") as fh:
-        for raw in fh:
-            event = _parse_line(raw)
-            if event is not None and where(event):
-                yield event
+def _take(events: Iterator[Event], count: int) -> list[Event]:
+    return list(itertools.islice(events, count))
+
+
+def _index(files: list[tuple[int, Path]]) -> dict[str, Position]:
+    """Where each deploy's first event is: one pass over the stored files."""
+    first: dict[str, Position] = {}
+    for generation, path in files:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
+            offset = 0
+            for raw in fh:
+                if b'"deploy"' in raw:
+                    event = _parse_line(raw)
+                    deploy = event.get("deploy") if event else None
+                    if isinstance(deploy, str) and deploy not in first:
+                        first[deploy] = (generation, offset)
+                offset += len(raw)
+    return first
+
+
+def _last_seq(files: list[Path]) -> int:
+    """The newest `seq` stored: read back from the end of the newest file that has one."""
+    for path in reversed(files):
+        with open(path, "rb") as fh:
+            size, chunk = fh.seek(0, os.SEEK_END), 1 << 16
+            while True:
+                fh.seek(max(0, size - chunk))
+                for raw in reversed(fh.read().split(b"\n")):
+                    event = _parse_line(raw)
+                    if event is not None and isinstance(event.get("seq"), int):
+                        return int(event["seq"])
+                if chunk >= size:
+                    break
+                chunk *= 4
+    return 0
 
 
 def _parse_line(raw: bytes) -> Event | None:

@@ -1,10 +1,23 @@
-"""Events as people read them, in the seed's `stage: message` log style."""
+"""What people read: events in the seed's `stage: message` log style, and the status view.
+
+One text per event (`headline`), laid out two ways: a log line with time and app (`hd logs`,
+`ssh … logs`, `hd deploy`, `ssh … deploy`) and a line for the pusher, which git prefixes with
+`remote:` (`pushed`). rich is imported only when a status view is drawn.
+"""
 
 from __future__ import annotations
 
+import io
+import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps tabs; no escapes reach terminals
 
 
 def when(epoch: float) -> str:
@@ -49,25 +62,193 @@ STAGE = {
     "AdmiralsChanged": "admirals",
     "AdmiralKeysRejected": "admirals",
 }
+# what went wrong: the pusher sees these as ` !     ` lines
+FAILURES = frozenset(
+    {"DeployFailed", "BuildFailed", "HealthCheckFailed", "HullBuildFailed", "RolledBack"}
+)
+# the hook has already said what it queued: the pusher is not told again
+QUIET_FOR_PUSHER = frozenset({"PushReceived", "DeployQueued"})
+
+
+def clean(text: object) -> str:
+    """Text from events without control characters: no escape sequence reaches a terminal."""
+    return _CONTROL.sub("", str(text))
 
 
 def describe(event: Mapping[str, Any]) -> str:
     """`14:02:11 web ship-build: ship 'hyperdrive-web-1a2b3c4' ready (812 ms)`."""
     name = str(event.get("event", "?"))
     clock = str(event.get("ts", ""))[11:19]
-    app = event.get("app") or "-"
+    app = clean(event.get("app") or "-")
     if name == "BuildOutput":
-        return f"{clock} {app}        {event.get('message', '')}"
-    stage = str(event.get("stage") or "") if name == "StageFinished" else STAGE.get(name, name)
-    message = event.get("message") or _default_message(event)
-    took = f" ({event['ms']} ms)" if event.get("ms") is not None else ""
-    return f"{clock} {app} {stage}: {message}{took}"
+        return "\n".join(f"{clock} {app}        {line}" for line in _output_lines(event))
+    stage = clean(event.get("stage") or "") if name == "StageFinished" else STAGE.get(name, name)
+    return f"{clock} {app} {stage}: {headline(event)}"
 
 
-def _default_message(event: Mapping[str, Any]) -> str:
-    parts = [str(event.get("event"))]
-    for key in ("ship", "sha"):
-        if event.get(key):
-            value = str(event[key])
-            parts.append(f"{key} {value[:7] if key == 'sha' else value}")
+def pushed(event: Mapping[str, Any]) -> str | None:
+    """One event as the pusher sees it (git prefixes each line with `remote:`); None = quiet."""
+    name = str(event.get("event", ""))
+    if name in QUIET_FOR_PUSHER:
+        return None
+    if name == "BuildOutput":
+        return "\n".join(f"       {line}" for line in _output_lines(event))
+    if name in FAILURES:
+        return f" !     {clean(event.get('app') or '')}: {headline(event)}"
+    return f"-----> {headline(event)}"
+
+
+def headline(event: Mapping[str, Any]) -> str:
+    """What an event says, with its duration, without time or app column: the same in every
+    view."""
+    return HEADLINES.get(str(event.get("event", "")), _plain)(event)
+
+
+def took(event: Mapping[str, Any]) -> str:
+    """` (812 ms)`, ` (3.2 s)`, or nothing when the event ended no stage."""
+    ms = event.get("ms")
+    if not isinstance(ms, int | float) or isinstance(ms, bool):
+        return ""
+    return f" ({ms:.0f} ms)" if ms < 1000 else f" ({ms / 1000:.1f} s)"
+
+
+def _output_lines(event: Mapping[str, Any]) -> list[str]:
+    return [clean(line) for line in str(event.get("message") or "").splitlines()] or [""]
+
+
+def _short(sha: Any) -> str:
+    return str(sha)[:7] if sha else "?"
+
+
+def _humanize(name: str) -> str:
+    """`ShipHealthy` → `Ship healthy`."""
+    return re.sub(r"(?<!^)([A-Z])", lambda m: " " + m.group(1).lower(), name)
+
+
+def _plain(event: Mapping[str, Any]) -> str:
+    """The event's own message; without one, its name and what it is about."""
+    if event.get("message"):
+        return clean(event["message"]) + took(event)
+    app, sha = clean(event.get("app") or ""), event.get("sha")
+    subject = event.get("ship") or (f"{app} at {_short(sha)}" if sha else app)
+    text = " ".join(f"{_humanize(clean(event.get('event') or 'event'))} {subject}".split())
+    return text + took(event)
+
+
+def _started(event: Mapping[str, Any]) -> str:
+    return f"Deploying {clean(event.get('app') or '')} at {_short(event.get('sha'))}{took(event)}"
+
+
+def _finished(event: Mapping[str, Any]) -> str:
+    """`web deployed (3.2 s): web 1a2b3c4 is live at http://…/web/` (the URL alone without a
+    message); a ship made ready or hulls assembled are said as the event says them."""
+    if not event.get("app") or not event.get("url"):
+        return _plain(event)
+    said = clean(event.get("message") or event["url"])
+    return f"{clean(event['app'])} deployed{took(event)}: {said}"
+
+
+def _failed(event: Mapping[str, Any]) -> str:
+    name = _humanize(str(event.get("event"))).lower()
+    stage = f" at {clean(event['stage'])}" if event.get("stage") else ""
+    return f"{name}{stage}: {clean(event.get('message') or '')}{took(event)}"
+
+
+def _superseded(event: Mapping[str, Any]) -> str:
+    return f"superseded by a newer deploy ({clean(event.get('by') or 'unknown')}){took(event)}"
+
+
+HEADLINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "DeployStarted": _started,
+    "DeployFinished": _finished,
+    "DeployFailed": _failed,
+    "BuildFailed": _failed,
+    "HealthCheckFailed": _failed,
+    "DeploySuperseded": _superseded,
+}
+
+
+# -- the status view: `hd status` and `ssh … status` --
+
+# Each app is a block of `label  value` lines: nothing has to share a line with a ship name,
+# so at 80 columns (rich's width without a terminal) nothing is cut; a long value wraps.
+APP_FIELDS = (
+    ("ship", "ship"),  # `<name>-<app>-<sha7>`: the commit is in its name
+    ("since", "since"),
+    ("last deploy", "last_deploy"),
+    ("orders", "orders"),
+)
+
+
+def status_text(status: Mapping[str, Any], width: int = 80, color: bool = False) -> str:
+    """The status view drawn as text `width` columns wide (for an SSH channel)."""
+    from rich.console import Console  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
+    out = io.StringIO()
+    console = Console(
+        file=out, width=width, highlight=False, color_system="standard" if color else None
+    )
+    for part in status_view(status):
+        console.print(part)
+    return out.getvalue()
+
+
+def status_view(status: Mapping[str, Any]) -> list[RenderableType]:
+    """What `hd status` and `ssh … status` show: the squadron, then one block per app."""
+    from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
+    head = Text(f"{status['name']} {status['version']} (pid {status['pid']})", style="bold")
+    parts: list[RenderableType] = [head, _grid(_squadron_rows(status))]
+    apps = status.get("apps", [])
+    if not apps:
+        parts.append(Text("no apps yet: push one (see README, Your first app)"))
+    for app in apps:
+        parts += [Text(""), *_app_block(app)]
+    return parts
+
+
+def _hulls_line(hulls: Mapping[str, Any]) -> str:
+    """`debian building 45% (installing …), busybox hdx-hull-busybox-1`: only the kinds that
+    are built or being built."""
+    parts = []
+    for kind, row in sorted(hulls.items()):
+        building = row.get("building")
+        if building:
+            parts.append(f"{kind} building {building['percent']}% ({building['step']})")
+        elif row.get("current"):
+            parts.append(f"{kind} {row['current']}")
     return ", ".join(parts)
+
+
+def _squadron_rows(status: Mapping[str, Any]) -> list[tuple[str, str]]:
+    hq = str(status["headquarters"])
+    sha = status.get("headquarters_sha")
+    hq += f" at {str(sha)[:7]}" if sha else ", nothing in force yet"
+    ports = f"ssh {status['ssh']}, api {status['api']}, http :{status['http_port']}"
+    pending = f"{status['pending']} triggers, {status['inflight']} deploys in flight"
+    rows = [("listening", ports), ("headquarters", hq), ("pending", pending)]
+    if hulls := _hulls_line(status.get("hulls", {})):
+        rows.append(("hulls", hulls))
+    return rows
+
+
+def _app_block(app: Mapping[str, Any]) -> list[RenderableType]:
+    from rich.text import Text  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
+    title = Text(str(app["app"]), style="bold")
+    title.append(f"  {app.get('url') or 'not served'}", style="")
+    rows = [(label, str(app.get(key) or "-")) for label, key in APP_FIELDS]
+    return [title, _grid(rows)]
+
+
+def _grid(rows: list[tuple[str, str]]) -> Table:
+    """Two columns, labels and values; a value too long for the line wraps (or folds)."""
+    from rich.table import Table  # noqa: PLC0415 - rich costs ~25 ms: only for tables
+    from rich.text import Text  # noqa: PLC0415
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="dim")
+    grid.add_column(overflow="fold")
+    for label, value in rows:
+        grid.add_row(Text(f"  {label}"), Text(value))
+    return grid

@@ -9,24 +9,23 @@ whose git prints them as `remote:` lines, until each deploy ends or WAIT_S passe
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
+from hyperdrive.follow import Outcome, follow_client, follow_many
 from hyperdrive.names import HEADQUARTERS, repo_name
-from hyperdrive.outcomes import OUTCOMES
+from hyperdrive.render import clean as _clean
+from hyperdrive.render import pushed
 from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 
 WAIT_S = 30 * 60.0
 QUEUED = "queued: the deploy starts when hyperdrive is running"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps tabs; no escapes reach terminals
 
 
 def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
@@ -62,87 +61,9 @@ def app_of(env: Mapping[str, str]) -> str:
     return repo_name(env.get("HYPERDRIVE_APP") or Path.cwd().name)
 
 
-def _clean(text: str) -> str:
-    return _CONTROL.sub("", text)
-
-
 def _say(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
-
-
-def _short(sha: Any) -> str:
-    return str(sha)[:7] if sha else "?"
-
-
-def _took(event: Mapping[str, Any]) -> str:
-    ms = event.get("ms")
-    if not isinstance(ms, int | float):
-        return ""
-    return f" ({ms:.0f} ms)" if ms < 1000 else f" ({ms / 1000:.1f} s)"
-
-
-def _humanize(name: str) -> str:
-    """`ShipHealthy` → `Ship healthy`."""
-    return re.sub(r"(?<!^)([A-Z])", lambda m: " " + m.group(1).lower(), name)
-
-
-def _message(event: Mapping[str, Any]) -> str:
-    return _clean(str(event.get("message") or ""))
-
-
-def _build_output(event: Mapping[str, Any]) -> str:
-    lines = str(event.get("message") or "").splitlines() or [""]
-    return "\n".join(f"       {_clean(line)}" for line in lines)
-
-
-def _started(event: Mapping[str, Any]) -> str:
-    return f"-----> Deploying {event.get('app') or ''} at {_short(event.get('sha'))}"
-
-
-def _finished(event: Mapping[str, Any]) -> str:
-    url = _clean(str(event.get("url") or event.get("message") or ""))
-    return f"-----> {event.get('app') or ''} deployed{_took(event)}" + (f": {url}" if url else "")
-
-
-def _failed(event: Mapping[str, Any]) -> str:
-    name = str(event.get("event"))
-    stage = f" at {_clean(str(event['stage']))}" if event.get("stage") else ""
-    text = f" !     {event.get('app') or ''}: {_humanize(name).lower()}{stage}: {_message(event)}"
-    if name == "DeployFailed":
-        text += "\n !     the running ship keeps serving"
-    return text
-
-
-def _superseded(event: Mapping[str, Any]) -> str:
-    return f"-----> superseded by a newer push ({_clean(str(event.get('by') or 'a newer deploy'))})"
-
-
-def _generic(event: Mapping[str, Any]) -> str:
-    app, sha = event.get("app") or "", event.get("sha")
-    subject = event.get("ship") or (f"{app} at {_short(sha)}" if sha else app)
-    detail = f": {_message(event)}" if event.get("message") else ""
-    name = _humanize(_clean(str(event.get("event") or "event")))
-    return " ".join(f"-----> {name} {subject}{detail}{_took(event)}".split(" ")).rstrip()
-
-
-FORMATS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
-    "PushReceived": lambda event: None,  # the hook already said what it queued
-    "DeployQueued": lambda event: None,
-    "BuildOutput": _build_output,
-    "DeployStarted": _started,
-    "DeployFinished": _finished,
-    "DeployFailed": _failed,
-    "BuildFailed": _failed,
-    "HealthCheckFailed": _failed,
-    "DeploySuperseded": _superseded,
-    "TriggerIgnored": lambda event: f"-----> {_message(event)}",
-}
-
-
-def format_event(event: Mapping[str, Any]) -> str | None:
-    """One event as the lines a pusher sees (git prefixes them with `remote:`); None = quiet."""
-    return FORMATS.get(str(event.get("event", "")), _generic)(event)
 
 
 class _Printer:
@@ -163,34 +84,44 @@ class _Printer:
                 self.gone = True
 
 
-def _follow_one(client: AdminClient, deploy: str, printer: _Printer) -> None:
-    """Print one deploy's events until a terminal one; the daemon being gone is not an error."""
+def _follow_one(client: AdminClient, deploy: str, printer: _Printer) -> Outcome:
+    """Print one deploy's events until its outcome; the daemon being gone is not an error."""
+
+    def show(event: Mapping[str, Any]) -> None:
+        if printer.gone:
+            raise _HungUp
+        if (text := pushed(event)) is not None:
+            printer.say(text)
+
     try:
-        for event in client.events(deploy=deploy, follow=True):
-            text = format_event(event)
-            if text is not None:
-                printer.say(text)
-            if event.get("event") in OUTCOMES or printer.gone:
-                return
+        outcome = follow_client(client, deploy, show)
+    except _HungUp:
+        return Outcome(deploy)
     except DaemonUnavailable:
         printer.say(f"-----> {QUEUED}")
+        return Outcome(deploy)
     except HyperdriveError as err:
         printer.say(f" !     cannot follow deploy {deploy}: {_clean(str(err))}")
+        return Outcome(deploy)
+    if (hint := outcome.hint("ssh … logs")) is not None:
+        printer.say(f"-----> {hint}")
+    return outcome
+
+
+class _HungUp(Exception):
+    """The pusher went away: stop following (the deploy goes on)."""
 
 
 def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: float) -> bool:
-    """Stream every trigger's deploy until each ends or `wait_s` passes; False if hung up."""
+    """Stream every trigger's deploy until each ends or `wait_s` passes; False if hung up.
+
+    A superseded push ends here, naming the deploy that took over: the pusher's commit is not
+    what goes live, so following the newer one would tell a story about someone else's push.
+    """
     printer = _Printer(out)
-    threads = [
-        threading.Thread(target=_follow_one, args=(client, t.id, printer), daemon=True)
-        for t in triggers
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + wait_s
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    if any(thread.is_alive() for thread in threads):
+    ids = [t.id for t in triggers]
+    followed = follow_many(lambda deploy: _follow_one(client, deploy, printer), ids, wait_s)
+    if len(followed) < len(ids):
         printer.say("-----> still deploying; follow it with `hd logs -f`")
     return not printer.gone
 

@@ -107,7 +107,7 @@ class Squadron:
         return self.daemon.core.records.get(name)
 
     def events(self, deploy: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
-        found = list(self.daemon.eventlog.recent)
+        found = list(self.daemon.eventlog.stored())
         if deploy is not None:
             found = [e for e in found if e.get("deploy") == deploy]
         return [e for e in found if name is None or e["event"] == name]

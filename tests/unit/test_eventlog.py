@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.eventlog import EventLog, Filter, Subscription, parse_since
+from hyperdrive import eventlog
+from hyperdrive.eventlog import Filter, JsonlEventLog, Subscription, parse_since, tail
 
 
 @pytest.fixture
 def make_log(tmp_path: Path):
     """Open logs on tmp_path/events.jsonl with the given limits; all closed after the test."""
-    opened: list[EventLog] = []
+    opened: list[JsonlEventLog] = []
 
-    def make(**limits: int) -> EventLog:
-        events = EventLog(tmp_path / "events.jsonl", **limits)
+    def make(**limits: int) -> JsonlEventLog:
+        events = JsonlEventLog(tmp_path / "events.jsonl", **limits)
         events.open()
         opened.append(events)
         return events
@@ -27,7 +28,7 @@ def make_log(tmp_path: Path):
 
 
 @pytest.fixture
-def log(make_log) -> EventLog:
+def log(make_log) -> JsonlEventLog:
     return make_log()
 
 
@@ -41,7 +42,7 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-def test_append_stamps_and_stores_one_line_each(log: EventLog) -> None:
+def test_append_stamps_and_stores_one_line_each(log: JsonlEventLog) -> None:
     first = log.append({"event": "DeployQueued", "app": "web", "deploy": "d1", "sha": None})
     second = log.append({"event": "DeployFinished", "app": "web", "deploy": "d1", "ms": 12})
     assert (first["seq"], second["seq"]) == (1, 2)
@@ -49,26 +50,26 @@ def test_append_stamps_and_stores_one_line_each(log: EventLog) -> None:
     assert "sha" not in first, "empty fields are not written"
     lines = log.path.read_text().splitlines()
     assert [json.loads(line) for line in lines] == [first, second]
-    assert list(log.read()) == [first, second]
+    assert list(log.stored()) == [first, second]
 
 
-def test_read_filters_by_app_and_deploy(log: EventLog) -> None:
+def test_read_filters_by_app_and_deploy(log: JsonlEventLog) -> None:
     for app, deploy in [("web", "d1"), ("api", "d2"), ("web", "d3"), ("web", "d1")]:
         log.append({"event": "StageFinished", "app": app, "deploy": deploy})
-    assert [e["deploy"] for e in log.read(Filter(app="web"))] == ["d1", "d3", "d1"]
-    assert [e["app"] for e in log.read(Filter(deploy="d2"))] == ["api"]
-    assert [e["seq"] for e in log.read(Filter(app="web", deploy="d1"))] == [1, 4]
-    assert list(log.read(Filter(app="nope"))) == []
+    assert [e["deploy"] for e in log.stored(Filter(app="web"))] == ["d1", "d3", "d1"]
+    assert [e["app"] for e in log.stored(Filter(deploy="d2"))] == ["api"]
+    assert [e["seq"] for e in log.stored(Filter(app="web", deploy="d1"))] == [1, 4]
+    assert list(log.stored(Filter(app="nope"))) == []
 
 
 @pytest.mark.parametrize(
     "since",
     ["10m", "2h", "2022-06-01T00:00:00Z", "2022-06-01T00:00:00+00:00", "1654041600", 1654041600.0],
 )
-def test_read_filters_by_since(log: EventLog, since: str | float) -> None:
+def test_read_filters_by_since(log: JsonlEventLog, since: str | float) -> None:
     log.append({"event": "Ancient", "ts": "2020-01-01T00:00:00.000Z"})
     log.append({"event": "Recent"})
-    found = [e["event"] for e in log.read(Filter(since=parse_since(since)))]
+    found = [e["event"] for e in log.stored(Filter(since=parse_since(since)))]
     assert found == ["Recent"]
 
 
@@ -83,7 +84,7 @@ def test_since_spans_count_back_from_now() -> None:
         parse_since("yesterday")
 
 
-async def test_a_subscriber_gets_live_events_that_match(log: EventLog) -> None:
+async def test_a_subscriber_gets_live_events_that_match(log: JsonlEventLog) -> None:
     with log.subscribe(Filter(app="web")) as sub:
         log.append({"event": "DeployQueued", "app": "api"})
         log.append({"event": "DeployQueued", "app": "web", "deploy": "d1"})
@@ -92,7 +93,7 @@ async def test_a_subscriber_gets_live_events_that_match(log: EventLog) -> None:
     assert log.subscribers == 0
 
 
-async def test_a_closed_subscription_ends_its_iteration(log: EventLog) -> None:
+async def test_a_closed_subscription_ends_its_iteration(log: JsonlEventLog) -> None:
     sub = log.subscribe()
     log.append({"event": "One"})
     reader = asyncio.create_task(_collect(sub))
@@ -156,7 +157,7 @@ def test_rotation_keeps_every_line_in_order(make_log) -> None:
     assert all(path.stat().st_size <= 1000 for path in files)
     seqs = [e["seq"] for path in files for e in map(json.loads, path.read_text().splitlines())]
     assert seqs == list(range(1, 201)), "no line lost, none repeated, strictly increasing"
-    assert [e["seq"] for e in log.read()] == seqs
+    assert [e["seq"] for e in log.stored()] == seqs
 
 
 def test_rotation_drops_only_files_beyond_keep(tmp_path: Path, make_log) -> None:
@@ -172,7 +173,7 @@ def test_rotation_drops_only_files_beyond_keep(tmp_path: Path, make_log) -> None
         "events.jsonl",
     ]
     assert not (tmp_path / "events.jsonl.4").exists()
-    seqs = [e["seq"] for e in log.read()]
+    seqs = [e["seq"] for e in log.stored()]
     assert seqs == list(range(seqs[0], 201)), "what is kept is the newest, without a hole"
     assert sum(1 for p in files for _ in p.read_text().splitlines()) == len(seqs)
 
@@ -187,14 +188,14 @@ def test_a_torn_last_line_is_skipped_and_appends_start_a_new_line(make_log) -> N
         fh.write(b'{"ts":"2026-01-01T00:00:00.000Z","seq":3,"event":"ShipBu')  # the crash
 
     again = make_log()
-    assert [e["event"] for e in again.read()] == ["DeployQueued", "DeployStarted"]
+    assert [e["event"] for e in again.stored()] == ["DeployQueued", "DeployStarted"]
     record = again.append({"event": "DeployFailed", "app": "web"})
     again.close()
     assert record["seq"] == 3
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b"", "the file ends with a whole line"
     assert json.loads(lines[-2])["event"] == "DeployFailed"
-    assert [e["event"] for e in again.read()] == ["DeployQueued", "DeployStarted", "DeployFailed"]
+    assert [e["event"] for e in again.stored()] == ["DeployQueued", "DeployStarted", "DeployFailed"]
 
 
 def test_seq_continues_after_reopen_and_after_rotation(make_log) -> None:
@@ -209,7 +210,7 @@ def test_seq_continues_after_reopen_and_after_rotation(make_log) -> None:
     assert again.append({"event": "DaemonStarted"})["seq"] == 6
 
 
-async def test_secret_looking_fields_are_masked_everywhere(log: EventLog) -> None:
+async def test_secret_looking_fields_are_masked_everywhere(log: JsonlEventLog) -> None:
     with log.subscribe() as sub:
         record = log.append(
             {"event": "WebhookReceived", "token": "tok-123", "signature": "sha256=abc", "app": "w"}
@@ -224,14 +225,14 @@ async def test_secret_looking_fields_are_masked_everywhere(log: EventLog) -> Non
 
 
 async def test_tail_follow_gives_history_then_live_without_duplicate_or_gap(
-    log: EventLog,
+    log: JsonlEventLog,
 ) -> None:
     for _ in range(10):
         log.append({"event": "Before", "app": "web"})
     got: list[int] = []
 
     async def follow() -> None:
-        async for event in log.tail(Filter(app="web"), history=None, follow=True):
+        async for event in tail(log, Filter(app="web"), history=None, follow=True):
             got.append(event["seq"])
             if len(got) == 3:  # append while history is still being handed out
                 for _ in range(5):
@@ -248,15 +249,107 @@ async def test_tail_follow_gives_history_then_live_without_duplicate_or_gap(
     assert log.subscribers == 0, "leaving the loop closed the subscription"
 
 
-async def test_tail_without_follow_gives_the_last_n(log: EventLog) -> None:
+async def test_tail_without_follow_gives_the_last_n(log: JsonlEventLog) -> None:
     for n in range(10):
         log.append({"event": "Step", "app": "web", "deploy": "d1", "message": str(n)})
-    last = [e["message"] async for e in log.tail(Filter(app="web"), history=3)]
+    last = [e["message"] async for e in tail(log, Filter(app="web"), history=3)]
     assert last == ["7", "8", "9"]
-    by_deploy = [e["message"] async for e in log.tail(Filter(deploy="d1"), history=2)]
+    by_deploy = [e["message"] async for e in tail(log, Filter(deploy="d1"), history=2)]
     assert by_deploy == ["8", "9"]
 
 
 def test_append_on_a_closed_log_is_a_loud_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not open"):
-        EventLog(tmp_path / "events.jsonl").append({"event": "X"})
+        JsonlEventLog(tmp_path / "events.jsonl").append({"event": "X"})
+
+
+def fill(log: JsonlEventLog, deploys: int, per_deploy: int = 5) -> None:
+    """`deploys` deploys of `per_deploy` events each, interleaved in pairs like real ones."""
+    for n in range(0, deploys, 2):
+        for step in range(per_deploy):
+            for deploy in (f"d{n}", f"d{n + 1}"):
+                log.append({"event": "StageFinished", "app": "web", "deploy": deploy,
+                            "stage": f"s{step}"})  # fmt: skip
+
+
+async def read_all(log: JsonlEventLog, where: Filter, last: int | None = None) -> list[dict]:
+    return [event async for event in log.read(where, last=last)]
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many stored lines were parsed, counted while the test runs."""
+    count = [0]
+    real = eventlog._parse_line
+
+    def counting(raw: bytes) -> dict | None:
+        count[0] += 1
+        return real(raw)
+
+    monkeypatch.setattr(eventlog, "_parse_line", counting)
+    return count
+
+
+async def test_following_one_deploy_seeks_to_it_instead_of_reading_the_history(
+    make_log, parsed: list[int]
+) -> None:
+    log = make_log()
+    fill(log, 4_000)  # 20,000 events
+    log.append({"event": "DeployFinished", "app": "web", "deploy": "d3998"})
+    await read_all(log, Filter(deploy="warm-up"))  # waits for the start-up scan of the index
+    parsed[0] = 0
+    got = await read_all(log, Filter(deploy="d3998"))
+    assert [e.get("stage") for e in got] == ["s0", "s1", "s2", "s3", "s4", None]
+    assert parsed[0] < 20, "only the lines from the deploy's first event on were read"
+    parsed[0] = 0
+    assert await read_all(log, Filter(deploy="never-queued")) == []
+    assert parsed[0] == 0, "a deploy with nothing stored reads no file at all"
+
+
+async def test_the_index_is_rebuilt_at_start_and_follows_rotation(
+    make_log, parsed: list[int]
+) -> None:
+    log = make_log(max_bytes=20_000, keep=50)
+    fill(log, 600)
+    log.close()
+    assert len(log.files()) > 10, "the deploys are spread over many rotated files"
+
+    again = make_log(max_bytes=20_000, keep=50)  # the index comes from one scan, in a thread
+    await read_all(again, Filter(deploy="warm-up"))
+    for deploy in ("d0", "d301", "d599"):
+        got = await read_all(again, Filter(deploy=deploy))
+        assert [e["stage"] for e in got] == ["s0", "s1", "s2", "s3", "s4"], deploy
+        assert {e["deploy"] for e in got} == {deploy}
+    parsed[0] = 0
+    assert len(await read_all(again, Filter(deploy="d599"))) == 5
+    assert parsed[0] < 40
+    fill(again, 200)  # rotates on: d0 … are new deploys again, found after the old ones
+    assert [e["seq"] for e in await read_all(again, Filter(deploy="d0"))] == [
+        e["seq"] for e in again.stored(Filter(deploy="d0"))
+    ]
+    assert len(await read_all(again, Filter(deploy="d0"), last=3)) == 3
+
+
+async def test_a_big_history_read_leaves_the_loop_free(make_log) -> None:
+    log = make_log()
+    fill(log, 4_000)
+    ticks = 0
+    reading = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while reading:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    beat = asyncio.create_task(ticker())
+    await settle()
+    before = ticks
+    got = await read_all(log, Filter(app="web"))
+    last = await read_all(log, Filter(app="web"), last=10)
+    reading = False
+    await beat
+    assert len(got) == 20_000
+    assert [e["seq"] for e in last] == list(range(19_991, 20_001))
+    # the reads ran in worker threads, a batch at a time: the loop kept turning meanwhile
+    assert ticks - before > 10

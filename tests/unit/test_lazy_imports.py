@@ -21,3 +21,15 @@ def test_git_hooks_write_triggers_without_the_event_loop_machinery() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_git_hook_and_hd_load_no_server_stack() -> None:
+    """post-receive and `hd` follow deploys over plain http.client: no aiohttp, asyncssh, rich."""
+    probe = (
+        "import sys, hyperdrive.hooks.post_receive, hyperdrive.cli; "
+        "print(sorted({'aiohttp', 'asyncssh', 'rich', 'hyperdrive.eventlog'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

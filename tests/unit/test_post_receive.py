@@ -22,6 +22,7 @@ from hyperdrive.gitserver import package_hooks
 from hyperdrive.headquarters.orders import parse_orders
 from hyperdrive.hooks import post_receive as hook
 from hyperdrive.pipeline.plan import not_deployed
+from hyperdrive.render import pushed
 from hyperdrive.triggers import RefUpdate, Trigger
 
 A, B, ZERO = "a" * 40, "b" * 40, "0" * 40
@@ -106,8 +107,9 @@ class FakeClient:
         self.error = error
         self.asked: list[str] = []
 
-    def events(self, *, deploy: str, follow: bool) -> Iterator[dict[str, Any]]:
+    def events(self, *, deploy: str, follow: bool, history: int | None) -> Iterator[dict[str, Any]]:
         assert follow
+        assert history is None, "a follower reads all of its deploy's events (from its first)"
         self.asked.append(deploy)
         if self.error:
             raise DaemonUnavailable("hyperdrive is not running")
@@ -166,17 +168,20 @@ def test_follow_notices_a_pusher_who_hung_up() -> None:
         ({"event": "BuildOutput", "message": "a\nb\x1b[2J"}, "       a\n       b[2J"),
         ({"event": "DeployFinished", "app": "web", "ms": 3200, "url": "http://h/web/"},
          "-----> web deployed (3.2 s): http://h/web/"),
-        ({"event": "DeployFailed", "app": "web", "stage": "health", "message": "no answer"},
-         " !     web: deploy failed at health: no answer\n !     the running ship keeps serving"),
+        ({"event": "DeployFailed", "app": "web", "stage": "health",
+          "message": "no answer; hd-web-aaaaaaa keeps serving"},
+         " !     web: deploy failed at health: no answer; hd-web-aaaaaaa keeps serving"),
         ({"event": "DeploySuperseded", "by": "push-2"},
-         "-----> superseded by a newer push (push-2)"),
+         "-----> superseded by a newer deploy (push-2)"),
+        ({"event": "ShipHealthy", "ship": "hd-web-bbbbbbb", "message": "answered", "ms": 1500},
+         "-----> answered (1.5 s)"),
         ({"event": "TrafficSwapped", "ship": "hd-web-bbbbbbb", "ms": 12},
          "-----> Traffic swapped hd-web-bbbbbbb (12 ms)"),
         ({"event": "AppRetired", "app": "web"}, "-----> App retired web"),
     ],
 )  # fmt: skip
-def test_format_event(event: dict[str, Any], shown: str | None) -> None:
-    assert hook.format_event(event) == shown
+def test_what_the_pusher_sees(event: dict[str, Any], shown: str | None) -> None:
+    assert pushed(event) == shown
 
 
 def test_the_hook_program_exits_0_quietly_when_the_pusher_is_gone(tmp_path: Path) -> None:
@@ -230,9 +235,35 @@ def test_a_push_to_another_branch_is_told_what_deploys_and_how_to_change_it() ->
         "name it in headquarters' web/orders: `branch feature`"
     )
     event = {"event": "TriggerIgnored", "app": "web", "message": message}
-    assert hook.format_event(event) == f"-----> {message}"
+    assert pushed(event) == f"-----> {message}"
     remote = parse_orders("autodeploy https://x/y.git#trunk", "web/orders")
     assert not_deployed("web", "refs/tags/v2", "trunk", remote) == (
         "v2 pushed, not deployed: web deploys trunk (as its orders say); to deploy v2, "
         "name it in headquarters' web/orders instead of trunk"
     )
+
+
+def test_a_superseded_push_ends_naming_the_deploy_that_took_over() -> None:
+    client = FakeClient([{"event": "DeployStarted", "app": "web", "sha": B},
+                         {"event": "DeploySuperseded", "app": "web", "by": "push-2"},
+                         {"event": "DeployFinished", "app": "web"}])  # fmt: skip
+    out = io.StringIO()
+    assert hook.follow([trigger()], client, out, 5) is True  # type: ignore[arg-type]
+    assert out.getvalue().splitlines()[-2:] == [
+        "-----> superseded by a newer deploy (push-2)",
+        "-----> push-2 goes on from here: `ssh … logs -f --deploy push-2`",
+    ]
+
+
+def test_a_fall_back_during_the_drain_is_told_as_a_failure() -> None:
+    client = FakeClient([{"event": "TrafficSwapped", "app": "web", "ship": "hd-web-bbbbbbb"},
+                         {"event": "RolledBack", "app": "web", "message": "back on hd-web-a"},
+                         {"event": "DeployFailed", "app": "web", "stage": "drain",
+                          "message": "the new ship stopped answering"},
+                         {"event": "DeployFinished", "app": "web"}])  # fmt: skip
+    out = io.StringIO()
+    assert hook.follow([trigger()], client, out, 5) is True  # type: ignore[arg-type]
+    assert out.getvalue().splitlines()[-2:] == [
+        " !     web: back on hd-web-a",
+        " !     web: deploy failed at drain: the new ship stopped answering",
+    ]

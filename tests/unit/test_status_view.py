@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from hyperdrive.cli import status_view
+from hyperdrive.render import status_view
 
 LONGEST_APP = "a" * 39
 
