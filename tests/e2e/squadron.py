@@ -32,10 +32,32 @@ GIT_ENV = {
 }
 
 
+_SUBNETS_GIVEN: set[int] = set()
+
+
+def free_subnet() -> str:
+    """A /24 in 10.213.100-189 that no interface here uses and no squadron of this run was
+    given: two squadrons on one subnet would route each other's ships."""
+    listed = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10, check=True
+    )
+    used = {int(part.split(".")[2]) for part in listed.stdout.split() if part.startswith("10.213.")}
+    start = secrets.randbelow(90)
+    for step in range(90):
+        third = 100 + (start + step) % 90
+        if third not in used and third not in _SUBNETS_GIVEN:
+            _SUBNETS_GIVEN.add(third)
+            return f"10.213.{third}.0/24"
+    if len(_SUBNETS_GIVEN) >= 90:  # a long run: those given long ago are torn down by now
+        _SUBNETS_GIVEN.clear()
+        return free_subnet()
+    raise RuntimeError("no free 10.213.x.0/24 left for a test squadron")
+
+
 def make_squadron(root: Path, **extra: str) -> Daemon:
     """A daemon whose ships, bridge and tables are named `hdt<hex>` on a subnet of its own."""
     name = f"hdt{secrets.token_hex(3)}"
-    subnet = f"10.213.{100 + secrets.randbelow(90)}.0/24"
+    subnet = free_subnet()
     settings = {
         "HYPERDRIVE_NAME": name,
         "HYPERDRIVE_SUBNET": subnet,
