@@ -63,6 +63,9 @@ def test_includes_reach_an_app_pushed_with_no_hq_commit_and_a_change_redeploys_i
     changed = d.wait_event("OrdersChanged", timeout=30, app="pushed")
     assert changed["message"] == "pushed: env changed (GREETING changed)"
     serves(d, "greeting: goodbye\n")
+    queued = d.wait_event("DeployQueued", timeout=10, app="pushed", source="hq")
+    assert str(queued["deploy"]).startswith("env-"), queued
+    d.wait_event("DeployFinished", timeout=30, deploy=queued["deploy"])  # after its drain
     redeploys = [
         e
         for e in d.events()
