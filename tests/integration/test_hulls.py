@@ -62,7 +62,7 @@ def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hulls, st
         name = asyncio.run(hulls.ensure("debian", out))
         yield hulls, name, out
     finally:
-        leftovers = destroy_everything(hulls.lxc.lxcpath)
+        leftovers = destroy_everything(hulls.runtime.lxcpath)
         assert not leftovers, f"containers could not be destroyed: {leftovers}"
 
 
@@ -80,10 +80,10 @@ def test_debian_hull_is_built_patched_and_reported(debian: tuple[Hulls, str, Rec
     assert percents == sorted(percents)
     assert percents[-1] == 100
     setup_log = hulls.setup_log(name)
-    assert setup_log == hulls.logs / name / "setup.log"
+    assert setup_log == hulls.builder.logs / name / "setup.log"
     log = setup_log.read_text()
     assert "Installing packages" in log or "copying the Debian tree kept" in log
-    folder = hulls.lxc.lxcpath / name
+    folder = hulls.runtime.lxcpath / name
     assert "lxc.net." not in (folder / "config").read_text()
     interfaces = (folder / "rootfs" / "etc" / "network" / "interfaces").read_text()
     assert "iface eth0 inet manual" in interfaces
@@ -98,7 +98,7 @@ async def test_debian_ship_answers_quickly_with_a_static_address_and_its_limit(
     debian: tuple[Hulls, str, Recorder], bridge: Bridge, tmp_path: Path
 ) -> None:
     hulls, hull, _ = debian
-    lxc = hulls.lxc
+    lxc = hulls.runtime
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello from debian\n")
@@ -138,15 +138,15 @@ async def test_a_build_started_during_boot_keeps_its_tmp_files(
     """systemd-tmpfiles would empty /tmp under pip's ensurepip: the hull keeps /tmp."""
     hulls, hull, _ = debian
     ship = f"{hull}-venv"
-    await hulls.lxc.snapshot(hull, ship)
-    await hulls.lxc.write_config(ship, bridge.spec(22, "venvship"))
-    await hulls.lxc.start(ship)
+    await hulls.runtime.snapshot(hull, ship)
+    await hulls.runtime.write_config(ship, bridge.spec(22, "venvship"))
+    await hulls.runtime.start(ship)
     lines: list[str] = []
     venv = ["python3", "-m", "venv", "/tmp/venv"]
-    code = await hulls.lxc.attach(ship, venv, {"PATH": PATH}, 120, lines.append)
+    code = await hulls.runtime.attach(ship, venv, {"PATH": PATH}, 120, lines.append)
     assert code == 0, "\n".join(lines)
-    assert (hulls.lxc.rootfs(ship) / "tmp" / "venv" / "bin" / "pip").exists()
-    await hulls.lxc.destroy(ship)
+    assert (hulls.runtime.rootfs(ship) / "tmp" / "venv" / "bin" / "pip").exists()
+    await hulls.runtime.destroy(ship)
 
 
 @pytest.mark.timeout(900)
@@ -160,8 +160,8 @@ async def test_a_rebuild_copies_the_kept_tree_and_its_ships_serve(
     assert hulls.current("debian") == second
     assert "from the Debian tree kept" in out.events[0].message
     assert "copied from the tree kept" in out.events[-1].message
-    config = (hulls.lxc.lxcpath / second / "config").read_text()
-    assert f"lxc.rootfs.path = dir:{hulls.lxc.lxcpath / second / 'rootfs'}" in config
+    config = (hulls.runtime.lxcpath / second / "config").read_text()
+    assert f"lxc.rootfs.path = dir:{hulls.runtime.lxcpath / second / 'rootfs'}" in config
     assert f"lxc.uts.name = {second}" in config
     assert "lxc.net." not in config
 
@@ -170,13 +170,13 @@ async def test_a_rebuild_copies_the_kept_tree_and_its_ships_serve(
     (site / "index.html").write_text("hello from the kept tree\n")
     ship = f"{second}-ship"
     spec = bridge.spec(23, "keptship", mounts=(Mount(site, "/app", readonly=True),))
-    await hulls.lxc.snapshot(second, ship)
-    await hulls.lxc.write_config(ship, spec)
-    await hulls.lxc.start(ship)
+    await hulls.runtime.snapshot(second, ship)
+    await hulls.runtime.write_config(ship, spec)
+    await hulls.runtime.start(ship)
     serve = "cd /app && (python3 -m http.server 8000 >/dev/null 2>&1 &)"
-    assert await hulls.lxc.attach(ship, ["/bin/sh", "-c", serve], {"PATH": PATH}, 10) == 0
+    assert await hulls.runtime.attach(ship, ["/bin/sh", "-c", serve], {"PATH": PATH}, 10) == 0
     assert await get_until_ok(f"http://{spec.ip}:8000/", seconds=10) == "hello from the kept tree\n"
-    await hulls.lxc.destroy(ship)
+    await hulls.runtime.destroy(ship)
 
 
 async def test_a_new_version_serves_new_ships_and_the_old_goes_with_its_last_ship(
@@ -188,26 +188,26 @@ async def test_a_new_version_serves_new_ships_and_the_old_goes_with_its_last_shi
     try:
         first = await hulls.ensure("busybox", out)
         assert await hulls.ensure("busybox", out) == first  # built once
-        await hulls.lxc.snapshot(first, "hdth-old-ship")
+        await hulls.runtime.snapshot(first, "hdth-old-ship")
         second = await hulls.assemble("busybox", out)
         assert (first, second) == ("hdth-hull-busybox-1", "hdth-hull-busybox-2")
         assert hulls.current("busybox") == second
         assert await hulls.ensure("busybox", out) == second
 
         assert await hulls.prune(["hdth-old-ship"], out) == []
-        assert await hulls.lxc.exists(first)
+        assert await hulls.runtime.exists(first)
         # even when the records forget the ship, LXC's own list of clones protects the hull
         assert await hulls.prune([], out) == []
 
-        await hulls.lxc.destroy("hdth-old-ship")
+        await hulls.runtime.destroy("hdth-old-ship")
         assert await hulls.prune([], out) == [first]
-        assert not await hulls.lxc.exists(first)
-        assert await hulls.lxc.exists(second)
+        assert not await hulls.runtime.exists(first)
+        assert await hulls.runtime.exists(second)
         assert "HullRetired" in out.names()
         third = await hulls.assemble("busybox", out)
         assert third == "hdth-hull-busybox-3"
     finally:
-        destroy_everything(hulls.lxc.lxcpath)
+        destroy_everything(hulls.runtime.lxcpath)
 
 
 async def test_unknown_hull_kind_is_refused(tmp_path: Path) -> None:
@@ -227,7 +227,7 @@ async def test_a_failed_debian_build_leaves_no_hull_and_shows_the_log(tmp_path: 
         await hulls.ensure("debian", out)
     assert "full log:" in str(failure.value)
     name = "hdth-hull-debian-1"
-    assert not (hulls.lxc.lxcpath / name).exists()
+    assert not (hulls.runtime.lxcpath / name).exists()
     assert hulls.current("debian") is None
     assert out.names()[-1] == "HullBuildFailed"
     assert hulls.setup_log(name).read_text().strip()
