@@ -92,7 +92,8 @@ class GoLive:
         self.starter = starter
         self.clock = clock
 
-    async def go_live(self, job: Job) -> str:
+    async def go_live(self, job: Job, *, rolled_back: bool = False) -> str:
+        """Swap, drain, finish; `rolled_back`: a rollback, said (RolledBack) before it finishes."""
         job.ctx.point_of_no_return()
         app, ship, previous = job.app, job.built, job.app.live_ship
         try:
@@ -107,6 +108,8 @@ class GoLive:
             problem = await self.drain(job, previous)
             if problem is not None:
                 return await self.fall_back(job, previous, problem)
+        if rolled_back:
+            job.emit(ev.RolledBack, f"{app.name} rolled back to {ship.sha[:7]}", ms=job.ms())
         return await self._finished(job)
 
     async def _finished(self, job: Job) -> str:
@@ -180,12 +183,12 @@ class GoLive:
     async def fall_back(self, job: Job, old: Ship, problem: str) -> str:
         """The new ship died within the drain: the old one, still running, serves again, and
         the deploy has failed."""
-        app, new, seconds = job.app, job.built, self.config.drain_seconds
+        app, new, seconds, t0 = job.app, job.built, self.config.drain_seconds, job.now()
         await self.proxy.point(app.name, old.ip, old.port)
         app.live, app.since, old.state = old.name, self.clock.time(), LIVE
         await self.ships.keep_failed(app, new)
         why = f"'{new.name}' stopped answering within {seconds:g} s of the swap ({problem})"
         back = f"traffic is back on '{old.name}' ({old.sha[:7]})"
         tail = self.starter.app_log_tail(new)
-        job.emit(ev.RolledBack, f"{why}; {back}{tail}", ship=old.name, sha=old.sha)
+        job.emit(ev.RolledBack, f"{why}; {back}{tail}", ship=old.name, sha=old.sha, ms=job.ms(t0))
         return self.ships.failed(job, DeployError("drain", f"{why}; rolled back"))

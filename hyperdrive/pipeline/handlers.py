@@ -98,11 +98,7 @@ class Handlers:
             await self.starter.revive(job)
         except DeployError as err:
             return self.ships.failed(job, err)
-        result = await self.golive.go_live(job)
-        if result == FINISHED:
-            message = f"{cmd.app} rolled back to {job.built.sha[:7]}"
-            job.emit(ev.RolledBack, message, ms=job.ms())
-        return result
+        return await self.golive.go_live(job, rolled_back=True)
 
     async def assemble(self, cmd: Assemble, ctx: Context) -> str:
         """Build a ship for the app and leave it stopped, ready for `hd launch`; it becomes a

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, MessageBus
 from hyperdrive.pipeline.commands import Command, Deploy, Launch, from_trigger
-from hyperdrive.spool import FileSpool
+from hyperdrive.spool import Spool
 from hyperdrive.triggers import Trigger, TriggerKind
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ class Inbox:
 
     def __init__(
         self,
-        spool: FileSpool,
+        spool: Spool,
         bus: MessageBus,
         owner: Callable[[str], str | None] = lambda ship: None,
     ) -> None:

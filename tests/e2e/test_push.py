@@ -64,7 +64,10 @@ def test_ssh_deploy_and_rollback(fleet: tuple[Daemon, Admiral], tmp_path: Path) 
     assert http_get(d.http_port, "/site/") == (200, "two\n")
 
     rolled = admiral.ssh("rollback", "site")
-    assert "rolled back" in rolled.stdout or "is live" in rolled.stdout, rolled.stdout
+    assert rolled.returncode == 0, rolled.stdout
+    said = rolled.stdout.splitlines()
+    back = next(i for i, line in enumerate(said) if "site rolled back to" in line)
+    assert any("is live at" in line for line in said[back + 1 :]), "said before the outcome"
     assert http_get(d.http_port, "/site/") == (200, "one\n")
 
     redeployed = d.hd("deploy", "site")

@@ -297,7 +297,7 @@ async def test_rollback_goes_to_the_newest_healthy_kept_ship(world: World, hd: S
     assert hd.app("web").live == second
     assert world.serving("web") == hd.live_ship_address("web")
     assert hd.app("web").ship(third).state == STOPPED  # type: ignore[union-attr]
-    assert hd.names(deploy)[-2:] == ["DeployFinished", "RolledBack"]
+    assert hd.names(deploy)[-2:] == ["RolledBack", "DeployFinished"], "said before the outcome"
 
 
 async def test_rollback_without_a_healthy_kept_ship_fails_and_changes_nothing(
