@@ -37,7 +37,7 @@ from tests.e2e.squadron import (
 
 APP = "site"
 WALL_START: dict[str, float] = {}  # sha -> time.time() when its git push started
-STAGES = ("queue", "export", "assemble", "build", "start", "health", "swap", "total")
+STAGES = ("queue", "export", "assemble", "build", "start", "health", "swap", "drain", "total")
 
 
 class Watch(threading.Thread):
@@ -76,7 +76,8 @@ def stages(d: Daemon, sha: str) -> dict[str, float]:
         "start": by["ShipStarted"]["ms"],
         "health": by["ShipHealthy"]["ms"],
         "swap": by["TrafficSwapped"]["ms"],
-        "total": by["DeployFinished"]["ms"],
+        "drain": by["ShipDrained"]["ms"] if "ShipDrained" in by else 0,
+        "total": by["DeployFinished"]["ms"],  # after the drain
     }
     got["queue"] = (ts(by["DeployStarted"]) - ts(by["DeployQueued"])) * 1000
     if sha in WALL_START:  # git push started → the daemon has the trigger (ssh, git, hook)
@@ -131,8 +132,8 @@ def report(title: str, served: list[float], rows: list[dict[str, float]]) -> Non
         print(row("git push → DeployQueued", [r["push→queued"] for r in rows]))
     for stage in STAGES:
         print(row(f"stage {stage}", [r[stage] for r in rows]))
-    overhead = [r["total"] - r["build"] - r["health"] for r in rows]
-    print(row("overhead (total-build-health)", overhead))
+    overhead = [r["total"] - r["build"] - r["health"] - r["drain"] for r in rows]
+    print(row("overhead (total-build-health-drain)", overhead))
 
 
 def main(args: argparse.Namespace) -> None:
