@@ -191,7 +191,9 @@ def deploy_core(config: Config, adapters: Adapters) -> Core:
         golive=golive,
         ships=ships,
     )
-    handlers = Handlers(deployer, routes, a.proxy, a.runtime, hulls)
+    handlers = Handlers(
+        deployer=deployer, routes=routes, proxy=a.proxy, runtime=a.runtime, hulls=hulls
+    )
     return Core(records, fleet, hulls, ships, routes, planner, deployer, handlers, a)
 
 

@@ -7,6 +7,7 @@ import shlex
 import shutil
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -71,27 +72,17 @@ def memory(orders: Orders) -> str:
     return f"{size // (1024 * 1024)}M" if size % (1024 * 1024) == 0 else f"{size} bytes"
 
 
+@dataclass(kw_only=True)
 class Builder:
     """export → assemble → build, on a ship nobody is sent to yet."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        runtime: ContainerRuntime,
-        git: Git,
-        network: Network,
-        proxy: Proxy,
-        hulls: Hulls,
-        fleet: Fleet,
-    ) -> None:
-        self.config = config
-        self.runtime = runtime
-        self.git = git
-        self.network = network
-        self.proxy = proxy
-        self.hulls = hulls
-        self.fleet = fleet
+    config: Config
+    runtime: ContainerRuntime
+    git: Git
+    network: Network
+    proxy: Proxy
+    hulls: Hulls
+    fleet: Fleet
 
     async def ready(self) -> None:
         """The bridge and the traffic map exist (once per daemon; cheap after that)."""

@@ -7,6 +7,7 @@ changed, so any failure (or a newer push) leaves the old ship serving.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from hyperdrive.errors import DeployError
 from hyperdrive.pipeline import events as ev
@@ -25,29 +26,18 @@ from hyperdrive.pipeline.start import Starter
 IGNORED = "ignored"
 
 
+@dataclass(kw_only=True)
 class Deployer:
     """The Deploy command's handler: the stage sequence, and what becomes of its ship."""
 
-    def __init__(
-        self,
-        *,
-        records: Records,
-        fleet: Fleet,
-        clock: Clock,
-        planner: Planner,
-        builder: Builder,
-        starter: Starter,
-        golive: GoLive,
-        ships: Ships,
-    ) -> None:
-        self.records = records
-        self.fleet = fleet
-        self.clock = clock
-        self.planner = planner
-        self.builder = builder
-        self.starter = starter
-        self.golive = golive
-        self.ships = ships
+    records: Records
+    fleet: Fleet
+    clock: Clock
+    planner: Planner
+    builder: Builder
+    starter: Starter
+    golive: GoLive
+    ships: Ships
 
     async def deploy(self, cmd: Deploy, ctx: Context) -> str:
         job = open_job(cmd, ctx, self.records, self.fleet, self.clock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from dataclasses import dataclass
 
 from hyperdrive.config import Config
 from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyError
@@ -68,29 +69,18 @@ class RouteTable:
                     app.routed, app.route = True, route.to_json()
 
 
+@dataclass(kw_only=True)
 class GoLive:
     """swap → drain → finished (or fall-back → failed), then retire what retention lets go."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        runtime: ContainerRuntime,
-        proxy: Proxy,
-        probe: Probe,
-        routes: RouteTable,
-        ships: Ships,
-        starter: Starter,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.runtime = runtime
-        self.proxy = proxy
-        self.probe = probe
-        self.routes = routes
-        self.ships = ships
-        self.starter = starter
-        self.clock = clock
+    config: Config
+    runtime: ContainerRuntime
+    proxy: Proxy
+    probe: Probe
+    routes: RouteTable
+    ships: Ships
+    starter: Starter
+    clock: Clock
 
     async def go_live(self, job: Job, *, rolled_back: bool = False) -> str:
         """Swap, drain, finish; `rolled_back`: a rollback, said (RolledBack) before it finishes."""

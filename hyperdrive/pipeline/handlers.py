@@ -5,6 +5,7 @@ AssembleHulls (`hd assemble`: a new version of every hull)."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from hyperdrive.errors import DeployError, HyperdriveError
 from hyperdrive.pipeline import events as ev
@@ -21,22 +22,15 @@ from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 
 
+@dataclass(kw_only=True)
 class Handlers:
     """Rollback, Retire, Assemble, Launch and AssembleHulls over the deploy's parts."""
 
-    def __init__(
-        self,
-        deployer: Deployer,
-        routes: RouteTable,
-        proxy: Proxy,
-        runtime: ContainerRuntime,
-        hulls: Hulls,
-    ) -> None:
-        self.deployer = deployer
-        self.routes = routes
-        self.proxy = proxy
-        self.runtime = runtime
-        self.hulls = hulls
+    deployer: Deployer
+    routes: RouteTable
+    proxy: Proxy
+    runtime: ContainerRuntime
+    hulls: Hulls
 
     @property
     def ships(self) -> Ships:

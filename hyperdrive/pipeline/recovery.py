@@ -4,6 +4,7 @@ true again without disturbing what serves."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.pipeline import events as ev
@@ -14,6 +15,7 @@ from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 
 
+@dataclass(kw_only=True)
 class Recovery:
     """At start: ships and nginx kept serving while the daemon was down; make the records true.
 
@@ -22,28 +24,15 @@ class Recovery:
     nginx is re-rendered only if it differs, and containers nobody owns are destroyed.
     """
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        records: Records,
-        runtime: ContainerRuntime,
-        network: Network,
-        proxy: Proxy,
-        routes: RouteTable,
-        ships: Ships,
-        starter: Starter,
-        out: ev.Emitter,
-    ) -> None:
-        self.name = name
-        self.records = records
-        self.runtime = runtime
-        self.network = network
-        self.proxy = proxy
-        self.routes = routes
-        self.ships = ships
-        self.starter = starter
-        self.out = out
+    name: str
+    records: Records
+    runtime: ContainerRuntime
+    network: Network
+    proxy: Proxy
+    routes: RouteTable
+    ships: Ships
+    starter: Starter
+    out: ev.Emitter
 
     async def run(self) -> None:
         apps = self.records.all()

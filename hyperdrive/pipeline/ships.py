@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+from dataclasses import dataclass
 
 from hyperdrive.config import Config
 from hyperdrive.errors import DeployError, HyperdriveError
@@ -25,25 +26,16 @@ from hyperdrive.pipeline.ports import Clock, ContainerRuntime, Network
 KEEP_FAILED = 2
 
 
+@dataclass(kw_only=True)
 class Ships:
     """Making, keeping and destroying ships, and the records that say which is which."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        runtime: ContainerRuntime,
-        network: Network,
-        records: Records,
-        hulls: Hulls,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.runtime = runtime
-        self.network = network
-        self.records = records
-        self.hulls = hulls
-        self.clock = clock
+    config: Config
+    runtime: ContainerRuntime
+    network: Network
+    records: Records
+    hulls: Hulls
+    clock: Clock
 
     def new(self, app: App, sha: str, deploy: str, port: int) -> Ship:
         """`<name>-<app>-<sha7>`; a redeploy of the same commit gets `-2`, `-3`, …"""

@@ -4,6 +4,7 @@ fails saying why (it exited, it listens elsewhere, it was killed for memory)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.config import Config
@@ -18,23 +19,15 @@ from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
 START_TIMEOUT_S = 30
 
 
+@dataclass(kw_only=True)
 class Starter:
     """Starts the app in a ship (new or kept) and health-checks it."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        runtime: ContainerRuntime,
-        network: Network,
-        probe: Probe,
-        records: Records,
-    ) -> None:
-        self.config = config
-        self.runtime = runtime
-        self.network = network
-        self.probe = probe
-        self.records = records
+    config: Config
+    runtime: ContainerRuntime
+    network: Network
+    probe: Probe
+    records: Records
 
     async def start(self, job: Job, plan: BuildPlan) -> None:
         t0 = job.now()

@@ -1,34 +1,29 @@
-"""An idle daemon holds only what it uses: dulwich and jinja2 load at their first use."""
+"""Each process loads only what it uses: an idle daemon no dulwich or jinja2 until their first
+use, git's hooks and `hd` no server stack."""
 
 import subprocess
 import sys
 
+import pytest
 
-def test_the_daemon_imports_neither_dulwich_nor_jinja2_until_it_needs_them() -> None:
-    probe = "import sys, hyperdrive.server; print(sorted({'dulwich', 'jinja2'} & set(sys.modules)))"
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == "[]"
-
-
-def test_git_hooks_write_triggers_without_the_event_loop_machinery() -> None:
-    probe = (
-        "import sys, hyperdrive.triggers; "
-        "print(sorted({'asyncio', 'aiohttp', 'asyncssh'} & set(sys.modules)))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == "[]"
+CASES = {
+    # the daemon: dulwich and jinja2 load at their first use
+    "hyperdrive.server": {"dulwich", "jinja2"},
+    # git's hooks write triggers without the event loop machinery
+    "hyperdrive.triggers": {"asyncio", "aiohttp", "asyncssh"},
+    # post-receive and `hd` follow deploys over plain http.client
+    "hyperdrive.hooks.post_receive, hyperdrive.cli": {
+        "aiohttp",
+        "asyncssh",
+        "rich",
+        "hyperdrive.eventlog",
+    },
+}
 
 
-def test_git_hook_and_hd_load_no_server_stack() -> None:
-    """post-receive and `hd` follow deploys over plain http.client: no aiohttp, asyncssh, rich."""
-    probe = (
-        "import sys, hyperdrive.hooks.post_receive, hyperdrive.cli; "
-        "print(sorted({'aiohttp', 'asyncssh', 'rich', 'hyperdrive.eventlog'} & set(sys.modules)))"
-    )
+@pytest.mark.parametrize(("modules", "unwanted"), list(CASES.items()))
+def test_importing_loads_nothing_it_does_not_use(modules: str, unwanted: set[str]) -> None:
+    probe = f"import sys, {modules}; print(sorted(set({sorted(unwanted)!r}) & set(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
