@@ -9,20 +9,16 @@ while sessions it already opened run to their end.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 
 from hyperdrive.headquarters.admirals import PRIVATE_MARKERS, key_lines, public_key
 from hyperdrive.headquarters.orders import MAX_FILE_BYTES
-from hyperdrive.pipeline import events as ev
-from hyperdrive.watch import FolderWatch
 
 log = logging.getLogger(__name__)
 
@@ -136,40 +132,9 @@ class KeyRing:
         return len(self._hq.keys() | self._bootstrap.keys())
 
 
-Append = Callable[[Mapping[str, Any]], object]  # EventLog.append
-
-
 def bootstrap_keyring(path: Path) -> KeyRing:
     """A key ring holding HYPERDRIVE_ADMIRAL_KEYS (HQ's keys join it when HQ is read)."""
     keyring = KeyRing()
     if not keyring.reload_bootstrap(path).fingerprints:
         log.warning("no bootstrap admiral keys at %s", path)
     return keyring
-
-
-async def watch_bootstrap_keys(
-    path: Path, keyring: KeyRing, append: Append, stop: asyncio.Event
-) -> None:
-    """HYPERDRIVE_ADMIRAL_KEYS applies live: a key added there (by `>>` or an editor's
-    write-and-rename) logs in without a restart. The file and its folder may not exist yet."""
-    async with FolderWatch(path.parent, lambda name: name == path.name) as watch:
-        report_admirals(keyring.reload_bootstrap(path), append)  # a change before the watch
-        async for _ in watch.changes(stop, settle=0.05):
-            report_admirals(keyring.reload_bootstrap(path), append)
-
-
-def report_admirals(loaded: BootstrapKeys, append: Append) -> None:
-    """Events for one read of the bootstrap keys: each refused line, then the set if it moved."""
-    for problem in loaded.problems:
-        append(ev.AdmiralKeysRejected(file=loaded.path, message=problem).record())
-    if not loaded.changed:
-        return
-    count = len(loaded.fingerprints)
-    shown = ", ".join(loaded.fingerprints) or "nobody can log in with a bootstrap key"
-    event = ev.AdmiralsChanged(
-        file=loaded.path,
-        keys=count,
-        fingerprints=loaded.fingerprints,
-        message=f"{loaded.path}: {count} bootstrap admiral key(s) in force: {shown}",
-    )
-    append(event.record())

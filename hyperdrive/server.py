@@ -23,7 +23,6 @@ from aiohttp import web
 from hyperdrive import __version__, bootstrap
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
-from hyperdrive.keyring import watch_bootstrap_keys
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
 
@@ -210,9 +209,7 @@ class Server:
             await d.gitserver.ensure_repo(HEADQUARTERS)
         await d.gitserver.start()
         self._background(d.headquarters.watch_includes(self.should_exit), "includes watch")
-        keys = watch_bootstrap_keys(
-            self.config.admiral_keys, d.keyring, d.eventlog.append, self.should_exit
-        )
+        keys = d.headquarters.watch_admiral_keys(d.eventlog.append, self.should_exit)
         self._background(keys, "admiral keys watch")
 
     async def _serve_http(self) -> None:

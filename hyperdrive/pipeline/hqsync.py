@@ -35,7 +35,7 @@ from hyperdrive.headquarters import (
     read_files_from_git,
     read_includes,
 )
-from hyperdrive.keyring import KeyRing, parse_keys
+from hyperdrive.keyring import BootstrapKeys, KeyRing, parse_keys
 from hyperdrive.names import HEADQUARTERS, is_app_name
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
@@ -67,6 +67,9 @@ class Source:
         return not self.url
 
 
+Append = Callable[[Mapping[str, Any]], object]  # EventLog.append
+
+
 class HeadquartersSync:
     """The SyncHeadquarters handler and the start-up load of the last good HQ."""
 
@@ -96,6 +99,15 @@ class HeadquartersSync:
         async with FolderWatch(folder, lambda name: name.endswith(".env")) as watch:
             async for _ in watch.changes(stop, settle=0.2):
                 await self.spool.put(Trigger.hq_sync("includes changed"))
+
+    async def watch_admiral_keys(self, append: Append, stop: asyncio.Event) -> None:
+        """HYPERDRIVE_ADMIRAL_KEYS applies live: a key added there (by `>>` or an editor's
+        write-and-rename) logs in without a restart. The file and its folder may not exist yet."""
+        path = self.config.admiral_keys
+        async with FolderWatch(path.parent, lambda name: name == path.name) as watch:
+            report_admirals(self.keyring.reload_bootstrap(path), append)  # a change before
+            async for _ in watch.changes(stop, settle=0.05):
+                report_admirals(self.keyring.reload_bootstrap(path), append)
 
     def set_source(self, url: str) -> None:
         """`hd headquarters set URL`: from now on HQ comes from there ('' = hosted here)."""
@@ -427,3 +439,20 @@ async def _resolve(repo: Path, ref: str) -> str | None:
     except HyperdriveError:
         return None
     return out.strip() or None
+
+
+def report_admirals(loaded: BootstrapKeys, append: Append) -> None:
+    """Events for one read of the bootstrap keys: each refused line, then the set if it moved."""
+    for problem in loaded.problems:
+        append(ev.AdmiralKeysRejected(file=loaded.path, message=problem).record())
+    if not loaded.changed:
+        return
+    count = len(loaded.fingerprints)
+    shown = ", ".join(loaded.fingerprints) or "nobody can log in with a bootstrap key"
+    event = ev.AdmiralsChanged(
+        file=loaded.path,
+        keys=count,
+        fingerprints=loaded.fingerprints,
+        message=f"{loaded.path}: {count} bootstrap admiral key(s) in force: {shown}",
+    )
+    append(event.record())
