@@ -112,6 +112,7 @@ class GoLive:
 
     async def swap(self, job: Job, previous: Ship | None) -> None:
         t0, app, ship = job.now(), job.app, job.built
+        await self.proxy.prepare()  # the traffic map exists (a rollback may come first)
         # nginx verifies a route through the stable address: a new app's must already lead to
         # its ship; a live app's still leads to the old one, so a refused route serves nothing new
         first = previous is None or not app.routed

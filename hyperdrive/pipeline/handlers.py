@@ -128,6 +128,8 @@ class Handlers:
             return FAILED
         job = self._job(Deploy(deploy=cmd.deploy, app=app, source="launch"), ctx)
         job.ship = job.app.ship(cmd.ship)
+        if job.ship is None:
+            return self.ships.failed(job, DeployError("launch", f"{app} has no ship {cmd.ship}"))
         try:
             await self.starter.revive(job)
         except DeployError as err:

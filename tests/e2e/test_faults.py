@@ -177,6 +177,9 @@ def test_app_crashing_right_after_the_swap_is_rolled_back(fleet: Fleet) -> None:
     assert "DeployFinished" not in story, story
     assert "stopped answering" in story["RolledBack"]["message"], story
     assert story["RolledBack"]["seq"] < outcome["seq"], story
+    again = fleet.d.hd("deploy", "crash", check=False, timeout=60)  # the same commit, by hand
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "rolled back" in again.stdout, again.stdout
     assert http_get(fleet.d.http_port, "/crash/") == (200, "crash one\n")
     with Prober(fleet.d.http_port, "/crash/") as probe:
         wait_outcome(fleet.d, repo.push_trigger(repo.commit({"Procfile": "web: sleep 1\n"})))

@@ -345,3 +345,6 @@ async def test_launch_runs_in_its_apps_lane(world: World, hd: Squadron) -> None:
 async def test_launch_of_an_unknown_ship_fails_clearly(hd: Squadron) -> None:
     assert await hd.run(Launch(deploy="t-x", ship="hd-nope-1234567")) == FAILED
     assert "no ship named hd-nope-1234567" in hd.outcome("t-x")["message"]
+    await live_at(hd, "web")
+    assert await hd.run(Launch(deploy="t-y", ship="hd-nope-1234567", app="web")) == FAILED
+    assert "web has no ship hd-nope-1234567" in hd.outcome("t-y")["message"]
