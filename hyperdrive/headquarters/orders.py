@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import ipaddress
 import math
 import re
 import shlex
@@ -36,8 +37,24 @@ SCP_LIKE = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:[^:/\\].*")
 REMOTE_HELPER = re.compile(r"[A-Za-z0-9+.-]+::")
 
 
+EGRESS_MAX_ALLOWED = 64
+
+
 class _Bad(Exception):
     """A directive is wrong; the parser adds file and line."""
+
+
+@dataclass(frozen=True)
+class Egress:
+    """What a ship may reach outside the host: everything (`open`), nothing, or only the
+    `allow`ed host:port pairs; hosts are IPv4 addresses or names resolved when a ship is made."""
+
+    open: bool = True
+    allow: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def off(self) -> bool:
+        return not self.open and not self.allow
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class Orders:
     servernames: tuple[str, ...] = ()
     memory_bytes: int | None = None
     cpus: float | None = None
+    egress: Egress = field(default_factory=Egress)
     path: str = field(default="", compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -90,6 +108,7 @@ class _Draft:
     health: tuple[str, float] = DEFAULT_HEALTHCHECK
     memory: int | None = None
     cpus: float | None = None
+    egress: Egress = field(default_factory=Egress)
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
@@ -210,6 +229,7 @@ def _finish(draft: _Draft, path: str) -> Orders:
         servernames=tuple(draft.servernames),
         memory_bytes=draft.memory,
         cpus=draft.cpus,
+        egress=draft.egress,
         path=path,
         lines=dict(draft.lines),
     )
@@ -371,6 +391,37 @@ def _cpus(draft: _Draft, args: list[str], line: int) -> None:
     draft.cpus = value
 
 
+def _egress(draft: _Draft, args: list[str], line: int) -> None:
+    """`egress off`, or `egress allow host:port…`: what the app's ships may reach outside."""
+    if args == ["off"]:
+        egress = Egress(open=False)
+    elif args[:1] == ["allow"] and 1 < len(args) <= EGRESS_MAX_ALLOWED + 1:
+        egress = Egress(open=False, allow=tuple(dict.fromkeys(map(_host_port, args[1:]))))
+    elif args[:1] == ["allow"] and len(args) > 1:
+        raise _Bad(f"egress allow takes at most {EGRESS_MAX_ALLOWED} host:port pairs")
+    else:
+        raise _Bad("egress takes `off` or `allow host:port…` (e.g. egress allow 10.0.0.5:5432)")
+    draft.once("egress", line)
+    draft.egress = egress
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """`host:port` with an IPv4 address or a DNS name, and a port (required)."""
+    host, sep, port = text.lower().rpartition(":")
+    if not sep or not PORT_TEXT.fullmatch(port) or int(port) > 65535:
+        raise _Bad(f"egress allow {shown(text)}: write host:port with a port from 1 to 65535")
+    try:
+        return str(ipaddress.IPv4Address(host)), int(port)
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(host) > 253 or not all(DNS_LABEL.fullmatch(label) for label in labels):
+        raise _Bad(f"egress allow {shown(text)}: {shown(host)} is no IPv4 address or DNS name")
+    if all(label.isdigit() for label in labels):
+        raise _Bad(f"egress allow {shown(text)}: {shown(host)} is not a valid IPv4 address")
+    return host, int(port)
+
+
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
@@ -381,4 +432,5 @@ DIRECTIVES: dict[str, Directive] = {
     "servername": _servername,
     "memory": _memory,
     "cpus": _cpus,
+    "egress": _egress,
 }

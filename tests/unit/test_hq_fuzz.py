@@ -47,6 +47,10 @@ pieces = st.sampled_from(
         "1e3",
         "*",
         ".",
+        "off",
+        "allow",
+        "10.0.0.5:",
+        ":443",
     ]
 )
 word = st.lists(st.one_of(pieces, st.text(max_size=4)), max_size=5).map("".join)

@@ -5,7 +5,13 @@ import pytest
 from hyperdrive.config import KNOWN_HULLS
 from hyperdrive.errors import ConfigError, OrdersRejected
 from hyperdrive.headquarters.includes import merge_env, read_env_file, read_includes
-from hyperdrive.headquarters.orders import MAX_FILE_BYTES, Orders, parse_orders, parse_orders_bytes
+from hyperdrive.headquarters.orders import (
+    MAX_FILE_BYTES,
+    Egress,
+    Orders,
+    parse_orders,
+    parse_orders_bytes,
+)
 from hyperdrive.pipeline.hulls import BUILDERS
 
 SEED = "autodeploy https://github.com/wballard/starphleet.sample.git\nexport PORT=3000\n"
@@ -158,7 +164,14 @@ def test_bad_exports_and_unknown_directives(text: str, line: int, says: str) -> 
 
 @pytest.mark.parametrize(
     "directive",
-    ["autodeploy https://x/y.git", "hull busybox", "healthcheck /", "memory 1G", "cpus 2"],
+    [
+        "autodeploy https://x/y.git",
+        "hull busybox",
+        "healthcheck /",
+        "memory 1G",
+        "cpus 2",
+        "egress off",
+    ],
 )
 def test_duplicate_directives(directive: str) -> None:
     err = rejected(f"{directive}\n# between\n{directive}")
@@ -234,6 +247,41 @@ def test_cpus() -> None:
     assert parse("cpus 0.5").cpus == 0.5
     assert "positive number" in rejected("cpus 0").message
     assert "one number" in rejected("cpus").message
+
+
+def test_egress() -> None:
+    assert parse("").egress == Egress()
+    assert parse("").egress.open
+    off = parse("egress off").egress
+    assert off.off and not off.open
+    allowed = parse("egress allow 10.0.0.5:5432 API.example.com:443 10.0.0.5:5432").egress
+    assert allowed.allow == (("10.0.0.5", 5432), ("api.example.com", 443))
+    assert not allowed.open and not allowed.off
+    assert parse("# a comment\negress off").where("egress") == "api/orders:2"
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("egress", "takes `off` or `allow host:port…`"),
+        ("egress on", "takes `off` or `allow host:port…`"),
+        ("egress allow", "takes `off` or `allow host:port…`"),
+        ("egress off now", "takes `off` or `allow host:port…`"),
+        ("egress allow 10.0.0.5", "write host:port"),
+        ("egress allow 10.0.0.5:0", "write host:port"),
+        ("egress allow 10.0.0.5:65536", "write host:port"),
+        ("egress allow :80", "no IPv4 address or DNS name"),
+        ("egress allow bad_name:80", "no IPv4 address or DNS name"),
+        ("egress allow 10.0.0.300:80", "not a valid IPv4 address"),
+        ("egress allow [::1]:80", "no IPv4 address or DNS name"),
+        ("egress allow " + " ".join(f"h{n}.example:1" for n in range(65)), "at most 64"),
+    ],
+)
+def test_bad_egress(line: str, says: str) -> None:
+    err = rejected(f"export A=1\n{line}")
+    assert err.line == 2
+    assert says in err.message
+    assert str(err).startswith("api/orders:2: ")
 
 
 def test_orders_are_never_executed(tmp_path) -> None:
