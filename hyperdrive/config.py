@@ -55,6 +55,8 @@ class Config:
     eventlog_max_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 3.0
     apt_mirror: str = ""  # "": the Debian mirror the host's own apt sources name
+    ship_egress: bool = True
+    ship_dns: tuple[str, ...] = ()  # (): the resolvers /etc/resolv.conf names
     source: Path | None = None
 
     # -- derived paths (the contract's names) --
@@ -166,8 +168,17 @@ class Config:
         for key, attr in KEYS.items():
             value = getattr(self, attr)
             secret = attr == "webhook_secret" and value
-            shown[key] = "********" if secret else str(value)
+            shown[key] = "********" if secret else _shown(value)
         return shown
+
+
+def _shown(value: object) -> str:
+    """A value as main.conf would spell it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _name(value: str) -> str:
@@ -263,6 +274,23 @@ def _user(value: str) -> str:
     return value
 
 
+def _on_off(value: str) -> bool:
+    if value.lower() not in ("on", "off"):
+        raise ValueError("use on or off")
+    return value.lower() == "on"
+
+
+def _resolvers(value: str) -> tuple[str, ...]:
+    """`ip[,ip…]` of DNS servers (port 53); empty: the host's /etc/resolv.conf."""
+    found = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            found.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address") from None
+    return tuple(found)
+
+
 def _text(value: str) -> str:
     return value
 
@@ -287,6 +315,8 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_EVENTLOG_MAX_BYTES": "eventlog_max_bytes",
     "HYPERDRIVE_DRAIN_SECONDS": "drain_seconds",
     "HYPERDRIVE_APT_MIRROR": "apt_mirror",
+    "HYPERDRIVE_SHIP_EGRESS": "ship_egress",
+    "HYPERDRIVE_SHIP_DNS": "ship_dns",
 }
 
 PARSERS: dict[str, Callable[[str], Any]] = {
@@ -309,6 +339,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "eventlog_max_bytes": _count(64 * 1024, 1 << 40),
     "drain_seconds": _seconds(0, 300),
     "apt_mirror": _mirror,
+    "ship_egress": _on_off,
+    "ship_dns": _resolvers,
 }
 
 

@@ -127,6 +127,8 @@ BAD_VALUES = [
     ("HYPERDRIVE_NAME", "much-too-long-name"),
     ("HYPERDRIVE_DOMAIN", "not a domain"),
     ("HYPERDRIVE_ADMIRAL_USER", "Root User"),
+    ("HYPERDRIVE_SHIP_EGRESS", "maybe"),
+    ("HYPERDRIVE_SHIP_DNS", "9.9.9.9,dns.example"),
 ]
 
 
@@ -168,6 +170,15 @@ def test_good_edge_values_are_accepted() -> None:
     assert config.api_listen == Listen("localhost", 1)
     assert config.subnet.prefixlen == 28
     assert config.keep_ships == 0
+
+
+def test_ship_egress_and_dns() -> None:
+    assert Config().ship_egress and Config().ship_dns == ()
+    config = build({"HYPERDRIVE_SHIP_EGRESS": "OFF", "HYPERDRIVE_SHIP_DNS": "10.0.0.53, ::1"})
+    assert not config.ship_egress
+    assert config.ship_dns == ("10.0.0.53", "::1")
+    shown = config.redacted()
+    assert (shown["HYPERDRIVE_SHIP_EGRESS"], shown["HYPERDRIVE_SHIP_DNS"]) == ("off", "10.0.0.53,::1")
 
 
 def test_data_and_var_must_differ() -> None:
