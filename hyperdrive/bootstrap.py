@@ -57,6 +57,7 @@ from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 from hyperdrive.proxy import NginxProxy
 from hyperdrive.repos import GitRepos
+from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
@@ -105,6 +106,7 @@ class Daemon:
     headquarters: HeadquartersSync
     gitserver: GitServer
     keyring: KeyRing
+    dns: ShipDns
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -123,22 +125,32 @@ def real_adapters(
     network: Network | None = None,
     probe: Probe | None = None,
     clock: Clock | None = None,
+    dns: ShipDns | None = None,
 ) -> Adapters:
     """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
     lxc = Lxc(config.containers_dir, config.lxc_logs_dir)
     address = str(bridge_address(config.subnet))
+    # one nft table: the proxy's traffic map and the ships' firewall
+    traffic = Traffic(
+        config.name,
+        f"{address}/{config.subnet.prefixlen}",
+        device=config.bridge,
+        egress=config.ship_egress,
+    )
     if proxy is None:
         routes = Routes(nginx_for(config), http_port=config.http_port, domain=config.domain)
-        traffic = Traffic(config.name, f"{address}/{config.subnet.prefixlen}")
         proxy = NginxProxy(routes, traffic, StablePorts(config.ports_record), address)
+    if network is None:
+        ips = IpAllocator(config.ips_record, config.subnet)
+        hooks = [dns.bind] if dns is not None else []
+        network = ShipNetwork(config.name, config.subnet, ips, firewall=traffic, on_up=hooks)
     return Adapters(
         runtime=runtime or lxc,
         hull_builder=hull_builder
         or LxcHullBuilder(lxc, config.ships_dir, mirror=config.apt_mirror),
         git=git or GitRepos(config.git_dir, config.private_keys_dir, config.known_hosts_file),
         proxy=proxy,
-        network=network
-        or ShipNetwork(config.name, config.subnet, IpAllocator(config.ips_record, config.subnet)),
+        network=network,
         probe=probe or HttpProbe(),
         clock=clock or SystemClock(),
     )
@@ -237,6 +249,7 @@ def build(
         eventlog.append(event.record())
 
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
+    dns = ShipDns(str(bridge_address(config.subnet)), lambda: (), config.ship_dns)
     adapters = real_adapters(
         config,
         runtime=runtime,
@@ -246,8 +259,10 @@ def build(
         network=network,
         probe=probe,
         clock=clock,
+        dns=dns,
     )
     core = deploy_core(config, adapters)
+    dns.names = lambda: served_names(config, core)
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
     bus = MessageBus(
@@ -262,6 +277,7 @@ def build(
         records=core.records,
         runtime=adapters.runtime,
         network=adapters.network,
+        fleet=core.fleet,
         proxy=adapters.proxy,
         routes=core.routes,
         ships=core.ships,
@@ -292,7 +308,14 @@ def build(
         headquarters,
         gitserver,
         keyring,
+        dns,
     )
+
+
+def served_names(config: Config, core: Core) -> set[str]:
+    """What the ships' DNS answers with the bridge: the apps' servernames and `<app>.<domain>`."""
+    apps = set(core.fleet.names()) | {app.name for app in core.records.all()}
+    return app_names(((a, core.fleet.orders(a).servernames) for a in apps), config.domain)
 
 
 Status = Callable[[], dict[str, Any]]

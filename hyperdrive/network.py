@@ -7,20 +7,25 @@ the MAC follows the address, and released addresses are handed out again last.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hyperdrive.errors import CommandFailed, NetworkError
 from hyperdrive.files import write_atomically
+from hyperdrive.headquarters.orders import Egress
 from hyperdrive.names import mac_for_ip
 
 __all__ = ["mac_for_ip"]  # derived from the address alone: names.py, used here for the bridge
 from hyperdrive.procs import run
 
 IP_TIMEOUT_S = 10.0
+RESOLVE_TIMEOUT_S = 5.0
 IFNAMSIZ = 15  # the kernel's limit on interface names
 OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -206,14 +211,39 @@ def enable_forwarding(proc_file: Path = Path("/proc/sys/net/ipv4/ip_forward")) -
         raise NetworkError(f"cannot enable IPv4 forwarding ({proc_file}): {err}") from err
 
 
-class ShipNetwork:
-    """The Network port for real: `<name>br0` on HYPERDRIVE_SUBNET, forwarding on, and the
-    ships' addresses from an IpAllocator."""
+class Firewall(Protocol):
+    """The ships' rules in Hyperdrive's nft table (traffic.Traffic)."""
 
-    def __init__(self, name: str, subnet: IPv4Network | str, ips: IpAllocator) -> None:
+    async def ensure_table(self) -> None: ...
+
+    async def admit(
+        self, ship_ip: str, app: str, allow: Sequence[tuple[str, int]] | None
+    ) -> None: ...
+
+    async def dismiss(self, ship_ip: str) -> None: ...
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class ShipNetwork:
+    """The Network port for real: `<name>br0` on HYPERDRIVE_SUBNET, forwarding on, the ships'
+    addresses from an IpAllocator, their egress rules in the firewall, and `on_up` hooks (the
+    ships' DNS forwarder binds to the bridge address) run once the bridge is there."""
+
+    def __init__(
+        self,
+        name: str,
+        subnet: IPv4Network | str,
+        ips: IpAllocator,
+        firewall: Firewall | None = None,
+        on_up: Sequence[Hook] = (),
+    ) -> None:
         self.name = name
         self.subnet = ship_subnet(subnet)
         self.ips = ips
+        self.firewall = firewall
+        self.on_up = list(on_up)
         self._up = False
 
     @property
@@ -228,10 +258,18 @@ class ShipNetwork:
     def bridge(self) -> str:
         return bridge_name(self.name)
 
+    @property
+    def is_up(self) -> bool:
+        return self._up
+
     async def ensure(self) -> None:
         if not self._up:
             await ensure_bridge(self.name, self.subnet)
             enable_forwarding()
+            if self.firewall is not None:
+                await self.firewall.ensure_table()
+            for hook in self.on_up:
+                await hook()
             self._up = True
 
     def allocate(self, ship: str) -> str:
@@ -239,3 +277,28 @@ class ShipNetwork:
 
     def release(self, ship: str) -> None:
         self.ips.release(ship)
+
+    async def admit(self, ship_ip: str, app: str, egress: Egress) -> None:
+        if self.firewall is None:
+            return
+        allow = None if egress.open else await resolve_allowed(egress.allow)
+        await self.firewall.admit(ship_ip, app, allow)
+
+    async def dismiss(self, ship_ip: str) -> None:
+        if self.firewall is not None and ship_ip:
+            await self.firewall.dismiss(ship_ip)
+
+
+async def resolve_allowed(allow: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """`egress allow` names become the IPv4 addresses they resolve to now, with the host's
+    resolver; a name that does not resolve fails the deploy rather than open nothing silently."""
+    loop, found = asyncio.get_running_loop(), []
+    for host, port in allow:
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET)
+        except (OSError, TimeoutError) as err:
+            why = f"egress allow {host}:{port}: {host} does not resolve ({err or 'timeout'})"
+            raise NetworkError(why) from None
+        found += sorted({(str(info[4][0]), port) for info in infos})
+    return found

@@ -37,6 +37,9 @@ class NginxProxy:
     async def apply_routes(self, routes: Sequence[Route], fresh: Collection[str]) -> None:
         upstreams = [self._upstream(route) for route in routes]
         await self.routes.apply(upstreams, fresh=fresh)
+        # what nginx listens on is what ships may reach on the host: the HTTP and PUBLISH_PORTs
+        offered = {self.routes.http_port, *(r.publish_port for r in routes if r.publish_port)}
+        await self.traffic.offer(offered)
 
     def _upstream(self, route: Route) -> AppRoute:
         port = self.ports.port(route.app)

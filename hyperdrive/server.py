@@ -109,6 +109,8 @@ class Server:
             Step("folders", self._folders),
             Step("event log", self._open_eventlog, self._close_eventlog),
             Step("spool", d.spool.open, d.spool.close),
+            # armed here, bound when the bridge is ensured (recovery, or the first deploy)
+            Step("ships' dns", d.dns.start, d.dns.close),
             Step("recovery", self._recover),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("default hull", self._prepare_hull, d.core.hulls.close),

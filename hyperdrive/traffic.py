@@ -3,11 +3,17 @@
 nginx proxies each app to a stable `bridge-ip:stable-port`; the table DNATs that port to the
 live ship. A swap is one `nft -f -` transaction, so nginx workers (and their keep-alive
 connections) never restart. DESIGN.md has the measurements that led here.
+
+The same table is the ships' firewall: it masquerades what they send out of the host, lets
+each ship out as its app's orders say (a verdict map keyed by the ship's address), and keeps
+them off the host's own services except DNS, ICMP and the ports nginx offers them.
 """
 
 import asyncio
 import ipaddress
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,13 @@ from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import check_output
 
+Allowed = Sequence[tuple[str, int]]  # (IPv4 address, port) pairs
 MAP = "app_backends"
+EGRESS = "ship_egress"  # ship address -> verdict: accept, or a jump to its app's chain
+OFFERED = "offered_ports"  # TCP ports on the bridge address ships may reach: nginx's
+CLOSED = "egress_closed"
+# Linux reports admin-prohibited as "No route to host" at once (a drop would hang pip)
+REJECT = "reject with icmp type admin-prohibited"
 TIMEOUT = 10.0
 
 
@@ -43,11 +55,24 @@ def _ipv4(value: str) -> str:
 class Traffic:
     """Hyperdrive's own nftables table: stable port on the bridge address -> live ship address."""
 
-    def __init__(self, table: str, bridge: str, *, nft: str = "nft") -> None:
-        """`bridge` is the bridge's interface address with its prefix, e.g. `10.213.0.1/24`."""
+    def __init__(
+        self,
+        table: str,
+        bridge: str,
+        *,
+        device: str | None = None,
+        egress: bool = True,
+        nft: str = "nft",
+    ) -> None:
+        """`bridge` is the bridge's interface address with its prefix, e.g. `10.213.0.1/24`;
+        `device` its name (`<table>br0`); `egress` False cuts every ship off the outside."""
         sanitize_app_name(table)  # the same shape keeps the table name safe inside a script
         self.table = table
         self.interface = ipaddress.IPv4Interface(bridge)
+        self.device = device or f"{table}br0"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", self.device):
+            raise ProxyError(f"invalid bridge name {self.device!r}")
+        self.egress = egress
         self.nft = nft
         self._lock = asyncio.Lock()
 
@@ -57,26 +82,58 @@ class Traffic:
         return str(self.interface.ip)
 
     def _table_script(self) -> str:
-        """Declare the table idempotently: `add` keeps the map's elements; chains are refilled."""
+        """Declare the table idempotently: `add` keeps the maps' elements; chains are refilled."""
         t, ip, net = f"ip {self.table}", self.bridge_ip, self.interface.network
         dnat, nat = f"ip daddr {ip} dnat ip to tcp dport map @{MAP}", "type nat hook"
+        filt, br = "type filter hook", f'"{self.device}"'
         return "\n".join(
             [
                 f"add table {t}",
                 f"add map {t} {MAP} {{ type inet_service : ipv4_addr . inet_service; }}",
+                f"add map {t} {EGRESS} {{ type ipv4_addr : verdict; }}",
+                f"add set {t} {OFFERED} {{ type inet_service; }}",
                 f"add chain {t} output {{ {nat} output priority -100; policy accept; }}",
                 f"add chain {t} prerouting {{ {nat} prerouting priority -100; policy accept; }}",
                 f"add chain {t} postrouting {{ {nat} postrouting priority 100; policy accept; }}",
-                f"flush chain {t} output",
-                f"flush chain {t} prerouting",
-                f"flush chain {t} postrouting",
+                f"add chain {t} forward {{ {filt} forward priority -10; policy accept; }}",
+                f"add chain {t} input {{ {filt} input priority -10; policy accept; }}",
+                f"add chain {t} {CLOSED}",
+                *(f"flush chain {t} {c}" for c in ("output", "prerouting", "postrouting")),
+                *(f"flush chain {t} {c}" for c in ("forward", "input", CLOSED)),
                 f"add rule {t} output {dnat}",
                 f"add rule {t} prerouting {dnat}",
                 # a ship calling another app's stable address: the answer must come back via us
                 f"add rule {t} postrouting ip saddr {net} ip daddr {net} ct status dnat masquerade",
+                # a ship calling the world: it leaves with the host's address
+                f"add rule {t} postrouting ip saddr {net} oifname != {br} masquerade",
+                f"add rule {t} {CLOSED} {REJECT}",
+                *self._forward_rules(t, br),
+                *self._input_rules(t, br),
                 "",
             ]
         )
+
+    def _forward_rules(self, t: str, br: str) -> list[str]:
+        """Replies pass; ship to ship (stable addresses) passes; out: as the ship's app says."""
+        default = "accept" if self.egress else f"jump {CLOSED}"
+        return [
+            f"add rule {t} forward ct state established,related accept",
+            f"add rule {t} forward iifname {br} oifname {br} accept",
+            f"add rule {t} forward iifname {br} ip saddr vmap @{EGRESS}",
+            f"add rule {t} forward iifname {br} {default}",
+        ]
+
+    def _input_rules(self, t: str, br: str) -> list[str]:
+        """From the ships to the host: replies, ICMP, DNS and the offered ports; nothing else."""
+        ip = self.bridge_ip
+        return [
+            f"add rule {t} input iifname {br} ct state established,related accept",
+            f"add rule {t} input iifname {br} ip protocol icmp accept",
+            f"add rule {t} input iifname {br} ip daddr {ip} udp dport 53 accept",
+            f"add rule {t} input iifname {br} ip daddr {ip} tcp dport 53 accept",
+            f"add rule {t} input iifname {br} ip daddr {ip} tcp dport @{OFFERED} accept",
+            f"add rule {t} input iifname {br} drop",
+        ]
 
     async def _apply(self, script: str) -> None:
         """Run one nft transaction; nft's own words in the error."""
@@ -119,6 +176,57 @@ class Traffic:
                 lines.append(f"delete element ip {self.table} {MAP} {{ {key} }}")
             lines.append(f"add element ip {self.table} {MAP} {{ {key} : {value} }}")
             await self._apply("\n".join([*lines, ""]))
+
+    async def offer(self, ports: set[int]) -> None:
+        """The TCP ports on the bridge address ships may reach (nginx's): exactly `ports`."""
+        elements = ", ".join(str(_port(p)) for p in sorted(ports))
+        lines = [f"flush set ip {self.table} {OFFERED}"]
+        if elements:
+            lines.append(f"add element ip {self.table} {OFFERED} {{ {elements} }}")
+        async with self._lock:
+            await self._apply("\n".join([*lines, ""]))
+
+    async def admit(self, ship_ip: str, app: str, allow: Allowed | None) -> None:
+        """From now on the ship at `ship_ip` reaches the outside as its app may: everything
+        (None), nothing (an empty list) or only the `allow`ed (IPv4, port) pairs."""
+        ip, t = _ipv4(ship_ip), f"ip {self.table}"
+        lines, verdict = [], "accept" if self.egress else f"jump {CLOSED}"
+        if self.egress and allow is not None:
+            chain = f"egress_{sanitize_app_name(app)}"
+            lines += [f"add chain {t} {chain}", f"flush chain {t} {chain}"]
+            for host, port in allow:
+                for proto in ("tcp", "udp"):
+                    lines.append(
+                        f"add rule {t} {chain} ip daddr {_ipv4(host)} {proto} dport "
+                        f"{_port(port)} accept"
+                    )
+            lines.append(f"add rule {t} {chain} jump {CLOSED}")
+            verdict = f"jump {chain}"
+        async with self._lock:
+            if ip in await self.admitted():
+                lines.insert(0, f"delete element {t} {EGRESS} {{ {ip} }}")
+            lines.append(f"add element {t} {EGRESS} {{ {ip} : {verdict} }}")
+            await self._apply("\n".join([*lines, ""]))
+
+    async def dismiss(self, ship_ip: str) -> None:
+        """The ship at `ship_ip` is gone: its address carries no rule (absent is fine)."""
+        ip = _ipv4(ship_ip)
+        async with self._lock:
+            if ip in await self.admitted():
+                await self._apply(f"delete element ip {self.table} {EGRESS} {{ {ip} }}\n")
+
+    async def admitted(self) -> dict[str, str]:
+        """Ship address -> the verdict its egress gets (`accept`, `jump egress_<app>`, …)."""
+        try:
+            out = await run([self.nft, "-j", "list", "map", "ip", self.table, EGRESS])
+        except CommandFailed as err:
+            raise ProxyError(f"cannot read nft map {self.table} {EGRESS}: {err.output}") from err
+        found = {}
+        for item in json.loads(out).get("nftables", []):
+            for key, verdict in item.get("map", {}).get("elem", []):
+                kind, arg = next(iter(verdict.items()))
+                found[str(key)] = f"{kind} {arg['target']}" if isinstance(arg, dict) else kind
+        return found
 
     async def remove(self, stable_port: int) -> None:
         """Stop forwarding `stable_port` (an app removed); absent is fine."""

@@ -108,6 +108,7 @@ class Builder:
             with job.ctx.not_cancelled():
                 hull = await self.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
             ship.ip = self.network.allocate(ship.name)
+            await self.network.admit(ship.ip, job.cmd.app, job.orders.egress)
             await self.runtime.snapshot(hull, ship.name)
             await self.runtime.write_config(ship.name, self.spec(ship, job.orders))
             await self.runtime.start(ship.name)
@@ -118,10 +119,14 @@ class Builder:
         folder, cache = self.config.ship_dir(ship.name), self.config.cache_dir(orders.app)
         for path in (folder / "run", cache):
             path.mkdir(parents=True, exist_ok=True)
+        # names resolve through the daemon's forwarder on the bridge address (shipdns.py)
+        resolv = folder / "resolv.conf"
+        resolv.write_text(f"nameserver {self.network.gateway}\noptions timeout:2 attempts:2\n")
         mounts = (
             Mount(folder / "app", "/app", readonly=False),
             Mount(folder / "run", "/hyperdrive", readonly=False),
             Mount(cache, "/var/cache/hyperdrive", readonly=False),
+            Mount(resolv, "/etc/resolv.conf"),
         )
         return ShipSpec(
             ip=IPv4Address(ship.ip),
@@ -173,10 +178,22 @@ class Builder:
             why = f"{plan.kind} build exited {code}"
             if code == 137 and await self._oom_kills(job) > 0:
                 why = f"{plan.kind} build was killed for memory ({memory(job.orders)})"
+            why += self._egress_note(job.orders)
             job.emit(ev.BuildFailed, why, log=str(log.path))
             raise DeployError("build", f"{why}: {' | '.join(log.tail)}; see {log.path}")
         job.emit(ev.ShipBuilt, f"{plan.kind} build completed", ms=job.ms(t0))
         return plan
+
+    def _egress_note(self, orders: Orders) -> str:
+        """A failed build that could not reach the outside is told why, in its first line."""
+        if not self.config.ship_egress:
+            return " (egress is off for every ship: HYPERDRIVE_SHIP_EGRESS=off)"
+        if orders.egress.off:
+            return f" (egress is off for this app: {orders.where('egress')})"
+        if orders.egress.allow:
+            shown = " ".join(f"{h}:{p}" for h, p in orders.egress.allow)
+            return f" (egress allows only {shown}: {orders.where('egress')})"
+        return ""
 
     async def _run(self, job: Job, log: SetupLog) -> int:
         """/hyperdrive/build in the ship, killed after BUILD_TIMEOUT (orders' env) seconds."""

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hyperdrive.errors import AttachTimedOut, ContainerError, ProxyError
+from hyperdrive.errors import AttachTimedOut, ContainerError, NetworkError, ProxyError
+from hyperdrive.headquarters.orders import Egress
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec
 
@@ -119,6 +120,12 @@ class Network(Protocol):
     def allocate(self, ship: str) -> str: ...
 
     def release(self, ship: str) -> None: ...
+
+    async def admit(self, ship_ip: str, app: str, egress: Egress) -> None:
+        """What the ship at `ship_ip` may reach outside the host, from before its build on."""
+
+    async def dismiss(self, ship_ip: str) -> None:
+        """The ship at `ship_ip` is gone: its address carries no egress rule any more."""
 
 
 class Probe(Protocol):
@@ -418,9 +425,20 @@ class FakeNetwork:
     bridge: str = "fakebr0"
     up: bool = False
     taken: dict[str, str] = field(default_factory=dict)
+    egress: dict[str, Egress] = field(default_factory=dict)  # ship address -> its rule
+    unresolvable: set[str] = field(default_factory=set)  # names `admit` cannot resolve
 
     async def ensure(self) -> None:
         self.up = True
+
+    async def admit(self, ship_ip: str, app: str, egress: Egress) -> None:
+        bad = sorted(h for h, _ in egress.allow if h in self.unresolvable)
+        if bad:
+            raise NetworkError(f"egress allow {bad[0]}: {bad[0]} does not resolve")
+        self.egress[ship_ip] = egress
+
+    async def dismiss(self, ship_ip: str) -> None:
+        self.egress.pop(ship_ip, None)
 
     def allocate(self, ship: str) -> str:
         if ship not in self.taken:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import RouteTable
 from hyperdrive.pipeline.model import BUILDING, HEALTHY, LIVE, STOPPED, App, Records
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Proxy
@@ -28,6 +29,7 @@ class Recovery:
     records: Records
     runtime: ContainerRuntime
     network: Network
+    fleet: Fleet
     proxy: Proxy
     routes: RouteTable
     ships: Ships
@@ -79,6 +81,8 @@ class Recovery:
             with contextlib.suppress(HyperdriveError):
                 await self.runtime.start(live.name)
                 await self.starter.run_start(live)
+        # the table may be new (a reboot): the live ship's egress rule is made true again
+        await self.network.admit(live.ip, app.name, self.fleet.orders(app.name).egress)
         if app.routed:
             await self.proxy.point(app.name, live.ip, live.port)
 

@@ -70,6 +70,7 @@ class Ships:
         made (lxc-copy failed) is forgotten, its setup.log kept."""
         ship.healthy = False
         if not await self.runtime.exists(ship.name):
+            await self.network.dismiss(ship.ip)
             self.network.release(ship.name)
             app.forget(ship.name)
             self.records.save(app)
@@ -87,6 +88,8 @@ class Ships:
     async def destroy(self, app: App, ship: Ship) -> None:
         with contextlib.suppress(HyperdriveError):
             await self.runtime.destroy(ship.name)
+        with contextlib.suppress(HyperdriveError):
+            await self.network.dismiss(ship.ip)
         self.network.release(ship.name)
         shutil.rmtree(self.config.ship_dir(ship.name), ignore_errors=True)
         app.forget(ship.name)

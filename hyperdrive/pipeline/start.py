@@ -49,6 +49,7 @@ class Starter:
             if info is None or info.state != "RUNNING":
                 await self.network.ensure()
                 await self.runtime.start(ship.name)
+            await self.network.admit(ship.ip, job.cmd.app, job.orders.egress)
             await self.run_start(ship)
         await self.health(job)
 

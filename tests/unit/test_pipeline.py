@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hyperdrive.headquarters import Headquarters, parse_orders
 from hyperdrive.pipeline.bus import FAILED, FINISHED, SUPERSEDED
 from hyperdrive.pipeline.commands import Assemble, Deploy, Launch, Rollback
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
@@ -348,3 +349,77 @@ async def test_launch_of_an_unknown_ship_fails_clearly(hd: Squadron) -> None:
     await live_at(hd, "web")
     assert await hd.run(Launch(deploy="t-y", ship="hd-nope-1234567", app="web")) == FAILED
     assert "web has no ship hd-nope-1234567" in hd.outcome("t-y")["message"]
+
+
+# ─── egress and DNS of the ships ─────────────────────────────────────────────
+
+
+def order(hd: Squadron, app: str, text: str) -> None:
+    """The app's orders in force, as a synced headquarters would give them."""
+    orders = parse_orders(text, f"{app}/orders", default_hull="busybox")
+    hd.daemon.core.fleet.hq = Headquarters(apps={app: orders})
+
+
+async def test_a_ships_egress_rule_is_made_before_its_build_and_dropped_with_it(
+    world: World,
+) -> None:
+    hd = world.daemon(keep_ships=1)
+    order(hd, "web", "egress allow 10.9.0.7:5432 db.example:5432")
+    await live_at(hd, "web")
+    first = hd.app("web").live_ship
+    assert first is not None
+    assert world.network.egress[first.ip].allow == (("10.9.0.7", 5432), ("db.example", 5432))
+    order(hd, "web", "egress off")
+    await live_at(hd, "web")
+    await live_at(hd, "web")  # retention lets the first ship go
+    second = hd.app("web").live_ship
+    assert second is not None and world.network.egress[second.ip].off
+    assert first.ip not in world.network.egress or first.ip == second.ip
+    assert set(world.network.egress) == {s.ip for s in hd.app("web").ships}
+
+
+async def test_an_egress_name_that_does_not_resolve_fails_the_deploy_at_assemble(
+    world: World, hd: Squadron
+) -> None:
+    old = await live_at(hd, "web")
+    world.network.unresolvable.add("gone.example")
+    order(hd, "web", "egress allow gone.example:443")
+    deploy = await hd.deploy("web")
+    outcome = hd.outcome(deploy)
+    assert outcome["event"] == "DeployFailed" and outcome["stage"] == "assemble"
+    assert "gone.example does not resolve" in outcome["message"]
+    assert hd.app("web").live == old
+
+
+@pytest.mark.parametrize(
+    ("orders", "changes", "says"),
+    [
+        ("egress off", {}, "egress is off for this app: web/orders:1"),
+        ("egress allow 10.9.0.7:80", {}, "egress allows only 10.9.0.7:80: web/orders:1"),
+        ("", {"ship_egress": False}, "egress is off for every ship: HYPERDRIVE_SHIP_EGRESS=off"),
+    ],
+)
+async def test_a_failed_build_says_when_egress_was_cut(
+    world: World, orders: str, changes: dict[str, object], says: str
+) -> None:
+    hd = world.daemon(**changes)
+    order(hd, "web", orders)
+    world.runtime.build_code = 1
+    deploy = await hd.deploy("web", PYTHON)
+    assert says in hd.outcome(deploy)["message"]
+    assert says in hd.events(deploy, name="BuildFailed")[0]["message"]
+
+
+async def test_every_ship_resolves_names_through_the_bridge(world: World, hd: Squadron) -> None:
+    ship = await live_at(hd, "web")
+    spec = world.runtime.containers[ship].spec
+    assert spec is not None
+    mount = next(m for m in spec.mounts if m.container_path == "/etc/resolv.conf")
+    assert mount.readonly
+    assert mount.host_path.read_text().startswith(f"nameserver {world.network.gateway}\n")
+
+
+def test_the_ships_dns_names_the_apps_servernames_and_app_domain(world: World) -> None:
+    hd = world.daemon(domain="ships.example")
+    order(hd, "web", "servername WWW.example.com")
+    assert hd.daemon.dns.names() == {"www.example.com", "web.ships.example"}

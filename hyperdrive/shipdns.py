@@ -1,0 +1,208 @@
+"""DNS for the ships: a small forwarder on the bridge address, port 53 (UDP and TCP).
+
+A ship cannot use the host's resolver (often 127.0.0.53, the host's own loopback), so the
+daemon answers for it: the apps' `servername`s (and `<app>.<domain>`) with the bridge address,
+where nginx serves them, and everything else by asking the host's resolvers (those
+/etc/resolv.conf names, or HYPERDRIVE_SHIP_DNS). Bounded: timeouts, and a cap on queries in
+flight; what it cannot answer in time gets SERVFAIL, and the ship's resolver asks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+log = logging.getLogger(__name__)
+
+PORT = 53
+UPSTREAM_TIMEOUT_S = 2.0
+MAX_INFLIGHT = 256
+TCP_IDLE_S = 10.0
+LOCAL_TTL = 5
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+Names = Callable[[], Iterable[str]]
+
+
+def host_resolvers(path: Path = RESOLV_CONF) -> list[str]:
+    """The `nameserver` lines of the host's resolv.conf (127.0.0.53 is fine: we run on the host)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    words = (line.split() for line in lines)
+    return [w[1] for w in words if len(w) >= 2 and w[0] == "nameserver"]
+
+
+class ShipDns:
+    """Answers the ships' queries on `address`:53; `names()` are the names served here."""
+
+    def __init__(
+        self, address: str, names: Names, upstreams: Sequence[str] = (), port: int = PORT
+    ) -> None:
+        self.address, self.port, self.names = address, port, names
+        self.upstreams = list(upstreams)
+        self.armed = False
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._slots = asyncio.Semaphore(MAX_INFLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def listening(self) -> bool:
+        return self._udp is not None
+
+    async def start(self) -> None:
+        """The daemon's step: from now on, `bind` (the network's on_up hook) listens; the
+        bridge itself is made lazily, at recovery or the first deploy."""
+        self.armed = True
+
+    async def bind(self) -> None:
+        """Listen on the bridge address (idempotent); a port taken is said, not fatal."""
+        if not self.armed or self.listening:
+            return
+        upstreams = self.upstreams or host_resolvers()
+        loop = asyncio.get_running_loop()
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self.address, self.port)
+            )
+            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, self.port)
+        except OSError as err:
+            log.warning("ships' DNS cannot listen on %s:%d: %s", self.address, self.port, err)
+            await self.close()
+            return
+        self.upstreams = upstreams
+        log.info("ships' DNS on %s:%d, relaying to %s", self.address, self.port, upstreams)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+            self._tcp = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Keep a reference to a background answer so it is not collected mid-flight."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def answer(self, wire: bytes, tcp: bool = False) -> bytes | None:
+        """The reply to one query in wire format; None for what is not a DNS query at all."""
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None
+        if query.flags & dns.flags.QR or len(query.question) != 1:
+            return _reply(query, dns.rcode.FORMERR)
+        local = self._local(query)
+        if local is not None:
+            return local
+        async with self._slots:
+            return await self._relay(query, tcp)
+
+    def _local(self, query: dns.message.Message) -> bytes | None:
+        """An app's name: the bridge address for A, an empty answer for other types."""
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True).lower()
+        if name not in {n.lower() for n in self.names()}:
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA | dns.flags.RA
+        if question.rdtype == dns.rdatatype.A:
+            rrset = dns.rrset.from_text(question.name, LOCAL_TTL, "IN", "A", self.address)
+            response.answer.append(rrset)
+        return response.to_wire()
+
+    async def _relay(self, query: dns.message.Message, tcp: bool) -> bytes:
+        """Ask each upstream in turn; SERVFAIL when none answers in time."""
+        for upstream in self.upstreams:
+            try:
+                if tcp:
+                    got = await dns.asyncquery.tcp(query, upstream, timeout=UPSTREAM_TIMEOUT_S)
+                else:
+                    got = await dns.asyncquery.udp(
+                        query, upstream, timeout=UPSTREAM_TIMEOUT_S, ignore_trailing=True
+                    )
+            except (dns.exception.DNSException, OSError) as err:
+                log.debug("upstream %s: %s", upstream, err)
+                continue
+            return got.to_wire()
+        return _reply(query, dns.rcode.SERVFAIL)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Length-prefixed queries on one connection until it idles or closes."""
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_S):
+                    (size,) = struct.unpack("!H", await reader.readexactly(2))
+                    wire = await reader.readexactly(size)
+                reply = await self.answer(wire, tcp=True)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    return response.to_wire()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    """Each datagram answered in a task of its own; beyond MAX_INFLIGHT, dropped (the ship's
+    resolver asks again)."""
+
+    def __init__(self, dns_: ShipDns) -> None:
+        self.dns = dns_
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if len(self.dns._tasks) >= MAX_INFLIGHT:
+            return
+        self.dns.spawn(self._answer(data, addr))
+
+    async def _answer(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        reply = await self.dns.answer(data)
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+
+def app_names(servernames: Iterable[tuple[str, Iterable[str]]], domain: str) -> set[str]:
+    """The names ships resolve to the bridge: every servername, and `<app>.<domain>`."""
+    names: set[str] = set()
+    for app, hosts in servernames:
+        names.update(h.lower() for h in hosts)
+        if domain:
+            names.add(f"{app}.{domain}".lower())
+    return names
