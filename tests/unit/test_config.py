@@ -173,12 +173,16 @@ def test_good_edge_values_are_accepted() -> None:
 
 
 def test_ship_egress_and_dns() -> None:
-    assert Config().ship_egress and Config().ship_dns == ()
+    assert Config().ship_egress
+    assert Config().ship_dns == ()
     config = build({"HYPERDRIVE_SHIP_EGRESS": "OFF", "HYPERDRIVE_SHIP_DNS": "10.0.0.53, ::1"})
     assert not config.ship_egress
     assert config.ship_dns == ("10.0.0.53", "::1")
     shown = config.redacted()
-    assert (shown["HYPERDRIVE_SHIP_EGRESS"], shown["HYPERDRIVE_SHIP_DNS"]) == ("off", "10.0.0.53,::1")
+    assert (shown["HYPERDRIVE_SHIP_EGRESS"], shown["HYPERDRIVE_SHIP_DNS"]) == (
+        "off",
+        "10.0.0.53,::1",
+    )
 
 
 def test_data_and_var_must_differ() -> None:

@@ -253,10 +253,12 @@ def test_egress() -> None:
     assert parse("").egress == Egress()
     assert parse("").egress.open
     off = parse("egress off").egress
-    assert off.off and not off.open
+    assert off.off
+    assert not off.open
     allowed = parse("egress allow 10.0.0.5:5432 API.example.com:443 10.0.0.5:5432").egress
     assert allowed.allow == (("10.0.0.5", 5432), ("api.example.com", 443))
-    assert not allowed.open and not allowed.off
+    assert not allowed.open
+    assert not allowed.off
     assert parse("# a comment\negress off").where("egress") == "api/orders:2"
 
 

@@ -373,7 +373,8 @@ async def test_a_ships_egress_rule_is_made_before_its_build_and_dropped_with_it(
     await live_at(hd, "web")
     await live_at(hd, "web")  # retention lets the first ship go
     second = hd.app("web").live_ship
-    assert second is not None and world.network.egress[second.ip].off
+    assert second is not None
+    assert world.network.egress[second.ip].off
     assert first.ip not in world.network.egress or first.ip == second.ip
     assert set(world.network.egress) == {s.ip for s in hd.app("web").ships}
 
@@ -386,7 +387,8 @@ async def test_an_egress_name_that_does_not_resolve_fails_the_deploy_at_assemble
     order(hd, "web", "egress allow gone.example:443")
     deploy = await hd.deploy("web")
     outcome = hd.outcome(deploy)
-    assert outcome["event"] == "DeployFailed" and outcome["stage"] == "assemble"
+    assert outcome["event"] == "DeployFailed"
+    assert outcome["stage"] == "assemble"
     assert "gone.example does not resolve" in outcome["message"]
     assert hd.app("web").live == old
 
