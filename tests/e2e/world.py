@@ -113,11 +113,10 @@ class World:
 
     def _inside(self, *argv: str) -> subprocess.Popen[bytes]:
         """Start a program in the namespace; it is stopped by close()."""
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.root / f"{Path(argv[0]).name}.err").open("ab"),
-        )
+        with (self.root / f"{Path(argv[0]).name}.err").open("ab") as err:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, *argv], stdout=subprocess.DEVNULL, stderr=err
+            )
         self.procs.append(proc)
         return proc
 
