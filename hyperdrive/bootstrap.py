@@ -142,8 +142,10 @@ def real_adapters(
         proxy = NginxProxy(routes, traffic, StablePorts(config.ports_record), address)
     if network is None:
         ips = IpAllocator(config.ips_record, config.subnet)
-        hooks = [dns.bind] if dns is not None else []
-        network = ShipNetwork(config.name, config.subnet, ips, firewall=traffic, on_up=hooks)
+        hooks, resolve = ([dns.bind], dns.addresses) if dns is not None else ([], None)
+        network = ShipNetwork(
+            config.name, config.subnet, ips, firewall=traffic, on_up=hooks, resolve=resolve
+        )
     return Adapters(
         runtime=runtime or lxc,
         hull_builder=hull_builder

@@ -224,6 +224,7 @@ class Firewall(Protocol):
 
 
 Hook = Callable[[], Awaitable[None]]
+Resolve = Callable[[str], Awaitable[list[str]]]
 
 
 class ShipNetwork:
@@ -236,14 +237,17 @@ class ShipNetwork:
         name: str,
         subnet: IPv4Network | str,
         ips: IpAllocator,
+        *,
         firewall: Firewall | None = None,
         on_up: Sequence[Hook] = (),
+        resolve: Resolve | None = None,
     ) -> None:
         self.name = name
         self.subnet = ship_subnet(subnet)
         self.ips = ips
         self.firewall = firewall
         self.on_up = list(on_up)
+        self.resolve = resolve or host_addresses
         self._up = False
 
     @property
@@ -281,7 +285,7 @@ class ShipNetwork:
     async def admit(self, ship_ip: str, app: str, egress: Egress) -> None:
         if self.firewall is None:
             return
-        allow = None if egress.open else await resolve_allowed(egress.allow)
+        allow = None if egress.open else await resolve_allowed(egress.allow, self.resolve)
         await self.firewall.admit(ship_ip, app, allow)
 
     async def dismiss(self, ship_ip: str) -> None:
@@ -289,16 +293,34 @@ class ShipNetwork:
             await self.firewall.dismiss(ship_ip)
 
 
-async def resolve_allowed(allow: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """`egress allow` names become the IPv4 addresses they resolve to now, with the host's
-    resolver; a name that does not resolve fails the deploy rather than open nothing silently."""
-    loop, found = asyncio.get_running_loop(), []
+async def resolve_allowed(
+    allow: Sequence[tuple[str, int]], resolve: Resolve
+) -> list[tuple[str, int]]:
+    """`egress allow` names become the IPv4 addresses they resolve to now (as the ships would
+    resolve them); a name that does not resolve fails the deploy rather than open nothing."""
+    found: list[tuple[str, int]] = []
     for host, port in allow:
         try:
+            IPv4Address(host)
+        except ValueError:
+            pass
+        else:
+            found.append((host, port))
+            continue
+        try:
             async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET)
+                addresses = await resolve(host)
         except (OSError, TimeoutError) as err:
-            why = f"egress allow {host}:{port}: {host} does not resolve ({err or 'timeout'})"
-            raise NetworkError(why) from None
-        found += sorted({(str(info[4][0]), port) for info in infos})
+            addresses, why = [], str(err) or "timed out"
+        else:
+            why = "no IPv4 address"
+        if not addresses:
+            raise NetworkError(f"egress allow {host}:{port}: {host} does not resolve ({why})")
+        found += [(address, port) for address in addresses]
     return found
+
+
+async def host_addresses(host: str) -> list[str]:
+    """IPv4 addresses of `host` from the host's own resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET)
+    return sorted({str(info[4][0]) for info in infos})

@@ -39,6 +39,7 @@ class NginxProxy:
         await self.routes.apply(upstreams, fresh=fresh)
         # what nginx listens on is what ships may reach on the host: the HTTP and PUBLISH_PORTs
         offered = {self.routes.http_port, *(r.publish_port for r in routes if r.publish_port)}
+        await self.prepare()
         await self.traffic.offer(offered)
 
     def _upstream(self, route: Route) -> AppRoute:

@@ -121,6 +121,15 @@ class ShipDns:
         async with self._slots:
             return await self._relay(query, tcp)
 
+    async def addresses(self, host: str) -> list[str]:
+        """The IPv4 addresses the ships would get for `host` (for `egress allow` rules)."""
+        query = dns.message.make_query(host, dns.rdatatype.A)
+        if self._local(query) is not None:
+            return [self.address]
+        self.upstreams = self.upstreams or host_resolvers()
+        reply = dns.message.from_wire(await self._relay(query, tcp=False))
+        return sorted({r.to_text() for rrset in reply.answer for r in rrset if r.rdtype == 1})
+
     def _local(self, query: dns.message.Message) -> bytes | None:
         """An app's name: the bridge address for A, an empty answer for other types."""
         question = query.question[0]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HTTP_PORT = 80
+ALT_PORT = 8080  # the same server on a second port: for allow lists that name only one
 THIRD_OCTETS = range(100, 190)
 
 
@@ -121,13 +122,16 @@ class World:
         return proc
 
     def _serve_http(self) -> None:
-        self._inside(
-            sys.executable, __file__, "serve", str(HTTP_PORT), str(self.wheels), str(self.log)
-        )
-        self._wait(["curl", "-sf", "-o", "/dev/null", f"http://{self.ip}/ready"], "HTTP server")
+        for port in (HTTP_PORT, ALT_PORT):
+            serve = [sys.executable, __file__, "serve", str(port), str(self.wheels), str(self.log)]
+            self._inside(*serve)
+            url = f"http://{self.ip}:{port}/ready"
+            self._wait(["curl", "-sf", "-o", "/dev/null", url], "HTTP server")
 
     def _serve_dns(self) -> None:
-        records = [f"--address=/{host}/{self.ip}" for host in (self.index_host, self.web_host)]
+        # host records answer A, and AAAA with no data; other names under the world: NXDOMAIN
+        records = [f"--host-record={host},{self.ip}" for host in (self.index_host, self.web_host)]
+        records.append(f"--local=/{self.name}/")
         self._inside(
             "dnsmasq",
             "--keep-in-foreground",

@@ -191,7 +191,7 @@ async def test_the_ships_dns_answers_app_names_and_relays_the_rest(
 
 
 async def test_the_ships_dns_says_servfail_when_no_upstream_answers(net: ShipNet) -> None:
-    dns = ShipDns(net.bridge_ip, lambda: set(), ["127.0.0.9"])  # nothing listens there
+    dns = ShipDns(net.bridge_ip, set, ["127.0.0.9"])  # nothing listens there
     await dns.start()
     await dns.bind()
     try:
