@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -12,6 +13,8 @@ from hyperdrive.client import AdminClient
 from hyperdrive.config import Config, Listen
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.keyring import parse_keys
+from hyperdrive.network import bridge_address
+from hyperdrive.traffic import Traffic
 
 APT = "apt-get install -y"
 MIN_FREE_BYTES = 2 << 30
@@ -72,6 +75,40 @@ def check_bridge(config: Config) -> Check:
     detail = f"{config.bridge} present" if present else f"{config.bridge} not created yet"
     # The daemon creates the bridge itself on first deploy: absence is not a failure.
     return Check("bridge", True, detail)
+
+
+def check_ship_dns(config: Config, daemon_up: bool) -> Check:
+    """The ships' DNS forwarder answers on the bridge address (once the bridge is there)."""
+    address = str(bridge_address(config.subnet))
+    if not Path("/sys/class/net", config.bridge).exists():
+        return Check("ships' dns", True, f"binds to {address}:53 once {config.bridge} is made")
+    if not daemon_up:
+        return Check("ships' dns", True, "not running: the daemon is not running")
+    import dns.exception  # noqa: PLC0415 - only hd doctor needs them
+    import dns.message  # noqa: PLC0415
+    import dns.query  # noqa: PLC0415
+    import dns.rcode  # noqa: PLC0415
+
+    query = dns.message.make_query(f"{config.name}-doctor.invalid", "A")
+    try:
+        answer = dns.query.udp(query, address, timeout=3)
+    except (dns.exception.DNSException, OSError) as err:
+        fix = f"see the daemon's log: something else may hold {address}:53"
+        return Check("ships' dns", False, f"no answer from {address}:53 ({err})", fix)
+    rcode = dns.rcode.to_text(answer.rcode())
+    return Check("ships' dns", True, f"{address}:53 answers ({rcode} for a name that is not)")
+
+
+def check_forwarding(config: Config) -> Check:
+    """No other table's forward chain drops what ships send out (Docker-style hosts)."""
+    traffic = Traffic(config.name, f"{bridge_address(config.subnet)}/24", device=config.bridge)
+    try:
+        drops = asyncio.run(traffic.forward_drops())
+    except HyperdriveError as err:
+        return Check("forwarding", False, f"cannot list nft chains: {err}", f"{APT} nftables")
+    if drops:
+        return Check("forwarding", False, f"{drops[0]} drops", traffic.forward_fix(drops[0]))
+    return Check("forwarding", True, "no forward chain drops the ships' traffic")
 
 
 def _port_free(listen: Listen) -> bool:
@@ -159,5 +196,7 @@ def run_checks(config: Config) -> list[Check]:
         check_bridge(config),
         daemon,
         check_admirals(config, daemon.ok),
+        check_ship_dns(config, daemon.ok),
+        check_forwarding(config),
     ]
     return checks + check_ports(config, daemon.ok)

@@ -12,6 +12,7 @@ them off the host's own services except DNS, ICMP and the ports nginx offers the
 import asyncio
 import ipaddress
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from hyperdrive.files import write_atomically
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import check_output
 
+log = logging.getLogger(__name__)
 Allowed = Sequence[tuple[str, int]]  # (IPv4 address, port) pairs
 MAP = "app_backends"
 EGRESS = "ship_egress"  # ship address -> verdict: accept, or a jump to its app's chain
@@ -146,6 +148,25 @@ class Traffic:
         """Create or repair the table; live map elements survive (safe at every daemon start)."""
         async with self._lock:
             await self._apply(self._table_script())
+        for chain in await self.forward_drops():
+            log.warning("%s: %s", chain, self.forward_fix(chain))
+
+    async def forward_drops(self) -> list[str]:
+        """Other tables' forward chains whose policy is drop (Docker's, a firewall's): an
+        accept in our table does not overrule them, so ships' traffic would die there."""
+        listing = json.loads(await run([self.nft, "-j", "list", "chains"]))
+        return forward_drops(listing, self.table)
+
+    def forward_fix(self, chain: str) -> str:
+        """What an admiral runs so a dropping forward chain lets the ships' traffic pass."""
+        family, table, name = chain.split(" ")
+        br = self.device
+        return (
+            f"its drop policy also drops the ships' forwarded traffic; let it pass with "
+            f"`nft insert rule {family} {table} {name} iifname {br} accept` and "
+            f"`nft insert rule {family} {table} {name} oifname {br} ct state "
+            "established,related accept` (on Docker hosts: the DOCKER-USER chain)"
+        )
 
     async def exists(self) -> bool:
         """Whether the table is there at all."""
@@ -234,6 +255,17 @@ class Traffic:
         async with self._lock:
             if key in await self.current():
                 await self._apply(f"delete element ip {self.table} {MAP} {{ {key} }}\n")
+
+
+def forward_drops(listing: dict[str, Any], own: str) -> list[str]:
+    """`family table chain` of every forward base chain with policy drop outside table `own`."""
+    found = []
+    for item in listing.get("nftables", []):
+        chain = item.get("chain", {})
+        dropping = chain.get("hook") == "forward" and chain.get("policy") == "drop"
+        if dropping and (chain.get("table"), chain.get("family")) != (own, "ip"):
+            found.append(f"{chain['family']} {chain['table']} {chain['name']}")
+    return found
 
 
 def _parse_map(listing: dict[str, Any]) -> dict[int, tuple[str, int]]:

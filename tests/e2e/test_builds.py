@@ -2,13 +2,13 @@
 read through nginx; bad builds fail clearly while the running version keeps serving.
 
 One squadron (default hull `debian`) serves the whole module; orders come from a headquarters
-repo hosted on it. Python dependencies come from a small package index this test serves on the
-ships' bridge address: ships reach nothing else.
+repo hosted on it. Python dependencies come from the package index of a world namespace of the
+test's own (tests/e2e/world.py), reached by name through the ships' DNS and the host's
+masquerade, as an index on the internet would be.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import http.server
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.network import bridge_address, ensure_bridge
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import AppRepo, git, http_get, make_squadron, teardown, wait_outcome
+from tests.e2e.world import World
+from tests.e2e.world import make_wheel as make_named_wheel
 
 pytestmark = [
     pytest.mark.root,
@@ -73,7 +74,8 @@ def python_app(greeting: str) -> dict[str, str]:
 
 
 class PackageIndex:
-    """A PEP 503 simple index with one hand-made wheel, served on the bridge address.
+    """A PEP 503 simple index with one hand-made wheel, served on `host` (bench/hulls.py serves
+    it on a bare bridge; the squadron's ships reach the world's index instead).
 
     Like PyPI it marks package files cacheable; it counts downloads of each file.
     """
@@ -148,34 +150,38 @@ def order(d: Daemon, work: Path, orders: dict[str, str]) -> None:
     d.wait_event("HeadquartersSynced", timeout=30, deploy=trigger.id)
 
 
+def ordered(world: World) -> dict[str, str]:
+    """Every app's orders in this module (a push of HQ replaces them all)."""
+    pip_env = (
+        f"export PIP_INDEX_URL={world.index_url}\nexport PIP_TRUSTED_HOST={world.index_host}\n"
+    )
+    return {
+        "py": "export BUILD_TIMEOUT=5\n",
+        "deps": pip_env,
+        "cut": pip_env,
+        "site": "hull busybox\n",
+        "mem": "memory 64M\nhealthcheck / 30\n",
+    }
+
+
+def downloads(world: World) -> list[str]:
+    """The package files the world's index handed out."""
+    return [r["path"] for r in world.requests() if r["path"].startswith("/files/")]
+
+
 @pytest.fixture(scope="module")
-def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, PackageIndex]]:
+def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, World]]:
     root = tmp_path_factory.mktemp("builds")
-    d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian")
-    index = None
+    make_named_wheel(root / "wheels", "hdtdemo", greeting="hello from a wheel")
+    world = World(root / "world", root / "wheels").open()
+    d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian", HYPERDRIVE_SHIP_DNS=world.ip)
     try:
         d.start()
-        # The ships' bridge, made now (as the daemon would) so the index can listen on it.
-        subnet = d.env["HYPERDRIVE_SUBNET"]
-        asyncio.run(ensure_bridge(d.env["HYPERDRIVE_NAME"], subnet))
-        host = str(bridge_address(subnet))
-        index = PackageIndex(root / "index", host)
-        pip_env = f"export PIP_INDEX_URL={index.url}\nexport PIP_TRUSTED_HOST={host}\n"
-        order(
-            d,
-            root / "hq",
-            {
-                "py": "export BUILD_TIMEOUT=5\n",
-                "deps": pip_env,
-                "site": "hull busybox\n",
-                "mem": "memory 64M\nhealthcheck / 30\n",
-            },
-        )
-        yield d, index
+        order(d, root / "hq", ordered(world))
+        yield d, world
     finally:
-        if index is not None:
-            index.close()
         teardown(d)
+        world.close()
 
 
 class App:
@@ -224,7 +230,7 @@ def failed(outcome: dict, stage: str, *words: str) -> str:
 
 
 def test_python_app_from_a_procfile_runs_on_debian_and_bad_builds_fail_clearly(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
     d, _ = squadron
     app = App(d, "py", tmp_path / "py")
@@ -249,7 +255,7 @@ def test_python_app_from_a_procfile_runs_on_debian_and_bad_builds_fail_clearly(
 
 
 def test_node_app_with_a_lock_file_and_no_dependencies(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
     d, _ = squadron
     app = App(d, "node", tmp_path / "node")
@@ -261,9 +267,7 @@ def test_node_app_with_a_lock_file_and_no_dependencies(
     assert "node build completed" in built[0]["message"]
 
 
-def test_static_site_on_the_busybox_hull(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
-) -> None:
+def test_static_site_on_the_busybox_hull(squadron: tuple[Daemon, World], tmp_path: Path) -> None:
     d, _ = squadron
     app = App(d, "site", tmp_path / "site")
     outcome = finished(app.deploy({"index.html": "static and small\n"}))
@@ -273,20 +277,22 @@ def test_static_site_on_the_busybox_hull(
 
 
 def test_pip_dependencies_are_cached_and_a_missing_package_fails_clearly(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
-    d, index = squadron
+    d, world = squadron
     app = App(d, "deps", tmp_path / "deps")
     uses_wheel = "from hdtdemo import GREETING\n" + PY_APP
     files = {"requirements.txt": "hdtdemo==1.0\n", "app.py": uses_wheel}
     finished(app.deploy(files))
     assert app.served() == (200, "hello from a wheel\n")
-    assert index.downloads == [f"/files/{WHEEL}"]
+    assert downloads(world) == [f"/files/{WHEEL}"]
+    clients = {r["client"] for r in world.requests() if r["path"].startswith("/simple/")}
+    assert clients == {world.host_ip}, "the index sees the host's address, never the ship's"
 
     files["app.py"] = "# a change that leaves the dependencies alone\n" + uses_wheel
     finished(app.deploy(files))
     assert app.served() == (200, "hello from a wheel\n")
-    assert index.downloads == [f"/files/{WHEEL}"], "the rebuild downloaded the wheel again"
+    assert downloads(world) == [f"/files/{WHEEL}"], "the rebuild downloaded the wheel again"
     assert any((d.var / "cache" / "deps" / "pip").iterdir())
 
     missing = {"requirements.txt": "hdtdemo==1.0\nnosuchpkg-hdt==1.0\n", "app.py": uses_wheel}
@@ -295,8 +301,28 @@ def test_pip_dependencies_are_cached_and_a_missing_package_fails_clearly(
     assert app.served() == (200, "hello from a wheel\n")
 
 
+def test_egress_off_makes_the_same_pip_build_fail_clearly_and_the_old_ship_serves(
+    squadron: tuple[Daemon, World], tmp_path: Path
+) -> None:
+    d, world = squadron
+    app = App(d, "cut", tmp_path / "cut")
+    uses_wheel = "from hdtdemo import GREETING\n" + PY_APP
+    files = {"requirements.txt": "hdtdemo==1.0\n", "app.py": uses_wheel}
+    finished(app.deploy(files))
+    assert app.served() == (200, "hello from a wheel\n")
+    orders = ordered(world)
+    order(d, tmp_path / "hq", {**orders, "cut": orders["cut"] + "egress off\n"})
+    try:
+        files["requirements.txt"] = "hdtdemo==1.0\n# pip runs again\n"
+        message = failed(app.deploy(files), "build", "egress is off for this app: cut/orders:3")
+        assert "python build exited 1" in message
+        assert app.served() == (200, "hello from a wheel\n")
+    finally:
+        order(d, tmp_path / "hq-again", orders)
+
+
 def test_a_build_printing_100_mb_is_capped_in_the_log_and_deploys(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
     d, _ = squadron
     app = App(d, "noisy", tmp_path / "noisy")
@@ -314,7 +340,7 @@ def test_a_build_printing_100_mb_is_capped_in_the_log_and_deploys(
 
 
 def test_an_app_that_needs_more_memory_than_ordered_is_killed_and_reported(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
     d, _ = squadron
     app = App(d, "mem", tmp_path / "mem")
@@ -329,7 +355,7 @@ def test_an_app_that_needs_more_memory_than_ordered_is_killed_and_reported(
 
 
 def test_hd_assemble_makes_new_hull_versions_that_new_ships_use(
-    squadron: tuple[Daemon, PackageIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
     d, _ = squadron
     app = App(d, "later", tmp_path / "later")

@@ -259,11 +259,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "/" in name or not wheel.is_file():
             self._send(404, b"no such file\n", "text/plain")
             return
-        self._send(200, wheel.read_bytes(), "application/octet-stream")
+        # like PyPI, package files are cacheable for ever (pip's HTTP cache keeps them)
+        cache = "max-age=365000000, immutable, public"
+        self._send(200, wheel.read_bytes(), "application/octet-stream", cache)
 
-    def _send(self, status: int, body: bytes, kind: str) -> None:
+    def _send(self, status: int, body: bytes, kind: str, cache: str = "") -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
+        if cache:
+            self.send_header("Cache-Control", cache)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
