@@ -469,9 +469,9 @@ def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, prefix: boo
 
 def hook_env(config: Config) -> dict[str, str]:
     """What git's hooks need: where the spool and socket are, and the config (no secrets)."""
-    env = {
-        key: str(getattr(config, attr)) for key, attr in KEYS.items() if attr != "webhook_secret"
-    }
+    # spelled as main.conf spells them (on/off, a,b), so the hook reads them back the same
+    shown = config.redacted()
+    env = {key: shown[key] for key, attr in KEYS.items() if attr != "webhook_secret"}
     env.update(HYPERDRIVE_SPOOL=str(config.spool_dir), HYPERDRIVE_SOCKET=str(config.socket_path))
     if config.source is not None:
         env["HYPERDRIVE_CONFIG"] = str(config.source)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hyperdrive import config as configuration
-from hyperdrive.config import Config, Listen, build, load
+from hyperdrive.config import KEYS, Config, Listen, build, load
 from hyperdrive.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,3 +276,14 @@ def test_hd_with_a_bad_value_exits_3_naming_the_key(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "HYPERDRIVE_HTTP_PORT" in lines[0]
     assert "70000" in lines[0]
+
+
+def test_the_hooks_read_back_the_config_they_are_given() -> None:
+    from hyperdrive.gitserver import hook_env  # noqa: PLC0415 - what git's hooks get
+
+    config = build({"HYPERDRIVE_SHIP_EGRESS": "off", "HYPERDRIVE_SHIP_DNS": "10.0.0.53,10.0.0.54"})
+    env = hook_env(config)
+    again = build({k: v for k, v in env.items() if k in KEYS})
+    assert again.ship_egress is False
+    assert again.ship_dns == config.ship_dns
+    assert again.subnet == config.subnet
