@@ -113,6 +113,8 @@ def test_a_ship_resolves_the_worlds_names_and_leaves_with_the_hosts_address(
     assert f"Address: {bridge(d)}" in looked_up.stdout, looked_up.stdout
     url = f"http://{bridge(d)}:{d.http_port}/"
     assert wget(d, "site", url, "--header", "Host: site.hdt.example") == "a site\n"
+    doctor = d.hd("doctor", check=False).stdout
+    assert f"ok   ships' dns: {bridge(d)}:53 answers" in doctor, doctor
 
 
 def test_ships_reach_no_host_service_hyperdrive_does_not_offer(
