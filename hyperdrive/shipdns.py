@@ -55,7 +55,7 @@ class ShipDns:
         self, address: str, names: Names, upstreams: Sequence[str] = (), port: int = PORT
     ) -> None:
         self.address, self.port, self.names = address, port, names
-        self.upstreams = list(upstreams)
+        self.configured = list(upstreams)
         self.armed = False
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -66,6 +66,16 @@ class ShipDns:
     def listening(self) -> bool:
         return self._udp is not None
 
+    @property
+    def busy(self) -> bool:
+        """As many queries in flight as allowed: new UDP ones are dropped (clients retry)."""
+        return len(self._tasks) >= MAX_INFLIGHT
+
+    @property
+    def upstreams(self) -> list[str]:
+        """HYPERDRIVE_SHIP_DNS, else the host's resolv.conf as it is now (DHCP may change it)."""
+        return self.configured or host_resolvers()
+
     async def start(self) -> None:
         """The daemon's step: from now on, `bind` (the network's on_up hook) listens; the
         bridge itself is made lazily, at recovery or the first deploy."""
@@ -75,7 +85,6 @@ class ShipDns:
         """Listen on the bridge address (idempotent); a port taken is said, not fatal."""
         if not self.armed or self.listening:
             return
-        upstreams = self.upstreams or host_resolvers()
         loop = asyncio.get_running_loop()
         try:
             self._udp, _ = await loop.create_datagram_endpoint(
@@ -86,7 +95,7 @@ class ShipDns:
             log.warning("ships' DNS cannot listen on %s:%d: %s", self.address, self.port, err)
             await self.close()
             return
-        self.upstreams = upstreams
+        upstreams = ", ".join(self.upstreams) or "nobody (no resolvers known)"
         log.info("ships' DNS on %s:%d, relaying to %s", self.address, self.port, upstreams)
 
     async def close(self) -> None:
@@ -126,7 +135,6 @@ class ShipDns:
         query = dns.message.make_query(host, dns.rdatatype.A)
         if self._local(query) is not None:
             return [self.address]
-        self.upstreams = self.upstreams or host_resolvers()
         reply = dns.message.from_wire(await self._relay(query, tcp=False))
         return sorted({r.to_text() for rrset in reply.answer for r in rrset if r.rdtype == 1})
 
@@ -197,7 +205,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if len(self.dns._tasks) >= MAX_INFLIGHT:
+        if self.dns.busy:
             return
         self.dns.spawn(self._answer(data, addr))
 
