@@ -4,9 +4,11 @@ true again without disturbing what serves."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 from hyperdrive.errors import HyperdriveError
+from hyperdrive.headquarters.orders import Egress
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import RouteTable
@@ -14,6 +16,8 @@ from hyperdrive.pipeline.model import BUILDING, HEALTHY, LIVE, STOPPED, App, Rec
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Proxy
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -63,6 +67,7 @@ class Recovery:
                     ev.ShipDestroyed(app=app.name, ship=ship.name, sha=ship.sha, message=message)
                 )
             elif not await self.runtime.exists(ship.name):  # its retire was cut short
+                await self.network.dismiss(ship.ip)
                 self.network.release(ship.name)
                 app.forget(ship.name)
             elif ship.state == LIVE and ship.name != app.live:  # its drain was cut short
@@ -81,10 +86,19 @@ class Recovery:
             with contextlib.suppress(HyperdriveError):
                 await self.runtime.start(live.name)
                 await self.starter.run_start(live)
-        # the table may be new (a reboot): the live ship's egress rule is made true again
-        await self.network.admit(live.ip, app.name, self.fleet.orders(app.name).egress)
+        await self._admit(app.name, live.ip)
         if app.routed:
             await self.proxy.point(app.name, live.ip, live.port)
+
+    async def _admit(self, app: str, ip: str) -> None:
+        """The table may be new (a reboot): the live ship's egress rule is made true again; if
+        its allow list no longer resolves, the ship is cut off rather than let out."""
+        egress = self.fleet.orders(app).egress
+        try:
+            await self.network.admit(ip, app, egress)
+        except HyperdriveError as err:
+            log.warning("%s: %s; its ship is cut off until the next deploy", app, err)
+            await self.network.admit(ip, app, Egress(open=False))
 
     async def _orphans(self) -> None:
         known = {s.name for a in self.records.all() for s in a.ships}

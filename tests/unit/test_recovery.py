@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hyperdrive.headquarters import Headquarters, parse_orders
 from hyperdrive.pipeline.model import LIVE, STOPPED
 from tests.unit.deploy_world import PYTHON, Squadron, World
 
@@ -113,6 +114,40 @@ async def test_a_reboot_starts_the_live_ship_and_its_app_again(world: World) -> 
     assert world.network.up
     assert world.proxy.prepared
     assert [r.app for r in world.proxy.live_routes] == ["web"]
+
+
+def ordered(hd: Squadron, text: str) -> None:
+    orders = parse_orders(text, "web/orders", default_hull="busybox")
+    hd.daemon.core.fleet.hq = Headquarters(apps={"web": orders})
+
+
+async def test_a_reboot_makes_the_live_ships_egress_rule_true_again(world: World) -> None:
+    hd = world.daemon()
+    ordered(hd, "egress off")
+    await hd.deploy("web")
+    address = hd.live_ship_address("web")
+    assert address is not None
+    world.network.egress.clear()  # the host rebooted: the table is new
+    after = world.daemon()
+    ordered(after, "egress off")
+    await recover(after)
+    assert world.network.egress[address[0]].off
+
+
+async def test_an_allow_list_that_no_longer_resolves_at_restart_cuts_the_ship_off(
+    world: World,
+) -> None:
+    hd = world.daemon()
+    ordered(hd, "egress allow db.example:5432")
+    await hd.deploy("web")
+    address = hd.live_ship_address("web")
+    assert address is not None
+    world.network.unresolvable.add("db.example")
+    after = world.daemon()
+    ordered(after, "egress allow db.example:5432")
+    await recover(after)  # the daemon starts all the same
+    assert world.network.egress[address[0]].off
+    assert world.serving("web") == address
 
 
 async def test_containers_nobody_owns_are_destroyed_and_hulls_kept(world: World) -> None:
