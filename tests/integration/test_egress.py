@@ -4,6 +4,7 @@ namespace routed through the host, the daemon's DNS forwarder on the bridge addr
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from hyperdrive.shipdns import ShipDns
 from hyperdrive.traffic import Traffic
 from tests.e2e.world import World, make_wheel
-from tests.integration.net_fixtures import ShipNet
+from tests.integration.net_fixtures import ShipNet, sh
 
 pytestmark = [pytest.mark.root]
 
@@ -199,3 +200,30 @@ async def test_the_ships_dns_says_servfail_when_no_upstream_answers(net: ShipNet
         assert got == "2"  # SERVFAIL
     finally:
         await dns.close()
+
+
+async def test_a_dropping_forward_chain_elsewhere_is_found_and_the_fix_works(
+    net: ShipNet, world: World, traffic: Traffic
+) -> None:
+    """Docker-style hosts: our accept cannot overrule another table's drop; the fix can."""
+    other = f"{net.tag}fw"
+    sh("nft", "add", "table", "ip", other)
+    try:
+        sh(
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            other,
+            "FORWARD",
+            "{ type filter hook forward priority 0; policy drop; }",
+        )
+        await traffic.admit(net.ships[0].ip, "one", None)
+        assert fetch(net, f"http://{world.ip}/dropped").startswith("FAILED")
+        assert await traffic.forward_drops() == [f"ip {other} FORWARD"]
+        fix = traffic.forward_fix(f"ip {other} FORWARD")
+        for command in re.findall(r"`(nft insert rule [^`]+)`", fix):
+            sh(*command.split())
+        assert fetch(net, f"http://{world.ip}/let-through") == "hello from the world"
+    finally:
+        sh("nft", "delete", "table", "ip", other, check=False)
