@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hyperdrive.errors import NetworkError
-from hyperdrive.network import IpAllocator, bridge_address, mac_for_ip
+from hyperdrive.headquarters.orders import Egress
+from hyperdrive.network import IpAllocator, ShipNetwork, bridge_address, mac_for_ip
 
 
 @given(st.integers(min_value=0, max_value=2**32 - 1))
@@ -93,3 +95,46 @@ def test_bad_ship_names_are_refused(tmp_path: Path) -> None:
     allocator = IpAllocator(tmp_path / "ips.json", "10.9.0.0/24")
     with pytest.raises(NetworkError, match="invalid ship name"):
         allocator.allocate("-rf")
+
+
+class RecordingFirewall:
+    """What ShipNetwork hands the nft table, kept."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, tuple[str, list[tuple[str, int]] | None]] = {}
+
+    async def ensure_table(self) -> None:
+        pass
+
+    async def admit(self, ship_ip: str, app: str, allow: Sequence[tuple[str, int]] | None) -> None:
+        self.rules[ship_ip] = (app, None if allow is None else list(allow))
+
+    async def dismiss(self, ship_ip: str) -> None:
+        self.rules.pop(ship_ip, None)
+
+
+async def test_egress_names_resolve_when_the_rule_is_made_and_addresses_pass_as_they_are(
+    tmp_path: Path,
+) -> None:
+    names = {"db.example": ["10.9.0.7", "10.9.0.8"], "empty.example": []}
+
+    async def resolve(host: str) -> list[str]:
+        return names[host]
+
+    firewall = RecordingFirewall()
+    ips = IpAllocator(tmp_path / "ips.json", "10.213.0.0/24")
+    network = ShipNetwork("hd", "10.213.0.0/24", ips, firewall=firewall, resolve=resolve)
+    await network.admit("10.213.0.2", "web", Egress())
+    await network.admit("10.213.0.3", "api", Egress(open=False, allow=(("db.example", 5432),)))
+    await network.admit("10.213.0.4", "off", Egress(open=False))
+    await network.admit("10.213.0.5", "ip", Egress(open=False, allow=(("192.0.2.9", 443),)))
+    assert firewall.rules == {
+        "10.213.0.2": ("web", None),
+        "10.213.0.3": ("api", [("10.9.0.7", 5432), ("10.9.0.8", 5432)]),
+        "10.213.0.4": ("off", []),
+        "10.213.0.5": ("ip", [("192.0.2.9", 443)]),
+    }
+    with pytest.raises(NetworkError, match=r"empty\.example does not resolve"):
+        await network.admit("10.213.0.6", "x", Egress(open=False, allow=(("empty.example", 1),)))
+    await network.dismiss("10.213.0.3")
+    assert "10.213.0.3" not in firewall.rules
