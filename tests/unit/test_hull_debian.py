@@ -204,7 +204,11 @@ async def test_who_needs_a_hull_under_construction_waits_for_that_one_build(
     assert "waiting for it" in second.events[0].message
     assert [e.name for e in first.events] == ["HullBuildStarted", "HullAssembled"]
     assert second.events[-1].name == "HullAssembled"
-    assert hulls.status()["busybox"] == {"current": "hd-hull-busybox-1", "building": None}
+    assert hulls.status()["busybox"] == {
+        "current": "hd-hull-busybox-1",
+        "building": None,
+        "runtimes": {},
+    }
 
 
 async def test_a_waiter_that_leaves_does_not_stop_the_build(tmp_path: Path) -> None:
