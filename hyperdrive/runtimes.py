@@ -8,7 +8,8 @@
 | `package.json`   | `engines.node` (an npm range)     | `>=18`, `20.x`, `^20.1`      |
 
 `.python-version` wins over `runtime.txt`, which wins over `requires-python`. A version with a
-patch (`3.13.1`) means that minor at this patch or newer: Debian ships fixes as patch releases.
+patch (`3.13.1`, Heroku's usual pin) asks for that minor: Debian backports fixes into the patch
+release it ships (bookworm's 3.11.2 has fixes of later 3.11s), so its number says little.
 A hull is chosen before the ship is assembled, so a mismatch fails before any build runs.
 """
 
@@ -58,13 +59,13 @@ class Ask:
 
 
 def _python_specifier(wanted: str) -> SpecifierSet:
-    """`3.13` → `==3.13.*`; `3.13.1` → `>=3.13.1,==3.13.*`; a specifier stays as it is."""
+    """`3.13` and `3.13.1` → `==3.13.*` (see the module's note on patches); a specifier (from
+    requires-python) stays as it is."""
     match = PYTHON_VERSION.fullmatch(wanted)
     if match is None:
         return SpecifierSet(wanted)
-    parts = match.group(1).split(".")
-    minor = f"=={parts[0]}.{parts[1]}.*"
-    return SpecifierSet(minor if len(parts) == 2 else f"{minor},>={match.group(1)}")
+    major, minor = match.group(1).split(".")[:2]
+    return SpecifierSet(f"=={major}.{minor}.*")
 
 
 def read_asks(app_dir: Path) -> list[Ask]:

@@ -96,6 +96,11 @@ class Hulls:
             return {str(k): str(v) for k, v in measured.items()}
         return dict(KNOWN.get(kind, {}))
 
+    def in_use(self, asked: Iterable[str]) -> list[str]:
+        """The kinds built here before and those `asked` for, in BUILDERS order."""
+        kinds = set(self._load()) | set(asked)
+        return [kind for kind in BUILDERS if kind in kinds]
+
     def offers(self) -> dict[str, dict[str, str]]:
         """Every hull kind's runtime versions, for choosing one (runtimes.choose_hull)."""
         return {kind: self.runtimes(kind) for kind in BUILDERS}
