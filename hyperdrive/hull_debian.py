@@ -87,6 +87,9 @@ MASKED_UNITS = (
     "systemd-journal-flush.service",
     "systemd-logind.service",
     "cron.service",
+    # trixie mounts a tmpfs over /tmp at boot, hiding what the build already wrote there (and
+    # charging /tmp to the ship's memory limit): /tmp stays on the ship's disk, as on bookworm.
+    "tmp.mount",
 )
 # lxc-create's output, matched by prefix, as steps of a progress bar (percent, what).
 PROGRESS = (
