@@ -31,7 +31,7 @@ from hyperdrive.runtimes import KNOWN
 
 BUILDERS = KNOWN_HULLS
 # Built at the daemon's first start: busybox takes 0.3 s on first need, Debian a minute or more.
-BACKGROUND = ("debian",)
+BACKGROUND = ("debian", "debian-13")
 
 
 @dataclass
