@@ -449,3 +449,12 @@ async def test_squadron_includes_reach_the_build_environment_under_the_orders(
     assert f"export PIP_INDEX_URL={mirror}" in env
     assert "export npm_config_registry=http://npm.example/" in env
     assert "export A=orders" in env, "the orders win over the includes"
+
+
+async def test_hull_records_written_by_older_releases_are_still_read(hd: Squadron) -> None:
+    record = hd.daemon.config.hulls_record
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text('{"debian": 4}')
+    hulls = hd.daemon.core.hulls
+    assert hulls.current("debian") == "hd-hull-debian-4"
+    assert hulls.runtimes("debian") == {"python": "3.11.2", "node": "18.19.0"}, "the known ones"
