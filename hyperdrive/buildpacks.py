@@ -6,11 +6,14 @@ The first row that matches decides the build; a Procfile `web:` line always wins
 |------------------------------------|----------------------------------------|--------------------|
 | `bin/build` or `.hyperdrive/build` | that script (must be executable)       | Procfile, required |
 | `requirements.txt`                 | venv /app/.venv, `pip install -r …`    | `python3 app.py`   |
+| … and a Django `manage.py`         | then `manage.py collectstatic`         |                    |
 | `pyproject.toml`                   | venv /app/.venv, `pip install .`       | (main/server.py)   |
 | `package.json`                     | `npm ci` (no lock file: `npm install`) | `npm start`        |
 | a `Procfile` only                  | none                                   | its `web:` line    |
 | `index.html` or `public/`          | none                                   | a tiny web server  |
 
+* The runtime versions the app asks for (`.python-version`, `runtime.txt`, `requires-python`,
+  `package.json` engines) choose the hull before the build (runtimes.py).
 * The app runs with `/app/.venv/bin` (Python) or `/app/node_modules/.bin` (Node) first on PATH.
 * Environment: the orders' `export`s and PORT; pip and npm caches live in
   `$VAR/cache/<app>` (mounted at /var/cache/hyperdrive), so a rebuild with unchanged
@@ -42,6 +45,14 @@ BUILD_ENV = {
     "npm_config_fund": "false",
     "npm_config_update_notifier": "false",
 }
+
+
+# A Django app's static files, gathered as Heroku's Python buildpack does (whitenoise serves
+# them from STATIC_ROOT); `export DISABLE_COLLECTSTATIC=1` in the orders skips it.
+COLLECTSTATIC = (
+    f'if [ -z "${{DISABLE_COLLECTSTATIC:-}}" ] && {VENV}/bin/python -c "import django" '
+    f"2>/dev/null; then {VENV}/bin/python manage.py collectstatic --noinput; fi"
+)
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,8 @@ def _python_build(app_dir: Path) -> str:
         install = "pip install -r requirements.txt"
     else:
         install = "pip install ."
-    return f"python3 -m venv {VENV} && {VENV}/bin/{install}"
+    build = f"python3 -m venv {VENV} && {VENV}/bin/{install}"
+    return f"{build} && {COLLECTSTATIC}" if (app_dir / "manage.py").is_file() else build
 
 
 def _python_start(app_dir: Path) -> str:

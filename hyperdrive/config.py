@@ -15,7 +15,7 @@ from hyperdrive.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/hyperdrive/main.conf")
-KNOWN_HULLS = ("debian", "busybox")
+KNOWN_HULLS = ("debian", "debian-13", "busybox")
 NAME = re.compile(r"[a-z][a-z0-9]{0,11}")
 
 

@@ -1,5 +1,6 @@
-"""The HullBuilder port for real: a busybox hull from the host's busybox, a Debian hull from
-the kept tree or the mirror the host's apt uses (hull_debian.py)."""
+"""The HullBuilder port for real: a busybox hull from the host's busybox, a Debian hull
+(`debian`: bookworm, `debian-13`: trixie) from the kept tree or the mirror the host's apt uses
+(hull_debian.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 
 from hyperdrive.aptsource import from_host
 from hyperdrive.errors import ContainerError, HyperdriveError
-from hyperdrive.hull_debian import DebianHullBuild, Progress
+from hyperdrive.hull_debian import DebianHullBuild, Progress, runtime_versions
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.ports import Emit
+
+# The Debian release of each Debian hull kind.
+RELEASES = {"debian": "bookworm", "debian-13": "trixie"}
 
 
 class LxcHullBuilder:
@@ -32,7 +36,13 @@ class LxcHullBuilder:
         """Create the container; a failure leaves nothing of it behind."""
         if kind == "busybox":
             return await self._busybox(hull, why, emit)
-        return await self._debian(hull, why, fresh, emit)
+        return await self._debian(kind, hull, why, fresh, emit)
+
+    async def runtimes(self, kind: str, hull: str) -> dict[str, str]:
+        """Python's and Node's versions in a built Debian hull; busybox has neither."""
+        if kind == "busybox":
+            return {}
+        return await runtime_versions(self.lxc.lxcpath / hull / "rootfs")
 
     async def _busybox(self, hull: str, why: str, emit: Emit) -> str:
         emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}"))
@@ -44,7 +54,7 @@ class LxcHullBuilder:
             raise
         return "from busybox"
 
-    async def _debian(self, hull: str, why: str, fresh: bool, emit: Emit) -> str:
+    async def _debian(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str:
         def progress(step: Progress) -> None:
             emit(
                 ev.HullBuildProgress(
@@ -60,6 +70,7 @@ class LxcHullBuilder:
             apt=apt,
             cache_dir=self.cache_dir,
             fresh=fresh,
+            release=RELEASES[kind],
         )
         emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}, {debian.plan()}"))
         try:

@@ -1,4 +1,4 @@
-"""The Debian hull: bookworm from LXC's debian template (debootstrap), patched for ships.
+"""The Debian hulls (bookworm, trixie): LXC's debian template (debootstrap), patched for ships.
 
 Ships get their address from their LXC config, so the hull runs no DHCP client
 (`iface eth0 inet manual`), and units that slow a container's boot or fail in one are masked.
@@ -35,7 +35,7 @@ from hyperdrive.aptsource import DEFAULT_MIRROR, AptSource
 from hyperdrive.errors import ContainerError
 from hyperdrive.render import when
 
-RELEASE = "bookworm"
+RELEASE = "bookworm"  # the `debian` hull's; `debian-13` is trixie's (hull_builder.RELEASES)
 PACKAGES = (
     "python3",
     "python3-venv",
@@ -87,6 +87,9 @@ MASKED_UNITS = (
     "systemd-journal-flush.service",
     "systemd-logind.service",
     "cron.service",
+    # trixie mounts a tmpfs over /tmp at boot, hiding what the build already wrote there (and
+    # charging /tmp to the ship's memory limit): /tmp stays on the ship's disk, as on bookworm.
+    "tmp.mount",
 )
 # lxc-create's output, matched by prefix, as steps of a progress bar (percent, what).
 PROGRESS = (
@@ -117,8 +120,8 @@ class Progress:
     step: str
 
 
-def create_argv(lxcpath: Path, name: str, lxc_log: Path) -> list[str]:
-    """`lxc-create -t debian` for bookworm with the hull's packages."""
+def create_argv(lxcpath: Path, name: str, lxc_log: Path, release: str = RELEASE) -> list[str]:
+    """`lxc-create -t debian` for the release (bookworm, trixie) with the hull's packages."""
     return [
         "lxc-create",
         "-P",
@@ -133,7 +136,7 @@ def create_argv(lxcpath: Path, name: str, lxc_log: Path) -> list[str]:
         str(lxc_log),
         "--",
         "-r",
-        RELEASE,
+        release,
         f"--packages={','.join(PACKAGES)}",
     ]
 
@@ -175,9 +178,10 @@ class Seed:
     folder: Path  # <LXC cache>/hyperdrive/debian-<release>-<machine>
 
     @classmethod
-    def in_cache(cls, cache_dir: Path | None) -> Seed:
+    def in_cache(cls, cache_dir: Path | None, release: str = RELEASE) -> Seed:
+        """The seed of one Debian release: each release keeps its own tree."""
         return cls(
-            (cache_dir or LXC_CACHE) / "hyperdrive" / f"debian-{RELEASE}-{os.uname().machine}"
+            (cache_dir or LXC_CACHE) / "hyperdrive" / f"debian-{release}-{os.uname().machine}"
         )
 
     def built(self) -> float | None:
@@ -286,6 +290,7 @@ class DebianHullBuild:
     seconds: float = CREATE_TIMEOUT_S
     fresh: bool = False  # True: lxc-create and dist-upgrade even when a seed is there
     seed_max_age_s: float = SEED_MAX_AGE_S
+    release: str = RELEASE  # Debian's code name: bookworm, trixie
 
     @property
     def folder(self) -> Path:
@@ -295,11 +300,11 @@ class DebianHullBuild:
         """Create, patch, verify; on any failure destroy the hull and raise with the log tail.
         Returns how it was made (for the HullAssembled message)."""
         tracker = ProgressTracker(on_progress or (lambda _: None))
-        seed = Seed.in_cache(self.cache_dir)
+        seed = Seed.in_cache(self.cache_dir, self.release)
         self.setup_log.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.setup_log.open("w", encoding="utf-8", errors="replace") as log:
-                log.write(f"hull {self.name}: {self.apt.describe()}\n")
+                log.write(f"hull {self.name}: Debian {self.release}, {self.apt.describe()}\n")
                 how = await self._make(seed, log, tracker)
                 tracker.done(*PATCHING)
                 await asyncio.to_thread(patch_debian_hull, self.folder)
@@ -315,7 +320,7 @@ class DebianHullBuild:
 
     def seed_built(self) -> float | None:
         """When the seed this build copies was made; None when it makes a full build."""
-        built = Seed.in_cache(self.cache_dir).built()
+        built = Seed.in_cache(self.cache_dir, self.release).built()
         fresh_enough = built is not None and time.time() - built < self.seed_max_age_s
         return built if fresh_enough and not self.fresh else None
 
@@ -355,7 +360,8 @@ class DebianHullBuild:
     async def _create(self, log: TextIO, tracker: ProgressTracker) -> None:
         """Run lxc-create, every line into the setup log; ContainerError on failure."""
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        argv = create_argv(self.lxcpath, self.name, self.setup_log.with_name("lxc-create.log"))
+        lxc_log = self.setup_log.with_name("lxc-create.log")
+        argv = create_argv(self.lxcpath, self.name, lxc_log, self.release)
         env = create_env(self.apt, self.cache_dir)
         code = await _stream(argv, env, self._logger(log, tail, tracker), self.seconds)
         if code != 0:
@@ -488,3 +494,24 @@ def _template_of(unit: str) -> str:
     """`getty@tty1.service` → `getty@.service`."""
     prefix, at, rest = unit.partition("@")
     return f"{prefix}@.{rest.rpartition('.')[2]}" if at else unit
+
+
+# What a hull is measured to carry: runtime → (argv, the version in its output).
+RUNTIME_PROBES = {
+    "python": (("python3", "--version"), re.compile(r"Python ([0-9][0-9.]*)")),
+    "node": (("node", "--version"), re.compile(r"v([0-9][0-9.]*)")),
+}
+
+
+async def runtime_versions(rootfs: Path) -> dict[str, str]:
+    """`python3 --version` and `node --version` in the hull's tree (chroot: the hull never
+    runs); a runtime that does not answer is left out."""
+    found = {}
+    for runtime, (argv, pattern) in RUNTIME_PROBES.items():
+        done = await procs.run(
+            ["chroot", str(rootfs), *argv], timeout=30, env={"PATH": SYSTEM_PATH}, merge=True
+        )
+        match = pattern.search(done.output) if done.returncode == 0 else None
+        if match:
+            found[runtime] = match.group(1)
+    return found

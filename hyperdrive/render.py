@@ -216,8 +216,15 @@ def _hulls_line(hulls: Mapping[str, Any]) -> str:
         if building:
             parts.append(f"{kind} building {building['percent']}% ({building['step']})")
         elif row.get("current"):
-            parts.append(f"{kind} {row['current']}")
+            parts.append(f"{kind} {row['current']}{_runtimes(row.get('runtimes') or {})}")
     return ", ".join(parts)
+
+
+def _runtimes(runtimes: Mapping[str, str]) -> str:
+    """` (Python 3.11.2, Node 18.19.0)`: what a hull carries; nothing for busybox."""
+    names = {"python": "Python", "node": "Node"}
+    shown = [f"{names.get(k, k)} {v}" for k, v in sorted(runtimes.items(), reverse=True)]
+    return f" ({', '.join(shown)})" if shown else ""
 
 
 def _squadron_rows(status: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.job import Job, Stamped, stage
 from hyperdrive.pipeline.model import Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
+from hyperdrive.runtimes import choose_hull, read_asks
 
 LOG_CAP_BYTES = 16 * 1024 * 1024
 EVENT_LINES_CAP = 5000
@@ -102,7 +103,7 @@ class Builder:
         """A snapshot of the hull, configured and started; a newer push waits for a hull build
         under way instead of cancelling it, and this deploy is dropped after it if superseded."""
         t0, ship = job.now(), job.built
-        kind = job.orders.hull or self.config.hull
+        kind = self.hull_kind(job)
         async with stage("assemble"):
             await self.ready()
             with job.ctx.not_cancelled():
@@ -114,6 +115,15 @@ class Builder:
             await self.runtime.start(ship.name)
         message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
         job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
+
+    def hull_kind(self, job: Job) -> str:
+        """The hull kind whose runtime versions the app's files ask for (.python-version,
+        package.json engines…): the ordered one, else the first that has them. DeployError
+        before anything is built when none does."""
+        asks = read_asks(self.config.ship_dir(job.built.name) / "app")
+        named = job.orders.hull if "hull" in job.orders.lines else None
+        default = job.orders.hull or self.config.hull
+        return choose_hull(asks, self.hulls.offers(), default, named)
 
     def spec(self, ship: Ship, orders: Orders) -> ShipSpec:
         folder, cache = self.config.ship_dir(ship.name), self.config.cache_dir(orders.app)

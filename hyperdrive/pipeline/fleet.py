@@ -36,6 +36,11 @@ class Fleet:
         """includes under the orders' env (orders win); PORT always set."""
         return merge_env(self.includes, self.orders(app).env)
 
+    def hulls(self) -> set[str]:
+        """The hull kinds in use by default or by name in some app's orders."""
+        ordered = {o.hull for o in self.hq.apps.values() if o.hull} if self.hq else set()
+        return {self.default_hull, *ordered}
+
     def names(self) -> list[str]:
         """Every app HQ names: ordered ones and those whose orders were rejected."""
         if self.hq is None:

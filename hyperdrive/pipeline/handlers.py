@@ -14,7 +14,7 @@ from hyperdrive.pipeline.bus import FAILED, FINISHED, Context
 from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Retire, Rollback
 from hyperdrive.pipeline.deploy import IGNORED, Deployer
 from hyperdrive.pipeline.golive import GoLive, RouteTable
-from hyperdrive.pipeline.hulls import BUILDERS, Hulls
+from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.job import Job, Stamped, open_job
 from hyperdrive.pipeline.model import STOPPED
 from hyperdrive.pipeline.ports import ContainerRuntime, Proxy
@@ -137,8 +137,9 @@ class Handlers:
         return await self.golive.go_live(job)
 
     async def assemble_hulls(self, cmd: AssembleHulls, ctx: Context) -> str:
-        """`hd assemble`: a new version of every hull; ships keep the one they came from."""
-        for kind in BUILDERS:
+        """`hd assemble`: a new version of every hull kind built here before, the default and
+        those orders name (not every kind Hyperdrive knows); ships keep the hull they came from."""
+        for kind in self.hulls.in_use(self.deployer.fleet.hulls()):
             try:
                 await self.hulls.assemble(kind, Stamped(ctx, cmd.deploy), fresh=cmd.fresh)
             except HyperdriveError as err:

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyperdrive.config import KNOWN_HULLS
 from hyperdrive.errors import DeployError, HyperdriveError
 from hyperdrive.files import write_atomically
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.events import Emitter
 from hyperdrive.pipeline.ports import ContainerRuntime, HullBuilder
+from hyperdrive.runtimes import KNOWN
 
-BUILDERS = ("busybox", "debian")
+BUILDERS = KNOWN_HULLS
 # Built at the daemon's first start: busybox takes 0.3 s on first need, Debian a minute or more.
-BACKGROUND = ("debian",)
+BACKGROUND = ("debian", "debian-13")
 
 
 @dataclass
@@ -71,12 +73,37 @@ class Hulls:
         self.records_file = records_file
         self._builds: dict[str, _Build] = {}
 
-    def _load(self) -> dict[str, int]:
+    def _records(self) -> dict[str, dict[str, Any]]:
+        """records/hulls.json: `{kind: {"version": 3, "runtimes": {"python": "3.11.2"}}}`
+        (a bare version number, as older releases wrote it, is read too)."""
         try:
             data = json.loads(self.records_file.read_text())
         except (OSError, ValueError):
             return {}
-        return {k: int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        rows = {k: v if isinstance(v, dict) else {"version": v} for k, v in data.items()}
+        return {k: v for k, v in rows.items() if isinstance(v.get("version"), int)}
+
+    def _load(self) -> dict[str, int]:
+        return {kind: row["version"] for kind, row in self._records().items()}
+
+    def runtimes(self, kind: str) -> dict[str, str]:
+        """The runtime versions `kind` carries: measured at its build, else the known defaults
+        (a kind not built yet is chosen by what its build will have)."""
+        measured = self._records().get(kind, {}).get("runtimes")
+        if isinstance(measured, dict) and measured:
+            return {str(k): str(v) for k, v in measured.items()}
+        return dict(KNOWN.get(kind, {}))
+
+    def in_use(self, asked: Iterable[str]) -> list[str]:
+        """The kinds built here before and those `asked` for, in BUILDERS order."""
+        kinds = set(self._load()) | set(asked)
+        return [kind for kind in BUILDERS if kind in kinds]
+
+    def offers(self) -> dict[str, dict[str, str]]:
+        """Every hull kind's runtime versions, for choosing one (runtimes.choose_hull)."""
+        return {kind: self.runtimes(kind) for kind in BUILDERS}
 
     def container(self, kind: str, version: int) -> str:
         return f"{self.name}-hull-{kind}-{version}"
@@ -141,7 +168,9 @@ class Hulls:
                     "step": last.step if last else "starting",
                     "seconds": int(time.time() - build.started),
                 }
-            rows[kind] = {"current": self.current(kind), "building": building}
+            current = self.current(kind)
+            runtimes = self.runtimes(kind) if current else {}
+            rows[kind] = {"current": current, "building": building, "runtimes": runtimes}
         return rows
 
     async def close(self) -> None:
@@ -227,7 +256,9 @@ class Hulls:
         name, t0 = build.hull, time.monotonic()
         await self.runtime.destroy(name)
         how = await self.builder.build(kind, name, why, fresh, build.emit)
-        write_atomically(self.records_file, json.dumps({**self._load(), kind: version}))
+        runtimes = await self.builder.runtimes(kind, name)
+        row = {"version": version, "runtimes": runtimes}
+        write_atomically(self.records_file, json.dumps({**self._records(), kind: row}))
         ms = int((time.monotonic() - t0) * 1000)
         message = f"hull '{name}' ready in {ms} ms ({how})"
         build.emit(ev.HullAssembled(hull=name, ms=ms, message=message))

@@ -22,6 +22,7 @@ from hyperdrive.errors import AttachTimedOut, ContainerError, NetworkError, Prox
 from hyperdrive.headquarters.orders import Egress
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec
+from hyperdrive.runtimes import KNOWN
 
 Emit = Callable[[ev.Event], None]
 Giveup = Callable[[], str | None]
@@ -68,6 +69,10 @@ class HullBuilder(Protocol):
     def setup_log(self, hull: str) -> Path: ...
 
     async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str: ...
+
+    async def runtimes(self, kind: str, hull: str) -> dict[str, str]:
+        """The runtime versions a built hull carries: `{"python": "3.11.2", "node": "18.19.0"}`."""
+        ...
 
 
 class Git(Protocol):
@@ -324,9 +329,14 @@ class FakeHullBuilder:
     logs: Path
     holds: Holds = field(default_factory=Holds)
     built: list[str] = field(default_factory=list)
+    # What a built hull of a kind is measured to carry; the known defaults when not set.
+    measured: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def setup_log(self, hull: str) -> Path:
         return self.logs / hull / "setup.log"
+
+    async def runtimes(self, kind: str, hull: str) -> dict[str, str]:
+        return dict(self.measured.get(kind, KNOWN.get(kind, {})))
 
     async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str:
         emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}"))

@@ -245,7 +245,7 @@ def test_bad_key_files_unknown_hulls_and_a_lockout_are_refused_at_push(
     assert "headquarters refused, nothing changed" in output
     assert "authorized_keys/carol.pub: line 1 is not an OpenSSH public key" in output
     assert "authorized_keys/oops.pub: holds a PRIVATE key: it was not loaded" in output
-    assert "api/orders:2: unknown hull 'ubuntu'; known: debian, busybox" in output
+    assert "api/orders:2: unknown hull 'ubuntu'; known: debian, debian-13, busybox" in output
     assert "docs/orders:1: invalid hull name '../x'" in output
     assert "PRIVATE KEY-----" not in output, "the private key is never echoed"
     assert git("--git-dir", str(hosted), "rev-parse", "master", cwd=tmp_path) == accepted

@@ -88,10 +88,16 @@ def test_first_start_builds_the_default_hull_and_a_push_waits_for_that_build(
         assert ours[-1]["event"] == "HullAssembled"
         starts = [e for e in d.events() if e["event"] == "HullBuildStarted"]
         assert [e["hull"] for e in starts] == [hull, hull], "one build, joined by the deploy"
-        assert json.loads((d.data / "records" / "hulls.json").read_text()) == {"debian": 1}
+        record = json.loads((d.data / "records" / "hulls.json").read_text())
+        assert record.keys() == {"debian"}
+        assert record["debian"]["version"] == 1
+        runtimes = record["debian"]["runtimes"]
+        assert runtimes["python"].startswith("3.11."), "bookworm's Python, measured"
+        assert runtimes["node"].startswith("18."), "bookworm's Node, measured"
         assert json.loads(d.hd("status", "--json").stdout)["hulls"]["debian"] == {
             "current": hull,
             "building": None,
+            "runtimes": runtimes,
         }
 
 
@@ -127,7 +133,8 @@ def test_a_daemon_stopped_mid_build_cleans_up_and_builds_at_next_start(tmp_path:
         assembled = d.wait_event("HullAssembled", timeout=BUILD_S, hull=hull)
         assert assembled.get("deploy") is None
         assert containers(d) == {hull}
-        assert json.loads((d.data / "records" / "hulls.json").read_text()) == {"debian": 1}
+        record = json.loads((d.data / "records" / "hulls.json").read_text())
+        assert record["debian"]["version"] == 1
         assert d.stop() == 0
     finally:
         teardown_squadron(d)

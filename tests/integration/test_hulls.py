@@ -1,13 +1,15 @@
-"""Hulls against real LXC: the Debian hull (debootstrap, patched), versions, pruning, failures.
+"""Hulls against real LXC: the Debian hulls (debootstrap, patched), versions, pruning, failures.
 
 The Debian hull is built once for the module: a copy of the tree kept in
 /var/cache/lxc/hyperdrive (seconds), or on the first run on a machine a full build that keeps
-it (1–2 minutes). A second version is then made from the kept tree.
+it (1–2 minutes). A second version is then made from the kept tree. The debian-13 hull
+(trixie) is built the same way, once, from a kept tree of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from hyperdrive.errors import ContainerError
 from hyperdrive.hull_builder import LxcHullBuilder
+from hyperdrive.hull_debian import Seed
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.hulls import Hulls
@@ -91,6 +94,49 @@ def test_debian_hull_is_built_patched_and_reported(debian: tuple[Hulls, str, Rec
     assert "d /tmp " in (folder / "rootfs" / "etc" / "tmpfiles.d" / "tmp.conf").read_text()
     for program in ("python3", "node", "npm", "git", "curl"):
         assert (folder / "rootfs" / "usr" / "bin" / program).exists(), program
+    runtimes = hulls.runtimes("debian")
+    assert runtimes["python"].startswith("3.11."), runtimes
+    assert runtimes["node"].startswith("18."), runtimes
+
+
+@pytest.fixture(scope="module")
+def trixie(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hulls, str, Recorder]]:
+    """One debian-13 hull for the module (from trixie's kept tree when there is one)."""
+    require_lxc()
+    hulls = make_hulls(tmp_path_factory.mktemp("trixie"))
+    out = Recorder()
+    try:
+        name = asyncio.run(hulls.ensure("debian-13", out))
+        yield hulls, name, out
+    finally:
+        leftovers = destroy_everything(hulls.runtime.lxcpath)
+        assert not leftovers, f"containers could not be destroyed: {leftovers}"
+
+
+@pytest.mark.timeout(900)
+async def test_the_debian_13_hull_is_trixie_with_python_313_and_node_20(
+    trixie: tuple[Hulls, str, Recorder], bridge: Bridge
+) -> None:
+    hulls, name, out = trixie
+    assert name == "hdth-hull-debian-13-1"
+    assert out.names()[-1] == "HullAssembled"
+    rootfs = hulls.runtime.lxcpath / name / "rootfs"
+    assert "VERSION_CODENAME=trixie" in (rootfs / "etc" / "os-release").read_text()
+    runtimes = json.loads(hulls.records_file.read_text())["debian-13"]["runtimes"]
+    assert runtimes["python"].startswith("3.13."), runtimes
+    assert runtimes["node"].startswith("20."), runtimes
+    assert Seed.in_cache(None, "trixie").built() is not None, "trixie keeps a tree of its own"
+    assert Seed.in_cache(None, "trixie").folder != Seed.in_cache(None, "bookworm").folder
+
+    ship = f"{name}-ship"
+    await hulls.runtime.snapshot(name, ship)
+    await hulls.runtime.write_config(ship, bridge.spec(24, "trixieship"))
+    await hulls.runtime.start(ship)
+    lines: list[str] = []
+    probe = ["python3", "-c", "import sys; print('python', sys.version_info[:2])"]
+    assert await hulls.runtime.attach(ship, probe, {"PATH": PATH}, 30, lines.append) == 0
+    assert lines == ["python (3, 13)"]
+    await hulls.runtime.destroy(ship)
 
 
 @pytest.mark.timeout(900)

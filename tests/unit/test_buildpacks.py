@@ -30,6 +30,16 @@ def test_requirements_txt_builds_a_venv_and_puts_it_on_path(tmp_path: Path) -> N
     assert plan.path_prefix == "/app/.venv/bin"
 
 
+def test_a_django_app_gathers_its_static_files_after_pip_as_heroku_does(tmp_path: Path) -> None:
+    files = {"requirements.txt": "django\n", "manage.py": "", "Procfile": "web: gunicorn x\n"}
+    build = detect(app(tmp_path, files)).build
+    assert build is not None
+    install, collect = build.split(" && if ")
+    assert install.endswith("pip install -r requirements.txt")
+    assert '[ -z "${DISABLE_COLLECTSTATIC:-}" ]' in collect
+    assert collect.endswith("/app/.venv/bin/python manage.py collectstatic --noinput; fi")
+
+
 def test_pyproject_installs_the_project(tmp_path: Path) -> None:
     plan = detect(app(tmp_path, {"pyproject.toml": "", "main.py": ""}))
     assert plan.build is not None

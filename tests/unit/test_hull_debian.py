@@ -17,6 +17,7 @@ from hyperdrive.hull_debian import (
     ProgressTracker,
     Seed,
     _replace,
+    create_argv,
     create_env,
     patch_debian_hull,
 )
@@ -56,7 +57,19 @@ def test_patch_makes_the_address_static_and_masks_slow_units(tmp_path: Path) -> 
     assert (system / "multi-user.target.wants" / "networking.service").is_symlink()
     assert not (system / "getty.target.wants" / "getty@tty1.service").is_symlink()
     assert "d /tmp" in (rootfs / "etc" / "tmpfiles.d" / "tmp.conf").read_text()
+    assert os.readlink(system / "tmp.mount") == "/dev/null", "trixie's tmpfs /tmp stays off"
     patch_debian_hull(tmp_path)  # patching twice is harmless
+
+
+def test_the_release_is_a_parameter_of_the_build_and_each_keeps_its_own_seed(
+    tmp_path: Path,
+) -> None:
+    argv = create_argv(tmp_path, "hd-hull-debian-13-1", tmp_path / "lxc.log", "trixie")
+    assert argv[argv.index("-r") + 1] == "trixie"
+    assert create_argv(tmp_path, "h", tmp_path / "l")[argv.index("-r") + 1] == "bookworm"
+    trixie, bookworm = Seed.in_cache(tmp_path, "trixie"), Seed.in_cache(tmp_path, "bookworm")
+    assert trixie.folder.name.startswith("debian-trixie-")
+    assert bookworm.folder.name.startswith("debian-bookworm-")
 
 
 def test_progress_only_moves_forward() -> None:
@@ -204,7 +217,11 @@ async def test_who_needs_a_hull_under_construction_waits_for_that_one_build(
     assert "waiting for it" in second.events[0].message
     assert [e.name for e in first.events] == ["HullBuildStarted", "HullAssembled"]
     assert second.events[-1].name == "HullAssembled"
-    assert hulls.status()["busybox"] == {"current": "hd-hull-busybox-1", "building": None}
+    assert hulls.status()["busybox"] == {
+        "current": "hd-hull-busybox-1",
+        "building": None,
+        "runtimes": {},
+    }
 
 
 async def test_a_waiter_that_leaves_does_not_stop_the_build(tmp_path: Path) -> None:

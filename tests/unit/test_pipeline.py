@@ -11,7 +11,7 @@ import pytest
 
 from hyperdrive.headquarters import Headquarters, parse_orders
 from hyperdrive.pipeline.bus import FAILED, FINISHED, SUPERSEDED
-from hyperdrive.pipeline.commands import Assemble, Deploy, Launch, Rollback
+from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Rollback
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
 from hyperdrive.pipeline.model import LIVE, STOPPED
 from tests.unit.deploy_world import PYTHON, STATIC, Squadron, World
@@ -425,3 +425,112 @@ def test_the_ships_dns_names_the_apps_servernames_and_app_domain(world: World) -
     hd = world.daemon(domain="ships.example")
     order(hd, "web", "servername WWW.example.com")
     assert hd.daemon.dns.names() == {"www.example.com", "web.ships.example"}
+
+
+# ─── runtime versions and the hull they choose ───────────────────────────────
+
+PY313 = {**PYTHON, ".python-version": "3.13\n"}
+
+
+def ordered(hd: Squadron, app: str, text: str) -> None:
+    """Put `<app>/orders` in force, as a headquarters sync would."""
+    orders = parse_orders(text, f"{app}/orders", default_hull=hd.daemon.config.hull)
+    hd.daemon.core.fleet.hq = Headquarters(apps={app: orders})
+
+
+def assembled_from(hd: Squadron, deploy: str) -> str:
+    return str(hd.events(deploy, name="ShipAssembled")[0]["message"])
+
+
+async def test_an_app_asking_for_python_313_gets_the_first_hull_that_has_it(
+    world: World, hd: Squadron
+) -> None:
+    deploy = await hd.deploy("web", PY313)
+    assert hd.outcome(deploy)["event"] == "DeployFinished", hd.events(deploy)
+    assert "from hull 'hd-hull-debian-13-1'" in assembled_from(hd, deploy)
+    assert world.hull_builder.built == ["hd-hull-debian-13-1"]
+    deploy = await hd.deploy("api", {**PYTHON, "runtime.txt": "python-3.11.4\n"})
+    assert "from hull 'hd-hull-debian-1'" in assembled_from(hd, deploy)
+
+
+async def test_a_python_no_hull_has_fails_before_any_hull_or_build_runs(
+    world: World, hd: Squadron
+) -> None:
+    await live_at(hd, "web")
+    built = list(world.hull_builder.built)
+    deploy = await hd.deploy("web", {**PYTHON, ".python-version": "3.14\n"})
+    outcome = hd.outcome(deploy)
+    assert outcome["event"] == "DeployFailed"
+    assert outcome["stage"] == "assemble"
+    assert (
+        "asks for Python 3.14 (.python-version); hulls here have 3.11.2 (debian), "
+        "3.13.5 (debian-13)" in outcome["message"]
+    )
+    assert "BuildOutput" not in hd.names(deploy)
+    assert world.hull_builder.built == built, "no hull was built for it"
+    assert world.serving("web") == hd.live_ship_address("web")
+
+
+async def test_orders_naming_a_hull_without_the_version_fail_clearly(hd: Squadron) -> None:
+    ordered(hd, "web", "hull debian\n")
+    deploy = await hd.deploy("web", PY313)
+    message = hd.outcome(deploy)["message"]
+    assert "asks for Python 3.13 (.python-version)" in message
+    assert "the orders name hull debian" in message
+    ordered(hd, "web", "hull debian-13\n")
+    deploy = await hd.deploy("web", PY313)
+    assert hd.outcome(deploy)["event"] == "DeployFinished"
+    assert "from hull 'hd-hull-debian-13-1'" in assembled_from(hd, deploy)
+
+
+async def test_a_built_hull_is_chosen_by_the_versions_measured_in_it(
+    world: World, hd: Squadron
+) -> None:
+    world.hull_builder.measured["debian"] = {"python": "3.12.8", "node": "18.20.4"}
+    await live_at(hd, "web", {**PYTHON, ".python-version": "3.11\n"})  # known: 3.11.2
+    hulls = hd.daemon.core.hulls
+    assert hulls.runtimes("debian") == {"python": "3.12.8", "node": "18.20.4"}
+    deploy = await hd.deploy("api", {**PYTHON, ".python-version": "3.12\n"})
+    assert "from hull 'hd-hull-debian-1'" in assembled_from(hd, deploy)
+    assert hulls.status()["debian"]["runtimes"] == {"python": "3.12.8", "node": "18.20.4"}
+
+
+async def test_hd_assemble_builds_the_kinds_in_use_not_every_known_kind(
+    world: World, hd: Squadron
+) -> None:
+    await live_at(hd, "web")  # busybox, the default here
+    await live_at(hd, "api", PY313)  # debian-13
+    ordered(hd, "docs", "hull debian\n")
+    assert await hd.run(AssembleHulls(deploy="t-hulls")) == FINISHED
+    assert world.hull_builder.built[2:] == [
+        "hd-hull-debian-1",
+        "hd-hull-debian-13-2",
+        "hd-hull-busybox-2",
+    ]
+
+
+async def test_squadron_includes_reach_the_build_environment_under_the_orders(
+    hd: Squadron,
+) -> None:
+    includes = hd.daemon.config.includes_dir
+    includes.mkdir(parents=True)
+    mirror = "http://mirror.example:3141/root/pypi/+simple/"
+    (includes / "mirrors.env").write_text(
+        f"PIP_INDEX_URL={mirror}\nnpm_config_registry=http://npm.example/\nA=include\n"
+    )
+    await hd.daemon.headquarters.load()
+    ordered(hd, "web", "export A=orders\n")
+    ship = await live_at(hd, "web", PYTHON)
+    env = (hd.daemon.config.ship_dir(ship) / "run" / "env").read_text().splitlines()
+    assert f"export PIP_INDEX_URL={mirror}" in env
+    assert "export npm_config_registry=http://npm.example/" in env
+    assert "export A=orders" in env, "the orders win over the includes"
+
+
+async def test_hull_records_written_by_older_releases_are_still_read(hd: Squadron) -> None:
+    record = hd.daemon.config.hulls_record
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text('{"debian": 4}')
+    hulls = hd.daemon.core.hulls
+    assert hulls.current("debian") == "hd-hull-debian-4"
+    assert hulls.runtimes("debian") == {"python": "3.11.2", "node": "18.19.0"}, "the known ones"

@@ -94,3 +94,18 @@ def test_a_hull_build_under_way_is_a_line_of_the_squadron() -> None:
     }
     lines = [line.rstrip() for line in render(data, 80).splitlines()]
     assert "  hulls         busybox hdt-hull-busybox-1, debian building 45% (installing" in lines
+
+
+def test_a_built_hull_shows_the_runtime_versions_it_carries() -> None:
+    data = {
+        **status([]),
+        "hulls": {
+            "debian-13": {
+                "current": "hdt-hull-debian-13-1",
+                "runtimes": {"python": "3.13.5", "node": "20.19.2"},
+            },
+            "busybox": {"current": "hdt-hull-busybox-1", "runtimes": {}},
+        },
+    }
+    text = " ".join(render(data, 200).split())
+    assert "busybox hdt-hull-busybox-1, debian-13 hdt-hull-debian-13-1 (Python 3.13.5, Node" in text
