@@ -3,13 +3,13 @@
 hull, pip installs from a local index named by a squadron-wide include, and the page and a
 static file answer through nginx. The same app asking for Python 3.14 fails before pip.
 
-The index serves the pinned wheels `.ci/run` downloads (tests/e2e/wheel_index.py) on the ships'
-bridge address: no traffic leaves the machine.
+The index serves the pinned wheels `.ci/run` downloads (tests/e2e/wheel_index.py) from a world
+namespace of the test's own (tests/e2e/world.py), reached by name through the ships' DNS and
+the host's masquerade: no traffic leaves the machine.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.network import bridge_address, ensure_bridge
 from tests.conftest import Daemon
 from tests.e2e.squadron import AppRepo, git, http_get, make_squadron, teardown, wait_outcome
-from tests.e2e.wheel_index import WheelIndex, require_wheels
+from tests.e2e.wheel_index import require_wheels
+from tests.e2e.world import World
 
 pytestmark = [
     pytest.mark.root,
@@ -36,25 +36,26 @@ PROJECTS = ("django", "gunicorn", "whitenoise", "asgiref", "sqlparse", "packagin
 
 
 @pytest.fixture(scope="module")
-def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, WheelIndex]]:
-    """A squadron whose default hull is bookworm's, with the index in its includes."""
+def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, World]]:
+    """A squadron whose default hull is bookworm's, with the world's index in its includes."""
     wheels = require_wheels(*PROJECTS)
     root = tmp_path_factory.mktemp("heroku")
-    d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian")
-    index = None
+    world = World(root / "world", wheels).open()
+    d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian", HYPERDRIVE_SHIP_DNS=world.ip)
     try:
-        subnet = d.env["HYPERDRIVE_SUBNET"]
-        # The ships' bridge, made now (as the daemon would) so the index can listen on it.
-        asyncio.run(ensure_bridge(d.env["HYPERDRIVE_NAME"], subnet))
-        index = WheelIndex(wheels, root / "index", str(bridge_address(subnet)))
         (d.data / "includes").mkdir(parents=True, exist_ok=True)
-        (d.data / "includes" / "mirrors.env").write_text(index.pip_env())
+        mirrors = f"PIP_INDEX_URL={world.index_url}\nPIP_TRUSTED_HOST={world.index_host}\n"
+        (d.data / "includes" / "mirrors.env").write_text(mirrors)
         d.start()
-        yield d, index
+        yield d, world
     finally:
-        if index is not None:
-            index.close()
         teardown(d)
+        world.close()
+
+
+def asked(world: World) -> list[str]:
+    """Every path the world's index was asked for."""
+    return [r["path"] for r in world.requests()]
 
 
 def push_sample(d: Daemon, work: Path, python: str | None = None) -> dict:
@@ -76,15 +77,15 @@ def of(d: Daemon, deploy: str, name: str) -> list[dict]:
 
 
 def test_the_sample_deploys_unchanged_on_debian_13_and_serves_its_page_and_static_file(
-    squadron: tuple[Daemon, WheelIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
-    d, index = squadron
+    d, world = squadron
     outcome = push_sample(d, tmp_path / "sample")
     assert outcome["event"] == "DeployFinished", outcome.get("message")
     assembled = of(d, outcome["deploy"], "ShipAssembled")[0]["message"]
     assert "from hull '" in assembled
     assert "-hull-debian-13-" in assembled, "the .python-version chose the debian-13 hull"
-    assert any(r.startswith("/files/django-") for r in index.requests), "pip used the index"
+    assert any(r.startswith("/files/django-") for r in asked(world)), "pip used the index"
     built = " ".join(e["message"] for e in of(d, outcome["deploy"], "BuildOutput"))
     assert "1 static file copied to '/app/staticfiles'" in built, "collectstatic ran"
 
@@ -103,10 +104,10 @@ def test_the_sample_deploys_unchanged_on_debian_13_and_serves_its_page_and_stati
 
 
 def test_the_sample_asking_for_python_314_fails_before_pip_with_a_clear_line(
-    squadron: tuple[Daemon, WheelIndex], tmp_path: Path
+    squadron: tuple[Daemon, World], tmp_path: Path
 ) -> None:
-    d, index = squadron
-    asked_before = len(index.requests)
+    d, world = squadron
+    asked_before = len(asked(world))
     outcome = push_sample(d, tmp_path / "sample314", python="3.14")
     assert outcome["event"] == "DeployFailed", outcome.get("message")
     assert outcome["stage"] == "assemble"
@@ -116,4 +117,4 @@ def test_the_sample_asking_for_python_314_fails_before_pip_with_a_clear_line(
     assert "(debian-13)" in message
     assert of(d, outcome["deploy"], "BuildOutput") == [], "no build ran"
     assert of(d, outcome["deploy"], "ShipAssembled") == [], "no ship was made"
-    assert len(index.requests) == asked_before, "pip never ran"
+    assert len(asked(world)) == asked_before, "pip never ran"
