@@ -21,9 +21,8 @@ from tempfile import TemporaryDirectory
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import Daemon
-from tests.e2e.squadron import AppRepo, git, make_squadron, teardown, wait_outcome
+from tests.e2e.squadron import AppRepo, behind_world, git, wait_outcome
 from tests.e2e.wheel_index import require_wheels
-from tests.e2e.world import World
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "python-getting-started"
 PROJECTS = ("django", "gunicorn", "whitenoise", "asgiref", "sqlparse", "packaging")
@@ -47,13 +46,7 @@ def main(args: argparse.Namespace) -> None:
     wheels = require_wheels(*PROJECTS)
     with TemporaryDirectory(prefix="hd-bench-heroku-") as tmp:
         root = Path(tmp)
-        world = World(root / "world", wheels).open()
-        d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian-13", HYPERDRIVE_SHIP_DNS=world.ip)
-        try:
-            (d.data / "includes").mkdir(parents=True, exist_ok=True)
-            mirrors = f"PIP_INDEX_URL={world.index_url}\nPIP_TRUSTED_HOST={world.index_host}\n"
-            (d.data / "includes" / "mirrors.env").write_text(mirrors)
-            d.start()
+        with behind_world(root, wheels, mirror=True, HYPERDRIVE_HULL="debian-13") as (d, world):
             assembled = d.hd("assemble", timeout=900)
             assert assembled.returncode == 0, assembled.stdout + assembled.stderr
             repo = AppRepo(d, "sample", root / "sample")
@@ -61,9 +54,6 @@ def main(args: argparse.Namespace) -> None:
             downloads = sum(1 for r in world.requests() if r["path"].startswith("/files/"))
             warm = [push(d, repo, f"warm {i}\n") for i in range(args.rounds)]
             again = sum(1 for r in world.requests() if r["path"].startswith("/files/"))
-        finally:
-            teardown(d)
-            world.close()
     print(
         f"cold build (empty pip cache): build {cold['build'] / 1000:.1f} s, "
         f"deploy {cold['total'] / 1000:.1f} s, {downloads} wheels downloaded"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon, make_daemon, wait_for
+from tests.e2e.world import World
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Admiral",
@@ -368,3 +369,25 @@ def admiral_squadron(root: Path, **extra: str) -> Iterator[tuple[Daemon, Admiral
         yield d, Admiral(d, key)
     finally:
         teardown(d)
+
+
+@contextlib.contextmanager
+def behind_world(
+    root: Path, wheels: Path, *, mirror: bool = False, **settings: str
+) -> Iterator[tuple[Daemon, World]]:
+    """A started squadron whose ships resolve names through a world namespace of its own, which
+    serves `wheels` as a package index; `mirror`: every build's pip uses that index (a
+    squadron-wide include, as an air-gapped server would set it). Both are removed after."""
+    world = World(root / "world", wheels).open()
+    d = make_squadron(root / "hd", HYPERDRIVE_SHIP_DNS=world.ip, **settings)
+    try:
+        if mirror:
+            includes = d.data / "includes"
+            includes.mkdir(parents=True, exist_ok=True)
+            index = f"PIP_INDEX_URL={world.index_url}\nPIP_TRUSTED_HOST={world.index_host}\n"
+            (includes / "mirrors.env").write_text(index)
+        d.start()
+        yield d, world
+    finally:
+        teardown(d)
+        world.close()

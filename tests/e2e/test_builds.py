@@ -24,7 +24,13 @@ import pytest
 
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon
-from tests.e2e.squadron import AppRepo, git, http_get, make_squadron, teardown, wait_outcome
+from tests.e2e.squadron import (
+    AppRepo,
+    behind_world,
+    git,
+    http_get,
+    wait_outcome,
+)
 from tests.e2e.world import World
 from tests.e2e.world import make_wheel as make_named_wheel
 
@@ -173,15 +179,9 @@ def downloads(world: World) -> list[str]:
 def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, World]]:
     root = tmp_path_factory.mktemp("builds")
     make_named_wheel(root / "wheels", "hdtdemo", greeting="hello from a wheel")
-    world = World(root / "world", root / "wheels").open()
-    d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian", HYPERDRIVE_SHIP_DNS=world.ip)
-    try:
-        d.start()
+    with behind_world(root, root / "wheels", HYPERDRIVE_HULL="debian") as (d, world):
         order(d, root / "hq", ordered(world))
         yield d, world
-    finally:
-        teardown(d)
-        world.close()
 
 
 class App:

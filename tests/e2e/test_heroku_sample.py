@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon
-from tests.e2e.squadron import AppRepo, git, http_get, make_squadron, teardown, wait_outcome
+from tests.e2e.squadron import AppRepo, behind_world, git, http_get, wait_outcome
 from tests.e2e.wheel_index import require_wheels
 from tests.e2e.world import World
 
@@ -40,17 +40,8 @@ def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon,
     """A squadron whose default hull is bookworm's, with the world's index in its includes."""
     wheels = require_wheels(*PROJECTS)
     root = tmp_path_factory.mktemp("heroku")
-    world = World(root / "world", wheels).open()
-    d = make_squadron(root / "hd", HYPERDRIVE_HULL="debian", HYPERDRIVE_SHIP_DNS=world.ip)
-    try:
-        (d.data / "includes").mkdir(parents=True, exist_ok=True)
-        mirrors = f"PIP_INDEX_URL={world.index_url}\nPIP_TRUSTED_HOST={world.index_host}\n"
-        (d.data / "includes" / "mirrors.env").write_text(mirrors)
-        d.start()
-        yield d, world
-    finally:
-        teardown(d)
-        world.close()
+    with behind_world(root, wheels, mirror=True, HYPERDRIVE_HULL="debian") as both:
+        yield both
 
 
 def asked(world: World) -> list[str]:
