@@ -22,6 +22,7 @@ from hyperdrive.enter import enter_argv
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.eventlog import EventLog, Filter, tail
 from hyperdrive.follow import Outcome, follow_async
+from hyperdrive.history import parse_history
 from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.render import describe, status_text
 from hyperdrive.spool import Spool
@@ -60,11 +61,10 @@ def _parser() -> _Parser:
 
 def _lines(value: str) -> int | None:
     """`-n N` or `-n all`, as `hd logs` takes it."""
-    if value == "all":
-        return None
-    if not value.isdigit():
-        raise _Refused(f"-n takes a number or 'all', not {value!r}")
-    return int(value)
+    try:
+        return parse_history(value)
+    except ValueError as err:
+        raise _Refused(f"-n: {err}") from None
 
 
 def _write(process: Process, text: str, err: bool = False) -> None:

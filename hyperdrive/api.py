@@ -23,6 +23,7 @@ from hyperdrive import __version__
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since, tail
 from hyperdrive.files import write_atomically
+from hyperdrive.history import parse_history
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import Trigger
@@ -42,12 +43,12 @@ def _filter(request: web.Request) -> Filter:
 
 
 def _history(request: web.Request) -> int | None:
-    raw = request.query.get("history", "100")
-    if raw == "all":
-        return None
-    if not raw.isdigit():
-        raise web.HTTPBadRequest(text="history must be a number or 'all'\n")
-    return int(raw)
+    """`history=N|all`, refused with a JSON error before the stream starts."""
+    try:
+        return parse_history(request.query.get("history", "100"))
+    except ValueError as err:
+        body = json.dumps({"error": f"history: {err}"})
+        raise web.HTTPBadRequest(text=body, content_type="application/json") from None
 
 
 async def _heartbeat(events: AsyncIterator[Event]) -> AsyncIterator[Event | None]:

@@ -17,6 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
 from hyperdrive.follow import follow_client
+from hyperdrive.history import parse_history
 from hyperdrive.render import describe, status_view
 from hyperdrive.triggers import Trigger
 
@@ -39,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true", help="one JSON object a line")
     logs.add_argument("--deploy", help="only this deploy's events")
     logs.add_argument("--since", help="e.g. 10m, 2h, or an ISO time")
-    logs.add_argument("-n", "--lines", default="100", help="how many stored events, or 'all'")
+    logs.add_argument(
+        "-n", "--lines", type=_lines, default=100, help="how many stored events, or 'all'"
+    )
     deploy = verbs.add_parser("deploy", help="deploy an app (its branch tip, or SHA)")
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
@@ -115,10 +118,17 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _lines(value: str) -> int | None:
+    """`-n N` or `-n all`; argparse turns a refusal into its usage error (exit 2)."""
+    try:
+        return parse_history(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def cmd_logs(args: argparse.Namespace, config: Config) -> int:
-    history = None if args.lines == "all" else int(args.lines)
     events = AdminClient(config.socket_path).events(
-        app=args.app, deploy=args.deploy, since=args.since, follow=args.follow, history=history
+        app=args.app, deploy=args.deploy, since=args.since, follow=args.follow, history=args.lines
     )
     for event in events:
         print(json.dumps(event) if args.json else describe(event), flush=True)

@@ -149,6 +149,27 @@ def test_public_events_need_a_token_and_stream_sse(daemon: Daemon) -> None:
     assert token not in (daemon.data / "events.jsonl").read_text()
 
 
+@pytest.mark.parametrize("history", ["1e23", str(10**23), "-5", "100001"])
+def test_a_bad_history_count_is_a_400_naming_the_bound(daemon: Daemon, history: str) -> None:
+    token = daemon.hd("token", "alice").stdout.strip()
+    url = f"http://127.0.0.1:{daemon.api_port}/events?follow=0&history={history}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 400
+    assert "0 to 100000 or 'all'" in json.loads(refused.value.read())["error"]
+    refused.value.close()
+    assert daemon.get("/healthz")["status"] == "ok"
+    assert "Traceback" not in daemon.log()
+
+
+def test_logs_refuses_a_huge_count_before_asking_the_daemon(daemon: Daemon) -> None:
+    result = daemon.hd("logs", "-n", str(10**23), check=False)
+    assert result.returncode == 2
+    assert "0 to 100000 or 'all'" in result.stderr
+    assert "Traceback" not in daemon.log()
+
+
 def test_logs_follow_streams_new_events(daemon: Daemon) -> None:
     argv = [sys.executable, "-m", "hyperdrive", "logs", "-f", "--json", "-n", "0"]
     with subprocess.Popen(argv, env=daemon.env, stdout=subprocess.PIPE, text=True) as follower:
