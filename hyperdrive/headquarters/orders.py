@@ -25,6 +25,7 @@ DEFAULT_PORT = 3000
 DEFAULT_HEALTHCHECK = ("/", 60.0)
 MIN_MEMORY = 4 * 1024**2
 MAX_MEMORY = 1024**5
+MIN_CPUS, MAX_CPUS = 0.01, 1024.0  # what a ship's container takes (ShipSpec, pipeline/model.py)
 UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -374,8 +375,10 @@ def _memory(draft: _Draft, args: list[str], line: int) -> None:
     if match is None:
         raise _Bad("memory takes one size such as 256M or 1G")
     size = int(float(match[1]) * UNITS[match[2].lower()])
-    if size < MIN_MEMORY:
+    if size < MIN_MEMORY and not match[2]:
         raise _Bad(f"memory {shown(args[0])} is {size} bytes; did you mean {args[0]}M?")
+    if size < MIN_MEMORY:
+        raise _Bad(f"memory {shown(args[0])} is below the 4M a ship needs at least")
     if size > MAX_MEMORY:
         raise _Bad(f"memory {shown(args[0])} is more than any machine has")
     draft.once("memory", line)
@@ -387,6 +390,8 @@ def _cpus(draft: _Draft, args: list[str], line: int) -> None:
     if len(args) != 1:
         raise _Bad("cpus takes one number")
     value = _positive(args[0], "cpus")
+    if not MIN_CPUS <= value <= MAX_CPUS:
+        raise _Bad(f"cpus {shown(args[0])} is out of range: {MIN_CPUS:g} to {MAX_CPUS:g}")
     draft.once("cpus", line)
     draft.cpus = value
 

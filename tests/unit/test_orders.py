@@ -1,5 +1,7 @@
 """The orders parser: every directive, every mistake a user can make, and the seed's example."""
 
+from ipaddress import IPv4Address
+
 import pytest
 
 from hyperdrive.config import KNOWN_HULLS
@@ -13,6 +15,7 @@ from hyperdrive.headquarters.orders import (
     parse_orders_bytes,
 )
 from hyperdrive.pipeline.hulls import BUILDERS
+from hyperdrive.pipeline.model import ShipSpec
 
 SEED = "autodeploy https://github.com/wballard/starphleet.sample.git\nexport PORT=3000\n"
 
@@ -247,6 +250,30 @@ def test_cpus() -> None:
     assert parse("cpus 0.5").cpus == 0.5
     assert "positive number" in rejected("cpus 0").message
     assert "one number" in rejected("cpus").message
+
+
+@pytest.mark.parametrize("text", ["cpus 0.001", "cpus 0.009", "cpus 1025", "cpus 99999999"])
+def test_cpus_a_ship_could_not_take_are_refused_at_their_line(text: str) -> None:
+    refused = rejected(f"hull debian\n{text}")
+    assert str(refused).startswith("api/orders:2: ")
+    assert "out of range: 0.01 to 1024" in refused.message
+
+
+@pytest.mark.parametrize("text", ["memory 1M", "memory 3.9M", "memory 4000K", "memory 0.001G"])
+def test_memory_below_what_a_ship_needs_is_refused_at_its_line(text: str) -> None:
+    refused = rejected(f"hull debian\n{text}")
+    assert str(refused).startswith("api/orders:2: ")
+    assert "below the 4M a ship needs" in refused.message
+
+
+def test_the_limits_orders_allow_are_the_limits_a_ship_takes() -> None:
+    """The extremes orders accept build a ShipSpec: no push passes HQ and fails every deploy."""
+    for text in ("cpus 0.01\nmemory 4M", "cpus 1024\nmemory 4M"):
+        orders = parse(text)
+        address, gateway = IPv4Address("10.0.3.2"), IPv4Address("10.0.3.1")
+        limits = {"memory_bytes": orders.memory_bytes, "cpus": orders.cpus}
+        spec = ShipSpec(address, gateway, 24, "hdbr0", "web-1", **limits)  # type: ignore[arg-type]
+        assert (spec.cpus, spec.memory_bytes) == (orders.cpus, orders.memory_bytes)
 
 
 def test_egress() -> None:
