@@ -140,6 +140,16 @@ async def create_repo(path: Path, hooks_dir: Path) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _has_refs(repo: Path) -> bool:
+    """Any branch or tag stored, loose or packed (read without git: a handful of files)."""
+    packed = repo / "packed-refs"
+    if packed.is_file() and any(
+        line and not line.startswith(b"#") for line in packed.read_bytes().splitlines()
+    ):
+        return True
+    return any(path.is_file() for path in (repo / "refs").rglob("*"))
+
+
 def _scratch_beside(path: Path) -> Path | None:
     """A fresh temporary folder next to `path`, or None when `path` already exists."""
     if path.is_dir():
@@ -336,6 +346,8 @@ class GitServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
         self._creating: dict[str, asyncio.Lock] = {}
+        self._pushing: dict[str, int] = {}  # receive-packs running, by app
+        self._fresh: set[str] = set()  # repos a push created that have no ref yet
 
     @property
     def bound_port(self) -> int:
@@ -413,24 +425,54 @@ class GitServer:
         self, request: GitRequest, admiral: str, process: asyncssh.SSHServerProcess[bytes]
     ) -> int:
         repo = self.git_root / f"{request.app}.git"
+        if request.service == "receive-pack":
+            return await self._receive(request.app, repo, admiral, process)
         if not repo.is_dir():
-            if request.service != "receive-pack":
-                return _refuse(process, f"repository '{request.app}' does not exist")
-            await self._create(request.app, repo)
+            return _refuse(process, f"repository '{request.app}' does not exist")
         env = self._git_env(request.app, admiral, process.env)
         return await run_git(request.service, repo, env, process)
+
+    async def _receive(
+        self, app: str, repo: Path, admiral: str, process: asyncssh.SSHServerProcess[bytes]
+    ) -> int:
+        """A push; the repo is made for the first one, and removed again if the last push
+        into it ends with no ref in it (`git-receive-pack zzz` that sends nothing)."""
+        self._pushing[app] = self._pushing.get(app, 0) + 1
+        try:
+            if await self._create(app, repo):  # False when it is there already
+                self._fresh.add(app)
+            return await run_git(
+                "receive-pack", repo, self._git_env(app, admiral, process.env), process
+            )
+        finally:
+            self._pushing[app] -= 1
+            if not self._pushing[app]:
+                del self._pushing[app]
+                self._drop_if_still_empty(app, repo)
+
+    def _drop_if_still_empty(self, app: str, repo: Path) -> None:
+        """Synchronous on purpose: no other push of `app` can start between check and removal."""
+        if app not in self._fresh:
+            return
+        self._fresh.discard(app)
+        if not _has_refs(repo):
+            shutil.rmtree(repo, ignore_errors=True)
+            log.info("ssh: removed repository %s: the push that made it stored nothing", repo)
 
     async def ensure_repo(self, app: str) -> None:
         """Create the hosted repo `app` now if it is missing (headquarters, at first start)."""
         await self._create(app, self.git_root / f"{repo_name(app)}.git")
 
-    async def _create(self, app: str, repo: Path) -> None:
-        """First push of an app: create its bare repo (one creator per name at a time)."""
+    async def _create(self, app: str, repo: Path) -> bool:
+        """First push of an app: create its bare repo (one creator per name at a time); True
+        when this call made it."""
         lock = self._creating.setdefault(app, asyncio.Lock())
         async with lock:
-            if await create_repo(repo, self.hooks_dir):
+            created = await create_repo(repo, self.hooks_dir)
+            if created:
                 log.info("ssh: created repository %s", repo)
         self._creating.pop(app, None)
+        return created
 
     def _git_env(self, app: str, admiral: str, client_env: Mapping[str, str]) -> dict[str, str]:
         env = {

@@ -52,9 +52,15 @@ class Rig:
     def url(self, repo: str) -> str:
         return f"ssh://git@127.0.0.1:{self.port}/{repo}"
 
-    async def ssh(self, *command: str, key: Path | None = None, extra: tuple[str, ...] = ()):
+    async def ssh(
+        self,
+        *command: str,
+        key: Path | None = None,
+        extra: tuple[str, ...] = (),
+        stdin: bytes | None = None,
+    ):
         argv = ssh_argv(key or self.key, self.port, *extra)
-        return await run(*argv, "git@127.0.0.1", *command)
+        return await run(*argv, "git@127.0.0.1", *command, stdin=stdin)
 
 
 Commands = dict[str, object]
@@ -119,6 +125,27 @@ async def test_push_creates_the_repo_and_one_trigger_per_ref(rig: Rig) -> None:
     assert pushed.returncode == 0, pushed.output
     found = {(t["data"]["ref"], t["data"]["new"]) for t in triggers(rig.spool)[1:]}  # type: ignore[index]
     assert found == {("refs/heads/master", second), ("refs/tags/v1", sha)}
+
+
+async def test_a_receive_pack_that_pushes_nothing_leaves_no_repo(rig: Rig) -> None:
+    quiet = await rig.ssh("git-receive-pack 'zzz'", stdin=b"0000")
+    assert quiet.returncode == 0, quiet.output
+    assert "refs/heads" not in quiet.stdout  # an empty repo's advertisement: it was made
+    assert list(rig.git_root.iterdir()) == []
+    await rig.ssh("git-receive-pack 'zzz'")  # a client that hangs up without a word
+    assert list(rig.git_root.iterdir()) == []
+    nothing = await run("git", "ls-remote", rig.url("zzz"), env=rig.env)
+    assert "repository 'zzz' does not exist" in nothing.stderr
+    _, sha, pushed = await push_app(rig, "zzz")  # a real first push still makes it, and keeps it
+    assert pushed.returncode == 0, pushed.output
+    listed = await run("git", "ls-remote", rig.url("zzz"), env=rig.env)
+    assert f"{sha}\trefs/heads/master" in listed.stdout
+
+
+async def test_an_existing_empty_repo_is_kept_after_a_push_of_nothing(rig: Rig) -> None:
+    await rig.server.ensure_repo("hq")
+    assert (await rig.ssh("git-receive-pack 'hq'", stdin=b"0000")).returncode == 0
+    assert (rig.git_root / "hq.git" / "HEAD").is_file()
 
 
 async def test_a_repo_made_by_an_older_install_runs_the_hooks_in_force(rig: Rig) -> None:
@@ -417,6 +444,7 @@ async def test_a_push_cut_off_half_way_leaves_the_repo_intact(rig: Rig) -> None:
     proxy = rig.tmp / "slow_proxy.py"
     proxy.write_text(SLOW_PROXY)
     env = git_env(rig.key, rig.port, "-o", f"ProxyCommand=python3 {proxy} {rig.port}")
+    await rig.server.ensure_repo("cut")  # made before: a first push storing nothing leaves none
     push = await asyncio.create_subprocess_exec(
         "git", "push", rig.url("cut"), "master", cwd=tree, env=env, start_new_session=True,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
