@@ -40,12 +40,16 @@ class Deployer:
     ships: Ships
 
     async def deploy(self, cmd: Deploy, ctx: Context) -> str:
+        known = self.records.known(cmd.app) or cmd.app in self.fleet.names()
         job = open_job(cmd, ctx, self.records, self.fleet, self.clock)
         job.emit(ev.DeployStarted, f"deploy of {cmd.app} started ({cmd.source})")
         try:
             sha = await self.planner.plan(job)
         except DeployError as err:
-            return self.ships.failed(job, err)
+            outcome = self.ships.failed(job, err)
+            if not known:  # `deploy ghost`: said in the log, but no record of an app nobody made
+                self.records.drop(cmd.app)
+            return outcome
         if sha is None:
             return IGNORED
         if self._already_live(job, sha):

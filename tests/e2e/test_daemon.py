@@ -170,6 +170,15 @@ def test_logs_refuses_a_huge_count_before_asking_the_daemon(daemon: Daemon) -> N
     assert "Traceback" not in daemon.log()
 
 
+def test_deploying_an_app_that_does_not_exist_leaves_no_trace_of_it(daemon: Daemon) -> None:
+    result = daemon.hd("deploy", "ghost", check=False, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed at plan" in result.stdout, result.stdout
+    assert not (daemon.data / "records" / "apps" / "ghost.json").exists()
+    assert json.loads(daemon.hd("status", "--json").stdout)["apps"] == []
+    assert not (daemon.data / "git" / "ghost.git").exists()
+
+
 def test_logs_follow_streams_new_events(daemon: Daemon) -> None:
     argv = [sys.executable, "-m", "hyperdrive", "logs", "-f", "--json", "-n", "0"]
     with subprocess.Popen(argv, env=daemon.env, stdout=subprocess.PIPE, text=True) as follower:

@@ -43,6 +43,28 @@ async def live_at(hd: Squadron, app: str, files: dict[str, str] | None = None) -
 # ─── a deploy and its story ──────────────────────────────────────────────────
 
 
+async def test_deploying_an_app_nobody_made_fails_at_plan_and_leaves_no_record(
+    world: World, hd: Squadron
+) -> None:
+    await live_at(hd, "web")
+    await hd.run(Deploy(deploy="t-ghost", app="ghost", source="cli", admiral="alice"))
+    failed = hd.outcome("t-ghost")
+    assert failed["event"] == "DeployFailed"
+    assert failed["stage"] == "plan", failed
+    assert not (world.config().apps_records_dir / "ghost.json").exists()
+    assert [row["app"] for row in hd.daemon.api.status()["apps"]] == ["web"]
+    again = world.daemon()  # and after a restart
+    assert [row["app"] for row in again.daemon.api.status()["apps"]] == ["web"]
+
+
+async def test_a_failed_plan_of_a_known_app_keeps_its_record(world: World, hd: Squadron) -> None:
+    await live_at(hd, "web")
+    await hd.run(Deploy(deploy="t-bad", app="web", sha="f" * 40, source="cli"))
+    assert hd.outcome("t-bad")["event"] == "DeployFailed"
+    assert hd.app("web").last_deploy["result"] == "failed at fetch"
+    assert (world.config().apps_records_dir / "web.json").exists()
+
+
 async def test_a_deploy_tells_every_stage_with_its_duration_and_finishes_after_the_drain(
     hd: Squadron,
 ) -> None:
