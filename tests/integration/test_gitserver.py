@@ -268,6 +268,21 @@ async def test_an_empty_headquarters_clones_and_a_plain_git_push_is_checked(rig:
     assert "web: deploy" not in draft.stderr
 
 
+async def test_a_headquarters_push_with_limits_no_ship_takes_is_refused(rig: Rig) -> None:
+    await rig.server.ensure_repo("headquarters")
+    clone = rig.tmp / "hq"
+    assert (await run("git", "clone", rig.url("headquarters"), clone, env=rig.env)).returncode == 0
+    admiral = Path(f"{rig.key}.pub").read_bytes()
+    orders = b"healthcheck /\ncpus 0.001\n"
+    await commit(clone, rig.env, {"authorized_keys/me.pub": admiral, "web/orders": orders})
+    pushed = await run("git", "push", cwd=clone, env=rig.env)
+    assert pushed.returncode != 0
+    assert "web/orders:2: cpus '0.001' is out of range: 0.01 to 1024" in pushed.stderr
+    refs = await check("git", "for-each-ref", cwd=rig.git_root / "headquarters.git")
+    assert refs.stdout == ""
+    assert triggers(rig.spool) == []
+
+
 async def test_nowait_queues_without_waiting(rig: Rig) -> None:
     tree = rig.tmp / "tree"
     sha = await work_tree(tree, rig.env, {"a": b"a"})
