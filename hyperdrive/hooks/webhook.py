@@ -117,6 +117,8 @@ class WebhookSpool(Protocol):
 
     def fingerprint(self, trigger_id: str) -> str | None: ...
 
+    def carried(self, fingerprint: str) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class _Follower:
@@ -609,6 +611,8 @@ class WebhookReceiver:
         known = self._spool.fingerprint(delivery.trigger_id)
         if known is not None:
             return self._redelivered(delivery, known)
+        if (first := self._spool.carried(delivery.fingerprint)) is not None:
+            return self._replayed(delivery, first)
         return await self._push(delivery, push)
 
     async def _push(self, delivery: _Delivery, push: Push) -> web.Response:
@@ -663,6 +667,12 @@ class WebhookReceiver:
         reason = "this delivery id was used before for a different body; started nothing"
         self._record(ev.WebhookRejected(message=reason, status=409), delivery)
         return web.json_response({"status": "rejected", "reason": reason}, status=409)
+
+    def _replayed(self, delivery: _Delivery, first: str) -> web.Response:
+        """The same signed body under a new delivery id: a replay (or a forge's retry)."""
+        said = f"the same body came before as {first}; started nothing"
+        self._record(ev.WebhookRedelivered(message=said), delivery)
+        return web.json_response({"status": "duplicate"}, status=200)
 
     def _ignored(self, delivery: _Delivery, reason: str) -> web.Response:
         self._record(ev.WebhookIgnored(message=reason), delivery)

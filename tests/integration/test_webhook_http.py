@@ -213,6 +213,28 @@ async def test_replayed_delivery_is_a_duplicate_also_after_restart(tmp_path: Pat
         await second.stop()
 
 
+async def test_a_signed_body_resent_under_a_fresh_delivery_id_is_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    """The signature covers the body, not the id: a captured push re-sent as new starts nothing,
+    while it is pending, once it is done, and after a restart."""
+    first = await start(tmp_path / "spool")
+    headers, body = forge.github(forge.payload("github_push"), delivery="captured")
+    assert (await first.post("github", headers, body))[0] == 202
+    replay = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}
+    assert await first.post("github", replay, body) == (200, {"status": "duplicate"})
+    assert first.events[-1]["event"] == "WebhookRedelivered"
+    assert "same body came before as github:captured" in first.events[-1]["message"]
+    await first.stop()
+    second = await start(tmp_path / "spool")
+    try:
+        replay = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}
+        assert await second.post("github", replay, body) == (200, {"status": "duplicate"})
+        assert list(second.triggers()) == ["github:captured"]
+    finally:
+        await second.stop()
+
+
 async def test_same_delivery_id_with_another_body_is_a_conflict(server: Server) -> None:
     headers, body = forge.github(forge.payload("github_push"), delivery="clash")
     assert (await server.post("github", headers, body))[0] == 202
