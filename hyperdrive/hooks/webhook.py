@@ -42,6 +42,7 @@ from multidict import CIMultiDictProxy
 
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
+from hyperdrive.hooks.refusals import RefusalTally
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
 from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
@@ -529,6 +530,7 @@ class WebhookReceiver:
         max_body: int = MAX_BODY,
         read_timeout: float = READ_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        refusals: RefusalTally | None = None,
     ) -> None:
         self._secret = secret.encode()
         self._spool = spool
@@ -537,6 +539,7 @@ class WebhookReceiver:
         self._max_body = max_body
         self._read_timeout = read_timeout
         self._clock = clock
+        self.refusals = refusals or RefusalTally()
 
     def add_routes(self, app: web.Application) -> None:
         for name in PROVIDERS:
@@ -554,15 +557,28 @@ class WebhookReceiver:
             delivery = await self._receive(provider, request)
             return await self._dispatch(delivery)
         except WebhookRefused as err:
-            self._record(
-                ev.WebhookRejected(provider=provider.name, message=err.reason, status=err.status)
-            )
+            self._refused(provider, request.remote or "unknown", err)
             response = web.json_response(
                 {"status": "rejected", "reason": err.reason}, status=err.status
             )
             if err.status in (408, 413):
                 response.force_close()  # the rest of the body is not worth a kept-alive connection
             return response
+
+    def _refused(self, provider: Provider, source: str, err: WebhookRefused) -> None:
+        """At most one event per source address per interval; the rest become one summary."""
+        write, summaries = self.refusals.refuse(source, err.status)
+        for burst in summaries:
+            said = ev.WebhookRejected(
+                message=burst.message, status=burst.status, source=burst.source, more=burst.more
+            )
+            self._record(said)
+        if write:
+            name, status = provider.name, err.status
+            said = ev.WebhookRejected(
+                provider=name, message=err.reason, status=status, source=source
+            )
+            self._record(said)
 
     async def _receive(self, provider: Provider, request: web.Request) -> _Delivery:
         """Everything before the payload means anything: secret, forge, type, size, signature."""

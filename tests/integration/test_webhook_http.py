@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from hyperdrive.hooks.refusals import RefusalTally
 from hyperdrive.hooks.webhook import MAX_BODY, StaticResolver, WebhookReceiver
 from hyperdrive.spool import JOURNAL, FileSpool, read_journal
 from hyperdrive.triggers import Trigger
@@ -63,12 +64,15 @@ class Server:
             return response.status, await response.json()
 
 
-async def start(spool_dir: Path, secret: str = forge.SECRET) -> Server:
+async def start(
+    spool_dir: Path, secret: str = forge.SECRET, refusals: RefusalTally | None = None
+) -> Server:
     spool = FileSpool(spool_dir)
     await spool.open()
     events: list[dict[str, Any]] = []
+    resolver = StaticResolver(APPS, HQ)
     receiver = WebhookReceiver(
-        secret, spool, StaticResolver(APPS, HQ), events.append, read_timeout=READ_TIMEOUT
+        secret, spool, resolver, events.append, read_timeout=READ_TIMEOUT, refusals=refusals
     )
     app = web.Application()
     receiver.add_routes(app)
@@ -305,6 +309,39 @@ async def test_bad_signatures_are_refused(
     assert server.triggers() == {}
     assert server.events[-1]["event"] == "WebhookRejected"
     no_secrets_in(server, "0" * 64)
+
+
+class Clock:
+    """The tally's clock, moved by the test: an interval passes without waiting for it."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_flood_of_unsigned_posts_is_one_event_and_one_summary(tmp_path: Path) -> None:
+    clock = Clock()
+    server = await start(tmp_path / "spool", refusals=RefusalTally(interval=60, clock=clock))
+    try:
+        headers, body = push_headers(X_Hub_Signature_256=None)
+        answers = [await server.post("github", headers, body) for _ in range(40)]
+        assert {status for status, _ in answers} == {401}, "every one is still refused"
+        (first,) = server.events
+        assert first["event"] == "WebhookRejected"
+        assert first["source"] == "127.0.0.1"
+        assert "missing X-Hub-Signature-256" in first["message"]
+        clock.now += 60
+        status, _ = await server.post("github", *push_headers(X_Hub_Signature_256=None))
+        assert status == 401
+        summary, again = server.events[1:]
+        assert summary["message"] == "39 more refusals from 127.0.0.1 in the last 60 s"
+        assert (summary["more"], summary["status"]) == (39, 401)
+        assert again["message"] == first["message"]
+        good_headers, good_body = forge.github(forge.payload("github_push"), delivery="ok-1")
+        assert (await server.post("github", good_headers, good_body))[0] == 202
+    finally:
+        await server.stop()
 
 
 async def test_gitlab_wrong_token_and_stale_signed_timestamp(server: Server) -> None:
