@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from hyperdrive.eventlog import JsonlEventLog
 from hyperdrive.hooks.refusals import RefusalTally
 from hyperdrive.hooks.webhook import MAX_BODY, StaticResolver, WebhookReceiver
 from hyperdrive.spool import JOURNAL, FileSpool, read_journal
@@ -48,6 +49,7 @@ class Server:
     spool_dir: Path
     stop: Callable[[], Awaitable[None]]
     events: list[dict[str, Any]] = field(default_factory=list)
+    sinks: list[Callable[[dict[str, Any]], object]] = field(default_factory=list)
 
     def triggers(self) -> dict[str, Trigger]:
         """What the journal on disk holds, as a restarted daemon would read it."""
@@ -70,9 +72,15 @@ async def start(
     spool = FileSpool(spool_dir)
     await spool.open()
     events: list[dict[str, Any]] = []
+    sinks: list[Callable[[dict[str, Any]], object]] = [events.append]  # a test may add a log
+
+    def emit(record: dict[str, Any]) -> None:
+        for sink in sinks:
+            sink(record)
+
     resolver = StaticResolver(APPS, HQ)
     receiver = WebhookReceiver(
-        secret, spool, resolver, events.append, read_timeout=READ_TIMEOUT, refusals=refusals
+        secret, spool, resolver, emit, read_timeout=READ_TIMEOUT, refusals=refusals
     )
     app = web.Application()
     receiver.add_routes(app)
@@ -85,7 +93,7 @@ async def start(
         await runner.cleanup()
         await spool.close()
 
-    return Server(f"http://127.0.0.1:{port}", spool_dir, stop, events)
+    return Server(f"http://127.0.0.1:{port}", spool_dir, stop, events, sinks)
 
 
 @pytest.fixture
@@ -169,6 +177,37 @@ async def test_bitbucket_push(server: Server) -> None:
     assert app == "shop"
     trigger_id = deploy.rsplit(":", 1)[0]
     assert server.triggers()[trigger_id].data["new"] == "c4f8a0f1b9e1f0c2d3a4b5c6d7e8f9a0b1c2d3e4"
+
+
+async def test_a_signed_bitbucket_push_of_20k_changes_writes_one_capped_line(
+    tmp_path: Path,
+) -> None:
+    log = JsonlEventLog(tmp_path / "events.jsonl")
+    log.open()
+    server = await start(tmp_path / "spool")
+    server.sinks.append(log.append)
+    try:
+
+        def many(obj: dict[str, Any]) -> None:
+            (change,) = obj["push"]["changes"]
+            branches = [json.loads(json.dumps(change)) for _ in range(20_000)]
+            for n, branch in enumerate(branches):
+                branch["new"]["name"] = branch["old"]["name"] = f"feature-{n}"
+            obj["push"]["changes"] = branches
+
+        headers, body = forge.bitbucket(forge.changed("bitbucket_push", many), delivery="{b-20k}")
+        assert len(body) > 1_000_000
+        status, answer = await server.post("bitbucket", headers, io.BytesIO(body))
+        assert (status, answer["status"]) == (202, "ignored")
+        (line,) = log.path.read_bytes().splitlines()
+        assert len(line) <= 64 * 1024
+        stored = json.loads(line)
+        assert (stored["event"], stored["provider"]) == ("WebhookIgnored", "bitbucket")
+        assert stored["message"].startswith("refs/heads/feature-0: ")
+        assert "[cut: this event was " in stored["message"]
+    finally:
+        await server.stop()
+        log.close()
 
 
 async def test_hq_push_queues_an_hq_sync(server: Server) -> None:
