@@ -109,6 +109,17 @@ def test_a_replayed_webhook_never_rolls_the_site_back(
     assert d.wait_event("StageFinished", deploy=late, stage="plan", message=said)
     assert http_get(d.http_port, "/site/") == (200, "v2\n")
 
+    unsigned = {k: v for k, v in headers1.items() if k != "X-Hub-Signature-256"}
+    assert [post(d, "github", unsigned, body1)[0] for _ in range(25)] == [401] * 25
+    rejected = [e for e in d.events() if e.get("event") == "WebhookRejected"]
+    assert len(rejected) == 1, "a burst from one address is one event"
+    assert rejected[0]["source"] == "127.0.0.1"
+    url = f"http://127.0.0.1:{d.api_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        metrics = response.read().decode()
+    assert "hyperdrive_webhook_refusals 25.0" in metrics
+    assert "hyperdrive_webhook_refusals_summarised 24.0" in metrics
+
 
 def test_forge_push_and_webhook_deploy_the_new_commit(
     fleet: tuple[Daemon, Admiral], tmp_path: Path
