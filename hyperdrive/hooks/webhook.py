@@ -18,6 +18,9 @@ Decisions worth knowing (README material):
   `X-Gitlab-Event-UUID`.
 * Tags: a tag push matches an app only when its orders name that tag (`autodeploy URL#v1`).
 * Payload URLs are only compared, never fetched: the pipeline fetches from the orders' URL.
+* The signature covers the body, not the id: a known body under a new id is a duplicate, and the
+  pipeline deploys the fetched branch tip, not the payload's sha (plan.py).
+* Refusals go through `RefusalTally`: one event per source address per interval, then a summary.
 """
 
 from __future__ import annotations
