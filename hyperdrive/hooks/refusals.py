@@ -8,6 +8,7 @@ front; at most `max_sources` are tracked (the oldest is summarised early to make
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,6 +16,20 @@ from dataclasses import dataclass
 
 INTERVAL_S = 60.0
 MAX_SOURCES = 4096
+
+
+def source_of(remote: str | None) -> str:
+    """The address refusals are counted by: the TCP peer, an IPv6 one by its /64 (one host
+    commonly holds a whole /64, so counting its addresses one by one would count nothing)."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return remote or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
 
 
 @dataclass

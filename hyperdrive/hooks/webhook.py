@@ -45,7 +45,7 @@ from multidict import CIMultiDictProxy
 
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
-from hyperdrive.hooks.refusals import RefusalTally
+from hyperdrive.hooks.refusals import RefusalTally, source_of
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
 from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
@@ -560,7 +560,7 @@ class WebhookReceiver:
             delivery = await self._receive(provider, request)
             return await self._dispatch(delivery)
         except WebhookRefused as err:
-            self._refused(provider, request.remote or "unknown", err)
+            self._refused(provider, source_of(request.remote), err)
             response = web.json_response(
                 {"status": "rejected", "reason": err.reason}, status=err.status
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hyperdrive.hooks.refusals import RefusalTally, Summary
+from hyperdrive.hooks.refusals import RefusalTally, Summary, source_of
 
 
 class Clock:
@@ -47,3 +47,11 @@ def test_tracked_sources_are_bounded() -> None:
     write, summaries = tally.refuse("c", 401)
     assert write
     assert summaries == [Summary("a", 1, 60, 401)], "the oldest is summarised early"
+
+
+def test_refusals_are_counted_by_address_and_ipv6_by_its_64() -> None:
+    assert source_of("203.0.113.9") == "203.0.113.9"
+    assert source_of("::ffff:203.0.113.9") == "203.0.113.9"
+    assert source_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64"
+    assert source_of(None) == "unknown"
