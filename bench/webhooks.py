@@ -99,7 +99,14 @@ async def _serve(port: int, spool_dir: Path, loop_name: str) -> None:
     from hyperdrive.hooks.webhook import StaticResolver, WebhookReceiver  # noqa: PLC0415
     from hyperdrive.spool import FileSpool  # noqa: PLC0415
 
-    spool = FileSpool(spool_dir)
+    class EveryBodyNew(FileSpool):
+        """wrk cannot sign a new body per request, so the bench posts one body under fresh
+        delivery ids: the body dedupe (one dict lookup) is off so each takes the durable put."""
+
+        def carried(self, fingerprint: str) -> str | None:
+            return None
+
+    spool = EveryBodyNew(spool_dir)
     await spool.open()
     events: list[object] = []
     receiver = WebhookReceiver(

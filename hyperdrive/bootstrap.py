@@ -370,12 +370,18 @@ def _api(
     inbox: Inbox,
     status: Status,
 ) -> Api:
-    def metrics() -> Mapping[str, float]:
-        return {"deploys_inflight": bus.inflight, "triggers_handed_over": inbox.handed_over}
-
     webhooks = WebhookReceiver(
         config.webhook_secret, spool, FleetResolver(core.fleet, hq), eventlog.append
     )
+
+    def metrics() -> Mapping[str, float]:
+        return {
+            "deploys_inflight": bus.inflight,
+            "triggers_handed_over": inbox.handed_over,
+            "webhook_refusals": webhooks.refusals.refused,
+            "webhook_refusals_summarised": webhooks.refusals.unwritten,
+        }
+
     return Api(
         eventlog,
         spool,

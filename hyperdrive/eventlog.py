@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 FIELDS = ("ts", "seq", "event", "app", "sha", "ship", "deploy", "ms", "message")
+MAX_LINE = 64 * 1024  # bytes an event line may take: one huge delivery cannot flood the log
+CUT_TEXT, CUT_ITEMS = 1024, 16  # what an oversized event keeps of its other strings and lists
 SECRET_KEY = re.compile(r"secret|token|signature|password|private", re.IGNORECASE)
 
 
@@ -85,6 +87,44 @@ def redact(event: Mapping[str, Any]) -> Event:
             continue
         clean[key] = "********" if SECRET_KEY.search(key) else value
     return clean
+
+
+def _encoded(record: Event) -> bytes:
+    return json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def capped(record: Event, limit: int = MAX_LINE) -> tuple[Event, bytes]:
+    """The record and its line, at most `limit` bytes: a longer one keeps its fixed fields,
+    its other strings and lists are cut, and its message is cut last, saying so."""
+    line = _encoded(record)
+    if len(line) <= limit:
+        return record, line
+    note = f" [cut: this event was {len(line)} bytes; the log keeps {limit // 1024} KiB a line]"
+    small: Event = {k: _shortened(v) if k not in FIELDS else v for k, v in record.items()}
+    message = str(record.get("message", ""))
+    keep = len(message)
+    for _ in range(64):  # bounded; escapes (\uXXXX) are why one cut may not be enough
+        small["message"] = message[:keep] + note
+        line = _encoded(small)
+        if len(line) <= limit:
+            return small, line
+        if keep == 0:
+            break
+        keep = max(0, keep - (len(line) - limit))
+    bare: Event = {k: record[k] for k in FIELDS if k in record and k != "message"}
+    bare["message"] = note.strip()
+    return bare, _encoded(bare)
+
+
+def _shortened(value: Any) -> Any:
+    """A non-fixed field of an oversized event: long strings and lists cut, with a count."""
+    if isinstance(value, str) and len(value) > CUT_TEXT:
+        return value[:CUT_TEXT] + f"… ({len(value) - CUT_TEXT} more characters cut)"
+    if isinstance(value, list | tuple) and len(value) > CUT_ITEMS:
+        return [*value[:CUT_ITEMS], f"… ({len(value) - CUT_ITEMS} more items cut)"]
+    if isinstance(value, dict) and len(_encoded(value)) > CUT_TEXT:
+        return _shortened(json.dumps(value, default=str))
+    return value
 
 
 class EventSink(Protocol):
@@ -273,8 +313,7 @@ class JsonlEventLog:
         if self._fh is None:
             raise RuntimeError("event log is not open")
         self.seq += 1
-        record = redact({"ts": now_iso(), "seq": self.seq, **event})
-        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+        record, line = capped(redact({"ts": now_iso(), "seq": self.seq, **event}))
         if self._size + len(line) > self.max_bytes and self._size:
             self._rotate()
         deploy = record.get("deploy")

@@ -177,6 +177,7 @@ class FileSpool:
         self._on_rejected = on_rejected or (lambda name, why: None)
         self._pending: dict[str, Trigger] = {}
         self._seen: Seen = {}
+        self._bodies: dict[str, str] = {}  # fingerprint -> the trigger id that carried it
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._ready: asyncio.Queue[Trigger] = asyncio.Queue()
         self._records = 0
@@ -189,6 +190,7 @@ class FileSpool:
         journal = self.root / JOURNAL
         self._pending, self._seen, self._records = await asyncio.to_thread(read_journal, journal)
         self._writer = _JournalWriter(journal)
+        self._index_bodies()
         for trigger in self._pending.values():
             self._ready.put_nowait(trigger)
         await self.ingest_incoming()
@@ -212,6 +214,15 @@ class FileSpool:
             return self._seen[trigger_id][1]
         return None
 
+    def carried(self, fingerprint: str) -> str | None:
+        """The id of a known trigger (pending or done, within retention) with this body."""
+        return self._bodies.get(fingerprint) if fingerprint else None
+
+    def _index_bodies(self) -> None:
+        """Body fingerprints of every trigger the spool knows, for a replay under a new id."""
+        self._bodies = {fp: tid for tid, (_, fp) in self._seen.items() if fp}
+        self._bodies |= {t.fingerprint: t.id for t in self._pending.values() if t.fingerprint}
+
     async def put(self, trigger: Trigger) -> bool:
         """Append and fsync (shared with concurrent puts); False for an id already taken."""
         if trigger.id in self._inflight:
@@ -220,12 +231,15 @@ class FileSpool:
         if self.knows(trigger.id):
             return False
         self._pending[trigger.id] = trigger
+        if trigger.fingerprint:
+            self._bodies[trigger.fingerprint] = trigger.id
         future = self._submit([_line({"op": "put", "trigger": trigger.to_json()})])
         self._inflight[trigger.id] = future
         try:
             await asyncio.shield(future)
         except OSError as err:
             self._pending.pop(trigger.id, None)
+            self._index_bodies()
             raise SpoolError(f"could not persist trigger {trigger.id}: {err}") from err
         finally:
             self._inflight.pop(trigger.id, None)
@@ -249,6 +263,7 @@ class FileSpool:
         """Rewrite the journal as just the pending triggers and the recently done ids."""
         horizon = time.time() - SEEN_RETENTION_S
         self._seen = {tid: seen for tid, seen in self._seen.items() if seen[0] >= horizon}
+        self._index_bodies()
         lines = [_line({"op": "put", "trigger": t.to_json()}) for t in self._pending.values()]
         lines += [
             _line({"op": "done", "id": i, "ts": ts, "fp": fp}) for i, (ts, fp) in self._seen.items()

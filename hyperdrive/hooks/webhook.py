@@ -18,6 +18,9 @@ Decisions worth knowing (README material):
   `X-Gitlab-Event-UUID`.
 * Tags: a tag push matches an app only when its orders name that tag (`autodeploy URL#v1`).
 * Payload URLs are only compared, never fetched: the pipeline fetches from the orders' URL.
+* The signature covers the body, not the id: a known body under a new id is a duplicate, and the
+  pipeline deploys the fetched branch tip, not the payload's sha (plan.py).
+* Refusals go through `RefusalTally`: one event per source address per interval, then a summary.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from multidict import CIMultiDictProxy
 
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, split_branch
+from hyperdrive.hooks.refusals import RefusalTally, source_of
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
 from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
@@ -116,6 +120,8 @@ class WebhookSpool(Protocol):
     async def put(self, trigger: Trigger) -> bool: ...
 
     def fingerprint(self, trigger_id: str) -> str | None: ...
+
+    def carried(self, fingerprint: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -527,6 +533,7 @@ class WebhookReceiver:
         max_body: int = MAX_BODY,
         read_timeout: float = READ_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        refusals: RefusalTally | None = None,
     ) -> None:
         self._secret = secret.encode()
         self._spool = spool
@@ -535,6 +542,7 @@ class WebhookReceiver:
         self._max_body = max_body
         self._read_timeout = read_timeout
         self._clock = clock
+        self.refusals = refusals or RefusalTally()
 
     def add_routes(self, app: web.Application) -> None:
         for name in PROVIDERS:
@@ -552,15 +560,28 @@ class WebhookReceiver:
             delivery = await self._receive(provider, request)
             return await self._dispatch(delivery)
         except WebhookRefused as err:
-            self._record(
-                ev.WebhookRejected(provider=provider.name, message=err.reason, status=err.status)
-            )
+            self._refused(provider, source_of(request.remote), err)
             response = web.json_response(
                 {"status": "rejected", "reason": err.reason}, status=err.status
             )
             if err.status in (408, 413):
                 response.force_close()  # the rest of the body is not worth a kept-alive connection
             return response
+
+    def _refused(self, provider: Provider, source: str, err: WebhookRefused) -> None:
+        """At most one event per source address per interval; the rest become one summary."""
+        write, summaries = self.refusals.refuse(source, err.status)
+        for burst in summaries:
+            said = ev.WebhookRejected(
+                message=burst.message, status=burst.status, source=burst.source, more=burst.more
+            )
+            self._record(said)
+        if write:
+            name, status = provider.name, err.status
+            said = ev.WebhookRejected(
+                provider=name, message=err.reason, status=status, source=source
+            )
+            self._record(said)
 
     async def _receive(self, provider: Provider, request: web.Request) -> _Delivery:
         """Everything before the payload means anything: secret, forge, type, size, signature."""
@@ -609,6 +630,8 @@ class WebhookReceiver:
         known = self._spool.fingerprint(delivery.trigger_id)
         if known is not None:
             return self._redelivered(delivery, known)
+        if (first := self._spool.carried(delivery.fingerprint)) is not None:
+            return self._replayed(delivery, first)
         return await self._push(delivery, push)
 
     async def _push(self, delivery: _Delivery, push: Push) -> web.Response:
@@ -663,6 +686,12 @@ class WebhookReceiver:
         reason = "this delivery id was used before for a different body; started nothing"
         self._record(ev.WebhookRejected(message=reason, status=409), delivery)
         return web.json_response({"status": "rejected", "reason": reason}, status=409)
+
+    def _replayed(self, delivery: _Delivery, first: str) -> web.Response:
+        """The same signed body under a new delivery id: a replay (or a forge's retry)."""
+        said = f"the same body came before as {first}; started nothing"
+        self._record(ev.WebhookRedelivered(message=said), delivery)
+        return web.json_response({"status": "duplicate"}, status=200)
 
     def _ignored(self, delivery: _Delivery, reason: str) -> web.Response:
         self._record(ev.WebhookIgnored(message=reason), delivery)

@@ -268,6 +268,9 @@ class WebhookPinged(WebhookEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookRejected(WebhookEvent):
-    """A delivery refused with HTTP `status`; the message is the reason the sender was given."""
+    """A delivery refused with HTTP `status`; the message is the reason the sender was given.
+    One per source address per interval: `more` counts the refusals a summary stands for."""
 
     status: int = 400
+    source: str | None = None
+    more: int | None = None

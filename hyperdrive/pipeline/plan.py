@@ -65,9 +65,11 @@ class Planner:
         return sha
 
     async def _commit(self, job: Job, ref: str, branch: str) -> str:
+        """The commit to deploy: the branch tip for a webhook (its payload only notifies)."""
         cmd, orders = job.cmd, job.orders
+        notified = cmd.source.startswith("webhook")
         async with stage("fetch"):
-            sha = cmd.sha
+            sha = None if notified else cmd.sha
             if orders.autodeploy_url is not None:
                 t0 = job.now()
                 fetched = await self.git.fetch(cmd.app, orders.autodeploy_url, ref)
@@ -77,4 +79,8 @@ class Planner:
             sha = sha or await self.git.resolve(cmd.app, ref)
         if sha is None:
             raise DeployError("plan", f"{cmd.app} has no commits on {branch} yet")
+        if notified and cmd.sha is not None and cmd.sha != sha:
+            tip = sha[:7]
+            said = f"the delivery named {cmd.sha[:7]}, {branch} is at {tip}: deploying {tip}"
+            job.emit(ev.StageFinished, said, stage="plan", sha=sha)
         return sha

@@ -10,6 +10,7 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,74 @@ def push_payload(url: str, before: str, after: str) -> bytes:
         )
 
     return changed("github_push", change)
+
+
+def forge_app(d: Daemon, admiral: Admiral, tmp_path: Path, text: str) -> tuple[str, Path, str]:
+    """A bare "forge" repo with one commit, and an app following it: (URL, work tree, sha)."""
+    forge = tmp_path / "forge" / "site.git"
+    subprocess.run(
+        ["git", "init", "-q", "--bare", "-b", "master", str(forge)], check=True, timeout=30
+    )
+    work = tmp_path / "site"
+    work.mkdir()
+    admiral.git("init", "-q", "-b", "master", cwd=work)
+    admiral.git("remote", "add", "origin", str(forge), cwd=work)
+    admiral.commit(work, {"index.html": text})
+    admiral.git("push", "-q", "origin", "master", cwd=work)
+    url = f"file://{forge}"
+    hq = admiral.working_copy(tmp_path / "hq", "headquarters")
+    orders = {
+        "authorized_keys/admiral.pub": Path(f"{admiral.key}.pub").read_text(),
+        "site/orders": f"autodeploy {url}\nhealthcheck / 10\n",
+    }
+    admiral.commit(hq, orders)
+    admiral.git("push", "hyperdrive", "master", cwd=hq)
+    served = (200, text)
+    wait_for(lambda: http_get(d.http_port, "/site/") == served, 90, 0.3, "the forge app served")
+    return url, work, admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+def test_a_replayed_webhook_never_rolls_the_site_back(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    """Issue 14: a captured signed delivery of v1, re-sent with a fresh X-GitHub-Delivery once
+    v2 is live, is a duplicate; a late delivery naming v1 deploys the branch tip, v2."""
+    d, admiral = fleet
+    url, work, v1 = forge_app(d, admiral, tmp_path, "v1\n")
+    headers1, body1 = github(push_payload(url, "0" * 40, v1))
+    status, answer = post(d, "github", headers1, body1)
+    assert status == 202, answer
+    d.wait_event("DeployFinished", 90, deploy=answer["deploys"]["site"])
+    admiral.commit(work, {"index.html": "v2\n"})
+    admiral.git("push", "-q", "origin", "master", cwd=work)
+    v2 = admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    status, answer = post(d, "github", *github(push_payload(url, v1, v2)))
+    assert status == 202, answer
+    wait_for(lambda: http_get(d.http_port, "/site/") == (200, "v2\n"), 90, 0.3, "v2 served")
+
+    replay = {**headers1, "X-GitHub-Delivery": str(uuid.uuid4())}
+    assert post(d, "github", replay, body1) == (200, {"status": "duplicate"})
+
+    late_headers, late_body = github(push_payload(url, "1" * 40, v1))  # a new body naming v1
+    status, answer = post(d, "github", late_headers, late_body)
+    assert status == 202, answer
+    late = answer["deploys"]["site"]
+    finished = d.wait_event("DeployFinished", 90, deploy=late)
+    assert "already live" in finished["message"]
+    said = f"the delivery named {v1[:7]}, master is at {v2[:7]}: deploying {v2[:7]}"
+    assert d.wait_event("StageFinished", deploy=late, stage="plan", message=said)
+    assert http_get(d.http_port, "/site/") == (200, "v2\n")
+
+    unsigned = {k: v for k, v in headers1.items() if k != "X-Hub-Signature-256"}
+    assert [post(d, "github", unsigned, body1)[0] for _ in range(25)] == [401] * 25
+    rejected = [e for e in d.events() if e.get("event") == "WebhookRejected"]
+    assert len(rejected) == 1, "a burst from one address is one event"
+    assert rejected[0]["source"] == "127.0.0.1"
+    url = f"http://127.0.0.1:{d.api_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        metrics = response.read().decode()
+    assert "hyperdrive_webhook_refusals 25.0" in metrics
+    assert "hyperdrive_webhook_refusals_summarised 24.0" in metrics
 
 
 def test_forge_push_and_webhook_deploy_the_new_commit(

@@ -21,6 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from hyperdrive.eventlog import JsonlEventLog
+from hyperdrive.hooks.refusals import RefusalTally
 from hyperdrive.hooks.webhook import MAX_BODY, StaticResolver, WebhookReceiver
 from hyperdrive.spool import JOURNAL, FileSpool, read_journal
 from hyperdrive.triggers import Trigger
@@ -47,6 +49,7 @@ class Server:
     spool_dir: Path
     stop: Callable[[], Awaitable[None]]
     events: list[dict[str, Any]] = field(default_factory=list)
+    sinks: list[Callable[[dict[str, Any]], object]] = field(default_factory=list)
 
     def triggers(self) -> dict[str, Trigger]:
         """What the journal on disk holds, as a restarted daemon would read it."""
@@ -63,12 +66,21 @@ class Server:
             return response.status, await response.json()
 
 
-async def start(spool_dir: Path, secret: str = forge.SECRET) -> Server:
+async def start(
+    spool_dir: Path, secret: str = forge.SECRET, refusals: RefusalTally | None = None
+) -> Server:
     spool = FileSpool(spool_dir)
     await spool.open()
     events: list[dict[str, Any]] = []
+    sinks: list[Callable[[dict[str, Any]], object]] = [events.append]  # a test may add a log
+
+    def emit(record: dict[str, Any]) -> None:
+        for sink in sinks:
+            sink(record)
+
+    resolver = StaticResolver(APPS, HQ)
     receiver = WebhookReceiver(
-        secret, spool, StaticResolver(APPS, HQ), events.append, read_timeout=READ_TIMEOUT
+        secret, spool, resolver, emit, read_timeout=READ_TIMEOUT, refusals=refusals
     )
     app = web.Application()
     receiver.add_routes(app)
@@ -81,7 +93,7 @@ async def start(spool_dir: Path, secret: str = forge.SECRET) -> Server:
         await runner.cleanup()
         await spool.close()
 
-    return Server(f"http://127.0.0.1:{port}", spool_dir, stop, events)
+    return Server(f"http://127.0.0.1:{port}", spool_dir, stop, events, sinks)
 
 
 @pytest.fixture
@@ -167,6 +179,37 @@ async def test_bitbucket_push(server: Server) -> None:
     assert server.triggers()[trigger_id].data["new"] == "c4f8a0f1b9e1f0c2d3a4b5c6d7e8f9a0b1c2d3e4"
 
 
+async def test_a_signed_bitbucket_push_of_20k_changes_writes_one_capped_line(
+    tmp_path: Path,
+) -> None:
+    log = JsonlEventLog(tmp_path / "events.jsonl")
+    log.open()
+    server = await start(tmp_path / "spool")
+    server.sinks.append(log.append)
+    try:
+
+        def many(obj: dict[str, Any]) -> None:
+            (change,) = obj["push"]["changes"]
+            branches = [json.loads(json.dumps(change)) for _ in range(20_000)]
+            for n, branch in enumerate(branches):
+                branch["new"]["name"] = branch["old"]["name"] = f"feature-{n}"
+            obj["push"]["changes"] = branches
+
+        headers, body = forge.bitbucket(forge.changed("bitbucket_push", many), delivery="{b-20k}")
+        assert len(body) > 1_000_000
+        status, answer = await server.post("bitbucket", headers, io.BytesIO(body))
+        assert (status, answer["status"]) == (202, "ignored")
+        (line,) = log.path.read_bytes().splitlines()
+        assert len(line) <= 64 * 1024
+        stored = json.loads(line)
+        assert (stored["event"], stored["provider"]) == ("WebhookIgnored", "bitbucket")
+        assert stored["message"].startswith("refs/heads/feature-0: ")
+        assert "[cut: this event was " in stored["message"]
+    finally:
+        await server.stop()
+        log.close()
+
+
 async def test_hq_push_queues_an_hq_sync(server: Server) -> None:
     def to_hq(obj: dict[str, Any]) -> None:
         obj["repository"].update(
@@ -209,6 +252,28 @@ async def test_replayed_delivery_is_a_duplicate_also_after_restart(tmp_path: Pat
     try:
         assert await second.post("github", headers, body) == (200, {"status": "duplicate"})
         assert list(second.triggers()) == ["github:again"]
+    finally:
+        await second.stop()
+
+
+async def test_a_signed_body_resent_under_a_fresh_delivery_id_is_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    """The signature covers the body, not the id: a captured push re-sent as new starts nothing,
+    while it is pending, once it is done, and after a restart."""
+    first = await start(tmp_path / "spool")
+    headers, body = forge.github(forge.payload("github_push"), delivery="captured")
+    assert (await first.post("github", headers, body))[0] == 202
+    replay = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}
+    assert await first.post("github", replay, body) == (200, {"status": "duplicate"})
+    assert first.events[-1]["event"] == "WebhookRedelivered"
+    assert "same body came before as github:captured" in first.events[-1]["message"]
+    await first.stop()
+    second = await start(tmp_path / "spool")
+    try:
+        replay = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}
+        assert await second.post("github", replay, body) == (200, {"status": "duplicate"})
+        assert list(second.triggers()) == ["github:captured"]
     finally:
         await second.stop()
 
@@ -283,6 +348,39 @@ async def test_bad_signatures_are_refused(
     assert server.triggers() == {}
     assert server.events[-1]["event"] == "WebhookRejected"
     no_secrets_in(server, "0" * 64)
+
+
+class Clock:
+    """The tally's clock, moved by the test: an interval passes without waiting for it."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_flood_of_unsigned_posts_is_one_event_and_one_summary(tmp_path: Path) -> None:
+    clock = Clock()
+    server = await start(tmp_path / "spool", refusals=RefusalTally(interval=60, clock=clock))
+    try:
+        headers, body = push_headers(X_Hub_Signature_256=None)
+        answers = [await server.post("github", headers, body) for _ in range(40)]
+        assert {status for status, _ in answers} == {401}, "every one is still refused"
+        (first,) = server.events
+        assert first["event"] == "WebhookRejected"
+        assert first["source"] == "127.0.0.1"
+        assert "missing X-Hub-Signature-256" in first["message"]
+        clock.now += 60
+        status, _ = await server.post("github", *push_headers(X_Hub_Signature_256=None))
+        assert status == 401
+        summary, again = server.events[1:]
+        assert summary["message"] == "39 more refusals from 127.0.0.1 in the last 60 s"
+        assert (summary["more"], summary["status"]) == (39, 401)
+        assert again["message"] == first["message"]
+        good_headers, good_body = forge.github(forge.payload("github_push"), delivery="ok-1")
+        assert (await server.post("github", good_headers, good_body))[0] == 202
+    finally:
+        await server.stop()
 
 
 async def test_gitlab_wrong_token_and_stale_signed_timestamp(server: Server) -> None:

@@ -353,3 +353,39 @@ async def test_a_big_history_read_leaves_the_loop_free(make_log) -> None:
     assert [e["seq"] for e in last] == list(range(19_991, 20_001))
     # the reads ran in worker threads, a batch at a time: the loop kept turning meanwhile
     assert ticks - before > 10
+
+
+def test_an_oversized_event_keeps_its_fixed_fields_and_says_what_was_cut(
+    log: JsonlEventLog,
+) -> None:
+    reasons = "; ".join(f"refs/heads/b{n}: no app follows it" for n in range(20_000))
+    stored = log.append(
+        {
+            "event": "WebhookIgnored",
+            "app": "web",
+            "deploy": "bitbucket:d-1",
+            "message": reasons,
+            "provider": "bitbucket",
+            "refs": [f"refs/heads/b{n}" for n in range(20_000)],
+        }
+    )
+    (line,) = log.path.read_bytes().splitlines()
+    assert len(line) <= eventlog.MAX_LINE
+    on_disk = json.loads(line)
+    assert on_disk == stored
+    assert (on_disk["event"], on_disk["app"], on_disk["deploy"]) == (
+        "WebhookIgnored",
+        "web",
+        "bitbucket:d-1",
+    )
+    assert on_disk["provider"] == "bitbucket"
+    assert on_disk["message"].startswith("refs/heads/b0: no app follows it; refs/heads/b1:")
+    assert "[cut: this event was " in on_disk["message"]
+    assert "the log keeps 64 KiB a line]" in on_disk["message"]
+    assert on_disk["refs"][-1] == "… (19984 more items cut)"
+    assert len(on_disk["refs"]) == 17
+
+
+def test_an_event_within_the_cap_is_stored_as_it_is(log: JsonlEventLog) -> None:
+    message = "é" * 10_000  # escaped on disk, still within 64 KiB
+    assert log.append({"event": "BuildOutput", "message": message})["message"] == message

@@ -556,3 +556,46 @@ async def test_hull_records_written_by_older_releases_are_still_read(hd: Squadro
     hulls = hd.daemon.core.hulls
     assert hulls.current("debian") == "hd-hull-debian-4"
     assert hulls.runtimes("debian") == {"python": "3.11.2", "node": "18.19.0"}, "the known ones"
+
+
+# ─── a webhook notifies; the branch tip decides ──────────────────────────────
+
+
+async def test_a_replayed_webhook_naming_an_old_commit_deploys_the_branch_tip(
+    world: World, hd: Squadron
+) -> None:
+    url = "https://forge.example/acme/web.git"
+    order(hd, "web", f"autodeploy {url}")
+    v1 = world.commit("web-remote", {"index.html": "v1\n"})
+    v2 = world.commit("web-remote", {"index.html": "v2\n"})
+    world.git.remote[url] = {"refs/heads/main": v2}
+    webhook = {"ref": "refs/heads/main", "source": "webhook:github"}
+    await hd.run(Deploy(deploy="t-v2", app="web", sha=v2, **webhook))
+    assert hd.outcome("t-v2")["event"] == "DeployFinished"
+    live = hd.app("web").live_ship
+    assert live is not None
+    assert live.sha == v2
+
+    await hd.run(Deploy(deploy="t-replay", app="web", sha=v1, **webhook))
+
+    live = hd.app("web").live_ship
+    assert live is not None
+    assert live.sha == v2, "the app never moves back to v1"
+    said = [e["message"] for e in hd.events("t-replay")]
+    assert f"the delivery named {v1[:7]}, main is at {v2[:7]}: deploying {v2[:7]}" in said
+    assert hd.outcome("t-replay")["event"] == "DeployFinished"
+    assert "already live" in hd.outcome("t-replay")["message"]
+
+
+async def test_a_webhook_behind_the_tip_deploys_the_tip(world: World, hd: Squadron) -> None:
+    url = "https://forge.example/acme/web.git"
+    order(hd, "web", f"autodeploy {url}")
+    v1 = world.commit("web-remote", {"index.html": "v1\n"})
+    v2 = world.commit("web-remote", {"index.html": "v2\n"})
+    world.git.remote[url] = {"refs/heads/main": v2}
+    await hd.run(
+        Deploy(deploy="t-1", app="web", sha=v1, ref="refs/heads/main", source="webhook:gitlab")
+    )
+    live = hd.app("web").live_ship
+    assert live is not None
+    assert live.sha == v2

@@ -205,3 +205,24 @@ async def test_fingerprint_is_remembered_after_done_and_restart(tmp_path: Path) 
     assert again.fingerprint("github:abc") == "f1"
     assert again.fingerprint("github:other") is None
     await again.close()
+
+
+async def test_a_body_is_remembered_pending_done_after_restart_and_compaction(
+    tmp_path: Path,
+) -> None:
+    spool = FileSpool(tmp_path)
+    await spool.open()
+    trigger = replace(push(tid="github:d-1"), fingerprint="f" * 64)
+    await spool.put(trigger)
+    assert spool.carried("f" * 64) == "github:d-1"
+    assert spool.carried("e" * 64) is None
+    assert spool.carried("") is None, "triggers without a body carry none"
+    await spool.done(trigger.id, "deployed")
+    assert spool.carried("f" * 64) == "github:d-1"
+    await spool.close()
+    again = FileSpool(tmp_path)
+    await again.open()
+    assert again.carried("f" * 64) == "github:d-1"
+    await again.compact()
+    assert again.carried("f" * 64) == "github:d-1", "within retention"
+    await again.close()
