@@ -17,6 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
 from hyperdrive.follow import follow_client
+from hyperdrive.gitremote import shown_url
 from hyperdrive.render import describe, status_view
 from hyperdrive.triggers import Trigger
 
@@ -228,7 +229,7 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
     if args.hq_verb == "set":
         _remember_headquarters(config, args.url)
         client.post("/headquarters", {"url": args.url})
-        print(f"headquarters: {args.url}")
+        print(f"headquarters: {shown_url(args.url)}")
         if not args.sync:
             return EXIT_OK
     return _follow(client, Trigger.hq_sync("hd headquarters sync"))
