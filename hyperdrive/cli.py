@@ -16,8 +16,10 @@ from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
+from hyperdrive.files import write_atomically
 from hyperdrive.follow import follow_client
 from hyperdrive.gitremote import shown_url
+from hyperdrive.modes import SECRET_MODE
 from hyperdrive.render import describe, status_view
 from hyperdrive.triggers import Trigger
 
@@ -241,8 +243,7 @@ def _remember_headquarters(config: Config, url: str) -> None:
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [ln for ln in lines if not ln.strip().startswith("HYPERDRIVE_HEADQUARTERS=")]
     lines.append(f"HYPERDRIVE_HEADQUARTERS={url}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_atomically(path, "\n".join(lines) + "\n", mode=SECRET_MODE)  # the webhook secret
 
 
 HANDLERS: dict[str, Handler] = {
