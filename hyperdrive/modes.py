@@ -50,6 +50,7 @@ def expected(config: Config) -> Iterator[tuple[Path, int]]:
     yield config.private_keys_dir, PRIVATE_FOLDER_MODE
     data = [
         *_files(config.data, "events.jsonl*"),
+        *_files(config.data, "*.log"),  # bootstrap.log, hyperdrive.log (the supervisor's)
         *_files(config.spool_dir, "*.jsonl"),
         *_files(config.ships_dir, "*/setup.log"),
         *_files(config.nginx_dir / "logs", "*.log"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncssh
 
+from hyperdrive.cli import _remember_headquarters
 from hyperdrive.config import Config
 from hyperdrive.doctor import check_admirals, check_modes
 from hyperdrive.modes import tighten
@@ -79,3 +80,13 @@ def test_tight_modes_pass(tmp_path: Path) -> None:
     os.chmod(config.data, 0o751)
     os.chmod(config.var, 0o700)
     assert check_modes(config).ok
+
+
+def test_hd_headquarters_set_keeps_main_conf_private(tmp_path: Path) -> None:
+    config = _modes_config(tmp_path)
+    os.chmod(tmp_path / "main.conf", 0o644)
+    _remember_headquarters(config, "https://deploy:TOKEN@forge.example/hq.git")
+    assert stat.S_IMODE((tmp_path / "main.conf").stat().st_mode) == 0o600
+    text = (tmp_path / "main.conf").read_text()
+    assert "HYPERDRIVE_WEBHOOK_SECRET=s3cret\n" in text
+    assert text.endswith("HYPERDRIVE_HEADQUARTERS=https://deploy:TOKEN@forge.example/hq.git\n")
