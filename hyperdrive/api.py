@@ -23,6 +23,7 @@ from hyperdrive import __version__
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since, tail
 from hyperdrive.files import write_atomically
+from hyperdrive.gitremote import shown_url
 from hyperdrive.history import parse_history
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.spool import FileSpool
@@ -218,11 +219,11 @@ class Api:
         body = await request.json()
         url = str(body.get("url", ""))
         if any(c.isspace() for c in url) or url.startswith("-") or "::" in url.partition("#")[0]:
-            raise web.HTTPBadRequest(text=f"not a git URL: {url!r}\n")
+            raise web.HTTPBadRequest(text=f"not a git URL: {shown_url(url)!r}\n")
         if self.set_headquarters is None:
             raise web.HTTPNotImplemented(text="headquarters cannot be changed here\n")
         self.set_headquarters(url)
-        return web.json_response({"headquarters": url or "hosted here"})
+        return web.json_response({"headquarters": shown_url(url) or "hosted here"})
 
     async def post_token(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -16,8 +16,11 @@ from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
+from hyperdrive.files import write_atomically
 from hyperdrive.follow import follow_client
+from hyperdrive.gitremote import shown_url
 from hyperdrive.history import parse_history
+from hyperdrive.modes import SECRET_MODE
 from hyperdrive.render import describe, status_view
 from hyperdrive.triggers import Trigger
 
@@ -238,7 +241,7 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
     if args.hq_verb == "set":
         _remember_headquarters(config, args.url)
         client.post("/headquarters", {"url": args.url})
-        print(f"headquarters: {args.url}")
+        print(f"headquarters: {shown_url(args.url)}")
         if not args.sync:
             return EXIT_OK
     return _follow(client, Trigger.hq_sync("hd headquarters sync"))
@@ -250,8 +253,7 @@ def _remember_headquarters(config: Config, url: str) -> None:
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [ln for ln in lines if not ln.strip().startswith("HYPERDRIVE_HEADQUARTERS=")]
     lines.append(f"HYPERDRIVE_HEADQUARTERS={url}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_atomically(path, "\n".join(lines) + "\n", mode=SECRET_MODE)  # the webhook secret
 
 
 HANDLERS: dict[str, Handler] = {

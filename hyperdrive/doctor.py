@@ -13,6 +13,7 @@ from hyperdrive.client import AdminClient
 from hyperdrive.config import Config, Listen
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.keyring import parse_keys
+from hyperdrive.modes import too_open
 from hyperdrive.network import bridge_address
 from hyperdrive.traffic import Traffic
 
@@ -180,6 +181,19 @@ def check_ports(config: Config, daemon_up: bool) -> list[Check]:
     return checks
 
 
+def check_modes(config: Config) -> Check:
+    """Secrets 0600, data 0640, folders 0750: name what is more open and the chmod that fixes it."""
+    problems = too_open(config)
+    if not problems:
+        return Check("file modes", True, "secrets 0600, data 0640, folders 0750 or tighter")
+    shown = "; ".join(str(p) for p in problems[:3])
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    fix = "; ".join(p.fix for p in problems[:3]) + (
+        " (restarting the daemon fixes all)" if more else ""
+    )
+    return Check("file modes", False, f"too open: {shown}{more}", fix)
+
+
 def run_checks(config: Config) -> list[Check]:
     daemon = check_daemon(config)
     checks = [
@@ -198,5 +212,6 @@ def run_checks(config: Config) -> list[Check]:
         check_admirals(config, daemon.ok),
         check_ship_dns(config, daemon.ok),
         check_forwarding(config),
+        check_modes(config),
     ]
     return checks + check_ports(config, daemon.ok)

@@ -1,5 +1,7 @@
 """The exception tree: every error Hyperdrive raises on purpose is a HyperdriveError."""
 
+from hyperdrive.credentials import strip_userinfo
+
 
 class HyperdriveError(Exception):
     """Base of every error Hyperdrive raises on purpose."""
@@ -41,7 +43,8 @@ class CommandFailed(HyperdriveError):
     def __init__(self, argv: list[str], returncode: int | None, output: str) -> None:
         shown = " ".join(argv[:4]) + (" …" if len(argv) > 4 else "")
         status = "timed out" if returncode is None else f"exited {returncode}"
-        super().__init__(f"{shown} {status}: {output.strip()[-2000:]}")
+        said = strip_userinfo(output.strip()[-2000:])  # git echoes a URL with its token
+        super().__init__(strip_userinfo(f"{shown} {status}: {said}"))
         self.argv = argv
         self.returncode = returncode
         self.output = output

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from hyperdrive.credentials import strip_userinfo_in
+
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -80,12 +82,13 @@ class Filter:
 
 
 def redact(event: Mapping[str, Any]) -> Event:
-    """Drop empty fields and mask any field whose name says it holds a secret."""
+    """Drop empty fields, mask any field whose name says it holds a secret, and strip the
+    userinfo of any URL in a value (the last line of defence for a token in a git URL)."""
     clean: Event = {}
     for key, value in event.items():
         if value is None:
             continue
-        clean[key] = "********" if SECRET_KEY.search(key) else value
+        clean[key] = "********" if SECRET_KEY.search(key) else strip_userinfo_in(value)
     return clean
 
 

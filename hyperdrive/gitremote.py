@@ -13,7 +13,10 @@ import functools
 import re
 from urllib.parse import urlsplit
 
+from hyperdrive.credentials import shown_url
 from hyperdrive.errors import InvalidName
+
+__all__ = ["normalize_url", "same_repo", "shown_url", "split_branch"]
 
 SCHEMES = frozenset({"http", "https", "ssh", "git", "git+ssh", "ssh+git", "file"})
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -118,4 +121,5 @@ def _segments(path: str, original: str) -> list[str]:
 
 
 def _shown(text: str, limit: int = 80) -> str:
+    text = shown_url(text)
     return repr(text if len(text) <= limit else text[:limit] + "…")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from hyperdrive import systemd
 from hyperdrive.errors import InvalidName, ProxyError
+from hyperdrive.modes import make_passable
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.procs import run
 
@@ -261,6 +262,8 @@ class Nginx:
         """Create the folders nginx and the seed layout expect; idempotent."""
         for sub in ("run", "logs", "temp", "generations", "overrides"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        for passage in (self.prefix, self.prefix / "temp"):  # workers run as nobody
+            make_passable(passage)
         for part in GENERATED:
             seed_name = self.prefix / part
             if not seed_name.exists() and not seed_name.is_symlink():

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hyperdrive.errors import DeployError
+from hyperdrive.gitremote import shown_url
 from hyperdrive.names import ZERO_SHA, check_sha, sanitize_app_name
 from hyperdrive.procs import check_output
 
@@ -104,7 +105,7 @@ class GitRepos:
         await run_git(argv, FETCH_TIMEOUT_S, env)
         sha = await self.resolve(app, ref, remote=True)
         if sha is None:
-            raise DeployError("fetch", f"{url} has no {ref}")
+            raise DeployError("fetch", f"{shown_url(url)} has no {ref}")
         return sha
 
     async def remote_default_branch(self, app: str, url: str) -> str:
@@ -115,7 +116,7 @@ class GitRepos:
         for line in out.splitlines():
             if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
                 return line[len("ref: refs/heads/") : -len("\tHEAD")]
-        raise DeployError("fetch", f"{url} does not say which branch is its default")
+        raise DeployError("fetch", f"{shown_url(url)} does not say which branch is its default")
 
     def _fetch_env(self, app: str) -> dict[str, str]:
         return git_ssh_env(self.git_root, self.known_hosts, self.private_keys / app)

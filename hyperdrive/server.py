@@ -23,6 +23,7 @@ from aiohttp import web
 from hyperdrive import __version__, bootstrap
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
+from hyperdrive.modes import UMASK, make_passable, tighten
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
 
@@ -170,9 +171,11 @@ class Server:
     # -- the steps --
     async def _folders(self) -> None:
         config = self.config
-        for folder in (config.data, config.var, config.records_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (config.data, config.var):
+            make_passable(folder)
+        config.records_dir.mkdir(parents=True, exist_ok=True)
         make_private(config.private_keys_dir)
+        tighten(config)
 
     async def _open_eventlog(self) -> None:
         self.daemon.eventlog.open()
@@ -286,4 +289,5 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run(config: Config) -> None:
+    os.umask(UMASK)  # nothing the daemon writes is world-readable (README: Security)
     asyncio.run(Server(config).serve())

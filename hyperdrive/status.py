@@ -7,6 +7,7 @@ from typing import Any
 
 from hyperdrive import __version__
 from hyperdrive.config import Config
+from hyperdrive.gitremote import shown_url
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import app_url
 from hyperdrive.pipeline.hulls import Hulls
@@ -32,7 +33,7 @@ def squadron_status(
         "ssh": str(config.ssh_listen),
         "api": str(config.api_listen),
         "http_port": config.http_port,
-        "headquarters": headquarters or "hosted here",
+        "headquarters": shown_url(headquarters) if headquarters else "hosted here",
         "headquarters_sha": fleet.hq_sha,
         **counts,
         "hulls": hulls.status(),

@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--pidfile", type=Path, required=True)
     parser.add_argument("--log", type=Path, required=True)
     args = parser.parse_args()
+    os.umask(0o027)  # the daemon's log is data: 0640, like everything it keeps (README: Security)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     args.pidfile.write_text(f"{os.getpid()}\n")
     supervisor = Supervisor(args.log)

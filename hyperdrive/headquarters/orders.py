@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 
 from hyperdrive.config import KNOWN_HULLS
 from hyperdrive.errors import InvalidName, OrdersRejected
+from hyperdrive.gitremote import shown_url
 from hyperdrive.names import HULL_NAME, check_ref, sanitize_app_name
 
 MAX_FILE_BYTES = 64 * 1024
@@ -275,18 +276,20 @@ def _one_branch(draft: _Draft, directive: str, line: int) -> None:
 def _git_url(url: str) -> str:
     """Accept the URL forms git fetches from; refuse options and remote helpers (`ext::`)."""
     if not url or url.startswith("-") or any(c.isspace() or not c.isprintable() for c in url):
-        raise _Bad(f"autodeploy URL {shown(url)} is not a git URL")
+        raise _Bad(f"autodeploy URL {shown(shown_url(url))} is not a git URL")
     if REMOTE_HELPER.match(url):
-        raise _Bad(f"autodeploy URL {shown(url)} uses a remote helper, which is not allowed")
+        raise _Bad(
+            f"autodeploy URL {shown(shown_url(url))} uses a remote helper, which is not allowed"
+        )
     if url.startswith(URL_SCHEMES):
         scheme, _, rest = url.partition("://")
         if scheme != "file" and not rest.split("/", 1)[0]:
-            raise _Bad(f"autodeploy URL {shown(url)} has no host")
+            raise _Bad(f"autodeploy URL {shown(shown_url(url))} has no host")
         return url
     if url.startswith("/") or SCP_LIKE.fullmatch(url):
         return url
     raise _Bad(
-        f"autodeploy URL {shown(url)} is not a git URL (use https://, ssh://, git://, "
+        f"autodeploy URL {shown(shown_url(url))} is not a git URL (use https://, ssh://, git://, "
         "file://, user@host:path or an absolute path)"
     )
 

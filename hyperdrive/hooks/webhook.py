@@ -44,7 +44,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
-from hyperdrive.gitremote import normalize_url, split_branch
+from hyperdrive.gitremote import normalize_url, shown_url, split_branch
 from hyperdrive.hooks.refusals import RefusalTally, source_of
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
@@ -192,7 +192,7 @@ def _follower(url: str, branch: str | None) -> _Follower | None:
     try:
         return _Follower(normalize_url(url), branch or None)
     except InvalidName:
-        log.warning("webhook: orders name an unreadable autodeploy URL: %s", url)
+        log.warning("webhook: orders name an unreadable autodeploy URL: %s", shown_url(url))
         return None
 
 

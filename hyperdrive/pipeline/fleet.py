@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hyperdrive.gitremote import shown_url
 from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_orders
 from hyperdrive.names import is_app_name
 
@@ -53,7 +54,7 @@ class Fleet:
         if rejected and not self.ordered(app):
             return {"orders": f"REJECTED, not deployed: {rejected}", "rejected": rejected}
         orders = self.orders(app)
-        source = orders.autodeploy_url or "hosted here"
+        source = shown_url(orders.autodeploy_url) if orders.autodeploy_url else "hosted here"
         if orders.branch:
             source += f"#{orders.branch}" if orders.autodeploy_url else f", branch {orders.branch}"
         line = f"{source}, PORT {orders.port}, hull {orders.hull}"

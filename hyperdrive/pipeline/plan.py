@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hyperdrive.errors import DeployError
+from hyperdrive.gitremote import shown_url
 from hyperdrive.headquarters.orders import Orders
 from hyperdrive.names import check_sha
 from hyperdrive.pipeline import events as ev
@@ -19,7 +20,7 @@ def not_deployed(app: str, ref: str, branch: str, orders: Orders) -> str:
     elif orders.hosted_here:
         why = "its default branch: the first branch pushed"
     else:
-        why = f"the default branch of {orders.autodeploy_url}"
+        why = f"the default branch of {shown_url(orders.autodeploy_url or '')}"
     how = f"name it in headquarters' {app}/orders: `branch {name}`"
     if orders.branch:
         how = f"name it in headquarters' {app}/orders instead of {branch}"
@@ -74,7 +75,7 @@ class Planner:
                 t0 = job.now()
                 fetched = await self.git.fetch(cmd.app, orders.autodeploy_url, ref)
                 sha = sha or fetched
-                message = f"fetched {branch} of {orders.autodeploy_url}"
+                message = f"fetched {branch} of {shown_url(orders.autodeploy_url)}"
                 job.emit(ev.StageFinished, message, stage="fetch", ms=job.ms(t0), sha=sha)
             sha = sha or await self.git.resolve(cmd.app, ref)
         if sha is None:

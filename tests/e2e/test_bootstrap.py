@@ -152,6 +152,9 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         assert "cloned an empty repository" in cloned, "headquarters exists from the first start"
         doctor = subprocess.run([hd, "doctor"], env=env, capture_output=True, text=True, timeout=30)
         assert "daemon: running" in doctor.stdout
+        assert "ok   file modes:" in doctor.stdout, "bootstrap leaves nothing too open"
+        conf = tmp_path / "etc" / "main.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600, "main.conf holds the webhook secret"
         admirals = (tmp_path / "etc" / "admirals.pub").read_text()
         assert key.read_text().split()[1] in admirals
         records = (tmp_path / "data" / "records" / "system.files").read_text().split()
