@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperdrive.errors import DeployError
+from hyperdrive.files import OutsideTree, read_inside
 
 VENV = "/app/.venv"
+APP_FILE_LIMIT = 1024 * 1024  # a Procfile, package.json… larger than this is not an app's
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 BUILD_TIMEOUT_S = 15 * 60
 # Defaults under the orders' env: quiet, offline-friendly package managers, unbuffered logs.
@@ -68,14 +70,26 @@ class BuildPlan:
 
 def procfile_web(app_dir: Path) -> str | None:
     """The `web:` command of the Procfile; DeployError if there is a Procfile without one."""
-    procfile = app_dir / "Procfile"
-    if not procfile.is_file():
+    text = read_app_file(app_dir, "Procfile", "build")
+    if text is None:
         return None
-    for line in procfile.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         match = PROCFILE_LINE.match(line.strip())
         if match and match.group(1) == "web":
             return match.group(2).strip()
     raise DeployError("build", "the Procfile has no `web:` line: add `web: <command>`")
+
+
+def read_app_file(app_dir: Path, name: str, stage: str) -> str | None:
+    """An app file the daemon itself reads, None if absent; DeployError when it is a link out
+    of the app's files (it would show a host file) or larger than APP_FILE_LIMIT."""
+    try:
+        data = read_inside(app_dir, name, APP_FILE_LIMIT)
+    except OutsideTree as err:
+        raise DeployError(stage, f"{err}: commit the file itself") from err
+    if data is not None and len(data) > APP_FILE_LIMIT:
+        raise DeployError(stage, f"{name} is larger than {APP_FILE_LIMIT // 1024} KiB")
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def build_timeout(env: Mapping[str, str]) -> float:

@@ -6,6 +6,7 @@ Light on purpose (only the standard library): git's hooks import it on every pus
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -70,4 +71,58 @@ def read_capped(path: Path, limit: int) -> bytes | None:
         os.close(fd)
         return None
     with os.fdopen(fd, "rb") as handle:
+        return handle.read(limit + 1)
+
+
+class OutsideTree(OSError):
+    """A file asked for inside a tree is a symbolic link that leads out of it."""
+
+
+def read_inside(root: Path, relative: str, limit: int, *, tail: bool = False) -> bytes | None:
+    """Up to `limit` + 1 bytes (the last `limit` + 1 when `tail`) of the regular file at
+    `relative` under `root`, never through a link that leads out: app code made that tree.
+
+    None when it is missing or not a regular file; OutsideTree when a link leads out of `root`
+    (checked on the resolved path, then opened one component at a time with O_NOFOLLOW, so a
+    link swapped in meanwhile fails rather than being followed).
+    """
+    base = os.path.realpath(root)
+    resolved = os.path.realpath(os.path.join(base, relative))
+    if os.path.commonpath([base, resolved]) != base or resolved == base:
+        raise OutsideTree(f"{relative} is a symbolic link out of the app's files")
+    try:
+        fd = _open_beneath(base, os.path.relpath(resolved, base))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link swapped in after the path was resolved
+            raise OutsideTree(f"{relative} changed into a symbolic link while read") from err
+        return None
+    return _read_fd(fd, limit, tail)
+
+
+def _open_beneath(base: str, relative: str) -> int:
+    """Open `relative` under `base` a component at a time, none of them followed if a link."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *folders, name = relative.split(os.sep)
+        for folder in folders:
+            inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(name, flags, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, limit: int, tail: bool) -> bytes | None:
+    """The head (or tail) of an open regular file, closed after; None for anything else."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if tail and info.st_size > limit + 1:
+            handle.seek(info.st_size - limit - 1)
         return handle.read(limit + 1)

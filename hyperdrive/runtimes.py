@@ -26,6 +26,7 @@ import nodesemver
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from hyperdrive.buildpacks import read_app_file
 from hyperdrive.errors import DeployError
 
 # What each hull kind carries when it has not been measured yet (Debian's packages).
@@ -79,12 +80,12 @@ def read_asks(app_dir: Path) -> list[Ask]:
 
 def _python_ask(app_dir: Path) -> Ask | None:
     for name in (".python-version", "runtime.txt"):
-        text = _read(app_dir / name)
+        text = read_app_file(app_dir, name, "assemble")
         if text is not None:
             first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
             if first and not first.startswith("#"):
                 return Ask("python", first.removeprefix("python-"), name)
-    project = _toml(app_dir / "pyproject.toml").get("project", {})
+    project = _toml(read_app_file(app_dir, "pyproject.toml", "assemble")).get("project", {})
     wanted = project.get("requires-python") if isinstance(project, dict) else None
     if isinstance(wanted, str) and wanted.strip():
         return Ask("python", wanted.strip(), "pyproject.toml requires-python")
@@ -92,7 +93,7 @@ def _python_ask(app_dir: Path) -> Ask | None:
 
 
 def _node_ask(app_dir: Path) -> Ask | None:
-    text = _read(app_dir / "package.json")
+    text = read_app_file(app_dir, "package.json", "assemble")
     try:
         engines = json.loads(text).get("engines", {}) if text else {}
     except (ValueError, AttributeError):
@@ -117,15 +118,7 @@ def _check(ask: Ask) -> None:
         raise DeployError("assemble", f"cannot read {ask.describe()}: give a version like 3.13")
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace") if path.is_file() else None
-    except OSError:
-        return None
-
-
-def _toml(path: Path) -> dict[str, object]:
-    text = _read(path)
+def _toml(text: str | None) -> dict[str, object]:
     try:
         return tomllib.loads(text) if text else {}
     except tomllib.TOMLDecodeError:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from hyperdrive.errors import AttachTimedOut, ContainerError, NetworkError, ProxyError
 from hyperdrive.headquarters.orders import Egress
@@ -218,7 +218,8 @@ class FakeRuntime:
     `build_output`/`build_code` script the build, `fail` names an operation that raises
     ContainerError (`snapshot`, `start`, `build`, `start-app`) or, for `answer`, an app that
     starts but never answers; `hang_build` makes the build time out. A started app answers the
-    FakeProbe unless the test brings it down (`stop_app`). Holds: `build`, `destroy`.
+    FakeProbe unless the test brings it down (`stop_app`); `app_does(ship)` is what the app's
+    own code does as it starts. Holds: `build`, `destroy`.
     """
 
     containers: dict[str, FakeContainer] = field(default_factory=dict)
@@ -229,6 +230,7 @@ class FakeRuntime:
     hang_build: bool = False
     holds: Holds = field(default_factory=Holds)
     calls: list[str] = field(default_factory=list)
+    app_does: Callable[[str], None] | None = None
 
     def _get(self, name: str) -> FakeContainer:
         if name not in self.containers:
@@ -269,6 +271,8 @@ class FakeRuntime:
         if script == "build":
             return await self._build(on_line, timeout)
         self._maybe_fail("start-app")
+        if self.app_does is not None:
+            self.app_does(ship)
         box.app_running = self.start_code == 0 and "answer" not in self.fail
         return self.start_code
 
@@ -348,7 +352,10 @@ class FakeHullBuilder:
 
 @dataclass
 class FakeGit:
-    """Repos as {app: {ref: sha}}, commits as {sha: {path: text}}; `fetch` reads `remote`."""
+    """Repos as {app: {ref: sha}}, commits as {sha: {path: text}}; `fetch` reads `remote`.
+    A text `LINK + target` is committed as a symbolic link to `target`, as git can."""
+
+    LINK: ClassVar[str] = "symlink -> "
 
     refs: dict[str, dict[str, str]] = field(default_factory=dict)
     trees: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -372,7 +379,10 @@ class FakeGit:
             raise ContainerError(f"{app}: no commit {sha[:7]}")
         for rel, text in self.trees[sha].items():
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            (target / rel).write_text(text)
+            if text.startswith(self.LINK):
+                (target / rel).symlink_to(text.removeprefix(self.LINK))
+            else:
+                (target / rel).write_text(text)
 
     async def fetch(self, app: str, url: str, ref: str) -> str:
         self.fetched.append((url, ref))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.config import Config
 from hyperdrive.errors import DeployError
+from hyperdrive.files import OutsideTree, read_inside
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.build import memory
 from hyperdrive.pipeline.health import KILLED_FOR_MEMORY, listening, oom_kills
@@ -17,6 +18,7 @@ from hyperdrive.pipeline.model import HEALTHY, Records, Ship
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
 
 START_TIMEOUT_S = 30
+TAIL_BYTES = 64 * 1024  # of run/app.log, read for the last lines a failure message shows
 
 
 @dataclass(kw_only=True)
@@ -101,9 +103,12 @@ class Starter:
         return killed
 
     def app_log_tail(self, ship: Ship) -> str:
-        log = self.config.ship_dir(ship.name) / "run" / "app.log"
+        """The last lines of the app's output for a failure message; the app owns /hyperdrive,
+        so a link there out of the run folder is not followed (and said so)."""
+        run = self.config.ship_dir(ship.name) / "run"
         try:
-            lines = log.read_text(errors="replace").splitlines()[-5:]
-        except OSError:
-            return ""
+            data = read_inside(run, "app.log", TAIL_BYTES, tail=True)
+        except OutsideTree:
+            return "; app output not shown: /hyperdrive/app.log is a symbolic link out of the ship"
+        lines = data.decode("utf-8", "replace").splitlines()[-5:] if data else []
         return "; app output: " + " | ".join(lines) if lines else ""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.files import read_capped, write_atomically
+from hyperdrive import files
+from hyperdrive.files import OutsideTree, read_capped, read_inside, write_atomically
 
 
 def umask() -> int:
@@ -97,3 +98,51 @@ def test_read_capped_refuses_links_and_stops_after_the_limit(tmp_path: Path) -> 
     assert read_capped(tmp_path / "link", 10) is None
     assert read_capped(tmp_path / "missing", 10) is None
     assert read_capped(tmp_path, 10) is None
+
+
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    """An app tree and, beside it, a host file the app must never get the daemon to read."""
+    (tmp_path / "app" / "deploy").mkdir(parents=True)
+    host = tmp_path / "host-secret"
+    host.write_text("root:HOSTHASH\n")
+    return tmp_path / "app", host
+
+
+def test_read_inside_reads_a_normal_file_and_none_for_a_missing_one(tmp_path: Path) -> None:
+    app, _ = tree(tmp_path)
+    (app / "Procfile").write_text("web: x\n")
+    assert read_inside(app, "Procfile", 100) == b"web: x\n"
+    assert read_inside(app, "nothing", 100) is None
+    assert read_inside(app, "deploy", 100) is None  # a folder is not a file
+
+
+def test_read_inside_refuses_a_link_out_of_the_tree(tmp_path: Path) -> None:
+    app, host = tree(tmp_path)
+    (app / "Procfile").symlink_to(host)
+    (app / "deploy" / "up").symlink_to("../..")
+    with pytest.raises(OutsideTree, match="Procfile is a symbolic link"):
+        read_inside(app, "Procfile", 100)
+    with pytest.raises(OutsideTree):
+        read_inside(app, "deploy/up/host-secret", 100)
+
+
+def test_read_inside_follows_a_link_that_stays_inside(tmp_path: Path) -> None:
+    app, _ = tree(tmp_path)
+    (app / "deploy" / "Procfile").write_text("web: inside\n")
+    (app / "Procfile").symlink_to("deploy/Procfile")
+    assert read_inside(app, "Procfile", 100) == b"web: inside\n"
+
+
+def test_read_inside_is_bounded_at_the_head_or_the_tail(tmp_path: Path) -> None:
+    app, _ = tree(tmp_path)
+    (app / "app.log").write_bytes(b"a" * 1000 + b"END")
+    assert read_inside(app, "app.log", 10) == b"a" * 11  # limit + 1 shows "too big"
+    assert read_inside(app, "app.log", 10, tail=True) == b"a" * 8 + b"END"
+
+
+def test_read_inside_does_not_follow_a_link_swapped_in_after_resolving(tmp_path: Path) -> None:
+    app, host = tree(tmp_path)
+    (app / "deploy" / "Procfile").symlink_to(host)
+    # What a swap between the check and the open leaves: opening beneath the tree never follows.
+    with pytest.raises(OSError, match="symbolic links"):
+        os.close(files._open_beneath(str(app), "deploy/Procfile"))

@@ -4,6 +4,7 @@ retention, rollback targets and the hull build — in milliseconds, without root
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hyperdrive.pipeline.bus import FAILED, FINISHED, SUPERSEDED
 from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Rollback
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
 from hyperdrive.pipeline.model import LIVE, STOPPED
+from hyperdrive.pipeline.ports import FakeGit
 from tests.unit.deploy_world import PYTHON, STATIC, Squadron, World
 
 STAGES = ("plan", "export", "assemble", "build", "start", "health", "swap", "drain")
@@ -599,3 +601,70 @@ async def test_a_webhook_behind_the_tip_deploys_the_tip(world: World, hd: Squadr
     live = hd.app("web").live_ship
     assert live is not None
     assert live.sha == v2
+
+
+# ─── files the app made are never a window onto the host ────────────────────
+
+
+def host_file(world: World) -> Path:
+    """A file outside every app tree and ship folder, standing for /etc/shadow."""
+    host = world.root / "host-shadow"
+    host.write_text("root:HOSTHASH:19000::::::\n")
+    return host
+
+
+def shown(hd: Squadron) -> str:
+    """Every event as stored: what `hd logs`, /events and `remote:` lines can show."""
+    return json.dumps(hd.events())
+
+
+async def test_a_procfile_linked_to_a_host_file_is_refused_and_never_shown(
+    world: World, hd: Squadron
+) -> None:
+    old = await live_at(hd, "web")
+    files = {"Procfile": FakeGit.LINK + str(host_file(world)), "index.html": "hi\n"}
+    deploy = await hd.deploy("web", files)
+    outcome = hd.outcome(deploy)
+    assert outcome["event"] == "DeployFailed", hd.events(deploy)
+    assert outcome["stage"] == "build", outcome
+    assert "Procfile is a symbolic link out of the app's files" in outcome["message"]
+    assert "HOSTHASH" not in shown(hd)
+    assert hd.app("web").live == old
+
+
+async def test_a_runtime_file_linked_to_a_host_file_is_refused(world: World, hd: Squadron) -> None:
+    files = {**PYTHON, ".python-version": FakeGit.LINK + str(host_file(world))}
+    outcome = hd.outcome(await hd.deploy("web", files))
+    assert outcome["event"] == "DeployFailed"
+    assert ".python-version is a symbolic link" in outcome["message"], outcome
+    assert "HOSTHASH" not in shown(hd)
+
+
+async def test_a_procfile_linked_inside_the_app_is_followed(hd: Squadron) -> None:
+    files = {
+        "deploy/Procfile": "web: ./serve $PORT\n",
+        "Procfile": FakeGit.LINK + "deploy/Procfile",
+    }
+    deploy = await hd.deploy("web", files)
+    assert hd.outcome(deploy)["event"] == "DeployFinished", hd.events(deploy)
+    assert "started: ./serve $PORT" in hd.events(deploy, name="ShipStarted")[0]["message"]
+
+
+async def test_an_app_log_linked_to_a_host_file_stays_out_of_the_failure(
+    world: World, hd: Squadron
+) -> None:
+    host = host_file(world)
+    ship_dir = hd.daemon.config.ship_dir
+
+    def link_the_log(ship: str) -> None:  # what `web: ln -sf /etc/shadow /hyperdrive/app.log` does
+        log = ship_dir(ship) / "run" / "app.log"
+        log.unlink(missing_ok=True)
+        log.symlink_to(host)
+
+    world.runtime.app_does = link_the_log
+    world.runtime.fail.add("answer")
+    outcome = hd.outcome(await hd.deploy("web", STATIC))
+    assert outcome["event"] == "DeployFailed"
+    assert outcome["stage"] == "health", outcome
+    assert "app output not shown: /hyperdrive/app.log is a symbolic link" in outcome["message"]
+    assert "HOSTHASH" not in shown(hd)
