@@ -88,7 +88,7 @@ def read_app_file(app_dir: Path, name: str, stage: str) -> str | None:
     except OutsideTree as err:
         raise DeployError(stage, f"{err}: commit the file itself") from err
     if data is not None and len(data) > APP_FILE_LIMIT:
-        raise DeployError(stage, f"{name} is larger than {APP_FILE_LIMIT // 1024} KiB")
+        raise DeployError(stage, f"{name} is larger than {APP_FILE_LIMIT // 2**20} MiB")
     return None if data is None else data.decode("utf-8", "replace")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.buildpacks import BUILD_TIMEOUT_S, build_timeout, detect
+from hyperdrive.buildpacks import APP_FILE_LIMIT, BUILD_TIMEOUT_S, build_timeout, detect
 from hyperdrive.errors import DeployError
 
 
@@ -115,3 +115,9 @@ def test_build_timeout_comes_from_the_env_with_a_15_minute_default() -> None:
     for bad in ("soon", "0", "-5", "1e9"):
         with pytest.raises(DeployError, match="BUILD_TIMEOUT"):
             build_timeout({"BUILD_TIMEOUT": bad})
+
+
+def test_a_procfile_larger_than_an_app_file_can_be_is_a_clear_failure(tmp_path: Path) -> None:
+    huge = "web: x\n" + "#" * APP_FILE_LIMIT
+    with pytest.raises(DeployError, match="Procfile is larger than 1 MiB"):
+        detect(app(tmp_path, {"Procfile": huge}))
