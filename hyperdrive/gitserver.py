@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,9 @@ GIT_TIMEOUT_S = 3600.0
 INIT_TIMEOUT_S = 30.0
 REAP_TIMEOUT_S = 10.0
 LOGIN_TIMEOUT_S = 20.0
-MAX_UNAUTHENTICATED = 32
+MAX_UNAUTHENTICATED = 512  # all sources together: far above what real use needs
+MAX_PER_SOURCE = 10  # one address may hold this many that wait longer than GRACE_S
+GRACE_S = 5.0
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{1,64}")
 HOOKS = ("pre-receive", "post-receive")
@@ -248,29 +250,53 @@ async def run_git(
 
 
 class _Gate:
-    """Caps connections that have not authenticated yet by closing the oldest one.
+    """Caps connections that have not authenticated yet, per source address and overall.
 
-    A flood of idle connections then costs a bounded amount, and a real client, which
-    authenticates within milliseconds, still gets in instead of being refused.
+    One address holding more than `per_source` (each waiting `grace` seconds or more) loses
+    its own oldest; past the global `limit` the busiest address loses its oldest. A flood
+    then costs a bounded amount and only its sender, and a real client, which authenticates
+    within milliseconds, gets in, even in a burst of fifty from one address.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._waiting: OrderedDict[asyncssh.SSHServerConnection, float] = OrderedDict()
+    def __init__(self, limit: int, per_source: int = MAX_PER_SOURCE, grace: float = GRACE_S):
+        self.limit, self.per_source, self.grace = limit, per_source, grace
+        self._waiting: OrderedDict[asyncssh.SSHServerConnection, tuple[str, float]] = OrderedDict()
         self.evicted = 0
 
     def arrived(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._waiting[conn] = time.monotonic()
+        now = time.monotonic()
+        source = _source(conn)
+        self._waiting[conn] = (source, now)
+        mine = [c for c, (s, _) in self._waiting.items() if s == source]
+        if len(mine) > self.per_source and now - self._waiting[mine[0]][1] >= self.grace:
+            self._evict(mine[0])
         while len(self._waiting) > self.limit:
-            oldest, _ = self._waiting.popitem(last=False)
-            self.evicted += 1
-            oldest.abort()
+            self._evict(self._oldest_of_busiest())
+
+    def _oldest_of_busiest(self) -> asyncssh.SSHServerConnection:
+        counts = Counter(source for source, _ in self._waiting.values())
+        busiest = counts.most_common(1)[0][0]
+        return next(c for c, (s, _) in self._waiting.items() if s == busiest)
+
+    def _evict(self, conn: asyncssh.SSHServerConnection) -> None:
+        source, _ = self._waiting.pop(conn)
+        self.evicted += 1
+        if self.evicted == 1 or not self.evicted % 100:  # a flood logs once per hundred
+            log.warning("ssh: closed unauthenticated connections (%d so far, last from %s)",
+                        self.evicted, source)  # fmt: skip
+        conn.abort()
 
     def left(self, conn: asyncssh.SSHServerConnection) -> None:
         self._waiting.pop(conn, None)
 
-    def pending(self) -> int:
-        return len(self._waiting)
+    def pending(self, source: str | None = None) -> int:
+        return sum(1 for s, _ in self._waiting.values() if source in {None, s})
+
+
+def _source(conn: asyncssh.SSHServerConnection) -> str:
+    """The client's address (no port): what a per-source limit counts."""
+    peer = conn.get_extra_info("peername")
+    return str(peer[0]) if peer else "?"
 
 
 class _Connection(asyncssh.SSHServer):
@@ -333,6 +359,7 @@ class GitServer:
         hooks_dir: Path = DEFAULT_HOOKS_DIR,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         login_timeout: float = LOGIN_TIMEOUT_S,
+        max_per_source: int = MAX_PER_SOURCE,
     ) -> None:
         self.host, self.port = host, port
         self.host_key_path = host_key_path
@@ -342,7 +369,7 @@ class GitServer:
         self.login_timeout = login_timeout
         self._hook_env = dict(hook_env)
         self._admiral_commands = admiral_commands
-        self._gate = _Gate(max_unauthenticated)
+        self._gate = _Gate(max_unauthenticated, max_per_source)
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
         self._creating: dict[str, asyncio.Lock] = {}
@@ -359,9 +386,9 @@ class GitServer:
         """SSH sessions running now (pushes, fetches, admiral commands)."""
         return len(self._sessions)
 
-    def unauthenticated(self) -> int:
-        """Connections still in their handshake or login right now."""
-        return self._gate.pending()
+    def unauthenticated(self, source: str | None = None) -> int:
+        """Connections still in their handshake or login right now (from `source`, or all)."""
+        return self._gate.pending(source)
 
     async def start(self) -> None:
         """Load (or create) the host key once, then listen."""

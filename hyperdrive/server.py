@@ -23,6 +23,7 @@ from aiohttp import web
 from hyperdrive import __version__, bootstrap
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
+from hyperdrive.httpgate import serve_public
 from hyperdrive.modes import UMASK, make_passable, tighten
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
@@ -218,10 +219,8 @@ class Server:
         self._background(keys, "admiral keys watch")
 
     async def _serve_http(self) -> None:
-        public = web.AppRunner(self.daemon.api.public(), access_log=None, shutdown_timeout=1)
-        await public.setup()
         listen = self.config.api_listen
-        await web.TCPSite(public, listen.host, listen.port, reuse_address=True).start()
+        public, _ = await serve_public(self.daemon.api.public(), listen.host, listen.port)
         admin = web.AppRunner(self.daemon.api.admin(), access_log=None, shutdown_timeout=1)
         await admin.setup()
         sock = self.config.socket_path

@@ -399,20 +399,62 @@ async def test_a_removed_key_opens_no_new_session_but_running_ones_finish(rig: R
     assert (finished.returncode, finished.stdout) == (0, "logs for alice\n")
 
 
-async def test_fifty_idle_connections_do_not_lock_out_an_admiral(rig: Rig) -> None:
-    flood = [await asyncio.open_connection("127.0.0.1", rig.port) for _ in range(50)]
+async def _flood(
+    port: int, count: int, source: str
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` raw TCP connections from `source` that never log in (half send a banner)."""
+    flood = []
+    for index in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        if index % 2:
+            writer.write(b"SSH-2.0-flood\r\n")
+        flood.append((reader, writer))
+    return flood
+
+
+async def _gated(rig: Rig, **limits: int) -> GitServer:
+    """A second server on the rig's keys and repos with its own unauthenticated limits."""
+    server = GitServer(
+        "127.0.0.1", 0, rig.tmp / "host_key", rig.git_root, rig.keyring, {}, None, **limits
+    )
+    await server.start()
+    return server
+
+
+async def test_one_address_flooding_the_gate_does_not_lock_out_another(rig: Rig) -> None:
+    server = await _gated(rig, max_unauthenticated=40, max_per_source=10)
+    flood = await _flood(server.bound_port, 120, "127.0.0.2")
     try:
-        for index, (_, writer) in enumerate(flood):
-            if index % 2:
-                writer.write(b"SSH-2.0-flood\r\n")
         await asyncio.sleep(0.2)
-        assert rig.server.unauthenticated() <= 32
-        started = asyncio.get_running_loop().time()
+        assert server.unauthenticated("127.0.0.2") <= 40
+        await push_app(rig)
+        url = f"ssh://git@127.0.0.1:{server.bound_port}/web"
+        for _ in range(10):  # every one of them gets in while the flood holds the gate
+            listed = await run("git", "ls-remote", url, env=rig.env)
+            assert listed.returncode == 0, listed.output
+            assert "refs/heads/" in listed.stdout
+        closed = [await _closed(reader) for reader, _ in flood]
+        assert sum(closed) >= 80
+    finally:
+        for _, writer in flood:
+            writer.close()
+        await server.close(grace=5)
+
+
+async def test_fifty_concurrent_ls_remotes_from_one_address_all_succeed(rig: Rig) -> None:
+    await push_app(rig)
+    listing = [run("git", "ls-remote", rig.url("web"), env=rig.env) for _ in range(50)]
+    results = await asyncio.gather(*listing)
+    failed = [result.output for result in results if result.returncode != 0]
+    assert not failed, failed[:3]
+    assert all("refs/heads/" in result.stdout for result in results)
+
+
+async def test_idle_connections_from_one_address_do_not_lock_out_an_admiral(rig: Rig) -> None:
+    flood = await _flood(rig.port, 50, "127.0.0.2")
+    try:
         result = await rig.ssh("status")
         assert result.returncode == 0, result.output
-        assert asyncio.get_running_loop().time() - started < 5
-        closed = [await _closed(reader) for reader, _ in flood]
-        assert sum(closed) >= 18
     finally:
         for _, writer in flood:
             writer.close()
