@@ -358,6 +358,23 @@ class Admiral:
         self.git("commit", "-q", "-m", message, cwd=folder)
 
 
+def forge_repo(admiral: Admiral, root: Path, files: dict[str, str]) -> tuple[Path, Path]:
+    """A bare "forge" repository at `root/forge/site.git` with one commit of `files` on master,
+    pushed from a work tree at `root/site`: (forge, work). Served as it is over file:// or, after
+    `git update-server-info`, over dumb HTTP."""
+    forge = root / "forge" / "site.git"
+    subprocess.run(
+        ["git", "init", "-q", "--bare", "-b", "master", str(forge)], check=True, timeout=30
+    )
+    work = root / "site"
+    work.mkdir()
+    admiral.git("init", "-q", "-b", "master", cwd=work)
+    admiral.git("remote", "add", "origin", str(forge), cwd=work)
+    admiral.commit(work, files)
+    admiral.git("push", "-q", "origin", "master", cwd=work)
+    return forge, work
+
+
 @contextlib.contextmanager
 def admiral_squadron(root: Path, **extra: str) -> Iterator[tuple[Daemon, Admiral]]:
     """A started squadron whose bootstrap admiral key is a fresh key of the test's."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, wait_for
-from tests.e2e.squadron import Admiral, admiral_squadron, http_get
+from tests.e2e.squadron import Admiral, admiral_squadron, forge_repo, http_get
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
 
@@ -42,18 +42,9 @@ def dumb_http(folder: Path) -> Iterator[int]:
         server.wait(timeout=10)
 
 
-def forge_repo(admiral: Admiral, tmp_path: Path) -> Path:
+def forge_repo_for_http(admiral: Admiral, tmp_path: Path) -> Path:
     """A bare repository with one commit of a static site, ready for dumb HTTP."""
-    forge = tmp_path / "forge" / "site.git"
-    subprocess.run(
-        ["git", "init", "-q", "--bare", "-b", "master", str(forge)], check=True, timeout=30
-    )
-    work = tmp_path / "site"
-    work.mkdir()
-    admiral.git("init", "-q", "-b", "master", cwd=work)
-    admiral.git("remote", "add", "origin", str(forge), cwd=work)
-    admiral.commit(work, {"index.html": "behind a token\n"})
-    admiral.git("push", "-q", "origin", "master", cwd=work)
+    forge, _ = forge_repo(admiral, tmp_path, {"index.html": "behind a token\n"})
     subprocess.run(["git", f"--git-dir={forge}", "update-server-info"], check=True, timeout=30)
     return forge
 
@@ -69,7 +60,7 @@ def squeezed(text: str) -> str:
 
 def test_a_token_in_an_autodeploy_url_is_shown_nowhere(tmp_path: Path) -> None:
     with admiral_squadron(tmp_path) as (d, admiral):
-        forge = forge_repo(admiral, tmp_path)
+        forge = forge_repo_for_http(admiral, tmp_path)
         with dumb_http(forge.parent) as port:
             url = f"http://deploy:{TOKEN}@127.0.0.1:{port}/site.git"
             hq = admiral.working_copy(tmp_path / "hq", "headquarters")

@@ -7,7 +7,6 @@ is GitHub's documented push payload with a real signature, posted to the daemon'
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.squadron import Admiral, admiral_squadron, http_get
+from tests.e2e.squadron import Admiral, admiral_squadron, forge_repo, http_get
 from tests.fixtures.webhooks.forge import SECRET, changed, github
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
@@ -55,16 +54,7 @@ def push_payload(url: str, before: str, after: str) -> bytes:
 
 def forge_app(d: Daemon, admiral: Admiral, tmp_path: Path, text: str) -> tuple[str, Path, str]:
     """A bare "forge" repo with one commit, and an app following it: (URL, work tree, sha)."""
-    forge = tmp_path / "forge" / "site.git"
-    subprocess.run(
-        ["git", "init", "-q", "--bare", "-b", "master", str(forge)], check=True, timeout=30
-    )
-    work = tmp_path / "site"
-    work.mkdir()
-    admiral.git("init", "-q", "-b", "master", cwd=work)
-    admiral.git("remote", "add", "origin", str(forge), cwd=work)
-    admiral.commit(work, {"index.html": text})
-    admiral.git("push", "-q", "origin", "master", cwd=work)
+    forge, work = forge_repo(admiral, tmp_path, {"index.html": text})
     url = f"file://{forge}"
     hq = admiral.working_copy(tmp_path / "hq", "headquarters")
     orders = {
@@ -125,16 +115,7 @@ def test_forge_push_and_webhook_deploy_the_new_commit(
     fleet: tuple[Daemon, Admiral], tmp_path: Path
 ) -> None:
     d, admiral = fleet
-    forge = tmp_path / "forge" / "site.git"
-    subprocess.run(
-        ["git", "init", "-q", "--bare", "-b", "master", str(forge)], check=True, timeout=30
-    )
-    work = tmp_path / "site"
-    work.mkdir()
-    admiral.git("init", "-q", "-b", "master", cwd=work)
-    admiral.git("remote", "add", "origin", str(forge), cwd=work)
-    admiral.commit(work, {"index.html": "from the forge\n"})
-    admiral.git("push", "-q", "origin", "master", cwd=work)
+    forge, work = forge_repo(admiral, tmp_path, {"index.html": "from the forge\n"})
     first = admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
 
     url = f"file://{forge}"
