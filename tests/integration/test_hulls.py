@@ -55,18 +55,25 @@ def make_hulls(root: Path, **kw: Any) -> Hulls:
     return Hulls("hdth", lxc, builder, root / "data" / "records" / "hulls.json")
 
 
-@pytest.fixture(scope="module")
-def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hulls, str, Recorder]]:
-    """One Debian hull for the module, destroyed (with every ship on it) afterwards."""
+def one_hull(
+    tmp_path_factory: pytest.TempPathFactory, kind: str
+) -> Iterator[tuple[Hulls, str, Recorder]]:
+    """One hull of `kind` for a module, destroyed (with every ship on it) afterwards."""
     require_lxc()
-    hulls = make_hulls(tmp_path_factory.mktemp("debian"))
+    hulls = make_hulls(tmp_path_factory.mktemp(kind))
     out = Recorder()
     try:
-        name = asyncio.run(hulls.ensure("debian", out))
+        name = asyncio.run(hulls.ensure(kind, out))
         yield hulls, name, out
     finally:
         leftovers = destroy_everything(hulls.runtime.lxcpath)
         assert not leftovers, f"containers could not be destroyed: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hulls, str, Recorder]]:
+    """One Debian (bookworm) hull for the module."""
+    yield from one_hull(tmp_path_factory, "debian")
 
 
 @pytest.mark.timeout(900)
@@ -102,15 +109,7 @@ def test_debian_hull_is_built_patched_and_reported(debian: tuple[Hulls, str, Rec
 @pytest.fixture(scope="module")
 def trixie(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hulls, str, Recorder]]:
     """One debian-13 hull for the module (from trixie's kept tree when there is one)."""
-    require_lxc()
-    hulls = make_hulls(tmp_path_factory.mktemp("trixie"))
-    out = Recorder()
-    try:
-        name = asyncio.run(hulls.ensure("debian-13", out))
-        yield hulls, name, out
-    finally:
-        leftovers = destroy_everything(hulls.runtime.lxcpath)
-        assert not leftovers, f"containers could not be destroyed: {leftovers}"
+    yield from one_hull(tmp_path_factory, "debian-13")
 
 
 @pytest.mark.timeout(900)
