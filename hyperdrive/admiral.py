@@ -1,5 +1,6 @@
 """Admiral commands over SSH: `ssh -p 2222 git@HOST status | logs [-f] [APP] | deploy APP [SHA]
-| rollback APP | enter APP`. Each becomes the same trigger or read as its `hd` twin."""
+| rollback APP | enter APP`. Each becomes the same trigger or read as its `hd` twin; a captain
+gets the ones hyperdrive.access allows, for their own apps only."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Any
 
 import asyncssh
 
+from hyperdrive import access
+from hyperdrive.access import Identity
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.eventlog import EventLog, Filter, tail
@@ -87,10 +90,14 @@ class AdmiralCommands:
         self.status = status
         self.lxcpath = lxcpath
 
-    async def __call__(self, admiral: str, argv: list[str], process: Process) -> int:
+    async def __call__(self, identity: Identity, argv: list[str], process: Process) -> int:
         try:
             args = _parser().parse_args(argv)
-            return int(await getattr(self, f"cmd_{args.verb}")(admiral, args, process))
+            app = sanitize_app_name(args.app) if getattr(args, "app", None) else None
+            access.check(identity, args.verb, app)
+            return int(await getattr(self, f"cmd_{args.verb}")(identity, args, process))
+        except access.NotAllowed as err:
+            return self._refused(err, process)
         except (_Refused, InvalidName) as err:
             _write(process, f"hyperdrive: {err}\n", err=True)
             return 2
@@ -98,9 +105,18 @@ class AdmiralCommands:
             _write(process, f"hyperdrive: {err}\n", err=True)
             return 1
 
-    async def cmd_status(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
-        """The same view as `hd status`, as wide as the admiral's terminal (80 without one)."""
-        status = dict(self.status())
+    def _refused(self, err: access.NotAllowed, process: Process) -> int:
+        """A captain asked for what is not theirs: one line to them, one event."""
+        self.eventlog.append(err.event().record())
+        _write(process, f"hyperdrive: {err}\n", err=True)
+        return 1
+
+    async def cmd_status(
+        self, identity: Identity, args: argparse.Namespace, process: Process
+    ) -> int:
+        """The same view as `hd status`, as wide as the terminal (80 without one); a captain
+        sees their own apps only."""
+        status = _seen_by(identity, self.status())
         if args.json:
             _write(process, json.dumps(status, indent=2) + "\n")
             return 0
@@ -108,7 +124,7 @@ class AdmiralCommands:
         _write(process, status_text(status, width or 80, color=width > 0))
         return 0
 
-    async def cmd_logs(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
+    async def cmd_logs(self, identity: Identity, args: argparse.Namespace, process: Process) -> int:
         app = sanitize_app_name(args.app) if args.app else None
         where = Filter(app=app, deploy=args.deploy)
         stream = tail(self.eventlog, where, history=args.lines, follow=args.follow)
@@ -117,13 +133,18 @@ class AdmiralCommands:
             await process.stdout.drain()
         return 0
 
-    async def cmd_deploy(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
+    async def cmd_deploy(
+        self, identity: Identity, args: argparse.Namespace, process: Process
+    ) -> int:
         sha = check_sha(args.sha) if args.sha else None
-        trigger = Trigger.deploy(sanitize_app_name(args.app), sha, admiral)
+        trigger = Trigger.deploy(sanitize_app_name(args.app), sha, identity.who)
         return await self._trigger(trigger, process)
 
-    async def cmd_rollback(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
-        return await self._trigger(Trigger.rollback(sanitize_app_name(args.app), admiral), process)
+    async def cmd_rollback(
+        self, identity: Identity, args: argparse.Namespace, process: Process
+    ) -> int:
+        trigger = Trigger.rollback(sanitize_app_name(args.app), identity.who)
+        return await self._trigger(trigger, process)
 
     async def _trigger(self, trigger: Trigger, process: Process) -> int:
         """Durable trigger, then its events until the outcome (Ctrl-C leaves it running); the
@@ -144,9 +165,19 @@ class AdmiralCommands:
             _write(process, hint + "\n")
         return outcome.exit_code
 
-    async def cmd_enter(self, admiral: str, args: argparse.Namespace, process: Process) -> int:
+    async def cmd_enter(
+        self, identity: Identity, args: argparse.Namespace, process: Process
+    ) -> int:
         argv = enter_argv(self.status(), sanitize_app_name(args.app), self.lxcpath)
         return await _run_in_pty(argv, process)
+
+
+def _seen_by(identity: Identity, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as `identity` may see it: a captain's lists only the apps they command."""
+    shown = dict(status)
+    if not identity.admiral:
+        shown["apps"] = [row for row in shown.get("apps", []) if identity.commands(row["app"])]
+    return shown
 
 
 async def _run_in_pty(argv: list[str], process: Process) -> int:

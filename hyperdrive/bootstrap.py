@@ -329,6 +329,7 @@ def _status(
     def status() -> dict[str, Any]:
         counts = {
             "admirals": hq.keyring.count(),
+            "captains": hq.keyring.captain_count(),
             "pending": len(spool.pending()),
             "inflight": bus.inflight,
         }
@@ -407,4 +408,5 @@ def _gitserver(
         hook_env(config),
         admiral,
         package_hooks(),
+        on_refused=eventlog.append,
     )

@@ -143,6 +143,11 @@ class Config:
         return self.var / "public_keys"
 
     @property
+    def captain_keys_dir(self) -> Path:
+        """Captains' keys as HQ last gave them (`<app>/captains/*.pub` → `<app>/<name>.pub`)."""
+        return self.var / "captains"
+
+    @property
     def known_hosts_file(self) -> Path:
         return self.var / "known_hosts"
 

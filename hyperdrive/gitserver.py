@@ -1,9 +1,10 @@
 """Git over SSH and admiral commands: the asyncssh server behind `git push hyperdrive main`.
 
-Only admirals get in (public keys from the KeyRing). A command is parsed with shlex, the repo
-name is validated here, once, and the real git program serves the pack on `git_root/<app>.git`
-with its pipes pumped by explicit coroutines (asyncssh's `redirect` lost data in measurements).
-Anything that is not git goes to the injected admiral command handler.
+Only admirals and captains get in (public keys from the KeyRing). A command is parsed with
+shlex, the repo name is validated here, once, hyperdrive.access decides whether the key may use
+that repo, and the real git program serves the pack on `git_root/<app>.git` with its pipes
+pumped by explicit coroutines (asyncssh's `redirect` lost data in measurements). Anything that
+is not git goes to the injected admiral command handler, which asks hyperdrive.access too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 
 import asyncssh
 
+from hyperdrive import access
+from hyperdrive.access import Identity
 from hyperdrive.config import KEYS, Config
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.files import write_atomically
@@ -67,7 +70,10 @@ def package_hooks() -> Path:
 
 DEFAULT_HOOKS_DIR = package_hooks()
 
-AdmiralCommands = Callable[[str, list[str], "asyncssh.SSHServerProcess[bytes]"], Awaitable[int]]
+AdmiralCommands = Callable[
+    [Identity, list[str], "asyncssh.SSHServerProcess[bytes]"], Awaitable[int]
+]
+Append = Callable[[Mapping[str, Any]], object]  # EventLog.append
 
 
 class CommandRejected(HyperdriveError):
@@ -306,7 +312,7 @@ class _Connection(asyncssh.SSHServer):
         self._keyring = keyring
         self._gate = gate
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._admiral: str | None = None
+        self._identity: Identity | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -317,7 +323,7 @@ class _Connection(asyncssh.SSHServer):
             self._gate.left(self._conn)
 
     def begin_auth(self, username: str) -> bool:
-        return True  # every user name needs a key; the key names the admiral
+        return True  # every user name needs a key; the key names the admiral or captain
 
     def public_key_auth_supported(self) -> bool:
         return True
@@ -330,14 +336,15 @@ class _Connection(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # Called for the probe and again for the signed request: the last answer counts.
-        self._admiral = self._keyring.admiral_for(key)
-        return self._admiral is not None
+        self._identity = self._keyring.identity_for(key)
+        return self._identity is not None
 
     def auth_completed(self) -> None:
         assert self._conn is not None
+        assert self._identity is not None
         self._gate.left(self._conn)
-        self._conn.set_extra_info(admiral=self._admiral)
-        log.info("ssh: admiral %s logged in from %s", self._admiral, self._peer())
+        self._conn.set_extra_info(identity=self._identity)
+        log.info("ssh: %s logged in from %s", self._identity.who, self._peer())
 
     def _peer(self) -> str:
         peer = self._conn.get_extra_info("peername") if self._conn else None
@@ -360,6 +367,7 @@ class GitServer:
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         login_timeout: float = LOGIN_TIMEOUT_S,
         max_per_source: int = MAX_PER_SOURCE,
+        on_refused: Append | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.host_key_path = host_key_path
@@ -369,6 +377,7 @@ class GitServer:
         self.login_timeout = login_timeout
         self._hook_env = dict(hook_env)
         self._admiral_commands = admiral_commands
+        self._on_refused = on_refused
         self._gate = _Gate(max_unauthenticated, max_per_source)
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
@@ -423,18 +432,19 @@ class GitServer:
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
-        admiral = str(process.get_extra_info("admiral") or "")
+        identity = process.get_extra_info("identity")
+        assert isinstance(identity, Identity)  # auth_completed set it: no key, no session
         status = 1
         try:
-            status = await self._dispatch(admiral, process)
+            status = await self._dispatch(identity, process)
         except (asyncssh.Error, ConnectionError) as err:
-            log.info("ssh: session of %s ended early: %s", admiral, err)
+            log.info("ssh: session of %s ended early: %s", identity.who, err)
         finally:
             self._sessions.discard(task)
             with contextlib.suppress(asyncssh.Error, OSError):
                 process.exit(status)
 
-    async def _dispatch(self, admiral: str, process: asyncssh.SSHServerProcess[bytes]) -> int:
+    async def _dispatch(self, identity: Identity, process: asyncssh.SSHServerProcess[bytes]) -> int:
         try:
             request = parse_command(process.command)
             _check_terminal(request, process.term_type)
@@ -443,10 +453,21 @@ class GitServer:
         except InvalidName as err:
             return _refuse(process, f"{err}")
         if isinstance(request, GitRequest):
-            return await self._git(request, admiral, process)
+            try:
+                access.check_git(identity, request.service, request.app)
+            except access.NotAllowed as err:
+                return self._refused(err, process)
+            return await self._git(request, identity.who, process)
         if self._admiral_commands is None or request.argv[0] not in ADMIRAL_VERBS:
             return _refuse(process, f"unknown command: {request.argv[0]}", prefix=False)
-        return await self._admiral_commands(admiral, request.argv, process)
+        return await self._admiral_commands(identity, request.argv, process)
+
+    def _refused(self, err: access.NotAllowed, process: asyncssh.SSHServerProcess[bytes]) -> int:
+        """A captain's git request for a repo not theirs: one line to them, one event."""
+        log.info("ssh: refused: %s", err)
+        if self._on_refused is not None:
+            self._on_refused(err.event().record())
+        return _refuse(process, str(err))
 
     async def _git(
         self, request: GitRequest, admiral: str, process: asyncssh.SSHServerProcess[bytes]

@@ -1,8 +1,9 @@
-"""The live set of admiral keys: who may push, deploy and enter ships over SSH.
+"""The live set of admiral and captain keys: who may push, deploy and enter ships over SSH.
 
 HQ's `authorized_keys/*.pub` are swapped in whole with `replace()` each time HQ changes; the
 bootstrap keys (HYPERDRIVE_ADMIRAL_KEYS) stay valid beside them so the first HQ push can happen;
 that file is re-read whenever it changes (`reload_bootstrap`), so a key added there works at once.
+Captains (HQ's `<app>/captains/*.pub`) are swapped in whole with `replace_captains()`.
 A lookup reads one dict reference, so a swap is atomic: a removed key opens no new connection,
 while sessions it already opened run to their end.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import asyncssh
 
+from hyperdrive.access import Identity
 from hyperdrive.headquarters.admirals import PRIVATE_MARKERS, key_lines, public_key
 from hyperdrive.headquarters.orders import MAX_FILE_BYTES
 
@@ -62,6 +64,7 @@ class KeyRing:
     def __init__(self) -> None:
         self._hq: dict[bytes, str] = {}
         self._bootstrap: dict[bytes, str] = {}
+        self._captains: dict[bytes, Identity] = {}
         self._fingerprints: tuple[str, ...] = ()
 
     def replace(self, keys: Mapping[str, Sequence[str]]) -> list[str]:
@@ -76,6 +79,24 @@ class KeyRing:
         self._hq = fresh  # one reference swap: lookups see the old set or the new one
         for problem in problems:
             log.warning("admiral keys: %s", problem)
+        return problems
+
+    def replace_captains(self, captains: Mapping[str, Mapping[str, Sequence[str]]]) -> list[str]:
+        """Install HQ's captains (app → captain → key lines); a key listed by several apps is
+        captain of each, under the name it has in the first; return the lines skipped."""
+        names: dict[bytes, str] = {}
+        apps: dict[bytes, set[str]] = {}
+        problems: list[str] = []
+        for app, crew in sorted(captains.items()):
+            for captain, lines in sorted(crew.items()):
+                parsed, bad = parse_keys(lines, f"{app}/captains/{captain}")
+                problems += bad
+                for key in parsed:
+                    names.setdefault(key.public_data, captain)
+                    apps.setdefault(key.public_data, set()).add(app)
+        self._captains = {blob: Identity.captain(names[blob], apps[blob]) for blob in names}
+        for problem in problems:
+            log.warning("captain keys: %s", problem)
         return problems
 
     def add_bootstrap(self, lines: Iterable[str], source: str = BOOTSTRAP) -> list[str]:
@@ -127,9 +148,20 @@ class KeyRing:
         blob = key.public_data
         return self._hq.get(blob) or self._bootstrap.get(blob)
 
+    def identity_for(self, key: asyncssh.SSHKey) -> Identity | None:
+        """Who `key` is: an admiral (whatever else lists it), a captain, or None (a stranger)."""
+        admiral = self.admiral_for(key)
+        if admiral is not None:
+            return Identity(admiral)
+        return self._captains.get(key.public_data)
+
     def count(self) -> int:
-        """How many distinct keys may log in now."""
+        """How many distinct admiral keys may log in now."""
         return len(self._hq.keys() | self._bootstrap.keys())
+
+    def captain_count(self) -> int:
+        """How many distinct captain keys (that are not admirals' too) may log in now."""
+        return len(self._captains.keys() - self._hq.keys() - self._bootstrap.keys())
 
 
 def bootstrap_keyring(path: Path) -> KeyRing:

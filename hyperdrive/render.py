@@ -61,6 +61,7 @@ STAGE = {
     "AppRetired": "headquarters",
     "AdmiralsChanged": "admirals",
     "AdmiralKeysRejected": "admirals",
+    "AccessRefused": "access",
 }
 # what went wrong: the pusher sees these as ` !     ` lines
 FAILURES = frozenset(

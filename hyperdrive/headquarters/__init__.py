@@ -1,11 +1,12 @@
-"""Headquarters: orders, the squadron-wide includes, admiral keys, reading an HQ, the push
-checks and the change plan — one module each; the names other modules use are here too.
+"""Headquarters: orders, the squadron-wide includes, admiral and captain keys, reading an HQ,
+the push checks and the change plan — one module each; the names other modules use are here too.
 
 Pure and synchronous (no daemon, no SSH): callers run it through `asyncio.to_thread`.
 Orders are parsed, never executed. dulwich loads only where git is read.
 """
 
 from hyperdrive.headquarters.admirals import (
+    CAPTAINS_DIR,
     KEYS_DIR,
     PRIVATE_MARKERS,
     AdmiralKey,
@@ -34,6 +35,7 @@ from hyperdrive.headquarters.reader import (
 )
 
 __all__ = [
+    "CAPTAINS_DIR",
     "DIRECTIVES",
     "KEYS_DIR",
     "MAX_FILE_BYTES",

@@ -1,7 +1,8 @@
-"""Admiral keys: the one reader of OpenSSH public key lines (`type base64 [comment]`).
+"""Admiral and captain keys: the one reader of OpenSSH public key lines (`type base64 [comment]`).
 
-HQ's `authorized_keys/<admiral>.pub` and the bootstrap file (HYPERDRIVE_ADMIRAL_KEYS) are both
-read with `key_lines` and `public_key`; each says what a bad line means for its own file.
+HQ's `authorized_keys/<admiral>.pub`, `<app>/captains/<captain>.pub` and the bootstrap file
+(HYPERDRIVE_ADMIRAL_KEYS) are all read with `key_lines` and `public_key`; each says what a bad
+line means for its own file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncssh
 from hyperdrive.headquarters.orders import MAX_FILE_BYTES, shown
 
 KEYS_DIR = "authorized_keys"
+CAPTAINS_DIR = "captains"  # <app>/captains/<name>.pub: keys with rights over that app only
 ADMIRAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@+-]{0,63}")
 PRIVATE_MARKERS = (b"PRIVATE KEY", b"PuTTY-User-Key-File", b"SSH2 ENCRYPTED PRIVATE KEY")
 PUBLIC_KEYS_HINT = "use OpenSSH lines like 'ssh-ed25519 AAAA… comment'"
@@ -45,15 +47,15 @@ class AdmiralKey:
     fingerprint: str
 
 
-def parse_admiral_file(name: str, data: bytes) -> list[AdmiralKey]:
-    """Parse `authorized_keys/<name>.pub`: one or more OpenSSH public key lines.
+def parse_admiral_file(name: str, data: bytes, role: str = "admiral") -> list[AdmiralKey]:
+    """Parse `authorized_keys/<name>.pub` (or a captain's `.pub`): OpenSSH public key lines.
 
     Raises ValueError with a message safe to show: it never quotes the file, because a
     private key committed by mistake must not be echoed anywhere.
     """
     admiral = name.removesuffix(".pub")
     if not ADMIRAL_NAME.fullmatch(admiral):
-        raise ValueError(f"{shown(admiral)} is not a usable admiral name")
+        raise ValueError(f"{shown(admiral)} is not a usable {role} name")
     if any(marker in data for marker in PRIVATE_MARKERS):
         raise ValueError(
             "holds a PRIVATE key: it was not loaded; remove it from HQ and replace that key"

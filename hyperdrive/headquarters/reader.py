@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from hyperdrive.errors import InvalidName, OrdersRejected
 from hyperdrive.files import read_capped
-from hyperdrive.headquarters.admirals import KEYS_DIR, AdmiralKey, parse_admiral_file
+from hyperdrive.headquarters.admirals import CAPTAINS_DIR, KEYS_DIR, AdmiralKey, parse_admiral_file
 from hyperdrive.headquarters.orders import MAX_FILE_BYTES, ORDERS, Orders, parse_orders_bytes
-from hyperdrive.names import HEADQUARTERS, SHA, check_ref
+from hyperdrive.names import HEADQUARTERS, SHA, check_ref, is_app_name
 
 if TYPE_CHECKING:
     from dulwich.object_store import BaseObjectStore
@@ -27,16 +27,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Headquarters:
-    """What an HQ commit says: orders per app, rejected orders, admiral keys and key errors."""
+    """What an HQ commit says: orders per app, rejected orders, admiral keys, captain keys
+    (app → captain → keys) and key errors."""
 
     apps: dict[str, Orders] = field(default_factory=dict)
     rejected: dict[str, OrdersRejected] = field(default_factory=dict)
     admirals: dict[str, list[AdmiralKey]] = field(default_factory=dict)
     key_errors: list[str] = field(default_factory=list)
+    captains: dict[str, dict[str, list[AdmiralKey]]] = field(default_factory=dict)
 
     def key_count(self) -> int:
         """How many valid admiral keys this HQ holds."""
         return sum(len(keys) for keys in self.admirals.values())
+
+    def captain_lines(self) -> dict[str, dict[str, list[str]]]:
+        """app → captain → key lines: what the key ring and `$VAR/captains` take."""
+        return {
+            app: {name: [key.line for key in keys] for name, keys in names.items()}
+            for app, names in self.captains.items()
+        }
 
 
 # The shared reader input: HQ-relative path → content; None marks an entry that is not a
@@ -45,7 +54,8 @@ Files = Mapping[str, bytes | None]
 
 
 def headquarters_from_files(files: Files, default_hull: str) -> Headquarters:
-    """Build a Headquarters from `authorized_keys/*.pub` and `<app>/orders` entries."""
+    """Build a Headquarters from `authorized_keys/*.pub`, `<app>/orders` and
+    `<app>/captains/*.pub` entries."""
     hq = Headquarters()
     for path in sorted(files):
         folder, _, name = path.partition("/")
@@ -53,6 +63,8 @@ def headquarters_from_files(files: Files, default_hull: str) -> Headquarters:
             _load_keys(hq, path, name, files[path])
         elif name == ORDERS:
             _load_orders(hq, path, folder, files[path], default_hull)
+        elif name.startswith(f"{CAPTAINS_DIR}/"):
+            _load_captain(hq, path, folder, name.partition("/")[2], files[path])
     return hq
 
 
@@ -94,6 +106,38 @@ def _load_keys(hq: Headquarters, path: str, name: str, data: bytes | None) -> No
         hq.admirals[fresh[0].admiral] = fresh
 
 
+def _load_captain(hq: Headquarters, path: str, app: str, name: str, data: bytes | None) -> None:
+    """Load one `<app>/captains/<name>.pub`, or record why not; a key may be listed once per app
+    (the same key in several apps' captains/ is captain of each)."""
+    shown = printable(path)
+    try:
+        keys = _captain_keys(app, name, data)
+    except ValueError as err:
+        hq.key_errors.append(f"{shown}: {err}")
+        return
+    crew = hq.captains.setdefault(app, {})
+    owners = {key.fingerprint: key.admiral for keys in crew.values() for key in keys}
+    for key in keys:
+        if key.fingerprint in owners:
+            hq.key_errors.append(
+                f"{shown}: key {key.fingerprint} is already {owners[key.fingerprint]}'s "
+                f"in {app}/{CAPTAINS_DIR}/; not loaded twice"
+            )
+    if fresh := [key for key in keys if key.fingerprint not in owners]:
+        crew[fresh[0].admiral] = fresh
+
+
+def _captain_keys(app: str, name: str, data: bytes | None) -> list[AdmiralKey]:
+    """The keys of one captain file; ValueError (safe to show) for a file that cannot be one."""
+    if app == HEADQUARTERS:
+        raise ValueError(f"{HEADQUARTERS} has no captains: its keys are in {KEYS_DIR}/")
+    if not is_app_name(app):
+        raise ValueError(f"{printable(app)!r} is not an app name, so it can have no captains")
+    if data is None:
+        raise ValueError("not a regular file (symlinks are not followed)")
+    return parse_admiral_file(name, data, role="captain")
+
+
 def printable(path: str) -> str:
     """A path as it may appear in a one-line message (control characters escaped)."""
     return path if path.isprintable() else ascii(path)
@@ -109,9 +153,24 @@ def read_headquarters(root: Path, default_hull: str) -> Headquarters:
             if entry.name == KEYS_DIR:
                 for key_file in sorted(Path(entry.path).glob("*.pub")):
                     files[f"{KEYS_DIR}/{key_file.name}"] = read_capped(key_file, MAX_FILE_BYTES)
-            elif os.path.lexists(orders := Path(entry.path, ORDERS)):
+                continue
+            if os.path.lexists(orders := Path(entry.path, ORDERS)):
                 files[f"{entry.name}/{ORDERS}"] = read_capped(orders, MAX_FILE_BYTES)
+            files.update(_captain_files(entry.name, Path(entry.path, CAPTAINS_DIR)))
     return headquarters_from_files(files, default_hull)
+
+
+def _captain_files(app: str, folder: Path) -> dict[str, bytes | None]:
+    """`<app>/captains/*.pub` of a checkout; a linked captains/ folder is one refused entry."""
+    where = f"{app}/{CAPTAINS_DIR}"
+    if folder.is_symlink():
+        return {f"{where}/": None}
+    if not folder.is_dir():
+        return {}
+    return {
+        f"{where}/{key.name}": read_capped(key, MAX_FILE_BYTES)
+        for key in sorted(folder.glob("*.pub"))
+    }
 
 
 def read_headquarters_from_git(
@@ -169,11 +228,29 @@ def _git_files(store: BaseObjectStore, tree_id: ObjectID) -> dict[str, bytes | N
         if folder.startswith(".") or not stat.S_ISDIR(mode):
             continue
         for name, sub_mode, sub_sha in _tree_items(store, sha):
+            if folder != KEYS_DIR and name == CAPTAINS_DIR:
+                files.update(_git_captains(store, f"{folder}/{name}", sub_mode, sub_sha))
+                continue
             wanted = name.endswith(".pub") if folder == KEYS_DIR else name == ORDERS
             if wanted:
-                blob = store[sub_sha].as_raw_string() if stat.S_ISREG(sub_mode) else None
-                files[f"{folder}/{name}"] = blob
+                files[f"{folder}/{name}"] = _blob(store, sub_mode, sub_sha)
     return files
+
+
+def _git_captains(store: BaseObjectStore, where: str, mode: int, tree_id: ObjectID) -> Files:
+    """`<app>/captains/*.pub` out of a git tree; a link or file named captains is refused."""
+    if not stat.S_ISDIR(mode):
+        return {f"{where}/": None}
+    return {
+        f"{where}/{name}": _blob(store, entry_mode, sha)
+        for name, entry_mode, sha in _tree_items(store, tree_id)
+        if name.endswith(".pub")
+    }
+
+
+def _blob(store: BaseObjectStore, mode: int, sha: ObjectID) -> bytes | None:
+    """A regular file's content; None for a symlink, a submodule or anything else."""
+    return store[sha].as_raw_string() if stat.S_ISREG(mode) else None
 
 
 def _tree_items(store: BaseObjectStore, tree_id: ObjectID) -> list[tuple[str, int, ObjectID]]:

@@ -225,9 +225,18 @@ class AppRetired(Event):
 @dataclass(frozen=True, kw_only=True)
 class AdmiralsChanged(Event):
     admirals: tuple[str, ...] = ()
+    captains: tuple[str, ...] | None = None  # `app/name`, when HQ was read
     file: str | None = None  # set when HYPERDRIVE_ADMIRAL_KEYS changed
     keys: int | None = None
     fingerprints: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessRefused(Event):
+    """A captain asked over SSH for what is not theirs (`asked`: push, deploy, logs, …)."""
+
+    captain: str = ""
+    asked: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""Reacting to headquarters: read it, plan, replace the admiral keys, queue deploys and retirements.
+"""Reacting to headquarters: read it, plan, replace admiral and captain keys, queue deploys and
+retirements.
 
 HQ is hosted here (`git/headquarters.git`, a push is the change) or remote (fetched into
 `$DATA/headquarters` on a webhook or `hd headquarters sync`). Nothing polls. An app whose
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -125,8 +127,10 @@ class HeadquartersSync:
     # -- start-up --
     async def load(self) -> None:
         """Put the includes and the last good HQ (by its recorded sha) in force before anything
-        deploys; the includes apply to pushed apps whether or not HQ has a commit."""
+        deploys; the includes apply to pushed apps whether or not HQ has a commit. The keys
+        materialised under $VAR are in force first, even if that HQ cannot be read."""
         self.fleet.includes = self._includes()
+        self._load_materialised()
         try:
             record = json.loads(self.record.read_text())
             sha = record["sha"]
@@ -307,26 +311,46 @@ class HeadquartersSync:
         )
         return [p for p in problems if p not in said and p not in hq.key_errors]
 
+    def _load_materialised(self) -> None:
+        """The admirals and captains last in force (`$VAR/public_keys`, `$VAR/captains`)."""
+        admirals = _read_keys(self.config.public_keys_dir)
+        if admirals:
+            self.keyring.replace(admirals)
+        folder = self.config.captain_keys_dir
+        apps = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        self.keyring.replace_captains({app.name: _read_keys(app) for app in apps})
+
+    def _captains(self, hq: Headquarters) -> tuple[str, ...]:
+        """Put HQ's captains in force and materialise `$VAR/captains/<app>/<name>.pub`."""
+        crews = hq.captain_lines()
+        self.keyring.replace_captains(crews)
+        root = self.config.captain_keys_dir
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.iterdir():
+            if stale.name not in crews:
+                _rm_tree_of_keys(stale)
+        for app, crew in crews.items():
+            _write_keys(root / app, crew)
+        return tuple(f"{app}/{name}" for app in sorted(crews) for name in sorted(crews[app]))
+
     def _admirals(self, hq: Headquarters, ctx: Context | None = None, deploy: str = "") -> None:
-        """Replace the live key set and materialise `$VAR/public_keys`."""
+        """Replace the live key sets and materialise `$VAR/public_keys` and `$VAR/captains`."""
+        captains = self._captains(hq)
         keys = {name: [k.line for k in ks] for name, ks in hq.admirals.items()}
         if not keys and not self._bootstrap_keys():
             self._keep_admirals(ctx, deploy)
             return
         self.keyring.replace(keys)
-        folder = self.config.public_keys_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.pub"):
-            if stale.stem not in keys:
-                stale.unlink()
-        for name, lines in keys.items():
-            write_atomically(folder / f"{name}.pub", "\n".join(lines) + "\n")
+        _write_keys(self.config.public_keys_dir, keys)
         self._admiral_user(keys)
         if ctx is not None:
             names = ", ".join(sorted(keys)) or "none (bootstrap keys only)"
+            crew = f"; captains: {', '.join(captains)}" if captains else ""
             ctx.emit(
                 ev.AdmiralsChanged(
-                    admirals=tuple(sorted(keys)), message=f"admirals in force: {names}"
+                    admirals=tuple(sorted(keys)),
+                    captains=captains,
+                    message=f"admirals in force: {names}{crew}",
                 )
             )
 
@@ -342,8 +366,7 @@ class HeadquartersSync:
     def _keep_admirals(self, ctx: Context | None, deploy: str) -> None:
         """Lockout protection: an HQ with no key and no bootstrap key (a remote HQ; such a
         push is refused) leaves the admirals in `$VAR/public_keys` in force."""
-        folder = self.config.public_keys_dir
-        kept = {p.stem: p.read_text().splitlines() for p in sorted(folder.glob("*.pub"))}
+        kept = _read_keys(self.config.public_keys_dir)
         self.keyring.replace(kept)
         if ctx is not None:
             names = ", ".join(sorted(kept)) or "none"
@@ -431,6 +454,29 @@ class HeadquartersSync:
             await run_git(["git", "-C", str(target), "checkout", "-q", "-f", "--detach", sha], 60)
         except HyperdriveError as err:
             log.warning("could not update %s: %s", target, err)
+
+
+def _read_keys(folder: Path) -> dict[str, list[str]]:
+    """name → key lines of the `*.pub` files Hyperdrive materialised in `folder`."""
+    return {p.stem: p.read_text().splitlines() for p in sorted(folder.glob("*.pub"))}
+
+
+def _write_keys(folder: Path, keys: Mapping[str, list[str]]) -> None:
+    """Make `folder` hold exactly one `<name>.pub` per entry of `keys`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.pub"):
+        if stale.stem not in keys:
+            stale.unlink()
+    for name, lines in keys.items():
+        write_atomically(folder / f"{name}.pub", "\n".join(lines) + "\n")
+
+
+def _rm_tree_of_keys(folder: Path) -> None:
+    """Remove an app's materialised captain keys (only `.pub` files: nothing else is ours)."""
+    for key in folder.glob("*.pub"):
+        key.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 async def _resolve(repo: Path, ref: str) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from hyperdrive.access import Identity
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.gitserver import GitServer
 from hyperdrive.keyring import KeyRing
@@ -76,9 +77,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     hook_env = {"HYPERDRIVE_SPOOL": str(spool), "HYPERDRIVE_SOCKET": str(tmp_path / "no.sock")}
     calls: list[tuple[str, list[str], str | None]] = []
 
-    async def admiral_commands(admiral: str, argv: list[str], process) -> int:  # type: ignore[no-untyped-def]
-        calls.append((admiral, argv, process.term_type))
-        process.stdout.write(f"{argv[0]} for {admiral}\n".encode())
+    async def admiral_commands(who: Identity, argv: list[str], process) -> int:  # type: ignore[no-untyped-def]
+        calls.append((who.name, argv, process.term_type))
+        process.stdout.write(f"{argv[0]} for {who.name}\n".encode())
         if argv[0] == "logs":
             await asyncio.wait_for(rig.release.wait(), 30)
         return 3 if argv[0] == "deploy" else 0

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hyperdrive import cli
+from hyperdrive.access import Identity
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.enter import SHELL, enter_argv
 from hyperdrive.errors import HyperdriveError
@@ -169,7 +170,7 @@ async def test_ssh_deploy_gives_hd_deploys_exit_status(
     spool = StorySpool(events, story)
     admiral = AdmiralCommands(events, spool, status, Path("/lxc"))
     process = FakeProcess()
-    assert await asyncio.wait_for(admiral("alice", ["deploy", "web"], process), 5) == code  # type: ignore[arg-type]
+    assert await asyncio.wait_for(admiral(Identity("alice"), ["deploy", "web"], process), 5) == code  # type: ignore[arg-type]
     [trigger_id] = spool.put_ids
     text = process.out.getvalue().decode()
     assert text.startswith(f"deploy {trigger_id} queued\n")
@@ -179,7 +180,7 @@ async def test_ssh_deploy_gives_hd_deploys_exit_status(
 async def test_ssh_status_is_hd_status_view(events: JsonlEventLog) -> None:
     admiral = AdmiralCommands(events, StorySpool(events, []), status, Path("/lxc"))
     process = FakeProcess()
-    assert await admiral("alice", ["status"], process) == 0  # type: ignore[arg-type]
+    assert await admiral(Identity("alice"), ["status"], process) == 0  # type: ignore[arg-type]
     text = process.out.getvalue().decode()
     assert text == status_text(status(), 80)
     assert "hd-web-1a2b3c4" in text
@@ -196,5 +197,5 @@ def test_enter_opens_the_shell_in_the_live_ship_or_says_there_is_none() -> None:
 async def test_ssh_enter_without_a_live_ship_is_a_clear_error(events: JsonlEventLog) -> None:
     admiral = AdmiralCommands(events, StorySpool(events, []), status, Path("/lxc"))
     process = FakeProcess()
-    assert await admiral("alice", ["enter", "api"], process) == 1  # type: ignore[arg-type]
+    assert await admiral(Identity("alice"), ["enter", "api"], process) == 1  # type: ignore[arg-type]
     assert process.err.getvalue() == b"hyperdrive: api has no live ship to enter\n"

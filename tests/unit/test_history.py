@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from hyperdrive.access import Identity
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.history import MAX_HISTORY, parse_history
 
@@ -62,7 +63,7 @@ async def test_ssh_logs_refuses_a_bad_count_as_a_usage_error(count: str) -> None
     refused: Any = None
     commands = AdmiralCommands(refused, refused, dict, refused)  # nothing is read
     process = _Process()
-    status = await commands("alice", ["logs", "-n", count], process)  # type: ignore[arg-type]
+    status = await commands(Identity("alice"), ["logs", "-n", count], process)  # type: ignore[arg-type]
     assert status == 2
     assert f"0 to {MAX_HISTORY} or 'all'" in process.stderr.data.decode()
     assert process.stdout.data == b""
