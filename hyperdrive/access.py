@@ -35,6 +35,9 @@ CAPTAIN_RIGHTS: dict[str, Scope] = {
     "enter": Scope.OWN_APP,
     "status": Scope.OWN_APPS,
 }
+# Decided to be admirals' alone should they ever be served over SSH (they change the squadron);
+# anything in neither table is refused to captains too.
+ADMIRALS_ONLY = frozenset({"assemble", "launch", "headquarters", "token", "doctor", "retire"})
 GIT_ASKS = {"receive-pack": "push", "upload-pack": "fetch", "upload-archive": "archive"}
 SAID = {"logs": "read the logs of", "rollback": "roll back", "archive": "fetch an archive of"}
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from hyperdrive.access import Identity
 from hyperdrive.config import Config
 from hyperdrive.keyring import KeyRing
 from hyperdrive.pipeline import events as ev
@@ -652,3 +653,43 @@ async def test_admiral_user_gets_a_managed_block_and_keeps_its_own_keys(
     assert pub(alice).split()[1] in text
     assert pub(bob).split()[1] not in text
     assert (target.stat().st_uid, target.stat().st_gid) == (entry.pw_uid, entry.pw_gid)
+
+
+async def test_captains_go_live_with_hq_are_kept_under_var_and_known_after_a_restart(
+    rig: Rig, tmp_path: Path
+) -> None:
+    lead, alice, bob = new_key(), new_key(), new_key()
+    repo = hosted_hq(rig, tmp_path)
+    repo.commit(
+        {
+            "authorized_keys/lead.pub": pub(lead),
+            "blog/orders": "\n",
+            "blog/captains/alice.pub": pub(alice),
+            "shop/orders": "\n",
+            "shop/captains/alice.pub": pub(alice),
+            "shop/captains/bob.pub": pub(bob),
+        }
+    )
+    _, ctx = await rig.sync()
+    (changed,) = ctx.named("AdmiralsChanged")
+    assert changed.captains == ("blog/alice", "shop/alice", "shop/bob")  # type: ignore[attr-defined]
+    assert changed.message == "admirals in force: lead; captains: blog/alice, shop/alice, shop/bob"
+    assert rig.keyring.identity_for(alice) == Identity.captain("alice", {"blog", "shop"})
+    kept = rig.config.var / "captains"
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*.pub")) == [
+        "blog/alice.pub",
+        "shop/alice.pub",
+        "shop/bob.pub",
+    ]
+
+    repo.commit({"shop/captains/alice.pub": None, "blog/captains/alice.pub": None})
+    await rig.sync()
+    assert rig.keyring.identity_for(alice) is None, "gone with the HQ commit that removed her"
+    assert rig.keyring.identity_for(bob) == Identity.captain("bob", {"shop"})
+    assert sorted(p.name for p in kept.iterdir()) == ["shop"]
+
+    rig.config.headquarters_record.unlink()  # a restart that cannot read HQ yet
+    again = rig.restarted()
+    await again.load()
+    assert again.keyring.identity_for(bob) == Identity.captain("bob", {"shop"})
+    assert again.keyring.admiral_for(lead) == "lead"
