@@ -9,8 +9,11 @@ someone decides otherwise here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.names import HEADQUARTERS
@@ -38,6 +41,8 @@ CAPTAIN_RIGHTS: dict[str, Scope] = {
 # Decided to be admirals' alone should they ever be served over SSH (they change the squadron);
 # anything in neither table is refused to captains too.
 ADMIRALS_ONLY = frozenset({"assemble", "launch", "headquarters", "token", "doctor", "retire"})
+BURST = 20  # AccessRefused events written per captain an interval; the rest are summarised
+INTERVAL_S = 60.0
 GIT_ASKS = {"receive-pack": "push", "upload-pack": "fetch", "upload-archive": "archive"}
 SAID = {"logs": "read the logs of", "rollback": "roll back", "archive": "fetch an archive of"}
 
@@ -79,6 +84,58 @@ class NotAllowed(HyperdriveError):
         """The event of this refusal: who, what and which app (never the key)."""
         return AccessRefused(
             captain=self.identity.name, asked=self.asked, app=self.app, message=str(self)
+        )
+
+
+@dataclass
+class _Window:
+    started: float
+    written: int = 0
+    more: int = 0  # refusals counted, not written
+    last: NotAllowed | None = None
+
+
+class Refusals:
+    """AccessRefused events, at most `burst` per captain an interval: the rest are counted and
+    written as one summary (`more`) once that captain's interval is over, at the next refusal
+    (no timer). A captain's script cannot wash out the event history; windows are per captain,
+    so as many as HQ names."""
+
+    def __init__(
+        self,
+        append: Callable[[Mapping[str, Any]], object],
+        burst: int = BURST,
+        interval: float = INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.append, self.burst, self.interval, self._clock = append, burst, interval, clock
+        self._windows: dict[str, _Window] = {}
+        self.refused = 0  # every refusal since start
+
+    def __call__(self, err: NotAllowed) -> None:
+        now = self._clock()
+        self.refused += 1
+        self._expire(now)
+        window = self._windows.setdefault(err.identity.name, _Window(now))
+        if window.written < self.burst:
+            window.written += 1
+            self.append(err.event().record())
+        else:
+            window.more, window.last = window.more + 1, err
+
+    def _expire(self, now: float) -> None:
+        for name, window in list(self._windows.items()):
+            if now - window.started < self.interval:
+                continue
+            del self._windows[name]
+            if window.last is not None:
+                self.append(self._summary(window, window.last).record())
+
+    def _summary(self, window: _Window, last: NotAllowed) -> AccessRefused:
+        times = "refusal" if window.more == 1 else "refusals"
+        said = f"{window.more} more {times} in {self.interval:g} s, the last: {last}"
+        return replace(
+            last.event(), more=window.more, message=f"captain {last.identity.name!r}: {said}"
         )
 
 

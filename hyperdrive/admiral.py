@@ -84,11 +84,13 @@ class AdmiralCommands:
         spool: Spool,
         status: Callable[[], Mapping[str, Any]],
         lxcpath: Path,
+        refusals: access.Refusals | None = None,
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
         self.status = status
         self.lxcpath = lxcpath
+        self._refusals = refusals
 
     async def __call__(self, identity: Identity, argv: list[str], process: Process) -> int:
         try:
@@ -107,7 +109,9 @@ class AdmiralCommands:
 
     def _refused(self, err: access.NotAllowed, process: Process) -> int:
         """A captain asked for what is not theirs: one line to them, one event."""
-        self.eventlog.append(err.event().record())
+        if self._refusals is None:  # one tally for git and commands: bootstrap passes it
+            self._refusals = access.Refusals(self.eventlog.append)
+        self._refusals(err)
         _write(process, f"hyperdrive: {err}\n", err=True)
         return 1
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperdrive import systemd
+from hyperdrive.access import Refusals
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
@@ -397,7 +398,8 @@ def _api(
 def _gitserver(
     config: Config, keyring: KeyRing, eventlog: EventLog, spool: FileSpool, status: Status
 ) -> GitServer:
-    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir)
+    refusals = Refusals(eventlog.append)  # one tally for git and commands alike
+    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals)
     listen = config.ssh_listen
     return GitServer(
         listen.host,
@@ -408,5 +410,5 @@ def _gitserver(
         hook_env(config),
         admiral,
         package_hooks(),
-        on_refused=eventlog.append,
+        refusals=refusals,
     )

@@ -73,7 +73,6 @@ DEFAULT_HOOKS_DIR = package_hooks()
 AdmiralCommands = Callable[
     [Identity, list[str], "asyncssh.SSHServerProcess[bytes]"], Awaitable[int]
 ]
-Append = Callable[[Mapping[str, Any]], object]  # EventLog.append
 
 
 class CommandRejected(HyperdriveError):
@@ -367,7 +366,7 @@ class GitServer:
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         login_timeout: float = LOGIN_TIMEOUT_S,
         max_per_source: int = MAX_PER_SOURCE,
-        on_refused: Append | None = None,
+        refusals: access.Refusals | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.host_key_path = host_key_path
@@ -377,7 +376,7 @@ class GitServer:
         self.login_timeout = login_timeout
         self._hook_env = dict(hook_env)
         self._admiral_commands = admiral_commands
-        self._on_refused = on_refused
+        self._refusals = refusals
         self._gate = _Gate(max_unauthenticated, max_per_source)
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
@@ -465,8 +464,8 @@ class GitServer:
     def _refused(self, err: access.NotAllowed, process: asyncssh.SSHServerProcess[bytes]) -> int:
         """A captain's git request for a repo not theirs: one line to them, one event."""
         log.info("ssh: refused: %s", err)
-        if self._on_refused is not None:
-            self._on_refused(err.event().record())
+        if self._refusals is not None:
+            self._refusals(err)
         return _refuse(process, str(err))
 
     async def _git(

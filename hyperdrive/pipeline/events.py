@@ -237,6 +237,7 @@ class AccessRefused(Event):
 
     captain: str = ""
     asked: str = ""
+    more: int | None = None  # a summary: this many more of the same since the first
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hyperdrive.access import Identity
+from hyperdrive.access import Identity, Refusals
 from hyperdrive.gitserver import GitServer
 from hyperdrive.keyring import KeyRing
 from tests.integration.git_fixtures import (
@@ -68,7 +68,7 @@ async def crew(tmp_path: Path) -> AsyncIterator[Crew]:
 
     server = GitServer(
         "127.0.0.1", 0, tmp_path / "host_key", tmp_path / "git", keyring, hook_env, commands,
-        on_refused=events.append,
+        refusals=Refusals(events.append),
     )  # fmt: skip
     crew = Crew(server, keyring, keys, tmp_path, events)
     await server.start()

@@ -109,3 +109,34 @@ def test_who_marks_a_captain_in_triggers_and_events() -> None:
     assert ALICE.commands("blog")
     assert not ALICE.commands("shop")
     assert LEAD.commands("shop")
+
+
+def _refusal(who: Identity, asked: str, app: str) -> NotAllowed:
+    with pytest.raises(NotAllowed) as caught:
+        access.check(who, asked, app)
+    return caught.value
+
+
+def test_a_flood_of_refusals_is_written_a_burst_at_a_time_then_summarised() -> None:
+    written: list[dict[str, object]] = []
+    now = [0.0]
+    refusals = access.Refusals(written.append, burst=3, interval=60, clock=lambda: now[0])
+    for n in range(10):
+        refusals(_refusal(ALICE, "deploy", f"shop{n}"))
+    refusals(_refusal(CAROL, "push", "shop"))  # another captain has a window of their own
+    assert [e.get("app") for e in written] == ["shop0", "shop1", "shop2", "shop"]
+    assert all("more" not in e for e in written)
+    now[0] = 61.0
+    refusals(_refusal(ALICE, "enter", "shop"))
+    summary, fresh = written[4:]
+    assert summary == {
+        "event": "AccessRefused",
+        "captain": "alice",
+        "asked": "deploy",
+        "app": "shop9",
+        "more": 7,
+        "message": "captain 'alice': 7 more refusals in 60 s, the last: captain 'alice' may "
+        "not deploy 'shop9': captain of 'blog' only",
+    }
+    assert (fresh["asked"], fresh["app"]) == ("enter", "shop")
+    assert refusals.refused == 12
