@@ -89,7 +89,9 @@ def test_a_captain_deploys_their_app_and_nothing_else_and_an_admiral_does_all(
         assert d.wait_event("PushReceived", app="blog")["admiral"] == "captain:alice"
         deployed = alice.ssh("deploy", "blog")
         assert "blog deployed" in deployed.stdout, deployed.stdout
-        assert "blog" in alice.ssh("logs", "blog").stdout
+        logs = alice.ssh("logs", "blog").stdout.splitlines()
+        assert any("blog deployed" in line for line in logs), logs
+        assert all(" blog " in line for line in logs), "only blog's events"
         assert apps_seen(alice) == ["blog"]
 
         # everything else is refused, each with one line and an event
