@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from hyperdrive.credentials import strip_userinfo_in
+from hyperdrive.masking import mask_event
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,16 @@ class JsonlEventLog:
     seek straight to it; history is read in worker threads, a batch at a time.
     """
 
-    def __init__(self, path: Path, max_bytes: int = 64 << 20, keep: int = 5, queue: int = 10_000):
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 64 << 20,
+        keep: int = 5,
+        queue: int = 10_000,
+        mask: Callable[[str], str] | None = None,
+    ):
         self.path = path
+        self.mask = mask  # the squadron's secrets out of every event: the one chokepoint
         self.max_bytes = max_bytes
         self.keep = keep
         self.queue = queue
@@ -316,7 +325,10 @@ class JsonlEventLog:
         if self._fh is None:
             raise RuntimeError("event log is not open")
         self.seq += 1
-        record, line = capped(redact({"ts": now_iso(), "seq": self.seq, **event}))
+        stamped = {"ts": now_iso(), "seq": self.seq, **event}
+        if self.mask is not None:
+            stamped = mask_event(stamped, self.mask)
+        record, line = capped(redact(stamped))
         if self._size + len(line) > self.max_bytes and self._size:
             self._rotate()
         deploy = record.get("deploy")

@@ -1,0 +1,98 @@
+"""Secrets out of sight: the values of an app's secrets, masked in every text Hyperdrive shows.
+
+A secret is any value from `$DATA/includes/*.env`, the value of an exported key whose name
+looks secret (`*PASS*`, `*SECRET*`, `*TOKEN*`, `*KEY*`, `*PRIVATE*`, `*CREDENTIAL*`), and the
+value of a key the orders list with `secret NAME`. Each is masked as written and in the forms
+an app commonly prints it: URL-encoded and JSON-escaped. Values shorter than MIN_LENGTH are
+left alone: masking `1` or `true` would destroy every log and hide nothing worth hiding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+MASK = "********"
+MIN_LENGTH = 6
+SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
+# fields Hyperdrive itself makes (names, ids, times): never masked, so filters keep working
+IDENTITY_FIELDS = frozenset({"ts", "seq", "event", "app", "sha", "ship", "deploy", "ms"})
+
+
+def looks_secret(name: str) -> bool:
+    """Whether an env key's name says its value is a secret (`DB_PASSWORD`, `api_key`…)."""
+    return SECRET_NAME.search(name) is not None
+
+
+def secret_values(
+    env: Mapping[str, str], includes: Mapping[str, str], named: Iterable[str] = ()
+) -> set[str]:
+    """The values to mask for one app: every include, and each key of its env that looks
+    secret or that its orders name with `secret`."""
+    named = set(named)
+    ordered = {v for k, v in env.items() if k in named or looks_secret(k)}
+    return {v for v in (*includes.values(), *ordered) if len(v) >= MIN_LENGTH}
+
+
+def shown_forms(value: str) -> set[str]:
+    """The ways a program prints a value: as is, URL-encoded, JSON-escaped."""
+    return {value, quote(value, safe=""), quote_plus(value, safe=""), json.dumps(value)[1:-1]}
+
+
+@dataclass(frozen=True)
+class Masker:
+    """Replaces every secret in a text by MASK; built once per change of the secrets.
+
+    Overlapping secrets are masked as one span, so no part of either shows between masks."""
+
+    pattern: re.Pattern[str] | None = None  # any form of any secret, longest first
+    starts: re.Pattern[str] | None = None  # the same, as a lookahead: every start, overlapping
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> Masker:
+        """A masker of `values` (those shorter than MIN_LENGTH are ignored). Longer forms
+        come first, so a secret that contains another is masked whole."""
+        forms = {f for v in values if len(v) >= MIN_LENGTH for f in shown_forms(v)}
+        if not forms:
+            return cls()
+        either = "|".join(map(re.escape, sorted(forms, key=lambda f: (-len(f), f))))
+        return cls(re.compile(either), re.compile(f"(?=({either}))"))
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is None or self.starts is None or not self.pattern.search(text):
+            return text
+        spans: list[list[int]] = []
+        for found in self.starts.finditer(text):
+            start, end = found.start(), found.end(1)
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        kept, at = [], 0
+        for start, end in spans:
+            kept += [text[at:start], MASK]
+            at = end
+        return "".join([*kept, text[at:]])
+
+    def __bool__(self) -> bool:
+        return self.pattern is not None
+
+
+def mask_in(value: Any, mask: Callable[[str], str]) -> Any:
+    """`mask` over every string inside a JSON-like value."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, list | tuple):
+        return [mask_in(v, mask) for v in value]
+    if isinstance(value, dict):
+        return {k: mask_in(v, mask) for k, v in value.items()}
+    return value
+
+
+def mask_event(event: Mapping[str, Any], mask: Callable[[str], str]) -> dict[str, Any]:
+    """An event with every field masked but the identity fields Hyperdrive itself makes."""
+    return {k: v if k in IDENTITY_FIELDS else mask_in(v, mask) for k, v in event.items()}
