@@ -10,6 +10,7 @@ left alone: masking `1` or `true` would destroy every log and hide nothing worth
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -96,3 +97,20 @@ def mask_in(value: Any, mask: Callable[[str], str]) -> Any:
 def mask_event(event: Mapping[str, Any], mask: Callable[[str], str]) -> dict[str, Any]:
     """An event with every field masked but the identity fields Hyperdrive itself makes."""
     return {k: v if k in IDENTITY_FIELDS else mask_in(v, mask) for k, v in event.items()}
+
+
+class LogMask(logging.Filter):
+    """The daemon's own log (stderr, the journal) masked as the events are: a handler filter,
+    so every logger's records pass through it, tracebacks included."""
+
+    def __init__(self, mask: Callable[[str], str]) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.mask(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.mask(record.exc_text)
+        return True

@@ -3,7 +3,9 @@ two places it is applied (the event log, setup.log) — with fakes, in milliseco
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from hyperdrive.errors import OrdersRejected
 from hyperdrive.eventlog import JsonlEventLog
 from hyperdrive.headquarters import Headquarters, Orders, parse_orders
-from hyperdrive.masking import MASK, MIN_LENGTH, Masker, looks_secret, secret_values
+from hyperdrive.masking import MASK, MIN_LENGTH, LogMask, Masker, looks_secret, secret_values
 from hyperdrive.pipeline.build import SetupLog
 from hyperdrive.pipeline.fleet import Fleet
 from tests.unit.deploy_world import PYTHON, World
@@ -222,3 +224,27 @@ async def test_a_build_printing_its_secrets_shows_only_the_mask(tmp_path: Path) 
     assert f"token={MASK}" in hd.outcome(deploy)["message"]
     assert setup_logs
     assert all("tok-123456" not in text for text in setup_logs)
+
+
+def crash(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def test_the_daemons_own_log_is_masked_tracebacks_included() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(LogMask(Masker.of(["opensesame"])))
+    logger = logging.getLogger("hyperdrive.test.masking")
+    logger.addHandler(handler)
+    try:
+        logger.warning("build said %s", "opensesame")
+        try:
+            crash("crashed on opensesame")
+        except RuntimeError:
+            logger.exception("deploy %s crashed", "d-1")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "opensesame" not in text
+    assert f"build said {MASK}" in text
+    assert f"RuntimeError: crashed on {MASK}" in text
