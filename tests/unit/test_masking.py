@@ -19,6 +19,8 @@ from hyperdrive.headquarters import Headquarters, Orders, parse_orders
 from hyperdrive.masking import MASK, MIN_LENGTH, LogMask, Masker, looks_secret, secret_values
 from hyperdrive.pipeline.build import SetupLog
 from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.pipeline.model import Ship
+from hyperdrive.pipeline.start import TAIL_BYTES
 from tests.unit.deploy_world import PYTHON, World
 
 # secrets and their surroundings: no '*', so the mask itself can never spell a secret
@@ -248,3 +250,21 @@ def test_the_daemons_own_log_is_masked_tracebacks_included() -> None:
     assert "opensesame" not in text
     assert f"build said {MASK}" in text
     assert f"RuntimeError: crashed on {MASK}" in text
+
+
+def test_a_failure_message_never_quotes_an_app_log_line_cut_at_its_start(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    try:
+        starter = world.daemon().daemon.core.deployer.starter
+        ship = Ship("hd-web-abc1234", "abc1234" * 5, "10.0.0.2", 3000)
+        run = starter.config.ship_dir(ship.name) / "run"
+        run.mkdir(parents=True)
+        # the 64 KiB read back starts inside the secret: its second half alone is no match
+        (run / "app.log").write_text("opensesame" + "x" * (TAIL_BYTES - 16) + "\nlast words\n")
+        tail = starter.app_log_tail(ship)
+        (run / "app.log").write_text("first words\nlast words\n")
+        whole = starter.app_log_tail(ship)
+    finally:
+        world.close()
+    assert tail == "; app output: last words"
+    assert whole == "; app output: first words | last words"
