@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import ahocorasick
+
 MASK = "********"
 MIN_LENGTH = 6
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
@@ -48,39 +50,42 @@ def shown_forms(value: str) -> set[str]:
 class Masker:
     """Replaces every secret in a text by MASK; built once per change of the secrets.
 
-    Overlapping secrets are masked as one span, so no part of either shows between masks."""
+    An Aho-Corasick automaton (pyahocorasick) finds every form of every secret in one pass,
+    overlapping ones included; overlapping finds are masked as one span, so no part of either
+    shows, and a secret inside a longer one goes with it."""
 
-    pattern: re.Pattern[str] | None = None  # any form of any secret, longest first
-    starts: re.Pattern[str] | None = None  # the same, as a lookahead: every start, overlapping
+    automaton: Any = None  # ahocorasick.Automaton: each form, found with its length
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Masker:
-        """A masker of `values` (those shorter than MIN_LENGTH are ignored). Longer forms
-        come first, so a secret that contains another is masked whole."""
+        """A masker of `values` (those shorter than MIN_LENGTH are ignored)."""
         forms = {f for v in values if len(v) >= MIN_LENGTH for f in shown_forms(v)}
         if not forms:
             return cls()
-        either = "|".join(map(re.escape, sorted(forms, key=lambda f: (-len(f), f))))
-        return cls(re.compile(either), re.compile(f"(?=({either}))"))
+        automaton = ahocorasick.Automaton()
+        for form in forms:
+            automaton.add_word(form, len(form))
+        automaton.make_automaton()
+        return cls(automaton)
 
     def __call__(self, text: str) -> str:
-        if self.pattern is None or self.starts is None or not self.pattern.search(text):
+        if self.automaton is None:
             return text
-        spans: list[list[int]] = []
-        for found in self.starts.finditer(text):
-            start, end = found.start(), found.end(1)
-            if spans and start <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], end)
-            else:
-                spans.append([start, end])
+        found = sorted((end + 1 - length, end + 1) for end, length in self.automaton.iter(text))
+        if not found:
+            return text
         kept, at = [], 0
-        for start, end in spans:
-            kept += [text[at:start], MASK]
-            at = end
+        for start, end in found:
+            if start > at:
+                kept.append(text[at:start])
+            if end > at:
+                if start >= at:
+                    kept.append(MASK)
+                at = end
         return "".join([*kept, text[at:]])
 
     def __bool__(self) -> bool:
-        return self.pattern is not None
+        return self.automaton is not None
 
 
 def mask_in(value: Any, mask: Callable[[str], str]) -> Any:
