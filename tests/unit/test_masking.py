@@ -268,3 +268,21 @@ def test_a_failure_message_never_quotes_an_app_log_line_cut_at_its_start(tmp_pat
         world.close()
     assert tail == "; app output: last words"
     assert whole == "; app output: first words | last words"
+
+
+async def test_history_hides_a_value_that_became_a_secret_after_it_was_written(
+    tmp_path: Path,
+) -> None:
+    before = JsonlEventLog(tmp_path / "events.jsonl")
+    before.open()
+    before.append({"event": "BuildOutput", "app": "web", "message": 'db word "opensesame"'})
+    before.append({"event": "BuildOutput", "app": "web", "message": "nothing to hide"})
+    before.close()
+    after = JsonlEventLog(tmp_path / "events.jsonl", mask=Masker.of(['"opensesame"']))
+    after.open()
+    try:
+        read = [e["message"] async for e in after.read()]
+        stored = [e["message"] for e in after.stored()]
+    finally:
+        after.close()
+    assert read == stored == [f"db word {MASK}", "nothing to hide"]
