@@ -159,10 +159,10 @@ def real_adapters(
     )
 
 
-def deploy_core(config: Config, adapters: Adapters) -> Core:
+def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) -> Core:
     """The stages of a deploy over the adapters, and the handlers of every app command."""
     a = adapters
-    records, fleet = Records(config.apps_records_dir), Fleet(config.hull)
+    records, fleet = Records(config.apps_records_dir), fleet or Fleet(config.hull)
     hulls = Hulls(config.name, a.runtime, a.hull_builder, config.hulls_record)
     ships = Ships(
         config=config,
@@ -245,7 +245,10 @@ def build(
     hull_builder: HullBuilder | None = None,
 ) -> Daemon:
     """The whole daemon, wired; each adapter not given is the real one."""
-    eventlog = JsonlEventLog(config.events_file, max_bytes=config.eventlog_max_bytes)
+    fleet = Fleet(config.hull)  # its secrets are masked in every event (hyperdrive/masking.py)
+    eventlog = JsonlEventLog(
+        config.events_file, max_bytes=config.eventlog_max_bytes, mask=fleet.mask
+    )
 
     def rejected(name: str, why: str) -> None:
         event = ev.TriggerRejected(file=name, message=f"spool/rejected/{name}: {why}")
@@ -264,7 +267,7 @@ def build(
         clock=clock,
         dns=dns,
     )
-    core = deploy_core(config, adapters)
+    core = deploy_core(config, adapters, fleet)
     dns.names = lambda: served_names(config, core)
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)

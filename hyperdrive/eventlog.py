@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from hyperdrive.credentials import strip_userinfo_in
+from hyperdrive.masking import mask_event
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,16 @@ class JsonlEventLog:
     seek straight to it; history is read in worker threads, a batch at a time.
     """
 
-    def __init__(self, path: Path, max_bytes: int = 64 << 20, keep: int = 5, queue: int = 10_000):
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 64 << 20,
+        keep: int = 5,
+        queue: int = 10_000,
+        mask: Callable[[str], str] | None = None,
+    ):
         self.path = path
+        self.mask = mask  # the squadron's secrets out of every event: the one chokepoint
         self.max_bytes = max_bytes
         self.keep = keep
         self.queue = queue
@@ -316,7 +325,10 @@ class JsonlEventLog:
         if self._fh is None:
             raise RuntimeError("event log is not open")
         self.seq += 1
-        record, line = capped(redact({"ts": now_iso(), "seq": self.seq, **event}))
+        stamped = {"ts": now_iso(), "seq": self.seq, **event}
+        if self.mask is not None:
+            stamped = mask_event(stamped, self.mask)
+        record, line = capped(redact(stamped))
         if self._size + len(line) > self.max_bytes and self._size:
             self._rotate()
         deploy = record.get("deploy")
@@ -359,7 +371,7 @@ class JsonlEventLog:
     def stored(self, where: Filter | None = None) -> Iterator[Event]:
         """Every stored event that matches, oldest first, read here and now (tests, tools);
         unreadable (torn) lines are skipped. The daemon reads with `read`."""
-        return _scan(self._generations(), where or Filter(), None)
+        return _scan(self._generations(), where or Filter(), None, self.mask)
 
     async def read(
         self, where: Filter | None = None, *, last: int | None = None
@@ -375,7 +387,7 @@ class JsonlEventLog:
             start = self._first.get(where.deploy)
             if start is None and not self._partial:
                 return  # nothing stored for it: no file is read at all
-        events = _scan(self._generations(), where, start)
+        events = _scan(self._generations(), where, start, self.mask)
         if last is not None:
             for event in await asyncio.to_thread(lambda: list(deque(events, maxlen=last))):
                 yield event
@@ -398,9 +410,13 @@ class JsonlEventLog:
 
 
 def _scan(
-    files: list[tuple[int, Path]], where: Filter, start: Position | None
+    files: list[tuple[int, Path]],
+    where: Filter,
+    start: Position | None,
+    mask: Callable[[str], str] | None = None,
 ) -> Generator[Event, None, None]:
-    """Matching events of `files` (generation, path), from `start` on. Every file is opened
+    """Matching events of `files` (generation, path), from `start` on, masked again (a value
+    that became a secret after its event was written is hidden too). Every file is opened
     first, so a rotation while this runs moves no line out of reach."""
     handles = []
     try:
@@ -415,10 +431,19 @@ def _scan(
             for raw in fh:
                 event = _parse_line(raw)
                 if event is not None and where(event):
-                    yield event
+                    yield _masked_again(event, raw, mask)
     finally:
         for _, fh in handles:
             fh.close()
+
+
+def _masked_again(event: Event, raw: bytes, mask: Callable[[str], str] | None) -> Event:
+    """The stored event, masked when its line holds a secret: the line is JSON, and a secret
+    in a value shows there as is or JSON-escaped, both forms the mask knows."""
+    if mask is None:
+        return event
+    line = raw.decode("utf-8", "replace")
+    return event if mask(line) == line else mask_event(event, mask)
 
 
 def _take(events: Iterator[Event], count: int) -> list[Event]:

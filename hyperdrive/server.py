@@ -24,6 +24,7 @@ from hyperdrive import __version__, bootstrap
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
 from hyperdrive.httpgate import serve_public
+from hyperdrive.masking import LogMask
 from hyperdrive.modes import UMASK, make_passable, tighten
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
@@ -103,11 +104,13 @@ class Server:
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started: list[Step] = []
+        self._log_mask = LogMask(self.daemon.core.fleet.mask)
         self.steps = self._steps()
 
     def _steps(self) -> list[Step]:
         d = self.daemon
         return [
+            Step("log mask", self._mask_log, self._unmask_log),
             Step("folders", self._folders),
             Step("event log", self._open_eventlog, self._close_eventlog),
             Step("spool", d.spool.open, d.spool.close),
@@ -170,6 +173,15 @@ class Server:
             self.should_exit.set()
 
     # -- the steps --
+    async def _mask_log(self) -> None:
+        """The squadron's secrets out of the daemon's own log too (hyperdrive/masking.py)."""
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self._log_mask)
+
+    async def _unmask_log(self) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._log_mask)
+
     async def _folders(self) -> None:
         config = self.config
         for folder in (config.data, config.var):

@@ -74,6 +74,8 @@ class Orders:
     memory_bytes: int | None = None
     cpus: float | None = None
     egress: Egress = field(default_factory=Egress)
+    # `secret NAME…`: masked in all Hyperdrive shows; not compared, a new mask needs no redeploy
+    secrets: tuple[str, ...] = field(default=(), compare=False)
     path: str = field(default="", compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -113,6 +115,7 @@ class _Draft:
     egress: Egress = field(default_factory=Egress)
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
+    secrets: dict[str, None] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
 
     def once(self, name: str, line: int) -> None:
@@ -143,7 +146,21 @@ def parse_orders(
                 _directive(draft, words, number)
         except _Bad as err:
             raise OrdersRejected(path, number, str(err)) from None
+    _check_secrets(draft, path)
     return _finish(draft, path)
+
+
+def _check_secrets(draft: _Draft, path: str) -> None:
+    """Each `secret NAME` names a key these orders export: a typo would leave a value shown.
+    (Values from the includes are masked already and need no `secret` line.)"""
+    for name in draft.secrets:
+        if name not in draft.env:
+            raise OrdersRejected(
+                path,
+                draft.lines[f"secret {name}"],
+                f"secret {name}: these orders export no {name} (write export {name}=VALUE; "
+                "values from $DATA/includes are masked without a secret line)",
+            )
 
 
 def parse_orders_bytes(
@@ -232,6 +249,7 @@ def _finish(draft: _Draft, path: str) -> Orders:
         memory_bytes=draft.memory,
         cpus=draft.cpus,
         egress=draft.egress,
+        secrets=tuple(draft.secrets),
         path=path,
         lines=dict(draft.lines),
     )
@@ -430,6 +448,20 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _secret(draft: _Draft, args: list[str], line: int) -> None:
+    """`secret NAME [NAME…]`: exported keys whose values are masked wherever Hyperdrive shows
+    text, whatever their names."""
+    if not args:
+        raise _Bad("secret needs at least one variable name")
+    for name in args:
+        if not ENV_NAME.fullmatch(name):
+            raise _Bad(f"secret {shown(name)}: not a valid variable name")
+        if f"secret {name}" in draft.lines:
+            raise _Bad(f"{name} named secret twice (first on line {draft.lines[f'secret {name}']})")
+        draft.lines[f"secret {name}"] = line
+        draft.secrets[name] = None
+
+
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
@@ -441,4 +473,5 @@ DIRECTIVES: dict[str, Directive] = {
     "memory": _memory,
     "cpus": _cpus,
     "egress": _egress,
+    "secret": _secret,
 }

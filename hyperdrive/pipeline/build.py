@@ -15,6 +15,7 @@ from hyperdrive.buildpacks import BuildPlan, build_timeout, detect
 from hyperdrive.config import Config
 from hyperdrive.errors import AttachTimedOut, DeployError
 from hyperdrive.headquarters.orders import Orders
+from hyperdrive.masking import Masker
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills
@@ -38,11 +39,15 @@ cd /app
 
 
 class SetupLog:
-    """`$DATA/lxc/<ship>/setup.log` (capped) and BuildOutput events (capped) for each line."""
+    """`$DATA/lxc/<ship>/setup.log` (capped) and BuildOutput events (capped) for each line;
+    each line is masked first (the app's secrets, hyperdrive/masking.py), before any cut."""
 
-    def __init__(self, path: Path, emit: Callable[[str], None]) -> None:
+    def __init__(
+        self, path: Path, emit: Callable[[str], None], mask: Callable[[str], str] = str
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._mask = mask
         self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         self._emit = emit
         self.bytes = 0
@@ -50,6 +55,7 @@ class SetupLog:
         self.tail: deque[str] = deque(maxlen=3)
 
     def line(self, text: str) -> None:
+        text = self._mask(text)
         self.lines += 1
         self.tail.append(text[:300])
         if self.bytes < LOG_CAP_BYTES:
@@ -174,11 +180,13 @@ class Builder:
         async with stage("build"):
             plan = detect(self.config.ship_dir(ship.name) / "app")
             self.write_scripts(ship, plan, self.fleet.env(job.cmd.app))
+            mask = Masker.of(self.fleet.secrets(job.cmd.app))  # of the env just written
         if plan.build is None:
             return plan
         log = SetupLog(
             self.config.ship_dir(ship.name) / "setup.log",
             lambda text: job.emit(ev.BuildOutput, text),
+            mask,
         )
         try:
             code = await self._run(job, log)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from hyperdrive.gitremote import shown_url
 from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_orders
+from hyperdrive.masking import Masker, secret_values
 from hyperdrive.names import is_app_name
 
 
@@ -18,6 +19,10 @@ class Fleet:
     hq: Headquarters | None = None
     hq_sha: str | None = None
     includes: dict[str, str] = field(default_factory=dict)
+    # the mask and the (hq, includes) it was built from: rebuilt when either is replaced
+    _masker: tuple[Masker, object, object] = field(
+        default=(Masker(), None, None), init=False, repr=False, compare=False
+    )
 
     def orders(self, app: str) -> Orders:
         """The app's orders, or default orders for an app hosted here that HQ does not name."""
@@ -36,6 +41,29 @@ class Fleet:
     def env(self, app: str) -> dict[str, str]:
         """includes under the orders' env (orders win); PORT always set."""
         return merge_env(self.includes, self.orders(app).env)
+
+    def secrets(self, app: str) -> set[str]:
+        """The values masked for `app`: its includes and the secret-looking or `secret`-named
+        values of its env."""
+        return secret_values(self.env(app), self.includes, self.orders(app).secrets)
+
+    @property
+    def masker(self) -> Masker:
+        """One mask for the whole squadron (every app's secrets), so any event is covered,
+        whichever app it names or none; built once per HQ or includes change."""
+        masker, hq, includes = self._masker
+        if hq is not self.hq or includes is not self.includes:
+            apps = self.hq.apps.values() if self.hq else ()
+            values = secret_values({}, self.includes).union(
+                *(secret_values(o.env, {}, o.secrets) for o in apps)
+            )
+            masker = Masker.of(values)
+            self._masker = (masker, self.hq, self.includes)
+        return masker
+
+    def mask(self, text: str) -> str:
+        """`text` with every secret of the squadron masked (the event log's last step)."""
+        return self.masker(text)
 
     def hulls(self) -> set[str]:
         """The hull kinds in use by default or by name in some app's orders."""

@@ -110,5 +110,8 @@ class Starter:
             data = read_inside(run, "app.log", TAIL_BYTES, tail=True)
         except OutsideTree:
             return "; app output not shown: /hyperdrive/app.log is a symbolic link out of the ship"
-        lines = data.decode("utf-8", "replace").splitlines()[-5:] if data else []
+        lines = data.decode("utf-8", "replace").splitlines() if data else []
+        if data and len(data) > TAIL_BYTES:
+            lines = lines[1:]  # read from mid-line: half a line could hold half a secret
+        lines = lines[-5:]
         return "; app output: " + " | ".join(lines) if lines else ""
