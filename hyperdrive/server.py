@@ -24,7 +24,7 @@ from hyperdrive import __version__, bootstrap
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
 from hyperdrive.httpgate import serve_public
-from hyperdrive.modes import UMASK, make_passable, tighten
+from hyperdrive.modes import UMASK, make_passable, ship_passages, tighten
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
 
@@ -172,7 +172,8 @@ class Server:
     # -- the steps --
     async def _folders(self) -> None:
         config = self.config
-        for folder in (config.data, config.var):
+        # ships run as an unprivileged uid: LXC mounts their trees passing through these
+        for folder in (config.data, config.var, *ship_passages(config)):
             make_passable(folder)
         config.records_dir.mkdir(parents=True, exist_ok=True)
         make_private(config.private_keys_dir)

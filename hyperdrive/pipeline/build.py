@@ -67,9 +67,14 @@ class SetupLog:
         self._fh.close()
 
 
-def memory(orders: Orders) -> str:
-    """The ordered memory limit as people write it: `256M`."""
-    size = orders.memory_bytes or 0
+def memory(orders: Orders, config: Config) -> str:
+    """The ship's memory limit as people write it, and whence: `256M ordered`."""
+    if orders.memory_bytes is not None:
+        return f"{_megabytes(orders.memory_bytes)} ordered"
+    return f"{_megabytes(config.ship_memory_bytes)}, HYPERDRIVE_SHIP_MEMORY"
+
+
+def _megabytes(size: int) -> str:
     return f"{size // (1024 * 1024)}M" if size % (1024 * 1024) == 0 else f"{size} bytes"
 
 
@@ -111,7 +116,10 @@ class Builder:
             ship.ip = self.network.allocate(ship.name)
             await self.network.admit(ship.ip, job.cmd.app, job.orders.egress)
             await self.runtime.snapshot(hull, ship.name)
-            await self.runtime.write_config(ship.name, self.spec(ship, job.orders))
+            spec = self.spec(ship, job.orders)
+            for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
+                await self.runtime.hand_over(folder)  # what the ship mounts is its root's
+            await self.runtime.write_config(ship.name, spec)
             await self.runtime.start(ship.name)
         message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
         job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
@@ -144,12 +152,13 @@ class Builder:
             prefixlen=self.network.prefixlen,
             bridge=self.network.bridge,
             hostname=orders.app,
-            memory_bytes=orders.memory_bytes,
+            memory_bytes=orders.memory_bytes or self.config.ship_memory_bytes,
             cpus=orders.cpus,
             mounts=mounts,
+            pids=self.config.ship_pids,
         )
 
-    def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> None:
+    def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> list[Path]:
         """/hyperdrive/env, build and start: what runs inside the ship, written by us."""
         run = self.config.ship_dir(ship.name) / "run"
         path = ":".join(filter(None, (plan.path_prefix, SYSTEM_PATH)))
@@ -168,12 +177,14 @@ class Builder:
         (run / "build").write_text(f"#!/bin/sh\n. /hyperdrive/env\ncd /app\n{build}\n")
         (run / "web").write_text(f". /hyperdrive/env\ncd /app\n{plan.start}\n")
         (run / "start").write_text(START_SCRIPT)
+        return [run / name for name in ("env", "build", "web", "start")]
 
     async def build(self, job: Job) -> BuildPlan:
         t0, ship = job.now(), job.built
         async with stage("build"):
             plan = detect(self.config.ship_dir(ship.name) / "app")
-            self.write_scripts(ship, plan, self.fleet.env(job.cmd.app))
+            for script in self.write_scripts(ship, plan, self.fleet.env(job.cmd.app)):
+                await self.runtime.hand_over(script)
         if plan.build is None:
             return plan
         log = SetupLog(
@@ -187,7 +198,7 @@ class Builder:
         if code != 0:
             why = f"{plan.kind} build exited {code}"
             if code == 137 and await self._oom_kills(job) > 0:
-                why = f"{plan.kind} build was killed for memory ({memory(job.orders)})"
+                why = f"{plan.kind} build was killed for memory ({memory(job.orders, self.config)})"
             why += self._egress_note(job.orders)
             job.emit(ev.BuildFailed, why, log=str(log.path))
             raise DeployError("build", f"{why}: {' | '.join(log.tail)}; see {log.path}")
@@ -218,7 +229,5 @@ class Builder:
                 raise DeployError("build", message) from None
 
     async def _oom_kills(self, job: Job) -> int:
-        if job.orders.memory_bytes is None:
-            return 0
         info = await self.runtime.info(job.built.name)
         return oom_kills(info.pid if info else None)

@@ -89,15 +89,13 @@ class Starter:
 
     async def _oom_watch(self, job: Job) -> Callable[[], str | None] | None:
         """For the health wait: a check that says so once the app was killed for memory."""
-        if job.orders.memory_bytes is None:
-            return None
         info = await self.runtime.info(job.built.name)
         pid = info.pid if info else None
-        before, limit = oom_kills(pid), memory(job.orders)
+        before, limit = oom_kills(pid), memory(job.orders, self.config)
 
         def killed() -> str | None:
             if oom_kills(pid) > before:
-                return f"{KILLED_FOR_MEMORY}: it needs more than the ordered memory {limit}"
+                return f"{KILLED_FOR_MEMORY}: it needs more memory than its limit ({limit})"
             return None
 
         return killed
