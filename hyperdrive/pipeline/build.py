@@ -3,6 +3,7 @@ run the build (its output in setup.log and in BuildOutput events)."""
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import shutil
 from collections import deque
@@ -108,7 +109,7 @@ class Builder:
         """A snapshot of the hull, configured and started; a newer push waits for a hull build
         under way instead of cancelling it, and this deploy is dropped after it if superseded."""
         t0, ship = job.now(), job.built
-        kind = self.hull_kind(job)
+        kind = await self.hull_kind(job)
         async with stage("assemble"):
             await self.ready()
             with job.ctx.not_cancelled():
@@ -124,11 +125,11 @@ class Builder:
         message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
         job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
 
-    def hull_kind(self, job: Job) -> str:
+    async def hull_kind(self, job: Job) -> str:
         """The hull kind whose runtime versions the app's files ask for (.python-version,
         package.json engines…): the ordered one, else the first that has them. DeployError
         before anything is built when none does."""
-        asks = read_asks(self.config.ship_dir(job.built.name) / "app")
+        asks = await asyncio.to_thread(read_asks, self.config.ship_dir(job.built.name) / "app")
         named = job.orders.hull if "hull" in job.orders.lines else None
         default = job.orders.hull or self.config.hull
         return choose_hull(asks, self.hulls.offers(), default, named)
@@ -182,7 +183,7 @@ class Builder:
     async def build(self, job: Job) -> BuildPlan:
         t0, ship = job.now(), job.built
         async with stage("build"):
-            plan = detect(self.config.ship_dir(ship.name) / "app")
+            plan = await asyncio.to_thread(detect, self.config.ship_dir(ship.name) / "app")
             for script in self.write_scripts(ship, plan, self.fleet.env(job.cmd.app)):
                 await self.runtime.hand_over(script)
         if plan.build is None:
