@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hyperdrive.aptsource import from_host
 from hyperdrive.hull_debian import DebianHullBuild, Progress
+from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
 from hyperdrive.pipeline.model import Mount, ShipSpec
@@ -67,7 +68,7 @@ async def hull_build(root: Path, name: str, cache: Path | None) -> float:
 class Bench:
     def __init__(self, root: Path, tag: str, gateway: IPv4Address) -> None:
         self.root, self.tag, self.gateway = root, tag, gateway
-        self.lxc = Lxc(root / "containers", root / "logs")
+        self.lxc = Lxc(root / "containers", root / "logs", ids=for_ships())
         self.n = 10
 
     def spec(self, app: Path, cache: Path) -> ShipSpec:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, bridge_name, ensure_bridge, teardown_bridge
 from hyperdrive.pipeline.model import Mount, ShipSpec
@@ -59,7 +60,7 @@ async def main(rounds: int) -> None:
         root = Path(tmp)
         (root / "site").mkdir()
         (root / "site" / "index.html").write_text("bench\n")
-        lxc = Lxc(root / "containers", root / "logs")
+        lxc = Lxc(root / "containers", root / "logs", ids=for_ships())
         gateway = await ensure_bridge(tag, SUBNET)
         allocator = IpAllocator(root / "ips.json", SUBNET)
         times: dict[str, list[float]] = defaultdict(list)

@@ -16,6 +16,7 @@ from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
+from hyperdrive.idmap import for_ships
 from hyperdrive.keyring import KeyRing, bootstrap_keyring
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, ShipNetwork, bridge_address
@@ -129,7 +130,12 @@ def real_adapters(
     dns: ShipDns | None = None,
 ) -> Adapters:
     """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
-    lxc = Lxc(config.containers_dir, config.lxc_logs_dir)
+    if runtime is None or hull_builder is None:
+        lxc = Lxc(config.containers_dir, config.lxc_logs_dir, ids=for_ships())
+        runtime = runtime or lxc
+        hull_builder = hull_builder or LxcHullBuilder(
+            lxc, config.ships_dir, mirror=config.apt_mirror
+        )
     address = str(bridge_address(config.subnet))
     # one nft table: the proxy's traffic map and the ships' firewall
     traffic = Traffic(
@@ -148,9 +154,8 @@ def real_adapters(
             config.name, config.subnet, ips, firewall=traffic, on_up=hooks, resolve=resolve
         )
     return Adapters(
-        runtime=runtime or lxc,
-        hull_builder=hull_builder
-        or LxcHullBuilder(lxc, config.ships_dir, mirror=config.apt_mirror),
+        runtime=runtime,
+        hull_builder=hull_builder,
         git=git or GitRepos(config.git_dir, config.private_keys_dir, config.known_hosts_file),
         proxy=proxy,
         network=network,

@@ -30,6 +30,13 @@ class Listen:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# Sizes as people write them (`256M`, `1G`, `1.5G`, bytes), for ships' memory limits.
+MIN_MEMORY = 4 * 1024**2
+MAX_MEMORY = 1024**5
+UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a squadron is told at start; see the config table in README.md."""
@@ -57,6 +64,8 @@ class Config:
     apt_mirror: str = ""  # "": the Debian mirror the host's own apt sources name
     ship_egress: bool = True
     ship_dns: tuple[str, ...] = ()  # (): the resolvers /etc/resolv.conf names
+    ship_memory_bytes: int = 1024**3  # a ship's limit unless its orders say `memory`
+    ship_pids: int = 1024  # processes and threads a ship may have at once
     source: Path | None = None
 
     # -- derived paths (the contract's names) --
@@ -159,9 +168,13 @@ class Config:
     def tokens_file(self) -> Path:
         return self.var / "tokens.json"
 
+    @property
+    def caches_dir(self) -> Path:
+        return self.var / "cache"
+
     def cache_dir(self, app: str) -> Path:
         """The app's build cache (pip, npm), mounted in each of its ships."""
-        return self.var / "cache" / app
+        return self.caches_dir / app
 
     @property
     def bridge(self) -> str:
@@ -300,6 +313,16 @@ def _text(value: str) -> str:
     return value
 
 
+def _memory(value: str) -> int:
+    match = MEMORY.fullmatch(value.strip())
+    if match is None:
+        raise ValueError("must be a size such as 512M or 2G (or bytes)")
+    size = int(float(match[1]) * UNITS[match[2].lower()])
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise ValueError("must be at least 4M (a number without a unit is bytes)")
+    return size
+
+
 KEYS: dict[str, str] = {
     "HYPERDRIVE_NAME": "name",
     "HYPERDRIVE_DATA": "data",
@@ -322,6 +345,8 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_APT_MIRROR": "apt_mirror",
     "HYPERDRIVE_SHIP_EGRESS": "ship_egress",
     "HYPERDRIVE_SHIP_DNS": "ship_dns",
+    "HYPERDRIVE_SHIP_MEMORY": "ship_memory_bytes",
+    "HYPERDRIVE_SHIP_PIDS": "ship_pids",
 }
 
 PARSERS: dict[str, Callable[[str], Any]] = {
@@ -346,6 +371,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "apt_mirror": _mirror,
     "ship_egress": _on_off,
     "ship_dns": _resolvers,
+    "ship_memory_bytes": _memory,
+    "ship_pids": _count(16, 4_194_304),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -12,8 +13,10 @@ from pathlib import Path
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config, Listen
 from hyperdrive.errors import HyperdriveError
+from hyperdrive.idmap import FIRST, SIZE, SUBGID, SUBUID, IdMap, blocked, owned, passage_error
 from hyperdrive.keyring import parse_keys
-from hyperdrive.modes import too_open
+from hyperdrive.lxc_async import detect_cgroups
+from hyperdrive.modes import ship_passages, too_open
 from hyperdrive.network import bridge_address
 from hyperdrive.traffic import Traffic
 
@@ -56,7 +59,10 @@ def check_cgroups() -> Check:
             "mount cgroups (systemd does) so ship limits can apply",
         )
     kinds = ", ".join(k for k, present in (("v2", v2), ("v1 memory", v1_memory)) if present)
-    return Check("cgroups", True, kinds)
+    if detect_cgroups(root).pids is None:
+        fix = "enable the pids controller (systemd does) so a fork bomb stays in its ship"
+        return Check("cgroups", False, f"{kinds}, but no pids controller", fix)
+    return Check("cgroups", True, f"{kinds}, pids")
 
 
 def check_disk(config: Config) -> Check:
@@ -194,6 +200,38 @@ def check_modes(config: Config) -> Check:
     return Check("file modes", False, f"too open: {shown}{more}", fix)
 
 
+def check_ship_ids(config: Config, subuid: Path = SUBUID, subgid: Path = SUBGID) -> Check:
+    """Ships run unprivileged: root needs an id range, and ships must reach their trees."""
+    uid, gid = owned(subuid), owned(subgid)
+    if uid is None or gid is None:
+        first, last = FIRST, FIRST + SIZE - 1
+        fix = f"usermod --add-subuids {first}-{last} --add-subgids {first}-{last} root"
+        detail = f"root has no range of {SIZE} ids in {subuid} and {subgid}"
+        return Check("ship ids", False, detail, f"{fix} (or start the daemon: it does so)")
+    ids = IdMap(uid, gid)
+    for folder in ship_passages(config):
+        if (why := passage_error(folder, ids)) is not None:
+            return Check("ship ids", False, why, f"chmod o+x {blocked(folder, ids)}")
+    return Check("ship ids", True, f"ships run as uids {uid}-{uid + SIZE - 1} on this host")
+
+
+def check_privileged_ships(config: Config) -> Check:
+    """Ships made before ships ran unprivileged keep running so until they are replaced."""
+    found = []
+    with contextlib.suppress(OSError):
+        for folder in sorted(config.containers_dir.iterdir()):
+            with contextlib.suppress(OSError):
+                text = (folder / "config").read_text()
+                if "-hull-" not in folder.name and "lxc.idmap" not in text:
+                    found.append(folder.name)
+    if not found:
+        return Check("unprivileged ships", True, "every ship maps its ids")
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    fix = "hd deploy APP for each app they serve (the new ship is unprivileged)"
+    detail = f"privileged (made by an older version): {shown}"
+    return Check("unprivileged ships", False, detail, fix)
+
+
 def run_checks(config: Config) -> list[Check]:
     daemon = check_daemon(config)
     checks = [
@@ -213,5 +251,7 @@ def run_checks(config: Config) -> list[Check]:
         check_ship_dns(config, daemon.ok),
         check_forwarding(config),
         check_modes(config),
+        check_ship_ids(config),
+        check_privileged_ships(config),
     ]
     return checks + check_ports(config, daemon.ok)

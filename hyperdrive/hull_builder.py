@@ -32,6 +32,9 @@ class LxcHullBuilder:
     def setup_log(self, hull: str) -> Path:
         return self.logs / hull / "setup.log"
 
+    def fits(self, hull: str) -> bool:
+        return self.lxc.unprivileged(hull)
+
     async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str:
         """Create the container; a failure leaves nothing of it behind."""
         if kind == "busybox":
@@ -71,6 +74,7 @@ class LxcHullBuilder:
             cache_dir=self.cache_dir,
             fresh=fresh,
             release=RELEASES[kind],
+            ids=self.lxc.ids,
         )
         emit(ev.HullBuildStarted(hull=hull, message=f"hull '{hull}' {why}, {debian.plan()}"))
         try:

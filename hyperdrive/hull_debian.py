@@ -33,6 +33,8 @@ from typing import TextIO
 from hyperdrive import procs
 from hyperdrive.aptsource import DEFAULT_MIRROR, AptSource
 from hyperdrive.errors import ContainerError
+from hyperdrive.idmap import IdMap
+from hyperdrive.lxc_async import confine_hull
 from hyperdrive.render import when
 
 RELEASE = "bookworm"  # the `debian` hull's; `debian-13` is trixie's (hull_builder.RELEASES)
@@ -184,11 +186,14 @@ class Seed:
             (cache_dir or LXC_CACHE) / "hyperdrive" / f"debian-{release}-{os.uname().machine}"
         )
 
-    def built(self) -> float | None:
-        """When the seed was made (epoch), None when there is none for today's package list."""
+    def built(self, ids: IdMap | None = None) -> float | None:
+        """When the seed was made (epoch), None when there is none for today's package list or
+        its tree was shifted into another id range than `ids` (a tree never shifted is fine)."""
         try:
             stamp = json.loads((self.folder / "seed.json").read_text())
             ok = stamp["packages"] == list(PACKAGES) and (self.folder / "rootfs").is_dir()
+            shifted = stamp.get("ids")
+            ok = ok and shifted in (None, _stamp_ids(ids))
             return float(stamp["built"]) if ok else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -202,7 +207,7 @@ class Seed:
             config = await asyncio.to_thread((self.folder / "config").read_text)
         await asyncio.to_thread(_rename, config, folder, name)
 
-    async def keep(self, folder: Path, mirror: str) -> None:
+    async def keep(self, folder: Path, mirror: str, ids: IdMap | None = None) -> None:
         """Make a finished hull the seed: copy it aside, then swap it in under the lock."""
         fresh = self.folder.with_name(f".{self.folder.name}.new-{os.getpid()}-{time.time_ns()}")
         old = fresh.with_name(fresh.name.replace(".new-", ".old-"))
@@ -211,6 +216,7 @@ class Seed:
             await _link_tree(folder / "rootfs", fresh / "rootfs")
             shutil.copy2(folder / "config", fresh / "config")
             stamp = {"built": time.time(), "packages": list(PACKAGES), "mirror": mirror}
+            stamp["ids"] = _stamp_ids(ids)
             (fresh / "seed.json").write_text(json.dumps(stamp))
             async with _flock(self.folder.with_name(self.folder.name + ".lock"), fcntl.LOCK_EX):
                 if self.folder.exists():
@@ -219,6 +225,10 @@ class Seed:
         finally:
             for leftover in (fresh, old):
                 await asyncio.to_thread(shutil.rmtree, leftover, ignore_errors=True)
+
+
+def _stamp_ids(ids: IdMap | None) -> list[int] | None:
+    return [ids.uid, ids.gid] if ids is not None else None
 
 
 @asynccontextmanager
@@ -291,6 +301,7 @@ class DebianHullBuild:
     fresh: bool = False  # True: lxc-create and dist-upgrade even when a seed is there
     seed_max_age_s: float = SEED_MAX_AGE_S
     release: str = RELEASE  # Debian's code name: bookworm, trixie
+    ids: IdMap | None = None  # the ships' id range; None: a privileged hull (tests of the build)
 
     @property
     def folder(self) -> Path:
@@ -308,6 +319,8 @@ class DebianHullBuild:
                 how = await self._make(seed, log, tracker)
                 tracker.done(*PATCHING)
                 await asyncio.to_thread(patch_debian_hull, self.folder)
+                if self.ids is not None:
+                    await asyncio.to_thread(confine_hull, self.folder, self.ids)
                 self._verify()
                 if how.startswith("built"):
                     tracker.done(*KEEPING)
@@ -320,7 +333,7 @@ class DebianHullBuild:
 
     def seed_built(self) -> float | None:
         """When the seed this build copies was made; None when it makes a full build."""
-        built = Seed.in_cache(self.cache_dir, self.release).built()
+        built = Seed.in_cache(self.cache_dir, self.release).built(self.ids)
         fresh_enough = built is not None and time.time() - built < self.seed_max_age_s
         return built if fresh_enough and not self.fresh else None
 
@@ -404,7 +417,7 @@ class DebianHullBuild:
     async def _keep(self, seed: Seed, log: TextIO) -> None:
         """Keep the tree for the next build; a seed that cannot be written costs only speed."""
         try:
-            await seed.keep(self.folder, self.apt.mirror)
+            await seed.keep(self.folder, self.apt.mirror, self.ids)
         except (OSError, ContainerError, TimeoutError) as err:
             log.write(f"could not keep the tree in {seed.folder} for fast rebuilds: {err}\n")
         else:

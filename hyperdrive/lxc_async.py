@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.files import write_atomically
+from hyperdrive.idmap import IdMap, hand_over, passage_error, shift_tree
 from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec
 from hyperdrive.procs import run
 
@@ -60,7 +61,11 @@ trap stop TERM USR1 USR2 PWR INT
 /bin/mount -a 2>/dev/null
 while :; do sleep 3600 & wait $!; done
 """
+# LXC's default confinement (capabilities dropped, seccomp, the device allow-list); the
+# Debian template's config includes it through debian.common.conf.
+COMMON_CONF = "/usr/share/lxc/config/common.conf"
 BUSYBOX_HULL_LINES = (
+    f"lxc.include = {COMMON_CONF}",
     "lxc.init.cmd = /sbin/hd-init",
     "lxc.signal.halt = SIGTERM",
     # LXC skips cgroup mounts when the container keeps CAP_SYS_ADMIN, unless forced; with them
@@ -76,6 +81,7 @@ class CgroupKeys:
     memory: str | None  # "v1", "v2" or None (no controller)
     cpu: str | None
     memsw: bool  # v1 swap accounting: limit memory+swap too
+    pids: str | None = None
 
 
 class _Result(NamedTuple):
@@ -96,10 +102,12 @@ def detect_cgroups(root: Path = Path("/sys/fs/cgroup")) -> CgroupKeys:
         v2 = set()
     memory = "v1" if (root / "memory" / "memory.limit_in_bytes").exists() else None
     cpu = "v1" if (root / "cpu" / "cpu.cfs_quota_us").exists() else None
+    pids = "v1" if (root / "pids" / "cgroup.procs").exists() else None
     return CgroupKeys(
         memory=memory or ("v2" if "memory" in v2 else None),
         cpu=cpu or ("v2" if "cpu" in v2 else None),
         memsw=(root / "memory" / "memory.memsw.limit_in_bytes").exists(),
+        pids=pids or ("v2" if "pids" in v2 else None),
     )
 
 
@@ -125,6 +133,9 @@ def cgroup_settings(spec: ShipSpec, keys: CgroupKeys) -> list[tuple[str, str]]:
             settings.append(("lxc.cgroup2.cpu.max", f"{quota} {CFS_PERIOD_US}"))
         else:
             raise ContainerError("a cpu limit was ordered but this host has no cpu cgroup")
+    if spec.pids is not None and keys.pids is not None:  # no controller: no limit (doctor says)
+        key = "lxc.cgroup.pids.max" if keys.pids == "v1" else "lxc.cgroup2.pids.max"
+        settings.append((key, str(spec.pids)))
     return settings
 
 
@@ -174,6 +185,25 @@ def patch_busybox_hull(folder: Path) -> None:
         rcs.write_text("\n".join(lines) + "\n")
 
 
+def confine_hull(folder: Path, ids: IdMap) -> None:
+    """Make a fresh hull unprivileged: its tree shifted into the ships' id range, its folder
+    theirs (LXC mounts a ship's root as the ship's root), and its config mapping the ids and
+    including LXC's default confinement. Ships snapshotted from it inherit all three."""
+    shift_tree(_rootfs((folder / "config").read_text(), folder), ids)
+    os.chown(folder, ids.uid, ids.gid)
+    config = folder / "config"
+    lines = [ln for ln in config.read_text().splitlines() if _key(ln) != "lxc.idmap"]
+    if not any(_key(ln) == "lxc.include" and "common.conf" in ln for ln in lines):
+        lines.insert(0, f"lxc.include = {COMMON_CONF}")
+    # the ship's root may not move bind mounts: no /dev/lxc (as LXC's userns.conf says)
+    lines += [*ids.lxc_lines(), "lxc.tty.dir ="]
+    write_atomically(config, "\n".join(lines) + "\n")
+
+
+def _key(line: str) -> str:
+    return line.partition("=")[0].strip()
+
+
 class Lxc:
     """The lxc-* programs on one lxcpath, each call with a timeout and its log in errors."""
 
@@ -182,11 +212,13 @@ class Lxc:
         lxcpath: Path,
         log_dir: Path,
         *,
+        ids: IdMap,
         cgroups: CgroupKeys | None = None,
         timeout: float = 60.0,
     ) -> None:
         self.lxcpath = lxcpath
         self.log_dir = log_dir
+        self.ids = ids  # every ship runs unprivileged, its root being ids.uid on the host
         self.cgroups = cgroups or detect_cgroups()
         self.timeout = timeout
 
@@ -195,6 +227,7 @@ class Lxc:
         self._check(await self._exec("lxc-create", name, "-t", "busybox", seconds=120))
         try:
             await asyncio.to_thread(patch_busybox_hull, self.lxcpath / name)
+            await asyncio.to_thread(confine_hull, self.lxcpath / name, self.ids)
         except OSError as err:
             await self.destroy(name)
             raise ContainerError(f"hull {name}: could not patch the busybox hull: {err}") from err
@@ -214,7 +247,30 @@ class Lxc:
         if not path.is_file():
             raise ContainerError(f"ship {ship} does not exist: snapshot it from a hull first")
         text = render_config(path.read_text(), spec, self.cgroups)
+        if not self._maps_ids(text):
+            raise ContainerError(
+                f"ship {ship} would run privileged: its hull's config maps no ids "
+                f"({self.ids.lxc_lines()[0]}); assemble the hull again"
+            )
+        for where in (self.lxcpath, *(m.host_path for m in spec.mounts)):
+            if (why := passage_error(where, self.ids)) is not None:
+                raise ContainerError(f"ship {ship}: {why}")
         await asyncio.to_thread(write_atomically, path, text)
+
+    async def hand_over(self, path: Path) -> None:
+        """Give a host file or tree the daemon wrote for a ship to the ship's root."""
+        await asyncio.to_thread(hand_over, path, self.ids)
+
+    def unprivileged(self, name: str) -> bool:
+        """Does the container's config map the ships' ids (made by this version, this host)?"""
+        try:
+            return self._maps_ids(self._config(name).read_text())
+        except OSError:
+            return False
+
+    def _maps_ids(self, config: str) -> bool:
+        lines = {ln.strip() for ln in config.splitlines()}
+        return all(line in lines for line in self.ids.lxc_lines())
 
     async def start(self, ship: str) -> None:
         """`lxc-start -d` (10–40 ms): returns once the container runs."""

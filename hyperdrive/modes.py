@@ -2,7 +2,8 @@
 
 The daemon runs with umask 027, so what it makes is never world-readable; at start it also
 tightens what an older version left open. `$DATA`, `$VAR` and nginx's prefix are 0751 (others
-may pass, not list): nginx's workers (nobody) reach their temp folders under `$VAR/nginx`.
+may pass, not list): nginx's workers (nobody) reach their temp folders under `$VAR/nginx`, and
+ships' roots (an unprivileged uid) their hulls, trees and caches (`ship_passages`).
 `hd doctor` reports anything more open than this, with the chmod that fixes it.
 """
 
@@ -57,9 +58,14 @@ def expected(config: Config) -> Iterator[tuple[Path, int]]:
         *_files(config.records_dir, "*.json"),
     ]
     yield from ((p, DATA_MODE) for p in data)
-    yield from ((p, PASSAGE_MODE) for p in (config.data, config.var))
+    yield from ((p, PASSAGE_MODE) for p in (config.data, config.var, *ship_passages(config)))
     folders = (config.records_dir, config.spool_dir, config.lxc_logs_dir, config.nginx_dir / "logs")
     yield from ((p, FOLDER_MODE) for p in folders)
+
+
+def ship_passages(config: Config) -> tuple[Path, ...]:
+    """Folders an unprivileged ship's root passes (never lists) to its hull, tree and cache."""
+    return (config.containers_dir, config.ships_dir, config.caches_dir)
 
 
 def too_open(config: Config) -> list[TooOpen]:

@@ -25,7 +25,7 @@ from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
 from hyperdrive.httpgate import serve_public
 from hyperdrive.masking import LogMask
-from hyperdrive.modes import UMASK, make_passable, tighten
+from hyperdrive.modes import UMASK, make_passable, ship_passages, tighten
 from hyperdrive.names import HEADQUARTERS
 from hyperdrive.pipeline import events as ev
 
@@ -184,7 +184,8 @@ class Server:
 
     async def _folders(self) -> None:
         config = self.config
-        for folder in (config.data, config.var):
+        # ships run as an unprivileged uid: LXC mounts their trees passing through these
+        for folder in (config.data, config.var, *ship_passages(config)):
             make_passable(folder)
         config.records_dir.mkdir(parents=True, exist_ok=True)
         make_private(config.private_keys_dir)

@@ -6,10 +6,12 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,8 +19,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# No test depends on the machine's speed: hypothesis's 200 ms deadline per example fails on a
+# loaded CI machine for reasons that are not the code's.
+settings.register_profile("hyperdrive", deadline=None)
+settings.load_profile("hyperdrive")
+SHIP_PASSAGE = 0o711  # others may pass, not list
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ships run as an unprivileged uid, and LXC mounts their trees as that uid: it must pass
+    through the tests' folders, which pytest makes 0700. As root, each run gets its own base
+    folder (pytest re-closes its shared one whenever another run starts) and every temp folder
+    is opened to passing, never to listing."""
+    if os.geteuid() != 0 or config.option.basetemp:
+        return
+    base = Path(tempfile.gettempdir()) / "hd-pytest"
+    base.mkdir(exist_ok=True)
+    base.chmod(SHIP_PASSAGE)
+    config.option.basetemp = str(base / f"run-{os.getpid()}")
+    made = pytest.TempPathFactory.mktemp
+
+    def mktemp(self: pytest.TempPathFactory, basename: str, numbered: bool = True) -> Path:
+        path = made(self, basename, numbered)
+        for folder in (self.getbasetemp(), path):
+            folder.chmod(SHIP_PASSAGE)
+        return path
+
+    pytest.TempPathFactory.mktemp = mktemp  # type: ignore[method-assign]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """This run's base folder goes with it (containers' trees in it are gone by teardown)."""
+    basetemp = config.option.basetemp
+    if os.geteuid() == 0 and basetemp and Path(basetemp).parent.name == "hd-pytest":
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 # Below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default), where the

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from hyperdrive.config import KNOWN_HULLS
+from hyperdrive.config import KNOWN_HULLS, MAX_MEMORY, MEMORY, MIN_MEMORY, UNITS
 from hyperdrive.errors import InvalidName, OrdersRejected
 from hyperdrive.gitremote import shown_url
 from hyperdrive.names import HULL_NAME, check_ref, sanitize_app_name
@@ -24,15 +24,11 @@ MAX_FILE_BYTES = 64 * 1024
 ORDERS = "orders"
 DEFAULT_PORT = 3000
 DEFAULT_HEALTHCHECK = ("/", 60.0)
-MIN_MEMORY = 4 * 1024**2
-MAX_MEMORY = 1024**5
 MIN_CPUS, MAX_CPUS = 0.01, 1024.0  # what a ship's container takes (ShipSpec, pipeline/model.py)
-UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PORT_TEXT = re.compile(r"[1-9][0-9]{0,4}")
 NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
 DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 URL_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
 SCP_LIKE = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:[^:/\\].*")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from hyperdrive.config import UNITS
 from hyperdrive.errors import OrdersRejected
 from hyperdrive.headquarters.checks import describe
 from hyperdrive.headquarters.includes import merge_env
-from hyperdrive.headquarters.orders import UNITS, Orders
+from hyperdrive.headquarters.orders import Orders
 from hyperdrive.headquarters.reader import Headquarters, printable
 from hyperdrive.names import is_app_name
 

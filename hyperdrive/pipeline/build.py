@@ -3,6 +3,7 @@ run the build (its output in setup.log and in BuildOutput events)."""
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import shutil
 from collections import deque
@@ -73,9 +74,14 @@ class SetupLog:
         self._fh.close()
 
 
-def memory(orders: Orders) -> str:
-    """The ordered memory limit as people write it: `256M`."""
-    size = orders.memory_bytes or 0
+def memory(orders: Orders, config: Config) -> str:
+    """The ship's memory limit as people write it, and whence: `256M ordered`."""
+    if orders.memory_bytes is not None:
+        return f"{_megabytes(orders.memory_bytes)} ordered"
+    return f"{_megabytes(config.ship_memory_bytes)}, HYPERDRIVE_SHIP_MEMORY"
+
+
+def _megabytes(size: int) -> str:
     return f"{size // (1024 * 1024)}M" if size % (1024 * 1024) == 0 else f"{size} bytes"
 
 
@@ -109,7 +115,7 @@ class Builder:
         """A snapshot of the hull, configured and started; a newer push waits for a hull build
         under way instead of cancelling it, and this deploy is dropped after it if superseded."""
         t0, ship = job.now(), job.built
-        kind = self.hull_kind(job)
+        kind = await self.hull_kind(job)
         async with stage("assemble"):
             await self.ready()
             with job.ctx.not_cancelled():
@@ -117,16 +123,19 @@ class Builder:
             ship.ip = self.network.allocate(ship.name)
             await self.network.admit(ship.ip, job.cmd.app, job.orders.egress)
             await self.runtime.snapshot(hull, ship.name)
-            await self.runtime.write_config(ship.name, self.spec(ship, job.orders))
+            spec = self.spec(ship, job.orders)
+            for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
+                await self.runtime.hand_over(folder)  # what the ship mounts is its root's
+            await self.runtime.write_config(ship.name, spec)
             await self.runtime.start(ship.name)
         message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
         job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
 
-    def hull_kind(self, job: Job) -> str:
+    async def hull_kind(self, job: Job) -> str:
         """The hull kind whose runtime versions the app's files ask for (.python-version,
         package.json engines…): the ordered one, else the first that has them. DeployError
         before anything is built when none does."""
-        asks = read_asks(self.config.ship_dir(job.built.name) / "app")
+        asks = await asyncio.to_thread(read_asks, self.config.ship_dir(job.built.name) / "app")
         named = job.orders.hull if "hull" in job.orders.lines else None
         default = job.orders.hull or self.config.hull
         return choose_hull(asks, self.hulls.offers(), default, named)
@@ -150,12 +159,13 @@ class Builder:
             prefixlen=self.network.prefixlen,
             bridge=self.network.bridge,
             hostname=orders.app,
-            memory_bytes=orders.memory_bytes,
+            memory_bytes=orders.memory_bytes or self.config.ship_memory_bytes,
             cpus=orders.cpus,
             mounts=mounts,
+            pids=self.config.ship_pids,
         )
 
-    def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> None:
+    def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> list[Path]:
         """/hyperdrive/env, build and start: what runs inside the ship, written by us."""
         run = self.config.ship_dir(ship.name) / "run"
         path = ":".join(filter(None, (plan.path_prefix, SYSTEM_PATH)))
@@ -174,12 +184,14 @@ class Builder:
         (run / "build").write_text(f"#!/bin/sh\n. /hyperdrive/env\ncd /app\n{build}\n")
         (run / "web").write_text(f". /hyperdrive/env\ncd /app\n{plan.start}\n")
         (run / "start").write_text(START_SCRIPT)
+        return [run / name for name in ("env", "build", "web", "start")]
 
     async def build(self, job: Job) -> BuildPlan:
         t0, ship = job.now(), job.built
         async with stage("build"):
-            plan = detect(self.config.ship_dir(ship.name) / "app")
-            self.write_scripts(ship, plan, self.fleet.env(job.cmd.app))
+            plan = await asyncio.to_thread(detect, self.config.ship_dir(ship.name) / "app")
+            for script in self.write_scripts(ship, plan, self.fleet.env(job.cmd.app)):
+                await self.runtime.hand_over(script)
             mask = Masker.of(self.fleet.secrets(job.cmd.app))  # of the env just written
         if plan.build is None:
             return plan
@@ -195,7 +207,7 @@ class Builder:
         if code != 0:
             why = f"{plan.kind} build exited {code}"
             if code == 137 and await self._oom_kills(job) > 0:
-                why = f"{plan.kind} build was killed for memory ({memory(job.orders)})"
+                why = f"{plan.kind} build was killed for memory ({memory(job.orders, self.config)})"
             why += self._egress_note(job.orders)
             job.emit(ev.BuildFailed, why, log=str(log.path))
             raise DeployError("build", f"{why}: {' | '.join(log.tail)}; see {log.path}")
@@ -226,7 +238,5 @@ class Builder:
                 raise DeployError("build", message) from None
 
     async def _oom_kills(self, job: Job) -> int:
-        if job.orders.memory_bytes is None:
-            return 0
         info = await self.runtime.info(job.built.name)
         return oom_kills(info.pid if info else None)

@@ -180,6 +180,6 @@ class GoLive:
         await self.ships.keep_failed(app, new)
         why = f"'{new.name}' stopped answering within {seconds:g} s of the swap ({problem})"
         back = f"traffic is back on '{old.name}' ({old.sha[:7]})"
-        tail = self.starter.app_log_tail(new)
+        tail = await self.starter.app_log_tail(new)
         job.emit(ev.RolledBack, f"{why}; {back}{tail}", ship=old.name, sha=old.sha, ms=job.ms(t0))
         return self.ships.failed(job, DeployError("drain", f"{why}; rolled back"))

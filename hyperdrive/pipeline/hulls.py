@@ -124,11 +124,11 @@ class Hulls:
     async def ensure(self, kind: str, out: Emitter) -> str:
         """The current hull of `kind`; when there is none, the build under way or a new one."""
         current = self.current(kind)
-        if current is not None and await self.runtime.exists(current):
+        if current is not None and await self._usable(current):
             return current
         build = self._builds.get(kind)
         if build is None:
-            build = self._start(kind, "is missing and will now be created")
+            build = self._start(kind, f"{self._why_build(current)} and will now be created")
         else:
             out.emit(build.joined())
         return await self._join(build, out)
@@ -149,10 +149,20 @@ class Hulls:
         if kind not in BACKGROUND or kind in self._builds:
             return False
         current = self.current(kind)
-        if current is not None and await self.runtime.exists(current):
+        if current is not None and await self._usable(current):
             return False
-        self._start(kind, "is missing and is being built in the background", background=out)
+        why = f"{self._why_build(current)} and is being built in the background"
+        self._start(kind, why, background=out)
         return True
+
+    async def _usable(self, hull: str) -> bool:
+        """The hull exists and was made for ships as they run now (unprivileged)."""
+        return await self.runtime.exists(hull) and self.builder.fits(hull)
+
+    def _why_build(self, current: str | None) -> str:
+        if current is not None and current in self.runtime.names():
+            return f"replaces '{current}' (made for privileged ships)"
+        return "is missing"
 
     def status(self) -> dict[str, Any]:
         """For `hd status`: each kind's current version and the build under way, if any."""

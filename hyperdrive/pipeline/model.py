@@ -162,6 +162,7 @@ class ShipSpec:
     memory_bytes: int | None = None
     cpus: float | None = None
     mounts: tuple[Mount, ...] = ()
+    pids: int | None = None  # most processes and threads the ship may have at once
 
     def __post_init__(self) -> None:
         network = IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
@@ -175,6 +176,8 @@ class ShipSpec:
             raise ContainerError(f"memory limit {self.memory_bytes} is below 4 MiB")
         if self.cpus is not None and not 0.01 <= self.cpus <= 1024:
             raise ContainerError(f"cpus {self.cpus} is out of range")
+        if self.pids is not None and not 16 <= self.pids <= 4_194_304:
+            raise ContainerError(f"pids limit {self.pids} is out of range (16 to 4194304)")
         for mount in self.mounts:
             _check_mount(mount)
 

@@ -35,6 +35,10 @@ class ContainerRuntime(Protocol):
 
     async def write_config(self, ship: str, spec: ShipSpec) -> None: ...
 
+    async def hand_over(self, path: Path) -> None:
+        """Give a host file or tree written for a ship to the ship's (unprivileged) root."""
+        ...
+
     async def start(self, ship: str) -> None: ...
 
     async def attach(
@@ -67,6 +71,10 @@ class HullBuilder(Protocol):
     """Makes one hull container of a kind; says how (`from busybox`, `from the kept tree`…)."""
 
     def setup_log(self, hull: str) -> Path: ...
+
+    def fits(self, hull: str) -> bool:
+        """Was this hull made for ships as they run now (unprivileged, this host's id map)?"""
+        ...
 
     async def build(self, kind: str, hull: str, why: str, fresh: bool, emit: Emit) -> str: ...
 
@@ -231,6 +239,7 @@ class FakeRuntime:
     holds: Holds = field(default_factory=Holds)
     calls: list[str] = field(default_factory=list)
     app_does: Callable[[str], None] | None = None
+    handed: list[Path] = field(default_factory=list)  # given to the ships' root, in order
 
     def _get(self, name: str) -> FakeContainer:
         if name not in self.containers:
@@ -249,6 +258,9 @@ class FakeRuntime:
 
     async def write_config(self, ship: str, spec: ShipSpec) -> None:
         self._get(ship).spec = spec
+
+    async def hand_over(self, path: Path) -> None:
+        self.handed.append(path)
 
     async def start(self, ship: str) -> None:
         self.calls.append(f"start {ship}")
@@ -335,9 +347,13 @@ class FakeHullBuilder:
     built: list[str] = field(default_factory=list)
     # What a built hull of a kind is measured to carry; the known defaults when not set.
     measured: dict[str, dict[str, str]] = field(default_factory=dict)
+    unfit: set[str] = field(default_factory=set)  # hulls made before ships ran unprivileged
 
     def setup_log(self, hull: str) -> Path:
         return self.logs / hull / "setup.log"
+
+    def fits(self, hull: str) -> bool:
+        return hull not in self.unfit
 
     async def runtimes(self, kind: str, hull: str) -> dict[str, str]:
         return dict(self.measured.get(kind, KNOWN.get(kind, {})))

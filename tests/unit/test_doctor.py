@@ -10,7 +10,7 @@ import asyncssh
 
 from hyperdrive.cli import _remember_headquarters
 from hyperdrive.config import Config
-from hyperdrive.doctor import check_admirals, check_modes
+from hyperdrive.doctor import check_admirals, check_modes, check_privileged_ships, check_ship_ids
 from hyperdrive.modes import tighten
 
 
@@ -90,3 +90,32 @@ def test_hd_headquarters_set_keeps_main_conf_private(tmp_path: Path) -> None:
     text = (tmp_path / "main.conf").read_text()
     assert "HYPERDRIVE_WEBHOOK_SECRET=s3cret\n" in text
     assert text.endswith("HYPERDRIVE_HEADQUARTERS=https://deploy:TOKEN@forge.example/hq.git\n")
+
+
+def test_ship_ids_say_which_range_ships_run_as_or_how_to_reserve_one(tmp_path: Path) -> None:
+    config = Config(data=tmp_path / "data", var=tmp_path / "var")
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    check = check_ship_ids(config, subuid, subgid)
+    assert not check.ok
+    assert check.fix.startswith("usermod --add-subuids 100000-165535 --add-subgids 100000-165535")
+    for path in (subuid, subgid):
+        path.write_text("root:100000:65536\n")
+    check = check_ship_ids(config, subuid, subgid)
+    assert check.ok, check
+    assert check.detail == "ships run as uids 100000-165535 on this host"
+
+
+def test_ships_made_privileged_by_an_older_version_are_named(tmp_path: Path) -> None:
+    config = Config(data=tmp_path / "data", var=tmp_path / "var")
+    for name, text in (
+        ("hd-hull-busybox-1", "lxc.rootfs.path = dir:/x\n"),  # a hull: rebuilt at first use
+        ("hd-web-1", "lxc.rootfs.path = overlay:/a:/b\n"),
+        ("hd-web-2", "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n"),
+    ):
+        (config.containers_dir / name).mkdir(parents=True)
+        (config.containers_dir / name / "config").write_text(text)
+    check = check_privileged_ships(config)
+    assert not check.ok
+    assert check.detail == "privileged (made by an older version): hd-web-1"
+    (config.containers_dir / "hd-web-1" / "config").unlink()
+    assert check_privileged_ships(config).ok

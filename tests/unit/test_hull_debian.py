@@ -21,10 +21,13 @@ from hyperdrive.hull_debian import (
     create_env,
     patch_debian_hull,
 )
+from hyperdrive.idmap import IdMap
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
+
+IDS = IdMap(100000, 100000)  # the ships' id range; nothing is shifted in these tests
 
 
 def fake_hull(folder: Path) -> Path:
@@ -172,7 +175,7 @@ class FakeLxc(Lxc):
     """Busybox hulls that take a while to create, counted; nothing real runs."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root / "containers", root / "logs")
+        super().__init__(root / "containers", root / "logs", ids=IDS)
         self.created: list[str] = []
         self.release = asyncio.Event()
 
@@ -180,7 +183,7 @@ class FakeLxc(Lxc):
         self.created.append(name)
         await self.release.wait()
         (self.lxcpath / name).mkdir(parents=True)
-        (self.lxcpath / name / "config").write_text("")
+        (self.lxcpath / name / "config").write_text("\n".join(IDS.lxc_lines()))
 
     async def destroy(self, ship: str) -> None:
         pass
@@ -265,7 +268,7 @@ async def test_only_the_slow_hull_is_built_in_the_background(tmp_path: Path) -> 
 
 def test_hulls_know_their_versions_and_which_hull_a_ship_came_from(tmp_path: Path) -> None:
     lxcpath = tmp_path / "containers"
-    lxc = Lxc(lxcpath, tmp_path / "logs")
+    lxc = Lxc(lxcpath, tmp_path / "logs", ids=IDS)
     hulls = Hulls(
         "hd", lxc, LxcHullBuilder(lxc, tmp_path / "lxc"), tmp_path / "records" / "hulls.json"
     )

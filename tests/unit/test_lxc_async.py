@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hyperdrive.errors import ContainerError
+from hyperdrive.idmap import IdMap
 from hyperdrive.lxc_async import (
     MARKER,
     CgroupKeys,
@@ -24,8 +25,8 @@ lxc.net.0.type = veth
 lxc.net.0.link = lxcbr0
 lxc.init.cmd = /sbin/hd-init
 """
-V1 = CgroupKeys(memory="v1", cpu="v1", memsw=True)
-V2 = CgroupKeys(memory="v2", cpu="v2", memsw=False)
+V1 = CgroupKeys(memory="v1", cpu="v1", memsw=True, pids="v1")
+V2 = CgroupKeys(memory="v2", cpu="v2", memsw=False, pids="v2")
 
 
 def spec(**kw: object) -> ShipSpec:
@@ -44,14 +45,16 @@ def test_detects_v1_controllers_on_a_hybrid_host(tmp_path: Path) -> None:
     (tmp_path / "memory" / "memory.limit_in_bytes").write_text("max")
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "cgroup.procs").write_text("1\n")
     (tmp_path / "unified").mkdir()
     (tmp_path / "unified" / "cgroup.controllers").write_text("")
-    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v1", cpu="v1", memsw=False)
+    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v1", cpu="v1", memsw=False, pids="v1")
 
 
 def test_detects_a_pure_v2_host(tmp_path: Path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v2", cpu="v2", memsw=False)
+    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v2", cpu="v2", memsw=False, pids="v2")
 
 
 def test_limits_use_the_keys_that_take_effect() -> None:
@@ -68,6 +71,8 @@ def test_limits_use_the_keys_that_take_effect() -> None:
         ("lxc.cgroup2.cpu.max", "150000 100000"),
     ]
     assert cgroup_settings(spec(), CgroupKeys(None, None, memsw=False)) == []
+    assert cgroup_settings(spec(pids=512), V1)[-1] == ("lxc.cgroup.pids.max", "512")
+    assert cgroup_settings(spec(pids=512), V2)[-1] == ("lxc.cgroup2.pids.max", "512")
     with pytest.raises(ContainerError, match="no memory cgroup"):
         cgroup_settings(limited, CgroupKeys(None, "v1", memsw=False))
 
@@ -123,7 +128,7 @@ def test_a_missing_mount_source_is_a_clear_error(tmp_path: Path) -> None:
 def test_rootfs_is_where_the_ship_sees_new_files(
     tmp_path: Path, rootfs_line: str, expected: str
 ) -> None:
-    lxc = Lxc(tmp_path, tmp_path / "logs", cgroups=V1)
+    lxc = Lxc(tmp_path, tmp_path / "logs", ids=IdMap(100000, 100000), cgroups=V1)
     (tmp_path / "ship").mkdir()
     (tmp_path / "ship" / "config").write_text(f"lxc.rootfs.path = {rootfs_line}\n")
     assert lxc.rootfs("ship") == Path(expected)

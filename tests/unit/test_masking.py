@@ -252,7 +252,9 @@ def test_the_daemons_own_log_is_masked_tracebacks_included() -> None:
     assert f"RuntimeError: crashed on {MASK}" in text
 
 
-def test_a_failure_message_never_quotes_an_app_log_line_cut_at_its_start(tmp_path: Path) -> None:
+async def test_a_failure_message_never_quotes_an_app_log_line_cut_at_its_start(
+    tmp_path: Path,
+) -> None:
     world = World(tmp_path)
     try:
         starter = world.daemon().daemon.core.deployer.starter
@@ -261,9 +263,9 @@ def test_a_failure_message_never_quotes_an_app_log_line_cut_at_its_start(tmp_pat
         run.mkdir(parents=True)
         # the 64 KiB read back starts inside the secret: its second half alone is no match
         (run / "app.log").write_text("opensesame" + "x" * (TAIL_BYTES - 16) + "\nlast words\n")
-        tail = starter.app_log_tail(ship)
+        tail = await starter.app_log_tail(ship)
         (run / "app.log").write_text("first words\nlast words\n")
-        whole = starter.app_log_tail(ship)
+        whole = await starter.app_log_tail(ship)
     finally:
         world.close()
     assert tail == "; app output: last words"

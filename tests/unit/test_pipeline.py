@@ -668,3 +668,51 @@ async def test_an_app_log_linked_to_a_host_file_stays_out_of_the_failure(
     assert outcome["stage"] == "health", outcome
     assert "app output not shown: /hyperdrive/app.log is a symbolic link" in outcome["message"]
     assert "HOSTHASH" not in shown(hd)
+
+
+# ─── ships are unprivileged: their trees are handed over, their limits set ────────
+
+
+async def test_what_a_ship_mounts_is_handed_to_its_root_before_it_starts(
+    world: World, hd: Squadron
+) -> None:
+    ship = await live_at(hd, "web", PYTHON)
+    config = hd.daemon.config
+    run = config.ship_dir(ship) / "run"
+    assert world.runtime.handed[:2] == [config.ship_dir(ship), config.cache_dir("web")]
+    assert world.runtime.handed[2:] == [run / n for n in ("env", "build", "web", "start")]
+    spec = world.runtime.containers[ship].spec
+    assert spec is not None
+    assert spec.memory_bytes == config.ship_memory_bytes == 1024**3
+    assert spec.pids == config.ship_pids == 1024
+
+
+async def test_ordered_memory_wins_over_the_squadrons_default(world: World) -> None:
+    hd = world.daemon(ship_memory_bytes=512 * 1024**2, ship_pids=256)
+    ordered(hd, "web", "memory 2G\n")
+    ship = await live_at(hd, "web")
+    spec = world.runtime.containers[ship].spec
+    assert spec is not None
+    assert (spec.memory_bytes, spec.pids) == (2 * 1024**3, 256)
+    other = await live_at(hd, "blog")
+    spec = world.runtime.containers[other].spec
+    assert spec is not None
+    assert spec.memory_bytes == 512 * 1024**2
+
+
+async def test_a_hull_made_for_privileged_ships_is_rebuilt_at_its_first_use(
+    world: World, hd: Squadron
+) -> None:
+    old = await live_at(hd, "web")
+    hull = hd.daemon.core.hulls.current("busybox")
+    assert hull is not None
+    world.hull_builder.unfit.add(hull)
+    deploy = await hd.deploy("web", {"index.html": "v2\n"})
+    assert hd.outcome(deploy)["event"] == "DeployFinished"
+    started = hd.events(deploy, name="HullBuildStarted")
+    assert f"replaces '{hull}' (made for privileged ships)" in started[0]["message"]
+    new = hd.daemon.core.hulls.current("busybox")
+    assert new != hull
+    assert world.hull_builder.built[-1] == new
+    assert world.runtime.snapshot_source(hd.app("web").live or "") == new
+    assert old != hd.app("web").live
