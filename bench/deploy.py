@@ -22,7 +22,7 @@ from tempfile import TemporaryDirectory
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
-from tests.conftest import Daemon
+from tests.conftest import Daemon, open_for_ships
 from tests.e2e.squadron import (
     Admiral,
     AppRepo,
@@ -138,6 +138,7 @@ def report(title: str, served: list[float], rows: list[dict[str, float]]) -> Non
 
 def main(args: argparse.Namespace) -> None:
     with TemporaryDirectory(prefix="hd-bench-deploy-") as tmp:
+        open_for_ships(tmp)
         root = Path(tmp)
         d = make_squadron(root / "hd", HYPERDRIVE_DRAIN_SECONDS=str(args.drain))
         key = keygen(root / "admiral")

@@ -31,7 +31,7 @@ from hyperdrive.client import AdminClient  # noqa: E402
 from hyperdrive.eventlog import JsonlEventLog  # noqa: E402
 from hyperdrive.spool import FileSpool  # noqa: E402
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming  # noqa: E402
-from tests.conftest import make_daemon, stop_nginx_under  # noqa: E402
+from tests.conftest import make_daemon, open_for_ships, stop_nginx_under  # noqa: E402
 
 SUBSCRIBERS = 10
 OLD = "0" * 40  # the ref the bench triggers "push" is new
@@ -258,6 +258,7 @@ def main() -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} (the machine is shared)")
     with tempfile.TemporaryDirectory(prefix="hd-bench-") as tmp:
+        open_for_ships(tmp)
         folder = Path(tmp)
         asyncio.run(fan_out(args.events, folder))
         asyncio.run(spool_latency(args.triggers, folder))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import hq_plan  # noqa: E402 - bench/ is the script's own folder
 
-from tests.conftest import Daemon, wait_for  # noqa: E402
+from tests.conftest import Daemon, open_for_ships, wait_for  # noqa: E402
 from tests.e2e.squadron import GIT_ENV, make_squadron, teardown  # noqa: E402
 
 SSH_OPTS = [
@@ -100,6 +100,7 @@ def plan_figures(apps: int, runs: int) -> None:
         asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode() for _ in range(5)
     ]
     with tempfile.TemporaryDirectory() as name:
+        open_for_ships(name)
         tmp = Path(name)
         old_root, new_root = hq_plan.changed_hq(tmp, apps, keys)
         old = hq_plan.read_headquarters(old_root, "debian")
@@ -202,6 +203,7 @@ class Squadron:
 
 def daemon_figures(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as name:
+        open_for_ships(name)
         squadron = Squadron(Path(name))
         try:
             squadron.start()

@@ -20,7 +20,7 @@ from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, open_for_ships
 from tests.e2e.squadron import AppRepo, behind_world, git, wait_outcome
 from tests.e2e.wheel_index import require_wheels
 
@@ -45,6 +45,7 @@ def push(d: Daemon, repo: AppRepo, note: str) -> dict[str, int]:
 def main(args: argparse.Namespace) -> None:
     wheels = require_wheels(*PROJECTS)
     with TemporaryDirectory(prefix="hd-bench-heroku-") as tmp:
+        open_for_ships(tmp)
         root = Path(tmp)
         with behind_world(root, wheels, mirror=True, HYPERDRIVE_HULL="debian-13") as (d, world):
             assembled = d.hd("assemble", timeout=900)

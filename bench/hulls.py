@@ -35,6 +35,7 @@ from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
 from hyperdrive.pipeline.model import Mount, ShipSpec
+from tests.conftest import open_for_ships
 from tests.e2e.test_builds import PY_APP, PackageIndex
 from tests.integration.lxc_fixtures import get_until_ok
 
@@ -137,7 +138,7 @@ def ms(values: list[float]) -> str:
 
 
 async def main(rounds: int, skip_cold: bool) -> None:
-    root = Path(tempfile.mkdtemp(prefix="hdbench-hulls-"))
+    root = open_for_ships(tempfile.mkdtemp(prefix="hdbench-hulls-"))
     tag = "hdb" + secrets.token_hex(2)
     gateway = await ensure_bridge(tag, SUBNET)
     bench = Bench(root, tag, gateway)

@@ -23,6 +23,7 @@ from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, bridge_name, ensure_bridge, teardown_bridge
 from hyperdrive.pipeline.model import Mount, ShipSpec
+from tests.conftest import open_for_ships
 from tests.integration.lxc_fixtures import get_until_ok
 
 SUBNET = "10.213.201.0/24"
@@ -34,7 +35,7 @@ async def one_round(lxc: Lxc, hull: str, spec: ShipSpec, ship: str, times: dict)
         times[step].append((now - since) * 1000)
         return now
 
-    t = time.perf_counter()
+    t = created = time.perf_counter()
     await lxc.snapshot(hull, ship)
     t = lap("snapshot (lxc-copy -s -B overlayfs)", t)
     await lxc.write_config(ship, spec)
@@ -47,6 +48,7 @@ async def one_round(lxc: Lxc, hull: str, spec: ShipSpec, ship: str, times: dict)
     await get_until_ok(f"http://{spec.ip}:8080/index.html")
     lap("HTTP answering after start", t)
     lap("start -> HTTP answering (total)", start)
+    lap("create -> HTTP answering (total)", created)
     t = time.perf_counter()
     await lxc.stop(ship)
     t = lap("stop (graceful)", t)
@@ -57,6 +59,7 @@ async def one_round(lxc: Lxc, hull: str, spec: ShipSpec, ship: str, times: dict)
 async def main(rounds: int) -> None:
     tag = "hdb" + secrets.token_hex(2)
     with tempfile.TemporaryDirectory() as tmp:
+        open_for_ships(tmp)
         root = Path(tmp)
         (root / "site").mkdir()
         (root / "site" / "index.html").write_text("bench\n")
@@ -68,7 +71,7 @@ async def main(rounds: int) -> None:
             t = time.perf_counter()
             await lxc.create_busybox_hull(f"{tag}-hull")
             made = (time.perf_counter() - t) * 1000
-            print(f"busybox hull (lxc-create -t busybox + patch): {made:.0f} ms")
+            print(f"busybox hull (lxc-create -t busybox + patch + shift ids): {made:.0f} ms")
             for n in range(rounds):
                 ship = f"{tag}-ship{n}"
                 spec = ShipSpec(
@@ -78,6 +81,8 @@ async def main(rounds: int) -> None:
                     bridge=bridge_name(tag),
                     hostname=f"ship{n}",
                     mounts=(Mount(root / "site", "/app"),),
+                    memory_bytes=1024**3,  # the defaults every ship gets
+                    pids=1024,
                 )
                 await one_round(lxc, f"{tag}-hull", spec, ship, times)
                 allocator.release(ship)

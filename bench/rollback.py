@@ -19,7 +19,7 @@ from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, open_for_ships
 from tests.e2e.squadron import AppRepo, http_get, make_squadron, settled, teardown, wait_outcome
 
 
@@ -40,6 +40,7 @@ def served_after(d: Daemon, body: str, action: threading.Thread) -> float:
 
 def main(args: argparse.Namespace) -> None:
     with TemporaryDirectory(prefix="hd-bench-rollback-") as tmp:
+        open_for_ships(tmp)
         d = make_squadron(Path(tmp) / "hd", HYPERDRIVE_DRAIN_SECONDS=str(args.drain))
         try:
             d.start()

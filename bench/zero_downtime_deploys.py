@@ -25,6 +25,7 @@ from tempfile import TemporaryDirectory
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.zero_downtime import parse_wrk
+from tests.conftest import open_for_ships
 from tests.e2e.squadron import AppRepo, make_squadron, settled, teardown, wait_outcome
 
 
@@ -84,6 +85,7 @@ def redeploys(repo: AppRepo, count: int) -> list[int]:
 
 def main(args: argparse.Namespace) -> int:
     with TemporaryDirectory(prefix="hd-bench-zdd-") as tmp:
+        open_for_ships(tmp)
         d = make_squadron(Path(tmp) / "hd", HYPERDRIVE_DRAIN_SECONDS=str(args.drain))
         try:
             d.start()

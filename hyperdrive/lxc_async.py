@@ -195,8 +195,9 @@ def confine_hull(folder: Path, ids: IdMap) -> None:
     lines = [ln for ln in config.read_text().splitlines() if _key(ln) != "lxc.idmap"]
     if not any(_key(ln) == "lxc.include" and "common.conf" in ln for ln in lines):
         lines.insert(0, f"lxc.include = {COMMON_CONF}")
-    # the ship's root may not move bind mounts: no /dev/lxc (as LXC's userns.conf says)
-    lines += [*ids.lxc_lines(), "lxc.tty.dir ="]
+    # the ship's root may not move bind mounts: no /dev/lxc (as LXC's userns.conf says); and
+    # no post-stop hooks: lxcfs's (common.conf.d) sleeps 0.5 s for a reboot ships never make
+    lines += [*ids.lxc_lines(), "lxc.tty.dir =", "lxc.hook.post-stop ="]
     write_atomically(config, "\n".join(lines) + "\n")
 
 

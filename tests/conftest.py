@@ -29,6 +29,12 @@ settings.load_profile("hyperdrive")
 SHIP_PASSAGE = 0o711  # others may pass, not list
 
 
+def open_for_ships(folder: str | Path) -> Path:
+    """A temp folder the ships' root may pass through (benchmarks make theirs with tempfile)."""
+    os.chmod(folder, SHIP_PASSAGE)
+    return Path(folder)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Ships run as an unprivileged uid, and LXC mounts their trees as that uid: it must pass
     through the tests' folders, which pytest makes 0700. As root, each run gets its own base
