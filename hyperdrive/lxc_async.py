@@ -192,7 +192,8 @@ def confine_hull(folder: Path, ids: IdMap) -> None:
     shift_tree(_rootfs((folder / "config").read_text(), folder), ids)
     os.chown(folder, ids.uid, ids.gid)
     config = folder / "config"
-    lines = [ln for ln in config.read_text().splitlines() if _key(ln) != "lxc.idmap"]
+    ours = ("lxc.idmap", "lxc.tty.dir", "lxc.hook.post-stop")  # set below, once
+    lines = [ln for ln in config.read_text().splitlines() if _key(ln) not in ours]
     if not any(_key(ln) == "lxc.include" and "common.conf" in ln for ln in lines):
         lines.insert(0, f"lxc.include = {COMMON_CONF}")
     # the ship's root may not move bind mounts: no /dev/lxc (as LXC's userns.conf says); and
