@@ -27,6 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 settings.register_profile("hyperdrive", deadline=None)
 settings.load_profile("hyperdrive")
 SHIP_PASSAGE = 0o711  # others may pass, not list
+# git as a test runs it: no user or system config, a fixed author
+GIT_ENV = {
+    "HOME": "/nonexistent",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "PATH": os.environ["PATH"],
+}
 
 
 def open_for_ships(folder: str | Path) -> Path:

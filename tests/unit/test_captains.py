@@ -19,17 +19,7 @@ from hyperdrive.eventlog import JsonlEventLog
 from hyperdrive.headquarters import check, read_headquarters, read_headquarters_from_git
 from hyperdrive.keyring import KeyRing
 from hyperdrive.triggers import Trigger
-
-GIT_ENV = {
-    "HOME": "/nonexistent",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.com",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.com",
-    "PATH": os.environ["PATH"],
-}
+from tests.conftest import GIT_ENV
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Reading a headquarters (folder and bare git repo), admiral keys, push checks and the plan."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from hyperdrive.headquarters import (
     read_headquarters,
     read_headquarters_from_git,
 )
+from tests.conftest import GIT_ENV
 
 
 @pytest.fixture(scope="module")
@@ -311,17 +311,6 @@ def test_moving_lines_around_is_not_a_change() -> None:
 
 
 # ─── reading straight from git ───────────────────────────────────────────────
-
-GIT_ENV = {
-    "HOME": "/nonexistent",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.com",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.com",
-    "PATH": os.environ["PATH"],
-}
 
 
 def git(*args: str, cwd: Path, check_ok: bool = True) -> subprocess.CompletedProcess[str]:
