@@ -54,6 +54,7 @@ from hyperdrive.pipeline.ports import (
     Proxy,
     SystemClock,
 )
+from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
@@ -168,6 +169,7 @@ def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) 
     """The stages of a deploy over the adapters, and the handlers of every app command."""
     a = adapters
     records, fleet = Records(config.apps_records_dir), fleet or Fleet(config.hull)
+    fleet.previews, fleet.domain = (lambda name: previewed(records, name)), config.domain
     hulls = Hulls(config.name, a.runtime, a.hull_builder, config.hulls_record)
     ships = Ships(
         config=config,
@@ -282,7 +284,7 @@ def build(
         eventlog,
         parallel=config.parallel_deploys,
     )
-    inbox = Inbox(spool, bus, owner=core.ships.owner)
+    inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
     recovery = Recovery(
         name=config.name,
         records=core.records,
@@ -320,6 +322,20 @@ def build(
         gitserver,
         keyring,
         dns,
+    )
+
+
+def _previews(core: Core, bus: MessageBus) -> Previews:
+    """Another branch's push, to its preview (when the app's orders say `previews on`)."""
+    fleet = core.fleet
+    return Previews(
+        records=core.records,
+        orders=fleet.orders,
+        taken=lambda name: name in fleet.names(),
+        branch=core.planner.branch,
+        emit=bus.emit,
+        clock=core.adapters.clock.time,
+        handle=bus.handle,
     )
 
 

@@ -25,6 +25,10 @@ ORDERS = "orders"
 DEFAULT_PORT = 3000
 DEFAULT_HEALTHCHECK = ("/", 60.0)
 MIN_CPUS, MAX_CPUS = 0.01, 1024.0  # what a ship's container takes (ShipSpec, pipeline/model.py)
+DEFAULT_PREVIEWS, MAX_PREVIEWS = 5, 50  # `previews on [max N]`: preview ships per app
+FORGES = ("github", "gitlab", "gitea", "bitbucket")  # `forge <kind> <repo> [api-url]`
+FORGE_REPO = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
+MAX_NOTIFY = 4
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PORT_TEXT = re.compile(r"[1-9][0-9]{0,4}")
@@ -56,6 +60,15 @@ class Egress:
 
 
 @dataclass(frozen=True)
+class Forge:
+    """Where commit statuses go: `forge github acme/web [https://ghe.example/api/v3]`."""
+
+    kind: str
+    repo: str
+    api: str | None = None
+
+
+@dataclass(frozen=True)
 class Orders:
     """One app's parsed orders; `path` and `lines` are for messages and never compared."""
 
@@ -70,6 +83,9 @@ class Orders:
     memory_bytes: int | None = None
     cpus: float | None = None
     egress: Egress = field(default_factory=Egress)
+    previews: int = 0  # `previews on [max N]`: at most this many preview ships; 0 = off
+    forge: Forge | None = None
+    notify: tuple[str, ...] = ()
     # `secret NAME…`: masked in all Hyperdrive shows; not compared, a new mask needs no redeploy
     secrets: tuple[str, ...] = field(default=(), compare=False)
     path: str = field(default="", compare=False)
@@ -109,6 +125,9 @@ class _Draft:
     memory: int | None = None
     cpus: float | None = None
     egress: Egress = field(default_factory=Egress)
+    previews: int = 0
+    forge: Forge | None = None
+    notify: dict[str, None] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
     secrets: dict[str, None] = field(default_factory=dict)
@@ -245,6 +264,9 @@ def _finish(draft: _Draft, path: str) -> Orders:
         memory_bytes=draft.memory,
         cpus=draft.cpus,
         egress=draft.egress,
+        previews=draft.previews,
+        forge=draft.forge,
+        notify=tuple(draft.notify),
         secrets=tuple(draft.secrets),
         path=path,
         lines=dict(draft.lines),
@@ -458,6 +480,57 @@ def _secret(draft: _Draft, args: list[str], line: int) -> None:
         draft.secrets[name] = None
 
 
+def _previews(draft: _Draft, args: list[str], line: int) -> None:
+    """`previews on [max N]` or `previews off`: a ship per pushed branch (pipeline/previews.py)."""
+    usage = f"previews takes `on`, `on max N` (1 to {MAX_PREVIEWS}) or `off`"
+    if args == ["off"]:
+        count = 0
+    elif args == ["on"]:
+        count = DEFAULT_PREVIEWS
+    elif len(args) == 3 and args[:2] == ["on", "max"] and PORT_TEXT.fullmatch(args[2]):
+        count = int(args[2])
+        if count > MAX_PREVIEWS:
+            raise _Bad(f"previews max {shown(args[2])} is too many: {usage}")
+    else:
+        raise _Bad(usage)
+    draft.once("previews", line)
+    draft.previews = count
+
+
+def _forge(draft: _Draft, args: list[str], line: int) -> None:
+    """`forge <github|gitlab|gitea|bitbucket> <owner/repo> [api-url]`: commit statuses go there."""
+    if len(args) not in (2, 3) or args[0] not in FORGES:
+        raise _Bad(f"forge takes {'|'.join(FORGES)}, the repository (owner/name) and an API URL")
+    if not FORGE_REPO.fullmatch(args[1]) or ".." in args[1]:
+        raise _Bad(f"forge repository {shown(args[1])} is not owner/name")
+    api = _http_url(args[2], "forge API URL") if len(args) == 3 else None
+    if args[0] == "gitea" and api is None:
+        raise _Bad("forge gitea needs its API URL (e.g. https://codeberg.org/api/v1)")
+    draft.once("forge", line)
+    draft.forge = Forge(args[0], args[1], api.rstrip("/") if api else None)
+
+
+def _notify(draft: _Draft, args: list[str], line: int) -> None:
+    """`notify <url>`: a signed POST (Standard Webhooks) for each deploy's outcome."""
+    if len(args) != 1:
+        raise _Bad("notify takes one http(s) URL")
+    url = _http_url(args[0], "notify URL")
+    if url not in draft.notify and len(draft.notify) >= MAX_NOTIFY:
+        raise _Bad(f"at most {MAX_NOTIFY} notify URLs")
+    draft.notify[url] = None
+    draft.lines.setdefault(f"notify {url}", line)
+
+
+def _http_url(text: str, what: str) -> str:
+    """An http(s) URL with a host and no credentials, blanks or controls."""
+    scheme, sep, rest = text.partition("://")
+    host = rest.split("/", 1)[0]
+    bad = any(c.isspace() or not c.isprintable() for c in text)
+    if not sep or scheme not in ("http", "https") or not host or "@" in host or bad:
+        raise _Bad(f"{what} {shown(shown_url(text))} is not an http:// or https:// URL")
+    return text
+
+
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
@@ -470,4 +543,7 @@ DIRECTIVES: dict[str, Directive] = {
     "cpus": _cpus,
     "egress": _egress,
     "secret": _secret,
+    "previews": _previews,
+    "forge": _forge,
+    "notify": _notify,
 }

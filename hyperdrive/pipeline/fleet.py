@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from hyperdrive.gitremote import shown_url
 from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_orders
 from hyperdrive.masking import Masker, secret_values
 from hyperdrive.names import is_app_name
+from hyperdrive.pipeline.previews import Preview, preview_orders
 
 
 @dataclass
@@ -19,6 +20,8 @@ class Fleet:
     hq: Headquarters | None = None
     hq_sha: str | None = None
     includes: dict[str, str] = field(default_factory=dict)
+    previews: Callable[[str], Preview | None] = lambda name: None  # the records' (previews.py)
+    domain: str = ""  # HYPERDRIVE_DOMAIN: a preview is also `<slug>.<app>.<domain>`
     # the mask and the (hq, includes) it was built from: rebuilt when either is replaced
     _masker: tuple[Masker, object, object] = field(
         default=(Masker(), None, None), init=False, repr=False, compare=False
@@ -28,6 +31,8 @@ class Fleet:
         """The app's orders, or default orders for an app hosted here that HQ does not name."""
         if self.hq is not None and app in self.hq.apps:
             return self.hq.apps[app]
+        if (preview := self.previews(app)) is not None:
+            return preview_orders(self.orders(preview.app), preview, self.domain)
         return parse_orders("", f"{app}/orders", app=app, default_hull=self.default_hull)
 
     def ordered(self, app: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FAILED, MessageBus
@@ -14,6 +14,12 @@ from hyperdrive.spool import Spool
 from hyperdrive.triggers import Trigger, TriggerKind
 
 log = logging.getLogger(__name__)
+
+Route = Callable[[Command], Awaitable[Command | None]]
+
+
+async def _as_is(command: Command) -> Command | None:
+    return command
 
 
 class Inbox:
@@ -24,10 +30,12 @@ class Inbox:
         spool: Spool,
         bus: MessageBus,
         owner: Callable[[str], str | None] = lambda ship: None,
+        route: Route = _as_is,
     ) -> None:
         self.spool = spool
         self.bus = bus
         self.owner = owner  # a ship's app, so `hd launch SHIP` runs in that app's lane
+        self.route = route  # another branch's push to its preview's lane (pipeline/previews.py)
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.handed_over = 0
@@ -45,7 +53,12 @@ class Inbox:
     async def _handle(self, trigger: Trigger) -> None:
         if trigger.kind == TriggerKind.PUSH:
             self._push_received(trigger)
-        commands = [self._in_lane(c) for c in from_trigger(trigger)]
+        asked = from_trigger(trigger)
+        routed = [await self.route(self._in_lane(c)) for c in asked]
+        commands = [c for c in routed if c is not None]
+        if asked and not commands:  # refused previews, each said already
+            await self.spool.done(trigger.id, "ignored")
+            return
         if not commands:
             why = f"nothing to do for a '{trigger.kind}' trigger"
             self.bus.emit(

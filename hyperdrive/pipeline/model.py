@@ -77,6 +77,10 @@ class App:
     # the route nginx last accepted (servernames, publish_port, check_path): other apps'
     # deploys re-render it as it is, so new orders are only tried by the app's own deploy
     route: dict[str, Any] = field(default_factory=dict)
+    # a preview (pipeline/previews.py): the app and branch it previews, and since when
+    preview_of: str | None = None
+    branch: str | None = None
+    created: float | None = None
 
     def ship(self, name: str | None) -> Ship | None:
         return next((s for s in self.ships if s.name == name), None) if name else None
@@ -105,6 +109,9 @@ class App:
             last_deploy=dict(data.get("last_deploy", {})),
             routed=bool(data.get("routed", False)),
             route=dict(data.get("route", {})),
+            preview_of=data.get("preview_of"),
+            branch=data.get("branch"),
+            created=data.get("created"),
         )
 
 
