@@ -21,6 +21,8 @@ from hyperdrive.keyring import KeyRing, bootstrap_keyring
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import IpAllocator, ShipNetwork, bridge_address
 from hyperdrive.nginx_reload import Nginx, Routes
+from hyperdrive.outbound.courier import Courier, Links
+from hyperdrive.outbound.journal import DeliveryJournal
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.build import Builder
 from hyperdrive.pipeline.bus import CommandHandler, EventHandler, MessageBus
@@ -110,6 +112,7 @@ class Daemon:
     gitserver: GitServer
     keyring: KeyRing
     dns: ShipDns
+    courier: Courier
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -235,9 +238,32 @@ def command_handlers(
     }
 
 
-def event_handlers() -> dict[type[ev.Event], list[EventHandler]]:
+def event_handlers(courier: Courier | None = None) -> dict[type[ev.Event], list[EventHandler]]:
     """The event table: facts to the listeners that react to them."""
-    return {}
+    if courier is None:
+        return {}
+    outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
+    return {kind: [courier.on_event] for kind in outcomes}
+
+
+def _courier(config: Config, core: Core) -> Courier:
+    """Commit statuses and notify POSTs for each deploy's outcome (hyperdrive/outbound)."""
+    fleet = core.fleet
+
+    def owner(app: str) -> str:
+        preview = fleet.previews(app)
+        return preview.app if preview is not None else app
+
+    return Courier(
+        journal=DeliveryJournal(config.data / "outbound" / "deliveries.jsonl"),
+        private_keys=config.private_keys_dir,
+        orders=fleet.orders,
+        owner=owner,
+        mask=fleet.mask,
+        links=Links(config.domain, config.http_port, config.api_listen.port),
+        clock=core.adapters.clock,
+        emit=lambda event: None,  # the bus's, once it is made
+    )
 
 
 def build(
@@ -278,12 +304,14 @@ def build(
     dns.names = lambda: served_names(config, core)
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
+    courier = _courier(config, core)
     bus = MessageBus(
         command_handlers(core, headquarters),
-        event_handlers(),
+        event_handlers(courier),
         eventlog,
         parallel=config.parallel_deploys,
     )
+    courier.emit = bus.emit
     inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
     recovery = Recovery(
         name=config.name,
@@ -322,6 +350,7 @@ def build(
         gitserver,
         keyring,
         dns,
+        courier,
     )
 
 

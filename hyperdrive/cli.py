@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from hyperdrive.follow import follow_client
 from hyperdrive.gitremote import shown_url
 from hyperdrive.history import parse_history
 from hyperdrive.modes import SECRET_MODE
+from hyperdrive.outbound import keys
 from hyperdrive.render import describe, status_view
 from hyperdrive.triggers import Trigger
 
@@ -50,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
     verbs.add_parser("rollback", help="back to the newest kept healthy ship").add_argument("app")
+    verbs.add_parser("retire", help="take an app (or a preview) out of service").add_argument("app")
+    for kind, what in (("forge-token", "the forge API token"), ("notify-secret", "the secret")):
+        secret = verbs.add_parser(kind, help=f"keep {what} for APP's deliveries (read on stdin)")
+        secret.add_argument("app")
     assemble = verbs.add_parser("assemble", help="build the hulls, or a ship for APP (no launch)")
     assemble.add_argument("app", nargs="?")
     assemble.add_argument(
@@ -220,6 +227,24 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
     return _follow(AdminClient(config.socket_path), Trigger.rollback(args.app))
 
 
+def cmd_retire(args: argparse.Namespace, config: Config) -> int:
+    return _follow(AdminClient(config.socket_path), Trigger.retire(args.app, "asked to"))
+
+
+def cmd_secret(args: argparse.Namespace, config: Config) -> int:
+    """`hd forge-token APP` / `hd notify-secret APP`: one line on stdin into $VAR/private_keys
+    (mode 0600); an empty notify secret makes a fresh `whsec_` one and prints it once."""
+    value = (
+        sys.stdin.readline() if not sys.stdin.isatty() else input(f"{args.verb} for {args.app}: ")
+    )
+    if args.verb == keys.NOTIFY_SECRET and not value.strip():
+        value = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        print(value)
+    path = keys.store(config.private_keys_dir, args.app, args.verb, value)
+    print(f"kept in {path}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
     trigger = Trigger.assemble(args.app, fresh=args.fresh)
     return _follow(AdminClient(config.socket_path), trigger)
@@ -264,6 +289,9 @@ HANDLERS: dict[str, Handler] = {
     "token": cmd_token,
     "deploy": cmd_deploy,
     "rollback": cmd_rollback,
+    "retire": cmd_retire,
+    "forge-token": cmd_secret,
+    "notify-secret": cmd_secret,
     "assemble": cmd_assemble,
     "launch": cmd_launch,
     "enter": cmd_enter,

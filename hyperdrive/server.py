@@ -116,6 +116,7 @@ class Server:
             Step("spool", d.spool.open, d.spool.close),
             # armed here, bound when the bridge is ensured (recovery, or the first deploy)
             Step("ships' dns", d.dns.start, d.dns.close),
+            Step("outbound", self._run_outbound),
             Step("recovery", self._recover),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("default hull", self._prepare_hull, d.core.hulls.close),
@@ -202,6 +203,12 @@ class Server:
         self.daemon.core.records.load()
         await self.daemon.headquarters.load()
         await self.daemon.recovery.run()
+
+    async def _run_outbound(self) -> None:
+        """Deliveries journalled before a restart are resumed (hyperdrive/outbound)."""
+        courier = self.daemon.courier
+        await asyncio.to_thread(courier.journal.open)
+        self._background(courier.run(self.should_exit), "outbound deliveries")
 
     async def _run_inbox(self) -> None:
         d = self.daemon

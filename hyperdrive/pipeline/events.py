@@ -284,3 +284,19 @@ class WebhookRejected(WebhookEvent):
     status: int = 400
     source: str | None = None
     more: int | None = None
+
+
+# -- outbound deliveries: commit statuses and notify POSTs (hyperdrive/outbound) --
+@dataclass(frozen=True, kw_only=True)
+class DeliverySent(Event):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryDeferred(Event):
+    """A try failed (5xx, no answer): tried again after the backoff."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryAbandoned(Event):
+    """Not sent: refused for good, out of tries, or no token or secret is kept."""

@@ -67,6 +67,12 @@ class Handlers:
                 )
                 return IGNORED
         records = self.deployer.records
+        if not records.known(cmd.app):
+            message = f"no app named {cmd.app} is here to retire"
+            ctx.emit(
+                ev.DeployFailed(app=cmd.app, deploy=cmd.deploy, stage="retire", message=message)
+            )
+            return FAILED
         app = records.get(cmd.app)
         if app.routed:
             app.routed = False
