@@ -104,6 +104,7 @@ class Resolution:
     apps: tuple[str, ...] = ()
     hq: bool = False
     reason: str = ""
+    previews: tuple[str, ...] = ()  # apps with `previews on` for which this is another branch
 
 
 class Resolver(Protocol):
@@ -133,8 +134,14 @@ class _Follower:
 class StaticResolver:
     """A fixed table `app -> (autodeploy URL, branch or None)` and the HQ URL (`URL[#branch]`)."""
 
-    def __init__(self, apps: Mapping[str, tuple[str, str | None]], hq_url: str | None) -> None:
+    def __init__(
+        self,
+        apps: Mapping[str, tuple[str, str | None]],
+        hq_url: str | None,
+        previews: Collection[str] = (),
+    ) -> None:
         self._apps = {app: _follower(url, branch) for app, (url, branch) in apps.items()}
+        self._previews = frozenset(previews)
         self._apps_ok = {app: f for app, f in self._apps.items() if f is not None}
         hq, hq_branch = split_branch(hq_url) if hq_url else ("", None)
         self._hq = _follower(hq, hq_branch) if hq else None
@@ -147,8 +154,11 @@ class StaticResolver:
             return Resolution(reason=f"HQ follows {_wanted(self._hq.branch, default_branch)}")
         same_repo = sorted(a for a, f in self._apps_ok.items() if f.url in pushed)
         apps = tuple(a for a in same_repo if _follows(self._apps_ok[a].branch, ref, default_branch))
-        if apps:
-            return Resolution(apps=apps)
+        shown = tuple(
+            a for a in same_repo if a in self._previews and a not in apps and _branch_ref(ref)
+        )
+        if apps or shown:
+            return Resolution(apps=apps, previews=shown)
         if not same_repo:
             return Resolution(reason="no app's orders autodeploy this repository")
         wanted = {_wanted(self._apps_ok[a].branch, default_branch) for a in same_repo}
@@ -178,12 +188,14 @@ class FleetResolver:
         hq_url = f"{source.url}#{source.branch}" if source.branch else source.url
         cached = self._cached  # rebuilt only when the HQ in force (an identity) or its URL moves
         if cached is None or cached[0] is not self.fleet.hq or cached[1] != hq_url:
+            ordered = {name: self.fleet.orders(name) for name in self.fleet.names()}
             apps = {
                 name: (orders.autodeploy_url, orders.branch)
-                for name in self.fleet.names()
-                if (orders := self.fleet.orders(name)).autodeploy_url is not None
+                for name, orders in ordered.items()
+                if orders.autodeploy_url is not None
             }
-            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None))
+            previews = [name for name, orders in ordered.items() if orders.previews]
+            cached = (self.fleet.hq, hq_url, StaticResolver(apps, hq_url or None, previews))
             self._cached = cached
         return cached[2]
 
@@ -211,6 +223,10 @@ def _follows(branch: str | None, ref: str, default_branch: str | None) -> bool:
     if branch is not None:
         return ref in (f"refs/heads/{branch}", f"refs/tags/{branch}")
     return default_branch is not None and ref == f"refs/heads/{default_branch}"
+
+
+def _branch_ref(ref: str) -> bool:
+    return ref.startswith("refs/heads/")
 
 
 def _wanted(branch: str | None, default_branch: str | None) -> str:
@@ -635,10 +651,9 @@ class WebhookReceiver:
         return await self._push(delivery, push)
 
     async def _push(self, delivery: _Delivery, push: Push) -> web.Response:
-        live = [u for u in push.updates if not u.deleted]
-        if not live:
+        targets, hq, reasons = self._match(push, push.updates)
+        if hq is None and not targets and all(u.deleted for u in push.updates):
             return self._ignored(delivery, "a deleted branch or tag starts no build")
-        targets, hq, reasons = self._match(push, live)
         if hq is None and not targets:
             return self._ignored(delivery, "; ".join(dict.fromkeys(reasons)))
         trigger = _trigger(delivery, push, targets, hq, self._clock())
@@ -647,15 +662,16 @@ class WebhookReceiver:
     def _match(
         self, push: Push, live: Sequence[RefUpdate]
     ) -> tuple[dict[str, RefUpdate], RefUpdate | None, list[str]]:
-        """Apps per ref update (the first update an app follows wins), HQ's update, why not."""
+        """Apps per ref update (the first update an app follows wins), HQ's update, why not.
+        A deleted branch concerns only the apps it is a preview of (pipeline/previews.py)."""
         targets: dict[str, RefUpdate] = {}
         hq: RefUpdate | None = None
         reasons: list[str] = []
         for update in live:
             found = self._resolver.resolve(push.urls, update.ref, push.default_branch)
-            if found.hq and hq is None:
+            if found.hq and hq is None and not update.deleted:
                 hq = update
-            for app in found.apps:
+            for app in found.previews if update.deleted else found.apps + found.previews:
                 targets.setdefault(app, update)
             if found.reason:
                 reasons.append(f"{update.ref}: {found.reason}")

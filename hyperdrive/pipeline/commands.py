@@ -117,10 +117,13 @@ def _hq(trigger: Trigger) -> list[Command]:
 
 
 def _webhook(trigger: Trigger) -> list[Command]:
-    """One Deploy per app, each of the ref and sha it matched (a delivery may move several)."""
+    """One Deploy per app, each of the ref and sha it matched (a delivery may move several);
+    a deleted branch (matched only for an app's preview of it) retires that preview."""
     source, deploys = f"webhook:{trigger.text('provider') or '?'}", trigger.deploys
     return [
-        Deploy(deploy=deploys[app], app=app, sha=update.new, ref=update.ref, source=source)
+        Retire(deploy=deploys[app], app=app, reason=f"{update.ref} deleted", ref=update.ref)
+        if update.deleted
+        else Deploy(deploy=deploys[app], app=app, sha=update.new, ref=update.ref, source=source)
         for app, update in trigger.targets.items()
     ]
 

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from hyperdrive.errors import OrdersRejected
 from hyperdrive.headquarters import Headquarters, parse_orders
+from hyperdrive.hooks.webhook import StaticResolver
 from hyperdrive.names import is_app_name
 from hyperdrive.pipeline.bus import FINISHED
-from hyperdrive.pipeline.commands import Deploy, Retire
+from hyperdrive.pipeline.commands import Deploy, Retire, from_trigger
 from hyperdrive.pipeline.previews import (
     MAX_NAME,
     PreviewRefused,
@@ -22,6 +23,7 @@ from hyperdrive.pipeline.previews import (
     preview_name,
     slug,
 )
+from hyperdrive.triggers import RefUpdate, Trigger
 from tests.unit.deploy_world import STATIC, Squadron, World
 
 
@@ -215,3 +217,28 @@ async def test_colliding_slugs_get_distinct_previews(world: World) -> None:
     assert "web--feature-x" in names
     other = next(n for n in names if n != "web--feature-x")
     assert hd.app(other).branch == "feature/x"
+
+
+# ─── webhooks ────────────────────────────────────────────────────────────────
+
+
+def test_a_webhook_of_another_branch_concerns_an_app_only_with_previews_on() -> None:
+    url = "https://git.example/acme/web.git"
+    apps = {"web": (url, "main"), "api": (url, "main")}
+    found = StaticResolver(apps, None, previews=["web"]).resolve([url], "refs/heads/x", "main")
+    assert found.apps == ()
+    assert found.previews == ("web",)
+    main = StaticResolver(apps, None, previews=["web"]).resolve([url], "refs/heads/main", "main")
+    assert main.apps == ("api", "web")
+    assert main.previews == ()
+
+
+def test_a_deleted_branch_in_a_webhook_retires_only_a_preview() -> None:
+    gone = RefUpdate("refs/heads/feature/x", "b" * 40, "0" * 40)
+    trigger = Trigger.webhook(
+        "d-1", provider="github", repository="acme/web", targets={"web": gone},
+        fingerprint="f", received=0.0,
+    )  # fmt: skip
+    (command,) = from_trigger(trigger)
+    assert isinstance(command, Retire)
+    assert command.ref == "refs/heads/feature/x"
