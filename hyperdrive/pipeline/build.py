@@ -108,7 +108,7 @@ class Builder:
         shutil.rmtree(target, ignore_errors=True)
         async with stage("fetch"):
             remote = not job.orders.hosted_here
-            await self.git.export(job.cmd.repo, ship.sha, target, remote=remote)
+            await self.git.export(self.fleet.repo(job.cmd.app), ship.sha, target, remote=remote)
         job.emit(ev.StageFinished, f"exported {ship.sha[:7]}", stage="export", ms=job.ms(t0))
 
     async def assemble(self, job: Job) -> None:

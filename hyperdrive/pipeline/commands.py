@@ -38,12 +38,6 @@ class Deploy(AppCommand):
     ref: str | None = None
     source: str = "cli"
     admiral: str | None = None
-    preview_of: str | None = None  # a preview ship of that app's branch `ref` (previews.py)
-
-    @property
-    def repo(self) -> str:
-        """The git repo the commit comes from: a preview's is its app's."""
-        return self.preview_of or self.app
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,6 +35,11 @@ class Fleet:
             return preview_orders(self.orders(preview.app), preview, self.domain)
         return parse_orders("", f"{app}/orders", app=app, default_hull=self.default_hull)
 
+    def repo(self, app: str) -> str:
+        """The git repo an app's commits come from: a preview's is its app's."""
+        preview = self.previews(app)
+        return preview.app if preview is not None and not self.ordered(app) else app
+
     def ordered(self, app: str) -> bool:
         return self.hq is not None and app in self.hq.apps
 

@@ -66,25 +66,31 @@ class Handlers:
                     )
                 )
                 return IGNORED
-        records = self.deployer.records
-        if not records.known(cmd.app):
+        if not self.deployer.records.known(cmd.app):
             message = f"no app named {cmd.app} is here to retire"
             ctx.emit(
-                ev.DeployFailed(app=cmd.app, deploy=cmd.deploy, stage="retire", message=message)
+                ev.TriggerIgnored(app=cmd.app, deploy=cmd.deploy, kind="retire", message=message)
             )
-            return FAILED
-        app = records.get(cmd.app)
+            return IGNORED
+        previews = [a.name for a in self.deployer.records.all() if a.preview_of == cmd.app]
+        for name in [cmd.app, *previews]:  # an app's previews go with it
+            await self._take_down(name)
+            why = (cmd.reason or "asked to") if name == cmd.app else f"{cmd.app} was retired"
+            ctx.emit(ev.AppRetired(app=name, deploy=cmd.deploy, message=f"{name} retired: {why}"))
+        return FINISHED
+
+    async def _take_down(self, name: str) -> None:
+        """Routes removed, traffic unpointed, ships destroyed, the record dropped."""
+        records = self.deployer.records
+        app = records.get(name)
         if app.routed:
             app.routed = False
             await self.routes.apply()
             with contextlib.suppress(HyperdriveError):
-                await self.proxy.unpoint(cmd.app)
+                await self.proxy.unpoint(name)
         for ship in list(app.ships):
             await self.ships.destroy(app, ship)
-        records.drop(cmd.app)
-        message = f"{cmd.app} retired: {cmd.reason or 'asked to'}"
-        ctx.emit(ev.AppRetired(app=cmd.app, deploy=cmd.deploy, message=message))
-        return FINISHED
+        records.drop(name)
 
     async def rollback(self, cmd: Rollback, ctx: Context) -> str:
         """Swap back to the newest kept ship that was healthy, health-checking it first."""

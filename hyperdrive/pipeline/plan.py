@@ -54,7 +54,7 @@ class Planner:
         async with stage("plan"):
             if cmd.sha is not None:
                 check_sha(cmd.sha)
-            branch = await self.branch(cmd.repo, orders)
+            branch = await self.branch(self.fleet.repo(cmd.app), orders)
         followed = (f"refs/heads/{branch}", f"refs/tags/{branch}")  # orders may name a tag
         if cmd.ref is not None and cmd.ref not in followed:
             job.emit(ev.TriggerIgnored, not_deployed(cmd.app, cmd.ref, branch, orders), kind="push")
@@ -73,11 +73,11 @@ class Planner:
             sha = None if notified else cmd.sha
             if orders.autodeploy_url is not None:
                 t0 = job.now()
-                fetched = await self.git.fetch(cmd.repo, orders.autodeploy_url, ref)
+                fetched = await self.git.fetch(self.fleet.repo(cmd.app), orders.autodeploy_url, ref)
                 sha = sha or fetched
                 message = f"fetched {branch} of {shown_url(orders.autodeploy_url)}"
                 job.emit(ev.StageFinished, message, stage="fetch", ms=job.ms(t0), sha=sha)
-            sha = sha or await self.git.resolve(cmd.repo, ref)
+            sha = sha or await self.git.resolve(self.fleet.repo(cmd.app), ref)
         if sha is None:
             raise DeployError("plan", f"{cmd.app} has no commits on {branch} yet")
         if notified and cmd.sha is not None and cmd.sha != sha:

@@ -242,3 +242,31 @@ def test_a_deleted_branch_in_a_webhook_retires_only_a_preview() -> None:
     (command,) = from_trigger(trigger)
     assert isinstance(command, Retire)
     assert command.ref == "refs/heads/feature/x"
+
+
+async def test_retiring_the_app_retires_its_previews(world: World) -> None:
+    hd = world.daemon()
+    order(hd, "web", "previews on\n")
+    await push(hd, "web", "main", "t-main")
+    await push(hd, "web", "feature/x", "t-x")
+    assert await hd.run(Retire(deploy="t-r", app="web", reason="asked to")) == FINISHED
+    retired = {e["app"] for e in hd.events("t-r", "AppRetired")}
+    assert retired == {"web", "web--feature-x"}
+    assert hd.daemon.core.records.all() == []
+
+
+async def test_a_preview_redeployed_by_name_builds_its_branch(world: World) -> None:
+    hd = world.daemon()
+    order(hd, "web", "previews on\n")
+    await push(hd, "web", "feature/x", "t-x")
+    tip = world.commit("web", {**STATIC, "v": "2"}, "feature/x")
+    assert await hd.run(Deploy(deploy="t-again", app="web--feature-x", source="cli")) == FINISHED
+    live = hd.app("web--feature-x").live_ship
+    assert live is not None
+    assert live.sha == tip
+
+
+async def test_retiring_an_unknown_app_asks_for_nothing(world: World) -> None:
+    hd = world.daemon()
+    assert await hd.run(Retire(deploy="t-r", app="ghost", reason="asked to")) == "ignored"
+    assert "no app named ghost" in hd.outcome("t-r")["message"]
