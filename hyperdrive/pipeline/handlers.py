@@ -66,12 +66,6 @@ class Handlers:
                     )
                 )
                 return IGNORED
-        if not self.deployer.records.known(cmd.app):
-            message = f"no app named {cmd.app} is here to retire"
-            ctx.emit(
-                ev.TriggerIgnored(app=cmd.app, deploy=cmd.deploy, kind="retire", message=message)
-            )
-            return IGNORED
         previews = [a.name for a in self.deployer.records.all() if a.preview_of == cmd.app]
         for name in [cmd.app, *previews]:  # an app's previews go with it
             await self._take_down(name)

@@ -264,9 +264,3 @@ async def test_a_preview_redeployed_by_name_builds_its_branch(world: World) -> N
     live = hd.app("web--feature-x").live_ship
     assert live is not None
     assert live.sha == tip
-
-
-async def test_retiring_an_unknown_app_asks_for_nothing(world: World) -> None:
-    hd = world.daemon()
-    assert await hd.run(Retire(deploy="t-r", app="ghost", reason="asked to")) == "ignored"
-    assert "no app named ghost" in hd.outcome("t-r")["message"]
