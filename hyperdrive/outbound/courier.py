@@ -102,6 +102,8 @@ class Courier:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sending: set[str] = field(default_factory=set)  # chains with a delivery on the wire
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PARALLEL))
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     # -- from events to the journal --
     async def on_event(self, event: ev.Event) -> None:
@@ -185,50 +187,63 @@ class Courier:
 
     # -- from the journal to the wire --
     async def run(self, stop: asyncio.Event) -> None:
-        """Send what is due, sleep until the next is due (or a new one comes), until `stop`."""
+        """Start what is due, sleep until the next is due (or a new one comes, or a try ends),
+        until `stop`; a forge that hangs holds up only its own deliveries."""
         while not stop.is_set():
-            wait = await self.send_due()
             self._wake.clear()
+            self.start_due()
             waker = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
+            wait = self.next_due()
             await asyncio.wait({waker, stopper}, timeout=wait, return_when="FIRST_COMPLETED")
             for task in (waker, stopper):
                 task.cancel()
 
     async def send_due(self) -> float | None:
-        """Try every due delivery (a few at a time); seconds until the next one is due."""
-        now = self.clock.time()
-        due = [
-            d
-            for d in self.journal.pending.values()
-            if d.due <= now and (d.chain or d.id) not in self._sending
+        """Try every due delivery and wait for the tries; seconds until the next one is due."""
+        await asyncio.gather(*self.start_due())
+        return self.next_due()
+
+    def start_due(self) -> list[asyncio.Task[None]]:
+        """A task per due delivery (a few on the wire at once; one per chain, in order)."""
+        now, started = self.clock.time(), []
+        for delivery in sorted(self.journal.pending.values(), key=lambda d: d.created):
+            key = delivery.chain or delivery.id
+            if delivery.due > now or key in self._sending:
+                continue
+            self._sending.add(key)
+            task = asyncio.create_task(self._attempt_in_slot(delivery, key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _: self._wake.set())
+            started.append(task)
+        return started
+
+    def next_due(self) -> float | None:
+        """Seconds until the earliest delivery not on the wire is due; None: nothing waits."""
+        waiting = [
+            d.due for d in self.journal.pending.values() if (d.chain or d.id) not in self._sending
         ]
-        slots = asyncio.Semaphore(PARALLEL)
+        return max(0.0, min(waiting) - self.clock.time()) if waiting else None
 
-        async def one(delivery: Delivery) -> None:
-            async with slots:
+    async def _attempt_in_slot(self, delivery: Delivery, key: str) -> None:
+        try:
+            async with self._slots:
                 await self.attempt(delivery)
-
-        await asyncio.gather(*(one(d) for d in sorted(due, key=lambda d: d.created)))
-        later = [d.due for d in self.journal.pending.values()]
-        return max(0.0, min(later) - self.clock.time()) if later else None
+        finally:
+            self._sending.discard(key)
 
     async def attempt(self, delivery: Delivery) -> None:
         """One try: done on 2xx or a final refusal, else again after the backoff."""
-        self._sending.add(delivery.chain or delivery.id)  # a chain's statuses go in order
-        try:
-            request = self._request(delivery)
-            if request is None:
-                return await self._end(delivery, "abandoned", self._missing(delivery))
-            t0 = self.clock.monotonic()
-            error = await self._try(request)
-            if error is None:
-                ms = int((self.clock.monotonic() - t0) * 1000)
-                return await self._end(delivery, "sent", f"{self._what(delivery)} sent", ms)
-            await self._retry(delivery, error)
-        finally:
-            self._sending.discard(delivery.chain or delivery.id)
-        return None
+        request = self._request(delivery)
+        if request is None:
+            return await self._end(delivery, "abandoned", self._missing(delivery))
+        t0 = self.clock.monotonic()
+        error = await self._try(request)
+        if error is None:
+            ms = int((self.clock.monotonic() - t0) * 1000)
+            return await self._end(delivery, "sent", f"{self._what(delivery)} sent", ms)
+        return await self._retry(delivery, error)
 
     async def _try(self, request: Request) -> str | None:
         try:

@@ -35,6 +35,8 @@ class FakeForge:
     token: str
     secret: str
     fail_first: int = 0  # answer this many first status requests with 500
+    hang_first: int = 0  # leave this many first status requests unanswered for a minute
+    hanging: int = 0  # status requests held open now
     statuses: list[dict[str, Any]] = field(default_factory=list)  # accepted, in order
     answered: list[int] = field(default_factory=list)  # every status request's answer
     notified: list[dict[str, Any]] = field(default_factory=list)
@@ -65,13 +67,17 @@ class FakeForge:
         app = web.Application()
         app.router.add_post("/repos/{owner}/{repo}/statuses/{sha}", self._status)
         app.router.add_post("/notify", self._notify)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         started.set()
         loop.run_forever()
+        left = asyncio.all_tasks(loop)  # a request still held open by hang_first
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         loop.run_until_complete(runner.cleanup())
         loop.close()
 
@@ -93,6 +99,13 @@ class FakeForge:
             return self._refuse(400, "Problems parsing JSON")
         if problem := _status_problem(body):
             return self._refuse(422, problem)
+        if self.hang_first > 0:
+            self.hang_first -= 1
+            self.hanging += 1
+            try:
+                await asyncio.sleep(60)
+            finally:
+                self.hanging -= 1
         if self.fail_first > 0:
             self.fail_first -= 1
             self.answered.append(500)

@@ -130,3 +130,30 @@ def test_a_forge_answering_500_gets_the_status_after_a_retry_and_the_deploy_does
     # the notify URL has no secret kept: said once, not retried
     abandoned = [e for e in d.events() if e["event"] == "DeliveryAbandoned"]
     assert any("hd notify-secret site" in e["message"] for e in abandoned)
+
+
+def test_a_forge_that_hangs_is_retried_while_the_deploy_goes_on(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = fleet
+    keep(d, "forge-token", "site", TOKEN)
+    with FakeForge(TOKEN, NOTIFY_SECRET) as forge:
+        url, work = order_site(d, admiral, tmp_path, forge)
+        first = d.wait_event("DeployFinished", 90, app="site")
+        wait_for(lambda: forge.statuses, 30, 0.1, "the first deploy's status")
+        forge.hang_first = 1
+        admiral.commit(work, {"index.html": "v2\n"})
+        admiral.git("push", "-q", "origin", "master", cwd=work)
+        v2 = admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+        status, answer = post(d, "github", *github(push_payload(url, first["sha"], v2)))
+        assert status == 202, answer
+        deploy = answer["deploys"]["site"]
+        d.wait_event("DeployFinished", 60, deploy=deploy)
+        assert forge.hanging == 1, "the deploy finished while its pending status hung"
+        assert http_get(d.http_port, "/site/") == (200, "v2\n")
+        deferred = d.wait_event("DeliveryDeferred", 30, deploy=deploy)
+        assert "no answer" in deferred["message"]
+        wait_for(
+            lambda: [s["state"] for s in forge.statuses if s["sha"] == v2] == ["success"],
+            30, 0.2, "the success status after the hang",
+        )  # fmt: skip

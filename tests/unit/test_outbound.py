@@ -3,6 +3,7 @@ the delivery journal across restarts, and the courier's retries on a fake clock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -287,3 +288,31 @@ async def test_deliveries_resume_after_a_restart(tmp_path: Path) -> None:
     await again.send_due()
     assert [json.loads(r.body)["state"] for r in later.requests] == ["pending"]
     assert again.journal.pending == {}
+
+
+async def test_a_forge_that_hangs_holds_up_only_its_own_deliveries(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def send(request: Request) -> int:
+        seen.append(request.url)
+        if "github" in request.url:
+            await release.wait()  # the forge hangs (the real sender gives up after 10 s)
+        return 204
+
+    clock = FakeClock()
+    c = courier(
+        tmp_path, FakeForge(), "forge github acme/web\nnotify https://chat.example/h\n", clock
+    )
+    c.send = send
+    await c.on_event(ev.DeployQueued(app="web", deploy="t-1", sha=SHA))
+    tasks = c.start_due()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert "DeliverySent" in [e.name for e in c.emitted]  # type: ignore[attr-defined]
+    assert len(c.journal.pending) == 1  # the status, still on the wire
+    assert c.start_due() == []  # not sent twice while it hangs
+    release.set()
+    await asyncio.gather(*tasks)
+    assert c.journal.pending == {}
+    assert len(seen) == 2
