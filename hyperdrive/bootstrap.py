@@ -263,6 +263,7 @@ def _courier(config: Config, core: Core) -> Courier:
         links=Links(config.domain, config.http_port, config.api_listen.port),
         clock=core.adapters.clock,
         emit=lambda event: None,  # the bus's, once it is made
+        followed=core.planner.branch,
     )
 
 

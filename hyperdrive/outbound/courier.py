@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from hyperdrive.errors import HyperdriveError
 from hyperdrive.headquarters.orders import Orders
 from hyperdrive.outbound import forges, keys
 from hyperdrive.outbound.journal import NOTIFY, STATUS, Delivery, DeliveryJournal
@@ -56,6 +57,7 @@ class Request:
 
 
 Send = Callable[[Request], Awaitable[int]]  # the HTTP status; raises on no answer
+Followed = Callable[[str, Orders], Awaitable[str]]
 
 
 async def http_send(request: Request) -> int:
@@ -98,6 +100,7 @@ class Courier:
     clock: Clock
     emit: Callable[[ev.Event], None]
     send: Send = http_send
+    followed: Followed | None = None  # the branch an app deploys (Planner.branch)
     _shas: dict[str, str] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -110,18 +113,33 @@ class Courier:
         """An outcome of a deploy: journal its status and notify deliveries, wake the sender."""
         if event.app is None or event.deploy is None or event.name not in OUTCOMES:
             return
+        orders = self.orders(event.app)
+        if isinstance(event, ev.DeployQueued) and not await self._deploys(event, orders):
+            return  # a push of a branch that is not deployed: nothing to tell
         sha = event.sha or self._shas.get(event.deploy)
         if event.sha and event.name == "DeployQueued":
             self._shas[event.deploy] = event.sha
         elif event.name != "DeployQueued":
             self._shas.pop(event.deploy, None)
-        orders = self.orders(event.app)
         made = [*self._statuses(event, orders, sha), *self._notifies(event, orders, sha)]
         async with self._lock:
             for delivery in made:
                 await asyncio.to_thread(self.journal.put, delivery)
         if made:
             self._wake.set()
+
+    async def _deploys(self, event: ev.DeployQueued, orders: Orders) -> bool:
+        """Whether a queued push deploys: its ref is the branch (or tag) its app follows, or the
+        app is a preview. Anything unsure counts as deploying."""
+        if event.ref is None or self.followed is None or event.app is None:
+            return True
+        if not (orders.forge or orders.notify) or self.owner(event.app) != event.app:
+            return True
+        try:
+            branch = await self.followed(event.app, orders)
+        except HyperdriveError:
+            return True
+        return event.ref in (f"refs/heads/{branch}", f"refs/tags/{branch}")
 
     def _statuses(self, event: ev.Event, orders: Orders, sha: str | None) -> list[Delivery]:
         forge = orders.forge

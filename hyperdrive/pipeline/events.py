@@ -64,6 +64,7 @@ class PushReceived(Event):
 @dataclass(frozen=True, kw_only=True)
 class DeployQueued(Event):
     source: str | None = None
+    ref: str | None = None  # the pushed ref, when a push or webhook asked
 
 
 @dataclass(frozen=True, kw_only=True)

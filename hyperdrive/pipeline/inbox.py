@@ -85,6 +85,7 @@ class Inbox:
                     sha=command.sha,
                     deploy=command.deploy,
                     source=command.source,
+                    ref=command.ref,
                     message=f"deploy of {command.app} queued",
                 )
             )

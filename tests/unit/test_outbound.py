@@ -316,3 +316,18 @@ async def test_a_forge_that_hangs_holds_up_only_its_own_deliveries(tmp_path: Pat
     await asyncio.gather(*tasks)
     assert c.journal.pending == {}
     assert len(seen) == 2
+
+
+async def test_a_push_of_a_branch_that_does_not_deploy_tells_nobody(tmp_path: Path) -> None:
+    forge, clock = FakeForge(), FakeClock()
+    c = courier(tmp_path, forge, "forge github acme/web\n", clock)
+
+    async def followed(app: str, orders: Orders) -> str:
+        return "main"
+
+    c.followed = followed
+    await c.on_event(ev.DeployQueued(app="web", deploy="t-1", sha=SHA, ref="refs/heads/feature"))
+    assert c.journal.pending == {}
+    await c.on_event(ev.DeployQueued(app="web", deploy="t-2", sha=SHA, ref="refs/heads/main"))
+    await c.send_due()
+    assert [json.loads(r.body)["state"] for r in forge.requests] == ["pending"]
