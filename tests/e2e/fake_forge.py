@@ -64,6 +64,7 @@ class FakeForge:
 
     def _serve(self, started: threading.Event) -> None:
         loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         app = web.Application()
         app.router.add_post("/repos/{owner}/{repo}/statuses/{sha}", self._status)
         app.router.add_post("/notify", self._notify)
@@ -77,7 +78,8 @@ class FakeForge:
         left = asyncio.all_tasks(loop)  # a request still held open by hang_first
         for task in left:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        if left:
+            loop.run_until_complete(asyncio.wait(left))
         loop.run_until_complete(runner.cleanup())
         loop.close()
 
