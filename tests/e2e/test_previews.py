@@ -1,5 +1,6 @@
-"""Preview ships per branch, end to end: real git pushes over SSH to the real daemon, busybox
-ships in LXC, served by the real nginx; the app's own live ship is watched throughout."""
+"""Preview ships per branch, end to end: real git pushes over SSH (and a signed webhook of a
+local "forge" repository) to the real daemon, busybox ships in LXC, served by the real nginx;
+the app's own live ship is watched throughout."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.squadron import Admiral, admiral_squadron, assert_no_orphans, http_get, settled
+from tests.e2e.squadron import (
+    Admiral,
+    admiral_squadron,
+    assert_no_orphans,
+    forge_repo,
+    http_get,
+    settled,
+)
+from tests.e2e.test_webhook_deploy import post
+from tests.fixtures.webhooks.forge import SECRET, changed, github
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
+ZERO = "0" * 40
 
 
 @pytest.fixture
@@ -108,3 +119,57 @@ def test_over_max_the_oldest_preview_is_retired_and_hd_retire_takes_one_down(
     assert status(d)["web"]["ship"] == live
     settled(d)
     assert_no_orphans(d)
+
+
+@pytest.fixture
+def hooked(tmp_path: Path) -> Iterator[tuple[Daemon, Admiral]]:
+    with admiral_squadron(tmp_path, HYPERDRIVE_WEBHOOK_SECRET=SECRET) as pair:
+        yield pair
+
+
+def branch_payload(url: str, ref: str, before: str, after: str) -> bytes:
+    """GitHub's documented push payload for `ref` of the local "forge" repository."""
+
+    def change(obj: dict) -> None:
+        obj.update(ref=ref, before=before, after=after, deleted=after == ZERO)
+        repo = obj["repository"]
+        repo.update(
+            clone_url=url, html_url=url, url=url, git_url=url, ssh_url=url, default_branch="master"
+        )
+
+    return changed("github_push", change)
+
+
+def test_a_webhook_of_another_branch_deploys_its_preview_and_a_deletion_retires_it(
+    hooked: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = hooked
+    repo, work = forge_repo(admiral, tmp_path, {"index.html": "v1\n"})
+    url = f"file://{repo}"
+    hq = admiral.working_copy(tmp_path / "hq", "headquarters")
+    pub = Path(f"{admiral.key}.pub").read_text()
+    orders = f"autodeploy {url}\npreviews on\nhealthcheck / 10\n"
+    admiral.commit(hq, {"authorized_keys/alice.pub": pub, "site/orders": orders})
+    admiral.git("push", "hyperdrive", "master", cwd=hq)
+    wait_for(lambda: http_get(d.http_port, "/site/") == (200, "v1\n"), 90, 0.3, "site served")
+
+    admiral.git("checkout", "-q", "-b", "feature/y", cwd=work)
+    admiral.commit(work, {"index.html": "preview of y\n"})
+    admiral.git("push", "-q", "origin", "feature/y", cwd=work)
+    tip = admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    status, answer = post(
+        d, "github", *github(branch_payload(url, "refs/heads/feature/y", ZERO, tip))
+    )
+    assert status == 202, answer
+    finished = d.wait_event("DeployFinished", 90, deploy=answer["deploys"]["site"])
+    assert finished["app"] == "site--feature-y"
+    assert http_get(d.http_port, "/site--feature-y/") == (200, "preview of y\n")
+    assert http_get(d.http_port, "/site/") == (200, "v1\n")
+
+    admiral.git("push", "-q", "origin", "--delete", "feature/y", cwd=work)
+    gone = branch_payload(url, "refs/heads/feature/y", tip, ZERO)
+    status, answer = post(d, "github", *github(gone))
+    assert status == 202, answer
+    d.wait_event("AppRetired", 30, app="site--feature-y")
+    assert http_get(d.http_port, "/site--feature-y/")[0] == 404
+    assert http_get(d.http_port, "/site/") == (200, "v1\n")
