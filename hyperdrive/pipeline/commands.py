@@ -38,6 +38,7 @@ class Deploy(AppCommand):
     ref: str | None = None
     source: str = "cli"
     admiral: str | None = None
+    preview_of: str | None = None  # routed to a preview of that app (pipeline/previews.py)
 
 
 @dataclass(frozen=True, kw_only=True)

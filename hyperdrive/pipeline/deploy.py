@@ -40,6 +40,12 @@ class Deployer:
     ships: Ships
 
     async def deploy(self, cmd: Deploy, ctx: Context) -> str:
+        if cmd.preview_of is not None and self.fleet.previews(cmd.app) is None:
+            message = f"{cmd.app} was retired before this deploy of it ran (previews max)"
+            ctx.emit(
+                ev.TriggerIgnored(app=cmd.app, deploy=cmd.deploy, kind="preview", message=message)
+            )
+            return IGNORED
         known = self.records.known(cmd.app) or cmd.app in self.fleet.names()
         job = open_job(cmd, ctx, self.records, self.fleet, self.clock)
         job.emit(ev.DeployStarted, f"deploy of {cmd.app} started ({cmd.source})")
@@ -51,6 +57,8 @@ class Deployer:
                 self.records.drop(cmd.app)
             return outcome
         if sha is None:
+            if not known:  # no record of an app nobody made, nor of a preview retired since
+                self.records.drop(cmd.app)
             return IGNORED
         if self._already_live(job, sha):
             return FINISHED

@@ -168,7 +168,7 @@ class Previews:
                 )
                 return None
             self._evict(command.app, most, command.deploy)
-        return replace(command, app=preview.name)
+        return replace(command, app=preview.name, preview_of=command.app)
 
     def _retired(self, name: str) -> Callable[[asyncio.Task[str]], None]:
         return lambda _: self.evicted.discard(name)

@@ -307,8 +307,10 @@ async def test_a_forge_that_hangs_holds_up_only_its_own_deliveries(tmp_path: Pat
     c.send = send
     await c.on_event(ev.DeployQueued(app="web", deploy="t-1", sha=SHA))
     tasks = c.start_due()
-    for _ in range(50):
-        await asyncio.sleep(0)
+    for _ in range(500):  # bounded: the journal writes in a thread
+        if c.emitted:  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0.01)
     assert "DeliverySent" in [e.name for e in c.emitted]  # type: ignore[attr-defined]
     assert len(c.journal.pending) == 1  # the status, still on the wire
     assert c.start_due() == []  # not sent twice while it hangs

@@ -198,12 +198,26 @@ async def test_over_max_the_oldest_preview_is_retired(world: World) -> None:
 async def test_a_flood_of_branches_stays_within_max(world: World) -> None:
     hd = world.daemon()
     order(hd, "web", "previews on max 3\n")
-    for n in range(30):
+    for n in range(100):
         world.clock.advance(1)
         await push(hd, "web", f"flood/{n}", f"t-{n}")
     await settle(hd)
     kept = sorted(a.name for a in hd.daemon.core.records.all() if a.preview_of == "web")
-    assert kept == ["web--flood-27", "web--flood-28", "web--flood-29"]
+    assert kept == ["web--flood-97", "web--flood-98", "web--flood-99"]
+
+
+async def test_a_flood_pushed_all_at_once_stays_within_max(world: World) -> None:
+    hd = world.daemon(parallel_deploys=4)
+    order(hd, "web", "previews on max 5\n")
+    await asyncio.gather(*(push(hd, "web", f"flood/{n}", f"t-{n}") for n in range(100)))
+    await settle(hd)
+    records = hd.daemon.core.records.all()
+    assert len(records) == 5  # previews only (no record is left of those retired)
+    assert all(a.preview_of == "web" and a.live_ship for a in records)
+    retired = hd.events(name="TriggerIgnored")
+    assert all("retired before this deploy" in e["message"] for e in retired)
+    ships = {s.name for a in hd.daemon.core.records.all() for s in a.ships}
+    assert ships == {c for c in world.runtime.containers if "-hull-" not in c}
 
 
 async def test_colliding_slugs_get_distinct_previews(world: World) -> None:
