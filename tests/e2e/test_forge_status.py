@@ -157,3 +157,21 @@ def test_a_forge_that_hangs_is_retried_while_the_deploy_goes_on(
             lambda: [s["state"] for s in forge.statuses if s["sha"] == v2] == ["success"],
             30, 0.2, "the success status after the hang",
         )  # fmt: skip
+
+
+def test_a_status_not_yet_delivered_survives_a_restart(
+    fleet: tuple[Daemon, Admiral], tmp_path: Path
+) -> None:
+    d, admiral = fleet
+    keep(d, "forge-token", "site", TOKEN)
+    with FakeForge(TOKEN, NOTIFY_SECRET, fail_first=1000) as forge:  # down until told
+        order_site(d, admiral, tmp_path, forge)
+        finished = d.wait_event("DeployFinished", 90, app="site")
+        d.wait_event("DeliveryDeferred", 30, deploy=finished["deploy"])
+        assert d.stop() == 0
+        assert forge.statuses == []
+        forge.fail_first = 0  # the forge is back
+        d.start()
+        wait_for(lambda: forge.statuses, 60, 0.2, "the status, sent by the restarted daemon")
+        assert forge.statuses[-1]["state"] == "success"
+        assert forge.statuses[-1]["sha"] == finished["sha"]
