@@ -274,9 +274,11 @@ class Dashboard:
     async def _deploy_events(self, app: App, deploy: str) -> list[dict[str, Any]]:
         where = Filter(deploy=deploy)
         events = [e async for e in self.src.eventlog.read(where, last=DEPLOY_EVENTS)]
-        if not any(e.get("app") == app.name for e in events):
-            raise web.HTTPNotFound(text=f"{app.name} has no deploy {deploy}\n")
-        return events
+        if any(e.get("app") == app.name for e in events):
+            return events
+        if any(t.id == deploy and t.app == app.name for t in self.src.spool.pending()):
+            return events  # queued, nothing done yet: the page follows it from the start
+        raise web.HTTPNotFound(text=f"{app.name} has no deploy {deploy}\n")
 
     async def deploy_page(self, request: web.Request, session: Session) -> web.StreamResponse:
         app, deploy = self._app(request), request.match_info["deploy"]
