@@ -67,10 +67,14 @@ def sign_in(page: Page, d: Daemon, token: str) -> None:
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
-def shot(page: Page, name: str, width: int = 1100) -> None:
+def shot(page: Page, name: str, width: int = 1100, dark: bool = False) -> None:
+    """A screenshot for the README, when HYPERDRIVE_SCREENSHOTS names a folder."""
     if SHOTS:
         page.set_viewport_size({"width": width, "height": 900})
+        page.emulate_media(color_scheme="dark" if dark else "light")
         page.screenshot(path=str(Path(SHOTS) / f"dashboard-{name}.png"), full_page=True)
+        page.emulate_media(color_scheme="light")
+        page.set_viewport_size({"width": 1100, "height": 900})
 
 
 def push(admiral: Admiral, work: Path, text: str, *options: str) -> None:
@@ -132,7 +136,7 @@ def test_a_push_shows_up_live_and_rollback_brings_the_old_version_back(
     shot(page, "app")
     page.goto(base(d) + "/")
     shot(page, "overview")
-    shot(page, "overview-narrow", 360)
+    shot(page, "overview-dark", 360, dark=True)
     page.goto(base(d) + "/apps/site")
 
     page.get_by_role("button", name="Rollback").click()
