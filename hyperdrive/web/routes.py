@@ -37,6 +37,7 @@ COOKIE = "hd_session"
 SIGNIN_COOKIE = "hd_signin"  # the sign-in form's own CSRF token (double submit)
 STATIC = Path(__file__).parent / "static"
 DEPLOY_EVENTS = 5000  # of one deploy, read for its page
+MAX_FORM = 16 * 1024  # bytes: a token or a CSRF token, never more
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -47,6 +48,13 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
+
+
+async def _form(request: web.Request) -> Mapping[str, Any]:
+    """The posted form; a body larger than any of our forms is refused before it is read."""
+    if request.content_length is None or request.content_length > MAX_FORM:
+        raise web.HTTPRequestEntityTooLarge(MAX_FORM, request.content_length or 0)
+    return await request.post()
 
 
 def see_other(location: str) -> web.Response:
@@ -125,11 +133,14 @@ class Dashboard:
         async def page(request: web.Request) -> web.StreamResponse:
             session = self.sessions.get(request.cookies.get(COOKIE))
             if session is None:
-                if request.method == "GET":
-                    return see_other("/sign-in")
-                return self._refused(403, "You are signed out", "Sign in, then try again.")
+                if request.method != "GET":
+                    return self._refused(403, "You are signed out", "Sign in, then try again.")
+                ended = COOKIE in request.cookies  # it expired, was signed out or revoked
+                response = see_other("/sign-in?ended=1" if ended else "/sign-in")
+                response.del_cookie(COOKIE, path="/")
+                return response
             if request.method == "POST":
-                form = await request.post()
+                form = await _form(request)
                 if not same(str(form.get("csrf", "")), session.csrf):
                     return self._refused(
                         403,
@@ -149,12 +160,13 @@ class Dashboard:
 
     def _sign_in_form(self, request: web.Request, status: int, error: str = "") -> web.Response:
         csrf = request.cookies.get(SIGNIN_COOKIE) or new_secret()
-        response = self._render("signin.html", status, None, csrf=csrf, error=error)
+        ended = "ended" in request.query and not error
+        response = self._render("signin.html", status, None, csrf=csrf, error=error, ended=ended)
         self._cookie(request, response, SIGNIN_COOKIE, csrf, max_age=3600)
         return response
 
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await _form(request)
         if not same(str(form.get("csrf", "")), request.cookies.get(SIGNIN_COOKIE, "")):
             return self._refused(
                 403,
@@ -368,6 +380,8 @@ class Dashboard:
                 if event is None:
                     await response.write(b": keep-alive\n\n")
                     continue
+                if where.deploy is None and event.get("event") == "BuildOutput":
+                    continue  # only a deploy's own page shows its output lines
                 said = {k: event.get(k) for k in ("seq", "event", "app", "deploy")}
                 await response.write(f"data: {json.dumps(said)}\n\n".encode())
         return response

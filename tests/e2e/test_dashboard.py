@@ -143,9 +143,7 @@ def test_a_push_shows_up_live_and_rollback_brings_the_old_version_back(
     page.get_by_role("button", name="Confirm").click()
     expect(page.get_by_role("heading", name="Deploy of site")).to_be_visible()
     expect(page.locator("#summary")).to_contain_text("rolled back", timeout=WAIT_MS)
-    wait_for(
-        lambda: http_get(d.http_port, "/site/") == (200, "one\n"), 30, 0.2, "v1 served again"
-    )
+    wait_for(lambda: http_get(d.http_port, "/site/") == (200, "one\n"), 30, 0.2, "v1 served again")
     d.wait_event("RolledBack", app="site")
 
 

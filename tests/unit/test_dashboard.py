@@ -224,9 +224,7 @@ def hidden(html: str, name: str = "csrf") -> str:
 async def sign_in(client: TestClient[Any, Any], token: str) -> Any:
     page = await client.get("/sign-in")
     csrf = hidden(await page.text())
-    return await client.post(
-        "/sign-in", data={"token": token, "csrf": csrf}, allow_redirects=False
-    )
+    return await client.post("/sign-in", data={"token": token, "csrf": csrf}, allow_redirects=False)
 
 
 async def test_signed_out_only_the_sign_in_page_and_static_assets_show(
@@ -330,3 +328,33 @@ async def test_a_failed_deploys_page_shows_its_masked_setup_log(
     assert (await client.get("/apps/Bad..Name")).status == 404
     assert "hunter2-the-secret" not in text + await raw.text()
     assert "********" in text
+
+
+async def test_behind_tls_the_cookie_is_secure_and_a_revoked_token_says_the_session_ended(
+    site: tuple[Site, TestClient[Any, Any]],
+) -> None:
+    s, client = site
+    page = await client.get("/sign-in")
+    csrf = hidden(await page.text())
+    accepted = await client.post(
+        "/sign-in",
+        data={"token": s.token, "csrf": csrf},
+        headers={"X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+    )
+    cookie = next(c for c in accepted.headers.getall("Set-Cookie") if c.startswith("hd_session="))
+    assert "Secure" in cookie
+    client.session.cookie_jar.update_cookies({"hd_session": accepted.cookies["hd_session"].value})
+    assert (await client.get("/", allow_redirects=False)).status == 200
+    (s.root / "tokens.json").write_text("{}")  # revoked
+    gone = await client.get("/apps/web")
+    assert gone.url.path == "/sign-in"
+    assert "Your session has ended" in await gone.text()
+
+
+async def test_a_form_larger_than_any_of_ours_is_refused_unread(
+    site: tuple[Site, TestClient[Any, Any]],
+) -> None:
+    _, client = site
+    answer = await client.post("/sign-in", data={"token": "x" * 100_000}, allow_redirects=False)
+    assert answer.status == 413
