@@ -405,6 +405,8 @@ class Dashboard:
                 trim_blocks=True,
                 lstrip_blocks=True,
             )
+            # text that is not from the event log (which masks as it reads) goes through this
+            self._templates.filters["mask"] = lambda text: self.src.fleet.mask(str(text))
         return self._templates
 
     def _refused(

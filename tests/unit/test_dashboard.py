@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hyperdrive.api import TokenStore
 from hyperdrive.eventlog import JsonlEventLog
+from hyperdrive.headquarters import Headquarters, parse_orders
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.refusals import RefusalTally
 from hyperdrive.pipeline.fleet import Fleet
@@ -358,3 +359,17 @@ async def test_a_form_larger_than_any_of_ours_is_refused_unread(
     _, client = site
     answer = await client.post("/sign-in", data={"token": "x" * 100_000}, allow_redirects=False)
     assert answer.status == 413
+
+
+async def test_the_orders_in_force_show_with_their_secrets_masked(
+    site: tuple[Site, TestClient[Any, Any]],
+) -> None:
+    s, client = site
+    text = "export API_TOKEN=topsecret-value-1\nexport GREETING=hello\nhealthcheck /up 9\n"
+    s.fleet.hq = Headquarters(apps={"web": parse_orders(text, "web/orders", app="web")})
+    await sign_in(client, s.token)
+    page = await (await client.get("/apps/web")).text()
+    assert "GREETING=hello" in page
+    assert "/up 9 s" in page
+    assert "topsecret-value-1" not in page
+    assert "API_TOKEN=********" in page
