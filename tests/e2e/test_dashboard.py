@@ -138,9 +138,19 @@ def test_a_push_shows_up_live_and_rollback_brings_the_old_version_back(
     shot(page, "overview")
     shot(page, "overview-dark", 360, dark=True)
     page.goto(base(d) + "/apps/site")
+    page.set_viewport_size({"width": 360, "height": 800})
+    for path in ("/", "/apps/site"):  # readable at 360 px: nothing runs off the side
+        page.goto(base(d) + path)
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), path
 
-    page.get_by_role("button", name="Rollback").click()
-    page.get_by_role("button", name="Confirm").click()
+    # by keyboard: Tab to Rollback, Enter; the confirmation's Confirm has the focus
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Rollback":
+            break
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Confirm")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Deploy of site")).to_be_visible()
     expect(page.locator("#summary")).to_contain_text("rolled back", timeout=WAIT_MS)
     wait_for(lambda: http_get(d.http_port, "/site/") == (200, "one\n"), 30, 0.2, "v1 served again")

@@ -373,3 +373,17 @@ async def test_the_orders_in_force_show_with_their_secrets_masked(
     assert "/up 9 s" in page
     assert "topsecret-value-1" not in page
     assert "API_TOKEN=********" in page
+
+
+async def test_a_failed_health_checks_reason_is_on_the_deploy_page(
+    site: tuple[Site, TestClient[Any, Any]],
+) -> None:
+    s, client = site
+    for e in deploy_events("d8")[:5]:
+        s.eventlog.append(e)
+    why = "http://10.0.0.4:3000/up answered 500 for 5 s"
+    s.eventlog.append(event("HealthCheckFailed", "d8", app="web", message=why))
+    s.eventlog.append(event("DeployFailed", "d8", app="web", stage="health", message="unhealthy"))
+    await sign_in(client, s.token)
+    page = await (await client.get("/apps/web/deploys/d8")).text()
+    assert f"HealthCheckFailed: {why}" in page
