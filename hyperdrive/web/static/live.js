@@ -45,6 +45,7 @@
   var source = new EventSource(main.getAttribute("data-live"));
   source.onopen = function () { say("Live updates: on"); schedule(); };
   source.onmessage = schedule;
-  source.onerror = function () { say("Live updates: reconnecting…"); };
+  // the stream ends when the session does: the refresh then lands on the sign-in page
+  source.onerror = function () { say("Live updates: reconnecting…"); schedule(); };
   document.querySelectorAll("pre.log").forEach(function (pre) { pre.scrollTop = pre.scrollHeight; });
 })();
