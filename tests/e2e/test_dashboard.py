@@ -104,8 +104,13 @@ def test_signed_out_sees_nothing_a_bad_token_is_refused_a_good_one_signs_in(
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("link", name="quiet", exact=True)).to_be_visible()
     d.wait_event("SignedIn", admiral="alice")
+    other = browser.new_page()  # a second tab of the same browser, following the overview
+    other.goto(base(d) + "/")
+    expect(other.locator("#live-status")).to_have_text("Live updates: on")
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(base(d) + "/sign-in")
+    expect(other).to_have_url(base(d) + "/sign-in", timeout=20_000)  # it showed nothing more
+    assert "quiet" not in other.content()
     page.goto(base(d) + "/apps/quiet")
     expect(page).to_have_url(base(d) + "/sign-in")
 

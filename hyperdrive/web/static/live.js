@@ -35,7 +35,7 @@
         if (r.redirected || !r.ok) { location.reload(); return null; }
         return r.text();
       })
-      .then(function (html) { if (html) { swap(html); } })
+      .then(function (html) { if (html) { swap(html); say("Live updates: on"); } })
       .catch(function () { say("Live updates: page refresh failed; retrying"); })
       .then(function () { busy = false; if (again) { again = false; schedule(); } });
   }
@@ -43,7 +43,8 @@
   function schedule() { clearTimeout(timer); timer = setTimeout(refresh, 150); }
 
   var source = new EventSource(main.getAttribute("data-live"));
-  source.onopen = function () { say("Live updates: on"); schedule(); };
+  // "on" once the page is current: events between its render and the stream's start count
+  source.onopen = function () { schedule(); };
   source.onmessage = schedule;
   // the stream ends when the session does: the refresh then lands on the sign-in page
   source.onerror = function () { say("Live updates: reconnecting…"); schedule(); };
