@@ -403,6 +403,8 @@ def _api(
             "triggers_handed_over": inbox.handed_over,
             "webhook_refusals": webhooks.refusals.refused,
             "webhook_refusals_summarised": webhooks.refusals.unwritten,
+            "dashboard_sign_ins_refused": dashboard.refusals.tally.refused,
+            "dashboard_sessions": len(dashboard.sessions),
         }
 
     return Api(

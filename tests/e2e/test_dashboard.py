@@ -100,6 +100,8 @@ def test_signed_out_sees_nothing_a_bad_token_is_refused_a_good_one_signs_in(
     expect(page.get_by_role("alert")).to_contain_text("Sign-in refused")
     assert "quiet" not in page.content()
     d.wait_event("SignInRefused")
+    metrics = http_get(d.api_port, "/metrics")[1]
+    assert "hyperdrive_dashboard_sign_ins_refused 1.0" in metrics, metrics
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("link", name="quiet", exact=True)).to_be_visible()
