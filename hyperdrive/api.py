@@ -74,6 +74,11 @@ async def _heartbeat(events: AsyncIterator[Event]) -> AsyncIterator[Event | None
             pending.cancel()
 
 
+def token_digest(token: str) -> str:
+    """What tokens.json keeps of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
 class TokenStore:
     """Admiral tokens for the public /events: only their SHA-256 is kept on disk."""
 
@@ -90,12 +95,16 @@ class TokenStore:
     def create(self, admiral: str) -> str:
         token = secrets.token_urlsafe(32)
         tokens = self._load()
-        tokens[hashlib.sha256(token.encode()).hexdigest()] = admiral
+        tokens[token_digest(token)] = admiral
         write_atomically(self.path, json.dumps(tokens), mode=0o600)
         return token
 
     def admiral_for(self, token: str) -> str | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        return self.admiral_of_digest(token_digest(token))
+
+    def admiral_of_digest(self, digest: str) -> str | None:
+        """Whose token this digest is, while the token is in force (the dashboard's sessions
+        keep only the digest, and end when the token is revoked)."""
         for known, admiral in self._load().items():
             if hmac.compare_digest(known, digest):
                 return admiral

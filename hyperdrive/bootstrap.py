@@ -14,6 +14,7 @@ from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
+from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.idmap import for_ships
@@ -63,6 +64,8 @@ from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.web.routes import Dashboard, Sources
+from hyperdrive.web.sessions import Sessions
 
 
 @dataclass
@@ -380,9 +383,19 @@ def _api(
     inbox: Inbox,
     status: Status,
 ) -> Api:
+    deliveries = Deliveries()  # what each webhook delivery was answered, for the dashboard
     webhooks = WebhookReceiver(
-        config.webhook_secret, spool, FleetResolver(core.fleet, hq), eventlog.append
+        config.webhook_secret,
+        spool,
+        FleetResolver(core.fleet, hq),
+        eventlog.append,
+        deliveries=deliveries,
     )
+    tokens = TokenStore(config.tokens_file)
+    sources = Sources(
+        eventlog, spool, status, core.records, core.fleet, config.ships_dir, config.git_dir
+    )
+    dashboard = Dashboard(sources, Sessions(tokens), deliveries)
 
     def metrics() -> Mapping[str, float]:
         return {
@@ -390,16 +403,18 @@ def _api(
             "triggers_handed_over": inbox.handed_over,
             "webhook_refusals": webhooks.refusals.refused,
             "webhook_refusals_summarised": webhooks.refusals.unwritten,
+            "dashboard_sign_ins_refused": dashboard.refusals.tally.refused,
+            "dashboard_sessions": len(dashboard.sessions),
         }
 
     return Api(
         eventlog,
         spool,
         status,
-        TokenStore(config.tokens_file),
+        tokens,
         metrics,
         set_headquarters=hq.set_source,
-        public_routes=[webhooks.add_routes],
+        public_routes=[webhooks.add_routes, dashboard.add_routes],
     )
 
 

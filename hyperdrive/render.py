@@ -62,6 +62,9 @@ STAGE = {
     "AdmiralsChanged": "admirals",
     "AdmiralKeysRejected": "admirals",
     "AccessRefused": "access",
+    "SignedIn": "dashboard",
+    "SignedOut": "dashboard",
+    "SignInRefused": "dashboard",
 }
 # what went wrong: the pusher sees these as ` !     ` lines
 FAILURES = frozenset(
