@@ -12,6 +12,7 @@ from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
+from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
@@ -107,6 +108,7 @@ class Daemon:
     gitserver: GitServer
     keyring: KeyRing
     dns: ShipDns
+    fleet: FleetService
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -251,6 +253,7 @@ def build(
         eventlog.append(event.record())
 
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
+    fleet = FleetService(config, spool)
     dns = ShipDns(str(bridge_address(config.subnet)), lambda: (), config.ship_dns)
     adapters = real_adapters(
         config,
@@ -286,7 +289,7 @@ def build(
         starter=core.deployer.starter,
         out=bus,
     )
-    status = _status(config, core, headquarters, spool, bus)
+    status = _status(config, core, headquarters, spool, bus, fleet)
     api = _api(
         config=config,
         core=core,
@@ -296,6 +299,7 @@ def build(
         bus=bus,
         inbox=inbox,
         status=status,
+        fleet=fleet,
     )
     gitserver = _gitserver(config, keyring, eventlog, spool, status)
     return Daemon(
@@ -311,6 +315,7 @@ def build(
         gitserver,
         keyring,
         dns,
+        fleet,
     )
 
 
@@ -323,8 +328,13 @@ def served_names(config: Config, core: Core) -> set[str]:
 Status = Callable[[], dict[str, Any]]
 
 
-def _status(
-    config: Config, core: Core, hq: HeadquartersSync, spool: FileSpool, bus: MessageBus
+def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
+    config: Config,
+    core: Core,
+    hq: HeadquartersSync,
+    spool: FileSpool,
+    bus: MessageBus,
+    fleet: FleetService,
 ) -> Status:
     def status() -> dict[str, Any]:
         counts = {
@@ -339,7 +349,7 @@ def _status(
             hulls=core.hulls,
             headquarters=hq.source.url,
             counts=counts,
-        )
+        ) | {"fleet": fleet.status()}
 
     return status
 
@@ -369,6 +379,7 @@ def _api(
     bus: MessageBus,
     inbox: Inbox,
     status: Status,
+    fleet: FleetService,
 ) -> Api:
     webhooks = WebhookReceiver(
         config.webhook_secret, spool, FleetResolver(core.fleet, hq), eventlog.append
@@ -390,6 +401,7 @@ def _api(
         metrics,
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes],
+        admin_routes=[fleet_routes(fleet)],
     )
 
 

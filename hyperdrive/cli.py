@@ -26,6 +26,8 @@ from hyperdrive.triggers import Trigger
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
 
+FLEET_TIMEOUT_S = 60.0  # starting a node, or reaching another squadron's, takes a moment
+
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
@@ -63,6 +65,14 @@ def parser() -> argparse.ArgumentParser:
     hq_set.add_argument("url")
     hq_set.add_argument("--sync", action="store_true", help="sync it now and show the plan")
     hq_verbs.add_parser("sync", help="read headquarters again now")
+    fleet = verbs.add_parser("fleet", help="several squadrons following one HQ (docs/fleet.md)")
+    fleet_verbs = fleet.add_subparsers(dest="fleet_verb", required=True)
+    init = fleet_verbs.add_parser("init", help="start a fleet here: run its NATS node")
+    init.add_argument("--advertise", default="", help="the address other squadrons reach")
+    join = fleet_verbs.add_parser("join", help="join the fleet at URL (what init printed)")
+    join.add_argument("url")
+    join.add_argument("--secret", required=True, help="the fleet's secret, from init")
+    fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
     verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
     verbs.add_parser("version", help="print the version")
     token = verbs.add_parser("token", help="make an admiral token for GET /events")
@@ -247,6 +257,25 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
     return _follow(client, Trigger.hq_sync("hd headquarters sync"))
 
 
+def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
+    client = AdminClient(config.socket_path, timeout=FLEET_TIMEOUT_S)
+    body: dict[str, Any] = {"action": args.fleet_verb}
+    if args.fleet_verb == "init":
+        body["advertise"] = args.advertise
+    elif args.fleet_verb == "join":
+        body |= {"url": args.url, "secret": args.secret}
+    answer = client.post("/fleet", body)
+    if args.fleet_verb == "init":
+        print(f"fleet started; its NATS node listens on {config.fleet_listen}")
+        print("on each other squadron, run:")
+        print(f"  {answer['join']}")
+    elif args.fleet_verb == "join":
+        print(f"joined the fleet at {answer['url']}")
+    else:
+        print("left the fleet: this squadron is alone again")
+    return EXIT_OK
+
+
 def _remember_headquarters(config: Config, url: str) -> None:
     """Write HYPERDRIVE_HEADQUARTERS into main.conf so the choice survives a restart."""
     path = config.source or configuration.DEFAULT_CONFIG
@@ -268,4 +297,5 @@ HANDLERS: dict[str, Handler] = {
     "launch": cmd_launch,
     "enter": cmd_enter,
     "headquarters": cmd_headquarters,
+    "fleet": cmd_fleet,
 }

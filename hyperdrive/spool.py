@@ -167,6 +167,14 @@ def _replay(raw: bytes, pending: dict[str, Trigger], seen: Seen) -> None:
 RejectedCallback = Callable[[str, str], None]
 
 
+class SpoolListener(Protocol):
+    """Told of each trigger once it is durable, and of its outcome: the fleet's hook."""
+
+    async def taken(self, trigger: Trigger) -> None: ...
+
+    async def finished(self, trigger_id: str, outcome: str) -> None: ...
+
+
 class FileSpool:
     """The filesystem spool: journal with group commit, plus a watched incoming folder."""
 
@@ -182,6 +190,7 @@ class FileSpool:
         self._ready: asyncio.Queue[Trigger] = asyncio.Queue()
         self._records = 0
         self._writer: _JournalWriter | None = None
+        self.listeners: list[SpoolListener] = []
 
     async def open(self) -> None:
         """Replay the journal and queue every trigger a crash left unfinished."""
@@ -202,6 +211,10 @@ class FileSpool:
 
     def pending(self) -> list[Trigger]:
         return list(self._pending.values())
+
+    def waiting(self, trigger_id: str) -> bool:
+        """Taken and without an outcome yet."""
+        return trigger_id in self._pending
 
     def knows(self, trigger_id: str) -> bool:
         return trigger_id in self._pending or trigger_id in self._seen
@@ -243,6 +256,8 @@ class FileSpool:
             raise SpoolError(f"could not persist trigger {trigger.id}: {err}") from err
         finally:
             self._inflight.pop(trigger.id, None)
+        for listener in self.listeners:
+            await listener.taken(trigger)
         self._ready.put_nowait(trigger)
         return True
 
@@ -256,6 +271,8 @@ class FileSpool:
         record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
         record["fp"] = trigger.fingerprint
         await self._submit([_line(record)])
+        for listener in self.listeners:
+            await listener.finished(trigger_id, outcome)
         if self._records > COMPACT_AFTER and self._records > 4 * (len(self._pending) + 1):
             await self.compact()
 
