@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -77,19 +76,35 @@ async def connect(
     async def reconnected() -> None:
         on_state(CONNECTED, "")
 
-    return await nats.connect(
-        list(urls),
-        user=creds.user,
-        password=creds.password,
-        name=f"hyperdrive {name}",
-        connect_timeout=CONNECT_TIMEOUT_S,
-        allow_reconnect=retry,
-        max_reconnect_attempts=-1 if retry else 0,
-        reconnect_time_wait=1,
-        error_cb=error,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-    )
+    client = Client()
+    try:
+        await client.connect(
+            list(urls),
+            user=creds.user,
+            password=creds.password,
+            name=f"hyperdrive {name}",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            allow_reconnect=retry,
+            max_reconnect_attempts=-1 if retry else 0,
+            reconnect_time_wait=1,
+            error_cb=error,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+        )
+    except BaseException:
+        await _discard(client)
+        raise
+    return client
+
+
+async def _discard(client: Client) -> None:
+    """A connection that failed half-way: close what nats-py left open (its socket)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 5)
+    transport = getattr(client, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
 async def probe(urls: tuple[str, ...], creds: Creds, identity: Identity) -> None:
