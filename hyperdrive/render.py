@@ -243,15 +243,14 @@ def _squadron_rows(status: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def fleet_line(fleet: Mapping[str, Any]) -> str:
     """`connected to nats://…, 2 unpublished`, `UNREACHABLE (…)`; "" for a squadron alone."""
-    state = fleet.get("state", "alone")
+    state = str(fleet.get("state", "alone"))
     if state == "alone":
         return ""
     where = ", ".join(fleet.get("urls") or [])
-    line = f"{state} ({where})" if where else str(state)
-    if state != "connected":
-        line = line.upper() if state in ("unreachable", "refused", "broken") else line
-        if fleet.get("detail"):
-            line += f": {fleet['detail']}"
+    shown = state.upper() if state in ("unreachable", "refused", "broken") else state
+    line = f"{shown} ({where})" if where else shown
+    if state != "connected" and fleet.get("detail"):
+        line += f": {fleet['detail']}"
     if fleet.get("unpublished"):
         line += f"; {fleet['unpublished']} triggers not published yet (kept until NATS is back)"
     return line

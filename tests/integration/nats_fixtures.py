@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
-import pytest
 
 from hyperdrive.config import Listen
 from hyperdrive.fleet.node import NatsNode, NodeSpec
@@ -43,8 +42,9 @@ async def start_nodes(tmp: Path, count: int, creds: Creds = CREDS) -> list[Node]
         folder.mkdir(parents=True)
         node = NatsNode(folder)
         peers = [r for r in routes if not r.endswith(f":{cluster}")]
-        spec = NodeSpec(name, folder, Listen("127.0.0.1", client), Listen("127.0.0.1", cluster),
-                        creds, peers)
+        spec = NodeSpec(
+            name, folder, Listen("127.0.0.1", client), Listen("127.0.0.1", cluster), creds, peers
+        )
         node.configure(spec)
         await node.start()
         nodes.append(Node(name, node, f"nats://127.0.0.1:{client}"))
@@ -59,8 +59,13 @@ async def jetstream_ready(url: str, creds: Creds, timeout: float = 30.0) -> None
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            nc = await nats.connect(url, user=creds.user, password=creds.password,
-                                    allow_reconnect=False, connect_timeout=2)
+            nc = await nats.connect(
+                url,
+                user=creds.user,
+                password=creds.password,
+                allow_reconnect=False,
+                connect_timeout=2,
+            )
             try:
                 await nc.jetstream().account_info()
                 return
@@ -78,18 +83,3 @@ async def until(predicate: Callable[[], object], what: str, timeout: float = 20.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
-    nodes = await start_nodes(tmp_path, 3)
-    yield nodes
-    for node in nodes:
-        await node.node.stop()
-
-
-@pytest.fixture
-async def lone_node(tmp_path: Path) -> AsyncIterator[Node]:
-    nodes = await start_nodes(tmp_path, 1)
-    yield nodes[0]
-    await nodes[0].node.stop()

@@ -16,7 +16,7 @@ from hyperdrive.fleet.state import Creds
 from hyperdrive.names import ZERO_SHA
 from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import RefUpdate, Trigger
-from tests.integration.nats_fixtures import CREDS, Node, cluster, lone_node, until  # noqa: F401
+from tests.integration.nats_fixtures import CREDS, Node, start_nodes, until
 
 
 def webhook(delivery: str, sha: str = "a" * 40) -> Trigger:
@@ -34,8 +34,9 @@ def webhook(delivery: str, sha: str = "a" * 40) -> Trigger:
 class Squadron:
     """One squadron's spool and fleet link, as the daemon wires them (no deploys run)."""
 
-    def __init__(self, root: Path, name: str, urls: list[str], creds: Creds = CREDS,
-                 instance: str = "") -> None:
+    def __init__(
+        self, root: Path, name: str, urls: list[str], creds: Creds = CREDS, instance: str = ""
+    ) -> None:
         self.root, self.name, self.urls, self.creds = root, name, urls, creds
         self.instance = instance or f"id-{name}"
         self.spool = FileSpool(root / "spool")
@@ -58,6 +59,21 @@ class Squadron:
         if self.link is not None:
             await self.link.stop()
         await self.spool.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    nodes = await start_nodes(tmp_path, 3)
+    yield nodes
+    for node in nodes:
+        await node.node.stop()
+
+
+@pytest.fixture
+async def lone_node(tmp_path: Path) -> AsyncIterator[Node]:
+    nodes = await start_nodes(tmp_path, 1)
+    yield nodes[0]
+    await nodes[0].node.stop()
 
 
 @pytest.fixture
@@ -104,7 +120,8 @@ async def test_a_delivery_taken_by_two_squadrons_is_stored_once(cluster: list[No
     await until(lambda: not a.link.outbox and not b.link.outbox, "both published")
     assert await stream_messages(cluster[2].url) == 1
     # each squadron has it once, pending its own deploy
-    assert a.spool.waiting(trigger.id) and b.spool.waiting(trigger.id)
+    assert a.spool.waiting(trigger.id)
+    assert b.spool.waiting(trigger.id)
     assert [t.id for t in b.spool.pending()] == [trigger.id]
 
 
@@ -178,8 +195,6 @@ async def test_a_squadron_name_is_unique_in_the_fleet(cluster: list[Node], squad
 async def test_triggers_taken_while_nats_is_down_are_published_when_it_is_back(
     tmp_path: Path, squadrons
 ):
-    from tests.integration.nats_fixtures import start_nodes  # noqa: PLC0415
-
     nodes = await start_nodes(tmp_path / "n", 1)
     try:
         a = squadrons("alpha", [nodes[0].url])
