@@ -38,7 +38,7 @@ PRESENCE = "hd_squadrons"
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 DEDUPE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
-CONNECT_TIMEOUT_S = 3.0
+CONNECT_TIMEOUT_S = 3
 PUBLISH_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
 
