@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     join = fleet_verbs.add_parser("join", help="join the fleet at URL (what init printed)")
     join.add_argument("url")
     join.add_argument("--secret", required=True, help="the fleet's secret, from init")
-    fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
+    leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
+    leave.add_argument("--force", action="store_true", help="even if others use the node here")
     verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
     verbs.add_parser("version", help="print the version")
     token = verbs.add_parser("token", help="make an admiral token for GET /events")
@@ -264,6 +265,8 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
         body["advertise"] = args.advertise
     elif args.fleet_verb == "join":
         body |= {"url": args.url, "secret": args.secret}
+    elif args.fleet_verb == "leave":
+        body["force"] = args.force
     answer = client.post("/fleet", body)
     if args.fleet_verb == "init":
         print(f"fleet started; its NATS node listens on {config.fleet_listen}")

@@ -45,6 +45,10 @@ MAX_BACKOFF_S = 5.0
 CONNECTING, CONNECTED, UNREACHABLE, REFUSED = "connecting", "connected", "unreachable", "refused"
 
 
+class FleetStreamLost(Exception):
+    """Connected, yet the stream does not answer: set it up again in a new session."""
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who this squadron is in the fleet: its name and the id of its data folder."""
@@ -317,16 +321,25 @@ class FleetLink:
                 await self.relay.received(msg.data, _MsgDelivery(msg))
 
     async def _publish(self, js: JetStreamContext) -> None:
-        """The outbox, in order; a trigger leaves it only once the stream has acked it."""
-        backoff = 0.2
+        """The outbox, in order; a trigger leaves it only once the stream has acked it.
+
+        Failing while connected (the stream lost with a node's store, say) ends the session,
+        so the next one sets the stream up again."""
         while True:
             await self.outbox.changed.wait()
             self.outbox.changed.clear()
             for trigger in self.outbox.unsent():
-                while not await self._publish_one(js, trigger):
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
-                backoff = 0.2
+                await self._publish_until_acked(js, trigger)
+
+    async def _publish_until_acked(self, js: JetStreamContext, trigger: Any) -> None:
+        backoff, failed_connected = 0.2, 0
+        while not await self._publish_one(js, trigger):
+            connected = self._nc is not None and self._nc.is_connected
+            failed_connected = failed_connected + 1 if connected else 0
+            if failed_connected >= 5:
+                raise FleetStreamLost(f"the trigger stream does not take {trigger.id}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _publish_one(self, js: JetStreamContext, trigger: Any) -> bool:
         subject = f"{SUBJECT}.{trigger.kind}"
@@ -349,11 +362,23 @@ class FleetLink:
             await asyncio.sleep(ACK_WAIT_S / 3)
             await self.relay.keep_alive()
 
-    async def release_name(self) -> None:
-        """`hd fleet leave`: free the name and drop this squadron's consumer."""
+    async def others(self) -> list[str]:
+        """The other squadrons present in the fleet (by name)."""
+        kv = await presence_bucket(self._jetstream())
+        try:
+            names = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return sorted(n for n in names if n != self.identity.name)
+
+    def _jetstream(self) -> JetStreamContext:
         if self._nc is None or not self._nc.is_connected:
             raise FleetError("NATS is unreachable: the name stays taken until it is back")
-        js = self._nc.jetstream()
+        return self._nc.jetstream()
+
+    async def release_name(self) -> None:
+        """`hd fleet leave`: free the name and drop this squadron's consumer."""
+        js = self._jetstream()
         kv = await presence_bucket(js)
         await check_name(kv, self.identity)
         await kv.delete(self.identity.name)

@@ -132,12 +132,17 @@ class FleetService:
         state.write_creds(self.config.fleet_creds_file, creds)
         state.write_membership(self.config, state.Membership(node=False, urls=(url,)))
 
-    async def leave(self) -> dict[str, Any]:
-        """Give up the name, stop the link and the managed node, forget the membership."""
+    async def leave(self, force: bool = False) -> dict[str, Any]:
+        """Give up the name, stop the link and the managed node, forget the membership.
+
+        The squadron running the fleet's only node does not leave while others use it."""
         if self.config.fleet:
             raise FleetError("HYPERDRIVE_FLEET is set in main.conf: remove it to leave")
-        if state.read_membership(self.config) is None:
+        membership = state.read_membership(self.config)
+        if membership is None:
             raise FleetError("this squadron is not in a fleet")
+        if membership.node and not force:
+            await self._refuse_if_others()
         if self.link is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.link.release_name(), 5)
@@ -145,6 +150,18 @@ class FleetService:
         await self.node.stop()
         await asyncio.to_thread(self._forget)
         return {"left": True}
+
+    async def _refuse_if_others(self) -> None:
+        if self.link is None:
+            return
+        others: list[str] = []
+        with contextlib.suppress(FleetError, TimeoutError):  # unreachable: nobody to ask
+            others = await asyncio.wait_for(self.link.others(), 5)
+        if others:
+            raise FleetError(
+                f"{', '.join(others)} still use the NATS node this squadron runs: "
+                "`hd fleet leave` there first, or `hd fleet leave --force`"
+            )
 
     def _forget(self) -> None:
         state.membership_file(self.config).unlink(missing_ok=True)
@@ -211,5 +228,5 @@ async def _act(fleet: FleetService, body: dict[str, Any]) -> dict[str, Any]:
             raise FleetError("join needs a NATS URL (nats://HOST:PORT) and the fleet's --secret")
         return await fleet.join(url, secret)
     if action == "leave":
-        return await fleet.leave()
+        return await fleet.leave(force=bool(body.get("force")))
     raise FleetError(f"unknown fleet action {action!r} (init, join, leave)")

@@ -108,10 +108,15 @@ def test_init_join_a_name_clash_wrong_secret_and_leave(
     assert "refused the fleet credentials" in wrong.stderr
     assert fleet_status(twin) == {"state": "alone"}
 
+    in_use = a.hd("fleet", "leave", check=False, timeout=60)
+    assert in_use.returncode == 1
+    assert f"{b.env['HYPERDRIVE_NAME']} still use the NATS node" in in_use.stderr
     b.hd("fleet", "leave", timeout=60)
     assert fleet_status(b) == {"state": "alone"}
-    # the name is free again: the twin (another data folder) may now use... a name B held
     assert not (b.data / "nats" / "fleet.json").exists()
+    a.hd("fleet", "leave", timeout=60)  # the last one: its node stops
+    assert fleet_status(a) == {"state": "alone"}
+    assert node_pid(a) is None
 
 
 def test_the_managed_node_outlives_the_daemon_and_is_restarted_when_it_dies(
