@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -256,8 +256,7 @@ class FileSpool:
             raise SpoolError(f"could not persist trigger {trigger.id}: {err}") from err
         finally:
             self._inflight.pop(trigger.id, None)
-        for listener in self.listeners:
-            await listener.taken(trigger)
+        await self._tell(lambda listener: listener.taken(trigger), trigger.id)
         self._ready.put_nowait(trigger)
         return True
 
@@ -271,8 +270,17 @@ class FileSpool:
         record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
         record["fp"] = trigger.fingerprint
         await self._submit([_line(record)])
+        await self._tell(lambda listener: listener.finished(trigger_id, outcome), trigger_id)
+
+    async def _tell(
+        self, call: Callable[[SpoolListener], Awaitable[None]], trigger_id: str
+    ) -> None:
+        """The trigger is durable whatever a listener does: its failure is logged, not raised."""
         for listener in self.listeners:
-            await listener.finished(trigger_id, outcome)
+            try:
+                await call(listener)
+            except Exception:
+                log.exception("spool: a listener failed on trigger %s", trigger_id)
         if self._records > COMPACT_AFTER and self._records > 4 * (len(self._pending) + 1):
             await self.compact()
 

@@ -225,7 +225,7 @@ class FleetLink:
         self.creds = creds
         self.spool = spool
         self.outbox = outbox
-        self.relay = Relay(spool, outbox)
+        self.relay = Relay(spool, outbox, connected=lambda: self.state == CONNECTED)
         self.state, self.detail = CONNECTING, ""
         self.published = 0
         self._nc: Client | None = None

@@ -32,6 +32,7 @@ class Outbox:
         self._records = 0
         self._lock = asyncio.Lock()
         self.changed = asyncio.Event()  # set whenever something is waiting to be sent
+        self._waiters: dict[str, asyncio.Future[None]] = {}
 
     def load(self) -> None:
         """Replay the journal: what was added and never sent is waiting again."""
@@ -70,7 +71,21 @@ class Outbox:
         await self._append({"op": "add", "trigger": trigger.to_json()})
         self.changed.set()
 
+    async def wait_sent(self, trigger_id: str, within: float) -> bool:
+        """Whether the stream acked `trigger_id` within `within` seconds."""
+        if trigger_id not in self._unsent:
+            return True
+        future = self._waiters.setdefault(trigger_id, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(future), within)
+        except TimeoutError:
+            return False
+        return True
+
     async def sent(self, trigger_id: str) -> None:
+        waiter = self._waiters.pop(trigger_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if self._unsent.pop(trigger_id, None) is None:
             return
         await self._append({"op": "sent", "id": trigger_id})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from hyperdrive.errors import SpoolError
@@ -17,6 +18,8 @@ from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.triggers import Trigger, TriggerKind
 
 log = logging.getLogger(__name__)
+
+CONFIRM_WITHIN_S = 5.0  # how long a webhook's answer waits for the stream's ack
 
 
 class Delivery(Protocol):
@@ -58,18 +61,26 @@ def encode(trigger: Trigger) -> bytes:
 class Relay:
     """The spool's fleet listener and the consumer's message handler."""
 
-    def __init__(self, spool: LocalSpool, outbox: Outbox) -> None:
+    def __init__(
+        self, spool: LocalSpool, outbox: Outbox, connected: Callable[[], bool] = lambda: False
+    ) -> None:
         self.spool = spool
         self.outbox = outbox
+        self.connected = connected
         self.held: dict[str, Delivery] = {}  # trigger id -> the delivery to ack at its outcome
         self._from_fleet: set[str] = set()
         self.received_count = 0
 
     # -- the spool's listener --
     async def taken(self, trigger: Trigger) -> None:
-        """Durable here: queue a shared one for the fleet (not one that came from it)."""
-        if trigger.id not in self._from_fleet and shared(trigger):
-            await self.outbox.add(trigger)
+        """Durable here: queue a shared one for the fleet (not one that came from it) and,
+        while the fleet is reachable, return once the stream holds it (a webhook's 202 then
+        means durable on the fleet); unreachable, the outbox keeps it and nothing waits."""
+        if trigger.id in self._from_fleet or not shared(trigger):
+            return
+        await self.outbox.add(trigger)
+        if self.connected() and not await self.outbox.wait_sent(trigger.id, CONFIRM_WITHIN_S):
+            log.warning("fleet: %s not confirmed by the stream yet; it stays queued", trigger.id)
 
     async def finished(self, trigger_id: str, outcome: str) -> None:
         """The local deploy has an outcome: only now is the fleet's delivery acknowledged."""
@@ -104,9 +115,9 @@ class Relay:
             await _quietly(delivery.in_progress(), "in-progress", trigger_id)
 
 
-async def _quietly(work: object, what: str, trigger_id: str) -> None:
+async def _quietly(work: Awaitable[None], what: str, trigger_id: str) -> None:
     """A lost connection only delays an ack: the stream redelivers and the spool knows it."""
     with contextlib.suppress(Exception):
-        await work  # type: ignore[misc]
+        await work
         return
     log.debug("fleet: %s of %s not sent (NATS unreachable?)", what, trigger_id)
