@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, free_port, wait_for
-from tests.e2e.squadron import Admiral, admiral_squadron, forge_repo, http_get, make_squadron
+from tests.e2e.squadron import (
+    Admiral,
+    admiral_squadron,
+    forge_repo,
+    http_get,
+    make_squadron,
+    settled,
+)
 from tests.e2e.squadron import teardown as squadron_teardown
 from tests.e2e.test_webhook_deploy import post, push_payload
 from tests.fixtures.webhooks.forge import SECRET, github
@@ -185,13 +192,21 @@ def test_a_webhook_to_one_squadron_deploys_on_both(tmp_path: Path) -> None:
             admiral_a.commit(work, {"index.html": "v2 for the fleet\n"})
             admiral_a.git("push", "-q", "origin", "master", cwd=work)
             v2 = admiral_a.git("rev-parse", "HEAD", cwd=work).stdout.strip()
-            status, answer = post(a, "github", *github(push_payload(url, v1, v2)))
+            headers, body = github(push_payload(url, v1, v2))
+            status, answer = post(a, "github", headers, body)
             assert status == 202, answer
             served = (200, "v2 for the fleet\n")
             for d in (a, b):
                 wait_for(lambda d=d: http_get(d.http_port, "/site/") == served, 120, 0.3, "v2")
             delivery = answer["deploys"]["site"]
             assert b.wait_event("DeployFinished", 30, deploy=delivery)
+            # the forge sends the same delivery to B as well: still one deploy on each
+            status, again = post(b, "github", headers, body)
+            assert (status, again) == (200, {"status": "duplicate"})
+            for d in (a, b):
+                settled(d)
+                queued = [e for e in d.events() if e.get("event") == "DeployQueued"]
+                assert [e["deploy"] for e in queued].count(delivery) == 1
         finally:
             stop_node(a)
 
