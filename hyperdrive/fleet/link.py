@@ -38,6 +38,7 @@ PRESENCE = "hd_squadrons"
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 DEDUPE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
+FETCH_WAIT_S = 60.0  # a pull waits this long on the server for new triggers
 CONNECT_TIMEOUT_S = 3
 PUBLISH_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
@@ -230,8 +231,11 @@ class FleetLink:
         self.published = 0
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reconnected = asyncio.Event()
 
     def _set(self, state: str, detail: str) -> None:
+        if state == CONNECTED and self.state != CONNECTED:
+            self._reconnected.set()
         if self.state == REFUSED and state == UNREACHABLE:
             return  # keep the reason a user can fix
         if (state, detail) != (self.state, self.detail):
@@ -311,7 +315,7 @@ class FleetLink:
         """Every trigger of the stream once per squadron, catch-up first, in order."""
         while True:
             try:
-                msgs = await sub.fetch(batch=256, timeout=30)
+                msgs = await self._fetch(sub)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
@@ -319,6 +323,22 @@ class FleetLink:
                 continue
             for msg in msgs:
                 await self.relay.received(msg.data, _MsgDelivery(msg))
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """One pull; a reconnection cuts it short (the server forgot the pending pull), so
+        what was published meanwhile arrives at once, not when the pull expires."""
+        self._reconnected.clear()
+        pull = asyncio.create_task(sub.fetch(batch=256, timeout=FETCH_WAIT_S))
+        wake = asyncio.create_task(self._reconnected.wait())
+        try:
+            await asyncio.wait({pull, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+        if not pull.done():
+            pull.cancel()
+            await asyncio.gather(pull, return_exceptions=True)
+            return []
+        return pull.result()
 
     async def _publish(self, js: JetStreamContext) -> None:
         """The outbox, in order; a trigger leaves it only once the stream has acked it.
@@ -358,7 +378,9 @@ class FleetLink:
         return True
 
     async def _keep_alive(self) -> None:
+        """While deploys run for deliveries, tell the stream so; idle, nothing wakes."""
         while True:
+            await self.relay.holding.wait()
             await asyncio.sleep(ACK_WAIT_S / 3)
             await self.relay.keep_alive()
 

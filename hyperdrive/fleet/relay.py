@@ -7,6 +7,7 @@ delivery is acknowledged only when the local deploy it started has an outcome.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -68,6 +69,7 @@ class Relay:
         self.outbox = outbox
         self.connected = connected
         self.held: dict[str, Delivery] = {}  # trigger id -> the delivery to ack at its outcome
+        self.holding = asyncio.Event()  # set while some delivery waits for its outcome
         self._from_fleet: set[str] = set()
         self.received_count = 0
 
@@ -86,6 +88,7 @@ class Relay:
         """The local deploy has an outcome: only now is the fleet's delivery acknowledged."""
         delivery = self.held.pop(trigger_id, None)
         if delivery is not None:
+            self._note_held()
             await _quietly(delivery.ack(), "ack", trigger_id)
 
     # -- the consumer's handler --
@@ -99,6 +102,7 @@ class Relay:
             return
         self.received_count += 1
         self.held[trigger.id] = delivery  # before put: its outcome may come at any await
+        self._note_held()
         if not self.spool.knows(trigger.id):
             self._from_fleet.add(trigger.id)
             try:
@@ -107,7 +111,14 @@ class Relay:
                 self._from_fleet.discard(trigger.id)
         if not self.spool.waiting(trigger.id) and self.held.get(trigger.id) is delivery:
             del self.held[trigger.id]
+            self._note_held()
             await _quietly(delivery.ack(), "ack", trigger.id)
+
+    def _note_held(self) -> None:
+        if self.held:
+            self.holding.set()
+        else:
+            self.holding.clear()
 
     async def keep_alive(self) -> None:
         """Tell the stream each held delivery is still being worked on (deploys take a while)."""
