@@ -332,13 +332,15 @@ class FleetLink:
         wake = asyncio.create_task(self._reconnected.wait())
         try:
             await asyncio.wait({pull, wake}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-        if not pull.done():
-            pull.cancel()
-            await asyncio.gather(pull, return_exceptions=True)
-            return []
-        return pull.result()
+        finally:  # also when the session is cancelled: neither task is left behind
+            for task in (pull, wake):
+                task.cancel()
+            outcome = await asyncio.gather(pull, wake, return_exceptions=True)
+        if isinstance(outcome[0], BaseException):
+            if isinstance(outcome[0], asyncio.CancelledError):
+                return []  # cut short by the reconnection
+            raise outcome[0]
+        return list(outcome[0])
 
     async def _publish(self, js: JetStreamContext) -> None:
         """The outbox, in order; a trigger leaves it only once the stream has acked it.

@@ -113,19 +113,15 @@ class NatsNode:
             raise FleetError(f"{self.conf} is missing: run `hd fleet init` or `hd fleet join`")
         if shutil.which(self.binary) is None:
             raise FleetError(f"{self.binary} is not installed (apt-get install nats-server)")
-        argv = [self.binary, "-c", str(self.conf)]
+        # `setsid -f`: a session of its own and not our child (a daemon, like nginx), so a
+        # signal to hd serve is not its and nothing here has to reap it
+        argv = ["setsid", "-f", self.binary, "-c", str(self.conf)]
         if self.scope is not None:
             await systemd.stop_scope(self.scope)
             argv = systemd.scope_argv(self.scope, argv, f"Hyperdrive's NATS ({self.folder})")
         self.pid_file.unlink(missing_ok=True)
-        with (self.folder / "start.log").open("ab") as out:
-            await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,  # its own session: a signal to hd serve is not its
-            )
+        if await _spawn(argv, self.folder / "start.log") != 0:
+            raise FleetError(f"nats-server did not start; see {self.folder / 'start.log'}")
         return await self._wait_for_pid()
 
     async def _wait_for_pid(self) -> int:
@@ -167,6 +163,21 @@ class NatsNode:
             await asyncio.sleep(min(backoff, 1.0))
 
 
+async def _spawn(argv: list[str], log_path: Path) -> int | None:
+    """Run the launcher (it returns once the node is forked off); output to a file, since
+    the node would otherwise hold our pipe open. Its exit code, None when it hangs."""
+    with log_path.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+        )
+        try:
+            return await asyncio.wait_for(proc.wait(), START_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+
+
 async def wait_for_exit(pid: int) -> None:
     """Return when process `pid` has exited: its pidfd becomes readable (Linux 5.3+)."""
     try:
@@ -186,13 +197,6 @@ async def wait_for_exit(pid: int) -> None:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    """A node this process started is its child: collect it, so it does not linger a zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 async def _exited(pid: int, within: float) -> bool:
