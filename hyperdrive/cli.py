@@ -51,7 +51,10 @@ def parser() -> argparse.ArgumentParser:
     deploy = verbs.add_parser("deploy", help="deploy an app (its branch tip, or SHA)")
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
-    verbs.add_parser("rollback", help="back to the newest kept healthy ship").add_argument("app")
+    deploy.add_argument("--fleet", action="store_true", help="on every squadron of the fleet")
+    rollback = verbs.add_parser("rollback", help="back to the newest kept healthy ship")
+    rollback.add_argument("app")
+    rollback.add_argument("--fleet", action="store_true", help="on every squadron of the fleet")
     assemble = verbs.add_parser("assemble", help="build the hulls, or a ship for APP (no launch)")
     assemble.add_argument("app", nargs="?")
     assemble.add_argument(
@@ -224,11 +227,23 @@ class _HullProgress:
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path)
-    return _follow(client, Trigger.deploy(args.app, args.sha))
+    if args.fleet:
+        _in_a_fleet(client)
+    return _follow(client, Trigger.deploy(args.app, args.sha, fleet=args.fleet))
 
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
-    return _follow(AdminClient(config.socket_path), Trigger.rollback(args.app))
+    client = AdminClient(config.socket_path)
+    if args.fleet:
+        _in_a_fleet(client)
+    return _follow(client, Trigger.rollback(args.app, fleet=args.fleet))
+
+
+def _in_a_fleet(client: AdminClient) -> None:
+    """`--fleet` on a squadron alone is a mistake worth saying, not a local deploy."""
+    state = (client.get("/status").get("fleet") or {}).get("state", "alone")
+    if state == "alone":
+        raise HyperdriveError("--fleet: this squadron is not in a fleet (see `hd fleet init`)")
 
 
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:

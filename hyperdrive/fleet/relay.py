@@ -49,9 +49,12 @@ def shared(trigger: Trigger) -> bool:
     Webhooks (a forge's push to a repo apps follow, or to HQ's repo) carry everything a
     squadron needs: it fetches the code itself. A push to a repo hosted here, or to a hosted
     HQ, needs its commits on the others first: that comes with git bundles (docs/fleet.md).
+    `hd deploy/rollback --fleet` are shared on purpose.
     """
     if trigger.kind == TriggerKind.WEBHOOK:
         return True
+    if trigger.kind in (TriggerKind.DEPLOY, TriggerKind.ROLLBACK):
+        return trigger.data.get("fleet") is True  # `hd deploy/rollback --fleet`
     return trigger.kind == TriggerKind.HQ_SYNC and trigger.text("reason") == "webhook"
 
 

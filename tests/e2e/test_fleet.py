@@ -95,6 +95,9 @@ def test_init_join_a_name_clash_wrong_secret_and_leave(
     a = started(squadrons, tmp_path / "a")
     b = started(squadrons, tmp_path / "b")
     assert fleet_status(a) == {"state": "alone"}
+    alone = a.hd("deploy", "site", "--fleet", check=False)
+    assert alone.returncode == 1
+    assert "not in a fleet" in alone.stderr
     line, url, secret = init(a)
     assert line.startswith("hd fleet join nats://127.0.0.1:")
     wait_for(lambda: connected(a), 30, 0.2, "A connected to its own node")
@@ -207,6 +210,13 @@ def test_a_webhook_to_one_squadron_deploys_on_both(tmp_path: Path) -> None:
                 settled(d)
                 queued = [e for e in d.events() if e.get("event") == "DeployQueued"]
                 assert [e["deploy"] for e in queued].count(delivery) == 1
+
+            # `hd rollback --fleet` on B: every squadron goes back to v1
+            rolled = b.hd("rollback", "site", "--fleet", timeout=120)
+            deploy = re.search(r"rollback (\S+) queued", rolled.stdout).group(1)
+            for d in (a, b):
+                wait_for(lambda d=d: http_get(d.http_port, "/site/") == (200, "v1\n"), 120, 0.3)
+            assert a.wait_event("DeployFinished", 60, deploy=deploy)
         finally:
             stop_node(a)
 

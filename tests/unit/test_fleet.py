@@ -11,7 +11,7 @@ import pytest
 
 from hyperdrive import config as configuration
 from hyperdrive.config import Listen
-from hyperdrive.errors import ConfigError, FleetError
+from hyperdrive.errors import ConfigError, FleetError, SpoolError
 from hyperdrive.fleet import state
 from hyperdrive.fleet.node import NodeSpec, render
 from hyperdrive.fleet.outbox import Outbox
@@ -198,6 +198,16 @@ def test_only_triggers_another_squadron_can_act_on_are_shared() -> None:
     assert not shared(Trigger.push("shop", UPDATE, "ann"))  # its commits are only here
     assert not shared(Trigger.deploy("shop"))
     assert not shared(Trigger.hq_sync("hd headquarters sync"))
+    assert shared(Trigger.deploy("shop", fleet=True))  # `hd deploy shop --fleet`
+    assert shared(Trigger.rollback("shop", fleet=True))
+    assert not shared(Trigger.deploy("shop", source="hq"))  # each squadron reads HQ itself
+
+
+def test_fleet_in_a_requested_trigger_must_be_a_boolean() -> None:
+    with pytest.raises(SpoolError, match="fleet is not true or false"):
+        Trigger.requested({"kind": "rollback", "app": "shop", "data": {"fleet": "yes"}})
+    asked = Trigger.requested({"kind": "deploy", "app": "shop", "data": {"fleet": True}})
+    assert asked.data["fleet"] is True
 
 
 async def test_a_shared_trigger_taken_here_waits_in_the_outbox(tmp_path: Path) -> None:
