@@ -75,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     join = fleet_verbs.add_parser("join", help="join the fleet at URL (what init printed)")
     join.add_argument("url")
     join.add_argument("--secret", required=True, help="the fleet's secret, from init")
+    join.add_argument("--advertise", default="", help="the address other nodes reach")
+    join.add_argument(
+        "--node", action="store_true", help="run a JetStream cluster node here too (3 give R3)"
+    )
     leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
     leave.add_argument("--force", action="store_true", help="even if others use the node here")
     verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
@@ -280,6 +284,7 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
         body["advertise"] = args.advertise
     elif args.fleet_verb == "join":
         body |= {"url": args.url, "secret": args.secret}
+        body |= {"advertise": args.advertise, "node": args.node}
     elif args.fleet_verb == "leave":
         body["force"] = args.force
     answer = client.post("/fleet", body)
@@ -288,7 +293,8 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
         print("on each other squadron, run:")
         print(f"  {answer['join']}")
     elif args.fleet_verb == "join":
-        print(f"joined the fleet at {answer['url']}")
+        node = "; a NATS node runs here too" if answer.get("node") else ""
+        print(f"joined the fleet at {answer['url']}{node}")
     else:
         print("left the fleet: this squadron is alone again")
     return EXIT_OK

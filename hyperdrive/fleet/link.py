@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nats.errors
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 STREAM = "HD_TRIGGERS"
 SUBJECT = "hd.trigger"
 PRESENCE = "hd_squadrons"
+NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 DEDUPE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
@@ -146,6 +147,39 @@ async def ensure_stream(js: JetStreamContext) -> None:
     await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
 
 
+async def grow(js: JetStreamContext) -> bool:
+    """Make the stream and the presence bucket R3 once the cluster has three nodes."""
+    grown = True
+    for name in (STREAM, f"KV_{PRESENCE}"):
+        try:
+            info = await js.stream_info(name)
+            if (info.config.num_replicas or 1) < 3:
+                await js.update_stream(replace(info.config, num_replicas=3))
+        except nats.js.errors.Error as err:
+            log.debug("fleet: %s stays at its replicas for now: %s", name, err)
+            grown = False
+    return grown
+
+
+async def ask_for_routes(
+    urls: tuple[str, ...], creds: Creds, identity: Identity, route: str
+) -> list[str]:
+    """`hd fleet join` as a node: a node of the fleet answers with the routes to its peers."""
+    nc = await connect(urls, creds, name=identity.name, retry=False)
+    try:
+        body = json.dumps({"name": identity.name, "route": route}).encode()
+        answer = await nc.request(NODES, body, timeout=10)
+    except nats.errors.Error as err:
+        why = f"no NATS node of the fleet answered ({err}); join without --node"
+        raise FleetError(why) from None
+    finally:
+        await nc.close()
+    routes = json.loads(answer.data).get("routes")
+    if not isinstance(routes, list) or not routes:
+        raise FleetError("the fleet's node gave no routes; join without --node")
+    return [str(r) for r in routes]
+
+
 async def presence_bucket(js: JetStreamContext) -> KeyValue:
     try:
         return await js.key_value(PRESENCE)
@@ -210,6 +244,9 @@ class _MsgDelivery:
         await self.msg.term()
 
 
+NodesHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class FleetLink:
     """The daemon's side of the fleet: publish the outbox, consume the stream, say its state."""
 
@@ -220,7 +257,10 @@ class FleetLink:
         creds: Creds,
         spool: FileSpool,
         outbox: Outbox,
+        *,
+        answer_nodes: NodesHandler | None = None,
     ) -> None:
+        self.answer_nodes = answer_nodes  # set where this squadron runs a node
         self.identity = identity
         self.urls = urls
         self.creds = creds
@@ -269,6 +309,9 @@ class FleetLink:
                 await self._session()
             except asyncio.CancelledError:
                 raise
+            except FleetStreamLost as err:
+                log.info("fleet: setting up again (%s)", err)
+                backoff = 0.5
             except FleetError as err:
                 self._set(REFUSED, str(err))
             except Exception as err:  # noqa: BLE001 - any failure: say it, retry, keep serving
@@ -299,6 +342,8 @@ class FleetLink:
                 ack_wait=ACK_WAIT_S, deliver_policy=DeliverPolicy.NEW, max_ack_pending=10_000
             ),
         )
+        if self.answer_nodes is not None:
+            await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
         tasks = [asyncio.create_task(w) for w in workers]
@@ -336,9 +381,11 @@ class FleetLink:
             for task in (pull, wake):
                 task.cancel()
             outcome = await asyncio.gather(pull, wake, return_exceptions=True)
+        if isinstance(outcome[0], asyncio.CancelledError):
+            # reconnected, maybe to a node that lost its store (a lone node turned cluster
+            # node): set the stream, the name and the consumer up again
+            raise FleetStreamLost("reconnected")
         if isinstance(outcome[0], BaseException):
-            if isinstance(outcome[0], asyncio.CancelledError):
-                return []  # cut short by the reconnection
             raise outcome[0]
         return list(outcome[0])
 
@@ -399,6 +446,23 @@ class FleetLink:
         if self._nc is None or not self._nc.is_connected:
             raise FleetError("NATS is unreachable: the name stays taken until it is back")
         return self._nc.jetstream()
+
+    async def _nodes_request(self, msg: Msg) -> None:
+        """Another squadron joins as a node: tell it the routes (this node may then turn
+        from a lone node into a cluster)."""
+        assert self.answer_nodes is not None
+        try:
+            body = json.loads(msg.data)
+            answer = await self.answer_nodes(body if isinstance(body, dict) else {})
+        except (ValueError, FleetError) as err:
+            answer = {"error": str(err)}
+        with contextlib.suppress(Exception):
+            await msg.respond(json.dumps(answer).encode())
+
+    async def grow(self) -> bool:
+        if self._nc is None or not self._nc.is_connected:
+            return False
+        return await grow(self._nc.jetstream())
 
     async def release_name(self) -> None:
         """`hd fleet leave`: free the name and drop this squadron's consumer."""

@@ -89,6 +89,7 @@ class NatsNode:
         self.binary = binary
         self.conf = folder / "nats.conf"
         self.pid_file = folder / "nats.pid"
+        self._lock = asyncio.Lock()  # one start, stop or rebirth at a time
 
     def configure(self, spec: NodeSpec) -> None:
         """Write the config (0600: it holds the fleet's password) and the store folder."""
@@ -107,6 +108,20 @@ class NatsNode:
 
     async def start(self) -> int:
         """Adopt the running node, or start one detached on the config; its pid."""
+        async with self._lock:
+            return await self._start()
+
+    async def reborn(self, spec: NodeSpec) -> int:
+        """Restart on a new config with an empty JetStream store: a lone node becoming a
+        cluster node (nats-server does not carry a lone node's streams into a cluster; the
+        fleet's stream holds nothing that is not also in some squadron's spool)."""
+        async with self._lock:
+            await self._stop()
+            shutil.rmtree(self.folder / "jetstream", ignore_errors=True)
+            self.configure(spec)
+            return await self._start()
+
+    async def _start(self) -> int:
         if (pid := self.pid()) is not None:
             return pid
         if not self.conf.exists():
@@ -135,6 +150,10 @@ class NatsNode:
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after a bounded wait; nothing to do when it is not running."""
+        async with self._lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
         pid = self.pid()
         if pid is None:
             return

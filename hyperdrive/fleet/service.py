@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from hyperdrive import __version__, systemd
-from hyperdrive.config import NATS_URL, Config, without_password
+from hyperdrive.config import NATS_URL, Config, Listen, without_password
 from hyperdrive.errors import FleetError
 from hyperdrive.fleet import state
 from hyperdrive.fleet.node import NatsNode, NodeSpec
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from hyperdrive.fleet.link import FleetLink, Identity
 
 log = logging.getLogger(__name__)
+
+ROUTE = re.compile(r"nats://[A-Za-z0-9.:\[\]-]+:\d{1,5}")
 
 
 def node_for(config: Config) -> NatsNode:
@@ -45,6 +48,7 @@ class FleetService:
         self.outbox = Outbox(config.spool_dir / "fleet-outbox.jsonl")
         self.link: FleetLink | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.problem = ""  # why the fleet could not start (bad creds file, …)
 
     def urls(self) -> tuple[str, ...]:
@@ -66,7 +70,15 @@ class FleetService:
             self._supervisor = asyncio.create_task(self.node.supervise(), name="nats-server")
         from hyperdrive.fleet.link import FleetLink  # noqa: PLC0415 - only a fleet loads nats
 
-        self.link = FleetLink(self._identity(), urls, creds, self.spool, self.outbox)
+        node = membership is not None and membership.node
+        self.link = FleetLink(
+            self._identity(),
+            urls,
+            creds,
+            self.spool,
+            self.outbox,
+            answer_nodes=self._answer_nodes if node else None,
+        )
         await self.link.start()
 
     async def stop(self) -> None:
@@ -95,38 +107,95 @@ class FleetService:
     async def init(self, advertise: str) -> dict[str, Any]:
         """Make this squadron the fleet's first: a managed nats-server, new credentials."""
         self._refuse_if_member()
-        if shutil.which(self.node.binary) is None:
-            raise FleetError("nats-server is not installed (apt-get install nats-server)")
+        self._need_nats_server()
         creds = state.new_creds()
-        spec = NodeSpec(
-            self.config.name,
-            self.config.nats_dir,
-            self.config.fleet_listen,
-            self.config.fleet_cluster_listen,
-            creds,
-        )
-        await asyncio.to_thread(self._write_node, spec, creds, advertise)
+        await asyncio.to_thread(self._write_node, self._spec(creds, ()), creds, advertise, ())
         await self.node.stop()  # a node a previous `leave` could not stop
         await self.node.start()
         await self._restart()
         url = state.client_url(self.config.fleet_listen, advertise or _advertised(self.config))
         return {"join": state.join_line(url, creds), "url": url}
 
-    def _write_node(self, spec: NodeSpec, creds: state.Creds, advertise: str) -> None:
+    def _need_nats_server(self) -> None:
+        if shutil.which(self.node.binary) is None:
+            raise FleetError("nats-server is not installed (apt-get install nats-server)")
+
+    def _spec(self, creds: state.Creds, routes: tuple[str, ...]) -> NodeSpec:
+        c = self.config
+        return NodeSpec(c.name, c.nats_dir, c.fleet_listen, c.fleet_cluster_listen, creds, routes)
+
+    def _route(self, advertise: str) -> str:
+        """This node's cluster URL as the others reach it."""
+        host = advertise or _advertised(self.config)
+        return f"nats://{Listen(host, self.config.fleet_cluster_listen.port)}"
+
+    def _write_node(
+        self, spec: NodeSpec, creds: state.Creds, advertise: str, routes: tuple[str, ...]
+    ) -> None:
         self.node.configure(spec)
         state.write_creds(self.config.fleet_creds_file, creds)
-        state.write_membership(self.config, state.Membership(node=True, advertise=advertise))
+        membership = state.Membership(node=True, advertise=advertise, routes=routes)
+        state.write_membership(self.config, membership)
 
-    async def join(self, url: str, secret: str) -> dict[str, Any]:
-        """Become a member of the fleet at `url`: checked first (secret, name), then kept."""
+    async def join(
+        self, url: str, secret: str, *, advertise: str = "", node: bool = False
+    ) -> dict[str, Any]:
+        """Join the fleet at `url`, checked first (secret, name): as a member (a client of
+        `url`), or with `node` as a JetStream cluster node of its own (three give R3)."""
         self._refuse_if_member()
-        from hyperdrive.fleet.link import probe  # noqa: PLC0415 - only a fleet loads nats
+        from hyperdrive.fleet import link  # noqa: PLC0415 - only a fleet loads nats
 
-        creds = state.Creds(state.FLEET_USER, secret)
-        await probe((url,), creds, self._identity())
-        await asyncio.to_thread(self._write_member, url, creds)
+        creds, identity = state.Creds(state.FLEET_USER, secret), self._identity()
+        await link.probe((url,), creds, identity)
+        if not node:
+            await asyncio.to_thread(self._write_member, url, creds)
+            await self._restart()
+            return {"url": url, "node": False}
+        self._need_nats_server()
+        route = self._route(advertise)
+        routes = await link.ask_for_routes((url,), creds, identity, route)
+        peers = tuple(r for r in routes if r != route)
+        await asyncio.to_thread(self._write_node, self._spec(creds, peers), creds, advertise, peers)
+        await self.node.stop()
+        await self.node.start()
         await self._restart()
-        return {"url": url}
+        self._background(self._grow(), "fleet grow")
+        return {"url": url, "node": True, "routes": list(peers)}
+
+    async def _answer_nodes(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A squadron joins as a node: the routes to this node and its peers. A lone node
+        (the fleet's first) turns into a cluster node with the joiner as its peer."""
+        route = str(body.get("route") or "")
+        if not ROUTE.fullmatch(route):
+            raise FleetError(f"not a route URL: {route!r}")
+        membership = state.read_membership(self.config)
+        if membership is None or not membership.node:
+            raise FleetError("this squadron runs no NATS node")
+        routes = sorted({self._route(membership.advertise), *membership.routes})
+        if not membership.routes:
+            self._background(self._become_cluster(membership, route), "fleet cluster")
+        return {"routes": routes}
+
+    async def _become_cluster(self, membership: state.Membership, route: str) -> None:
+        await asyncio.sleep(0.5)  # the answer is on its way first
+        creds = state.read_creds(self.config.fleet_creds_file)
+        routes = (route,)
+        grown = state.Membership(node=True, advertise=membership.advertise, routes=routes)
+        await asyncio.to_thread(state.write_membership, self.config, grown)
+        await self.node.reborn(self._spec(creds, routes))
+        log.info("fleet: this node is now a cluster node with %s", route)
+
+    async def _grow(self) -> None:
+        """R3 once three nodes are in (bounded: a cluster still forming is asked again)."""
+        for _ in range(30):
+            await asyncio.sleep(2)
+            if self.link is not None and await self.link.grow():
+                return
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _write_member(self, url: str, creds: state.Creds) -> None:
         state.write_creds(self.config.fleet_creds_file, creds)
@@ -135,17 +204,20 @@ class FleetService:
     async def leave(self, force: bool = False) -> dict[str, Any]:
         """Give up the name, stop the link and the managed node, forget the membership.
 
-        The squadron running the fleet's only node does not leave while others use it."""
+        The squadron running the fleet's only node does not leave while others use it; a
+        cluster node may (the others go on while two of three remain)."""
         if self.config.fleet:
             raise FleetError("HYPERDRIVE_FLEET is set in main.conf: remove it to leave")
         membership = state.read_membership(self.config)
         if membership is None:
             raise FleetError("this squadron is not in a fleet")
-        if membership.node and not force:
-            await self._refuse_if_others()
+        if membership.node and not membership.routes and not force:
+            await self._refuse_if_others()  # the fleet's only node
         if self.link is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.link.release_name(), 5)
+            try:
+                await asyncio.wait_for(self.link.release_name(), 10)
+            except Exception as err:  # noqa: BLE001 - leaving goes on; the name stays taken
+                log.warning("fleet: could not free the name %s: %r", self.config.name, err)
         await self.stop()
         await self.node.stop()
         await asyncio.to_thread(self._forget)
@@ -226,7 +298,8 @@ async def _act(fleet: FleetService, body: dict[str, Any]) -> dict[str, Any]:
         url, secret = str(body.get("url") or ""), str(body.get("secret") or "")
         if not NATS_URL.fullmatch(url) or not secret:
             raise FleetError("join needs a NATS URL (nats://HOST:PORT) and the fleet's --secret")
-        return await fleet.join(url, secret)
+        advertise, node = str(body.get("advertise") or ""), bool(body.get("node"))
+        return await fleet.join(url, secret, advertise=advertise, node=node)
     if action == "leave":
         return await fleet.leave(force=bool(body.get("force")))
     raise FleetError(f"unknown fleet action {action!r} (init, join, leave)")
