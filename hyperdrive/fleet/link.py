@@ -39,7 +39,7 @@ NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 DEDUPE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
-FETCH_WAIT_S = 60.0  # a pull waits this long on the server for new triggers
+FETCH_WAIT_S = 10.0  # a pull waits this long; a pull lost with its consumer leader is retried
 CONNECT_TIMEOUT_S = 3
 PUBLISH_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
@@ -147,18 +147,20 @@ async def ensure_stream(js: JetStreamContext) -> None:
     await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
 
 
-async def grow(js: JetStreamContext) -> bool:
-    """Make the stream and the presence bucket R3 once the cluster has three nodes."""
-    grown = True
+async def grow(js: JetStreamContext) -> int:
+    """Make the stream and the presence bucket R3 once the cluster has three nodes; the
+    replicas both have now (1 while the cluster is smaller, or still forming)."""
+    replicas = 3
     for name in (STREAM, f"KV_{PRESENCE}"):
         try:
             info = await js.stream_info(name)
             if (info.config.num_replicas or 1) < 3:
-                await js.update_stream(replace(info.config, num_replicas=3))
-        except nats.js.errors.Error as err:
+                info = await js.update_stream(replace(info.config, num_replicas=3))
+            replicas = min(replicas, info.config.num_replicas or 1)
+        except (nats.js.errors.Error, nats.errors.Error) as err:
             log.debug("fleet: %s stays at its replicas for now: %s", name, err)
-            grown = False
-    return grown
+            replicas = 1
+    return replicas
 
 
 async def ask_for_routes(
@@ -269,6 +271,7 @@ class FleetLink:
         self.relay = Relay(spool, outbox, connected=lambda: self.state == CONNECTED)
         self.state, self.detail = CONNECTING, ""
         self.published = 0
+        self.replicas = 0  # of the trigger stream, as last seen (0: not yet)
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._reconnected = asyncio.Event()
@@ -333,6 +336,7 @@ class FleetLink:
         )
         js = self._nc.jetstream()
         await ensure_stream(js)
+        self.replicas = (await js.stream_info(STREAM)).config.num_replicas or 1
         await claim_name(await presence_bucket(js), self.identity)
         sub = await js.pull_subscribe(
             f"{SUBJECT}.>",
@@ -462,7 +466,8 @@ class FleetLink:
     async def grow(self) -> bool:
         if self._nc is None or not self._nc.is_connected:
             return False
-        return await grow(self._nc.jetstream())
+        self.replicas = await grow(self._nc.jetstream())
+        return self.replicas >= 3
 
     async def release_name(self) -> None:
         """`hd fleet leave`: free the name and drop this squadron's consumer."""
@@ -481,4 +486,5 @@ class FleetLink:
             "published": self.published,
             "received": self.relay.received_count,
             "awaiting_outcome": len(self.relay.held),
+            "replicas": self.replicas,
         }

@@ -230,3 +230,42 @@ def order_site(d: Daemon, admiral: Admiral, hq_dir: Path, url: str) -> None:
     admiral.commit(hq, orders)
     admiral.git("push", "hyperdrive", "master", cwd=hq)
     wait_for(lambda: http_get(d.http_port, "/site/") == (200, "v1\n"), 120, 0.3, "v1 served")
+
+
+def test_three_nodes_keep_the_fleet_going_without_the_first(
+    tmp_path: Path, squadrons: list[Daemon]
+) -> None:
+    a, b, c = (started(squadrons, tmp_path / name) for name in "abc")
+    _, url, secret = init(a)
+    for d in (b, c):
+        node = d.hd(
+            "fleet",
+            "join",
+            url,
+            "--secret",
+            secret,
+            "--node",
+            "--advertise",
+            "127.0.0.1",
+            timeout=60,
+        )
+        assert "a NATS node runs here too" in node.stdout
+        wait_for(lambda d=d: connected(d), 60, 0.2, "the new node connected")
+    wait_for(lambda: all(connected(d) for d in (a, b, c)), 60, 0.2, "all three connected")
+    wait_for(lambda: fleet_status(c)["replicas"] == 3, 90, 0.5, "the stream on three nodes")
+    a.stop()
+    stop_node(a)  # the first squadron and its node are gone for good
+
+    # a fleet trigger from B still reaches C (an app nobody has: it fails fast everywhere)
+    def reaches_c() -> bool:
+        asked = b.hd("rollback", "ghost", "--fleet", check=False, timeout=60)
+        found = re.search(r"rollback (\S+) queued", asked.stdout)
+        if not found:
+            return False
+        try:
+            c.wait_event("DeployFailed", 10, deploy=found.group(1))
+        except AssertionError:
+            return False
+        return True
+
+    wait_for(reaches_c, 90, 1, "a trigger from B on C without the first node")
