@@ -275,6 +275,7 @@ class FleetLink:
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._reconnected = asyncio.Event()
+        self._discovered: list[str] = []  # the fleet's other nodes, as the last connection knew
 
     def _set(self, state: str, detail: str) -> None:
         if state == CONNECTED and self.state != CONNECTED:
@@ -325,14 +326,20 @@ class FleetLink:
 
     async def _close(self) -> None:
         if self._nc is not None:
+            self._discovered = [u.geturl() for u in self._nc.discovered_servers]
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
             self._nc = None
 
+    def _servers(self) -> tuple[str, ...]:
+        """The configured URLs first, then the nodes the last connection learned of: a new
+        session still finds the fleet when the configured node is the one that is gone."""
+        return tuple(dict.fromkeys([*self.urls, *self._discovered]))
+
     async def _session(self) -> None:
         """Connect, set up, then run until something fails for good."""
         self._nc = await connect(
-            self.urls, self.creds, name=self.identity.name, retry=True, on_state=self._set
+            self._servers(), self.creds, name=self.identity.name, retry=True, on_state=self._set
         )
         js = self._nc.jetstream()
         await ensure_stream(js)
