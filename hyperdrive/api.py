@@ -124,6 +124,7 @@ class Api:
         *,
         set_headquarters: Callable[[str], None] | None = None,
         public_routes: Sequence[Callable[[web.Application], None]] = (),
+        admin_routes: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
@@ -132,6 +133,7 @@ class Api:
         self.metrics = metrics
         self.set_headquarters = set_headquarters
         self.public_routes = public_routes
+        self.admin_routes = admin_routes
         self.started = time.time()
         self._registry: Any = None
 
@@ -152,6 +154,8 @@ class Api:
         app.router.add_post("/triggers", self.post_trigger)
         app.router.add_post("/tokens", self.post_token)
         app.router.add_post("/headquarters", self.post_headquarters)
+        for add_routes in self.admin_routes:
+            add_routes(app)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:

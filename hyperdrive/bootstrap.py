@@ -13,6 +13,7 @@ from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
+from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
@@ -112,6 +113,7 @@ class Daemon:
     gitserver: GitServer
     keyring: KeyRing
     dns: ShipDns
+    fleet: FleetService
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -253,9 +255,10 @@ def build(
     hull_builder: HullBuilder | None = None,
 ) -> Daemon:
     """The whole daemon, wired; each adapter not given is the real one."""
-    fleet = Fleet(config.hull)  # its secrets are masked in every event (hyperdrive/masking.py)
+    # the orders in force; their secrets are masked in every event (hyperdrive/masking.py)
+    orders = Fleet(config.hull)
     eventlog = JsonlEventLog(
-        config.events_file, max_bytes=config.eventlog_max_bytes, mask=fleet.mask
+        config.events_file, max_bytes=config.eventlog_max_bytes, mask=orders.mask
     )
 
     def rejected(name: str, why: str) -> None:
@@ -263,6 +266,7 @@ def build(
         eventlog.append(event.record())
 
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
+    fleet = FleetService(config, spool)
     dns = ShipDns(str(bridge_address(config.subnet)), lambda: (), config.ship_dns)
     adapters = real_adapters(
         config,
@@ -275,7 +279,7 @@ def build(
         clock=clock,
         dns=dns,
     )
-    core = deploy_core(config, adapters, fleet)
+    core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
@@ -298,7 +302,7 @@ def build(
         starter=core.deployer.starter,
         out=bus,
     )
-    status = _status(config, core, headquarters, spool, bus)
+    status = _status(config, core, headquarters, spool, bus, fleet)
     api = _api(
         config=config,
         core=core,
@@ -308,6 +312,7 @@ def build(
         bus=bus,
         inbox=inbox,
         status=status,
+        fleet=fleet,
     )
     gitserver = _gitserver(config, keyring, eventlog, spool, status)
     return Daemon(
@@ -323,6 +328,7 @@ def build(
         gitserver,
         keyring,
         dns,
+        fleet,
     )
 
 
@@ -335,8 +341,13 @@ def served_names(config: Config, core: Core) -> set[str]:
 Status = Callable[[], dict[str, Any]]
 
 
-def _status(
-    config: Config, core: Core, hq: HeadquartersSync, spool: FileSpool, bus: MessageBus
+def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
+    config: Config,
+    core: Core,
+    hq: HeadquartersSync,
+    spool: FileSpool,
+    bus: MessageBus,
+    fleet: FleetService,
 ) -> Status:
     def status() -> dict[str, Any]:
         counts = {
@@ -352,7 +363,7 @@ def _status(
             hulls=core.hulls,
             headquarters=hq.source.url,
             counts=counts,
-        )
+        ) | {"fleet": fleet.status()}
 
     return status
 
@@ -382,6 +393,7 @@ def _api(
     bus: MessageBus,
     inbox: Inbox,
     status: Status,
+    fleet: FleetService,
 ) -> Api:
     deliveries = Deliveries()  # what each webhook delivery was answered, for the dashboard
     webhooks = WebhookReceiver(
@@ -415,6 +427,7 @@ def _api(
         metrics,
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes, dashboard.add_routes],
+        admin_routes=[fleet_routes(fleet)],
     )
 
 
