@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.files import write_atomically
 from hyperdrive.idmap import IdMap, hand_over, passage_error, shift_tree
-from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec
+from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec, check_cpu_weight
 from hyperdrive.procs import run
 
 if TYPE_CHECKING:
@@ -136,7 +136,20 @@ def cgroup_settings(spec: ShipSpec, keys: CgroupKeys) -> list[tuple[str, str]]:
     if spec.pids is not None and keys.pids is not None:  # no controller: no limit (doctor says)
         key = "lxc.cgroup.pids.max" if keys.pids == "v1" else "lxc.cgroup2.pids.max"
         settings.append((key, str(spec.pids)))
+    settings += [(f"lxc.{g}.{k}", v) for g, k, v in cpu_weight(spec.cpu_weight, keys)]
     return settings
+
+
+def cpu_weight(weight: int | None, keys: CgroupKeys) -> list[tuple[str, str, str]]:
+    """(lxc.cgroup or lxc.cgroup2, key, value) for a CPU weight in v2 units: v1 counts it in
+    cpu.shares (1024 is normal, so 100 → 1024); nothing where there is no cpu controller."""
+    if weight is None:
+        return []
+    if keys.cpu == "v1":
+        return [("cgroup", "cpu.shares", str(max(2, round(weight * 1024 / 100))))]
+    if keys.cpu == "v2":
+        return [("cgroup2", "cpu.weight", str(weight))]
+    return []
 
 
 @functools.cache
@@ -336,6 +349,11 @@ class Lxc:
         except FileNotFoundError:
             raise ContainerError(f"ship {ship} does not exist") from None
         return _rootfs(text, config.parent)
+
+    async def set_cpu_weight(self, ship: str, weight: int) -> None:
+        """Give a running ship another CPU weight (v2 units) at once, with `lxc-cgroup`."""
+        for _, key, value in cpu_weight(check_cpu_weight(weight), self.cgroups):
+            self._check(await self._exec("lxc-cgroup", ship, key, value, seconds=self.timeout))
 
     async def info(self, ship: str) -> ContainerInfo | None:
         """State and init pid of one container, or None if it does not exist."""

@@ -22,7 +22,7 @@ from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.job import Job, Stamped, stage
-from hyperdrive.pipeline.model import Mount, Ship, ShipSpec
+from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
 from hyperdrive.runtimes import choose_hull, read_asks
 
@@ -163,6 +163,7 @@ class Builder:
             cpus=orders.cpus,
             mounts=mounts,
             pids=self.config.ship_pids,
+            cpu_weight=BUILD_CPU_WEIGHT,  # Starter.run_start raises it before the app runs
         )
 
     def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> list[Path]:
