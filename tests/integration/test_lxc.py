@@ -215,7 +215,8 @@ async def test_a_ship_starts_at_its_configured_cpu_weight_and_can_be_given_anoth
     )
     assert await run(lxc, ship, "cat", inside) == (0, [low])
     info = await lxc.info(ship)
-    assert info is not None and info.pid is not None
+    assert info is not None
+    assert info.pid is not None
     assert host_cpu_weight(info.pid) == low
     await lxc.set_cpu_weight(ship, RUNNING_CPU_WEIGHT)
     assert host_cpu_weight(info.pid) == normal

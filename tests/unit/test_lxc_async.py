@@ -77,6 +77,17 @@ def test_limits_use_the_keys_that_take_effect() -> None:
         cgroup_settings(limited, CgroupKeys(None, "v1", memsw=False))
 
 
+def test_a_cpu_weight_is_v1_shares_or_v2_weight_and_a_preference_without_a_controller() -> None:
+    assert cgroup_settings(spec(cpu_weight=10), V1) == [("lxc.cgroup.cpu.shares", "102")]
+    assert cgroup_settings(spec(cpu_weight=100), V1) == [("lxc.cgroup.cpu.shares", "1024")]
+    assert cgroup_settings(spec(cpu_weight=1), V1) == [("lxc.cgroup.cpu.shares", "10")]
+    assert cgroup_settings(spec(cpu_weight=10), V2) == [("lxc.cgroup2.cpu.weight", "10")]
+    assert cgroup_settings(spec(cpu_weight=10), CgroupKeys("v1", None, memsw=False)) == []
+    assert "lxc.cgroup.cpu.shares = 102" in render_config(HULL_CONFIG, spec(cpu_weight=10), V1)
+    with pytest.raises(ContainerError, match="cpu weight 0 is out of range"):
+        spec(cpu_weight=0)
+
+
 def test_render_keeps_hull_lines_and_replaces_managed_ones(tmp_path: Path) -> None:
     ship = spec(mounts=(Mount(tmp_path, "/app"), Mount(tmp_path, "/cache/pip", readonly=False)))
     text = render_config(HULL_CONFIG, ship, V1)
