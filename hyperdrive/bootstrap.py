@@ -417,6 +417,7 @@ def _api(
             "webhook_refusals_summarised": webhooks.refusals.unwritten,
             "dashboard_sign_ins_refused": dashboard.refusals.tally.refused,
             "dashboard_sessions": len(dashboard.sessions),
+            "webhook_slow_bodies": webhooks.slow_bodies,
         }
 
     return Api(

@@ -546,6 +546,7 @@ class WebhookReceiver:
         self._clock = clock
         self.refusals = refusals or RefusalTally()
         self.deliveries = deliveries
+        self.slow_bodies = 0  # deliveries whose body did not arrive within read_timeout
 
     def add_routes(self, app: web.Application) -> None:
         for name in PROVIDERS:
@@ -621,6 +622,7 @@ class WebhookReceiver:
                         raise WebhookRefused(413, f"body is larger than {self._max_body} bytes")
                     chunks.append(chunk)
         except TimeoutError as err:
+            self.slow_bodies += 1
             raise WebhookRefused(408, f"body not received within {self._read_timeout:g} s") from err
         except (aiohttp.ClientPayloadError, ConnectionError) as err:
             raise _bad(f"body was cut short: {err}") from err
