@@ -30,10 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hyperdrive.idmap import for_ships
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import bridge_name, ensure_bridge, teardown_bridge
 from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, RUNNING_CPU_WEIGHT, Mount, ShipSpec
 from hyperdrive.procs import run
+from tests.conftest import open_for_ships
 from tests.integration.lxc_fixtures import get_until_ok
 
 SUBNET = "10.213.203.0/24"
@@ -79,9 +81,8 @@ class Load:
     def __init__(self, ip: str, path: str) -> None:
         self._stop = threading.Event()
         self._done: list[list[tuple[float, float]]] = []
-        self._thread = threading.Thread(
-            target=lambda: self._done.append(paced(ip, path, self._stop))
-        )
+        work = lambda: self._done.append(paced(ip, path, self._stop))  # noqa: E731
+        self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
 
     async def samples(self) -> list[tuple[float, float]]:
@@ -123,6 +124,8 @@ class Bench:
             bridge=self.bridge,
             hostname=name,
             mounts=(Mount(self.site, "/app"),),
+            memory_bytes=1024**3,  # the defaults every ship gets
+            pids=1024,
             cpu_weight=BUILD_CPU_WEIGHT,  # as the pipeline configures every ship
         )
 
@@ -253,9 +256,9 @@ def make_site(folder: Path) -> None:
 async def main(rounds: int, seconds: float, pages: list[str]) -> None:
     tag = "hdb" + secrets.token_hex(2)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = open_for_ships(tmp)
         make_site(root / "site")
-        lxc = Lxc(root / "containers", root / "logs")
+        lxc = Lxc(root / "containers", root / "logs", ids=for_ships())
         gateway = await ensure_bridge(tag, SUBNET)
         bench = Bench(lxc, f"{tag}-hull", gateway, bridge_name(tag), root / "site")
         rows: dict[tuple[str, str], list[Row]] = {(p, m): [] for p in pages for m in MODES}

@@ -84,4 +84,4 @@ def test_a_build_that_outgrows_the_ordered_memory_is_killed_and_says_so(
     sha = repo.commit({"bin/build": HUNGRY_BUILD, "Procfile": PROCFILE})
     outcome = wait_outcome(d, repo.push_trigger(sha))
     assert (outcome["event"], outcome["stage"]) == ("DeployFailed", "build"), outcome
-    assert "build was killed for memory (32M)" in outcome["message"], outcome["message"]
+    assert "build was killed for memory (32M ordered)" in outcome["message"], outcome["message"]
