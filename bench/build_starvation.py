@@ -1,16 +1,16 @@
-"""Does another app's build starve a live app? Its p99 latency with and without a build that
-burns every core, the build at Hyperdrive's low CPU weight, at the normal one (the peer: what
-a build got before), and in a cpu.idle cgroup (SCHED_IDLE, for comparison).
+"""Does another app's build starve a live app? Its p99 latency with no build, and while a
+build burns every core at Hyperdrive's low CPU weight, at the normal weight (the peer: what a
+build got before), and in a cpu.idle cgroup (SCHED_IDLE, for comparison).
 
     sudo .venv/bin/python bench/build_starvation.py [ROUNDS] [SECONDS] [PAGE…]
 
 A live ship (busybox hull, busybox httpd, started as the pipeline starts one: configured at the
 build weight, raised to the running weight with `lxc-cgroup`) answers a paced client on the
-host (200 requests/s, a new connection each, over the bridge) for a static page and a CGI
-script that computes for a few ms. A second ship runs the build: four busy loops (two per core
-here), frozen and thawed in turns every second for SECONDS, so the requests with and without
-the build see the same background load (this machine is shared). Uses a private lxcpath in a
-temp folder and a bridge `hdb<hex4>br0` on 10.213.203.0/24; removes everything at the end.
+host (200 requests/s, a new connection each, over the bridge) for a static page and for a CGI
+script that computes for a few ms. A second ship runs the build, four busy loops (two per core
+here), and is put in each state in turn for a second (frozen, low, normal, idle) for SECONDS,
+so every state sees the same background load (this machine is shared). Uses a private lxcpath
+in a temp folder and a bridge `hdb<hex4>br0` on 10.213.203.0/24; removes everything at the end.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from tests.integration.lxc_fixtures import get_until_ok
 
 SUBNET = "10.213.203.0/24"
 RATE = 200  # requests per second
-WINDOW_S = 1.0  # the build runs and is frozen in turns, so both see the same background
-SETTLE_S = 0.1  # requests sent this soon after a freeze or thaw are not counted
+WINDOW_S = 1.0  # how long the build stays in each state before the next
+SETTLE_S = 0.1  # requests sent this soon after a change of state are not counted
 PATH = {"PATH": "/bin:/sbin:/usr/bin:/usr/sbin"}
 # What the other app's build does: four busy loops (two per core here) until its ship stops.
 BURN = "for i in 1 2 3 4; do (while :; do :; done) >/dev/null 2>&1 & done; echo burning; sleep 3600"
@@ -149,14 +149,10 @@ class Bench:
         await get_until_ok("http://10.213.203.2:8080/index.html")
         return "10.213.203.2"
 
-    async def under_build(self, ip: str, path: str, name: str, mode: str, seconds: float) -> Row:
-        """The live app's latencies while ship `name` builds in `mode`, the build frozen and
-        thawed every WINDOW_S so both buckets see the same background load."""
+    async def under_build(self, ip: str, path: str, name: str, seconds: float) -> Result:
+        """The live app's latencies while ship `name` builds, the build put in each STATE in
+        turn for WINDOW_S, so every state sees the same background load."""
         await self.ship(name, 3)
-        if mode == "normal":
-            await self.lxc.set_cpu_weight(name, RUNNING_CPU_WEIGHT)
-        elif mode == "idle":
-            await self.lxc_program("lxc-cgroup", name, "cpu.idle", "1")
         started = asyncio.Event()
         argv = ["sh", "-c", BURN]
         build = asyncio.create_task(
@@ -174,62 +170,74 @@ class Bench:
             await asyncio.gather(build, return_exceptions=True)
             await self.lxc.destroy(name)
 
-    async def _windows(self, ip: str, path: str, name: str, pid: int, seconds: float) -> Row:
-        toggles: list[tuple[float, bool]] = []
-        cpu = wall = 0.0
+    async def enter(self, name: str, state: str) -> None:
+        """Put the build in `state`: frozen (no build), or running at a weight or SCHED_IDLE."""
+        if state == "none":
+            await self.lxc_program("lxc-freeze", name)
+            return
+        await self.lxc_program("lxc-unfreeze", name)
+        await self.lxc_program("lxc-cgroup", name, "cpu.idle", "1" if state == "idle" else "0")
+        if state != "idle":  # the kernel refuses a weight for an idle group
+            weight = RUNNING_CPU_WEIGHT if state == "normal" else BUILD_CPU_WEIGHT
+            await self.lxc.set_cpu_weight(name, weight)
+
+    async def _windows(self, ip: str, path: str, name: str, pid: int, seconds: float) -> Result:
+        toggles: list[tuple[float, str]] = []
+        cpu = dict.fromkeys(STATES, 0.0)
         load = Load(ip, path)
         for n in range(int(seconds / WINDOW_S)):
-            building = n % 2 == 1
-            program = "lxc-unfreeze" if building else "lxc-freeze"
-            await self.lxc_program(program, name)
-            toggles.append((time.perf_counter(), building))
+            state = STATES[n % len(STATES)]
+            await self.enter(name, state)
+            toggles.append((time.perf_counter(), state))
             used0 = cpu_usage_s(pid)
             await asyncio.sleep(WINDOW_S)
-            if building:
-                cpu, wall = cpu + cpu_usage_s(pid) - used0, wall + WINDOW_S
-        toggles.append((time.perf_counter(), False))
-        idle, busy = bucket(await load.samples(), toggles)
-        return Row(p99(idle), p99(busy), cpu / wall, len(idle), len(busy))
+            cpu[state] += cpu_usage_s(pid) - used0
+        toggles.append((time.perf_counter(), "none"))
+        windows = len(toggles) // len(STATES)
+        latencies = bucket(await load.samples(), toggles)
+        cores = {state: used / (windows * WINDOW_S) for state, used in cpu.items()}
+        return Result(latencies, cores)
 
 
 @dataclass
-class Row:
-    idle_p99: float
-    build_p99: float
-    cores: float
-    idle_n: int
-    build_n: int
+class Result:
+    latencies: dict[str, list[float]]  # by state
+    cores: dict[str, float]  # cores the build used in each state
 
-    @property
-    def ratio(self) -> float:
-        return self.build_p99 / self.idle_p99
+    def p99(self, state: str) -> float:
+        return p99(self.latencies[state])
+
+    def ratio(self, state: str) -> float:
+        return self.p99(state) / self.p99("none")
 
     def __str__(self) -> str:
-        return (
-            f"idle p99 {self.idle_p99:6.2f} ms, during build {self.build_p99:6.2f} ms"
-            f" ({self.ratio:4.2f}x), build used {self.cores:.2f} cores;"
-            f" {self.idle_n}+{self.build_n} requests"
-        )
+        shown = [f"no build p99 {self.p99('none'):6.2f} ms"]
+        for state in STATES[1:]:
+            shown.append(f"{state} {self.p99(state):6.2f} ms ({self.ratio(state):4.2f}x)")
+        counts = "+".join(str(len(self.latencies[s])) for s in STATES)
+        return ", ".join(shown) + f"; {counts} requests"
 
 
 def bucket(
-    samples: list[tuple[float, float]], toggles: list[tuple[float, bool]]
-) -> tuple[list[float], list[float]]:
-    """Latencies of requests sent and answered within one window (after SETTLE_S), by whether
-    the build ran in it."""
-    idle: list[float] = []
-    busy: list[float] = []
-    for (begin, building), (end, _) in itertools.pairwise(toggles):
+    samples: list[tuple[float, float]], toggles: list[tuple[float, str]]
+) -> dict[str, list[float]]:
+    """Latencies of requests sent and answered within one window (after SETTLE_S), by the
+    build's state in it."""
+    found: dict[str, list[float]] = {state: [] for state in STATES}
+    for (begin, state), (end, _) in itertools.pairwise(toggles):
         for sent, latency in samples:
             if begin + SETTLE_S <= sent and sent + latency <= end:
-                (busy if building else idle).append(latency)
-    return idle, busy
+                found[state].append(latency)
+    return found
 
 
-MODES = {
-    "low": f"Hyperdrive: build at cpu weight {BUILD_CPU_WEIGHT}",
-    "normal": f"peer: build at the normal weight {RUNNING_CPU_WEIGHT}",
-    "idle": "build in a cpu.idle=1 cgroup (SCHED_IDLE)",
+# The build's states, one window each in turn: none (frozen), at Hyperdrive's build weight, at
+# the normal weight (the peer: what a build got before), in a cpu.idle cgroup (SCHED_IDLE).
+STATES = ("none", "low", "normal", "idle")
+SHOWN = {
+    "low": f"Hyperdrive: the build at cpu weight {BUILD_CPU_WEIGHT}",
+    "normal": f"peer: the build at the normal weight {RUNNING_CPU_WEIGHT}",
+    "idle": "the build in a cpu.idle=1 cgroup (SCHED_IDLE)",
 }
 
 
@@ -261,38 +269,38 @@ async def main(rounds: int, seconds: float, pages: list[str]) -> None:
         lxc = Lxc(root / "containers", root / "logs", ids=for_ships())
         gateway = await ensure_bridge(tag, SUBNET)
         bench = Bench(lxc, f"{tag}-hull", gateway, bridge_name(tag), root / "site")
-        rows: dict[tuple[str, str], list[Row]] = {(p, m): [] for p in pages for m in MODES}
+        results: dict[str, list[Result]] = {page: [] for page in pages}
         try:
             await lxc.create_busybox_hull(bench.hull)
             ip = await bench.live_app(f"{tag}-live")
-            for (path, mode), mine in rows.items():
-                await Load(ip, path).samples()  # warm up
+            for page, mine in results.items():
+                await Load(ip, page).samples()  # warm up
                 for n in range(rounds):
-                    row = await bench.under_build(ip, path, f"{tag}-b{n}", mode, seconds)
-                    mine.append(row)
-                    print(f"{path} {mode:6} round {n + 1}: {row}", flush=True)
+                    mine.append(await bench.under_build(ip, page, f"{tag}-b{n}", seconds))
+                    print(f"{page} round {n + 1}: {mine[-1]}", flush=True)
         finally:
             for info in await lxc.list():
                 if info.name != bench.hull:
                     await lxc.destroy(info.name)
             await lxc.destroy(bench.hull)
             await teardown_bridge(tag)
-    summary(rows)
+    summary(results)
 
 
-def summary(rows: dict[tuple[str, str], list[Row]]) -> None:
-    count = len(next(iter(rows.values())))
-    print(f"median of {count} rounds        idle p99  build p99  ratio  build cores")
-    for (path, mode), mine in rows.items():
-        idle = statistics.median(r.idle_p99 for r in mine)
-        busy = statistics.median(r.build_p99 for r in mine)
-        ratio = statistics.median(r.ratio for r in mine)
-        cores = statistics.median(r.cores for r in mine)
-        figures = f"{idle:7.2f} {busy:10.2f} {ratio:6.2f}x {cores:8.2f}"
-        print(f"  {path:14} {mode:6} {figures}   {MODES[mode]}")
+def summary(results: dict[str, list[Result]]) -> None:
+    count = len(next(iter(results.values())))
+    print(f"median of {count} rounds      p99 no build  p99 build  ratio  build cores")
+    for page, mine in results.items():
+        idle = statistics.median(r.p99("none") for r in mine)
+        for state in STATES[1:]:
+            busy = statistics.median(r.p99(state) for r in mine)
+            ratio = statistics.median(r.ratio(state) for r in mine)
+            cores = statistics.median(r.cores[state] for r in mine)
+            figures = f"{idle:9.2f} {busy:10.2f} {ratio:6.2f}x {cores:8.2f}"
+            print(f"  {page:14} {state:6} {figures}   {SHOWN[state]}")
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     pages = args[2:] or list(PAGES)
-    asyncio.run(main(int(args[0]) if args else 3, float(args[1]) if len(args) > 1 else 40.0, pages))
+    asyncio.run(main(int(args[0]) if args else 3, float(args[1]) if len(args) > 1 else 80.0, pages))
