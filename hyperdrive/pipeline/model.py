@@ -167,6 +167,7 @@ class ShipSpec:
     mounts: tuple[Mount, ...] = ()
     pids: int | None = None  # most processes and threads the ship may have at once
     cpu_weight: int | None = None  # cgroup v2 units (1-10000, 100 normal); None: the default
+    cpu_idle: bool = False  # only CPU time no other ship wants (SCHED_IDLE), where the host can
 
     def __post_init__(self) -> None:
         network = IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)

@@ -222,6 +222,7 @@ class FakeContainer:
     spec: ShipSpec | None = None
     app_running: bool = False
     cpu_weight: int | None = None  # now; the spec's again at each start
+    cpu_idle: bool = False  # likewise
 
 
 @dataclass
@@ -247,6 +248,7 @@ class FakeRuntime:
     app_does: Callable[[str], None] | None = None
     handed: list[Path] = field(default_factory=list)  # given to the ships' root, in order
     build_weights: list[int | None] = field(default_factory=list)
+    build_idle: list[bool] = field(default_factory=list)  # was each build idle (SCHED_IDLE)?
 
     def _get(self, name: str) -> FakeContainer:
         if name not in self.containers:
@@ -274,13 +276,14 @@ class FakeRuntime:
         self._maybe_fail("start")
         box = self._get(ship)
         box.state, box.cpu_weight = "RUNNING", box.spec.cpu_weight if box.spec else None
+        box.cpu_idle = box.spec.cpu_idle if box.spec else False
 
     async def set_cpu_weight(self, ship: str, weight: int) -> None:
         self.calls.append(f"cpu-weight {ship} {weight}")
         box = self._get(ship)
         if box.state != "RUNNING":
             raise ContainerError(f"lxc-cgroup {ship} failed: not running")
-        box.cpu_weight = check_cpu_weight(weight)
+        box.cpu_weight, box.cpu_idle = check_cpu_weight(weight), False
 
     async def attach(
         self,
@@ -297,6 +300,7 @@ class FakeRuntime:
         self.calls.append(f"{script} {ship}")
         if script == "build":
             self.build_weights.append(box.cpu_weight)
+            self.build_idle.append(box.cpu_idle)
             return await self._build(on_line, timeout)
         self._maybe_fail("start-app")
         if self.app_does is not None:

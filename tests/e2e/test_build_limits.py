@@ -19,7 +19,7 @@ from tests.e2e.squadron import (
     teardown,
     wait_outcome,
 )
-from tests.integration.lxc_fixtures import host_cpu_weight
+from tests.integration.lxc_fixtures import host_cpu_idle, host_cpu_weight
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
 
@@ -56,23 +56,30 @@ def ship_cpu_weight(d: Daemon, ship: str) -> str:
     return host_cpu_weight(int(pid))
 
 
-def test_a_build_runs_at_a_low_cpu_weight_and_its_app_at_the_normal_one(
+def ship_cpu_idle(d: Daemon, ship: str) -> str:
+    argv = ["lxc-info", "-P", str(d.var / "containers"), "-n", ship, "-p", "-H"]
+    pid = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+    return host_cpu_idle(int(pid))
+
+
+def test_a_build_runs_on_spare_cpu_only_and_its_app_at_the_normal_weight(
     squadron: Daemon, tmp_path: Path
 ) -> None:
-    d, (low, normal) = squadron, weights()
+    d, (_low, normal) = squadron, weights()
     repo = AppRepo(d, "weighed", tmp_path / "weighed")
     files = {"bin/build": WAITING_BUILD, "Procfile": PROCFILE, "index.html": "weighed\n"}
     deploy = repo.push_trigger(repo.commit(files))
     waiting = d.wait_event("BuildOutput", 60, deploy=deploy, message="waiting for the test")
     ship = str(waiting["ship"])
     try:
-        assert ship_cpu_weight(d, ship) == low
+        assert ship_cpu_idle(d, ship) == "1"  # SCHED_IDLE: every running ship goes first
     finally:
         (d.data / "lxc" / ship / "run" / "go").touch()
     outcome = wait_outcome(d, deploy)
     assert outcome["event"] == "DeployFinished", outcome["message"]
     assert http_get(d.http_port, "/weighed/") == (200, "weighed\n")
     assert ship_cpu_weight(d, ship) == normal
+    assert ship_cpu_idle(d, ship) == "0"
 
 
 def test_a_build_that_outgrows_the_ordered_memory_is_killed_and_says_so(

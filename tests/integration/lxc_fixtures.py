@@ -45,6 +45,7 @@ class Bridge:
         cpus: float | None = None,
         pids: int | None = None,
         cpu_weight: int | None = None,
+        cpu_idle: bool = False,
     ) -> ShipSpec:
         """A ShipSpec for the subnet's `host`-th address on this bridge."""
         return ShipSpec(
@@ -58,6 +59,7 @@ class Bridge:
             mounts=mounts,
             pids=pids,
             cpu_weight=cpu_weight,
+            cpu_idle=cpu_idle,
         )
 
 
@@ -71,6 +73,18 @@ def host_cpu_weight(pid: int) -> str:
             return (root / "cpu" / path.lstrip("/") / "cpu.shares").read_text().strip()
         if controllers == "" and (root / "cgroup.controllers").exists():
             return (root / path.lstrip("/") / "cpu.weight").read_text().strip()
+    raise AssertionError(f"no cpu cgroup found for pid {pid}")
+
+
+def host_cpu_idle(pid: int) -> str:
+    """`cpu.idle` of the cgroup process `pid` is in, read on the host (v1 on a hybrid host)."""
+    root = Path("/sys/fs/cgroup")
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(",") and (root / "cpu" / "cpu.idle").exists():
+            return (root / "cpu" / path.lstrip("/") / "cpu.idle").read_text().strip()
+        if controllers == "" and (root / "cgroup.controllers").exists():
+            return (root / path.lstrip("/") / "cpu.idle").read_text().strip()
     raise AssertionError(f"no cpu cgroup found for pid {pid}")
 
 

@@ -325,11 +325,12 @@ async def test_rollback_goes_to_the_newest_healthy_kept_ship(world: World, hd: S
     assert hd.names(deploy)[-2:] == ["RolledBack", "DeployFinished"], "said before the outcome"
 
 
-async def test_a_build_runs_at_a_low_cpu_weight_and_every_app_start_at_the_normal_one(
+async def test_a_build_runs_idle_and_every_app_start_at_the_normal_weight(
     world: World, hd: Squadron
 ) -> None:
     first = await live_at(hd, "web", PYTHON)
-    assert world.runtime.build_weights == [BUILD_CPU_WEIGHT]
+    assert world.runtime.build_weights == [BUILD_CPU_WEIGHT]  # where the host has no cpu.idle
+    assert world.runtime.build_idle == [True]
     mine = [call for call in world.runtime.calls if call.endswith(first) or first in call]
     assert mine[-3:] == [
         f"build {first}",
@@ -337,6 +338,7 @@ async def test_a_build_runs_at_a_low_cpu_weight_and_every_app_start_at_the_norma
         f"start {first}",
     ]
     assert world.runtime.containers[first].cpu_weight == RUNNING_CPU_WEIGHT
+    assert not world.runtime.containers[first].cpu_idle
     await live_at(hd, "web", {**PYTHON, "app.py": "print('v2')\n"})
     assert world.runtime.build_weights == [BUILD_CPU_WEIGHT] * 2
     # a kept ship starts at its config's (a build's) weight again; its app runs at the normal one
