@@ -74,6 +74,11 @@ async def _heartbeat(events: AsyncIterator[Event]) -> AsyncIterator[Event | None
             pending.cancel()
 
 
+def token_digest(token: str) -> str:
+    """What tokens.json keeps of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
 class TokenStore:
     """Admiral tokens for the public /events: only their SHA-256 is kept on disk."""
 
@@ -90,12 +95,16 @@ class TokenStore:
     def create(self, admiral: str) -> str:
         token = secrets.token_urlsafe(32)
         tokens = self._load()
-        tokens[hashlib.sha256(token.encode()).hexdigest()] = admiral
+        tokens[token_digest(token)] = admiral
         write_atomically(self.path, json.dumps(tokens), mode=0o600)
         return token
 
     def admiral_for(self, token: str) -> str | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        return self.admiral_of_digest(token_digest(token))
+
+    def admiral_of_digest(self, digest: str) -> str | None:
+        """Whose token this digest is, while the token is in force (the dashboard's sessions
+        keep only the digest, and end when the token is revoked)."""
         for known, admiral in self._load().items():
             if hmac.compare_digest(known, digest):
                 return admiral
@@ -115,6 +124,7 @@ class Api:
         *,
         set_headquarters: Callable[[str], None] | None = None,
         public_routes: Sequence[Callable[[web.Application], None]] = (),
+        admin_routes: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
@@ -123,6 +133,7 @@ class Api:
         self.metrics = metrics
         self.set_headquarters = set_headquarters
         self.public_routes = public_routes
+        self.admin_routes = admin_routes
         self.started = time.time()
         self._registry: Any = None
 
@@ -143,6 +154,8 @@ class Api:
         app.router.add_post("/triggers", self.post_trigger)
         app.router.add_post("/tokens", self.post_token)
         app.router.add_post("/headquarters", self.post_headquarters)
+        for add_routes in self.admin_routes:
+            add_routes(app)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -13,7 +13,9 @@ from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
+from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
+from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.idmap import for_ships
@@ -66,6 +68,8 @@ from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.web.routes import Dashboard, Sources
+from hyperdrive.web.sessions import Sessions
 
 
 @dataclass
@@ -113,6 +117,7 @@ class Daemon:
     keyring: KeyRing
     dns: ShipDns
     courier: Courier
+    fleet: FleetService
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -279,9 +284,10 @@ def build(
     hull_builder: HullBuilder | None = None,
 ) -> Daemon:
     """The whole daemon, wired; each adapter not given is the real one."""
-    fleet = Fleet(config.hull)  # its secrets are masked in every event (hyperdrive/masking.py)
+    # the orders in force; their secrets are masked in every event (hyperdrive/masking.py)
+    orders = Fleet(config.hull)
     eventlog = JsonlEventLog(
-        config.events_file, max_bytes=config.eventlog_max_bytes, mask=fleet.mask
+        config.events_file, max_bytes=config.eventlog_max_bytes, mask=orders.mask
     )
 
     def rejected(name: str, why: str) -> None:
@@ -289,6 +295,7 @@ def build(
         eventlog.append(event.record())
 
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
+    fleet = FleetService(config, spool)
     dns = ShipDns(str(bridge_address(config.subnet)), lambda: (), config.ship_dns)
     adapters = real_adapters(
         config,
@@ -301,7 +308,7 @@ def build(
         clock=clock,
         dns=dns,
     )
-    core = deploy_core(config, adapters, fleet)
+    core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
@@ -326,7 +333,7 @@ def build(
         starter=core.deployer.starter,
         out=bus,
     )
-    status = _status(config, core, headquarters, spool, bus)
+    status = _status(config, core, headquarters, spool, bus, fleet)
     api = _api(
         config=config,
         core=core,
@@ -336,6 +343,7 @@ def build(
         bus=bus,
         inbox=inbox,
         status=status,
+        fleet=fleet,
     )
     gitserver = _gitserver(config, keyring, eventlog, spool, status)
     return Daemon(
@@ -352,6 +360,7 @@ def build(
         keyring,
         dns,
         courier,
+        fleet,
     )
 
 
@@ -378,8 +387,13 @@ def served_names(config: Config, core: Core) -> set[str]:
 Status = Callable[[], dict[str, Any]]
 
 
-def _status(
-    config: Config, core: Core, hq: HeadquartersSync, spool: FileSpool, bus: MessageBus
+def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
+    config: Config,
+    core: Core,
+    hq: HeadquartersSync,
+    spool: FileSpool,
+    bus: MessageBus,
+    fleet: FleetService,
 ) -> Status:
     def status() -> dict[str, Any]:
         counts = {
@@ -395,7 +409,7 @@ def _status(
             hulls=core.hulls,
             headquarters=hq.source.url,
             counts=counts,
-        )
+        ) | {"fleet": fleet.status()}
 
     return status
 
@@ -425,10 +439,21 @@ def _api(
     bus: MessageBus,
     inbox: Inbox,
     status: Status,
+    fleet: FleetService,
 ) -> Api:
+    deliveries = Deliveries()  # what each webhook delivery was answered, for the dashboard
     webhooks = WebhookReceiver(
-        config.webhook_secret, spool, FleetResolver(core.fleet, hq), eventlog.append
+        config.webhook_secret,
+        spool,
+        FleetResolver(core.fleet, hq),
+        eventlog.append,
+        deliveries=deliveries,
     )
+    tokens = TokenStore(config.tokens_file)
+    sources = Sources(
+        eventlog, spool, status, core.records, core.fleet, config.ships_dir, config.git_dir
+    )
+    dashboard = Dashboard(sources, Sessions(tokens), deliveries)
 
     def metrics() -> Mapping[str, float]:
         return {
@@ -436,16 +461,20 @@ def _api(
             "triggers_handed_over": inbox.handed_over,
             "webhook_refusals": webhooks.refusals.refused,
             "webhook_refusals_summarised": webhooks.refusals.unwritten,
+            "dashboard_sign_ins_refused": dashboard.refusals.tally.refused,
+            "dashboard_sessions": len(dashboard.sessions),
+            "webhook_slow_bodies": webhooks.slow_bodies,
         }
 
     return Api(
         eventlog,
         spool,
         status,
-        TokenStore(config.tokens_file),
+        tokens,
         metrics,
         set_headquarters=hq.set_source,
-        public_routes=[webhooks.add_routes],
+        public_routes=[webhooks.add_routes, dashboard.add_routes],
+        admin_routes=[fleet_routes(fleet)],
     )
 
 

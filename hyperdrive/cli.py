@@ -29,6 +29,8 @@ from hyperdrive.triggers import Trigger
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
 
+FLEET_TIMEOUT_S = 60.0  # starting a node, or reaching another squadron's, takes a moment
+
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
@@ -52,7 +54,10 @@ def parser() -> argparse.ArgumentParser:
     deploy = verbs.add_parser("deploy", help="deploy an app (its branch tip, or SHA)")
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
-    verbs.add_parser("rollback", help="back to the newest kept healthy ship").add_argument("app")
+    deploy.add_argument("--fleet", action="store_true", help="on every squadron of the fleet")
+    rollback = verbs.add_parser("rollback", help="back to the newest kept healthy ship")
+    rollback.add_argument("app")
+    rollback.add_argument("--fleet", action="store_true", help="on every squadron of the fleet")
     verbs.add_parser("retire", help="take an app (or a preview) out of service").add_argument("app")
     for kind, what in (("forge-token", "the forge API token"), ("notify-secret", "the secret")):
         secret = verbs.add_parser(kind, help=f"keep {what} for APP's deliveries (read on stdin)")
@@ -70,6 +75,19 @@ def parser() -> argparse.ArgumentParser:
     hq_set.add_argument("url")
     hq_set.add_argument("--sync", action="store_true", help="sync it now and show the plan")
     hq_verbs.add_parser("sync", help="read headquarters again now")
+    fleet = verbs.add_parser("fleet", help="several squadrons following one HQ (docs/fleet.md)")
+    fleet_verbs = fleet.add_subparsers(dest="fleet_verb", required=True)
+    init = fleet_verbs.add_parser("init", help="start a fleet here: run its NATS node")
+    init.add_argument("--advertise", default="", help="the address other squadrons reach")
+    join = fleet_verbs.add_parser("join", help="join the fleet at URL (what init printed)")
+    join.add_argument("url")
+    join.add_argument("--secret", required=True, help="the fleet's secret, from init")
+    join.add_argument("--advertise", default="", help="the address other nodes reach")
+    join.add_argument(
+        "--node", action="store_true", help="run a JetStream cluster node here too (3 give R3)"
+    )
+    leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
+    leave.add_argument("--force", action="store_true", help="even if others use the node here")
     verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
     verbs.add_parser("version", help="print the version")
     token = verbs.add_parser("token", help="make an admiral token for GET /events")
@@ -220,11 +238,23 @@ class _HullProgress:
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path)
-    return _follow(client, Trigger.deploy(args.app, args.sha))
+    if args.fleet:
+        _in_a_fleet(client)
+    return _follow(client, Trigger.deploy(args.app, args.sha, fleet=args.fleet))
 
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
-    return _follow(AdminClient(config.socket_path), Trigger.rollback(args.app))
+    client = AdminClient(config.socket_path)
+    if args.fleet:
+        _in_a_fleet(client)
+    return _follow(client, Trigger.rollback(args.app, fleet=args.fleet))
+
+
+def _in_a_fleet(client: AdminClient) -> None:
+    """`--fleet` on a squadron alone is a mistake worth saying, not a local deploy."""
+    state = (client.get("/status").get("fleet") or {}).get("state", "alone")
+    if state == "alone":
+        raise HyperdriveError("--fleet: this squadron is not in a fleet (see `hd fleet init`)")
 
 
 def cmd_retire(args: argparse.Namespace, config: Config) -> int:
@@ -272,6 +302,29 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
     return _follow(client, Trigger.hq_sync("hd headquarters sync"))
 
 
+def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
+    client = AdminClient(config.socket_path, timeout=FLEET_TIMEOUT_S)
+    body: dict[str, Any] = {"action": args.fleet_verb}
+    if args.fleet_verb == "init":
+        body["advertise"] = args.advertise
+    elif args.fleet_verb == "join":
+        body |= {"url": args.url, "secret": args.secret}
+        body |= {"advertise": args.advertise, "node": args.node}
+    elif args.fleet_verb == "leave":
+        body["force"] = args.force
+    answer = client.post("/fleet", body)
+    if args.fleet_verb == "init":
+        print(f"fleet started; its NATS node listens on {config.fleet_listen}")
+        print("on each other squadron, run:")
+        print(f"  {answer['join']}")
+    elif args.fleet_verb == "join":
+        node = "; a NATS node runs here too" if answer.get("node") else ""
+        print(f"joined the fleet at {answer['url']}{node}")
+    else:
+        print("left the fleet: this squadron is alone again")
+    return EXIT_OK
+
+
 def _remember_headquarters(config: Config, url: str) -> None:
     """Write HYPERDRIVE_HEADQUARTERS into main.conf so the choice survives a restart."""
     path = config.source or configuration.DEFAULT_CONFIG
@@ -296,4 +349,5 @@ HANDLERS: dict[str, Handler] = {
     "launch": cmd_launch,
     "enter": cmd_enter,
     "headquarters": cmd_headquarters,
+    "fleet": cmd_fleet,
 }

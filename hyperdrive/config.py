@@ -66,6 +66,10 @@ class Config:
     ship_dns: tuple[str, ...] = ()  # (): the resolvers /etc/resolv.conf names
     ship_memory_bytes: int = 1024**3  # a ship's limit unless its orders say `memory`
     ship_pids: int = 1024  # processes and threads a ship may have at once
+    fleet: tuple[str, ...] = ()  # NATS URLs; (): alone, or the managed node `hd fleet` made
+    fleet_creds: Path | None = None  # None: $VAR/fleet.creds
+    fleet_listen: Listen = Listen("0.0.0.0", 4222)
+    fleet_cluster_listen: Listen = Listen("0.0.0.0", 6222)
     source: Path | None = None
 
     # -- derived paths (the contract's names) --
@@ -177,6 +181,16 @@ class Config:
         return self.caches_dir / app
 
     @property
+    def nats_dir(self) -> Path:
+        """`$DATA/nats`: the managed nats-server's config, pid file, log and JetStream store."""
+        return self.data / "nats"
+
+    @property
+    def fleet_creds_file(self) -> Path:
+        """The fleet's user and password (0600): HYPERDRIVE_FLEET_CREDS or `$VAR/fleet.creds`."""
+        return self.fleet_creds or self.var / "fleet.creds"
+
+    @property
     def bridge(self) -> str:
         return f"{self.name}br0"
 
@@ -187,11 +201,14 @@ class Config:
             value = getattr(self, attr)
             secret = attr == "webhook_secret" and value
             shown[key] = "********" if secret else _shown(value)
+        shown["HYPERDRIVE_FLEET"] = ",".join(without_password(u) for u in self.fleet)
         return shown
 
 
 def _shown(value: object) -> str:
     """A value as main.conf would spell it."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple):
@@ -309,6 +326,30 @@ def _resolvers(value: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+NATS_URL = re.compile(r"(nats|tls)://([^@/\s]+@)?[A-Za-z0-9.:\[\]-]+:\d{1,5}")
+
+
+def _nats_urls(value: str) -> tuple[str, ...]:
+    """`nats://HOST:PORT[,…]` (tls:// for TLS); empty: alone (or the managed node)."""
+    urls = tuple(filter(None, (part.strip() for part in value.split(","))))
+    for url in urls:
+        if not NATS_URL.fullmatch(url):
+            shown = without_password(url)
+            raise ValueError(
+                f"{shown!r} is not a NATS URL: use nats://HOST:PORT or tls://HOST:PORT"
+            )
+    return urls
+
+
+def without_password(url: str) -> str:
+    """A URL safe to show: `nats://user:***@host:port`."""
+    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", url)
+
+
+def _optional_path(value: str) -> Path | None:
+    return _abs_path(value) if value else None
+
+
 def _text(value: str) -> str:
     return value
 
@@ -347,6 +388,10 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_SHIP_DNS": "ship_dns",
     "HYPERDRIVE_SHIP_MEMORY": "ship_memory_bytes",
     "HYPERDRIVE_SHIP_PIDS": "ship_pids",
+    "HYPERDRIVE_FLEET": "fleet",
+    "HYPERDRIVE_FLEET_CREDS": "fleet_creds",
+    "HYPERDRIVE_FLEET_LISTEN": "fleet_listen",
+    "HYPERDRIVE_FLEET_CLUSTER_LISTEN": "fleet_cluster_listen",
 }
 
 PARSERS: dict[str, Callable[[str], Any]] = {
@@ -373,6 +418,10 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "ship_dns": _resolvers,
     "ship_memory_bytes": _memory,
     "ship_pids": _count(16, 4_194_304),
+    "fleet": _nats_urls,
+    "fleet_creds": _optional_path,
+    "fleet_listen": _listen,
+    "fleet_cluster_listen": _listen,
 }
 
 
@@ -437,3 +486,8 @@ def build(values: Mapping[str, str], source: Path | None = None) -> Config:
 def _check_together(config: Config) -> None:
     if config.data == config.var:
         raise ConfigError(f"HYPERDRIVE_DATA and HYPERDRIVE_VAR must differ (both {config.data})")
+    if config.fleet_listen.port and config.fleet_listen == config.fleet_cluster_listen:
+        raise ConfigError(
+            "HYPERDRIVE_FLEET_LISTEN and HYPERDRIVE_FLEET_CLUSTER_LISTEN must differ "
+            f"(both {config.fleet_listen})"
+        )

@@ -18,6 +18,7 @@ from hyperdrive.keyring import parse_keys
 from hyperdrive.lxc_async import detect_cgroups
 from hyperdrive.modes import ship_passages, too_open
 from hyperdrive.network import bridge_address
+from hyperdrive.render import fleet_line
 from hyperdrive.traffic import Traffic
 
 APT = "apt-get install -y"
@@ -137,6 +138,29 @@ def check_daemon(config: Config) -> Check:
     return Check("daemon", True, f"running, pid {status['pid']}, version {status['version']}")
 
 
+def _fleet_programs(config: Config) -> list[Check]:
+    """nats-server matters only to a squadron that runs the fleet's node."""
+    if not (config.nats_dir / "nats.conf").exists():
+        return []
+    return [check_program("nats-server", "nats-server")]
+
+
+def check_fleet(config: Config, daemon_up: bool) -> list[Check]:
+    """A fleet member says whether it reaches NATS; a squadron alone has nothing to check."""
+    if not daemon_up:
+        return []
+    try:
+        fleet = AdminClient(config.socket_path, timeout=3).get("/status").get("fleet") or {}
+    except HyperdriveError:
+        return []
+    state = fleet.get("state", "alone")
+    if state == "alone":
+        return []
+    ok = state == "connected"
+    fix = "check that nats-server runs and is reachable (`hd status`), and the fleet secret"
+    return [Check("fleet", ok, fleet_line(fleet), fix)]
+
+
 def check_admirals(config: Config, daemon_up: bool) -> Check:
     """Somebody must be able to log in: the keys in force are HQ's plus the bootstrap file's."""
     count = _live_admirals(config) if daemon_up else None
@@ -243,6 +267,7 @@ def run_checks(config: Config) -> list[Check]:
         check_program("git", "git"),
         check_program("nft", "nftables"),
         check_program("ip", "iproute2"),
+        *_fleet_programs(config),
         check_cgroups(),
         check_disk(config),
         check_bridge(config),
@@ -254,4 +279,4 @@ def run_checks(config: Config) -> list[Check]:
         check_ship_ids(config),
         check_privileged_ships(config),
     ]
-    return checks + check_ports(config, daemon.ok)
+    return checks + check_fleet(config, daemon.ok) + check_ports(config, daemon.ok)

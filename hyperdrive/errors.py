@@ -79,3 +79,7 @@ class AttachTimedOut(ContainerError):
         self.ship = ship
         self.timeout = timeout
         self.output_tail = output_tail
+
+
+class FleetError(HyperdriveError):
+    """A fleet action that cannot be done (already a member, a name clash, wrong secret, …)."""

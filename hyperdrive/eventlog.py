@@ -425,16 +425,28 @@ def _scan(
                 continue
             with contextlib.suppress(FileNotFoundError):
                 handles.append((generation, open(path, "rb")))  # noqa: SIM115 - closed below
+        needle = _needle(where)
         for generation, fh in handles:
             if start is not None and generation == start[0]:
                 fh.seek(start[1])
             for raw in fh:
+                if needle is not None and needle not in raw:
+                    continue  # cannot be that deploy's: not worth parsing
                 event = _parse_line(raw)
                 if event is not None and where(event):
                     yield _masked_again(event, raw, mask)
     finally:
         for _, fh in handles:
             fh.close()
+
+
+def _needle(where: Filter) -> bytes | None:
+    """Bytes every line of the wanted deploy holds: its id, which JSON writes as it is (ids
+    have no character JSON escapes). Reading one deploy then parses only its own lines."""
+    deploy = where.deploy
+    if deploy is None or not re.fullmatch(r"[A-Za-z0-9._:-]+", deploy):
+        return None
+    return deploy.encode()
 
 
 def _masked_again(event: Event, raw: bytes, mask: Callable[[str], str] | None) -> Event:

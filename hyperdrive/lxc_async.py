@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.files import write_atomically
 from hyperdrive.idmap import IdMap, hand_over, passage_error, shift_tree
-from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec
+from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec, check_cpu_weight
 from hyperdrive.procs import run
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class CgroupKeys:
     cpu: str | None
     memsw: bool  # v1 swap accounting: limit memory+swap too
     pids: str | None = None
+    cpu_idle: bool = False  # cpu.idle (Linux 5.15): a cgroup that runs only on spare CPU time
 
 
 class _Result(NamedTuple):
@@ -93,7 +94,9 @@ class _Result(NamedTuple):
     offset: int
 
 
-def detect_cgroups(root: Path = Path("/sys/fs/cgroup")) -> CgroupKeys:
+def detect_cgroups(
+    root: Path = Path("/sys/fs/cgroup"), kernel: tuple[int, int] | None = None
+) -> CgroupKeys:
     """Find where the memory and cpu controllers are mounted (v1, hybrid or pure v2 hosts)."""
     unified = root if (root / "cgroup.controllers").exists() else root / "unified"
     try:
@@ -108,7 +111,13 @@ def detect_cgroups(root: Path = Path("/sys/fs/cgroup")) -> CgroupKeys:
         cpu=cpu or ("v2" if "cpu" in v2 else None),
         memsw=(root / "memory" / "memory.memsw.limit_in_bytes").exists(),
         pids=pids or ("v2" if "pids" in v2 else None),
+        cpu_idle=(cpu is not None or "cpu" in v2) and (kernel or _kernel()) >= (5, 15),
     )
+
+
+def _kernel() -> tuple[int, int]:
+    major, minor, *_ = [*re.findall(r"[0-9]+", os.uname().release), "0", "0"]
+    return int(major), int(minor)
 
 
 def cgroup_settings(spec: ShipSpec, keys: CgroupKeys) -> list[tuple[str, str]]:
@@ -136,7 +145,27 @@ def cgroup_settings(spec: ShipSpec, keys: CgroupKeys) -> list[tuple[str, str]]:
     if spec.pids is not None and keys.pids is not None:  # no controller: no limit (doctor says)
         key = "lxc.cgroup.pids.max" if keys.pids == "v1" else "lxc.cgroup2.pids.max"
         settings.append((key, str(spec.pids)))
+    if spec.cpu_idle and keys.cpu_idle:  # the kernel refuses a weight while idle is set
+        settings.append((f"lxc.{_cpu_group(keys)}.cpu.idle", "1"))
+    else:
+        settings += [(f"lxc.{g}.{k}", v) for g, k, v in cpu_weight(spec.cpu_weight, keys)]
     return settings
+
+
+def _cpu_group(keys: CgroupKeys) -> str:
+    return "cgroup" if keys.cpu == "v1" else "cgroup2"
+
+
+def cpu_weight(weight: int | None, keys: CgroupKeys) -> list[tuple[str, str, str]]:
+    """(lxc.cgroup or lxc.cgroup2, key, value) for a CPU weight in v2 units: v1 counts it in
+    cpu.shares (1024 is normal, so 100 → 1024); nothing where there is no cpu controller."""
+    if weight is None:
+        return []
+    if keys.cpu == "v1":
+        return [("cgroup", "cpu.shares", str(max(2, round(weight * 1024 / 100))))]
+    if keys.cpu == "v2":
+        return [("cgroup2", "cpu.weight", str(weight))]
+    return []
 
 
 @functools.cache
@@ -336,6 +365,14 @@ class Lxc:
         except FileNotFoundError:
             raise ContainerError(f"ship {ship} does not exist") from None
         return _rootfs(text, config.parent)
+
+    async def set_cpu_weight(self, ship: str, weight: int) -> None:
+        """Give a running ship another CPU weight (v2 units) at once, with `lxc-cgroup`; a
+        ship started idle (a build's) stops being idle first."""
+        keys = [("cpu.idle", "0")] if self.cgroups.cpu_idle else []
+        keys += [(k, v) for _, k, v in cpu_weight(check_cpu_weight(weight), self.cgroups)]
+        for key, value in keys:
+            self._check(await self._exec("lxc-cgroup", ship, key, value, seconds=self.timeout))
 
     async def info(self, ship: str) -> ContainerInfo | None:
         """State and init pid of one container, or None if it does not exist."""

@@ -62,6 +62,9 @@ STAGE = {
     "AdmiralsChanged": "admirals",
     "AdmiralKeysRejected": "admirals",
     "AccessRefused": "access",
+    "SignedIn": "dashboard",
+    "SignedOut": "dashboard",
+    "SignInRefused": "dashboard",
 }
 # what went wrong: the pusher sees these as ` !     ` lines
 FAILURES = frozenset(
@@ -237,7 +240,24 @@ def _squadron_rows(status: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("listening", ports), ("headquarters", hq), ("pending", pending)]
     if hulls := _hulls_line(status.get("hulls", {})):
         rows.append(("hulls", hulls))
+    if fleet := fleet_line(status.get("fleet") or {}):
+        rows.append(("fleet", fleet))
     return rows
+
+
+def fleet_line(fleet: Mapping[str, Any]) -> str:
+    """`connected to nats://…, 2 unpublished`, `UNREACHABLE (…)`; "" for a squadron alone."""
+    state = str(fleet.get("state", "alone"))
+    if state == "alone":
+        return ""
+    where = ", ".join(fleet.get("urls") or [])
+    shown = state.upper() if state in ("unreachable", "refused", "broken") else state
+    line = f"{shown} ({where})" if where else shown
+    if state != "connected" and fleet.get("detail"):
+        line += f": {fleet['detail']}"
+    if fleet.get("unpublished"):
+        line += f"; {fleet['unpublished']} triggers not published yet (kept until NATS is back)"
+    return line
 
 
 def _app_block(app: Mapping[str, Any]) -> list[RenderableType]:

@@ -119,6 +119,7 @@ class Server:
             Step("outbound", self._run_outbound),
             Step("recovery", self._recover),
             Step("inbox", self._run_inbox, self._drain_inbox),
+            Step("fleet", d.fleet.start, d.fleet.stop),
             Step("default hull", self._prepare_hull, d.core.hulls.close),
             Step("ssh", self._serve_ssh, d.gitserver.close),
             Step("http", self._serve_http, self._close_http),

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -167,6 +167,14 @@ def _replay(raw: bytes, pending: dict[str, Trigger], seen: Seen) -> None:
 RejectedCallback = Callable[[str, str], None]
 
 
+class SpoolListener(Protocol):
+    """Told of each trigger once it is durable, and of its outcome: the fleet's hook."""
+
+    async def taken(self, trigger: Trigger) -> None: ...
+
+    async def finished(self, trigger_id: str, outcome: str) -> None: ...
+
+
 class FileSpool:
     """The filesystem spool: journal with group commit, plus a watched incoming folder."""
 
@@ -182,6 +190,7 @@ class FileSpool:
         self._ready: asyncio.Queue[Trigger] = asyncio.Queue()
         self._records = 0
         self._writer: _JournalWriter | None = None
+        self.listeners: list[SpoolListener] = []
 
     async def open(self) -> None:
         """Replay the journal and queue every trigger a crash left unfinished."""
@@ -202,6 +211,10 @@ class FileSpool:
 
     def pending(self) -> list[Trigger]:
         return list(self._pending.values())
+
+    def waiting(self, trigger_id: str) -> bool:
+        """Taken and without an outcome yet."""
+        return trigger_id in self._pending
 
     def knows(self, trigger_id: str) -> bool:
         return trigger_id in self._pending or trigger_id in self._seen
@@ -243,6 +256,7 @@ class FileSpool:
             raise SpoolError(f"could not persist trigger {trigger.id}: {err}") from err
         finally:
             self._inflight.pop(trigger.id, None)
+        await self._tell(lambda listener: listener.taken(trigger), trigger.id)
         self._ready.put_nowait(trigger)
         return True
 
@@ -256,6 +270,17 @@ class FileSpool:
         record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
         record["fp"] = trigger.fingerprint
         await self._submit([_line(record)])
+        await self._tell(lambda listener: listener.finished(trigger_id, outcome), trigger_id)
+
+    async def _tell(
+        self, call: Callable[[SpoolListener], Awaitable[None]], trigger_id: str
+    ) -> None:
+        """The trigger is durable whatever a listener does: its failure is logged, not raised."""
+        for listener in self.listeners:
+            try:
+                await call(listener)
+            except Exception:
+                log.exception("spool: a listener failed on trigger %s", trigger_id)
         if self._records > COMPACT_AFTER and self._records > 4 * (len(self._pending) + 1):
             await self.compact()
 

@@ -103,7 +103,8 @@ class Trigger:
       webhook: provider* repository ref old new (the first update) targets* {app: {ref old new}}
                deploys {app: deploy id}
       hq-sync: reason, and from a webhook provider repository ref old new
-      deploy: sha admiral source ("cli" or "hq") · rollback: admiral · retire: reason
+      deploy: sha admiral source ("cli" or "hq") fleet (bool) · rollback: admiral fleet
+      retire: reason
       assemble: sha, or without an app fresh (bool) · launch: ship*
     """
 
@@ -193,16 +194,18 @@ class Trigger:
         *,
         source: str = "cli",
         tid: str | None = None,
+        fleet: bool = False,
     ) -> Trigger:
         """Deploy `sha` (None: the tip of the deploy branch); source "hq" builds the same commit
-        again because the orders changed. `tid` makes a replayed request one trigger."""
-        data = _given(sha=sha, admiral=admiral, source=source)
+        again because the orders changed. `tid` makes a replayed request one trigger; `fleet`
+        asks every squadron of the fleet to do it (`hd deploy --fleet`)."""
+        data = _given(sha=sha, admiral=admiral, source=source, fleet=fleet or None)
         tid = tid or new_trigger_id("deploy")
         return cls(tid, TriggerKind.DEPLOY, app, data, time.time())
 
     @classmethod
-    def rollback(cls, app: str, admiral: str | None = None) -> Trigger:
-        data = _given(admiral=admiral)
+    def rollback(cls, app: str, admiral: str | None = None, *, fleet: bool = False) -> Trigger:
+        data = _given(admiral=admiral, fleet=fleet or None)
         return cls(new_trigger_id("rollback"), TriggerKind.ROLLBACK, app, data, time.time())
 
     @classmethod
@@ -388,9 +391,15 @@ def _hq_sync(data: Mapping[str, Any]) -> None:
 
 def _deploy(data: Mapping[str, Any]) -> None:
     _sha(data)
-    _text(data, "admiral")
+    _rollback(data)
     if data.get("source", "cli") not in ("cli", "hq"):
         raise SpoolError(f"source is {data['source']!r}, not 'cli' or 'hq'")
+
+
+def _rollback(data: Mapping[str, Any]) -> None:
+    _text(data, "admiral")
+    if not isinstance(data.get("fleet", False), bool):
+        raise SpoolError("fleet is not true or false")
 
 
 def _assemble(data: Mapping[str, Any]) -> None:
@@ -405,7 +414,7 @@ SCHEMA: dict[TriggerKind, tuple[str, Callable[[Mapping[str, Any]], None]]] = {
     TriggerKind.WEBHOOK: (NONE, _webhook),
     TriggerKind.HQ_SYNC: (NONE, _hq_sync),
     TriggerKind.DEPLOY: (ONE, _deploy),
-    TriggerKind.ROLLBACK: (ONE, lambda data: _text(data, "admiral")),
+    TriggerKind.ROLLBACK: (ONE, _rollback),
     TriggerKind.RETIRE: (ONE, lambda data: _text(data, "reason")),
     TriggerKind.ASSEMBLE: (ANY, _assemble),
     TriggerKind.LAUNCH: (NONE, lambda data: _text(data, "ship", required=True)),

@@ -45,6 +45,7 @@ from multidict import CIMultiDictProxy
 
 from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
 from hyperdrive.gitremote import normalize_url, shown_url, split_branch
+from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.refusals import RefusalTally, source_of
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
@@ -550,6 +551,7 @@ class WebhookReceiver:
         read_timeout: float = READ_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
         refusals: RefusalTally | None = None,
+        deliveries: Deliveries | None = None,
     ) -> None:
         self._secret = secret.encode()
         self._spool = spool
@@ -559,6 +561,8 @@ class WebhookReceiver:
         self._read_timeout = read_timeout
         self._clock = clock
         self.refusals = refusals or RefusalTally()
+        self.deliveries = deliveries
+        self.slow_bodies = 0  # deliveries whose body did not arrive within read_timeout
 
     def add_routes(self, app: web.Application) -> None:
         for name in PROVIDERS:
@@ -572,17 +576,22 @@ class WebhookReceiver:
 
     async def handle(self, provider: Provider, request: web.Request) -> web.Response:
         """Answer one delivery; every refusal is an event and a JSON reason, never a traceback."""
+        source, said = source_of(request.remote), _given_id(provider, request.headers)
         try:
             delivery = await self._receive(provider, request)
-            return await self._dispatch(delivery)
+            said = delivery.trigger_id.partition(":")[2]
+            response = await self._dispatch(delivery)
         except WebhookRefused as err:
-            self._refused(provider, source_of(request.remote), err)
+            self._refused(provider, source, err)
             response = web.json_response(
                 {"status": "rejected", "reason": err.reason}, status=err.status
             )
             if err.status in (408, 413):
                 response.force_close()  # the rest of the body is not worth a kept-alive connection
-            return response
+        if self.deliveries is not None:  # every answer, refusals the tally summarised included
+            body = json.loads(response.text or "{}")
+            self.deliveries.answered(provider.name, said, response.status, body, source)
+        return response
 
     def _refused(self, provider: Provider, source: str, err: WebhookRefused) -> None:
         """At most one event per source address per interval; the rest become one summary."""
@@ -629,6 +638,7 @@ class WebhookReceiver:
                         raise WebhookRefused(413, f"body is larger than {self._max_body} bytes")
                     chunks.append(chunk)
         except TimeoutError as err:
+            self.slow_bodies += 1
             raise WebhookRefused(408, f"body not received within {self._read_timeout:g} s") from err
         except (aiohttp.ClientPayloadError, ConnectionError) as err:
             raise _bad(f"body was cut short: {err}") from err
@@ -776,6 +786,12 @@ def _check_content_type(provider: Provider, content_type: str) -> bool:
         " or application/x-www-form-urlencoded" if provider.forms else ""
     )
     raise WebhookRefused(415, f"content type {_shown(content_type)} is not {accepted}")
+
+
+def _given_id(provider: Provider, headers: Headers) -> str:
+    """The delivery id the forge sent, as shown before the delivery is verified (cut short)."""
+    given = next((headers[h].strip() for h in provider.delivery_headers if headers.get(h)), "")
+    return given[:100]
 
 
 def _shown(text: str, limit: int = 60) -> str:

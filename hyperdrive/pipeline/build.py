@@ -22,7 +22,7 @@ from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.job import Job, Stamped, stage
-from hyperdrive.pipeline.model import Mount, Ship, ShipSpec
+from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
 from hyperdrive.runtimes import choose_hull, read_asks
 
@@ -163,6 +163,10 @@ class Builder:
             cpus=orders.cpus,
             mounts=mounts,
             pids=self.config.ship_pids,
+            # a build runs on spare CPU time only (idle), else at a tenth of the normal weight;
+            # Starter.run_start gives the ship the normal weight before the app runs
+            cpu_idle=True,
+            cpu_weight=BUILD_CPU_WEIGHT,
         )
 
     def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> list[Path]:
@@ -233,7 +237,10 @@ class Builder:
                 argv = ["/bin/sh", "/hyperdrive/build"]
                 return await self.runtime.attach(job.built.name, argv, {}, seconds, log.line)
             except AttachTimedOut:
-                message = f"build timed out after {seconds:g} s (BUILD_TIMEOUT); see {log.path}"
+                message = (
+                    f"build timed out after {seconds:g} s (BUILD_TIMEOUT; a build runs on the "
+                    f"CPU time running apps leave); see {log.path}"
+                )
                 job.emit(ev.BuildFailed, message, log=str(log.path))
                 raise DeployError("build", message) from None
 

@@ -287,6 +287,29 @@ class WebhookRejected(WebhookEvent):
     more: int | None = None
 
 
+# -- the dashboard (hyperdrive/web) --
+@dataclass(frozen=True, kw_only=True)
+class SignedIn(Event):
+    """An admiral exchanged a token for a dashboard session (the token is never written)."""
+
+    admiral: str = ""
+    source: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedOut(Event):
+    admiral: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignInRefused(Event):
+    """A dashboard sign-in with a wrong or revoked token. One per source address per
+    interval: `more` counts the refusals a summary stands for."""
+
+    source: str | None = None
+    more: int | None = None
+
+
 # -- outbound deliveries: commit statuses and notify POSTs (hyperdrive/outbound) --
 @dataclass(frozen=True, kw_only=True)
 class DeliverySent(Event):

@@ -21,6 +21,9 @@ from hyperdrive.names import mac_for_ip, sanitize_app_name
 BUILDING, HEALTHY, LIVE, STOPPED, FAILED = "building", "healthy", "live", "stopped", "failed"
 HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 SAFE_PATH = re.compile(r"(/[A-Za-z0-9_.@+-]+)+|/")  # lxc.mount.entry splits on blanks
+# CPU weights in cgroup v2 units: a build gets a tenth of a running ship's share of a busy CPU
+RUNNING_CPU_WEIGHT = 100  # the cgroup default (v1: cpu.shares 1024)
+BUILD_CPU_WEIGHT = 10
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ class ShipSpec:
     cpus: float | None = None
     mounts: tuple[Mount, ...] = ()
     pids: int | None = None  # most processes and threads the ship may have at once
+    cpu_weight: int | None = None  # cgroup v2 units (1-10000, 100 normal); None: the default
+    cpu_idle: bool = False  # only CPU time no other ship wants (SCHED_IDLE), where the host can
 
     def __post_init__(self) -> None:
         network = IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
@@ -185,6 +190,8 @@ class ShipSpec:
             raise ContainerError(f"cpus {self.cpus} is out of range")
         if self.pids is not None and not 16 <= self.pids <= 4_194_304:
             raise ContainerError(f"pids limit {self.pids} is out of range (16 to 4194304)")
+        if self.cpu_weight is not None:
+            check_cpu_weight(self.cpu_weight)
         for mount in self.mounts:
             _check_mount(mount)
 
@@ -205,6 +212,13 @@ class ContainerInfo:
     name: str
     state: str  # RUNNING, STOPPED, STARTING, STOPPING, FROZEN, …
     pid: int | None = None
+
+
+def check_cpu_weight(weight: int) -> int:
+    """A CPU weight as cgroup v2 counts it (lxc_async turns it into v1 shares where needed)."""
+    if not 1 <= weight <= 10_000:
+        raise ContainerError(f"cpu weight {weight} is out of range (1 to 10000)")
+    return weight
 
 
 def _check_mount(mount: Mount) -> None:

@@ -21,7 +21,7 @@ from typing import ClassVar, Protocol
 from hyperdrive.errors import AttachTimedOut, ContainerError, NetworkError, ProxyError
 from hyperdrive.headquarters.orders import Egress
 from hyperdrive.pipeline import events as ev
-from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec
+from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec, check_cpu_weight
 from hyperdrive.runtimes import KNOWN
 
 Emit = Callable[[ev.Event], None]
@@ -51,6 +51,10 @@ class ContainerRuntime(Protocol):
     ) -> int: ...
 
     async def stop(self, ship: str, kill: bool = False) -> None: ...
+
+    async def set_cpu_weight(self, ship: str, weight: int) -> None:
+        """A running ship's CPU weight, now (cgroup v2 units: 100 normal); its config keeps
+        the one it was written with (a build's), for the next start."""
 
     async def destroy(self, ship: str) -> None: ...
 
@@ -217,6 +221,8 @@ class FakeContainer:
     source: str | None = None  # the hull it was snapshotted from
     spec: ShipSpec | None = None
     app_running: bool = False
+    cpu_weight: int | None = None  # now; the spec's again at each start
+    cpu_idle: bool = False  # likewise
 
 
 @dataclass
@@ -227,7 +233,8 @@ class FakeRuntime:
     ContainerError (`snapshot`, `start`, `build`, `start-app`) or, for `answer`, an app that
     starts but never answers; `hang_build` makes the build time out. A started app answers the
     FakeProbe unless the test brings it down (`stop_app`); `app_does(ship)` is what the app's
-    own code does as it starts. Holds: `build`, `destroy`.
+    own code does as it starts; `build_weights` are the ship's CPU weights as its builds ran.
+    Holds: `build`, `destroy`.
     """
 
     containers: dict[str, FakeContainer] = field(default_factory=dict)
@@ -240,6 +247,8 @@ class FakeRuntime:
     calls: list[str] = field(default_factory=list)
     app_does: Callable[[str], None] | None = None
     handed: list[Path] = field(default_factory=list)  # given to the ships' root, in order
+    build_weights: list[int | None] = field(default_factory=list)
+    build_idle: list[bool] = field(default_factory=list)  # was each build idle (SCHED_IDLE)?
 
     def _get(self, name: str) -> FakeContainer:
         if name not in self.containers:
@@ -265,7 +274,16 @@ class FakeRuntime:
     async def start(self, ship: str) -> None:
         self.calls.append(f"start {ship}")
         self._maybe_fail("start")
-        self._get(ship).state = "RUNNING"
+        box = self._get(ship)
+        box.state, box.cpu_weight = "RUNNING", box.spec.cpu_weight if box.spec else None
+        box.cpu_idle = box.spec.cpu_idle if box.spec else False
+
+    async def set_cpu_weight(self, ship: str, weight: int) -> None:
+        self.calls.append(f"cpu-weight {ship} {weight}")
+        box = self._get(ship)
+        if box.state != "RUNNING":
+            raise ContainerError(f"lxc-cgroup {ship} failed: not running")
+        box.cpu_weight, box.cpu_idle = check_cpu_weight(weight), False
 
     async def attach(
         self,
@@ -281,6 +299,8 @@ class FakeRuntime:
         script = argv[-1].rsplit("/", 1)[-1]
         self.calls.append(f"{script} {ship}")
         if script == "build":
+            self.build_weights.append(box.cpu_weight)
+            self.build_idle.append(box.cpu_idle)
             return await self._build(on_line, timeout)
         self._maybe_fail("start-app")
         if self.app_does is not None:

@@ -15,7 +15,7 @@ from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.build import memory
 from hyperdrive.pipeline.health import KILLED_FOR_MEMORY, listening, oom_kills
 from hyperdrive.pipeline.job import Job, stage
-from hyperdrive.pipeline.model import HEALTHY, Records, Ship
+from hyperdrive.pipeline.model import HEALTHY, RUNNING_CPU_WEIGHT, Records, Ship
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
 
 START_TIMEOUT_S = 30
@@ -39,6 +39,8 @@ class Starter:
         job.emit(ev.ShipStarted, f"started: {plan.start[:200]}", ms=job.ms(t0))
 
     async def run_start(self, ship: Ship) -> None:
+        """The app runs at a running ship's CPU weight; its ship was started at a build's."""
+        await self.runtime.set_cpu_weight(ship.name, RUNNING_CPU_WEIGHT)
         argv = ["/bin/sh", "/hyperdrive/start"]
         code = await self.runtime.attach(ship.name, argv, {}, START_TIMEOUT_S)
         if code != 0:

@@ -174,6 +174,17 @@ class AppRepo:
         return result.returncode == 0
 
 
+def push_orders(d: Daemon, work: Path, orders: dict[str, str]) -> None:
+    """Push `<app>/orders` to the hosted headquarters, as an admiral's push would."""
+    hq = AppRepo(d, "headquarters", work)
+    sha = hq.commit({f"{app}/orders": text for app, text in orders.items()}, "orders")
+    ref = git("symbolic-ref", "HEAD", cwd=hq.bare)  # the branch HQ follows (made at start)
+    git("push", "-q", "-f", str(hq.bare), f"{sha}:{ref}", cwd=work)
+    trigger = Trigger.hq_push(RefUpdate(ref, "0" * 40, sha), "test")
+    write_incoming(d.data / "spool", trigger)
+    d.wait_event("HeadquartersSynced", timeout=30, deploy=trigger.id)
+
+
 def wait_outcome(d: Daemon, deploy: str, timeout: float = 120) -> dict:
     """The DeployFinished / DeployFailed / DeploySuperseded event of `deploy`."""
     terminal = {

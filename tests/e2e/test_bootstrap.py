@@ -40,12 +40,14 @@ WantedBy=multi-user.target
 
 
 def unit_tree(root: Path, enabled: bool) -> Path:
-    """A unit tree `systemctl --root` manages offline: this machine's nginx stays as it is."""
+    """A unit tree `systemctl --root` manages offline: this machine's nginx and nats-server
+    stay as they are."""
     (root / "etc" / "systemd" / "system").mkdir(parents=True)
     (root / "lib" / "systemd" / "system").mkdir(parents=True)
-    (root / "lib" / "systemd" / "system" / "nginx.service").write_text(NGINX_UNIT)
-    if enabled:
-        units(root, "enable", "nginx")
+    for unit in ("nginx", "nats-server"):
+        (root / "lib" / "systemd" / "system" / f"{unit}.service").write_text(NGINX_UNIT)
+        if enabled:
+            units(root, "enable", unit)
     return root
 
 
@@ -135,6 +137,7 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         assert "Successfully installed" in log, "pip's output is kept in bootstrap.log"
         assert "ready: hyperdrive " in log
         assert units(systemd, "is-enabled", "nginx") == "disabled"
+        assert units(systemd, "is-enabled", "nats-server") == "disabled", "it would hold 4222"
         assert healthz(api)
         hd = str(tmp_path / "bin" / "hd")
         status = json.loads(
@@ -177,6 +180,7 @@ def test_install_upgrade_uninstall(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "mine").exists(), "data is kept without --purge"
         assert "use --purge" in out
         assert units(systemd, "is-enabled", "nginx") == "enabled", "uninstall restores nginx"
+        assert units(systemd, "is-enabled", "nats-server") == "enabled"
         log = (tmp_path / "data" / "bootstrap.log").read_text()
         assert log.count("=== ./bootstrap install") == 2
         assert "=== ./bootstrap uninstall" in log
@@ -201,7 +205,9 @@ def test_uninstall_leaves_a_disabled_nginx_disabled(tmp_path: Path) -> None:
         assert (tmp_path / "opt" / "src" / "bootstrap").is_file()
         out = run_bootstrap(env, "--uninstall", "--purge").stdout
         assert units(systemd, "is-enabled", "nginx") == "disabled"
+        assert units(systemd, "is-enabled", "nats-server") == "disabled"
         assert "nginx.service" not in out
+        assert "nats-server.service" not in out
         assert not (tmp_path / "data").exists()
     finally:
         stop_supervisor(tmp_path)

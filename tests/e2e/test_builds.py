@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 from tests.conftest import Daemon
 from tests.e2e.squadron import (
     AppRepo,
     behind_world,
     git,
     http_get,
+    push_orders,
     wait_outcome,
 )
 from tests.e2e.world import World
@@ -145,17 +145,6 @@ def make_wheel(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def order(d: Daemon, work: Path, orders: dict[str, str]) -> None:
-    """Push `<app>/orders` to the hosted headquarters, as an admiral's push would."""
-    hq = AppRepo(d, "headquarters", work)
-    sha = hq.commit({f"{app}/orders": text for app, text in orders.items()}, "orders")
-    ref = git("symbolic-ref", "HEAD", cwd=hq.bare)  # the branch HQ follows (made at start)
-    git("push", "-q", "-f", str(hq.bare), f"{sha}:{ref}", cwd=work)
-    trigger = Trigger.hq_push(RefUpdate(ref, "0" * 40, sha), "test")
-    write_incoming(d.data / "spool", trigger)
-    d.wait_event("HeadquartersSynced", timeout=30, deploy=trigger.id)
-
-
 def ordered(world: World) -> dict[str, str]:
     """Every app's orders in this module (a push of HQ replaces them all)."""
     pip_env = (
@@ -180,7 +169,7 @@ def squadron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon,
     root = tmp_path_factory.mktemp("builds")
     make_named_wheel(root / "wheels", "hdtdemo", greeting="hello from a wheel")
     with behind_world(root, root / "wheels", HYPERDRIVE_HULL="debian") as (d, world):
-        order(d, root / "hq", ordered(world))
+        push_orders(d, root / "hq", ordered(world))
         yield d, world
 
 
@@ -311,14 +300,14 @@ def test_egress_off_makes_the_same_pip_build_fail_clearly_and_the_old_ship_serve
     finished(app.deploy(files))
     assert app.served() == (200, "hello from a wheel\n")
     orders = ordered(world)
-    order(d, tmp_path / "hq", {**orders, "cut": orders["cut"] + "egress off\n"})
+    push_orders(d, tmp_path / "hq", {**orders, "cut": orders["cut"] + "egress off\n"})
     try:
         files["requirements.txt"] = "hdtdemo==1.0\n# pip runs again\n"
         message = failed(app.deploy(files), "build", "egress is off for this app: cut/orders:3")
         assert "python build exited 1" in message
         assert app.served() == (200, "hello from a wheel\n")
     finally:
-        order(d, tmp_path / "hq-again", orders)
+        push_orders(d, tmp_path / "hq-again", orders)
 
 
 def test_a_build_printing_100_mb_is_capped_in_the_log_and_deploys(

@@ -18,8 +18,14 @@ import pytest
 
 from hyperdrive.network import bridge_address
 from tests.conftest import Daemon
-from tests.e2e.squadron import AppRepo, http_get, make_squadron, teardown, wait_outcome
-from tests.e2e.test_builds import order
+from tests.e2e.squadron import (
+    AppRepo,
+    http_get,
+    make_squadron,
+    push_orders,
+    teardown,
+    wait_outcome,
+)
 from tests.e2e.world import ALT_PORT, World, make_wheel
 
 pytestmark = [
@@ -100,7 +106,7 @@ def test_a_ship_resolves_the_worlds_names_and_leaves_with_the_hosts_address(
     squadron: Daemon, world: World, tmp_path: Path
 ) -> None:
     d = squadron
-    order(d, tmp_path / "hq", {"site": "servername site.hdt.example\n"})
+    push_orders(d, tmp_path / "hq", {"site": "servername site.hdt.example\n"})
     assert deploy(d, "site", tmp_path / "site", site("a site\n"))["event"] == "DeployFinished"
     looked_up = in_ship(d, "site", "nslookup", world.index_host)
     assert looked_up.returncode == 0, looked_up.stdout + looked_up.stderr
@@ -147,12 +153,12 @@ def test_egress_off_per_app_fails_the_build_and_the_old_ship_keeps_serving(
     d = squadron
     files = {"bin/build": FETCH_BUILD, "Procfile": "web: httpd -f -p $PORT -h /app\n"}
     files["index.html"] = "fetched\n"
-    order(d, tmp_path / "hq", {"fetch": f"export FROM={world.ip}\n"})
+    push_orders(d, tmp_path / "hq", {"fetch": f"export FROM={world.ip}\n"})
     repo = AppRepo(d, "fetch", tmp_path / "fetch")
     outcome = wait_outcome(d, repo.push_trigger(repo.commit(files)), timeout=120)
     assert outcome["event"] == "DeployFinished", outcome["message"]
     old = live_ship(d, "fetch")
-    order(d, tmp_path / "hq", {"fetch": f"export FROM={world.ip}\negress off\n"})
+    push_orders(d, tmp_path / "hq", {"fetch": f"export FROM={world.ip}\negress off\n"})
     outcome = wait_outcome(d, repo.push_trigger(repo.commit({"index.html": "v2\n"})), 120)
     assert outcome["event"] == "DeployFailed"
     assert "egress is off for this app: fetch/orders:2" in outcome["message"]
@@ -166,7 +172,7 @@ def test_egress_allow_lets_only_the_allowed_host_port_through(
 ) -> None:
     d = squadron
     # a name in the allow list is resolved (as ships resolve it) when the ship is made
-    order(d, tmp_path / "hq", {"narrow": f"egress allow {world.web_host}:80\n", "wide": ""})
+    push_orders(d, tmp_path / "hq", {"narrow": f"egress allow {world.web_host}:80\n", "wide": ""})
     assert deploy(d, "narrow", tmp_path / "n", site("narrow\n"))["event"] == "DeployFinished"
     assert deploy(d, "wide", tmp_path / "w", site("wide\n"))["event"] == "DeployFinished"
     assert wget(d, "narrow", f"http://{world.ip}/allowed") == "hello from the world\n"
@@ -181,7 +187,7 @@ def test_egress_off_for_every_ship(squadron: Daemon, world: World, tmp_path: Pat
     """HYPERDRIVE_SHIP_EGRESS=off (last: it restarts the squadron with it)."""
     d = squadron
     files = {"bin/build": FETCH_BUILD, "Procfile": "web: httpd -f -p $PORT -h /app\n"}
-    order(d, tmp_path / "hq", {"all": f"export FROM={world.ip}\n"})
+    push_orders(d, tmp_path / "hq", {"all": f"export FROM={world.ip}\n"})
     repo = AppRepo(d, "all", tmp_path / "all")
     outcome = wait_outcome(d, repo.push_trigger(repo.commit({**files, "index.html": "v1\n"})))
     assert outcome["event"] == "DeployFinished", outcome["message"]

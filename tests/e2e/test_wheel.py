@@ -82,5 +82,9 @@ def test_a_wheel_in_a_fresh_venv_serves_and_deploys_a_push(tmp_path: Path) -> No
         hooks = run("git", "config", "core.hooksPath", cwd=d.data / "git" / "site.git").strip()
         assert Path(hooks).is_relative_to(venv), f"the repo's hooks are {hooks}"
         assert os.access(Path(hooks) / "post-receive", os.X_OK)
+        # the dashboard's templates and static assets are package data of the wheel too
+        status, page = http_get(d.api_port, "/sign-in")
+        assert (status, '<label for="token">Token</label>' in page) == (200, True), page
+        assert http_get(d.api_port, "/static/live.js")[0] == 200
     finally:
         teardown(d)

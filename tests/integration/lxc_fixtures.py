@@ -44,6 +44,8 @@ class Bridge:
         memory_bytes: int | None = None,
         cpus: float | None = None,
         pids: int | None = None,
+        cpu_weight: int | None = None,
+        cpu_idle: bool = False,
     ) -> ShipSpec:
         """A ShipSpec for the subnet's `host`-th address on this bridge."""
         return ShipSpec(
@@ -56,7 +58,34 @@ class Bridge:
             cpus=cpus,
             mounts=mounts,
             pids=pids,
+            cpu_weight=cpu_weight,
+            cpu_idle=cpu_idle,
         )
+
+
+def host_cpu_weight(pid: int) -> str:
+    """The CPU weight of the cgroup process `pid` is in, read on the host: v1 `cpu.shares` on
+    a hybrid host, else v2 `cpu.weight`."""
+    root = Path("/sys/fs/cgroup")
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(",") and (root / "cpu" / "cpu.shares").exists():
+            return (root / "cpu" / path.lstrip("/") / "cpu.shares").read_text().strip()
+        if controllers == "" and (root / "cgroup.controllers").exists():
+            return (root / path.lstrip("/") / "cpu.weight").read_text().strip()
+    raise AssertionError(f"no cpu cgroup found for pid {pid}")
+
+
+def host_cpu_idle(pid: int) -> str:
+    """`cpu.idle` of the cgroup process `pid` is in, read on the host (v1 on a hybrid host)."""
+    root = Path("/sys/fs/cgroup")
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(",") and (root / "cpu" / "cpu.idle").exists():
+            return (root / "cpu" / path.lstrip("/") / "cpu.idle").read_text().strip()
+        if controllers == "" and (root / "cgroup.controllers").exists():
+            return (root / path.lstrip("/") / "cpu.idle").read_text().strip()
+    raise AssertionError(f"no cpu cgroup found for pid {pid}")
 
 
 def require_lxc() -> None:

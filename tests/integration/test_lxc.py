@@ -11,7 +11,14 @@ import pytest
 from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.network import mac_for_ip
-from tests.integration.lxc_fixtures import Bridge, app_mount, get_until_ok
+from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, RUNNING_CPU_WEIGHT
+from tests.integration.lxc_fixtures import (
+    Bridge,
+    app_mount,
+    get_until_ok,
+    host_cpu_idle,
+    host_cpu_weight,
+)
 
 # The fixtures, re-exported so pytest finds them here (conftest.py belongs to everyone).
 from tests.integration.lxc_fixtures import bridge as bridge  # noqa: PLC0414
@@ -201,6 +208,47 @@ async def test_memory_and_cpu_limits_are_visible_and_enforced(
     assert small == 0
     big, _ = await run(lxc, ship, "dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1")
     assert big == 128 + 9  # SIGKILLed by the OOM killer: a 96 MiB buffer in a 32 MiB ship
+
+
+async def test_a_ship_starts_at_its_configured_cpu_weight_and_can_be_given_another(
+    lxc: Lxc, hull: str, bridge: Bridge, site: Path
+) -> None:
+    """How a build runs at a low weight and its app at the normal one (pipeline/start.py)."""
+    ship = await running_ship(lxc, hull, bridge, site, 19, cpu_weight=BUILD_CPU_WEIGHT)
+    low, normal = ("102", "1024") if lxc.cgroups.cpu == "v1" else ("10", "100")
+    inside = (
+        "/sys/fs/cgroup/cpu/cpu.shares" if lxc.cgroups.cpu == "v1" else "/sys/fs/cgroup/cpu.weight"
+    )
+    assert await run(lxc, ship, "cat", inside) == (0, [low])
+    info = await lxc.info(ship)
+    assert info is not None
+    assert info.pid is not None
+    assert host_cpu_weight(info.pid) == low
+    await lxc.set_cpu_weight(ship, RUNNING_CPU_WEIGHT)
+    assert host_cpu_weight(info.pid) == normal
+    assert await run(lxc, ship, "cat", inside) == (0, [normal])
+    with pytest.raises(ContainerError, match="out of range"):
+        await lxc.set_cpu_weight(ship, 0)
+    await lxc.stop(ship, kill=True)
+    with pytest.raises(ContainerError, match="lxc-cgroup"):
+        await lxc.set_cpu_weight(ship, RUNNING_CPU_WEIGHT)
+
+
+async def test_a_ship_started_idle_runs_on_spare_cpu_until_it_is_given_a_weight(
+    lxc: Lxc, hull: str, bridge: Bridge, site: Path
+) -> None:
+    """How a build runs (SCHED_IDLE: every running ship goes first) and its app then does."""
+    assert lxc.cgroups.cpu_idle, "this kernel has cpu.idle (5.15 or later)"
+    ship = await running_ship(
+        lxc, hull, bridge, site, 20, cpu_weight=BUILD_CPU_WEIGHT, cpu_idle=True
+    )
+    info = await lxc.info(ship)
+    assert info is not None
+    assert info.pid is not None
+    assert host_cpu_idle(info.pid) == "1"
+    await lxc.set_cpu_weight(ship, RUNNING_CPU_WEIGHT)
+    assert host_cpu_idle(info.pid) == "0"
+    assert host_cpu_weight(info.pid) == ("1024" if lxc.cgroups.cpu == "v1" else "100")
 
 
 async def test_snapshot_of_a_missing_hull_shows_lxc_copys_log(lxc: Lxc, tag: str) -> None:

@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from hyperdrive.eventlog import JsonlEventLog
+from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.refusals import RefusalTally
 from hyperdrive.hooks.webhook import MAX_BODY, StaticResolver, WebhookReceiver
 from hyperdrive.spool import JOURNAL, FileSpool, read_journal
@@ -67,7 +68,10 @@ class Server:
 
 
 async def start(
-    spool_dir: Path, secret: str = forge.SECRET, refusals: RefusalTally | None = None
+    spool_dir: Path,
+    secret: str = forge.SECRET,
+    refusals: RefusalTally | None = None,
+    deliveries: Deliveries | None = None,
 ) -> Server:
     spool = FileSpool(spool_dir)
     await spool.open()
@@ -80,8 +84,9 @@ async def start(
 
     resolver = StaticResolver(APPS, HQ)
     receiver = WebhookReceiver(
-        secret, spool, resolver, emit, read_timeout=READ_TIMEOUT, refusals=refusals
-    )
+        secret, spool, resolver, emit, read_timeout=READ_TIMEOUT, refusals=refusals,
+        deliveries=deliveries,
+    )  # fmt: skip
     app = web.Application()
     receiver.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
@@ -110,6 +115,31 @@ def no_secrets_in(server: Server, *secrets: str) -> None:
 
 
 # ─── each forge's push becomes one durable trigger ───────────────────────────
+
+
+async def test_every_answer_is_remembered_where_the_log_summarises_refusals(
+    tmp_path: Path,
+) -> None:
+    deliveries = Deliveries()
+    running = await start(tmp_path / "spool", deliveries=deliveries)
+    try:
+        headers, body = forge.github(forge.payload("github_push"), delivery="ok-1")
+        assert (await running.post("github", headers, body))[0] == 202
+        assert (await running.post("github", headers, body))[0] == 200  # a redelivery
+        for n in range(3):
+            forged = {**headers, "X-GitHub-Delivery": f"bad-{n}", "X-Hub-Signature-256": "x"}
+            assert (await running.post("github", forged, body))[0] == 401
+    finally:
+        await running.stop()
+    said = [(d.delivery, d.status, d.answer) for d in deliveries.recent("github")]
+    assert said == [
+        ("bad-2", 401, "rejected"), ("bad-1", 401, "rejected"), ("bad-0", 401, "rejected"),
+        ("ok-1", 200, "duplicate"), ("ok-1", 202, "queued"),
+    ]  # fmt: skip
+    assert deliveries.recent("github")[-1].deploys == (("web", "github:ok-1:web"),)
+    assert "X-Hub-Signature-256" in deliveries.recent("github")[0].reason
+    rejected = [e for e in running.events if e["event"] == "WebhookRejected"]
+    assert len(rejected) == 1, "the log writes the first refusal of the burst only"
 
 
 async def test_github_push_is_queued_durably(server: Server) -> None:

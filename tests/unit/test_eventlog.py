@@ -62,6 +62,15 @@ def test_read_filters_by_app_and_deploy(log: JsonlEventLog) -> None:
     assert list(log.stored(Filter(app="nope"))) == []
 
 
+def test_reading_one_deploy_skips_other_lines_unparsed_and_misses_none(log: JsonlEventLog) -> None:
+    log.append({"event": "DeployQueued", "deploy": "push-1", "message": "about push-10"})
+    log.append({"event": "DeployQueued", "deploy": "push-10"})
+    log.append({"event": "BuildOutput", "deploy": "push-1", "message": 'said "\\ \u00e9'})
+    assert [e["seq"] for e in log.stored(Filter(deploy="push-1"))] == [1, 3]
+    assert [e["seq"] for e in log.stored(Filter(deploy="push-10"))] == [2]
+    assert list(log.stored(Filter(deploy='odd"id'))) == []  # no prefilter for such an id
+
+
 @pytest.mark.parametrize(
     "since",
     ["10m", "2h", "2022-06-01T00:00:00Z", "2022-06-01T00:00:00+00:00", "1654041600", 1654041600.0],

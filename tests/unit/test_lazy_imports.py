@@ -9,6 +9,8 @@ import pytest
 CASES = {
     # the daemon: dulwich and jinja2 load at their first use
     "hyperdrive.server": {"dulwich", "jinja2"},
+    # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
+    "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},
     # git's hooks write triggers without the event loop machinery
     "hyperdrive.triggers": {"asyncio", "aiohttp", "asyncssh"},
     # post-receive and `hd` follow deploys over plain http.client

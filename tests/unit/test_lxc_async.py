@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -49,12 +50,15 @@ def test_detects_v1_controllers_on_a_hybrid_host(tmp_path: Path) -> None:
     (tmp_path / "pids" / "cgroup.procs").write_text("1\n")
     (tmp_path / "unified").mkdir()
     (tmp_path / "unified" / "cgroup.controllers").write_text("")
-    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v1", cpu="v1", memsw=False, pids="v1")
+    found = detect_cgroups(tmp_path, kernel=(5, 10))
+    assert found == CgroupKeys(memory="v1", cpu="v1", memsw=False, pids="v1")
+    assert detect_cgroups(tmp_path, kernel=(6, 1)).cpu_idle
 
 
 def test_detects_a_pure_v2_host(tmp_path: Path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    assert detect_cgroups(tmp_path) == CgroupKeys(memory="v2", cpu="v2", memsw=False, pids="v2")
+    found = detect_cgroups(tmp_path, kernel=(5, 15))
+    assert found == CgroupKeys(memory="v2", cpu="v2", memsw=False, pids="v2", cpu_idle=True)
 
 
 def test_limits_use_the_keys_that_take_effect() -> None:
@@ -75,6 +79,24 @@ def test_limits_use_the_keys_that_take_effect() -> None:
     assert cgroup_settings(spec(pids=512), V2)[-1] == ("lxc.cgroup2.pids.max", "512")
     with pytest.raises(ContainerError, match="no memory cgroup"):
         cgroup_settings(limited, CgroupKeys(None, "v1", memsw=False))
+
+
+def test_an_idle_ship_is_idle_where_the_kernel_can_and_at_its_weight_elsewhere() -> None:
+    idle = spec(cpu_weight=10, cpu_idle=True)
+    assert cgroup_settings(idle, replace(V1, cpu_idle=True)) == [("lxc.cgroup.cpu.idle", "1")]
+    assert cgroup_settings(idle, replace(V2, cpu_idle=True)) == [("lxc.cgroup2.cpu.idle", "1")]
+    assert cgroup_settings(idle, V2) == [("lxc.cgroup2.cpu.weight", "10")]
+
+
+def test_a_cpu_weight_is_v1_shares_or_v2_weight_and_a_preference_without_a_controller() -> None:
+    assert cgroup_settings(spec(cpu_weight=10), V1) == [("lxc.cgroup.cpu.shares", "102")]
+    assert cgroup_settings(spec(cpu_weight=100), V1) == [("lxc.cgroup.cpu.shares", "1024")]
+    assert cgroup_settings(spec(cpu_weight=1), V1) == [("lxc.cgroup.cpu.shares", "10")]
+    assert cgroup_settings(spec(cpu_weight=10), V2) == [("lxc.cgroup2.cpu.weight", "10")]
+    assert cgroup_settings(spec(cpu_weight=10), CgroupKeys("v1", None, memsw=False)) == []
+    assert "lxc.cgroup.cpu.shares = 102" in render_config(HULL_CONFIG, spec(cpu_weight=10), V1)
+    with pytest.raises(ContainerError, match="cpu weight 0 is out of range"):
+        spec(cpu_weight=0)
 
 
 def test_render_keeps_hull_lines_and_replaces_managed_ones(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 from hyperdrive.headquarters import Headquarters, parse_orders
 from hyperdrive.pipeline.bus import FAILED, FINISHED, SUPERSEDED
 from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Rollback
+from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, LIVE, RUNNING_CPU_WEIGHT, STOPPED
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
-from hyperdrive.pipeline.model import LIVE, STOPPED
 from hyperdrive.pipeline.ports import FakeGit
 from tests.unit.deploy_world import PYTHON, STATIC, Squadron, World
 
@@ -323,6 +323,28 @@ async def test_rollback_goes_to_the_newest_healthy_kept_ship(world: World, hd: S
     assert world.serving("web") == hd.live_ship_address("web")
     assert hd.app("web").ship(third).state == STOPPED  # type: ignore[union-attr]
     assert hd.names(deploy)[-2:] == ["RolledBack", "DeployFinished"], "said before the outcome"
+
+
+async def test_a_build_runs_idle_and_every_app_start_at_the_normal_weight(
+    world: World, hd: Squadron
+) -> None:
+    first = await live_at(hd, "web", PYTHON)
+    assert world.runtime.build_weights == [BUILD_CPU_WEIGHT]  # where the host has no cpu.idle
+    assert world.runtime.build_idle == [True]
+    mine = [call for call in world.runtime.calls if call.endswith(first) or first in call]
+    assert mine[-3:] == [
+        f"build {first}",
+        f"cpu-weight {first} {RUNNING_CPU_WEIGHT}",
+        f"start {first}",
+    ]
+    assert world.runtime.containers[first].cpu_weight == RUNNING_CPU_WEIGHT
+    assert not world.runtime.containers[first].cpu_idle
+    await live_at(hd, "web", {**PYTHON, "app.py": "print('v2')\n"})
+    assert world.runtime.build_weights == [BUILD_CPU_WEIGHT] * 2
+    # a kept ship starts at its config's (a build's) weight again; its app runs at the normal one
+    assert await hd.run(Rollback(deploy=hd.next_id(), app="web")) == FINISHED
+    assert hd.app("web").live == first
+    assert world.runtime.containers[first].cpu_weight == RUNNING_CPU_WEIGHT
 
 
 async def test_rollback_without_a_healthy_kept_ship_fails_and_changes_nothing(

@@ -1,0 +1,497 @@
+"""The fleet link: one NATS connection, the trigger stream, squadron presence, the outbox.
+
+Loaded only when a fleet is configured (the import of nats lives here). The link never
+stops the squadron: while NATS is unreachable it keeps retrying, the spool keeps taking
+triggers, and the outbox keeps what the fleet has not acknowledged yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.kv import KeyValue
+
+from hyperdrive.errors import FleetError
+from hyperdrive.fleet.outbox import Outbox
+from hyperdrive.fleet.relay import Relay, encode, shared
+from hyperdrive.fleet.state import Creds
+from hyperdrive.spool import FileSpool
+
+log = logging.getLogger(__name__)
+
+STREAM = "HD_TRIGGERS"
+SUBJECT = "hd.trigger"
+PRESENCE = "hd_squadrons"
+NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
+RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
+DEDUPE_WINDOW_S = 3600.0
+ACK_WAIT_S = 30.0
+FETCH_WAIT_S = 10.0  # a pull waits this long; a pull lost with its consumer leader is retried
+CONNECT_TIMEOUT_S = 3
+PUBLISH_TIMEOUT_S = 5.0
+MAX_BACKOFF_S = 5.0
+
+CONNECTING, CONNECTED, UNREACHABLE, REFUSED = "connecting", "connected", "unreachable", "refused"
+
+
+class FleetStreamLost(Exception):
+    """Connected, yet the stream does not answer: set it up again in a new session."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this squadron is in the fleet: its name and the id of its data folder."""
+
+    name: str
+    instance: str
+    version: str
+
+
+async def connect(
+    urls: tuple[str, ...],
+    creds: Creds,
+    *,
+    name: str,
+    retry: bool,
+    on_state: Callable[[str, str], None] = lambda state, detail: None,
+) -> Client:
+    """A NATS connection with the fleet's credentials; `retry` keeps reconnecting forever."""
+
+    async def error(err: Exception) -> None:
+        if isinstance(err, nats.errors.AuthorizationError) or "authoriz" in str(err).lower():
+            on_state(REFUSED, "NATS refused the fleet credentials (wrong secret?)")
+        else:
+            on_state(UNREACHABLE, f"NATS unreachable: {err or type(err).__name__}")
+
+    async def disconnected() -> None:
+        on_state(UNREACHABLE, "NATS connection lost; reconnecting")
+
+    async def reconnected() -> None:
+        on_state(CONNECTED, "")
+
+    client = Client()
+    try:
+        await client.connect(
+            list(urls),
+            user=creds.user,
+            password=creds.password,
+            name=f"hyperdrive {name}",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            allow_reconnect=retry,
+            max_reconnect_attempts=-1 if retry else 0,
+            reconnect_time_wait=1,
+            error_cb=error,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+        )
+    except BaseException:
+        await _discard(client)
+        raise
+    return client
+
+
+async def _discard(client: Client) -> None:
+    """A connection that failed half-way: close what nats-py left open (its socket)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 5)
+    transport = getattr(client, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
+
+
+async def probe(urls: tuple[str, ...], creds: Creds, identity: Identity) -> None:
+    """`hd fleet join`: connect once and check the name is free; FleetError says why not."""
+    refused: list[str] = []
+    try:
+        nc = await connect(
+            urls, creds, name=identity.name, retry=False, on_state=lambda s, d: refused.append(d)
+        )
+    except Exception as err:  # noqa: BLE001 - nats-py raises many kinds; each is "not reached"
+        why = next((d for d in refused if "credentials" in d), "")
+        raise FleetError(why or f"cannot reach the fleet at {', '.join(urls)}: {err}") from None
+    try:
+        js = nc.jetstream()
+        kv = await presence_bucket(js)
+        await check_name(kv, identity)
+    finally:
+        await nc.close()
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    """The trigger stream: dedupe by Nats-Msg-Id, kept as long as the spool remembers ids."""
+    try:
+        await js.stream_info(STREAM)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    config = StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT}.>"],
+        max_age=RETENTION_S,
+        duplicate_window=DEDUPE_WINDOW_S,
+    )
+    await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
+
+
+async def grow(js: JetStreamContext) -> int:
+    """Make the stream and the presence bucket R3 once the cluster has three nodes; the
+    replicas both have now (1 while the cluster is smaller, or still forming)."""
+    replicas = 3
+    for name in (STREAM, f"KV_{PRESENCE}"):
+        try:
+            info = await js.stream_info(name)
+            if (info.config.num_replicas or 1) < 3:
+                info = await js.update_stream(replace(info.config, num_replicas=3))
+            replicas = min(replicas, info.config.num_replicas or 1)
+        except (nats.js.errors.Error, nats.errors.Error) as err:
+            log.debug("fleet: %s stays at its replicas for now: %s", name, err)
+            replicas = 1
+    return replicas
+
+
+async def ask_for_routes(
+    urls: tuple[str, ...], creds: Creds, identity: Identity, route: str
+) -> list[str]:
+    """`hd fleet join` as a node: a node of the fleet answers with the routes to its peers."""
+    nc = await connect(urls, creds, name=identity.name, retry=False)
+    try:
+        body = json.dumps({"name": identity.name, "route": route}).encode()
+        answer = await nc.request(NODES, body, timeout=10)
+    except nats.errors.Error as err:
+        why = f"no NATS node of the fleet answered ({err}); join without --node"
+        raise FleetError(why) from None
+    finally:
+        await nc.close()
+    routes = json.loads(answer.data).get("routes")
+    if not isinstance(routes, list) or not routes:
+        raise FleetError("the fleet's node gave no routes; join without --node")
+    return [str(r) for r in routes]
+
+
+async def presence_bucket(js: JetStreamContext) -> KeyValue:
+    try:
+        return await js.key_value(PRESENCE)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    kv: KeyValue = await _with_replicas(
+        lambda r: js.create_key_value(bucket=PRESENCE, history=1, replicas=r)
+    )
+    return kv
+
+
+async def _with_replicas(make: Callable[[int], Awaitable[Any]]) -> Any:
+    """R3 where the cluster has three nodes, else R1 (a lone node, or while it grows)."""
+    try:
+        return await make(3)
+    except nats.js.errors.APIError:
+        return await make(1)
+
+
+async def check_name(kv: KeyValue, identity: Identity) -> None:
+    """Refuse a name another squadron (another data folder) holds in this fleet."""
+    try:
+        entry = await kv.get(identity.name)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return
+    holder = json.loads(entry.value or b"{}")
+    if holder.get("id") != identity.instance:
+        raise FleetError(
+            f"the squadron name {identity.name!r} is already taken in this fleet "
+            f"(by squadron {holder.get('id', '?')}); give this squadron another "
+            "HYPERDRIVE_NAME, or run `hd fleet leave` on the other one"
+        )
+
+
+async def claim_name(kv: KeyValue, identity: Identity) -> None:
+    """Take this squadron's name, atomically: create, or update our own entry."""
+    value = json.dumps(
+        {"id": identity.instance, "version": identity.version, "seen": time.time()}
+    ).encode()
+    try:
+        await kv.create(identity.name, value)
+        return
+    except nats.js.errors.KeyWrongLastSequenceError:
+        pass
+    await check_name(kv, identity)
+    await kv.put(identity.name, value)
+
+
+class _MsgDelivery:
+    """A JetStream message as the relay's Delivery."""
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+
+    async def ack(self) -> None:
+        await self.msg.ack()
+
+    async def in_progress(self) -> None:
+        await self.msg.in_progress()
+
+    async def term(self) -> None:
+        await self.msg.term()
+
+
+NodesHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class FleetLink:
+    """The daemon's side of the fleet: publish the outbox, consume the stream, say its state."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        urls: tuple[str, ...],
+        creds: Creds,
+        spool: FileSpool,
+        outbox: Outbox,
+        *,
+        answer_nodes: NodesHandler | None = None,
+    ) -> None:
+        self.answer_nodes = answer_nodes  # set where this squadron runs a node
+        self.identity = identity
+        self.urls = urls
+        self.creds = creds
+        self.spool = spool
+        self.outbox = outbox
+        self.relay = Relay(spool, outbox, connected=lambda: self.state == CONNECTED)
+        self.state, self.detail = CONNECTING, ""
+        self.published = 0
+        self.replicas = 0  # of the trigger stream, as last seen (0: not yet)
+        self._nc: Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reconnected = asyncio.Event()
+        self._discovered: list[str] = []  # the fleet's other nodes, as the last connection knew
+
+    def _set(self, state: str, detail: str) -> None:
+        if state == CONNECTED and self.state != CONNECTED:
+            self._reconnected.set()
+        if self.state == REFUSED and state == UNREACHABLE:
+            return  # keep the reason a user can fix
+        if (state, detail) != (self.state, self.detail):
+            log.info("fleet: %s%s", state, f" ({detail})" if detail else "")
+        self.state, self.detail = state, detail
+
+    async def start(self) -> None:
+        """Take the spool's triggers from now on; connect in the background (never blocks)."""
+        await asyncio.to_thread(self.outbox.load)
+        for trigger in self.spool.pending():  # taken just before a crash, not yet in the outbox
+            if shared(trigger) and trigger.id not in self.outbox:
+                await self.outbox.add(trigger)
+        self.spool.listeners.append(self.relay)
+        self._task = asyncio.create_task(self._run(), name="fleet link")
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.spool.listeners.remove(self.relay)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 5)
+            self._nc = None
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except FleetStreamLost as err:
+                log.info("fleet: setting up again (%s)", err)
+                backoff = 0.5
+            except FleetError as err:
+                self._set(REFUSED, str(err))
+            except Exception as err:  # noqa: BLE001 - any failure: say it, retry, keep serving
+                self._set(UNREACHABLE, f"NATS unreachable: {err or type(err).__name__}")
+            await self._close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _close(self) -> None:
+        if self._nc is not None:
+            self._discovered = [u.geturl() for u in self._nc.discovered_servers]
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 5)
+            self._nc = None
+
+    def _servers(self) -> tuple[str, ...]:
+        """The configured URLs first, then the nodes the last connection learned of: a new
+        session still finds the fleet when the configured node is the one that is gone."""
+        return tuple(dict.fromkeys([*self.urls, *self._discovered]))
+
+    async def _session(self) -> None:
+        """Connect, set up, then run until something fails for good."""
+        self._nc = await connect(
+            self._servers(), self.creds, name=self.identity.name, retry=True, on_state=self._set
+        )
+        js = self._nc.jetstream()
+        await ensure_stream(js)
+        self.replicas = (await js.stream_info(STREAM)).config.num_replicas or 1
+        await claim_name(await presence_bucket(js), self.identity)
+        sub = await js.pull_subscribe(
+            f"{SUBJECT}.>",
+            durable=self.identity.name,
+            stream=STREAM,
+            config=ConsumerConfig(
+                ack_wait=ACK_WAIT_S, deliver_policy=DeliverPolicy.NEW, max_ack_pending=10_000
+            ),
+        )
+        if self.answer_nodes is not None:
+            await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
+        self._set(CONNECTED, "")
+        workers = [self._consume(sub), self._publish(js), self._keep_alive()]
+        tasks = [asyncio.create_task(w) for w in workers]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Every trigger of the stream once per squadron, catch-up first, in order."""
+        while True:
+            try:
+                msgs = await self._fetch(sub)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self.relay.received(msg.data, _MsgDelivery(msg))
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """One pull; a reconnection cuts it short (the server forgot the pending pull), so
+        what was published meanwhile arrives at once, not when the pull expires."""
+        self._reconnected.clear()
+        pull = asyncio.create_task(sub.fetch(batch=256, timeout=FETCH_WAIT_S))
+        wake = asyncio.create_task(self._reconnected.wait())
+        try:
+            await asyncio.wait({pull, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the session is cancelled: neither task is left behind
+            for task in (pull, wake):
+                task.cancel()
+            outcome = await asyncio.gather(pull, wake, return_exceptions=True)
+        if isinstance(outcome[0], asyncio.CancelledError):
+            # reconnected, maybe to a node that lost its store (a lone node turned cluster
+            # node): set the stream, the name and the consumer up again
+            raise FleetStreamLost("reconnected")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return list(outcome[0])
+
+    async def _publish(self, js: JetStreamContext) -> None:
+        """The outbox, in order; a trigger leaves it only once the stream has acked it.
+
+        Failing while connected (the stream lost with a node's store, say) ends the session,
+        so the next one sets the stream up again."""
+        while True:
+            await self.outbox.changed.wait()
+            self.outbox.changed.clear()
+            for trigger in self.outbox.unsent():
+                await self._publish_until_acked(js, trigger)
+
+    async def _publish_until_acked(self, js: JetStreamContext, trigger: Any) -> None:
+        backoff, failed_connected = 0.2, 0
+        while not await self._publish_one(js, trigger):
+            connected = self._nc is not None and self._nc.is_connected
+            failed_connected = failed_connected + 1 if connected else 0
+            if failed_connected >= 5:
+                raise FleetStreamLost(f"the trigger stream does not take {trigger.id}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _publish_one(self, js: JetStreamContext, trigger: Any) -> bool:
+        subject = f"{SUBJECT}.{trigger.kind}"
+        try:
+            await js.publish(
+                subject,
+                encode(trigger),
+                timeout=PUBLISH_TIMEOUT_S,
+                headers={"Nats-Msg-Id": trigger.id},
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as err:
+            log.debug("fleet: publishing %s failed: %s", trigger.id, err)
+            return False
+        self.published += 1
+        await self.outbox.sent(trigger.id)
+        return True
+
+    async def _keep_alive(self) -> None:
+        """While deploys run for deliveries, tell the stream so; idle, nothing wakes."""
+        while True:
+            await self.relay.holding.wait()
+            await asyncio.sleep(ACK_WAIT_S / 3)
+            await self.relay.keep_alive()
+
+    async def others(self) -> list[str]:
+        """The other squadrons present in the fleet (by name)."""
+        kv = await presence_bucket(self._jetstream())
+        try:
+            names = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return sorted(n for n in names if n != self.identity.name)
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._nc is None or not self._nc.is_connected:
+            raise FleetError("NATS is unreachable: the name stays taken until it is back")
+        return self._nc.jetstream()
+
+    async def _nodes_request(self, msg: Msg) -> None:
+        """Another squadron joins as a node: tell it the routes (this node may then turn
+        from a lone node into a cluster)."""
+        assert self.answer_nodes is not None
+        try:
+            body = json.loads(msg.data)
+            answer = await self.answer_nodes(body if isinstance(body, dict) else {})
+        except (ValueError, FleetError) as err:
+            answer = {"error": str(err)}
+        with contextlib.suppress(Exception):
+            await msg.respond(json.dumps(answer).encode())
+
+    async def grow(self) -> bool:
+        if self._nc is None or not self._nc.is_connected:
+            return False
+        self.replicas = await grow(self._nc.jetstream())
+        return self.replicas >= 3
+
+    async def release_name(self) -> None:
+        """`hd fleet leave`: free the name and drop this squadron's consumer."""
+        js = self._jetstream()
+        kv = await presence_bucket(js)
+        await check_name(kv, self.identity)
+        await kv.delete(self.identity.name)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_consumer(STREAM, self.identity.name)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "detail": self.detail,
+            "unpublished": len(self.outbox),
+            "published": self.published,
+            "received": self.relay.received_count,
+            "awaiting_outcome": len(self.relay.held),
+            "replicas": self.replicas,
+        }

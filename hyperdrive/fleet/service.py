@@ -1,0 +1,305 @@
+"""The daemon's fleet: the managed node (if this squadron runs one) and the fleet link.
+
+`hd fleet init/join/leave` arrive here over the admin socket. With no fleet, `start` does
+nothing and nats is never imported; the link module is loaded at the first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from hyperdrive import __version__, systemd
+from hyperdrive.config import NATS_URL, Config, Listen, without_password
+from hyperdrive.errors import FleetError
+from hyperdrive.fleet import state
+from hyperdrive.fleet.node import NatsNode, NodeSpec
+from hyperdrive.fleet.outbox import Outbox
+from hyperdrive.spool import FileSpool
+
+if TYPE_CHECKING:
+    from hyperdrive.fleet.link import FleetLink, Identity
+
+log = logging.getLogger(__name__)
+
+ROUTE = re.compile(r"nats://[A-Za-z0-9.:\[\]-]+:\d{1,5}")
+
+
+def node_for(config: Config) -> NatsNode:
+    """Our nats-server; under systemd in its own scope, so it outlives the service's restart."""
+    scope = f"{config.name}-nats" if systemd.booted() else None
+    return NatsNode(config.nats_dir, scope=scope)
+
+
+class FleetService:
+    """Alone, a managed node plus link, or a link to someone else's NATS."""
+
+    def __init__(self, config: Config, spool: FileSpool) -> None:
+        self.config = config
+        self.spool = spool
+        self.node = node_for(config)
+        self.outbox = Outbox(config.spool_dir / "fleet-outbox.jsonl")
+        self.link: FleetLink | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.problem = ""  # why the fleet could not start (bad creds file, …)
+
+    def urls(self) -> tuple[str, ...]:
+        return state.connect_urls(self.config, state.read_membership(self.config))
+
+    async def start(self) -> None:
+        """Start the managed node (adopting a running one) and the link; alone: nothing."""
+        try:
+            membership = state.read_membership(self.config)
+            urls = state.connect_urls(self.config, membership)
+            if not urls:
+                return
+            creds = state.read_creds(self.config.fleet_creds_file)
+        except FleetError as err:
+            self.problem = str(err)
+            log.error("fleet: %s; serving alone until it is fixed", err)  # noqa: TRY400
+            return
+        if membership is not None and membership.node:
+            self._supervisor = asyncio.create_task(self.node.supervise(), name="nats-server")
+        from hyperdrive.fleet.link import FleetLink  # noqa: PLC0415 - only a fleet loads nats
+
+        node = membership is not None and membership.node
+        self.link = FleetLink(
+            self._identity(),
+            urls,
+            creds,
+            self.spool,
+            self.outbox,
+            answer_nodes=self._answer_nodes if node else None,
+        )
+        await self.link.start()
+
+    async def stop(self) -> None:
+        """Stop the link; the managed node keeps running for the other squadrons."""
+        if self.link is not None:
+            await self.link.stop()
+            self.link = None
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+
+    def _identity(self) -> Identity:
+        from hyperdrive.fleet.link import Identity  # noqa: PLC0415
+
+        ident = state.instance_id(self.config)
+        return Identity(self.config.name, ident, __version__)
+
+    # -- hd fleet init / join / leave --
+    def _refuse_if_member(self) -> None:
+        if self.config.fleet:
+            raise FleetError("HYPERDRIVE_FLEET is set: this squadron follows that NATS already")
+        if state.read_membership(self.config) is not None:
+            raise FleetError("this squadron is in a fleet already; `hd fleet leave` first")
+
+    async def init(self, advertise: str) -> dict[str, Any]:
+        """Make this squadron the fleet's first: a managed nats-server, new credentials."""
+        self._refuse_if_member()
+        self._need_nats_server()
+        creds = state.new_creds()
+        await asyncio.to_thread(self._write_node, self._spec(creds, ()), creds, advertise, ())
+        await self.node.stop()  # a node a previous `leave` could not stop
+        await self.node.start()
+        await self._restart()
+        url = state.client_url(self.config.fleet_listen, advertise or _advertised(self.config))
+        return {"join": state.join_line(url, creds), "url": url}
+
+    def _need_nats_server(self) -> None:
+        if shutil.which(self.node.binary) is None:
+            raise FleetError("nats-server is not installed (apt-get install nats-server)")
+
+    def _spec(self, creds: state.Creds, routes: tuple[str, ...]) -> NodeSpec:
+        c = self.config
+        return NodeSpec(c.name, c.nats_dir, c.fleet_listen, c.fleet_cluster_listen, creds, routes)
+
+    def _route(self, advertise: str) -> str:
+        """This node's cluster URL as the others reach it."""
+        host = advertise or _advertised(self.config)
+        return f"nats://{Listen(host, self.config.fleet_cluster_listen.port)}"
+
+    def _write_node(
+        self, spec: NodeSpec, creds: state.Creds, advertise: str, routes: tuple[str, ...]
+    ) -> None:
+        self.node.configure(spec)
+        state.write_creds(self.config.fleet_creds_file, creds)
+        membership = state.Membership(node=True, advertise=advertise, routes=routes)
+        state.write_membership(self.config, membership)
+
+    async def join(
+        self, url: str, secret: str, *, advertise: str = "", node: bool = False
+    ) -> dict[str, Any]:
+        """Join the fleet at `url`, checked first (secret, name): as a member (a client of
+        `url`), or with `node` as a JetStream cluster node of its own (three give R3)."""
+        self._refuse_if_member()
+        from hyperdrive.fleet import link  # noqa: PLC0415 - only a fleet loads nats
+
+        creds, identity = state.Creds(state.FLEET_USER, secret), self._identity()
+        await link.probe((url,), creds, identity)
+        if not node:
+            await asyncio.to_thread(self._write_member, url, creds)
+            await self._restart()
+            return {"url": url, "node": False}
+        self._need_nats_server()
+        route = self._route(advertise)
+        routes = await link.ask_for_routes((url,), creds, identity, route)
+        peers = tuple(r for r in routes if r != route)
+        await asyncio.to_thread(self._write_node, self._spec(creds, peers), creds, advertise, peers)
+        await self.node.stop()
+        await self.node.start()
+        await self._restart()
+        self._background(self._grow(), "fleet grow")
+        return {"url": url, "node": True, "routes": list(peers)}
+
+    async def _answer_nodes(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A squadron joins as a node: the routes to this node and its peers. A lone node
+        (the fleet's first) turns into a cluster node with the joiner as its peer."""
+        route = str(body.get("route") or "")
+        if not ROUTE.fullmatch(route):
+            raise FleetError(f"not a route URL: {route!r}")
+        membership = state.read_membership(self.config)
+        if membership is None or not membership.node:
+            raise FleetError("this squadron runs no NATS node")
+        routes = sorted({self._route(membership.advertise), *membership.routes})
+        if not membership.routes:
+            self._background(self._become_cluster(membership, route), "fleet cluster")
+        return {"routes": routes}
+
+    async def _become_cluster(self, membership: state.Membership, route: str) -> None:
+        await asyncio.sleep(0.5)  # the answer is on its way first
+        creds = state.read_creds(self.config.fleet_creds_file)
+        routes = (route,)
+        grown = state.Membership(node=True, advertise=membership.advertise, routes=routes)
+        await asyncio.to_thread(state.write_membership, self.config, grown)
+        await self.node.reborn(self._spec(creds, routes))
+        log.info("fleet: this node is now a cluster node with %s", route)
+
+    async def _grow(self) -> None:
+        """R3 once three nodes are in (bounded: a cluster still forming is asked again)."""
+        for _ in range(30):
+            await asyncio.sleep(2)
+            if self.link is not None and await self.link.grow():
+                return
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _write_member(self, url: str, creds: state.Creds) -> None:
+        state.write_creds(self.config.fleet_creds_file, creds)
+        state.write_membership(self.config, state.Membership(node=False, urls=(url,)))
+
+    async def leave(self, force: bool = False) -> dict[str, Any]:
+        """Give up the name, stop the link and the managed node, forget the membership.
+
+        The squadron running the fleet's only node does not leave while others use it; a
+        cluster node may (the others go on while two of three remain)."""
+        if self.config.fleet:
+            raise FleetError("HYPERDRIVE_FLEET is set in main.conf: remove it to leave")
+        membership = state.read_membership(self.config)
+        if membership is None:
+            raise FleetError("this squadron is not in a fleet")
+        if membership.node and not membership.routes and not force:
+            await self._refuse_if_others()  # the fleet's only node
+        if self.link is not None:
+            try:
+                await asyncio.wait_for(self.link.release_name(), 10)
+            except Exception as err:  # noqa: BLE001 - leaving goes on; the name stays taken
+                log.warning("fleet: could not free the name %s: %r", self.config.name, err)
+        await self.stop()
+        await self.node.stop()
+        await asyncio.to_thread(self._forget)
+        return {"left": True}
+
+    async def _refuse_if_others(self) -> None:
+        if self.link is None:
+            return
+        others: list[str] = []
+        with contextlib.suppress(FleetError, TimeoutError):  # unreachable: nobody to ask
+            others = await asyncio.wait_for(self.link.others(), 5)
+        if others:
+            raise FleetError(
+                f"{', '.join(others)} still use the NATS node this squadron runs: "
+                "`hd fleet leave` there first, or `hd fleet leave --force`"
+            )
+
+    def _forget(self) -> None:
+        state.membership_file(self.config).unlink(missing_ok=True)
+        self.config.fleet_creds_file.unlink(missing_ok=True)
+        self.node.conf.unlink(missing_ok=True)
+        shutil.rmtree(self.config.nats_dir / "jetstream", ignore_errors=True)
+
+    async def _restart(self) -> None:
+        await self.stop()
+        self.problem = ""
+        await self.start()
+
+    def status(self) -> dict[str, Any]:
+        """What `hd status` and `hd doctor` say about the fleet."""
+        urls = self.urls() if not self.problem else ()
+        if self.problem:
+            return {"state": "broken", "detail": self.problem}
+        if self.link is None:
+            return {"state": "alone"}
+        shown = [without_password(u) for u in urls]
+        node = {"managed": self._supervisor is not None, "pid": self.node.pid()}
+        return {**self.link.status(), "urls": shown, "node": node}
+
+
+def _advertised(config: Config) -> str:
+    """The address others reach this node at: the listen host, or this machine's own address."""
+    listen = config.fleet_listen
+    if listen.host not in ("0.0.0.0", "::", ""):
+        return listen.host
+    import socket  # noqa: PLC0415
+
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent, the route picks an address
+        return str(sock.getsockname()[0])
+    return socket.gethostname()
+
+
+def fleet_routes(fleet: FleetService) -> Callable[[web.Application], None]:
+    """`POST /fleet` on the admin socket: `{"action": "init"|"join"|"leave", …}`."""
+
+    async def post_fleet(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            answer = await _act(fleet, body if isinstance(body, dict) else {})
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body must be a JSON object\n") from None
+        except FleetError as err:
+            raise web.HTTPConflict(text=f"{err}\n") from None
+        return web.json_response(answer)
+
+    def add(app: web.Application) -> None:
+        app.router.add_post("/fleet", post_fleet)
+
+    return add
+
+
+async def _act(fleet: FleetService, body: dict[str, Any]) -> dict[str, Any]:
+    action = body.get("action")
+    if action == "init":
+        return await fleet.init(str(body.get("advertise") or ""))
+    if action == "join":
+        url, secret = str(body.get("url") or ""), str(body.get("secret") or "")
+        if not NATS_URL.fullmatch(url) or not secret:
+            raise FleetError("join needs a NATS URL (nats://HOST:PORT) and the fleet's --secret")
+        advertise, node = str(body.get("advertise") or ""), bool(body.get("node"))
+        return await fleet.join(url, secret, advertise=advertise, node=node)
+    if action == "leave":
+        return await fleet.leave(force=bool(body.get("force")))
+    raise FleetError(f"unknown fleet action {action!r} (init, join, leave)")
