@@ -74,14 +74,15 @@ async def http_send(request: Request) -> int:
 
 @dataclass(frozen=True)
 class Links:
-    """Where a status links to: the app (success) and the deploy's events (otherwise)."""
+    """Where a status links to: the app (success) and the deploy's page on the dashboard
+    (otherwise), on the daemon's API port."""
 
     domain: str
     http_port: int
     api_port: int
 
-    def deploy(self, deploy: str) -> str:
-        return f"http://{self._host()}:{self.api_port}/events?deploy={deploy}"
+    def deploy(self, app: str, deploy: str) -> str:
+        return f"http://{self._host()}:{self.api_port}/apps/{app}/deploys/{deploy}"
 
     def _host(self) -> str:
         return self.domain or socket.gethostname()
@@ -150,7 +151,7 @@ class Courier:
         status = forges.Status(
             sha=sha,
             state=state,
-            target_url=url or self.links.deploy(event.deploy),
+            target_url=url or self.links.deploy(event.app, event.deploy),
             description=self.mask(self._said(event, state)),
             context=f"hyperdrive/{event.app}",
         )
@@ -167,7 +168,7 @@ class Courier:
             "sha": sha,
             "state": state,
             "message": self.mask(event.message or ""),
-            "link": self.links.deploy(event.deploy),
+            "link": self.links.deploy(event.app, event.deploy),
         }
         if (url := getattr(event, "url", None)) is not None:
             data["url"] = url

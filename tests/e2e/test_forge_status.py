@@ -92,7 +92,7 @@ def test_a_webhook_deploy_posts_pending_then_success_and_a_signed_notify(
 
         wait_for(lambda: states() == ["pending", "success"], 30, 0.1, f"statuses: {forge.__dict__}")
         pending, success = (s for s in forge.statuses if s["sha"] == v2)
-        assert pending["target_url"].endswith(f"/events?deploy={deploy}")
+        assert pending["target_url"].endswith(f":{d.api_port}/apps/site/deploys/{deploy}")
         assert success["target_url"].endswith("/site/")
         assert success["context"] == "hyperdrive/site"
         wait_for(

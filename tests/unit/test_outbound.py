@@ -224,7 +224,7 @@ async def test_statuses_go_pending_then_success_with_the_app_url(tmp_path: Path)
     await c.send_due()
     states = [json.loads(r.body) for r in forge.requests]
     assert [s["state"] for s in states] == ["pending", "success"]
-    assert states[0]["target_url"] == "http://hd.example:8421/events?deploy=t-1"
+    assert states[0]["target_url"] == "http://hd.example:8421/apps/web/deploys/t-1"
     assert states[1]["target_url"] == "http://web.hd/"
     assert forge.requests[0].headers["Authorization"] == "Bearer sekrit-token"
     assert "sekrit" not in c.journal.path.read_text()
