@@ -1,7 +1,7 @@
 """Telling the forge and the team, end to end: the real daemon deploys busybox ships on a
 webhook and posts commit statuses and signed notify calls.
 
-No forge is reachable from this machine, so the "forge" is tests/e2e/fake_forge.py: a local
+No forge is reachable from this machine, so the "forge" is tests/fixtures/fake_forge.py: a local
 aiohttp server that checks each request against GitHub's documented statuses API (path,
 method, Authorization and Accept headers, JSON fields) and Standard Webhooks' signature rules,
 and refuses what a real forge would refuse.
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.fake_forge import FakeForge
 from tests.e2e.squadron import Admiral, admiral_squadron, forge_repo, http_get
 from tests.e2e.test_webhook_deploy import post, push_payload
+from tests.fixtures.fake_forge import FakeForge
 from tests.fixtures.webhooks.forge import SECRET, github
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
@@ -53,7 +53,7 @@ def order_site(d: Daemon, admiral: Admiral, tmp_path: Path, forge: FakeForge) ->
     repo, work = forge_repo(admiral, tmp_path, {"index.html": "v1\n"})
     url = f"file://{repo}"
     orders = (
-        f"autodeploy {url}\nhealthcheck / 10\nforge github acme/site {forge.url}\n"
+        f"autodeploy {url}\nhealthcheck / 10\nforge github acme/site {forge.api}\n"
         f"notify {forge.url}/notify\n"
     )
     hq = admiral.working_copy(tmp_path / "hq", "headquarters")
