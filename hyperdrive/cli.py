@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import getpass
 import json
 import os
 import secrets
@@ -264,9 +265,8 @@ def cmd_retire(args: argparse.Namespace, config: Config) -> int:
 def cmd_secret(args: argparse.Namespace, config: Config) -> int:
     """`hd forge-token APP` / `hd notify-secret APP`: one line on stdin into $VAR/private_keys
     (mode 0600); an empty notify secret makes a fresh `whsec_` one and prints it once."""
-    value = (
-        sys.stdin.readline() if not sys.stdin.isatty() else input(f"{args.verb} for {args.app}: ")
-    )
+    tty = sys.stdin.isatty()  # typed: not echoed
+    value = getpass.getpass(f"{args.verb} for {args.app}: ") if tty else sys.stdin.readline()
     if args.verb == keys.NOTIFY_SECRET and not value.strip():
         value = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         print(value)

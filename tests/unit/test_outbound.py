@@ -333,3 +333,18 @@ async def test_a_push_of_a_branch_that_does_not_deploy_tells_nobody(tmp_path: Pa
     await c.on_event(ev.DeployQueued(app="web", deploy="t-2", sha=SHA, ref="refs/heads/main"))
     await c.send_due()
     assert [json.loads(r.body)["state"] for r in forge.requests] == ["pending"]
+
+
+async def test_a_preview_reports_under_its_own_context_with_its_apps_token(
+    tmp_path: Path,
+) -> None:
+    forge, clock = FakeForge(), FakeClock()
+    c = courier(tmp_path, forge, "forge github acme/web\n", clock)
+    c.owner = lambda app: "web"  # web--feature-x previews web
+    await c.on_event(
+        ev.DeployFinished(app="web--feature-x", deploy="t-1", sha=SHA, url="http://p/")
+    )
+    await c.send_due()
+    (request,) = forge.requests
+    assert json.loads(request.body)["context"] == "hyperdrive/web--feature-x"
+    assert request.headers["Authorization"] == "Bearer sekrit-token"
