@@ -2,8 +2,8 @@
 retired when too old; and each app's record of how its last deploy went.
 
 Retention: HYPERDRIVE_KEEP_SHIPS stopped ships that were healthy are kept as rollback targets
-(at least one, whatever the setting); failed ships do not count against that, and only the
-newest KEEP_FAILED of them are kept, for their setup.log.
+(at least one, whatever the setting; a preview keeps one); failed ships do not count against
+that, and only the newest KEEP_FAILED of them are kept, for their setup.log.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Ships:
         idle.sort(key=lambda s: s.created)
         healthy = [s for s in idle if s.healthy]
         failed = [s for s in idle if not s.healthy]
-        keep = max(1, self.config.keep_ships)
+        keep = 1 if app.preview_of else max(1, self.config.keep_ships)  # previews keep one
         return healthy[: max(0, len(healthy) - keep)] + failed[: max(0, len(failed) - KEEP_FAILED)]
 
     async def retire_old(self, app: App, out: ev.Emitter, deploy: str) -> None:

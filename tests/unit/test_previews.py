@@ -278,3 +278,13 @@ async def test_a_preview_redeployed_by_name_builds_its_branch(world: World) -> N
     live = hd.app("web--feature-x").live_ship
     assert live is not None
     assert live.sha == tip
+
+
+async def test_a_preview_keeps_one_stopped_ship_and_the_app_its_keep_ships(world: World) -> None:
+    hd = world.daemon(keep_ships=3)
+    order(hd, "web", "previews on\n")
+    for n in range(4):
+        await push(hd, "web", "main", f"t-main-{n}")
+        await push(hd, "web", "feature/x", f"t-x-{n}")
+    assert len(hd.app("web").ships) == 4  # live + KEEP_SHIPS
+    assert len(hd.app("web--feature-x").ships) == 2  # live + one
