@@ -118,6 +118,7 @@ def test_a_forge_answering_500_gets_the_status_after_a_retry_and_the_deploy_does
         order_site(d, admiral, tmp_path, forge)
         finished = d.wait_event("DeployFinished", 90, app="site")
         wait_for(lambda: forge.statuses, 30, 0.1, "the status after its retry")
+        d.wait_event("DeliverySent", 30, deploy=finished["deploy"])  # the courier's word on it
         assert forge.answered[0] == 500
         assert forge.statuses[-1]["state"] == "success"
         assert forge.statuses[-1]["sha"] == finished["sha"]
