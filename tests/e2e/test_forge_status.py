@@ -95,10 +95,12 @@ def test_a_webhook_deploy_posts_pending_then_success_and_a_signed_notify(
         assert pending["target_url"].endswith(f":{d.api_port}/apps/site/deploys/{deploy}")
         assert success["target_url"].endswith("/site/")
         assert success["context"] == "hyperdrive/site"
-        wait_for(
-            lambda: any(n["data"]["deploy"] == deploy for n in forge.notified),
-            30, 0.1, "the signed notify",
-        )  # fmt: skip
+
+        def told() -> list[str]:
+            return [n["type"] for n in forge.notified if n["data"]["deploy"] == deploy]
+
+        wait_for(lambda: "deploy.finished" in told(), 30, 0.1, "the signed notify")
+        assert sorted(told()) == ["deploy.finished", "deploy.queued"]  # each once
         finished = next(n for n in forge.notified if n["type"] == "deploy.finished"
                         and n["data"]["deploy"] == deploy)  # fmt: skip
         assert finished["data"]["sha"] == v2
