@@ -38,7 +38,10 @@ def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
         try:
             updates.append(RefUpdate(parts[2], old=parts[0], new=parts[1]))
         except HyperdriveError:
-            _say(out, f"-----> ignored {_clean(parts[2])}: only branches and tags deploy")
+            why = "only branches and tags deploy"
+            if parts[2].startswith(("refs/heads/", "refs/tags/")):  # unicode, `..`, too long
+                why = "names Hyperdrive deploys are ASCII letters, digits and ._/+- (no `..`)"
+            _say(out, f"-----> ignored {_clean(parts[2])}: {why}")
     return updates
 
 

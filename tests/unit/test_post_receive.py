@@ -43,6 +43,12 @@ def test_parse_updates_keeps_branches_and_tags_only() -> None:
     assert out.getvalue().count("ignored") == 2
 
 
+def test_a_branch_name_hyperdrive_cannot_deploy_is_said_plainly() -> None:
+    out = io.StringIO()
+    assert hook.parse_updates([f"{ZERO} {A} refs/heads/f\u00ebature\n"], out) == []
+    assert "ASCII letters, digits and ._/+-" in out.getvalue()
+
+
 def test_triggers_for_apps_and_headquarters() -> None:
     update = RefUpdate("refs/heads/master", A, B)
     app = hook.make_trigger("web", "alice", update)
