@@ -21,20 +21,26 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, ObjectMeta, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from hyperdrive.errors import FleetError
+from hyperdrive.fleet import bundles
+from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
 from hyperdrive.fleet.state import Creds
 from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger
 
 log = logging.getLogger(__name__)
 
 STREAM = "HD_TRIGGERS"
 SUBJECT = "hd.trigger"
 PRESENCE = "hd_squadrons"
+BUNDLES = "hd_bundles"  # object store: `<app>/<sha>` → the git bundle of that push
+BUNDLE_STORE_BYTES = 4 * 1024**3  # full: a push's bundle is not stored (the others fail it)
 NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 DEDUPE_WINDOW_S = 3600.0
@@ -151,7 +157,7 @@ async def grow(js: JetStreamContext) -> int:
     """Make the stream and the presence bucket R3 once the cluster has three nodes; the
     replicas both have now (1 while the cluster is smaller, or still forming)."""
     replicas = 3
-    for name in (STREAM, f"KV_{PRESENCE}"):
+    for name in (STREAM, f"KV_{PRESENCE}", f"OBJ_{BUNDLES}"):
         try:
             info = await js.stream_info(name)
             if (info.config.num_replicas or 1) < 3:
@@ -180,6 +186,59 @@ async def ask_for_routes(
     if not isinstance(routes, list) or not routes:
         raise FleetError("the fleet's node gave no routes; join without --node")
     return [str(r) for r in routes]
+
+
+async def bundle_store(js: JetStreamContext) -> ObjectStore:
+    """The pushes' bundles, kept as long as the triggers that name them, R3 where it can."""
+    try:
+        return await js.object_store(BUNDLES)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+
+    def config(replicas: int) -> ObjectStoreConfig:
+        return ObjectStoreConfig(ttl=RETENTION_S, max_bytes=BUNDLE_STORE_BYTES, replicas=replicas)
+
+    store: ObjectStore = await _with_replicas(
+        lambda r: js.create_object_store(BUNDLES, config=config(r))
+    )
+    return store
+
+
+async def put_bundle(js: JetStreamContext, code: Bundles, trigger: Trigger) -> bool:
+    """The push's bundle into the store; False: try again (NATS did not answer). A bundle
+    that cannot be made or stored is said and skipped: the others then fail that deploy."""
+    try:
+        data = await code.make(trigger)
+    except FleetError as err:
+        log.warning("fleet: no bundle for %s: %s", trigger.id, err)
+        return True
+    update = trigger.update
+    if data is None or update is None:
+        return True
+    if len(data) > bundles.MAX_BUNDLE_BYTES:
+        log.warning("fleet: the bundle of %s is too big to carry (%d bytes)", trigger.id, len(data))
+        return True
+    name = bundles.key(bundles.repo_name(trigger), update.new)
+    try:
+        store = await bundle_store(js)
+        await store.put(name, data, meta=ObjectMeta(description=update.old))
+    except nats.js.errors.APIError as err:
+        log.warning("fleet: the store refused the bundle of %s: %s", trigger.id, err)
+        return True
+    except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as err:
+        log.debug("fleet: storing the bundle of %s failed: %s", trigger.id, err)
+        return False
+    return True
+
+
+async def get_bundle(js: JetStreamContext, name: str) -> tuple[bytes, str] | None:
+    """A push's bundle and the `old` of that push; None when the store has not got it."""
+    store = await bundle_store(js)
+    try:
+        found = await store.get(name)
+    except nats.js.errors.NotFoundError:
+        return None
+    return bytes(found.data or b""), found.info.description or ""
 
 
 async def presence_bucket(js: JetStreamContext) -> KeyValue:
@@ -261,14 +320,18 @@ class FleetLink:
         outbox: Outbox,
         *,
         answer_nodes: NodesHandler | None = None,
+        code: Bundles | None = None,
     ) -> None:
         self.answer_nodes = answer_nodes  # set where this squadron runs a node
+        self.code = code  # the hosted repos pushes' bundles come from and go to
         self.identity = identity
         self.urls = urls
         self.creds = creds
         self.spool = spool
         self.outbox = outbox
-        self.relay = Relay(spool, outbox, connected=lambda: self.state == CONNECTED)
+        self.relay = Relay(
+            spool, outbox, connected=lambda: self.state == CONNECTED, prepare=self._fetch_code
+        )
         self.state, self.detail = CONNECTING, ""
         self.published = 0
         self.replicas = 0  # of the trigger stream, as last seen (0: not yet)
@@ -423,6 +486,9 @@ class FleetLink:
 
     async def _publish_one(self, js: JetStreamContext, trigger: Any) -> bool:
         subject = f"{SUBJECT}.{trigger.kind}"
+        code = self.code if bundles.carries_code(trigger) else None
+        if code is not None and not await put_bundle(js, code, trigger):
+            return False
         try:
             await js.publish(
                 subject,
@@ -443,6 +509,19 @@ class FleetLink:
             await self.relay.holding.wait()
             await asyncio.sleep(ACK_WAIT_S / 3)
             await self.relay.keep_alive()
+
+    async def _fetch_code(self, trigger: Trigger) -> Trigger:
+        """A push from another squadron: its commits into the repo here first. When they
+        cannot be had, the trigger says why and its deploy fails here (only here)."""
+        if self.code is None or not bundles.carries_code(trigger):
+            return trigger
+        try:
+            await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
+        except Exception as err:  # noqa: BLE001 - whatever it was, this squadron's deploy says it
+            why = f"the pushed commits did not reach this squadron: {err}"
+            log.warning("fleet: %s: %s", trigger.id, why)
+            return replace(trigger, data={**trigger.data, "unfetched": why})
+        return trigger
 
     async def others(self) -> list[str]:
         """The other squadrons present in the fleet (by name)."""

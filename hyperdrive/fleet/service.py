@@ -20,8 +20,10 @@ from hyperdrive import __version__, systemd
 from hyperdrive.config import NATS_URL, Config, Listen, without_password
 from hyperdrive.errors import FleetError
 from hyperdrive.fleet import state
+from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.node import NatsNode, NodeSpec
 from hyperdrive.fleet.outbox import Outbox
+from hyperdrive.gitserver import package_hooks
 from hyperdrive.spool import FileSpool
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class FleetService:
             self.spool,
             self.outbox,
             answer_nodes=self._answer_nodes if node else None,
+            code=Bundles(self.config.git_dir, package_hooks()),
         )
         await self.link.start()
 

@@ -45,6 +45,10 @@ class Inbox:
     async def _handle(self, trigger: Trigger) -> None:
         if trigger.kind == TriggerKind.PUSH:
             self._push_received(trigger)
+        if unfetched := trigger.text("unfetched"):  # a fleet's push whose commits did not come
+            self.bus.emit(ev.DeployFailed(app=trigger.app, deploy=trigger.id, message=unfetched))
+            await self.spool.done(trigger.id, FAILED)
+            return
         commands = [self._in_lane(c) for c in from_trigger(trigger)]
         if not commands:
             why = f"nothing to do for a '{trigger.kind}' trigger"

@@ -195,7 +195,8 @@ def test_only_triggers_another_squadron_can_act_on_are_shared() -> None:
             received=0.0,
         )
     )
-    assert not shared(Trigger.push("shop", UPDATE, "ann"))  # its commits are only here
+    assert shared(Trigger.push("shop", UPDATE, "ann"))  # its commits travel as a bundle
+    assert shared(Trigger.hq_push(UPDATE, "ann"))
     assert not shared(Trigger.deploy("shop"))
     assert not shared(Trigger.hq_sync("hd headquarters sync"))
     assert shared(Trigger.deploy("shop", fleet=True))  # `hd deploy shop --fleet`
