@@ -17,6 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
 from hyperdrive.files import write_atomically
+from hyperdrive.fleet.view import render as render_fleet
 from hyperdrive.follow import follow_client
 from hyperdrive.gitremote import shown_url
 from hyperdrive.history import parse_history
@@ -79,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--node", action="store_true", help="run a JetStream cluster node here too (3 give R3)"
     )
+    shown = fleet_verbs.add_parser("status", help="the squadrons and each app on each")
+    shown.add_argument("--json", action="store_true", help="as JSON")
     leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
     leave.add_argument("--force", action="store_true", help="even if others use the node here")
     verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
@@ -279,6 +282,10 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path, timeout=FLEET_TIMEOUT_S)
+    if args.fleet_verb == "status":
+        shown = client.get("/fleet")
+        print(json.dumps(shown, indent=2) if args.json else render_fleet(shown))
+        return EXIT_OK
     body: dict[str, Any] = {"action": args.fleet_verb}
     if args.fleet_verb == "init":
         body["advertise"] = args.advertise

@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from hyperdrive.errors import FleetError
-from hyperdrive.fleet import bundles
+from hyperdrive.fleet import bundles, view
 from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 STREAM = "HD_TRIGGERS"
 SUBJECT = "hd.trigger"
 PRESENCE = "hd_squadrons"
+APPS = "hd_apps"  # KV: `<squadron>.<app>` → that app's sha, ship, health there
 BUNDLES = "hd_bundles"  # object store: `<app>/<sha>` → the git bundle of that push
 BUNDLE_STORE_BYTES = 4 * 1024**3  # full: a push's bundle is not stored (the others fail it)
 NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
@@ -157,7 +158,7 @@ async def grow(js: JetStreamContext) -> int:
     """Make the stream and the presence bucket R3 once the cluster has three nodes; the
     replicas both have now (1 while the cluster is smaller, or still forming)."""
     replicas = 3
-    for name in (STREAM, f"KV_{PRESENCE}", f"OBJ_{BUNDLES}"):
+    for name in (STREAM, f"KV_{PRESENCE}", f"KV_{APPS}", f"OBJ_{BUNDLES}"):
         try:
             info = await js.stream_info(name)
             if (info.config.num_replicas or 1) < 3:
@@ -241,15 +242,29 @@ async def get_bundle(js: JetStreamContext, name: str) -> tuple[bytes, str] | Non
     return bytes(found.data or b""), found.info.description or ""
 
 
-async def presence_bucket(js: JetStreamContext) -> KeyValue:
+async def presence_bucket(js: JetStreamContext, bucket: str = PRESENCE) -> KeyValue:
     try:
-        return await js.key_value(PRESENCE)
+        return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
     kv: KeyValue = await _with_replicas(
-        lambda r: js.create_key_value(bucket=PRESENCE, history=1, replicas=r)
+        lambda r: js.create_key_value(bucket=bucket, history=1, replicas=r)
     )
     return kv
+
+
+async def entries(kv: KeyValue) -> dict[str, dict[str, Any]]:
+    """Every key of a bucket with its JSON value (a small bucket: one entry per squadron)."""
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    found = {}
+    for name in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            value = json.loads((await kv.get(name)).value or b"{}")
+            found[name] = value if isinstance(value, dict) else {}
+    return found
 
 
 async def _with_replicas(make: Callable[[int], Awaitable[Any]]) -> Any:
@@ -321,7 +336,10 @@ class FleetLink:
         *,
         answer_nodes: NodesHandler | None = None,
         code: Bundles | None = None,
+        app_rows: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
+        self.app_rows = app_rows  # this squadron's apps, as `hd status` shows them
+        self._outcome = asyncio.Event()  # a deploy here has an outcome: tell the fleet
         self.answer_nodes = answer_nodes  # set where this squadron runs a node
         self.code = code  # the hosted repos pushes' bundles come from and go to
         self.identity = identity
@@ -356,9 +374,19 @@ class FleetLink:
             if shared(trigger) and trigger.id not in self.outbox:
                 await self.outbox.add(trigger)
         self.spool.listeners.append(self.relay)
+        self.spool.listeners.append(self)
         self._task = asyncio.create_task(self._run(), name="fleet link")
 
+    # -- the spool's listener: an outcome here is news for `hd fleet status` --
+    async def taken(self, trigger: Trigger) -> None:
+        return
+
+    async def finished(self, trigger_id: str, outcome: str) -> None:
+        self._outcome.set()
+
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.spool.listeners.remove(self)
         with contextlib.suppress(ValueError):
             self.spool.listeners.remove(self.relay)
         if self._task is not None:
@@ -407,7 +435,9 @@ class FleetLink:
         js = self._nc.jetstream()
         await ensure_stream(js)
         self.replicas = (await js.stream_info(STREAM)).config.num_replicas or 1
-        await claim_name(await presence_bucket(js), self.identity)
+        presence = await presence_bucket(js)
+        await claim_name(presence, self.identity)
+        apps = await presence_bucket(js, APPS)
         sub = await js.pull_subscribe(
             f"{SUBJECT}.>",
             durable=self.identity.name,
@@ -420,6 +450,7 @@ class FleetLink:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
+        workers += [self._heartbeat(presence), self._report_apps(apps)]
         tasks = [asyncio.create_task(w) for w in workers]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -503,6 +534,35 @@ class FleetLink:
         await self.outbox.sent(trigger.id)
         return True
 
+    async def _heartbeat(self, presence: KeyValue) -> None:
+        """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen"."""
+        while True:
+            await asyncio.sleep(view.HEARTBEAT_S)
+            await claim_name(presence, self.identity)
+
+    async def _report_apps(self, apps: KeyValue) -> None:
+        """Each app's state here into KV: at the start of a session and at each outcome."""
+        self._outcome.set()
+        while True:
+            await self._outcome.wait()
+            self._outcome.clear()
+            rows = self.app_rows() if self.app_rows is not None else []
+            for row in rows:
+                state = json.dumps(view.app_state(row)).encode()
+                await apps.put(f"{self.identity.name}.{row['app']}", state)
+
+    async def fleet_view(self) -> dict[str, Any]:
+        """`hd fleet status`: the squadrons present and each app on each of them."""
+        js = self._jetstream()
+        squadrons = await entries(await presence_bucket(js))
+        states = await entries(await presence_bucket(js, APPS))
+        rows = []
+        for key, state in states.items():
+            squadron, _, app = key.partition(".")
+            if app and squadron in squadrons:  # a squadron that left: its apps go with it
+                rows.append((squadron, app, state))
+        return view.view(squadrons, rows, time.time())
+
     async def _keep_alive(self) -> None:
         """While deploys run for deliveries, tell the stream so; idle, nothing wakes."""
         while True:
@@ -561,6 +621,10 @@ class FleetLink:
         kv = await presence_bucket(js)
         await check_name(kv, self.identity)
         await kv.delete(self.identity.name)
+        apps = await presence_bucket(js, APPS)
+        for key in await entries(apps):
+            if key.startswith(f"{self.identity.name}."):
+                await apps.delete(key)
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_consumer(STREAM, self.identity.name)
 

@@ -3,6 +3,7 @@ nats-server cluster, real git)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,13 @@ class Squadron:
         self.git_dir.mkdir(parents=True)
         self.spool = FileSpool(root / "spool")
         self.link: FleetLink | None = None
+        self.apps: dict[str, str] = {}  # app -> the sha it serves here (as `hd status` shows)
+
+    def rows(self) -> list[dict[str, object]]:
+        return [
+            {"app": app, "sha": sha[:7], "ship": f"{app}-1", "last_deploy": "finished 5 ms"}
+            for app, sha in self.apps.items()
+        ]
 
     async def start(self) -> FleetLink:
         if self.link is None:
@@ -45,7 +53,9 @@ class Squadron:
         identity = Identity(self.name, f"id-{self.name}", "test")
         outbox = Outbox(self.root / "spool" / "fleet-outbox.jsonl")
         code = Bundles(self.git_dir, package_hooks())
-        self.link = FleetLink(identity, (self.url,), CREDS, self.spool, outbox, code=code)
+        self.link = FleetLink(
+            identity, (self.url,), CREDS, self.spool, outbox, code=code, app_rows=self.rows
+        )
         await self.link.start()
         await until(lambda: self.link is not None and self.link.state == CONNECTED, "connected")
         return self.link
@@ -174,3 +184,41 @@ async def test_a_push_whose_bundle_is_missing_fails_only_there(
     assert "not in the fleet's bundle store" in why
     assert a.spool.waiting(trigger.id)
     assert "unfetched" not in a.spool.pending()[0].data
+
+
+async def test_fleet_status_shows_every_squadron_and_each_app_on_each(
+    cluster: list[Node], squadrons, tmp_path
+):
+    a, b = squadrons("alpha", cluster[0].url), squadrons("bravo", cluster[1].url)
+    await a.start()
+    await b.start()
+    pusher = Pusher(tmp_path, a, "shop")
+    trigger = await pusher.push("v1")
+    await until(lambda: b.spool.waiting(trigger.id), "bravo has the push")
+    for sq in (a, b):  # each deploys it; the outcome is news for the fleet
+        sq.apps["shop"] = pusher.tip
+        await sq.spool.done(trigger.id, "finished")
+    assert b.link is not None
+
+    async def shown() -> dict:
+        assert b.link is not None
+        return await b.link.fleet_view()
+
+    for _ in range(100):
+        view = await shown()
+        if len(view["apps"]) == 1 and len(view["apps"][0]["squadrons"]) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert [s["name"] for s in view["squadrons"]] == ["alpha", "bravo"]
+    assert {s["version"] for s in view["squadrons"]} == {"test"}
+    on = view["apps"][0]["squadrons"]
+    assert view["apps"][0]["app"] == "shop"
+    assert {name: (st["sha"], st["health"]) for name, st in on.items()} == {
+        "alpha": (pusher.tip[:7], "healthy"),
+        "bravo": (pusher.tip[:7], "healthy"),
+    }
+    assert a.link is not None
+    await a.link.release_name()  # `hd fleet leave`: gone from the view, with its apps
+    view = await shown()
+    assert [s["name"] for s in view["squadrons"]] == ["bravo"]
+    assert list(view["apps"][0]["squadrons"]) == ["bravo"]
