@@ -315,5 +315,21 @@ def test_a_push_to_one_squadron_is_served_by_both_and_hq_is_one(tmp_path: Path) 
             for d in (b, a):
                 wait_for(lambda d=d: http_get(d.http_port, "/shop/") == ordered, 120, 0.3, "shop")
             assert a.wait_event("AdmiralsChanged", 30)["admirals"] == ["ann", "bob"]
+
+            # `hd fleet status --json` on either: both squadrons, and each app on each
+            names = sorted(d.env["HYPERDRIVE_NAME"] for d in (a, b))
+            site_sha = admiral_a.git("rev-parse", "--short=7", "HEAD", cwd=work).stdout.strip()
+
+            def both_listed() -> bool:
+                shown = json.loads(a.hd("fleet", "status", "--json").stdout)
+                apps = {row["app"]: row["squadrons"] for row in shown["apps"]}
+                on = apps.get("site", {})
+                listed = sorted(s["name"] for s in shown["squadrons"]) == names
+                shas = [on.get(n, {}).get("sha") for n in names] == [site_sha] * 2
+                return listed and shas and sorted(apps.get("shop", {})) == names
+
+            wait_for(both_listed, 60, 0.5, "the fleet's status")
+            text = b.hd("fleet", "status").stdout
+            assert all(name in text for name in names), text
         finally:
             stop_node(a)
