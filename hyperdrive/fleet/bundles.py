@@ -1,10 +1,12 @@
 """Code for the fleet: a git bundle of what a push to a repo hosted here brought, and its
 fetch into the same repo on another squadron. No NATS here (the link stores the bundles).
 
-A bundle holds `old..new` of the pushed ref (the whole history for a new ref) and is stored
-with `old`; a squadron that lacks `old` (it missed that push's bundle too) fetches the bundle
-of `old` first, and so on back, so a squadron that was down catches up even when the squadron
-that took the pushes is gone.
+A bundle holds `old..new` of the pushed ref and is stored with `old`; a squadron that lacks
+`old` (it missed that push's bundle too) fetches the bundle of `old` first, and so on back,
+so a squadron that was down catches up even when the squadron that took the pushes is gone.
+A chain starts with a bundle of the whole history: for a new ref, and when the bundle of
+`old` is gone from the store or its chain started so long ago that its start would expire
+first (the link decides), so every chain in the store is whole.
 """
 
 from __future__ import annotations
@@ -54,19 +56,22 @@ class Bundles:
     def repo(self, name: str) -> Path:
         return self.git_dir / f"{name}.git"
 
-    async def make(self, trigger: Trigger) -> bytes | None:
-        """The bundle of what the push brought; None for a deleted ref (nothing to carry)."""
+    async def make(self, trigger: Trigger, *, whole: bool = False) -> bytes:
+        """The bundle of what the push brought (`old..new`), or with `whole` all of `new`."""
         update = _update(trigger)
         if update.deleted:
-            return None
+            raise FleetError(f"trigger {trigger.id} deleted {update.ref}: no commits to carry")
         repo = self.repo(repo_name(trigger))
         temp = f"{TEMP_REF}/{check_sha(update.new)}"
         await _git(repo, "update-ref", temp, update.new)
         try:
             with tempfile.TemporaryDirectory(prefix="hd-bundle-") as tmp:
                 out = Path(tmp) / "push.bundle"
-                since = [] if update.created else [f"^{update.old}"]
+                since = [] if whole or update.created else [f"^{update.old}"]
                 await _git(repo, "bundle", "create", "--quiet", str(out), temp, *since)
+                size = out.stat().st_size
+                if size > MAX_BUNDLE_BYTES:
+                    raise FleetError(f"the bundle is too big to carry ({size} bytes)")
                 return out.read_bytes()
         finally:
             await _git(repo, "update-ref", "-d", temp)

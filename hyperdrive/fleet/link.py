@@ -44,6 +44,7 @@ BUNDLES = "hd_bundles"  # object store: `<app>/<sha>` → the git bundle of that
 BUNDLE_STORE_BYTES = 4 * 1024**3  # full: a push's bundle is not stored (the others fail it)
 NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
+REBASE_AFTER_S = RETENTION_S - 24 * 3600  # a chain this old starts again from a whole history
 DEDUPE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
 FETCH_WAIT_S = 10.0  # a pull waits this long; a pull lost with its consumer leader is retried
@@ -208,38 +209,54 @@ async def bundle_store(js: JetStreamContext) -> ObjectStore:
 async def put_bundle(js: JetStreamContext, code: Bundles, trigger: Trigger) -> bool:
     """The push's bundle into the store; False: try again (NATS did not answer). A bundle
     that cannot be made or stored is said and skipped: the others then fail that deploy."""
-    try:
-        data = await code.make(trigger)
-    except FleetError as err:
-        log.warning("fleet: no bundle for %s: %s", trigger.id, err)
-        return True
     update = trigger.update
-    if data is None or update is None:
+    if update is None or update.deleted:
         return True
-    if len(data) > bundles.MAX_BUNDLE_BYTES:
-        log.warning("fleet: the bundle of %s is too big to carry (%d bytes)", trigger.id, len(data))
-        return True
-    name = bundles.key(bundles.repo_name(trigger), update.new)
+    repo = bundles.repo_name(trigger)
     try:
         store = await bundle_store(js)
-        await store.put(name, data, meta=ObjectMeta(description=update.old))
-    except nats.js.errors.APIError as err:
-        log.warning("fleet: the store refused the bundle of %s: %s", trigger.id, err)
-        return True
+        base = None if update.created else await _chain_base(store, bundles.key(repo, update.old))
+        data = await code.make(trigger, whole=base is None)
+        said = {"old": "" if base is None else update.old, "base": base or time.time()}
+        meta = ObjectMeta(description=json.dumps(said))
+        await store.put(bundles.key(repo, update.new), data, meta=meta)
+    except (FleetError, nats.js.errors.APIError) as err:
+        log.warning("fleet: no bundle of %s in the fleet's store: %s", trigger.id, err)
     except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as err:
         log.debug("fleet: storing the bundle of %s failed: %s", trigger.id, err)
         return False
     return True
 
 
+async def _chain_base(store: ObjectStore, name: str) -> float | None:
+    """When the whole-history bundle the chain of `name` starts from was stored; None: start
+    a new chain (that push's bundle is gone, or the chain's start would expire first)."""
+    try:
+        info = await store.get_info(name)
+    except nats.js.errors.NotFoundError:
+        return None
+    base = _described(info.description)[1]
+    return base if time.time() - base < REBASE_AFTER_S else None
+
+
+def _described(text: str | None) -> tuple[str, float]:
+    """(old, base) from a stored bundle's description."""
+    try:
+        said = json.loads(text or "{}")
+        return str(said.get("old") or ""), float(said.get("base") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return "", 0.0
+
+
 async def get_bundle(js: JetStreamContext, name: str) -> tuple[bytes, str] | None:
-    """A push's bundle and the `old` of that push; None when the store has not got it."""
+    """A push's bundle and the `old` its chain goes on with ("" for a whole history); None
+    when the store has not got it."""
     store = await bundle_store(js)
     try:
         found = await store.get(name)
     except nats.js.errors.NotFoundError:
         return None
-    return bytes(found.data or b""), found.info.description or ""
+    return bytes(found.data or b""), _described(found.info.description)[0]
 
 
 async def presence_bucket(js: JetStreamContext, bucket: str = PRESENCE) -> KeyValue:

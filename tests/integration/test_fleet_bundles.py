@@ -9,10 +9,11 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import nats
 import pytest
 
 from hyperdrive.fleet.bundles import Bundles
-from hyperdrive.fleet.link import CONNECTED, FleetLink, Identity
+from hyperdrive.fleet.link import BUNDLES, CONNECTED, FleetLink, Identity
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.gitserver import package_hooks
 from hyperdrive.names import ZERO_SHA
@@ -222,3 +223,24 @@ async def test_fleet_status_shows_every_squadron_and_each_app_on_each(
     view = await shown()
     assert [s["name"] for s in view["squadrons"]] == ["bravo"]
     assert list(view["apps"][0]["squadrons"]) == ["bravo"]
+
+
+async def test_a_chain_whose_start_is_gone_begins_again_with_the_whole_history(
+    cluster: list[Node], squadrons, tmp_path
+):
+    a = squadrons("alpha", cluster[0].url)
+    await a.start()
+    pusher = Pusher(tmp_path, a, "shop")
+    first = await pusher.push("v1")
+    await until(lambda: a.link is not None and not a.link.outbox, "alpha published v1")
+    nc = await nats.connect(cluster[1].url, user=CREDS.user, password=CREDS.password)
+    try:  # the store forgot v1's bundle (its age, say)
+        await (await nc.jetstream().object_store(BUNDLES)).delete(f"shop/{first.data['new']}")
+    finally:
+        await nc.close()
+    b = squadrons("bravo", cluster[1].url)  # joins now: it has none of shop's history
+    await b.start()
+    later = await pusher.push("v2")
+    await until(lambda: b.spool.waiting(later.id), "bravo has v2")
+    assert "unfetched" not in b.spool.pending()[0].data
+    assert b.tip("shop") == pusher.tip
