@@ -156,8 +156,8 @@ async def ensure_stream(js: JetStreamContext) -> None:
 
 
 async def grow(js: JetStreamContext) -> int:
-    """Make the stream and the presence bucket R3 once the cluster has three nodes; the
-    replicas both have now (1 while the cluster is smaller, or still forming)."""
+    """Make the stream, the KV buckets and the bundle store R3 once the cluster has three
+    nodes; the replicas all have now (1 while the cluster is smaller, or still forming)."""
     replicas = 3
     for name in (STREAM, f"KV_{PRESENCE}", f"KV_{APPS}", f"OBJ_{BUNDLES}"):
         try:
@@ -455,6 +455,7 @@ class FleetLink:
         presence = await presence_bucket(js)
         await claim_name(presence, self.identity)
         apps = await presence_bucket(js, APPS)
+        await bundle_store(js)  # made now, so that it grows to R3 with the others
         sub = await js.pull_subscribe(
             f"{SUBJECT}.>",
             durable=self.identity.name,
