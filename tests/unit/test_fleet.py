@@ -289,3 +289,22 @@ def test_the_status_line_says_alone_connected_or_unreachable() -> None:
     )
     assert line.startswith("UNREACHABLE (nats://n:4222): NATS unreachable")
     assert "2 triggers not published yet" in line
+
+
+async def test_a_push_from_the_fleet_gets_its_code_before_it_is_spooled(tmp_path: Path) -> None:
+    spool, relay = await relay_on(tmp_path)
+    prepared: list[str] = []
+
+    async def prepare(trigger: Trigger) -> Trigger:  # the link fetches the bundle here
+        prepared.append(trigger.id)
+        assert not spool.knows(trigger.id)
+        return Trigger.from_json({**trigger.to_json(), "data": {**trigger.data, "unfetched": "x"}})
+
+    relay.prepare = prepare
+    push = Trigger.push("shop", UPDATE, "ann")
+    await relay.received(encode(push), FakeDelivery())
+    assert prepared == [push.id]
+    assert spool.pending()[0].data["unfetched"] == "x"  # its deploy here says why it failed
+    await relay.received(encode(push), FakeDelivery())  # redelivered: not fetched again
+    assert prepared == [push.id]
+    await spool.close()
