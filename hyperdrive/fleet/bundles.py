@@ -12,6 +12,7 @@ first (the link decides), so every chain in the store is whole.
 from __future__ import annotations
 
 import logging
+import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,6 +42,19 @@ def repo_name(trigger: Trigger) -> str:
     return trigger.app or HEADQUARTERS
 
 
+def bundled_ref(bundle: bytes) -> str:
+    """The one ref a bundle of ours holds (its header: `# v2 git bundle` (v3: and `@…`
+    capabilities), `-<sha>` lines for what it needs, then `<sha> <ref>`)."""
+    header = bundle.split(b"\n\n", 1)[0].decode(errors="replace").splitlines()
+    if not header or header[0] not in ("# v2 git bundle", "# v3 git bundle"):
+        raise FleetError("the fleet's bundle is not a git bundle")
+    heads = [line.split() for line in header[1:] if line[:1] not in ("-", "@")]
+    refs = [fields[1] for fields in heads if len(fields) == 2]
+    if len(refs) != 1 or not refs[0].startswith(f"{TEMP_REF}/"):
+        raise FleetError("the fleet's bundle does not hold one pushed commit")
+    return refs[0]
+
+
 def key(repo: str, sha: str) -> str:
     """The object's name in the store: `<app>/<sha>` (HQ's: `headquarters/<sha>`)."""
     return f"{repo}/{sha}"
@@ -62,7 +76,7 @@ class Bundles:
         if update.deleted:
             raise FleetError(f"trigger {trigger.id} deleted {update.ref}: no commits to carry")
         repo = self.repo(repo_name(trigger))
-        temp = f"{TEMP_REF}/{check_sha(update.new)}"
+        temp = f"{TEMP_REF}/{check_sha(update.new)}-{secrets.token_hex(4)}"  # one per push
         await _git(repo, "update-ref", temp, update.new)
         try:
             with tempfile.TemporaryDirectory(prefix="hd-bundle-") as tmp:
@@ -126,7 +140,7 @@ class Bundles:
             file.write(bundle)
             file.flush()
             await _git(
-                repo, "fetch", "--quiet", "--no-write-fetch-head", file.name, f"{TEMP_REF}/{commit}"
+                repo, "fetch", "--quiet", "--no-write-fetch-head", file.name, bundled_ref(bundle)
             )
         if not await _has(repo, commit):
             raise FleetError(f"the fleet's bundle of {commit[:7]} does not hold it")

@@ -13,6 +13,7 @@ from hyperdrive import config as configuration
 from hyperdrive.config import Listen
 from hyperdrive.errors import ConfigError, FleetError, SpoolError
 from hyperdrive.fleet import state
+from hyperdrive.fleet.bundles import TEMP_REF, bundled_ref
 from hyperdrive.fleet.node import NodeSpec, render
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
@@ -308,3 +309,13 @@ async def test_a_push_from_the_fleet_gets_its_code_before_it_is_spooled(tmp_path
     await relay.received(encode(push), FakeDelivery())  # redelivered: not fetched again
     assert prepared == [push.id]
     await spool.close()
+
+
+def test_a_bundle_names_the_one_ref_it_carries() -> None:
+    sha = "e" * 40
+    bundle = f"# v2 git bundle\n-{'b' * 40} a message\n{sha} {TEMP_REF}/{sha}-1a2b\n\nPACK".encode()
+    assert bundled_ref(bundle) == f"{TEMP_REF}/{sha}-1a2b"
+    with pytest.raises(FleetError, match="not a git bundle"):
+        bundled_ref(b"PK\x03\x04 a zip")
+    with pytest.raises(FleetError, match="one pushed commit"):
+        bundled_ref(f"# v2 git bundle\n{sha} refs/heads/main\n\nPACK".encode())
