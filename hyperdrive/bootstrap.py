@@ -66,7 +66,7 @@ from hyperdrive.proxy import NginxProxy
 from hyperdrive.repos import GitRepos
 from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
-from hyperdrive.status import squadron_status
+from hyperdrive.status import app_rows, squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
 from hyperdrive.web.routes import Dashboard, Sources
 from hyperdrive.web.sessions import Sessions
@@ -310,6 +310,7 @@ def build(
     )
     core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
+    fleet.app_rows = lambda: app_rows(config, core.records, core.fleet)  # `hd fleet status`
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
     courier = _courier(config, core)

@@ -20,6 +20,7 @@ from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
 from hyperdrive.files import write_atomically
+from hyperdrive.fleet.view import render as render_fleet
 from hyperdrive.follow import follow_client
 from hyperdrive.gitremote import shown_url
 from hyperdrive.history import parse_history
@@ -70,13 +71,26 @@ def parser() -> argparse.ArgumentParser:
     )
     verbs.add_parser("launch", help="put an assembled ship in service").add_argument("ship")
     verbs.add_parser("enter", help="a shell inside the app's live ship").add_argument("app")
-    hq = verbs.add_parser("headquarters", help="where orders come from")
+    _headquarters_verbs(verbs.add_parser("headquarters", help="where orders come from"))
+    _fleet_verbs(
+        verbs.add_parser("fleet", help="several squadrons following one HQ (docs/fleet.md)")
+    )
+    verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
+    verbs.add_parser("version", help="print the version")
+    token = verbs.add_parser("token", help="make an admiral token for GET /events")
+    token.add_argument("admiral")
+    return top
+
+
+def _headquarters_verbs(hq: argparse.ArgumentParser) -> None:
     hq_verbs = hq.add_subparsers(dest="hq_verb", required=True)
     hq_set = hq_verbs.add_parser("set", help="follow a remote HQ repo: URL[#branch]")
     hq_set.add_argument("url")
     hq_set.add_argument("--sync", action="store_true", help="sync it now and show the plan")
     hq_verbs.add_parser("sync", help="read headquarters again now")
-    fleet = verbs.add_parser("fleet", help="several squadrons following one HQ (docs/fleet.md)")
+
+
+def _fleet_verbs(fleet: argparse.ArgumentParser) -> None:
     fleet_verbs = fleet.add_subparsers(dest="fleet_verb", required=True)
     init = fleet_verbs.add_parser("init", help="start a fleet here: run its NATS node")
     init.add_argument("--advertise", default="", help="the address other squadrons reach")
@@ -87,13 +101,10 @@ def parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--node", action="store_true", help="run a JetStream cluster node here too (3 give R3)"
     )
+    shown = fleet_verbs.add_parser("status", help="the squadrons and each app on each")
+    shown.add_argument("--json", action="store_true", help="as JSON")
     leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
     leave.add_argument("--force", action="store_true", help="even if others use the node here")
-    verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
-    verbs.add_parser("version", help="print the version")
-    token = verbs.add_parser("token", help="make an admiral token for GET /events")
-    token.add_argument("admiral")
-    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,6 +315,10 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path, timeout=FLEET_TIMEOUT_S)
+    if args.fleet_verb == "status":
+        shown = client.get("/fleet")
+        print(json.dumps(shown, indent=2) if args.json else render_fleet(shown))
+        return EXIT_OK
     body: dict[str, Any] = {"action": args.fleet_verb}
     if args.fleet_verb == "init":
         body["advertise"] = args.advertise

@@ -99,7 +99,8 @@ class Trigger:
     """Something that asks for work; checked when made, so a bad one never reaches the spool.
 
     `data` by kind (every field optional unless marked *):
-      push: ref* old* new* admiral · hq: ref* old* new* admiral
+      push: ref* old* new* admiral unfetched · hq: ref* old* new* admiral unfetched
+            (unfetched: why this squadron could not get the pushed commits from the fleet)
       webhook: provider* repository ref old new (the first update) targets* {app: {ref old new}}
                deploys {app: deploy id}
       hq-sync: reason, and from a webhook provider repository ref old new
@@ -366,7 +367,7 @@ def _update(data: Mapping[str, Any], required: bool = True) -> None:
 
 def _pushed(data: Mapping[str, Any]) -> None:
     _update(data)
-    _text(data, "admiral")
+    _text(data, "admiral", "unfetched")
 
 
 def _webhook(data: Mapping[str, Any]) -> None:

@@ -21,22 +21,30 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, ObjectMeta, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from hyperdrive.errors import FleetError
+from hyperdrive.fleet import bundles, view
+from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
 from hyperdrive.fleet.state import Creds
 from hyperdrive.spool import FileSpool
+from hyperdrive.triggers import Trigger
 
 log = logging.getLogger(__name__)
 
 STREAM = "HD_TRIGGERS"
 SUBJECT = "hd.trigger"
 PRESENCE = "hd_squadrons"
+APPS = "hd_apps"  # KV: `<squadron>.<app>` → that app's sha, ship, health there
+BUNDLES = "hd_bundles"  # object store: `<app>/<sha>` → the git bundle of that push
+BUNDLE_STORE_BYTES = 4 * 1024**3  # full: a push's bundle is not stored (the others fail it)
 NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
+REBASE_AFTER_S = RETENTION_S - 24 * 3600  # a chain this old starts again from a whole history
 DEDUPE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
 FETCH_WAIT_S = 10.0  # a pull waits this long; a pull lost with its consumer leader is retried
@@ -148,10 +156,10 @@ async def ensure_stream(js: JetStreamContext) -> None:
 
 
 async def grow(js: JetStreamContext) -> int:
-    """Make the stream and the presence bucket R3 once the cluster has three nodes; the
-    replicas both have now (1 while the cluster is smaller, or still forming)."""
+    """Make the stream, the KV buckets and the bundle store R3 once the cluster has three
+    nodes; the replicas all have now (1 while the cluster is smaller, or still forming)."""
     replicas = 3
-    for name in (STREAM, f"KV_{PRESENCE}"):
+    for name in (STREAM, f"KV_{PRESENCE}", f"KV_{APPS}", f"OBJ_{BUNDLES}"):
         try:
             info = await js.stream_info(name)
             if (info.config.num_replicas or 1) < 3:
@@ -182,15 +190,98 @@ async def ask_for_routes(
     return [str(r) for r in routes]
 
 
-async def presence_bucket(js: JetStreamContext) -> KeyValue:
+async def bundle_store(js: JetStreamContext) -> ObjectStore:
+    """The pushes' bundles, kept as long as the triggers that name them, R3 where it can."""
     try:
-        return await js.key_value(PRESENCE)
+        return await js.object_store(BUNDLES)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+
+    def config(replicas: int) -> ObjectStoreConfig:
+        return ObjectStoreConfig(ttl=RETENTION_S, max_bytes=BUNDLE_STORE_BYTES, replicas=replicas)
+
+    store: ObjectStore = await _with_replicas(
+        lambda r: js.create_object_store(BUNDLES, config=config(r))
+    )
+    return store
+
+
+async def put_bundle(js: JetStreamContext, code: Bundles, trigger: Trigger) -> bool:
+    """The push's bundle into the store; False: try again (NATS did not answer). A bundle
+    that cannot be made or stored is said and skipped: the others then fail that deploy."""
+    update = trigger.update
+    if update is None or update.deleted:
+        return True
+    repo = bundles.repo_name(trigger)
+    try:
+        store = await bundle_store(js)
+        base = None if update.created else await _chain_base(store, bundles.key(repo, update.old))
+        data = await code.make(trigger, whole=base is None)
+        said = {"old": "" if base is None else update.old, "base": base or time.time()}
+        meta = ObjectMeta(description=json.dumps(said))
+        await store.put(bundles.key(repo, update.new), data, meta=meta)
+    except (FleetError, nats.js.errors.APIError) as err:
+        log.warning("fleet: no bundle of %s in the fleet's store: %s", trigger.id, err)
+    except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as err:
+        log.debug("fleet: storing the bundle of %s failed: %s", trigger.id, err)
+        return False
+    return True
+
+
+async def _chain_base(store: ObjectStore, name: str) -> float | None:
+    """When the whole-history bundle the chain of `name` starts from was stored; None: start
+    a new chain (that push's bundle is gone, or the chain's start would expire first)."""
+    try:
+        info = await store.get_info(name)
+    except nats.js.errors.NotFoundError:
+        return None
+    base = _described(info.description)[1]
+    return base if time.time() - base < REBASE_AFTER_S else None
+
+
+def _described(text: str | None) -> tuple[str, float]:
+    """(old, base) from a stored bundle's description."""
+    try:
+        said = json.loads(text or "{}")
+        return str(said.get("old") or ""), float(said.get("base") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return "", 0.0
+
+
+async def get_bundle(js: JetStreamContext, name: str) -> tuple[bytes, str] | None:
+    """A push's bundle and the `old` its chain goes on with ("" for a whole history); None
+    when the store has not got it."""
+    store = await bundle_store(js)
+    try:
+        found = await store.get(name)
+    except nats.js.errors.NotFoundError:
+        return None
+    return bytes(found.data or b""), _described(found.info.description)[0]
+
+
+async def presence_bucket(js: JetStreamContext, bucket: str = PRESENCE) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
     kv: KeyValue = await _with_replicas(
-        lambda r: js.create_key_value(bucket=PRESENCE, history=1, replicas=r)
+        lambda r: js.create_key_value(bucket=bucket, history=1, replicas=r)
     )
     return kv
+
+
+async def entries(kv: KeyValue) -> dict[str, dict[str, Any]]:
+    """Every key of a bucket with its JSON value (a small bucket: one entry per squadron)."""
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    found = {}
+    for name in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            value = json.loads((await kv.get(name)).value or b"{}")
+            found[name] = value if isinstance(value, dict) else {}
+    return found
 
 
 async def _with_replicas(make: Callable[[int], Awaitable[Any]]) -> Any:
@@ -261,14 +352,21 @@ class FleetLink:
         outbox: Outbox,
         *,
         answer_nodes: NodesHandler | None = None,
+        code: Bundles | None = None,
+        app_rows: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
+        self.app_rows = app_rows  # this squadron's apps, as `hd status` shows them
+        self._outcome = asyncio.Event()  # a deploy here has an outcome: tell the fleet
         self.answer_nodes = answer_nodes  # set where this squadron runs a node
+        self.code = code  # the hosted repos pushes' bundles come from and go to
         self.identity = identity
         self.urls = urls
         self.creds = creds
         self.spool = spool
         self.outbox = outbox
-        self.relay = Relay(spool, outbox, connected=lambda: self.state == CONNECTED)
+        self.relay = Relay(
+            spool, outbox, connected=lambda: self.state == CONNECTED, prepare=self._fetch_code
+        )
         self.state, self.detail = CONNECTING, ""
         self.published = 0
         self.replicas = 0  # of the trigger stream, as last seen (0: not yet)
@@ -293,9 +391,19 @@ class FleetLink:
             if shared(trigger) and trigger.id not in self.outbox:
                 await self.outbox.add(trigger)
         self.spool.listeners.append(self.relay)
+        self.spool.listeners.append(self)
         self._task = asyncio.create_task(self._run(), name="fleet link")
 
+    # -- the spool's listener: an outcome here is news for `hd fleet status` --
+    async def taken(self, trigger: Trigger) -> None:
+        return
+
+    async def finished(self, trigger_id: str, outcome: str) -> None:
+        self._outcome.set()
+
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.spool.listeners.remove(self)
         with contextlib.suppress(ValueError):
             self.spool.listeners.remove(self.relay)
         if self._task is not None:
@@ -344,7 +452,10 @@ class FleetLink:
         js = self._nc.jetstream()
         await ensure_stream(js)
         self.replicas = (await js.stream_info(STREAM)).config.num_replicas or 1
-        await claim_name(await presence_bucket(js), self.identity)
+        presence = await presence_bucket(js)
+        await claim_name(presence, self.identity)
+        apps = await presence_bucket(js, APPS)
+        await bundle_store(js)  # made now, so that it grows to R3 with the others
         sub = await js.pull_subscribe(
             f"{SUBJECT}.>",
             durable=self.identity.name,
@@ -357,6 +468,7 @@ class FleetLink:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
+        workers += [self._heartbeat(presence), self._report_apps(apps)]
         tasks = [asyncio.create_task(w) for w in workers]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -423,6 +535,9 @@ class FleetLink:
 
     async def _publish_one(self, js: JetStreamContext, trigger: Any) -> bool:
         subject = f"{SUBJECT}.{trigger.kind}"
+        code = self.code if bundles.carries_code(trigger) else None
+        if code is not None and not await put_bundle(js, code, trigger):
+            return False
         try:
             await js.publish(
                 subject,
@@ -437,12 +552,54 @@ class FleetLink:
         await self.outbox.sent(trigger.id)
         return True
 
+    async def _heartbeat(self, presence: KeyValue) -> None:
+        """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen"."""
+        while True:
+            await asyncio.sleep(view.HEARTBEAT_S)
+            await claim_name(presence, self.identity)
+
+    async def _report_apps(self, apps: KeyValue) -> None:
+        """Each app's state here into KV: at the start of a session and at each outcome."""
+        self._outcome.set()
+        while True:
+            await self._outcome.wait()
+            self._outcome.clear()
+            rows = self.app_rows() if self.app_rows is not None else []
+            for row in rows:
+                state = json.dumps(view.app_state(row)).encode()
+                await apps.put(f"{self.identity.name}.{row['app']}", state)
+
+    async def fleet_view(self) -> dict[str, Any]:
+        """`hd fleet status`: the squadrons present and each app on each of them."""
+        js = self._jetstream()
+        squadrons = await entries(await presence_bucket(js))
+        states = await entries(await presence_bucket(js, APPS))
+        rows = []
+        for key, state in states.items():
+            squadron, _, app = key.partition(".")
+            if app and squadron in squadrons:  # a squadron that left: its apps go with it
+                rows.append((squadron, app, state))
+        return view.view(squadrons, rows, time.time())
+
     async def _keep_alive(self) -> None:
         """While deploys run for deliveries, tell the stream so; idle, nothing wakes."""
         while True:
             await self.relay.holding.wait()
             await asyncio.sleep(ACK_WAIT_S / 3)
             await self.relay.keep_alive()
+
+    async def _fetch_code(self, trigger: Trigger) -> Trigger:
+        """A push from another squadron: its commits into the repo here first. When they
+        cannot be had, the trigger says why and its deploy fails here (only here)."""
+        if self.code is None or not bundles.carries_code(trigger):
+            return trigger
+        try:
+            await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
+        except Exception as err:  # noqa: BLE001 - whatever it was, this squadron's deploy says it
+            why = f"the pushed commits did not reach this squadron: {err}"
+            log.warning("fleet: %s: %s", trigger.id, why)
+            return replace(trigger, data={**trigger.data, "unfetched": why})
+        return trigger
 
     async def others(self) -> list[str]:
         """The other squadrons present in the fleet (by name)."""
@@ -482,6 +639,10 @@ class FleetLink:
         kv = await presence_bucket(js)
         await check_name(kv, self.identity)
         await kv.delete(self.identity.name)
+        apps = await presence_bucket(js, APPS)
+        for key in await entries(apps):
+            if key.startswith(f"{self.identity.name}."):
+                await apps.delete(key)
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_consumer(STREAM, self.identity.name)
 

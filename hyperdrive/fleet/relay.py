@@ -48,10 +48,10 @@ def shared(trigger: Trigger) -> bool:
 
     Webhooks (a forge's push to a repo apps follow, or to HQ's repo) carry everything a
     squadron needs: it fetches the code itself. A push to a repo hosted here, or to a hosted
-    HQ, needs its commits on the others first: that comes with git bundles (docs/fleet.md).
-    `hd deploy/rollback --fleet` are shared on purpose.
+    HQ, carries its commits as a git bundle (bundles.py). `hd deploy/rollback --fleet` are
+    shared on purpose.
     """
-    if trigger.kind == TriggerKind.WEBHOOK:
+    if trigger.kind in (TriggerKind.WEBHOOK, TriggerKind.PUSH, TriggerKind.HQ):
         return True
     if trigger.kind in (TriggerKind.DEPLOY, TriggerKind.ROLLBACK):
         return trigger.data.get("fleet") is True  # `hd deploy/rollback --fleet`
@@ -66,8 +66,13 @@ class Relay:
     """The spool's fleet listener and the consumer's message handler."""
 
     def __init__(
-        self, spool: LocalSpool, outbox: Outbox, connected: Callable[[], bool] = lambda: False
+        self,
+        spool: LocalSpool,
+        outbox: Outbox,
+        connected: Callable[[], bool] = lambda: False,
+        prepare: Callable[[Trigger], Awaitable[Trigger]] | None = None,
     ) -> None:
+        self.prepare = prepare  # before a trigger from the fleet is spooled: fetch its code
         self.spool = spool
         self.outbox = outbox
         self.connected = connected
@@ -107,6 +112,8 @@ class Relay:
         self.held[trigger.id] = delivery  # before put: its outcome may come at any await
         self._note_held()
         if not self.spool.knows(trigger.id):
+            if self.prepare is not None:
+                trigger = await self.prepare(trigger)
             self._from_fleet.add(trigger.id)
             try:
                 await self.spool.put(trigger)

@@ -20,8 +20,10 @@ from hyperdrive import __version__, systemd
 from hyperdrive.config import NATS_URL, Config, Listen, without_password
 from hyperdrive.errors import FleetError
 from hyperdrive.fleet import state
+from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.node import NatsNode, NodeSpec
 from hyperdrive.fleet.outbox import Outbox
+from hyperdrive.gitserver import package_hooks
 from hyperdrive.spool import FileSpool
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ class FleetService:
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.problem = ""  # why the fleet could not start (bad creds file, …)
+        self.app_rows: Callable[[], list[dict[str, Any]]] | None = None  # set by bootstrap
 
     def urls(self) -> tuple[str, ...]:
         return state.connect_urls(self.config, state.read_membership(self.config))
@@ -78,6 +81,8 @@ class FleetService:
             self.spool,
             self.outbox,
             answer_nodes=self._answer_nodes if node else None,
+            code=Bundles(self.config.git_dir, package_hooks()),
+            app_rows=self.app_rows,
         )
         await self.link.start()
 
@@ -246,6 +251,16 @@ class FleetService:
         self.problem = ""
         await self.start()
 
+    async def view(self) -> dict[str, Any]:
+        """`hd fleet status`: every squadron and every app on each (from the fleet's KV)."""
+        if self.link is None:
+            alone = "this squadron is not in a fleet (see `hd fleet init`)"
+            raise FleetError(self.problem or alone)
+        try:
+            return await asyncio.wait_for(self.link.fleet_view(), 10)
+        except TimeoutError:
+            raise FleetError("the fleet did not answer within 10 s") from None
+
     def status(self) -> dict[str, Any]:
         """What `hd status` and `hd doctor` say about the fleet."""
         urls = self.urls() if not self.problem else ()
@@ -272,7 +287,8 @@ def _advertised(config: Config) -> str:
 
 
 def fleet_routes(fleet: FleetService) -> Callable[[web.Application], None]:
-    """`POST /fleet` on the admin socket: `{"action": "init"|"join"|"leave", …}`."""
+    """`POST /fleet` on the admin socket: `{"action": "init"|"join"|"leave", …}`; `GET
+    /fleet`: what `hd fleet status` shows."""
 
     async def post_fleet(request: web.Request) -> web.Response:
         try:
@@ -284,8 +300,15 @@ def fleet_routes(fleet: FleetService) -> Callable[[web.Application], None]:
             raise web.HTTPConflict(text=f"{err}\n") from None
         return web.json_response(answer)
 
+    async def get_fleet(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await fleet.view())
+        except FleetError as err:
+            raise web.HTTPConflict(text=f"{err}\n") from None
+
     def add(app: web.Application) -> None:
         app.router.add_post("/fleet", post_fleet)
+        app.router.add_get("/fleet", get_fleet)
 
     return add
 

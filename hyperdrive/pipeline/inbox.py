@@ -53,6 +53,10 @@ class Inbox:
     async def _handle(self, trigger: Trigger) -> None:
         if trigger.kind == TriggerKind.PUSH:
             self._push_received(trigger)
+        if unfetched := trigger.text("unfetched"):  # a fleet's push whose commits did not come
+            self.bus.emit(ev.DeployFailed(app=trigger.app, deploy=trigger.id, message=unfetched))
+            await self.spool.done(trigger.id, FAILED)
+            return
         asked = from_trigger(trigger)
         routed = [await self.route(self._in_lane(c)) for c in asked]
         commands = [c for c in routed if c is not None]

@@ -269,3 +269,67 @@ def test_three_nodes_keep_the_fleet_going_without_the_first(
         return True
 
     wait_for(reaches_c, 90, 1, "a trigger from B on C without the first node")
+
+
+@pytest.mark.lxc
+@pytest.mark.nginx
+@pytest.mark.slow
+def test_a_push_to_one_squadron_is_served_by_both_and_hq_is_one(tmp_path: Path) -> None:
+    """`git push` over SSH to A of an app hosted there: its commits reach B as a bundle and B
+    serves it too, also when B was down at the push; an HQ push to B orders an app on A."""
+    with (
+        admiral_squadron(tmp_path / "a", **fleet_ports()) as (a, admiral_a),
+        admiral_squadron(tmp_path / "b", **fleet_ports()) as (b, admiral_b),
+    ):
+        try:
+            _, nats_url, secret = init(a)
+            b.hd("fleet", "join", nats_url, "--secret", secret, timeout=60)
+            wait_for(lambda: connected(a) and connected(b), 30, 0.2, "both in the fleet")
+
+            work = admiral_a.working_copy(tmp_path / "site", "site")
+            admiral_a.commit(work, {"index.html": "v1 on the fleet\n"})
+            pushed = admiral_a.git("push", "hyperdrive", "master", cwd=work)
+            assert "site deployed" in pushed.stdout + pushed.stderr
+            served = (200, "v1 on the fleet\n")
+            for d in (a, b):
+                wait_for(lambda d=d: http_get(d.http_port, "/site/") == served, 120, 0.3, "v1")
+
+            b.stop()  # B is down while A takes a push; it catches up when it is back
+            admiral_a.commit(work, {"index.html": "v2 while B was down\n"})
+            admiral_a.git("push", "-o", "nowait", "hyperdrive", "master", cwd=work)
+            newest = (200, "v2 while B was down\n")
+            wait_for(lambda: http_get(a.http_port, "/site/") == newest, 120, 0.3, "v2 on A")
+            b.start()
+            wait_for(lambda: http_get(b.http_port, "/site/") == newest, 120, 0.3, "v2 on B")
+
+            # one HQ: a push to B's headquarters orders an app on A as well
+            forge, _ = forge_repo(admiral_b, tmp_path / "f", {"index.html": "ordered by HQ\n"})
+            hq = admiral_b.working_copy(tmp_path / "hq-b", "headquarters")
+            keys = {
+                f"authorized_keys/{who}.pub": Path(f"{admiral.key}.pub").read_text()
+                for who, admiral in (("ann", admiral_a), ("bob", admiral_b))
+            }
+            admiral_b.commit(hq, {**keys, "shop/orders": f"autodeploy file://{forge}\n"})
+            admiral_b.git("push", "hyperdrive", "master", cwd=hq)
+            ordered = (200, "ordered by HQ\n")
+            for d in (b, a):
+                wait_for(lambda d=d: http_get(d.http_port, "/shop/") == ordered, 120, 0.3, "shop")
+            assert a.wait_event("AdmiralsChanged", 30)["admirals"] == ["ann", "bob"]
+
+            # `hd fleet status --json` on either: both squadrons, and each app on each
+            names = sorted(d.env["HYPERDRIVE_NAME"] for d in (a, b))
+            site_sha = admiral_a.git("rev-parse", "--short=7", "HEAD", cwd=work).stdout.strip()
+
+            def both_listed() -> bool:
+                shown = json.loads(a.hd("fleet", "status", "--json").stdout)
+                apps = {row["app"]: row["squadrons"] for row in shown["apps"]}
+                on = apps.get("site", {})
+                listed = sorted(s["name"] for s in shown["squadrons"]) == names
+                shas = [on.get(n, {}).get("sha") for n in names] == [site_sha] * 2
+                return listed and shas and sorted(apps.get("shop", {})) == names
+
+            wait_for(both_listed, 60, 0.5, "the fleet's status")
+            text = b.hd("fleet", "status").stdout
+            assert all(name in text for name in names), text
+        finally:
+            stop_node(a)

@@ -13,6 +13,7 @@ from hyperdrive import config as configuration
 from hyperdrive.config import Listen
 from hyperdrive.errors import ConfigError, FleetError, SpoolError
 from hyperdrive.fleet import state
+from hyperdrive.fleet.bundles import TEMP_REF, bundled_ref
 from hyperdrive.fleet.node import NodeSpec, render
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
@@ -195,7 +196,8 @@ def test_only_triggers_another_squadron_can_act_on_are_shared() -> None:
             received=0.0,
         )
     )
-    assert not shared(Trigger.push("shop", UPDATE, "ann"))  # its commits are only here
+    assert shared(Trigger.push("shop", UPDATE, "ann"))  # its commits travel as a bundle
+    assert shared(Trigger.hq_push(UPDATE, "ann"))
     assert not shared(Trigger.deploy("shop"))
     assert not shared(Trigger.hq_sync("hd headquarters sync"))
     assert shared(Trigger.deploy("shop", fleet=True))  # `hd deploy shop --fleet`
@@ -288,3 +290,32 @@ def test_the_status_line_says_alone_connected_or_unreachable() -> None:
     )
     assert line.startswith("UNREACHABLE (nats://n:4222): NATS unreachable")
     assert "2 triggers not published yet" in line
+
+
+async def test_a_push_from_the_fleet_gets_its_code_before_it_is_spooled(tmp_path: Path) -> None:
+    spool, relay = await relay_on(tmp_path)
+    prepared: list[str] = []
+
+    async def prepare(trigger: Trigger) -> Trigger:  # the link fetches the bundle here
+        prepared.append(trigger.id)
+        assert not spool.knows(trigger.id)
+        return Trigger.from_json({**trigger.to_json(), "data": {**trigger.data, "unfetched": "x"}})
+
+    relay.prepare = prepare
+    push = Trigger.push("shop", UPDATE, "ann")
+    await relay.received(encode(push), FakeDelivery())
+    assert prepared == [push.id]
+    assert spool.pending()[0].data["unfetched"] == "x"  # its deploy here says why it failed
+    await relay.received(encode(push), FakeDelivery())  # redelivered: not fetched again
+    assert prepared == [push.id]
+    await spool.close()
+
+
+def test_a_bundle_names_the_one_ref_it_carries() -> None:
+    sha = "e" * 40
+    bundle = f"# v2 git bundle\n-{'b' * 40} a message\n{sha} {TEMP_REF}/{sha}-1a2b\n\nPACK".encode()
+    assert bundled_ref(bundle) == f"{TEMP_REF}/{sha}-1a2b"
+    with pytest.raises(FleetError, match="not a git bundle"):
+        bundled_ref(b"PK\x03\x04 a zip")
+    with pytest.raises(FleetError, match="one pushed commit"):
+        bundled_ref(f"# v2 git bundle\n{sha} refs/heads/main\n\nPACK".encode())

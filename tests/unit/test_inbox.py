@@ -153,3 +153,15 @@ async def test_a_trigger_cut_short_by_the_drain_stays_pending_and_runs_at_the_ne
         await after.daemon.spool.close()
     assert after.outcome(cut.id)["event"] == "DeployFinished"
     await hd.daemon.spool.open()  # the fixture closes it again
+
+
+async def test_a_fleet_push_whose_commits_did_not_come_fails_here_saying_why(
+    world: World, hd: Squadron
+) -> None:
+    pushed = push(world, "web")
+    why = "the pushed commits did not reach this squadron: not in the fleet's bundle store"
+    trigger = Trigger.from_json({**pushed.to_json(), "data": {**pushed.data, "unfetched": why}})
+    await handled(hd, trigger)
+    assert hd.names(trigger.id) == ["PushReceived", "DeployFailed"]
+    assert hd.events(trigger.id, name="DeployFailed")[0]["message"] == why
+    assert hd.daemon.spool.pending() == []
