@@ -9,6 +9,7 @@ from typing import Any
 
 from hyperdrive import systemd
 from hyperdrive.access import Refusals
+from hyperdrive.accesslog import RequestStream
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
@@ -37,6 +38,7 @@ from hyperdrive.pipeline.commands import (
 from hyperdrive.pipeline.deploy import Deployer
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import GoLive, RouteTable
+from hyperdrive.pipeline.guard import AfterSwap
 from hyperdrive.pipeline.handlers import Handlers
 from hyperdrive.pipeline.health import HttpProbe
 from hyperdrive.pipeline.hqsync import HeadquartersSync
@@ -52,6 +54,7 @@ from hyperdrive.pipeline.ports import (
     Network,
     Probe,
     Proxy,
+    Requests,
     SystemClock,
 )
 from hyperdrive.pipeline.recovery import Recovery
@@ -76,6 +79,7 @@ class Adapters:
     network: Network
     probe: Probe
     clock: Clock
+    requests: Requests
 
 
 @dataclass
@@ -128,6 +132,7 @@ def real_adapters(
     probe: Probe | None = None,
     clock: Clock | None = None,
     dns: ShipDns | None = None,
+    requests: Requests | None = None,
 ) -> Adapters:
     """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
     if runtime is None or hull_builder is None:
@@ -161,6 +166,7 @@ def real_adapters(
         network=network,
         probe=probe or HttpProbe(),
         clock=clock or SystemClock(),
+        requests=requests or RequestStream(config.requests_socket),
     )
 
 
@@ -191,6 +197,15 @@ def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) 
     starter = Starter(
         config=config, runtime=a.runtime, network=a.network, probe=a.probe, records=records
     )
+    after = AfterSwap(
+        config=config,
+        runtime=a.runtime,
+        proxy=a.proxy,
+        probe=a.probe,
+        requests=a.requests,
+        ships=ships,
+        clock=a.clock,
+    )
     golive = GoLive(
         config=config,
         runtime=a.runtime,
@@ -200,6 +215,7 @@ def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) 
         ships=ships,
         starter=starter,
         clock=a.clock,
+        after=after,
     )
     deployer = Deployer(
         records=records,
@@ -248,6 +264,7 @@ def build(
     network: Network | None = None,
     probe: Probe | None = None,
     hull_builder: HullBuilder | None = None,
+    requests: Requests | None = None,
 ) -> Daemon:
     """The whole daemon, wired; each adapter not given is the real one."""
     fleet = Fleet(config.hull)  # its secrets are masked in every event (hyperdrive/masking.py)
@@ -271,6 +288,7 @@ def build(
         probe=probe,
         clock=clock,
         dns=dns,
+        requests=requests,
     )
     core = deploy_core(config, adapters, fleet)
     dns.names = lambda: served_names(config, core)
@@ -392,6 +410,7 @@ def _api(
             "webhook_refusals_summarised": webhooks.refusals.unwritten,
         }
 
+    stream = core.adapters.requests
     return Api(
         eventlog,
         spool,
@@ -400,6 +419,7 @@ def _api(
         metrics,
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes],
+        traffic=lambda: stream.apps if isinstance(stream, RequestStream) else {},
     )
 
 
