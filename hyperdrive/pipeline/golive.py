@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 from hyperdrive.config import Config
 from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyError
@@ -92,7 +91,7 @@ class GoLive:
     async def go_live(self, job: Job, *, rolled_back: bool = False) -> str:
         """Swap, drain, finish; `rolled_back`: a rollback, said (RolledBack) before it finishes."""
         job.ctx.point_of_no_return()
-        await self.after.settle(job.app.name)  # an earlier deploy's guard ends: this one swaps
+        self.after.release(job.app.name)  # an earlier deploy's guard ends: this one swaps
         app, ship, previous = job.app, job.built, job.app.live_ship
         try:
             await self.swap(job, previous)
@@ -134,7 +133,8 @@ class GoLive:
         """The old ship is stopped (SIGTERM first) before the outcome, unless a guard goes on:
         then it runs until the guard is over."""
         guarding = watch is not None and self.after.guard_left(watch) > 0
-        if watch is not None and not guarding:
+        later = guarding or (watch is not None and not await self.after.idle(watch))
+        if watch is not None and not later:
             await self.after.finish(watch)
         app, ship = job.app, job.built
         if rolled_back:
@@ -147,7 +147,7 @@ class GoLive:
             said += f" (guarded for {watch.guard.seconds:g} s after the swap)"
         job.emit(ev.DeployFinished, said, url=url, ms=took)
         await self.ships.retire_old(app, job.ctx, job.cmd.deploy)
-        if guarding and watch is not None:
+        if later and watch is not None:
             self.after.carry_on(watch)
         return FINISHED
 
@@ -192,37 +192,22 @@ class GoLive:
                 await self.proxy.unpoint(app)
 
     async def drain(self, job: Job, watch: Watch) -> str | None:
-        """The new ship is watched for SETTLE_S (or `drain`, if shorter), then the old one's
-        client connections may finish (conntrack keeps them on it), at most `drain` s after
-        the swap; what went wrong if the new ship stopped answering. The guard may swap back
-        meanwhile (`watch.rolled_back`)."""
+        """The new ship is watched for SETTLE_S (or `drain`, if shorter) while the old one
+        still runs (conntrack keeps its connections on it); what went wrong if the new ship
+        stopped answering. The guard may swap back meanwhile (`watch.rolled_back`)."""
         stable = self.proxy.stable_url(job.app.name, job.orders.healthcheck_path)
+        seconds = min(watch.drain, SETTLE_S)
+        healthy = asyncio.ensure_future(self.probe.watch_healthy(stable, seconds))
         tripped = asyncio.ensure_future(watch.tripped.wait())
         try:
-            healthy = asyncio.ensure_future(
-                self.probe.watch_healthy(stable, min(watch.drain, SETTLE_S))
-            )
-            if await self._first(healthy, tripped):
-                problem = healthy.result()
-                if problem is not None:
-                    return problem
-                await self._first(asyncio.ensure_future(self.after.drain(watch)), tripped)
-            if tripped.done():
-                await asyncio.shield(self.after.swap_back(watch))
+            await asyncio.wait({healthy, tripped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            tripped.cancel()
-        return None
-
-    @staticmethod
-    async def _first(work: asyncio.Future[Any], tripped: asyncio.Future[Any]) -> bool:
-        """Wait for `work` unless the guard trips first; whether `work` ended (else cancelled)."""
-        await asyncio.wait({work, tripped}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            return False
-        return True
+            for waiter in (healthy, tripped):
+                waiter.cancel()
+        if watch.tripped.is_set():
+            await self.after.swap_back(watch)
+            return None
+        return healthy.result()
 
     async def fall_back(self, job: Job, old: Ship, problem: str) -> str:
         """The new ship died within the drain: the old one, still running, serves again, and

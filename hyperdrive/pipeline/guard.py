@@ -92,9 +92,9 @@ class Watch:
     tally: Tally
     out: ev.Emitter
     tripped: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # a newer deploy came
     rolled_back: bool = False
     unsubscribe: Callable[[], None] = lambda: None
-    task: asyncio.Task[None] | None = None
 
     def on_status(self, status: int) -> None:
         if self.tripped.is_set():
@@ -115,7 +115,8 @@ class AfterSwap:
     requests: Requests
     ships: Ships
     clock: Clock
-    watches: dict[str, Watch] = field(default_factory=dict)
+    watches: dict[str, Watch] = field(default_factory=dict)  # the guarded swap of each app
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # guards and drains going on
 
     def begin(
         self,
@@ -149,28 +150,42 @@ class AfterSwap:
 
     def carry_on(self, watch: Watch) -> None:
         """The rest of the guard and the drain, beside whatever the daemon does next."""
-        watch.task = asyncio.create_task(self._after(watch), name=f"after-swap {watch.app.name}")
+        task = asyncio.create_task(self._after(watch), name=f"after-swap {watch.app.name}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def release(self, app: str) -> None:
+        """A newer deploy of the app swaps next: the guard of the last one ends (it would swap
+        back over the newer one), while its old ship's drain goes on."""
+        watch = self.watches.pop(app, None)
+        if watch is not None:
+            watch.unsubscribe()
+            watch.released.set()
 
     async def settle(self, app: str) -> None:
-        """End the app's guard and drain now (a newer deploy, a rollback, a retire): its old
-        ship is stopped at once, a swap back under way is finished first."""
-        watch = self.watches.get(app)
-        if watch is None:
-            return
-        if watch.task is None:
-            await self.finish(watch, term=False)
-            return
-        watch.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch.task
+        """End the app's guard and drains now (a rollback, a retire): its old ships are stopped
+        at once; a swap back under way is finished first."""
+        self.release(app)
+        for task in [t for t in self.tasks if t.get_name() == f"after-swap {app}"]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def close(self) -> None:
         """The daemon stops: every watch ends (a restart stops old ships in recovery)."""
-        for app in list(self.watches):
+        for app in {t.get_name().removeprefix("after-swap ") for t in self.tasks}:
             await self.settle(app)
 
     def guard_left(self, watch: Watch) -> float:
         return max(0.0, watch.swapped + watch.guard.seconds - _now())
+
+    async def idle(self, watch: Watch) -> bool:
+        """Whether the old ship may stop now: its connections closed, or its drain is over."""
+        if _now() >= watch.swapped + watch.drain:
+            return True
+        info = await self.runtime.info(watch.old.name)
+        found = self.probe.sockets(info.pid if info else None, watch.old.port)
+        return found is None or found.clients == 0
 
     async def _after(self, watch: Watch) -> None:
         term = True
@@ -185,15 +200,23 @@ class AfterSwap:
             await asyncio.shield(self.finish(watch, term=term))
 
     async def guard(self, watch: Watch) -> None:
-        """Until the guard is over: swap back as soon as it trips."""
+        """Until the guard is over (or a newer deploy ends it): swap back once it trips."""
         left = self.guard_left(watch)
-        if left <= 0:
+        if left <= 0 or watch.released.is_set():
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(left):
-                await watch.tripped.wait()
-        if watch.tripped.is_set():
-            await asyncio.shield(self.swap_back(watch))
+        ended = [asyncio.ensure_future(e.wait()) for e in (watch.tripped, watch.released)]
+        try:
+            await asyncio.wait(ended, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in ended:
+                waiter.cancel()
+        if watch.tripped.is_set() and not watch.released.is_set():
+            swap = asyncio.ensure_future(self.swap_back(watch))
+            try:
+                await asyncio.shield(swap)
+            except asyncio.CancelledError:
+                await swap  # a swap back is finished before anything else happens to the app
+                raise
 
     async def drain(self, watch: Watch) -> None:
         """Until the old ship's client connections have closed, at most `drain` s after the
@@ -244,6 +267,8 @@ class AfterSwap:
         if self.watches.get(watch.app.name) is watch:
             del self.watches[watch.app.name]
         old = watch.old
+        if old.name == watch.new.name:
+            return
         if watch.rolled_back or old.name == watch.app.live:
             return
         if old.state != LIVE or watch.app.ship(old.name) is None:

@@ -175,7 +175,12 @@ class FakeRequests:
 
     def subscribe(self, app: str, listener: Listener) -> Callable[[], None]:
         self.listeners.setdefault(app, []).append(listener)
-        return lambda: self.listeners[app].remove(listener)
+
+        def unsubscribe() -> None:
+            if listener in self.listeners[app]:
+                self.listeners[app].remove(listener)
+
+        return unsubscribe
 
     def respond(self, app: str, *statuses: int) -> None:
         for status in statuses:
