@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hyperdrive.modes import make_passable
+
 log = logging.getLogger(__name__)
 
 UPSTREAM_PREFIX = "app_"  # nginx's upstream for app X is app_X ($proxy_host in the format)
@@ -85,7 +87,8 @@ class RequestStream(asyncio.DatagramProtocol):
 
     async def open(self) -> None:
         """Bind the socket nginx's workers (user nobody) write to; a stale one is replaced."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path.parent.parent, self.path.parent):  # made under umask 027
+            make_passable(folder)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
