@@ -73,7 +73,9 @@ def one_round(d: Daemon, repo: AppRepo, n: int, clients: int) -> tuple[float, fl
 def main(args: argparse.Namespace) -> None:
     with TemporaryDirectory(prefix="hd-bench-guard-") as tmp:
         open_for_ships(tmp)
-        d = make_squadron(Path(tmp) / "hd", HYPERDRIVE_DRAIN_SECONDS="3")
+        d = make_squadron(
+            Path(tmp) / "hd", HYPERDRIVE_DRAIN_SECONDS="3", HYPERDRIVE_GUARD="60 20 20"
+        )
         try:
             d.start()
             repo = AppRepo(d, "site", Path(tmp) / "site")
