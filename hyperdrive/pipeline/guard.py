@@ -243,7 +243,9 @@ class AfterSwap:
         after = t0 - watch.swapped
         why = f"the guard saw {watch.tally.said()} within {after:.1f} s of the swap"
         message = f"{why}; traffic is back on '{old.name}' ({old.sha[:7]}), '{new.name}' is kept"
-        self.ships.record_outcome(app, watch.deploy, "rolled back by the guard")
+        tally = watch.tally
+        said = f"rolled back by the guard: {tally.errors} of {tally.requests} 5xx"
+        self.ships.record_outcome(app, watch.deploy, said)
         watch.out.emit(
             ev.RolledBack(
                 app=app.name,
