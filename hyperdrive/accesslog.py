@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import logging
 import os
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 UPSTREAM_PREFIX = "app_"  # nginx's upstream for app X is app_X ($proxy_host in the format)
 TAG = b"hd: "  # syslog tag, set in the access_log line (nginx.conf.j2)
 RECEIVE_BUFFER = 4 * 1024 * 1024  # a burst of ~20,000 requests waits here for the loop
+# A unix datagram socket queues at most net.unix.max_dgram_qlen datagrams (10 on Debian 12):
+# nginx's next ones would be dropped, each with a line in its error.log. Raised like
+# ip_forward (network.py), before the socket is made (the limit is taken at its creation).
+QUEUE = 4096
+QUEUE_SYSCTL = Path("/proc/sys/net/unix/max_dgram_qlen")
+WRITER_GROUP = "nogroup"  # nginx's workers: nobody:nogroup (no `user` in nginx.conf)
 # Prometheus' own default buckets (seconds), the ones dashboards expect.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -75,11 +82,33 @@ class AppTraffic:
         self.count += 1
 
 
+def raise_queue(sysctl: Path = QUEUE_SYSCTL) -> None:
+    """At least QUEUE datagrams may wait for the daemon; said (not fatal) if it cannot be."""
+    try:
+        if int(sysctl.read_text()) < QUEUE:
+            sysctl.write_text(f"{QUEUE}\n")
+    except (OSError, ValueError) as err:
+        log.warning("request stream: cannot raise %s to %d: %s", sysctl, QUEUE, err)
+
+
+def _writable_by_nginx(path: Path) -> None:
+    """Only root and nginx's workers (group nogroup) may write requests into the stream: a
+    local user who could would make the guard roll an app back."""
+    try:
+        gid = grp.getgrnam(WRITER_GROUP).gr_gid
+    except KeyError:
+        os.chmod(path, 0o622)  # noqa: S103 - no such group: nginx's workers must still write
+        return
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o620)
+
+
 class RequestStream(asyncio.DatagramProtocol):
     """The daemon's end of the stream: counts per app, and the listeners of each app."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, queue_sysctl: Path = QUEUE_SYSCTL) -> None:
         self.path = path
+        self.queue_sysctl = queue_sysctl
         self.apps: dict[str, AppTraffic] = {}
         self.unparsed = 0
         self._listeners: dict[str, list[Listener]] = {}
@@ -89,12 +118,13 @@ class RequestStream(asyncio.DatagramProtocol):
         """Bind the socket nginx's workers (user nobody) write to; a stale one is replaced."""
         for folder in (self.path.parent.parent, self.path.parent):  # made under umask 027
             make_passable(folder)
+        raise_queue(self.queue_sysctl)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             self.path.unlink(missing_ok=True)
             sock.bind(str(self.path))
-            os.chmod(self.path, 0o666)  # noqa: S103 - nginx's workers run as nobody
+            _writable_by_nginx(self.path)
         except OSError:
             sock.close()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import socket
 from pathlib import Path
 
@@ -47,8 +48,11 @@ def test_nginx_sends_the_stream_to_the_daemons_socket_named_by_upstream() -> Non
 
 
 async def test_the_stream_counts_each_app_and_tells_its_listeners(tmp_path: Path) -> None:
-    stream = RequestStream(tmp_path / "run" / "requests.sock")
+    qlen = tmp_path / "max_dgram_qlen"  # the host's own /proc/sys is left alone here
+    qlen.write_text("10\n")
+    stream = RequestStream(tmp_path / "run" / "requests.sock", queue_sysctl=qlen)
     await stream.open()
+    assert int(qlen.read_text()) >= 1024, "nginx may queue more than 10 datagrams"
     heard: list[int] = []
     stop = stream.subscribe("web", heard.append)
     sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -72,3 +76,16 @@ async def test_the_stream_counts_each_app_and_tells_its_listeners(tmp_path: Path
     assert web.buckets[0] == 1  # 4 ms <= 5 ms
     assert web.buckets[BUCKETS.index(5.0)] == 3  # cumulative, as Prometheus wants
     assert not stream.path.exists(), "closed: the socket is gone"
+
+
+async def test_only_root_and_nginxs_workers_may_write_into_the_stream(tmp_path: Path) -> None:
+    qlen = tmp_path / "max_dgram_qlen"
+    qlen.write_text("4096\n")
+    stream = RequestStream(tmp_path / "requests.sock", queue_sysctl=qlen)
+    await stream.open()
+    try:
+        mode = stream.path.stat()
+        assert mode.st_mode & 0o777 == 0o620
+        assert grp.getgrgid(mode.st_gid).gr_name == "nogroup"
+    finally:
+        await stream.close()
