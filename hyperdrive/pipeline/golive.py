@@ -91,7 +91,7 @@ class GoLive:
     async def go_live(self, job: Job, *, rolled_back: bool = False) -> str:
         """Swap, drain, finish; `rolled_back`: a rollback, said (RolledBack) before it finishes."""
         job.ctx.point_of_no_return()
-        self.after.release(job.app.name)  # an earlier deploy's guard ends: this one swaps
+        await self.after.release(job.app.name)  # an earlier deploy's guard ends: this swaps
         app, ship, previous = job.app, job.built, job.app.live_ship
         try:
             await self.swap(job, previous)

@@ -93,6 +93,7 @@ class Watch:
     out: ev.Emitter
     tripped: asyncio.Event = field(default_factory=asyncio.Event)
     released: asyncio.Event = field(default_factory=asyncio.Event)  # a newer deploy came
+    swapping: asyncio.Future[None] | None = None  # the swap back, once the guard tripped
     rolled_back: bool = False
     unsubscribe: Callable[[], None] = lambda: None
 
@@ -154,18 +155,21 @@ class AfterSwap:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def release(self, app: str) -> None:
+    async def release(self, app: str) -> None:
         """A newer deploy of the app swaps next: the guard of the last one ends (it would swap
-        back over the newer one), while its old ship's drain goes on."""
+        back over the newer one), while its old ship's drain goes on; a swap back under way is
+        finished first (the newer deploy then replaces the ship it went back to)."""
         watch = self.watches.pop(app, None)
         if watch is not None:
             watch.unsubscribe()
             watch.released.set()
+            if watch.swapping is not None:
+                await asyncio.shield(watch.swapping)
 
     async def settle(self, app: str) -> None:
         """End the app's guard and drains now (a rollback, a retire): its old ships are stopped
         at once; a swap back under way is finished first."""
-        self.release(app)
+        await self.release(app)
         for task in [t for t in self.tasks if t.get_name() == f"after-swap {app}"]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,7 +215,7 @@ class AfterSwap:
             for waiter in ended:
                 waiter.cancel()
         if watch.tripped.is_set() and not watch.released.is_set():
-            swap = asyncio.ensure_future(self.swap_back(watch))
+            swap = watch.swapping = asyncio.ensure_future(self.swap_back(watch))
             try:
                 await asyncio.shield(swap)
             except asyncio.CancelledError:
