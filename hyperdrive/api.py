@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from hyperdrive import __version__
+from hyperdrive.accesslog import BUCKETS, AppTraffic
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since, tail
 from hyperdrive.files import write_atomically
@@ -125,6 +126,7 @@ class Api:
         set_headquarters: Callable[[str], None] | None = None,
         public_routes: Sequence[Callable[[web.Application], None]] = (),
         admin_routes: Sequence[Callable[[web.Application], None]] = (),
+        traffic: Callable[[], Mapping[str, AppTraffic]] = dict,
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
@@ -134,6 +136,7 @@ class Api:
         self.set_headquarters = set_headquarters
         self.public_routes = public_routes
         self.admin_routes = admin_routes
+        self.traffic = traffic  # each app's requests, from nginx's request stream
         self.started = time.time()
         self._registry: Any = None
 
@@ -276,3 +279,26 @@ class _Collector:
         )
         for name, value in api.metrics().items():
             yield GaugeMetricFamily(f"hyperdrive_{name}", name.replace("_", " "), value=value)
+        yield from _traffic(api.traffic())
+
+
+def _traffic(apps: Mapping[str, AppTraffic]) -> Any:
+    """Each app's requests through nginx by status class, and their latency histogram."""
+    from prometheus_client.core import (  # noqa: PLC0415 - see Api.metrics_text
+        CounterMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    requests = CounterMetricFamily(
+        "hyperdrive_app_requests", "requests nginx proxied to the app", labels=["app", "code"]
+    )
+    latency = HistogramMetricFamily(
+        "hyperdrive_app_request_duration_seconds", "nginx's request time", labels=["app"]
+    )
+    for app, traffic in sorted(apps.items()):
+        for code, count in sorted(traffic.classes.items()):
+            requests.add_metric([app, code], count)
+        buckets = [(f"{b:g}", n) for b, n in zip(BUCKETS, traffic.buckets, strict=True)]
+        latency.add_metric([app], [*buckets, ("+Inf", traffic.count)], traffic.seconds)
+    yield requests
+    yield latency

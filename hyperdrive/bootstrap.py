@@ -9,6 +9,7 @@ from typing import Any
 
 from hyperdrive import systemd
 from hyperdrive.access import Refusals
+from hyperdrive.accesslog import RequestStream
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
 from hyperdrive.config import Config
@@ -41,6 +42,7 @@ from hyperdrive.pipeline.commands import (
 from hyperdrive.pipeline.deploy import Deployer
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import GoLive, RouteTable
+from hyperdrive.pipeline.guard import AfterSwap
 from hyperdrive.pipeline.handlers import Handlers
 from hyperdrive.pipeline.health import HttpProbe
 from hyperdrive.pipeline.hqsync import HeadquartersSync
@@ -56,6 +58,7 @@ from hyperdrive.pipeline.ports import (
     Network,
     Probe,
     Proxy,
+    Requests,
     SystemClock,
 )
 from hyperdrive.pipeline.previews import Previews, previewed
@@ -83,6 +86,7 @@ class Adapters:
     network: Network
     probe: Probe
     clock: Clock
+    requests: Requests
 
 
 @dataclass
@@ -137,6 +141,7 @@ def real_adapters(
     probe: Probe | None = None,
     clock: Clock | None = None,
     dns: ShipDns | None = None,
+    requests: Requests | None = None,
 ) -> Adapters:
     """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
     if runtime is None or hull_builder is None:
@@ -170,6 +175,7 @@ def real_adapters(
         network=network,
         probe=probe or HttpProbe(),
         clock=clock or SystemClock(),
+        requests=requests or RequestStream(config.requests_socket),
     )
 
 
@@ -201,6 +207,15 @@ def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) 
     starter = Starter(
         config=config, runtime=a.runtime, network=a.network, probe=a.probe, records=records
     )
+    after = AfterSwap(
+        config=config,
+        runtime=a.runtime,
+        proxy=a.proxy,
+        probe=a.probe,
+        requests=a.requests,
+        ships=ships,
+        clock=a.clock,
+    )
     golive = GoLive(
         config=config,
         runtime=a.runtime,
@@ -210,6 +225,7 @@ def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) 
         ships=ships,
         starter=starter,
         clock=a.clock,
+        after=after,
     )
     deployer = Deployer(
         records=records,
@@ -282,6 +298,7 @@ def build(
     network: Network | None = None,
     probe: Probe | None = None,
     hull_builder: HullBuilder | None = None,
+    requests: Requests | None = None,
 ) -> Daemon:
     """The whole daemon, wired; each adapter not given is the real one."""
     # the orders in force; their secrets are masked in every event (hyperdrive/masking.py)
@@ -307,6 +324,7 @@ def build(
         probe=probe,
         clock=clock,
         dns=dns,
+        requests=requests,
     )
     core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
@@ -467,6 +485,7 @@ def _api(
             "webhook_slow_bodies": webhooks.slow_bodies,
         }
 
+    stream = core.adapters.requests
     return Api(
         eventlog,
         spool,
@@ -476,6 +495,7 @@ def _api(
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes, dashboard.add_routes],
         admin_routes=[fleet_routes(fleet)],
+        traffic=lambda: stream.apps if isinstance(stream, RequestStream) else {},
     )
 
 

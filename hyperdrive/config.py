@@ -37,6 +37,28 @@ UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
 
 
+MAX_GUARD_S = 3600.0  # an hour: longer keeps an idle old ship running for nothing
+DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """`guard <seconds> <max-5xx-percent> [min-requests]`: for `seconds` after a swap, more
+    than `max_percent` 5xx among at least `min_requests` responses swaps back (0 s: off)."""
+
+    seconds: float = 60.0
+    max_percent: float = 20.0
+    min_requests: int = 20
+
+    @property
+    def on(self) -> bool:
+        return self.seconds > 0
+
+    def __str__(self) -> str:
+        """As orders and main.conf spell it: `60 20 20` or `off`."""
+        return f"{self.seconds:g} {self.max_percent:g} {self.min_requests}" if self.on else "off"
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a squadron is told at start; see the config table in README.md."""
@@ -60,7 +82,8 @@ class Config:
     keep_ships: int = 3
     parallel_deploys: int = 4
     eventlog_max_bytes: int = 64 * 1024 * 1024
-    drain_seconds: float = 3.0
+    guard: Guard = field(default_factory=Guard)  # unless orders say `guard`
+    drain_seconds: float = 30.0  # a ship's connections after a swap, unless orders say `drain`
     apt_mirror: str = ""  # "": the Debian mirror the host's own apt sources name
     ship_egress: bool = True
     ship_dns: tuple[str, ...] = ()  # (): the resolvers /etc/resolv.conf names
@@ -96,6 +119,11 @@ class Config:
     @property
     def nginx_dir(self) -> Path:
         return self.var / "nginx"
+
+    @property
+    def requests_socket(self) -> Path:
+        """Where nginx reports each request (nginx.conf.j2 names the same path)."""
+        return self.nginx_dir / "run" / "requests.sock"
 
     @property
     def socket_path(self) -> Path:
@@ -295,6 +323,42 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def parse_guard(words: list[str]) -> Guard:
+    """`off`, or `<seconds> <max-5xx-percent> [min-requests]` (orders and HYPERDRIVE_GUARD);
+    ValueError saying what is wrong."""
+    if words == ["off"]:
+        return Guard(seconds=0)
+    usage = "guard takes <seconds> <max-5xx-percent> [min-requests] (e.g. guard 60 20 20), or off"
+    if len(words) not in (2, 3):
+        raise ValueError(usage)
+    seconds = _decimal(words[0], "guard seconds", MAX_GUARD_S)
+    if seconds == 0:
+        raise ValueError("guard seconds '0': write `guard off` to turn the guard off")
+    percent = _decimal(words[1].removesuffix("%"), "guard max-5xx-percent", 100)
+    if percent == 100:
+        raise ValueError("guard max-5xx-percent 100 can never be passed: write `guard off`")
+    least = Guard.min_requests
+    if len(words) == 3:
+        text = words[2]
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1_000_000):
+            raise ValueError(
+                f"guard min-requests {text[:40]!r} must be a whole number from 1 to 1000000"
+            )
+        least = int(text)
+    return Guard(seconds, percent, least)
+
+
+def _decimal(text: str, what: str, most: float) -> float:
+    """A plain decimal number from 0 to `most` (no signs, exponents, inf or nan)."""
+    if not DECIMAL.fullmatch(text) or float(text) > most:
+        raise ValueError(f"{what} {text[:40]!r} must be a number from 0 to {most:g}")
+    return float(text)
+
+
+def _guard(value: str) -> Guard:
+    return parse_guard(value.split())
+
+
 def _mirror(value: str) -> str:
     if not value:
         return ""  # the host's own apt sources
@@ -383,6 +447,7 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_PARALLEL_DEPLOYS": "parallel_deploys",
     "HYPERDRIVE_EVENTLOG_MAX_BYTES": "eventlog_max_bytes",
     "HYPERDRIVE_DRAIN_SECONDS": "drain_seconds",
+    "HYPERDRIVE_GUARD": "guard",
     "HYPERDRIVE_APT_MIRROR": "apt_mirror",
     "HYPERDRIVE_SHIP_EGRESS": "ship_egress",
     "HYPERDRIVE_SHIP_DNS": "ship_dns",
@@ -412,7 +477,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "keep_ships": _count(0, 100),
     "parallel_deploys": _count(1, 64),
     "eventlog_max_bytes": _count(64 * 1024, 1 << 40),
-    "drain_seconds": _seconds(0, 300),
+    "drain_seconds": _seconds(0, 3600),
+    "guard": _guard,
     "apt_mirror": _mirror,
     "ship_egress": _on_off,
     "ship_dns": _resolvers,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hyperdrive import systemd
+from hyperdrive.accesslog import UPSTREAM_PREFIX
 from hyperdrive.errors import InvalidName, ProxyError
 from hyperdrive.modes import make_passable
 from hyperdrive.names import sanitize_app_name
@@ -139,7 +140,7 @@ def render(
     for route in routes:
         context = {
             "app": route.app,
-            "upstream": f"app_{route.app}",
+            "upstream": f"{UPSTREAM_PREFIX}{route.app}",
             "address": f"{route.address}:{route.port}",
             "hosts": app_hosts(route, domain),
             "publish_port": route.publish_port,

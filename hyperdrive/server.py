@@ -21,6 +21,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from hyperdrive import __version__, bootstrap
+from hyperdrive.accesslog import RequestStream
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
 from hyperdrive.httpgate import serve_public
@@ -92,6 +93,10 @@ class Step:
     stop: Callable[[], Awaitable[None]] | None = None
 
 
+async def _nothing() -> None:
+    """A step with nothing to start (only something to stop)."""
+
+
 class Server:
     """Runs one squadron's daemon: its steps in order, until the one stop event is set."""
 
@@ -117,7 +122,10 @@ class Server:
             # armed here, bound when the bridge is ensured (recovery, or the first deploy)
             Step("ships' dns", d.dns.start, d.dns.close),
             Step("outbound", self._run_outbound),
+            # before nginx (recovery starts it): every request is told from the first on
+            Step("request stream", self._open_requests, self._close_requests),
             Step("recovery", self._recover),
+            Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("fleet", d.fleet.start, d.fleet.stop),
             Step("default hull", self._prepare_hull, d.core.hulls.close),
@@ -198,6 +206,16 @@ class Server:
 
     async def _close_eventlog(self) -> None:
         self.daemon.eventlog.close()
+
+    async def _open_requests(self) -> None:
+        stream = self.daemon.core.adapters.requests
+        if isinstance(stream, RequestStream):
+            await stream.open()
+
+    async def _close_requests(self) -> None:
+        stream = self.daemon.core.adapters.requests
+        if isinstance(stream, RequestStream):
+            await stream.close()
 
     async def _recover(self) -> None:
         """Records and HQ in force, then what kept serving made true again."""

@@ -15,7 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from hyperdrive.config import KNOWN_HULLS, MAX_MEMORY, MEMORY, MIN_MEMORY, UNITS
+from hyperdrive.config import (
+    KNOWN_HULLS,
+    MAX_MEMORY,
+    MEMORY,
+    MIN_MEMORY,
+    UNITS,
+    Guard,
+    parse_guard,
+)
 from hyperdrive.errors import InvalidName, OrdersRejected
 from hyperdrive.gitremote import shown_url
 from hyperdrive.names import HULL_NAME, check_ref, sanitize_app_name
@@ -40,6 +48,9 @@ REMOTE_HELPER = re.compile(r"[A-Za-z0-9+.-]+::")
 
 
 EGRESS_MAX_ALLOWED = 64
+
+
+MAX_DRAIN_S = 3600.0
 
 
 class _Bad(Exception):
@@ -86,6 +97,8 @@ class Orders:
     previews: int = 0  # `previews on [max N]`: at most this many preview ships; 0 = off
     forge: Forge | None = None
     notify: tuple[str, ...] = ()
+    guard: Guard | None = None  # `guard …`; None: HYPERDRIVE_GUARD
+    drain_seconds: float | None = None  # `drain <seconds>`; None: HYPERDRIVE_DRAIN_SECONDS
     # `secret NAME…`: masked in all Hyperdrive shows; not compared, a new mask needs no redeploy
     secrets: tuple[str, ...] = field(default=(), compare=False)
     path: str = field(default="", compare=False)
@@ -128,6 +141,8 @@ class _Draft:
     previews: int = 0
     forge: Forge | None = None
     notify: dict[str, None] = field(default_factory=dict)
+    guard: Guard | None = None
+    drain: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
     secrets: dict[str, None] = field(default_factory=dict)
@@ -267,6 +282,8 @@ def _finish(draft: _Draft, path: str) -> Orders:
         previews=draft.previews,
         forge=draft.forge,
         notify=tuple(draft.notify),
+        guard=draft.guard,
+        drain_seconds=draft.drain,
         secrets=tuple(draft.secrets),
         path=path,
         lines=dict(draft.lines),
@@ -531,6 +548,35 @@ def _http_url(text: str, what: str) -> str:
     return text
 
 
+def _guard(draft: _Draft, args: list[str], line: int) -> None:
+    """`guard <seconds> <max-5xx-percent> [min-requests]`, or `guard off`."""
+    try:
+        guard = parse_guard(args)
+    except ValueError as err:
+        raise _Bad(str(err)) from None
+    draft.once("guard", line)
+    draft.guard = guard
+
+
+def _drain(draft: _Draft, args: list[str], line: int) -> None:
+    """`drain <seconds>`: how long the old ship's open connections may last after a swap."""
+    if len(args) != 1:
+        raise _Bad("drain takes one number of seconds (e.g. drain 30)")
+    seconds = _bounded(args[0], "drain seconds", MAX_DRAIN_S)
+    draft.once("drain", line)
+    draft.drain = seconds
+
+
+def _bounded(text: str, what: str, most: float) -> float:
+    """A plain decimal number from 0 to `most` (no signs, exponents, inf or nan)."""
+    if not NUMBER.fullmatch(text):
+        raise _Bad(f"{what} {shown(text)} must be a number of seconds from 0 to {most:g}")
+    value = float(text)
+    if value > most:
+        raise _Bad(f"{what} {shown(text)} is more than {most:g}")
+    return value
+
+
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
@@ -546,4 +592,6 @@ DIRECTIVES: dict[str, Directive] = {
     "previews": _previews,
     "forge": _forge,
     "notify": _notify,
+    "guard": _guard,
+    "drain": _drain,
 }

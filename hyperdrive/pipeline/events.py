@@ -152,7 +152,12 @@ class DeploySuperseded(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class RolledBack(Event):
-    pass
+    """Traffic went back to `ship`; from the guard, with its count of the new ship's answers."""
+
+    requests: int | None = None
+    errors: int | None = None  # of them 5xx
+    percent: float | None = None
+    failed_ship: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,8 +1,11 @@
 """The go-live stages: routes, swap, drain (with fall-back), and the outcome.
 
 Until the swap nothing a client can reach has changed. After it, the old ship drains while
-the new one is watched: a new ship that stops answering then hands traffic back to the old
-one, and the deploy is a failure. A deploy has finished only after its drain.
+the new one is watched (its health, and its real traffic: guard.py): a new ship that stops
+answering, or whose 5xx pass the guard's line, hands traffic back to the old one, and the
+deploy is a failure. A deploy has finished only after its drain: at least SETTLE_S of
+watching, then until the old ship's connections have closed (at most `drain` s). A guard
+that lasts longer goes on beside the daemon's other work, the old ship kept running for it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyEr
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import FINISHED
 from hyperdrive.pipeline.fleet import Fleet
+from hyperdrive.pipeline.guard import AfterSwap, Watch, drain_seconds
 from hyperdrive.pipeline.job import Job, stage
-from hyperdrive.pipeline.model import LIVE, STOPPED, Records, Route, Ship
+from hyperdrive.pipeline.model import LIVE, Records, Route, Ship
 from hyperdrive.pipeline.ports import Clock, ContainerRuntime, Probe, Proxy
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 
 SWAP_CHECK_S = 5
+SETTLE_S = 3.0  # the new ship is watched at least this long (or `drain`, if shorter)
 
 
 def app_url(config: Config, app: str) -> str:
@@ -81,10 +86,12 @@ class GoLive:
     ships: Ships
     starter: Starter
     clock: Clock
+    after: AfterSwap
 
     async def go_live(self, job: Job, *, rolled_back: bool = False) -> str:
         """Swap, drain, finish; `rolled_back`: a rollback, said (RolledBack) before it finishes."""
         job.ctx.point_of_no_return()
+        await self.after.release(job.app.name)  # an earlier deploy's guard ends: this swaps
         app, ship, previous = job.app, job.built, job.app.live_ship
         try:
             await self.swap(job, previous)
@@ -94,20 +101,54 @@ class GoLive:
         ship.state = LIVE
         app.live, app.since = ship.name, self.clock.time()
         self.ships.records.save(app)
+        watch = None
         if previous is not None and previous.name != ship.name:
-            problem = await self.drain(job, previous)
-            if problem is not None:
-                return await self.fall_back(job, previous, problem)
+            watch = self.after.begin(
+                app,
+                new=ship,
+                old=previous,
+                orders=job.orders,
+                deploy=job.cmd.deploy,
+                out=job.ctx,
+                guarded=not rolled_back,
+            )
+            if (failed := await self._drained(job, watch)) is not None:
+                return failed
+        return await self._finished(job, watch, rolled_back=rolled_back)
+
+    async def _drained(self, job: Job, watch: Watch) -> str | None:
+        """The drain; the deploy's outcome if it failed there (a fall-back, the guard)."""
+        problem = await self.drain(job, watch)
+        if watch.rolled_back:
+            await self.after.finish(watch)
+            why = f"the guard rolled {job.app.name} back: {watch.tally.said()}"
+            return self.ships.failed(job, DeployError("guard", why))
+        if problem is not None:
+            outcome = await self.fall_back(job, watch.old, problem)
+            await self.after.finish(watch)  # the old ship is live again: only the count ends
+            return outcome
+        return None
+
+    async def _finished(self, job: Job, watch: Watch | None, *, rolled_back: bool) -> str:
+        """The old ship is stopped (SIGTERM first) before the outcome, unless a guard goes on:
+        then it runs until the guard is over."""
+        guarding = watch is not None and self.after.guard_left(watch) > 0
+        later = guarding or (watch is not None and not await self.after.idle(watch))
+        if watch is not None and not later:
+            await self.after.finish(watch)
+        app, ship = job.app, job.built
         if rolled_back:
             job.emit(ev.RolledBack, f"{app.name} rolled back to {ship.sha[:7]}", ms=job.ms())
-        return await self._finished(job)
-
-    async def _finished(self, job: Job) -> str:
-        app, ship, took = job.app, job.built, job.ms()
+        took = job.ms()
         self.ships.record_outcome(app, job.cmd.deploy, "finished", took)
         url = app_url(self.config, app.name)
-        job.emit(ev.DeployFinished, f"{app.name} {ship.sha[:7]} is live at {url}", url=url, ms=took)
+        said = f"{app.name} {ship.sha[:7]} is live at {url}"
+        if guarding and watch is not None:
+            said += f" (guarded for {watch.guard.seconds:g} s after the swap)"
+        job.emit(ev.DeployFinished, said, url=url, ms=took)
         await self.ships.retire_old(app, job.ctx, job.cmd.deploy)
+        if later and watch is not None:
+            self.after.carry_on(watch)
         return FINISHED
 
     async def swap(self, job: Job, previous: Ship | None) -> None:
@@ -150,31 +191,29 @@ class GoLive:
             else:
                 await self.proxy.unpoint(app)
 
-    async def drain(self, job: Job, old: Ship) -> str | None:
-        """Old workers finish in-flight requests (conntrack keeps them on the old ship) while the
-        new ship is watched; what went wrong if it stopped answering meanwhile."""
-        t0, seconds = job.now(), self.config.drain_seconds
+    async def drain(self, job: Job, watch: Watch) -> str | None:
+        """The new ship is watched for SETTLE_S (or `drain`, if shorter) while the old one
+        still runs (conntrack keeps its connections on it); what went wrong if the new ship
+        stopped answering. The guard may swap back meanwhile (`watch.rolled_back`)."""
         stable = self.proxy.stable_url(job.app.name, job.orders.healthcheck_path)
-        problem = await self.probe.watch_healthy(stable, seconds)
-        if problem is not None:
-            return problem
-        with contextlib.suppress(HyperdriveError):
-            await self.runtime.stop(old.name, kill=True)
-        old.state = STOPPED
-        self.ships.records.save(job.app)
-        job.emit(
-            ev.ShipDrained,
-            f"ship '{old.name}' drained and stopped, kept for rollback",
-            ship=old.name,
-            sha=old.sha,
-            ms=job.ms(t0),
-        )
-        return None
+        seconds = min(watch.drain, SETTLE_S)
+        healthy = asyncio.ensure_future(self.probe.watch_healthy(stable, seconds))
+        tripped = asyncio.ensure_future(watch.tripped.wait())
+        try:
+            await asyncio.wait({healthy, tripped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (healthy, tripped):
+                waiter.cancel()
+        if watch.tripped.is_set():
+            await self.after.swap_back(watch)
+            return None
+        return healthy.result()
 
     async def fall_back(self, job: Job, old: Ship, problem: str) -> str:
         """The new ship died within the drain: the old one, still running, serves again, and
         the deploy has failed."""
-        app, new, seconds, t0 = job.app, job.built, self.config.drain_seconds, job.now()
+        app, new, t0 = job.app, job.built, job.now()
+        seconds = min(drain_seconds(job.orders, self.config), SETTLE_S)
         await self.proxy.point(app.name, old.ip, old.port)
         app.live, app.since, old.state = old.name, self.clock.time(), LIVE
         await self.ships.keep_failed(app, new)

@@ -76,6 +76,7 @@ class Handlers:
     async def _take_down(self, name: str) -> None:
         """Routes removed, traffic unpointed, ships destroyed, the record dropped."""
         records = self.deployer.records
+        await self.golive.after.settle(name)
         app = records.get(name)
         if app.routed:
             app.routed = False
@@ -88,6 +89,7 @@ class Handlers:
 
     async def rollback(self, cmd: Rollback, ctx: Context) -> str:
         """Swap back to the newest kept ship that was healthy, health-checking it first."""
+        await self.golive.after.settle(cmd.app)  # the ship a guard still holds is a target
         job = self._job(Deploy(deploy=cmd.deploy, app=cmd.app, source="rollback"), ctx)
         job.ship = self.ships.rollback_target(job.app)
         if job.ship is None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
+from hyperdrive.pipeline.model import Sockets
+
 HEALTH_STEP_S = 0.05
 HEALTH_FIRST_STEP_S = 0.005  # during the first second: a small app is up in a few ms
 
@@ -53,6 +55,9 @@ class HttpProbe:
     async def watch_healthy(self, url: str, seconds: float) -> str | None:
         return await watch_healthy(url, seconds)
 
+    def sockets(self, pid: int | None, port: int) -> Sockets | None:
+        return sockets(pid, port)
+
 
 def listening(pid: int | None) -> dict[int, set[str]] | None:
     """TCP ports listened on in the network namespace of `pid`, each with its addresses
@@ -70,6 +75,25 @@ def listening(pid: int | None) -> dict[int, set[str]] | None:
     except (OSError, ValueError):
         return None
     return found
+
+
+def sockets(pid: int | None, port: int) -> Sockets | None:
+    """Established connections to local `port`, and whether something listens on it, in the
+    network namespace of `pid` (the ship's own view: no conntrack needed); None: unreadable."""
+    if pid is None:
+        return None
+    clients, listens = 0, False
+    try:
+        for name in ("tcp", "tcp6"):
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) < 4 or int(fields[1].rpartition(":")[2], 16) != port:
+                    continue
+                clients += fields[3] == "01"  # ESTABLISHED
+                listens |= fields[3] == "0A"  # LISTEN
+    except (OSError, ValueError):
+        return None
+    return Sockets(clients, listens)
 
 
 def _address(hexed: str) -> str:

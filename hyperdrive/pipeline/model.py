@@ -227,3 +227,10 @@ def _check_mount(mount: Mount) -> None:
             raise ContainerError(f"mount path {path!r} must be absolute, plain and without '..'")
     if mount.container_path == "/":
         raise ContainerError("cannot mount over the ship's root")
+
+
+class Sockets(NamedTuple):
+    """A ship's TCP sockets on its app's port: open client connections, and a listener."""
+
+    clients: int
+    listening: bool

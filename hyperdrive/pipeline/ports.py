@@ -2,7 +2,8 @@
 
 Real adapters: `lxc_async.Lxc` (ContainerRuntime), `hull_builder.LxcHullBuilder` (HullBuilder),
 `repos.GitRepos` (Git), `proxy.NginxProxy` (Proxy: nginx routes + the nftables map + stable
-ports), `network.ShipNetwork` (Network), `health.HttpProbe` (Probe), `SystemClock` (Clock).
+ports), `network.ShipNetwork` (Network), `health.HttpProbe` (Probe), `SystemClock` (Clock),
+`accesslog.RequestStream` (Requests).
 `bootstrap.build` wires them. The fakes below keep the same promises in memory, so the deploy
 state machine is tested in milliseconds without root (tests/unit/test_pipeline.py); like
 dulwich's `DictBackend` beside `Backend`, they live next to what they stand in for.
@@ -21,7 +22,7 @@ from typing import ClassVar, Protocol
 from hyperdrive.errors import AttachTimedOut, ContainerError, NetworkError, ProxyError
 from hyperdrive.headquarters.orders import Egress
 from hyperdrive.pipeline import events as ev
-from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec, check_cpu_weight
+from hyperdrive.pipeline.model import ContainerInfo, Route, ShipSpec, Sockets, check_cpu_weight
 from hyperdrive.runtimes import KNOWN
 
 Emit = Callable[[ev.Event], None]
@@ -156,6 +157,40 @@ class Probe(Protocol):
     async def watch_healthy(self, url: str, seconds: float) -> str | None:
         """None if `url` keeps answering for `seconds`, else how it failed."""
 
+    def sockets(self, pid: int | None, port: int) -> Sockets | None:
+        """The ship's (init `pid`) client connections to `port` and its listener; None: unknown."""
+
+
+Listener = Callable[[int], None]
+
+
+class Requests(Protocol):
+    """The request stream: each response status of an app, as nginx finishes it."""
+
+    def subscribe(self, app: str, listener: Listener) -> Callable[[], None]:
+        """Tell `listener` each status of `app` from now on; returns the unsubscribe."""
+
+
+@dataclass
+class FakeRequests:
+    """Responses a test sends (`respond`), told to whoever listens to the app."""
+
+    listeners: dict[str, list[Listener]] = field(default_factory=dict)
+
+    def subscribe(self, app: str, listener: Listener) -> Callable[[], None]:
+        self.listeners.setdefault(app, []).append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self.listeners[app]:
+                self.listeners[app].remove(listener)
+
+        return unsubscribe
+
+    def respond(self, app: str, *statuses: int) -> None:
+        for status in statuses:
+            for listener in list(self.listeners.get(app, ())):
+                listener(status)
+
 
 class Clock(Protocol):
     def monotonic(self) -> float: ...
@@ -214,6 +249,9 @@ class Holds:
         await asyncio.wait_for(self.reached[point].wait(), timeout)
 
 
+FAKE_PIDS = 2**22 + 1  # above any pid_max: a fake init pid never names a real process
+
+
 @dataclass
 class FakeContainer:
     name: str
@@ -223,6 +261,7 @@ class FakeContainer:
     app_running: bool = False
     cpu_weight: int | None = None  # now; the spec's again at each start
     cpu_idle: bool = False  # likewise
+    pid: int | None = None  # while running: a made-up init pid
 
 
 @dataclass
@@ -233,7 +272,8 @@ class FakeRuntime:
     ContainerError (`snapshot`, `start`, `build`, `start-app`) or, for `answer`, an app that
     starts but never answers; `hang_build` makes the build time out. A started app answers the
     FakeProbe unless the test brings it down (`stop_app`); `app_does(ship)` is what the app's
-    own code does as it starts; `build_weights` are the ship's CPU weights as its builds ran.
+    own code does as it starts; `build_weights` are the ship's CPU weights as its builds ran;
+    `ignores_term` names ships whose app outlives a SIGTERM.
     Holds: `build`, `destroy`.
     """
 
@@ -249,6 +289,7 @@ class FakeRuntime:
     handed: list[Path] = field(default_factory=list)  # given to the ships' root, in order
     build_weights: list[int | None] = field(default_factory=list)
     build_idle: list[bool] = field(default_factory=list)  # was each build idle (SCHED_IDLE)?
+    ignores_term: set[str] = field(default_factory=set)  # ships whose app outlives SIGTERM
 
     def _get(self, name: str) -> FakeContainer:
         if name not in self.containers:
@@ -275,7 +316,8 @@ class FakeRuntime:
         self.calls.append(f"start {ship}")
         self._maybe_fail("start")
         box = self._get(ship)
-        box.state, box.cpu_weight = "RUNNING", box.spec.cpu_weight if box.spec else None
+        box.state, box.pid = "RUNNING", FAKE_PIDS + len(self.calls)
+        box.cpu_weight = box.spec.cpu_weight if box.spec else None
         box.cpu_idle = box.spec.cpu_idle if box.spec else False
 
     async def set_cpu_weight(self, ship: str, weight: int) -> None:
@@ -302,6 +344,9 @@ class FakeRuntime:
             self.build_weights.append(box.cpu_weight)
             self.build_idle.append(box.cpu_idle)
             return await self._build(on_line, timeout)
+        if script.startswith("kill -TERM"):
+            box.app_running = box.app_running and ship in self.ignores_term
+            return 0
         self._maybe_fail("start-app")
         if self.app_does is not None:
             self.app_does(ship)
@@ -322,7 +367,7 @@ class FakeRuntime:
         self.calls.append(f"stop {ship}")
         if ship in self.containers:
             box = self.containers[ship]
-            box.state, box.app_running = "STOPPED", False
+            box.state, box.app_running, box.pid = "STOPPED", False, None
 
     async def destroy(self, ship: str) -> None:
         self.calls.append(f"destroy {ship}")
@@ -334,10 +379,10 @@ class FakeRuntime:
 
     async def info(self, ship: str) -> ContainerInfo | None:
         box = self.containers.get(ship)
-        return ContainerInfo(ship, box.state) if box else None
+        return ContainerInfo(ship, box.state, box.pid) if box else None
 
     async def list(self) -> builtins.list[ContainerInfo]:
-        return [ContainerInfo(b.name, b.state) for b in self.containers.values()]
+        return [ContainerInfo(b.name, b.state, b.pid) for b in self.containers.values()]
 
     def names(self) -> builtins.list[str]:
         return sorted(self.containers)
@@ -511,13 +556,16 @@ class FakeNetwork:
 @dataclass
 class FakeProbe:
     """Answers for ships in a FakeRuntime (healthy while their app runs), and through the
-    FakeProxy's map for stable URLs; `dies_in_drain` stops the new ship's app during a watch.
-    Holds: `health` (a ship's own URL), `swap` (the stable URL after the swap), `drain`."""
+    FakeProxy's map for stable URLs; `dies_in_drain` stops the new ship's app during a watch;
+    `open_clients` is each ship's open connections (by init pid: FakeRuntime has none, so by
+    ship name through `clients_of`). Holds: `health` (a ship's own URL), `swap` (the stable URL
+    after the swap), `drain`."""
 
     runtime: FakeRuntime
     network: FakeNetwork
     proxy: FakeProxy
     dies_in_drain: bool = False
+    open_clients: dict[str, int] = field(default_factory=dict)  # ship name → connections
     holds: Holds = field(default_factory=Holds)
     asked: list[str] = field(default_factory=list)
 
@@ -554,3 +602,9 @@ class FakeProbe:
             if ship:
                 self.runtime.stop_app(ship)
         return None if self._answers(url) else "no answer: ClientConnectorError"
+
+    def sockets(self, pid: int | None, port: int) -> Sockets | None:
+        box = next((b for b in self.runtime.containers.values() if b.pid == pid), None)
+        if box is None or box.state != "RUNNING":
+            return None
+        return Sockets(self.open_clients.get(box.name, 0), box.app_running)

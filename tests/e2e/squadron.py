@@ -64,6 +64,8 @@ def make_squadron(root: Path, **extra: str) -> Daemon:
         "HYPERDRIVE_SUBNET": subnet,
         "HYPERDRIVE_HULL": "busybox",
         "HYPERDRIVE_DRAIN_SECONDS": "0.5",
+        # old ships stop right after their drain; tests/e2e/test_guard.py orders a guard
+        "HYPERDRIVE_GUARD": "off",
         **extra,
     }
     return make_daemon(root, **settings)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from hyperdrive.accesslog import RequestStream
 from hyperdrive.errors import ProxyError
 from hyperdrive.nginx_reload import AppRoute, Nginx, Routes
 from hyperdrive.traffic import StablePorts, Traffic
-from tests.integration.net_fixtures import ShipNet, children, free_port, sh, ship_of
+from tests.integration.net_fixtures import Ship, ShipNet, children, free_port, sh, ship_of
 
 pytestmark = [pytest.mark.root]
 
@@ -71,6 +72,16 @@ async def test_point_switches_ships_without_nginx_reload(
 ) -> None:
     one, two = net.ships
     routes = Routes(nginx, http_port=free_port())
+    stream = RequestStream(nginx.prefix / "run" / "requests.sock")  # as the daemon listens
+    await stream.open()
+    try:
+        await _switch(routes, traffic, nginx, one, two)
+    finally:
+        await stream.close()
+    assert stream.apps["a"].classes["2xx"] >= 20, "nginx told the daemon of each request"
+
+
+async def _switch(routes: Routes, traffic: Traffic, nginx: Nginx, one: Ship, two: Ship) -> None:
     await traffic.point(STABLE, one.ip, one.port)  # a new app: traffic first, then its route
     await routes.apply([AppRoute("a", traffic.bridge_ip, STABLE)])
     assert ship_of(routes.http_port, "/a/") == "one"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperdrive import bootstrap
-from hyperdrive.config import Config
+from hyperdrive.config import Config, Guard
 from hyperdrive.pipeline.commands import Command, Deploy
 from hyperdrive.pipeline.model import App
 from hyperdrive.pipeline.ports import (
@@ -24,6 +24,7 @@ from hyperdrive.pipeline.ports import (
     FakeNetwork,
     FakeProbe,
     FakeProxy,
+    FakeRequests,
     FakeRuntime,
     Holds,
 )
@@ -42,6 +43,7 @@ class World:
     git: FakeGit = field(default_factory=FakeGit)
     proxy: FakeProxy = field(default_factory=FakeProxy)
     network: FakeNetwork = field(default_factory=FakeNetwork)
+    requests: FakeRequests = field(default_factory=FakeRequests)
     runtime: FakeRuntime = field(init=False)
     probe: FakeProbe = field(init=False)
     hull_builder: FakeHullBuilder = field(init=False)
@@ -61,6 +63,7 @@ class World:
             admiral_keys=self.root / "admirals.pub",
             hull="busybox",
             drain_seconds=0.0,
+            guard=Guard(seconds=0),  # tests/unit/test_guard.py turns it on
         )
         return replace(base, **changes)
 
@@ -75,6 +78,7 @@ class World:
             network=self.network,
             probe=self.probe,
             hull_builder=self.hull_builder,
+            requests=self.requests,
         )
         daemon.eventlog.open()
         daemon.core.records.load()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hyperdrive import config as configuration
-from hyperdrive.config import KEYS, Config, Listen, build, load
+from hyperdrive.config import KEYS, Config, Guard, Listen, build, load
 from hyperdrive.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -287,3 +287,14 @@ def test_the_hooks_read_back_the_config_they_are_given() -> None:
     assert again.ship_egress is False
     assert again.ship_dns == config.ship_dns
     assert again.subnet == config.subnet
+
+
+def test_the_squadrons_guard_and_drain() -> None:
+    assert build({}).guard == Guard(60, 20, 20)
+    assert build({}).drain_seconds == 30
+    assert build({"HYPERDRIVE_GUARD": "30 5 10"}).guard == Guard(30, 5, 10)
+    assert not build({"HYPERDRIVE_GUARD": "off"}).guard.on
+    assert build({"HYPERDRIVE_GUARD": "off"}).redacted()["HYPERDRIVE_GUARD"] == "off"
+    for bad, says in (("60", "guard takes"), ("60 101", "max-5xx-percent"), ("x y", "seconds")):
+        with pytest.raises(ConfigError, match=f"HYPERDRIVE_GUARD='{bad}': .*{says}"):
+            build({"HYPERDRIVE_GUARD": bad})

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from hyperdrive.config import KNOWN_HULLS
+from hyperdrive.config import KNOWN_HULLS, Guard
 from hyperdrive.errors import ConfigError, OrdersRejected
 from hyperdrive.headquarters.includes import merge_env, read_env_file, read_includes
 from hyperdrive.headquarters.orders import (
@@ -382,3 +382,49 @@ def test_includes_folder_and_merge(tmp_path) -> None:
         "B": "orders",
         "PORT": "3000",
     }
+
+
+def test_guard_and_drain() -> None:
+    orders = parse("guard 30 5% 50\ndrain 120\n")
+    assert orders.guard == Guard(seconds=30, max_percent=5, min_requests=50)
+    assert orders.drain_seconds == 120
+    assert parse("guard 60 20\n").guard == Guard(60, 20, 20)
+    assert parse("guard off\n").guard == Guard(seconds=0)
+    assert not parse("guard off\n").guard.on  # type: ignore[union-attr]
+    assert parse("drain 0\n").drain_seconds == 0
+    blank = parse("")
+    assert (blank.guard, blank.drain_seconds) == (None, None), "the squadron's defaults apply"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        ("guard\n", 1, "guard takes <seconds> <max-5xx-percent> [min-requests]"),
+        ("guard 60\n", 1, "guard takes <seconds>"),
+        ("guard 60 20 20 20\n", 1, "guard takes <seconds>"),
+        ("guard on\n", 1, "guard takes <seconds>"),
+        ("# x\nguard 0 20\n", 2, "write `guard off`"),
+        ("guard -5 20\n", 1, "guard seconds '-5' must be a number from 0 to 3600"),
+        ("guard 1e9 20\n", 1, "guard seconds '1e9' must be a number"),
+        ("guard nan 20\n", 1, "guard seconds 'nan'"),
+        ("guard 99999 20\n", 1, "from 0 to 3600"),
+        ("guard 60 abc\n", 1, "guard max-5xx-percent 'abc' must be a number from 0 to 100"),
+        ("guard 60 100\n", 1, "100 can never be passed"),
+        ("guard 60 150%\n", 1, "guard max-5xx-percent '150'"),
+        ("guard 60 20 0\n", 1, "guard min-requests '0' must be a whole number from 1"),
+        ("guard 60 20 2.5\n", 1, "guard min-requests '2.5'"),
+        ("guard 60 20 ٣\n", 1, "guard min-requests '٣'"),
+        ("guard 60 20\nguard off\n", 2, "duplicate guard (first on line 1)"),
+        ("drain\n", 1, "drain takes one number of seconds"),
+        ("drain 5 s\n", 1, "drain takes one number of seconds"),
+        ("drain forever\n", 1, "drain seconds 'forever' must be a number of seconds"),
+        ("drain -1\n", 1, "drain seconds '-1'"),
+        ("drain 86400\n", 1, "drain seconds '86400' is more than 3600"),
+        ("drain 5\ndrain 6\n", 2, "duplicate drain (first on line 1)"),
+    ],
+)
+def test_bad_guard_and_drain_name_file_and_line(text: str, line: int, says: str) -> None:
+    err = rejected(text)
+    assert (err.path, err.line) == ("api/orders", line)
+    assert says in str(err), str(err)
+    assert str(err).startswith(f"api/orders:{line}: "), str(err)
