@@ -144,13 +144,13 @@ def hand_over(path: Path, ids: IdMap) -> None:
 
     A ship of the same app may be writing into a tree (its cache) meanwhile: the walk goes by
     folder descriptors and never follows a link, so a folder swapped for a link to /etc is
-    not entered. A folder that is already the ship's was handed over before and only ships
-    wrote into it since: it is not walked again.
+    not entered. The whole tree is walked every time, even when its top is the ship's already:
+    a deploy that was cut short and run again may have left a folder handed over and then
+    written new files into it as root (a few ms for a cache of thousands of files).
     """
     st = path.lstat()
-    if ids.inside(st.st_uid, st.st_gid) and stat.S_ISDIR(st.st_mode):
-        return
-    os.chown(path, ids.uid, ids.gid, follow_symlinks=False)
+    if not ids.inside(st.st_uid, st.st_gid):
+        os.chown(path, ids.uid, ids.gid, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode):
         return
     for _folder, dirs, files, fd in os.fwalk(path):

@@ -123,3 +123,22 @@ async def test_a_ship_that_cannot_reach_its_trees_is_refused_clearly(
     mounts = (Mount(closed / "tree", "/app", readonly=False),)
     with pytest.raises(ContainerError, match=r"cannot pass .*closed \(mode 0700\)"):
         await lxc.write_config(name, bridge.spec(44, "c44", mounts=mounts))
+
+
+async def test_a_tree_handed_over_again_gives_the_ship_what_root_wrote_since(
+    lxc: Lxc, tmp_path: Path
+) -> None:
+    """A deploy cut short and run again re-exports into a ship folder handed over before: the
+    new files must be the ship's too (a stale shortcut once left them root's, and the ship
+    could not pass its own /app)."""
+    ids = for_ships()
+    folder = tmp_path / "ship"
+    (folder / "app").mkdir(parents=True)
+    await lxc.hand_over(folder)
+    (folder / "app").rmdir()
+    (folder / "app").mkdir(mode=0o750)
+    (folder / "app" / "index.html").write_text("again\n")
+    await lxc.hand_over(folder)
+    for path in (folder / "app", folder / "app" / "index.html"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (ids.uid, ids.gid), path
