@@ -93,7 +93,8 @@ def test_hd_headquarters_set_keeps_main_conf_private(tmp_path: Path) -> None:
 
 
 def test_ship_ids_say_which_range_ships_run_as_or_how_to_reserve_one(tmp_path: Path) -> None:
-    config = Config(data=tmp_path / "data", var=tmp_path / "var")
+    # folders not made yet: nothing above them blocks (pytest's own temp folders are 0700)
+    config = Config(data=Path("/nonexistent/data"), var=Path("/nonexistent/var"))
     subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
     check = check_ship_ids(config, subuid, subgid)
     assert not check.ok
