@@ -70,11 +70,11 @@ class Plan:
         return cls(str(obj["app"]), str(obj["deploy"]), found, float(obj.get("created") or 0))
 
     def wave_of(self, name: str) -> int:
-        """1-based; a squadron that was not up when the plan was frozen goes last."""
+        """1-based; a squadron that was not up when the plan was frozen comes after all."""
         for number, wave in enumerate(self.waves, start=1):
             if name in wave:
                 return number
-        return len(self.waves)
+        return len(self.waves) + 1
 
     def before(self, number: int) -> list[str]:
         return [n for wave in self.waves[: number - 1] for n in wave]
@@ -93,7 +93,8 @@ class Turn:
 def turn(plan: Plan, results: Mapping[str, str], me: str) -> Turn:
     """Whether `me` deploys now: its wave opens when every squadron of the waves before
     reported healthy; any other outcome there stops the rollout (`me` is held)."""
-    number, count = plan.wave_of(me), len(plan.waves)
+    number = plan.wave_of(me)
+    count = max(number, len(plan.waves))
     earlier = plan.before(number)
     stopped = [n for n in earlier if results.get(n) not in (None, *SETTLED_OK)]
     if stopped:

@@ -118,8 +118,10 @@ async def test_wave_two_opens_only_after_wave_one_is_healthy_and_a_failure_holds
     second = asyncio.create_task(bravo.board.turn("site", "push-1", SPEC, waiting("bravo")))
     third = asyncio.create_task(charlie.board.turn("site", "push-1", SPEC, waiting("charlie")))
     await until(lambda: {"bravo", "charlie"} <= said.keys(), "bravo and charlie waiting")
-    assert not second.done() and not third.done()
-    assert said["bravo"].wave == 2 and "alpha" in said["bravo"].why
+    assert not second.done()
+    assert not third.done()
+    assert said["bravo"].wave == 2
+    assert "alpha" in said["bravo"].why
 
     await alpha.board.report("site", "push-1", rollout.HEALTHY)
     opened = await asyncio.wait_for(second, 10)
@@ -128,7 +130,8 @@ async def test_wave_two_opens_only_after_wave_one_is_healthy_and_a_failure_holds
 
     await bravo.board.report("site", "push-1", rollout.FAILED)
     held = await asyncio.wait_for(third, 10)
-    assert held.state == rollout.HELD and "bravo failed" in held.why
+    assert held.state == rollout.HELD
+    assert "bravo failed" in held.why
     await charlie.board.report("site", "push-1", rollout.HELD)
 
     shown = await alpha.fleet_view()
