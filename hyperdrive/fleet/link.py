@@ -878,23 +878,37 @@ class RolloutBoard:
             raise FleetError(f"the fleet's rollout record is out of reach: {err}") from None
 
     async def newest(self, kv: KeyValue) -> dict[str, dict[str, Any]]:
-        """Each app's newest rollout as `hd fleet status` shows it."""
-        found = await entries(kv)
+        """Each app's newest rollout as `hd fleet status` shows it: only the `<app>.latest`
+        pointers, their plans and those plans' results are read, not the whole bucket."""
+        try:
+            names = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
         shown = {}
-        for name, pointer in found.items():
-            app, _, rest = name.partition(".")
-            plan = found.get(str(pointer.get("key"))) if rest == "latest" else None
-            if plan is None:
+        for pointer in (n for n in names if n.endswith(".latest")):
+            plan_key = str((await _value(kv, pointer)).get("key") or "")
+            plan = await _value(kv, plan_key) if plan_key else {}
+            if not plan:
                 continue
-            frozen = rollout.Plan.from_json(plan)
-            prefix = f"{pointer['key']}."
+            prefix = f"{plan_key}."
             results = {
-                k[len(prefix) :]: str(v.get("result"))
-                for k, v in found.items()
-                if k.startswith(prefix)
+                n[len(prefix) :]: str((await _value(kv, n)).get("result"))
+                for n in names
+                if n.startswith(prefix)
             }
-            shown[app] = rollout.shown(frozen, results)
+            shown[pointer.removesuffix(".latest")] = rollout.shown(
+                rollout.Plan.from_json(plan), results
+            )
         return shown
+
+
+async def _value(kv: KeyValue, name: str) -> dict[str, Any]:
+    """One key's JSON object ({} when it is gone or not an object)."""
+    try:
+        value = json.loads((await kv.get(name)).value or b"{}")
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _result(value: bytes) -> str:

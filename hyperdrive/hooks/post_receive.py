@@ -173,14 +173,13 @@ def _follow_fleet(
 ) -> None:
     """Print each other squadron's events of these deploys, `[sq-b] …`, until each
     (deploy, squadron) in `work` has an outcome."""
-    deploys = {deploy for deploy, _ in work}
     for event in events:
         deploy, squadron = str(event.get("deploy")), str(event.get("squadron"))
         if (deploy, squadron) not in work or printer.gone:
             continue
         if (text := pushed(event)) is not None:
             printer.say(prefixed(event, text))
-        if deploy in deploys and outcome_of(deploy, event) is not None:
+        if outcome_of(deploy, event) is not None:
             work.discard((deploy, squadron))
             if not work or printer.gone:
                 return

@@ -50,7 +50,7 @@ class Rollouts:
     deploy: DeployHandler
     orders: Callable[[str], Orders]
     board: Callable[[], RolloutBoard | None] = lambda: None  # None: alone, or NATS is down
-    _reports: set[asyncio.Task[None]] = field(default_factory=set)
+    _reports: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     async def handle(self, cmd: Deploy, ctx: Context) -> str:
         spec = self.orders(cmd.app).rollout
