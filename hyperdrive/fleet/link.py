@@ -757,8 +757,9 @@ class FleetLink:
 def _events_start(where: Filter, history: int | None, first: int, last: int) -> ConsumerConfig:
     """Where a reader of the fleet's events starts: the last `history` of the stream when
     nothing filters them, else where `since` says (or the start) and the newest are kept."""
-    if where.app is None and where.deploy is None and history is not None and where.since is None:
-        begin = max(first, last - history + 1, 1)
+    unfiltered = where.app is None and where.deploy is None and where.since is None
+    if history == 0 or (unfiltered and history is not None):  # 0: live ones only
+        begin = max(first, last - (history or 0) + 1, 1)
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=begin)
     if where.since is not None:
         at = datetime.fromtimestamp(where.since, UTC)

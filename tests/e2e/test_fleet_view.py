@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +44,30 @@ def three_squadrons(root: Path) -> Iterator[list[tuple[Daemon, Admiral]]]:
         finally:
             for d, _ in made:
                 stop_node(d)
+
+
+@contextlib.contextmanager
+def following(d: Daemon) -> Iterator[list[str]]:
+    """`hd logs -f --fleet site -n 0` on `d` while the block runs: the lines it printed."""
+    argv = [sys.executable, "-m", "hyperdrive", "logs", "-f", "--fleet", "site", "-n", "0"]
+    proc = subprocess.Popen(argv, env=d.env, stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        proc.kill()
+        proc.wait(10)
+        reader.join(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def name(d: Daemon) -> str:
@@ -79,9 +106,19 @@ def test_a_rollout_stops_at_the_failing_squadron_and_the_fleet_shows_it(tmp_path
             settled(d)
 
         # v2: live on the first, fails its health check on the second, held on the third;
-        # the pusher sees all three squadrons' stories
+        # the pusher sees all three squadrons' stories, and so does `hd logs -f --fleet`
         admiral.commit(work, V2)
-        pushed = admiral.git("push", "hyperdrive", "master", cwd=work)
+        with following(third) as followed:
+            pushed = admiral.git("push", "hyperdrive", "master", cwd=work)
+            for d, said in ((first, "is live"), (second, "failed"), (third, "held by rollout")):
+                wait_for(
+                    lambda d=d, said=said: any(
+                        line.startswith(f"[{name(d)}] ") and said in line for line in followed
+                    ),
+                    60,
+                    0.2,
+                    f"`hd logs -f --fleet` showing {said!r} on {name(d)}",
+                )
         told = pushed.stdout + pushed.stderr
         assert f"remote: [{name(second)}] " in told, told
         assert f"remote: [{name(third)}] -----> held by rollout" in told, told
