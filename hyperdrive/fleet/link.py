@@ -50,6 +50,8 @@ EVENTS_MAX_AGE_S = 24 * 3600.0  # one day of the fleet's story; each squadron ke
 EVENTS_MAX_BYTES = 100 * 1024**2
 ROLLOUTS = "hd_rollouts"  # KV: `<app>.<deploy digest>` → plan; `….<squadron>` → its result
 ROLLOUT_WAIT_S = 3600.0  # a wave not opened within this is held (a squadron never reported)
+REPORT_TRY_S = 60.0  # a rollout result is tried this long while NATS is away
+WATCH_ALIVE_S = 30.0  # a rollout's watch checks its connection is the same at least this often
 NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 REBASE_AFTER_S = RETENTION_S - 24 * 3600  # a chain this old starts again from a whole history
@@ -415,6 +417,7 @@ class FleetLink:
             spool, outbox, connected=lambda: self.state == CONNECTED, prepare=self._fetch_code
         )
         self.state, self.detail = CONNECTING, ""
+        self.connections = 0  # how often it (re)connected: a watch made before is stale
         self.published = 0
         self.replicas = 0  # of the trigger stream, as last seen (0: not yet)
         self._nc: Client | None = None
@@ -425,6 +428,7 @@ class FleetLink:
     def _set(self, state: str, detail: str) -> None:
         if state == CONNECTED and self.state != CONNECTED:
             self._reconnected.set()
+            self.connections += 1
         if self.state == REFUSED and state == UNREACHABLE:
             return  # keep the reason a user can fix
         if (state, detail) != (self.state, self.detail):
@@ -841,42 +845,76 @@ class RolloutBoard:
     async def _wait(
         self, kv: KeyValue, plan: rollout.Plan, waiting: Callable[[rollout.Turn], None]
     ) -> rollout.Turn:
-        """Watch the results until this squadron's wave opens or the rollout stops."""
-        me, results = self.link.identity.name, {}
-        watcher = await kv.watch(f"{rollout.key(plan.app, plan.deploy)}.*")
-        ready, said = False, False
+        """Watch the results until this squadron's wave opens or the rollout stops; a lost
+        connection watches again once NATS is back (the results are read anew)."""
+        said: list[rollout.Turn] = []
+
+        def first(now: rollout.Turn) -> None:
+            if not said:
+                said.append(now)
+                waiting(now)
+
         try:
             async with asyncio.timeout(ROLLOUT_WAIT_S):
-                async for entry in watcher:
-                    if entry is None:
-                        ready = True
-                    elif entry.value:
-                        results[entry.key.rsplit(".", 1)[1]] = _result(entry.value)
-                    if not ready:
-                        continue
-                    now = rollout.turn(plan, results, me)
-                    if now.state != rollout.WAIT:
-                        return now
-                    if not said:
-                        waiting(now)
-                        said = True
+                while (now := await self._watch(kv, plan, first)) is None:
+                    await asyncio.sleep(1)  # NATS away: bounded by the rollout's wait
+                    with contextlib.suppress(FleetError, nats.errors.Error, nats.js.errors.Error):
+                        kv = await rollout_bucket(self.link._jetstream())
+                return now
         except TimeoutError:
-            count = len(plan.waves)
             why = f"no wave opened in {ROLLOUT_WAIT_S:.0f} s"
-            return rollout.Turn(rollout.HELD, plan.wave_of(me), count, why)
+            number = plan.wave_of(self.link.identity.name)
+            return rollout.Turn(rollout.HELD, number, max(number, len(plan.waves)), why)
+
+    async def _watch(
+        self, kv: KeyValue, plan: rollout.Plan, waiting: Callable[[rollout.Turn], None]
+    ) -> rollout.Turn | None:
+        """One watch of the plan's results: this squadron's turn, or None when the
+        connection it was made on is gone."""
+        connection = self.link.connections
+        try:
+            watcher = await kv.watch(f"{rollout.key(plan.app, plan.deploy)}.*")
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            return None
+        results: dict[str, str] = {}
+        ready = False
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=WATCH_ALIVE_S)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    if self.link.connections != connection or self.link.state != CONNECTED:
+                        return None
+                    continue
+                if entry is None:
+                    ready = True
+                elif entry.value:
+                    results[entry.key.rsplit(".", 1)[1]] = _result(entry.value)
+                if not ready:
+                    continue
+                now = rollout.turn(plan, results, self.link.identity.name)
+                if now.state != rollout.WAIT:
+                    return now
+                waiting(now)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
-        raise FleetError("the rollout watch ended")
 
     async def report(self, app: str, deploy: str, result: str) -> None:
-        """This squadron's outcome in the rollout (the others' watches see it at once)."""
+        """This squadron's outcome in the rollout (the others' watches see it at once);
+        NATS away, tried again for up to REPORT_TRY_S (the later waves wait for it)."""
         body = json.dumps({"result": result, "at": time.time()}).encode()
-        try:
-            kv = await rollout_bucket(self.link._jetstream())
-            await kv.put(f"{rollout.key(app, deploy)}.{self.link.identity.name}", body)
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
-            raise FleetError(f"the fleet's rollout record is out of reach: {err}") from None
+        name = f"{rollout.key(app, deploy)}.{self.link.identity.name}"
+        last: Exception | None = None
+        for _ in range(int(REPORT_TRY_S)):
+            try:
+                kv = await rollout_bucket(self.link._jetstream())
+                await kv.put(name, body)
+                return
+            except (FleetError, TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+                last = err
+                await asyncio.sleep(1)
+        raise FleetError(f"the fleet's rollout record is out of reach: {last}")
 
     async def newest(self, kv: KeyValue) -> dict[str, dict[str, Any]]:
         """Each app's newest rollout as `hd fleet status` shows it: only the `<app>.latest`

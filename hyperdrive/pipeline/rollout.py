@@ -38,9 +38,10 @@ DeployHandler = Callable[[Deploy, Context], Coroutine[Any, Any, str]]
 
 
 def rolled_out(cmd: Deploy) -> bool:
-    """The deploys a fleet shares and rolls out: a push's and a webhook's. `hd deploy
-    --fleet`, rollbacks and HQ's own deploys go everywhere at once."""
-    return cmd.source == "push" or cmd.source.startswith("webhook")
+    """The deploys a fleet shares and rolls out: a push's and a webhook's (not a preview's).
+    `hd deploy --fleet`, rollbacks and HQ's own deploys go everywhere at once."""
+    shared = cmd.source == "push" or cmd.source.startswith("webhook")
+    return shared and cmd.preview_of is None
 
 
 @dataclass

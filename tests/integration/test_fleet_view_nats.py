@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hyperdrive.eventlog import Filter, JsonlEventLog
+from hyperdrive.fleet import link as link_module
 from hyperdrive.fleet import rollout
 from hyperdrive.fleet.link import FleetLink, Identity
 from hyperdrive.fleet.outbox import Outbox
@@ -23,8 +24,9 @@ SPEC = ("1", "2", "100%")  # alpha, then bravo, then charlie (sorted names, cumu
 class Logged(Squadron):
     """A squadron with its own event log shared with the fleet, as the daemon wires it."""
 
-    def __init__(self, root: Path, name: str, urls: list[str]) -> None:
-        super().__init__(root, name, urls)
+    def __init__(self, root: Path, name: str, node: Node) -> None:
+        super().__init__(root, name, [node.url])
+        self.node = node  # the NATS node it connects to first
         self.log = JsonlEventLog(root / "events.jsonl")
 
     async def start(self) -> FleetLink:
@@ -47,7 +49,7 @@ class Logged(Squadron):
 async def fleet(tmp_path: Path) -> AsyncIterator[list[Logged]]:
     nodes: list[Node] = await start_nodes(tmp_path, 3)
     names = ("alpha", "bravo", "charlie")
-    made = [Logged(tmp_path / n, n, [node.url]) for n, node in zip(names, nodes, strict=True)]
+    made = [Logged(tmp_path / n, n, node) for n, node in zip(names, nodes, strict=True)]
     try:
         await connected(*[await s.start() for s in made])
         yield made
@@ -153,3 +155,20 @@ async def test_the_plan_is_frozen_once_for_the_fleet(fleet: list[Logged]) -> Non
     (site,) = [a for a in shown["apps"] if a["app"] == "site"]
     assert site["rollout"]["waves"] == [["alpha", "bravo"], ["charlie"]]  # 50% of 3: 2
     assert site["rollout"]["squadrons"]["charlie"] == "waiting wave 2"
+
+
+async def test_a_squadron_waiting_for_its_wave_survives_losing_its_nats_node(
+    fleet: list[Logged], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(link_module, "WATCH_ALIVE_S", 1.0)
+    alpha, bravo, _ = fleet
+    said: list[Turn] = []
+    assert (await link(alpha).board.turn("site", "push-3", SPEC, said.append)).state == "go"
+    second = asyncio.create_task(link(bravo).board.turn("site", "push-3", SPEC, said.append))
+    await until(lambda: said, "bravo waiting for wave 2")
+    before = link(bravo).connections
+    await bravo.node.node.stop()  # bravo's NATS node is gone: it goes on through another
+    await until(lambda: link(bravo).connections > before, "bravo connected again", 60)
+    await link(alpha).board.report("site", "push-3", rollout.HEALTHY)
+    opened = await asyncio.wait_for(second, 60)
+    assert (opened.state, opened.wave) == (rollout.GO, 2)
