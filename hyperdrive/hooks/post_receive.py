@@ -30,6 +30,7 @@ from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 
 WAIT_S = 30 * 60.0
 FLEET_WAIT_S = 10 * 60.0  # how long a pusher waits for the other squadrons' outcomes
+FLEET_SINCE_S = 600.0  # their events are read from this long before the push (clock skew)
 QUEUED = "queued: the deploy starts when hyperdrive is running"
 
 
@@ -153,7 +154,7 @@ def _fleet_follower(
         return None
     apps = {t.app for t in triggers}
     app = apps.pop() if len(apps) == 1 else None
-    since = str(time.time() - 60)  # no deploy of this push is older than the push
+    since = str(time.time() - FLEET_SINCE_S)  # no deploy of this push is older than it
     events = client.events(app=app, since=since, follow=True, history=None, fleet=True)
     work = {(t.id, name) for t in triggers for name in up}
 
