@@ -698,6 +698,9 @@ class FleetLink:
         except Exception as err:  # noqa: BLE001 - whatever it was, this squadron's deploy says it
             why = f"the pushed commits did not reach this squadron: {err}"
             log.warning("fleet: %s: %s", trigger.id, why)
+            if trigger.app is not None:  # its deploy fails here: a rollout of it stops here
+                with contextlib.suppress(FleetError):
+                    await self.board.report(trigger.app, trigger.id, rollout.FAILED, tries=1)
             return replace(trigger, data={**trigger.data, "unfetched": why})
         return trigger
 
@@ -900,20 +903,24 @@ class RolloutBoard:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def report(self, app: str, deploy: str, result: str) -> None:
+    async def report(
+        self, app: str, deploy: str, result: str, *, tries: int = int(REPORT_TRY_S)
+    ) -> None:
         """This squadron's outcome in the rollout (the others' watches see it at once);
-        NATS away, tried again for up to REPORT_TRY_S (the later waves wait for it)."""
+        NATS away, tried again each second, `tries` times (the later waves wait for it).
+        A result with no plan (the app has no rollout) is never read."""
         body = json.dumps({"result": result, "at": time.time()}).encode()
         name = f"{rollout.key(app, deploy)}.{self.link.identity.name}"
         last: Exception | None = None
-        for _ in range(int(REPORT_TRY_S)):
+        for attempt in range(tries):
             try:
                 kv = await rollout_bucket(self.link._jetstream())
                 await kv.put(name, body)
                 return
             except (FleetError, TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
                 last = err
-                await asyncio.sleep(1)
+                if attempt + 1 < tries:
+                    await asyncio.sleep(1)
         raise FleetError(f"the fleet's rollout record is out of reach: {last}")
 
     async def newest(self, kv: KeyValue) -> dict[str, dict[str, Any]]:

@@ -258,3 +258,29 @@ def test_deploys_outside_a_rollout_run_at_once(board: Board | None, spec: str, c
     assert asyncio.run(rollouts.handle(cmd, ctx)) == FINISHED  # type: ignore[arg-type]
     assert ran == [cmd.deploy]
     assert ctx.events == []
+
+
+def test_a_deploy_superseded_while_in_its_wave_reports_superseded() -> None:
+    board = Board(Turn(rollout.GO, 1, 2, "wave 1 of 2 open"))
+
+    async def deploy(cmd: Deploy, ctx: Any) -> str:
+        raise asyncio.CancelledError  # the bus cancels it for a newer deploy of the app
+
+    orders = parse("rollout 1 100%\n")
+    rollouts = Rollouts(deploy, lambda app: orders, board=lambda: board)
+
+    async def run() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await rollouts.handle(PUSH, Ctx())  # type: ignore[arg-type]
+        await asyncio.gather(*rollouts._reports)
+
+    asyncio.run(run())
+    assert board.reported == [("site", "push-1", rollout.SUPERSEDED)]
+
+
+def test_a_preview_is_not_rolled_out() -> None:
+    board = Board(Turn(rollout.HELD, 2, 2))
+    rollouts, ran = gate(board, FINISHED)
+    preview = Deploy(deploy="p", app="site--fix", source="push", preview_of="site")
+    assert asyncio.run(rollouts.handle(preview, Ctx())) == FINISHED  # type: ignore[arg-type]
+    assert ran == ["p"]
