@@ -37,6 +37,7 @@ DEFAULT_PREVIEWS, MAX_PREVIEWS = 5, 50  # `previews on [max N]`: preview ships p
 FORGES = ("github", "gitlab", "gitea", "bitbucket")  # `forge <kind> <repo> [api-url]`
 FORGE_REPO = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
 MAX_NOTIFY = 4
+HTTPS_MODES = ("on", "off", "only")  # the same words nginx_reload.HTTPS_MODES renders
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PORT_TEXT = re.compile(r"[1-9][0-9]{0,4}")
@@ -99,6 +100,7 @@ class Orders:
     notify: tuple[str, ...] = ()
     guard: Guard | None = None  # `guard …`; None: HYPERDRIVE_GUARD
     drain_seconds: float | None = None  # `drain <seconds>`; None: HYPERDRIVE_DRAIN_SECONDS
+    https: str = "on"  # `https on|off|only`: certificates for the app's names, and redirects
     # `secret NAME…`: masked in all Hyperdrive shows; not compared, a new mask needs no redeploy
     secrets: tuple[str, ...] = field(default=(), compare=False)
     path: str = field(default="", compare=False)
@@ -143,6 +145,7 @@ class _Draft:
     notify: dict[str, None] = field(default_factory=dict)
     guard: Guard | None = None
     drain: float | None = None
+    https: str = "on"
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
     secrets: dict[str, None] = field(default_factory=dict)
@@ -284,6 +287,7 @@ def _finish(draft: _Draft, path: str) -> Orders:
         notify=tuple(draft.notify),
         guard=draft.guard,
         drain_seconds=draft.drain,
+        https=draft.https,
         secrets=tuple(draft.secrets),
         path=path,
         lines=dict(draft.lines),
@@ -577,6 +581,16 @@ def _bounded(text: str, what: str, most: float) -> float:
     return value
 
 
+def _https(draft: _Draft, args: list[str], line: int) -> None:
+    """`https on|off|only`: serve the names over HTTPS too (on), not (off), or HTTPS alone
+    (only: plain HTTP gets a 308 to HTTPS and responses carry Strict-Transport-Security)."""
+    if len(args) != 1 or args[0] not in HTTPS_MODES:
+        got = shown(" ".join(args)) if args else "nothing"
+        raise _Bad(f"https takes one of {', '.join(HTTPS_MODES)}, got {got}")
+    draft.once("https", line)
+    draft.https = args[0]
+
+
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
@@ -594,4 +608,5 @@ DIRECTIVES: dict[str, Directive] = {
     "notify": _notify,
     "guard": _guard,
     "drain": _drain,
+    "https": _https,
 }

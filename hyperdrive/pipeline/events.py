@@ -329,3 +329,30 @@ class DeliveryDeferred(Event):
 @dataclass(frozen=True, kw_only=True)
 class DeliveryAbandoned(Event):
     """Not sent: refused for good, out of tries, or no token or secret is kept."""
+
+
+# -- certificates (https.py) --
+@dataclass(frozen=True, kw_only=True)
+class CertificateEvent(Event):
+    """A name's certificate: who issued it and until when (ISO 8601, UTC)."""
+
+    name: str = ""
+    expires: str | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateIssued(CertificateEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateRenewed(CertificateEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateFailed(CertificateEvent):
+    """The ACME server's error in `message`; `retry` is when it is tried again (ISO 8601)."""
+
+    retry: str | None = None
