@@ -107,28 +107,33 @@ class CertificateKeeper:
                     await self._wake.wait()
 
     async def _work(self, name: str) -> None:
-        """Issue or renew `name`'s certificate if it still needs it; re-render on any change."""
+        """Issue or renew `name`'s certificate if it still needs it; re-render on any change.
+        The event comes once nginx serves the new certificate (or failed to take it)."""
         cert = self.store.current(name, self.now())
         needed = cert is None or (not cert.own and cert.renew_at <= self.now())
+        outcome = None
         if needed and self.issuer is not None and acme_name(name):
-            await self._obtain(name, renewal=cert is not None)
+            outcome = await self._obtain(name, renewal=cert is not None)
         fresh = self.current(self.wanted)
         if {n: c.path for n, c in fresh.items()} != {n: c.path for n, c in self.served.items()}:
             self.served = fresh
             await self._changed()
+        if outcome is not None:
+            self.emit(outcome)
 
-    async def _obtain(self, name: str, renewal: bool) -> None:
-        """One ACME order for `name`; the outcome is an event, a failure a later retry."""
+    async def _obtain(self, name: str, renewal: bool) -> ev.Event | None:
+        """One ACME order for `name`: the event to tell, or None after a failure (told, and
+        tried again later)."""
         assert self.issuer is not None
         try:
             issued = await self.issuer.issue(name)
             cert = self.store.save(name, issued.key_pem, issued.chain_pem, self.now())
         except CertificateError as err:
             self._failed(name, err)
-            return
+            return None
         self.trouble.pop(name, None)
         kind = ev.CertificateRenewed if renewal else ev.CertificateIssued
-        self.emit(kind(name=name, expires=iso(cert.not_after), issuer=cert.issuer))
+        return kind(name=name, expires=iso(cert.not_after), issuer=cert.issuer)
 
     def _failed(self, name: str, err: CertificateError) -> None:
         trouble = self.trouble.setdefault(name, _Trouble())

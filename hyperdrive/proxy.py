@@ -71,21 +71,7 @@ class NginxProxy:
                 await self.routes.apply(self._live, fresh=(), tls=self._tls(self._live))
 
     def _tls(self, upstreams: Sequence[AppRoute]) -> Tls:
-        """The certificates for every name an app is served at over HTTPS (none: no keeper)."""
-        if self.keeper is None:
-            return Tls(self.https_port)
-        names = [
-            host
-            for route in upstreams
-            if route.https != "off"
-            for host in app_hosts(route, self.routes.domain)
-        ]
-        certs = self.keeper.want(names)
-        return Tls(
-            self.https_port,
-            self.keeper.store.webroot,
-            {name: cert.path for name, cert in certs.items()},
-        )
+        return tls_for(self.keeper, upstreams, self.routes.domain, self.https_port)
 
     def _upstream(self, route: Route) -> AppRoute:
         port = self.ports.port(route.app)
@@ -98,3 +84,16 @@ class NginxProxy:
             route.check_path,
             route.https,
         )
+
+
+def tls_for(
+    keeper: CertificateKeeper | None, upstreams: Sequence[AppRoute], domain: str, port: int
+) -> Tls:
+    """The certificates for every name an app is served at over HTTPS (none: no keeper)."""
+    if keeper is None:
+        return Tls(port)
+    names = [
+        host for route in upstreams if route.https != "off" for host in app_hosts(route, domain)
+    ]
+    certs = keeper.want(names)
+    return Tls(port, keeper.store.webroot, {name: cert.path for name, cert in certs.items()})
