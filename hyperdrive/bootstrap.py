@@ -376,7 +376,7 @@ def build(
         starter=core.deployer.starter,
         out=bus,
     )
-    status = _status(config, core, headquarters, spool, bus, fleet)
+    status = _status(config, core, headquarters, spool, bus, fleet, keeper)
     api = _api(
         config=config,
         core=core,
@@ -431,13 +431,14 @@ def served_names(config: Config, core: Core) -> set[str]:
 Status = Callable[[], dict[str, Any]]
 
 
-def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
+def _status(  # noqa: PLR0917 - the five parts it reads, the fleet and the certificates
     config: Config,
     core: Core,
     hq: HeadquartersSync,
     spool: FileSpool,
     bus: MessageBus,
     fleet: FleetService,
+    keeper: CertificateKeeper | None = None,
 ) -> Status:
     def status() -> dict[str, Any]:
         counts = {
@@ -453,6 +454,7 @@ def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
             hulls=core.hulls,
             headquarters=hq.source.url,
             counts=counts,
+            certificates=keeper.status() if keeper is not None else [],
         ) | {"fleet": fleet.status()}
 
     return status

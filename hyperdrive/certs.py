@@ -217,6 +217,20 @@ class CertStore:
                 old.unlink(missing_ok=True)
         return path
 
+    def survey(self) -> dict[str, tuple[dt.datetime, bool]]:
+        """Each name's certificate on disk: (expiry, an admiral's own), valid or not, touching
+        nothing (for `hd doctor`); the admiral's own wins as it does when serving."""
+        found: dict[str, tuple[dt.datetime, bool]] = {}
+        issued = self.state / "issued"
+        for folder in sorted(issued.iterdir()) if issued.is_dir() else []:
+            ends = [_expiry(p) for p in self._versions(folder.name, "")]
+            if dates := [end for end in ends if end is not None]:
+                found[folder.name] = (max(dates), False)
+        for chain in sorted(self.root.glob(f"[!.]*/{OWN_CHAIN}")):
+            if (end := _expiry(chain)) is not None:
+                found[chain.parent.name] = (end, True)
+        return found
+
     def account(self) -> bytes:
         """The ACME account's private key (PEM), made once and kept."""
         with contextlib.suppress(FileNotFoundError):
@@ -233,6 +247,14 @@ class CertStore:
         path.write_text(validation)
         path.chmod(0o644)
         return path
+
+
+def _expiry(path: Path) -> dt.datetime | None:
+    """When the first certificate in a PEM file expires (None: unreadable)."""
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())[0].not_valid_after_utc
+    except (OSError, ValueError):
+        return None
 
 
 def fingerprint(cert_pem: bytes) -> str:
