@@ -100,9 +100,7 @@ class AcmeIssuer:
 
         key = serialization.load_pem_private_key(self.store.account(), password=None)
         jwk = JWKEC(key=key)
-        net = client.ClientNetwork(
-            jwk, alg=ES256, user_agent="hyperdrive", timeout=HTTP_TIMEOUT_S
-        )
+        net = client.ClientNetwork(jwk, alg=ES256, user_agent="hyperdrive", timeout=HTTP_TIMEOUT_S)
         if self.ca is not None:
             net.verify_ssl = str(self.ca)  # type: ignore[assignment] # requests takes a CA path
         acme = client.ClientV2(client.ClientV2.get_directory(self.directory, net), net)

@@ -265,9 +265,7 @@ def check_certificates(config: Config, now: dt.datetime | None = None) -> Check:
     found = CertStore(config.certs_dir).survey()
     if not found:
         return Check("certificates", True, "none yet (names get theirs once an app is served)")
-    soon = sorted(
-        (end, name, own) for name, (end, own) in found.items() if end - now < WARN_BEFORE
-    )
+    soon = sorted((end, name, own) for name, (end, own) in found.items() if end - now < WARN_BEFORE)
     if not soon:
         first = min(end for end, _ in found.values())
         return Check("certificates", True, f"{len(found)}, the first expires {when_day(first)}")

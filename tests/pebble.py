@@ -220,9 +220,11 @@ def served_chain(port: int, name: str, cafile: Path, timeout: float = 5.0) -> x5
     """The leaf nginx serves for `name` (SNI) on 127.0.0.1:port, verified against `cafile`
     (hostname included); ssl.SSLError if it does not verify."""
     context = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
 
