@@ -133,7 +133,7 @@ class CertificateKeeper:
             return None
         self.trouble.pop(name, None)
         kind = ev.CertificateRenewed if renewal else ev.CertificateIssued
-        return kind(name=name, expires=iso(cert.not_after), issuer=cert.issuer)
+        return kind(host=name, expires=iso(cert.not_after), issuer=cert.issuer)
 
     def _failed(self, name: str, err: CertificateError) -> None:
         trouble = self.trouble.setdefault(name, _Trouble())
@@ -144,7 +144,7 @@ class CertificateKeeper:
         trouble.retry = self.now() + dt.timedelta(seconds=delay)
         trouble.message = str(err)
         log.warning("certificate for %s failed (retry in %.0f s): %s", name, delay, err)
-        self.emit(ev.CertificateFailed(name=name, message=str(err), retry=iso(trouble.retry)))
+        self.emit(ev.CertificateFailed(host=name, message=str(err), retry=iso(trouble.retry)))
 
     async def _changed(self) -> None:
         for callback in self.changed:

@@ -336,7 +336,7 @@ class DeliveryAbandoned(Event):
 class CertificateEvent(Event):
     """A name's certificate: who issued it and until when (ISO 8601, UTC)."""
 
-    name: str = ""
+    host: str = ""
     expires: str | None = None
     issuer: str | None = None
 

@@ -85,7 +85,7 @@ class World:
         async with asyncio.timeout(WAIT_S):
             while True:
                 for event in self.events[after:]:
-                    if isinstance(event, kind) and getattr(event, "name", "") == name:
+                    if isinstance(event, kind) and getattr(event, "host", "") == name:
                         return event
                 await asyncio.sleep(0.05)
 
@@ -162,7 +162,7 @@ async def test_a_name_without_a_certificate_gets_no_handshake(world: World) -> N
     with pytest.raises(ssl.SSLError):
         await asyncio.to_thread(served_chain, world.https_port, plain, world.root())
     assert json.loads(http_get(world.routes.http_port, "/", plain)[2])["proto"] == "http"
-    assert not [e for e in world.events if getattr(e, "name", "") == plain]  # `https off`
+    assert not [e for e in world.events if getattr(e, "host", "") == plain]  # `https off`
 
 
 async def test_https_only_redirects_with_308_and_sends_hsts(world: World) -> None:
@@ -205,7 +205,7 @@ async def test_an_admirals_own_certificate_is_served_without_acme(
     leaf = await asyncio.to_thread(served_chain, world.https_port, host, ca)
     assert leaf.issuer.rfc4514_string() == "CN=an admiral's own CA"
     await asyncio.sleep(1.5)
-    assert not [e for e in world.events if getattr(e, "name", "") == host]  # no ACME order
+    assert not [e for e in world.events if getattr(e, "host", "") == host]  # no ACME order
     assert world.keeper.status()[0]["own"] is True
 
 

@@ -24,6 +24,7 @@ from hyperdrive.headquarters.orders import parse_orders
 from hyperdrive.https import MAX_BACKOFF_S, CertificateKeeper, backoff
 from hyperdrive.nginx_reload import AppRoute, Tls, render
 from hyperdrive.pipeline import events as ev
+from hyperdrive.render import certificate_line
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 NAME = "www.example.test"
@@ -339,3 +340,29 @@ def test_doctor_warns_at_14_days(tmp_path: Path) -> None:
     assert not late.ok
     assert late.detail.startswith(f"{NAME} expires in 13 days")
     assert "CertificateFailed" in late.fix
+
+
+def test_certificate_events_are_named_after_their_class_and_carry_the_host() -> None:
+    record = ev.CertificateFailed(host=NAME, message="boom", retry="2026-12-01T12:01:00Z").record()
+    assert record == {
+        "event": "CertificateFailed",
+        "host": NAME,
+        "message": "boom",
+        "retry": "2026-12-01T12:01:00Z",
+    }
+
+
+def test_status_line_for_a_certificate() -> None:
+    ok = {"name": NAME, "expires": "2027-03-01T12:00:00Z", "issuer": "R11", "own": False}
+    assert certificate_line(ok) == f"{NAME} until 2027-03-01T12:00:00Z (R11)"
+    own = {**ok, "own": True, "issuer": "Corp CA"}
+    assert certificate_line(own) == f"{NAME} until 2027-03-01T12:00:00Z (Corp CA, an admiral's own)"
+    failed = {
+        "name": NAME,
+        "expires": "",
+        "error": "connection refused",
+        "retry": "2026-12-01T12:01:00Z",
+    }
+    assert certificate_line(failed) == (
+        f"{NAME} no certificate yet; FAILED: connection refused, retry 2026-12-01T12:01:00Z"
+    )
