@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.squadron import AppRepo, http_get, make_squadron, push_orders, teardown, wait_outcome
+from tests.e2e.squadron import (
+    AppRepo,
+    admiral_squadron,
+    http_get,
+    make_squadron,
+    push_orders,
+    teardown,
+    wait_outcome,
+)
 from tests.integration.net_fixtures import http_get as raw_get
 from tests.pebble import Pebble, https_get, served_chain
 
@@ -127,3 +135,36 @@ def test_api_port_serves_https_as_its_name(world: tuple[Daemon, Pebble], tmp_pat
     status, _, body = https_get(d.api_port, name, "/healthz", root)
     assert (status, json.loads(body)["status"]) == (200, "ok")
     assert http_get(d.api_port, "/healthz")[0] == 0  # no plain HTTP on the API port
+
+
+def test_headquarters_refuses_a_private_key(tmp_path: Path) -> None:
+    """An admiral's certificate key belongs in $VAR/certs/<name>/, never in the shared HQ."""
+    with admiral_squadron(tmp_path) as (_, lead):
+        hq = lead.working_copy(tmp_path / "hq", "headquarters")
+        key = Path(f"{lead.key}.pub").read_text()
+        lead.commit(hq, {"authorized_keys/lead.pub": key, "web/orders": "https only\n"})
+        lead.git("push", "hyperdrive", "HEAD:master", cwd=hq)
+        pem = own_key_pem()
+        lead.commit(hq, {"web/tls/privkey.pem": pem, "web/orders": "servername w.test\n"})
+        refused = lead.git("push", "hyperdrive", "HEAD:master", cwd=hq, check=False)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0
+        assert "headquarters refused, nothing changed" in said
+        assert "web/tls/privkey.pem: holds a PRIVATE key" in said
+        assert "$VAR/certs/<name>/privkey.pem" in said
+        assert "PRIVATE KEY-----" not in said, "the key is never echoed"
+
+
+def own_key_pem() -> str:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
