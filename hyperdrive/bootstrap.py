@@ -195,7 +195,12 @@ def certificate_keeper(config: Config) -> CertificateKeeper:
         issuer = AcmeIssuer(store, config.acme_directory, config.acme_email, config.acme_ca)
     extra = (config.api_name,) if config.api_name else ()
     return CertificateKeeper(
-        store, issuer, emit=lambda event: None, retry_s=config.acme_retry_seconds, extra=extra
+        store,
+        issuer,
+        emit=lambda event: None,
+        retry_s=config.acme_retry_seconds,
+        extra=extra,
+        https_port=config.https_port,
     )
 
 

@@ -3,8 +3,9 @@
 `$VAR/certs/<name>/{fullchain.pem,privkey.pem}` is an admiral's own certificate (it wins);
 Hyperdrive's own state lives in `$VAR/certs/.hyperdrive/` (a DNS name never starts with a
 dot): the ACME account key, the HTTP-01 webroot, and issued certificates as immutable,
-validated files `issued/<name>/<sha12>.pem` (key + chain, 0600) that nginx config names.
-A file that does not parse, whose key does not match, or that has expired is never served.
+validated files `issued/<name>/<sha12>.pem` (key + chain, 0600) that nginx's config names (its
+master reads them as root: keys stay 0600). A file that does not parse or whose key does not
+match is set aside (`.bad`), an expired one removed: neither is ever named in the config.
 """
 
 from __future__ import annotations
@@ -95,8 +96,12 @@ def check(name: str, chain_pem: bytes, key_pem: bytes, now: dt.datetime) -> x509
     if not covers(leaf, name):
         raise CertificateError(f"{name}: the certificate is not for this name")
     if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
-        raise CertificateError(f"{name}: the certificate is not valid now (expired?)")
+        raise Expired(f"{name}: the certificate is not valid now (expired?)")
     return leaf
+
+
+class Expired(CertificateError):
+    """A certificate outside its validity period."""
 
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -173,12 +178,15 @@ class CertStore:
         return self._certificate(name, path, leaf, own=True)
 
     def _issued(self, name: str, now: dt.datetime) -> Certificate | None:
-        """The newest valid issued certificate for `name`; bad files are set aside."""
+        """The newest valid issued certificate for `name`; bad files are set aside, expired
+        ones removed."""
         found: list[Certificate] = []
         for path in self._versions(name, ""):
             try:
                 data = path.read_bytes()
                 found.append(self._certificate(name, path, check(name, data, data, now)))
+            except Expired:
+                path.unlink(missing_ok=True)
             except (OSError, CertificateError) as err:
                 log.warning("%s: %s set aside, not served: %s", name, path.name, err)
                 with contextlib.suppress(OSError):

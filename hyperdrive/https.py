@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from hyperdrive.acme_client import AcmeIssuer, RateLimited
 from hyperdrive.certs import Certificate, CertStore, iso, self_signed, write_private
 from hyperdrive.errors import CertificateError, HyperdriveError
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 6 * 3600.0
 MAX_SLEEP_S = 24 * 3600.0  # clocks jump: look again at least daily
+DER = Encoding.DER
 
 
 def backoff(failures: int, first: float) -> float:
@@ -61,6 +65,7 @@ class CertificateKeeper:
     extra: tuple[str, ...] = ()  # names besides the apps' (the API's, HYPERDRIVE_API_TLS)
     trouble: dict[str, _Trouble] = field(default_factory=dict)
     served: dict[str, Certificate] = field(default_factory=dict)
+    https_port: int | None = None  # where nginx serves the names: each swap is checked there
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -118,8 +123,17 @@ class CertificateKeeper:
         if {n: c.path for n, c in fresh.items()} != {n: c.path for n, c in self.served.items()}:
             self.served = fresh
             await self._changed()
+            if outcome is not None and name in fresh and (why := await self._check(fresh[name])):
+                log.warning("%s: nginx does not serve the new certificate: %s", name, why)
+                outcome = ev.CertificateFailed(host=name, message=f"{name}: not served: {why}")
         if outcome is not None:
             self.emit(outcome)
+
+    async def _check(self, cert: Certificate) -> str:
+        """'' once nginx hands out `cert` for its name; otherwise what it hands out instead."""
+        if self.https_port is None or cert.name in self.extra:
+            return ""
+        return await serves(self.https_port, cert)
 
     async def _obtain(self, name: str, renewal: bool) -> ev.Event | None:
         """One ACME order for `name`: the event to tell, or None after a failure (told, and
@@ -166,6 +180,45 @@ class CertificateKeeper:
                 row["retry"] = iso(trouble.retry) if trouble.retry else ""
             rows.append(row)
         return rows
+
+
+SERVE_CHECK_S = 5.0
+
+
+async def serves(port: int, cert: Certificate) -> str:
+    """'' when a handshake for `cert.name` on 127.0.0.1:port gets exactly `cert` (asked again
+    for up to SERVE_CHECK_S); otherwise what came instead."""
+    want = x509.load_pem_x509_certificates(cert.path.read_bytes())[0].public_bytes(DER)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # compared exactly below
+    why = "no answer"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SERVE_CHECK_S):
+            while True:
+                try:
+                    got = await _peer_certificate(port, cert.name, context)
+                except (OSError, ssl.SSLError) as err:
+                    why = f"handshake failed: {err}"
+                else:
+                    if got == want:
+                        return ""
+                    why = "another certificate"
+                await asyncio.sleep(0.05)
+    return why
+
+
+async def _peer_certificate(port: int, name: str, context: ssl.SSLContext) -> bytes | None:
+    """The DER certificate a TLS server on 127.0.0.1:port presents for `name`."""
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=name, ssl_handshake_timeout=2
+    )
+    try:
+        tls = writer.get_extra_info("ssl_object")
+        return tls.getpeercert(binary_form=True) if tls is not None else None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 class ApiTls:

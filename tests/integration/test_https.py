@@ -100,11 +100,12 @@ def make_world(tmp_path: Path, app_port: int, validity_s: int | None = None) -> 
     store = CertStore(tmp_path / "certs")
     store.prepare()
     issuer = AcmeIssuer(store, pebble.directory, "admiral@example.com", pebble.ca_file)
+    https_port = free_port()
     world = World(
         routes,
-        CertificateKeeper(store, issuer, emit=print, retry_s=1.0),
+        CertificateKeeper(store, issuer, emit=print, retry_s=1.0, https_port=https_port),
         pebble,
-        free_port(),
+        https_port,
         app_port,
     )
     world.keeper.emit = world.events.append

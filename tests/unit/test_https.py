@@ -235,6 +235,7 @@ async def test_first_issue_then_renewal_at_two_thirds(tmp_path: Path) -> None:
     await keeper._work(NAME)
     assert [type(e) for e in events] == [ev.CertificateIssued, ev.CertificateRenewed]
     assert issuer.orders == [NAME, NAME]
+    assert keeper.served[NAME].not_before == T0 + dt.timedelta(days=60)
 
 
 async def test_failures_back_off_and_rate_limits_wait_longer(tmp_path: Path) -> None:
