@@ -59,6 +59,8 @@ class AcmeIssuer:
         try:
             return self._order(name)
         except messages.Error as err:
+            if err.code == "accountDoesNotExist":  # the server forgot us: register again
+                self._client = None
             raise _problem(name, err) from None
         except errors.ValidationError as err:
             raise CertificateError(f"{name}: validation failed: {_failures(err)}") from None

@@ -201,6 +201,7 @@ def check_ports(config: Config, daemon_up: bool) -> list[Check]:
         "ssh port": config.ssh_listen,
         "api port": config.api_listen,
         "http port": Listen("0.0.0.0", config.http_port),
+        "https port": Listen("0.0.0.0", config.https_port),
     }
     checks = []
     for name, listen in ports.items():
