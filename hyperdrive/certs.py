@@ -164,18 +164,25 @@ class CertStore:
         return own if own is not None else self._issued(name, now)
 
     def _own(self, name: str, now: dt.datetime) -> Certificate | None:
-        """An admiral's certificate, copied (validated) to an immutable file nginx names."""
-        folder = self.root / name
-        if not (folder / OWN_CHAIN).is_file():
-            return None
-        try:
-            chain, key = (folder / OWN_CHAIN).read_bytes(), (folder / OWN_KEY).read_bytes()
-            leaf = check(name, chain, key, now)
-        except (OSError, CertificateError) as err:
-            log.warning("%s: admiral's certificate in %s not served: %s", name, folder, err)
-            return None
-        path = self._keep(name, key + chain, prefix="own-")
-        return self._certificate(name, path, leaf, own=True)
+        """An admiral's certificate for the name (or a `*.<parent>` one covering it), copied
+        (validated) to an immutable file nginx names."""
+        for folder in self._own_folders(name):
+            try:
+                chain, key = (folder / OWN_CHAIN).read_bytes(), (folder / OWN_KEY).read_bytes()
+                leaf = check(name, chain, key, now)
+            except (OSError, CertificateError) as err:
+                log.warning("%s: admiral's certificate in %s not served: %s", name, folder, err)
+                continue
+            path = self._keep(name, key + chain, prefix="own-")
+            return self._certificate(name, path, leaf, own=True)
+        return None
+
+    def _own_folders(self, name: str) -> list[Path]:
+        """`<name>/`, then `*.<parent>/`: the folders that may hold an admiral's own."""
+        names = [name]
+        if "." in name and not name.startswith("*."):
+            names.append(f"*.{name.split('.', 1)[1]}")
+        return [self.root / n for n in names if (self.root / n / OWN_CHAIN).is_file()]
 
     def _issued(self, name: str, now: dt.datetime) -> Certificate | None:
         """The newest valid issued certificate for `name`; bad files are set aside, expired

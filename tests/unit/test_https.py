@@ -367,3 +367,16 @@ def test_status_line_for_a_certificate() -> None:
     assert certificate_line(failed) == (
         f"{NAME} no certificate yet; FAILED: connection refused, retry 2026-12-01T12:01:00Z"
     )
+
+
+def test_an_admirals_wildcard_certificate_covers_the_names_below_it(tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs")
+    folder = tmp_path / "certs" / "*.example.test"
+    folder.mkdir(parents=True)
+    key, chain = make_cert("*.example.test")
+    (folder / "fullchain.pem").write_bytes(chain)
+    (folder / "privkey.pem").write_bytes(key)
+    served = store.current("web.example.test", T0)
+    assert served is not None
+    assert served.own
+    assert store.current("deeper.web.example.test", T0) is None  # one label only, as in TLS
