@@ -9,6 +9,8 @@ import json
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +170,48 @@ def own_key_pem() -> str:
         )
         .decode()
     )
+
+
+def test_renewal_by_the_daemon_with_no_failed_request(tmp_path: Path) -> None:
+    """pebble issues 20 s certificates: the daemon's one timer renews each after ~13 s and
+    nginx swaps it in while a client keeps asking over new connections."""
+    d = make_squadron(tmp_path / "hd")
+    pebble = Pebble(tmp_path / "pebble", d.http_port, validity_s=20)
+    d.env |= {
+        "HYPERDRIVE_ACME_DIRECTORY": pebble.directory,
+        "HYPERDRIVE_ACME_CA": str(pebble.ca_file),
+        "HYPERDRIVE_ACME_RETRY": "1",
+    }
+    try:
+        pebble.start()
+        d.start()
+        host = f"web.{d.env['HYPERDRIVE_NAME']}.test"
+        deploy_web(d, tmp_path, f"servername {host}\nhealthcheck / 3\n")
+        d.wait_event("CertificateIssued", ISSUE_S, host=host)
+        root, port = pebble.roots_file(), https_port(d)
+        first = served_chain(port, host, root)
+        answers: list[object] = []
+        stop = threading.Event()
+
+        def ask() -> None:
+            while not stop.is_set():
+                try:
+                    answers.append(https_get(port, host, "/", root)[0])
+                except (OSError, ssl.SSLError) as err:
+                    answers.append(repr(err))
+
+        client = threading.Thread(target=ask, daemon=True)
+        client.start()
+        try:
+            d.wait_event("CertificateRenewed", ISSUE_S, host=host)
+            time.sleep(1.0)  # requests on the renewed certificate too
+        finally:
+            stop.set()
+            client.join(10)
+        second = served_chain(port, host, root)
+        assert second.serial_number != first.serial_number
+        assert answers, "no request was made"
+        assert set(answers) == {200}, [a for a in answers if a != 200][:5]
+    finally:
+        teardown(d)
+        pebble.close()
