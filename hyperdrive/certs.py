@@ -160,8 +160,12 @@ class CertStore:
     def current(self, name: str, now: dt.datetime) -> Certificate | None:
         """What may be served for `name` now: the admiral's own if valid, else the newest
         valid issued one; a corrupt or expired file is moved aside and never served."""
-        own = self._own(name, now)
-        return own if own is not None else self._issued(name, now)
+        try:
+            own = self._own(name, now)
+            return own if own is not None else self._issued(name, now)
+        except OSError as err:  # a full or read-only disk: serve HTTP, say why, try later
+            log.warning("%s: certificates in %s unreadable: %s", name, self.root, err)
+            return None
 
     def _own(self, name: str, now: dt.datetime) -> Certificate | None:
         """An admiral's certificate for the name (or a `*.<parent>` one covering it), copied

@@ -145,6 +145,9 @@ class CertificateKeeper:
         except CertificateError as err:
             self._failed(name, err)
             return None
+        except OSError as err:  # issued, but not kept (a full disk): ordered again later
+            self._failed(name, CertificateError(f"{name}: cannot keep the certificate: {err}"))
+            return None
         self.trouble.pop(name, None)
         kind = ev.CertificateRenewed if renewal else ev.CertificateIssued
         return kind(host=name, expires=iso(cert.not_after), issuer=cert.issuer)
