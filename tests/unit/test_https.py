@@ -21,6 +21,7 @@ from hyperdrive.certs import CertStore, check, renew_at
 from hyperdrive.doctor import check_certificates
 from hyperdrive.errors import CertificateError, ConfigError, InvalidName, OrdersRejected
 from hyperdrive.headquarters.orders import parse_orders
+from hyperdrive.headquarters.reader import private_key_files
 from hyperdrive.https import MAX_BACKOFF_S, CertificateKeeper, backoff
 from hyperdrive.nginx_reload import AppRoute, Tls, render
 from hyperdrive.pipeline import events as ev
@@ -380,3 +381,26 @@ def test_an_admirals_wildcard_certificate_covers_the_names_below_it(tmp_path: Pa
     assert served is not None
     assert served.own
     assert store.current("deeper.web.example.test", T0) is None  # one label only, as in TLS
+
+
+def test_hq_files_holding_a_private_key_are_found(tmp_path: Path) -> None:
+    """What pre-receive refuses: any file with a PEM private key (key files have their own
+    check); a certificate (public) is fine."""
+    import subprocess  # noqa: PLC0415
+
+    from tests.conftest import GIT_ENV  # noqa: PLC0415
+
+    key, chain = make_cert(NAME)
+    files = {
+        "web/orders": b"https only\n",
+        "web/tls/fullchain.pem": chain,
+        "web/tls/privkey.pem": key,
+        "deep/a/b/c.txt": b"notes\n" + key,
+        "authorized_keys/x.pub": key,  # reported by the admiral key check instead
+    }
+    for path, data in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    for argv in (["init", "-q", "-b", "master"], ["add", "-A"], ["commit", "-q", "-m", "hq"]):
+        subprocess.run(["git", *argv], cwd=tmp_path, env=GIT_ENV, check=True, timeout=30)
+    assert private_key_files(tmp_path, "master") == ["deep/a/b/c.txt", "web/tls/privkey.pem"]
