@@ -7,7 +7,9 @@ CertificateError carrying the ACME server's own problem detail, never a key or a
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,8 +132,24 @@ def _problem(name: str, err: messages.Error) -> CertificateError:
     """The ACME problem document as a message; rate limits as RateLimited."""
     text = f"{name}: {err.typ.rsplit(':', 1)[-1]}: {err.detail or err.title or ''}".strip()
     if err.code == "rateLimited":
-        return RateLimited(text, retry_after=3600.0)
+        return RateLimited(text, retry_after=rate_limit_wait(err.detail or ""))
     return CertificateError(text)
+
+
+RETRY_AFTER = re.compile(r"retry after (\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)", re.IGNORECASE)
+MIN_RATE_LIMIT_WAIT_S = 3600.0
+
+
+def rate_limit_wait(detail: str, now: dt.datetime | None = None) -> float:
+    """Seconds to wait after a `rateLimited` answer: the `retry after <UTC time>` Let's
+    Encrypt writes in its detail (the problem document loses the Retry-After header), and
+    never less than an hour."""
+    found = RETRY_AFTER.search(detail)
+    if found is None:
+        return MIN_RATE_LIMIT_WAIT_S
+    when = dt.datetime.fromisoformat(found[1].replace(" ", "T")).replace(tzinfo=dt.UTC)
+    left = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    return max(left, MIN_RATE_LIMIT_WAIT_S)
 
 
 def _failures(err: Any) -> str:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hyperdrive import config as configuration
-from hyperdrive.acme_client import Issued, RateLimited
+from hyperdrive.acme_client import Issued, RateLimited, rate_limit_wait
 from hyperdrive.certs import CertStore, check, renew_at
 from hyperdrive.doctor import check_certificates
 from hyperdrive.errors import CertificateError, ConfigError, InvalidName, OrdersRejected
@@ -404,3 +404,13 @@ def test_hq_files_holding_a_private_key_are_found(tmp_path: Path) -> None:
     for argv in (["init", "-q", "-b", "master"], ["add", "-A"], ["commit", "-q", "-m", "hq"]):
         subprocess.run(["git", *argv], cwd=tmp_path, env=GIT_ENV, check=True, timeout=30)
     assert private_key_files(tmp_path, "master") == ["deep/a/b/c.txt", "web/tls/privkey.pem"]
+
+
+def test_a_rate_limit_waits_as_long_as_the_ca_says_and_at_least_an_hour() -> None:
+    detail = (
+        "too many certificates (5) already issued for this exact set of identifiers in the "
+        "last 168h0m0s, retry after 2026-12-03 12:00:00 UTC: see https://letsencrypt.org/x"
+    )
+    assert rate_limit_wait(detail, T0) == 2 * 86400
+    assert rate_limit_wait("retry after 2026-12-01 12:05:00 UTC", T0) == 3600
+    assert rate_limit_wait("slow down", T0) == 3600
