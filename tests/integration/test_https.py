@@ -287,3 +287,17 @@ def _load(
             outcomes.append(https_get(port, host, "/", root)[0])
         except (OSError, ssl.SSLError) as err:
             outcomes.append(repr(err))
+
+
+async def test_a_corrupt_certificate_on_disk_is_replaced_never_served(world: World) -> None:
+    host = name()
+    await world.apply(world.route(host))
+    await world.event(ev.CertificateIssued, host)
+    issued = next(world.keeper.store.issued_dir(host).glob("*.pem"))
+    issued.write_bytes(issued.read_bytes()[:300])  # torn by a crash or a full disk
+    seen = len(world.events)
+    await world.apply(world.route(host))  # a route change (a deploy, a restart) looks again
+    await world.event(ev.CertificateIssued, host, after=seen)  # a new one, not a renewal
+    leaf = await asyncio.to_thread(served_chain, world.https_port, host, world.root())
+    assert issued.with_suffix(".bad").exists()
+    assert leaf.not_valid_after_utc > dt.datetime.now(dt.UTC)
