@@ -167,7 +167,7 @@ class CertificateKeeper:
         for callback in self.changed:
             try:
                 await callback()
-            except HyperdriveError as err:  # the old config stays live; the next change retries
+            except (HyperdriveError, OSError) as err:  # the old config stays; next change retries
                 log.warning("serving the new certificates failed: %s", err)
 
     def status(self) -> list[dict[str, str | bool]]:
