@@ -10,14 +10,17 @@ from typing import Any
 from hyperdrive import systemd
 from hyperdrive.access import Refusals
 from hyperdrive.accesslog import RequestStream
+from hyperdrive.acme_client import AcmeIssuer
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
+from hyperdrive.certs import CertStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
+from hyperdrive.https import CertificateKeeper
 from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.idmap import for_ships
 from hyperdrive.keyring import KeyRing, bootstrap_keyring
@@ -123,6 +126,7 @@ class Daemon:
     dns: ShipDns
     courier: Courier
     fleet: FleetService
+    keeper: CertificateKeeper | None = None
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -143,6 +147,7 @@ def real_adapters(
     clock: Clock | None = None,
     dns: ShipDns | None = None,
     requests: Requests | None = None,
+    keeper: CertificateKeeper | None = None,
 ) -> Adapters:
     """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
     if runtime is None or hull_builder is None:
@@ -161,7 +166,10 @@ def real_adapters(
     )
     if proxy is None:
         routes = Routes(nginx_for(config), http_port=config.http_port, domain=config.domain)
-        proxy = NginxProxy(routes, traffic, StablePorts(config.ports_record), address)
+        ports = StablePorts(config.ports_record)
+        proxy = NginxProxy(
+            routes, traffic, ports, address, keeper=keeper, https_port=config.https_port
+        )
     if network is None:
         ips = IpAllocator(config.ips_record, config.subnet)
         hooks, resolve = ([dns.bind], dns.addresses) if dns is not None else ([], None)
@@ -177,6 +185,23 @@ def real_adapters(
         probe=probe or HttpProbe(),
         clock=clock or SystemClock(),
         requests=requests or RequestStream(config.requests_socket),
+    )
+
+
+def certificate_keeper(config: Config) -> CertificateKeeper:
+    """The apps' (and the API's) certificates: ACME unless HYPERDRIVE_ACME_DIRECTORY is empty."""
+    store = CertStore(config.certs_dir)
+    issuer = None
+    if config.acme_directory:
+        issuer = AcmeIssuer(store, config.acme_directory, config.acme_email, config.acme_ca)
+    extra = (config.api_name,) if config.api_name else ()
+    return CertificateKeeper(
+        store,
+        issuer,
+        emit=lambda event: None,
+        retry_s=config.acme_retry_seconds,
+        extra=extra,
+        https_port=config.https_port,
     )
 
 
@@ -316,6 +341,7 @@ def build(
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
     fleet = FleetService(config, spool)
     dns = ShipDns(str(bridge_address(config.subnet)), lambda: (), config.ship_dns)
+    keeper = certificate_keeper(config) if proxy is None else None
     adapters = real_adapters(
         config,
         runtime=runtime,
@@ -327,6 +353,7 @@ def build(
         clock=clock,
         dns=dns,
         requests=requests,
+        keeper=keeper,
     )
     core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
@@ -343,6 +370,8 @@ def build(
         parallel=config.parallel_deploys,
     )
     courier.emit = bus.emit
+    if keeper is not None:
+        keeper.emit = bus.emit
     inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
     recovery = Recovery(
         name=config.name,
@@ -356,7 +385,7 @@ def build(
         starter=core.deployer.starter,
         out=bus,
     )
-    status = _status(config, core, headquarters, spool, bus, fleet)
+    status = _status(config, core, headquarters, spool, bus, fleet, keeper)
     api = _api(
         config=config,
         core=core,
@@ -384,6 +413,7 @@ def build(
         dns,
         courier,
         fleet,
+        keeper,
     )
 
 
@@ -410,13 +440,14 @@ def served_names(config: Config, core: Core) -> set[str]:
 Status = Callable[[], dict[str, Any]]
 
 
-def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
+def _status(  # noqa: PLR0917 - the five parts it reads, the fleet and the certificates
     config: Config,
     core: Core,
     hq: HeadquartersSync,
     spool: FileSpool,
     bus: MessageBus,
     fleet: FleetService,
+    keeper: CertificateKeeper | None = None,
 ) -> Status:
     def status() -> dict[str, Any]:
         counts = {
@@ -432,6 +463,7 @@ def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
             hulls=core.hulls,
             headquarters=hq.source.url,
             counts=counts,
+            certificates=keeper.status() if keeper is not None else [],
         ) | {"fleet": fleet.status()}
 
     return status

@@ -58,6 +58,10 @@ class ProxyError(HyperdriveError):
     """nginx or nftables refused a change; the message carries their own words."""
 
 
+class CertificateError(HyperdriveError):
+    """A certificate could not be obtained or loaded (the ACME server's own words inside)."""
+
+
 class DeployError(HyperdriveError):
     """A deploy stage failed; the old ship keeps serving."""
 

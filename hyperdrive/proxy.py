@@ -3,22 +3,40 @@ nftables map (traffic.py) points that address at the app's live ship."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 
-from hyperdrive.nginx_reload import AppRoute, Routes
+from hyperdrive.https import CertificateKeeper
+from hyperdrive.nginx_reload import AppRoute, Routes, Tls, app_hosts
 from hyperdrive.pipeline.model import Route
 from hyperdrive.traffic import StablePorts, Traffic
 
 
 class NginxProxy:
-    """Routes (nginx), Traffic (nft map) and StablePorts (records/ports.json) as one port."""
+    """Routes (nginx), Traffic (nft map), StablePorts (records/ports.json) and the apps'
+    certificates (https.py) as one port."""
 
-    def __init__(self, routes: Routes, traffic: Traffic, ports: StablePorts, address: str) -> None:
+    def __init__(
+        self,
+        routes: Routes,
+        traffic: Traffic,
+        ports: StablePorts,
+        address: str,
+        *,
+        keeper: CertificateKeeper | None = None,
+        https_port: int = 443,
+    ) -> None:
         self.routes = routes
         self.traffic = traffic
         self.ports = ports
         self.address = address  # the bridge's address: where the stable ports listen
+        self.keeper = keeper
+        self.https_port = https_port
         self._prepared = False
+        self._live: list[AppRoute] | None = None  # what nginx last accepted
+        self._lock = asyncio.Lock()
+        if keeper is not None:
+            keeper.changed.append(self.refresh)
 
     async def prepare(self) -> None:
         if not self._prepared:
@@ -36,11 +54,24 @@ class NginxProxy:
 
     async def apply_routes(self, routes: Sequence[Route], fresh: Collection[str]) -> None:
         upstreams = [self._upstream(route) for route in routes]
-        await self.routes.apply(upstreams, fresh=fresh)
-        # what nginx listens on is what ships may reach on the host: the HTTP and PUBLISH_PORTs
+        async with self._lock:
+            await self.routes.apply(upstreams, fresh=fresh, tls=self._tls(upstreams))
+            self._live = upstreams
+        # what nginx listens on is what ships may reach on the host: HTTP(S) and PUBLISH_PORTs
         offered = {self.routes.http_port, *(r.publish_port for r in routes if r.publish_port)}
+        if self.keeper is not None:
+            offered.add(self.https_port)
         await self.prepare()
         await self.traffic.offer(offered)
+
+    async def refresh(self) -> None:
+        """Render the routes nginx serves again with the certificates there are now."""
+        async with self._lock:
+            if self._live is not None:
+                await self.routes.apply(self._live, fresh=(), tls=self._tls(self._live))
+
+    def _tls(self, upstreams: Sequence[AppRoute]) -> Tls:
+        return tls_for(self.keeper, upstreams, self.routes.domain, self.https_port)
 
     def _upstream(self, route: Route) -> AppRoute:
         port = self.ports.port(route.app)
@@ -51,4 +82,18 @@ class NginxProxy:
             route.servernames,
             route.publish_port,
             route.check_path,
+            route.https,
         )
+
+
+def tls_for(
+    keeper: CertificateKeeper | None, upstreams: Sequence[AppRoute], domain: str, port: int
+) -> Tls:
+    """The certificates for every name an app is served at over HTTPS (none: no keeper)."""
+    if keeper is None:
+        return Tls(port)
+    names = [
+        host for route in upstreams if route.https != "off" for host in app_hosts(route, domain)
+    ]
+    certs = keeper.want(names)
+    return Tls(port, keeper.store.webroot, {name: cert.path for name, cert in certs.items()})

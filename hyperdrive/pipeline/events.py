@@ -362,3 +362,30 @@ class RolloutHeld(Event):
 
     wave: int = 0
     waves: int = 0
+
+
+# -- certificates (https.py) --
+@dataclass(frozen=True, kw_only=True)
+class CertificateEvent(Event):
+    """A name's certificate: who issued it and until when (ISO 8601, UTC)."""
+
+    host: str = ""
+    expires: str | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateIssued(CertificateEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateRenewed(CertificateEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateFailed(CertificateEvent):
+    """The ACME server's error in `message`; `retry` is when it is tried again (ISO 8601)."""
+
+    retry: str | None = None
