@@ -20,6 +20,8 @@ CASES = {
         "rich",
         "hyperdrive.eventlog",
     },
+    # `hd status` is interpreter start plus imports: logging and hashlib wait for their use
+    "hyperdrive.cli": {"logging", "hashlib", "secrets", "getpass"},
 }
 
 
