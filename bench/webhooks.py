@@ -35,7 +35,8 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+TREE = os.environ.get("HD_BENCH_TREE") or str(ROOT)  # whose hyperdrive (bench/webhooks_ab.py)
+sys.path.insert(0, TREE)
 
 from tests.conftest import free_port  # noqa: E402
 
