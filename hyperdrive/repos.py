@@ -183,15 +183,25 @@ def branch_after_push(head: str, head_exists: bool, updates: Iterable[tuple[str,
     return head
 
 
+def _pushed_head(path: Path, updates: list[tuple[str, str]]) -> bool:
+    """This push wrote HEAD's branch (not deleted it) in a repo git can open: it exists."""
+    head = f"refs/heads/{head_branch(path)}"
+    wrote = [new for ref, new in updates if ref == head]
+    return bool(wrote) and wrote[-1].strip("0") != "" and (path / "objects").is_dir()
+
+
 def adopt_pushed_branch(path: Path, updates: Iterable[tuple[str, str]]) -> str | None:
     """After a push landed: point HEAD at the branch `branch_after_push` names; that branch,
     or None when `path` is not a bare repo."""
+    updates = list(updates)
+    if not (path / "HEAD").is_file():
+        return None
+    if _pushed_head(path, updates):  # the common push: nothing to adopt, no dulwich (~30 ms)
+        return head_branch(path)
     from dulwich.errors import NotGitRepository  # noqa: PLC0415 - as in resolve_ref
     from dulwich.refs import Ref  # noqa: PLC0415 - as in resolve_ref
     from dulwich.repo import Repo  # noqa: PLC0415 - as in resolve_ref
 
-    if not (path / "HEAD").is_file():
-        return None
     try:
         repo = Repo(str(path))
     except NotGitRepository:
