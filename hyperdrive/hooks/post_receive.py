@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
+from hyperdrive.heads import adopt_pushed_branch
 from hyperdrive.names import HEADQUARTERS, repo_name
 from hyperdrive.render import clean as _clean
 from hyperdrive.render import pushed
-from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 
 if TYPE_CHECKING:  # the follow machinery (http.client, ~45 ms) loads once the triggers are on disk

@@ -22,7 +22,7 @@ CASES = {
         "hyperdrive.eventlog",
     },
     # a push's trigger is on disk before the hook loads what follows the deploy
-    "hyperdrive.hooks.post_receive": {"http.client", "dulwich", "hyperdrive.follow"},
+    "hyperdrive.hooks.post_receive": {"http.client", "dulwich", "hyperdrive.follow", "asyncio"},
     # `hd status` is interpreter start plus imports: logging and hashlib wait for their use
     "hyperdrive.cli": {"logging", "hashlib", "secrets", "getpass"},
 }
@@ -42,7 +42,7 @@ def test_a_push_to_heads_branch_adopts_without_dulwich(tmp_path: Path) -> None:
     repo = tmp_path / "app.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(repo)], check=True, timeout=30)
     probe = (
-        "import sys; from pathlib import Path; from hyperdrive.repos import adopt_pushed_branch; "
+        "import sys; from pathlib import Path; from hyperdrive.heads import adopt_pushed_branch; "
         f"print(adopt_pushed_branch(Path({str(repo)!r}), [('refs/heads/main', 'a' * 40)]), "
         "'dulwich' in sys.modules)"
     )
