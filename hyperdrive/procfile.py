@@ -19,12 +19,14 @@ from datetime import datetime, timedelta
 
 TYPE_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
 # (lowest, highest, names) of minute, hour, day of month, month, day of week (0 and 7: Sunday)
-FIELDS = (
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+FIELDS: tuple[tuple[int, int, tuple[str, ...]], ...] = (
     (0, 59, ()),
     (0, 23, ()),
     (1, 31, ()),
-    (1, 12, ("jan feb mar apr may jun jul aug sep oct nov dec".split())),
-    (0, 7, ("sun mon tue wed thu fri sat".split())),
+    (1, 12, MONTHS),
+    (0, 7, DAYS),
 )
 FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
 SEARCH_DAYS = 366 * 8  # Feb 29 on a Monday can be years away; beyond this nothing matches

@@ -100,6 +100,16 @@ class BuildFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReleaseFinished(Event):
+    """The Procfile's `release:` exited 0 in the new ship (before its health check)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseFailed(Event):
+    log: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShipStarted(Event):
     pass
 

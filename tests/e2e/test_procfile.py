@@ -1,0 +1,149 @@
+"""The whole Procfile on the busybox hull: release before the swap, workers under supervision,
+cron on its schedule, the app's own output, `hd ps` and `hd run`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon
+from tests.e2e.squadron import AppRepo, http_get, make_squadron, teardown, wait_outcome
+
+pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
+
+WEB = "web: busybox httpd -f -p $PORT -h /app\n"
+HEARTBEAT = "worker: while :; do echo $$ > /app/heartbeat; echo beat $$; sleep 0.2; done\n"
+
+
+@pytest.fixture
+def squadron(tmp_path: Path) -> Iterator[Daemon]:
+    d = make_squadron(tmp_path / "hd")
+    try:
+        d.start()
+        yield d
+    finally:
+        teardown(d)
+
+
+def deploy(d: Daemon, repo: AppRepo, files: dict[str, str]) -> dict:
+    return wait_outcome(d, repo.push_trigger(repo.commit(files)))
+
+
+def until(what: Callable[[], object], seconds: float, step: float = 0.2) -> object:
+    """What `what` returns once it is true, within `seconds`; AssertionError after that."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := what():
+            return found
+        time.sleep(step)
+    raise AssertionError(f"not within {seconds:g} s: {what}")
+
+
+def live_ship(d: Daemon, app: str) -> str:
+    record = json.loads((d.data / "records" / "apps" / f"{app}.json").read_text())
+    return str(record["live"])
+
+
+def attach(d: Daemon, ship: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    lxcpath = str(d.var / "containers")
+    return subprocess.run(
+        ["lxc-attach", "-P", lxcpath, "-n", ship, "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_release_writes_what_the_new_web_process_serves(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "rel", tmp_path / "rel")
+    procfile = WEB + "release: echo migrated on $PORT > /app/marker.txt; echo release ran\n"
+    outcome = deploy(squadron, repo, {"Procfile": procfile, "index.html": "one\n"})
+    assert outcome["event"] == "DeployFinished", outcome
+    status, body = http_get(squadron.http_port, "/rel/marker.txt")
+    assert status == 200
+    assert body == "migrated on 3000\n"  # with the app's env (PORT)
+    story = [e for e in squadron.events() if e.get("deploy") == outcome["deploy"]]
+    names = [e["event"] for e in story]
+    assert (
+        names.index("ReleaseFinished") < names.index("ShipHealthy") < names.index("DeployFinished")
+    )
+    assert any(e.get("message") == "release ran" for e in story if e["event"] == "BuildOutput")
+
+
+def test_a_failing_release_keeps_the_old_ship_serving(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "relbad", tmp_path / "relbad")
+    assert deploy(squadron, repo, {"Procfile": WEB, "index.html": "one\n"})["event"] == (
+        "DeployFinished"
+    )
+    bad = WEB + "release: echo cannot migrate; exit 4\n"
+    outcome = deploy(squadron, repo, {"Procfile": bad, "index.html": "two\n"})
+    assert outcome["event"] == "DeployFailed", outcome
+    assert outcome["stage"] == "release", outcome
+    assert "exited 4" in outcome["message"], outcome
+    assert "cannot migrate" in outcome["message"], outcome
+    assert http_get(squadron.http_port, "/relbad/") == (200, "one\n")
+
+
+def test_a_bad_procfile_line_is_refused_and_the_old_ship_serves(
+    squadron: Daemon, tmp_path: Path
+) -> None:
+    repo = AppRepo(squadron, "badline", tmp_path / "badline")
+    assert deploy(squadron, repo, {"Procfile": WEB, "index.html": "one\n"})["event"] == (
+        "DeployFinished"
+    )
+    outcome = deploy(squadron, repo, {"Procfile": WEB + "worker ./work\n", "index.html": "2\n"})
+    assert outcome["event"] == "DeployFailed", outcome
+    assert "Procfile line 2" in outcome["message"], outcome
+    assert http_get(squadron.http_port, "/badline/") == (200, "one\n")
+
+
+def test_a_worker_killed_from_outside_comes_back(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "wrk", tmp_path / "wrk")
+    outcome = deploy(squadron, repo, {"Procfile": WEB + HEARTBEAT, "index.html": "one\n"})
+    assert outcome["event"] == "DeployFinished", outcome
+    ship = live_ship(squadron, "wrk")
+    heartbeat = squadron.data / "lxc" / ship / "app" / "heartbeat"
+    first = str(until(lambda: heartbeat.is_file() and heartbeat.read_text().strip(), 10))
+    killed = attach(squadron, ship, "kill", "-KILL", first)
+    assert killed.returncode == 0, killed.stderr
+
+    def another() -> str:
+        beat = heartbeat.read_text().strip()
+        return beat if beat and beat != first else ""
+
+    assert until(another, 15) != first
+    exited = until(lambda: [e for e in squadron.events() if e["event"] == "ProcessExited"], 15)
+    assert isinstance(exited, list)
+    assert exited[0]["process"] == "worker", exited
+    assert exited[0]["code"] == 137, exited
+    assert "beat" in exited[0]["message"], exited
+
+
+def test_a_worker_only_app_has_no_route_and_runs(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "bot", tmp_path / "bot")
+    outcome = deploy(squadron, repo, {"Procfile": HEARTBEAT})
+    assert outcome["event"] == "DeployFinished", outcome
+    ship = live_ship(squadron, "bot")
+    heartbeat = squadron.data / "lxc" / ship / "app" / "heartbeat"
+    assert until(heartbeat.is_file, 10)
+    assert http_get(squadron.http_port, "/bot/")[0] == 404
+
+
+def test_a_worker_that_dies_before_the_swap_fails_the_deploy(
+    squadron: Daemon, tmp_path: Path
+) -> None:
+    repo = AppRepo(squadron, "wdie", tmp_path / "wdie")
+    assert deploy(squadron, repo, {"Procfile": WEB, "index.html": "one\n"})["event"] == (
+        "DeployFinished"
+    )
+    dying = WEB + "worker: echo no queue to read; exit 3\n"
+    outcome = deploy(squadron, repo, {"Procfile": dying, "index.html": "two\n"})
+    assert outcome["event"] == "DeployFailed", outcome
+    assert "process `worker` exited 3" in outcome["message"], outcome
+    assert "no queue to read" in outcome["message"], outcome
+    assert http_get(squadron.http_port, "/wdie/") == (200, "one\n")
