@@ -39,6 +39,7 @@ from hyperdrive.pipeline.commands import (
     Rollback,
     SyncHeadquarters,
 )
+from hyperdrive.pipeline.conductor import Conductor
 from hyperdrive.pipeline.deploy import Deployer
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import GoLive, RouteTable
@@ -122,6 +123,7 @@ class Daemon:
     dns: ShipDns
     courier: Courier
     fleet: FleetService
+    conductor: Conductor
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -259,12 +261,25 @@ def command_handlers(
     }
 
 
-def event_handlers(courier: Courier | None = None) -> dict[type[ev.Event], list[EventHandler]]:
+def event_handlers(
+    courier: Courier | None = None, conductor: Conductor | None = None
+) -> dict[type[ev.Event], list[EventHandler]]:
     """The event table: facts to the listeners that react to them."""
-    if courier is None:
-        return {}
-    outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
-    return {kind: [courier.on_event] for kind in outcomes}
+    table: dict[type[ev.Event], list[EventHandler]] = {}
+    if courier is not None:
+        outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
+        for kind in outcomes:
+            table.setdefault(kind, []).append(courier.on_event)
+    if conductor is not None:  # after these another ship may be live, or none
+        changes: tuple[type[ev.Event], ...] = (
+            ev.DeployFinished,
+            ev.DeployFailed,
+            ev.RolledBack,
+            ev.AppRetired,
+        )
+        for change in changes:
+            table.setdefault(change, []).append(conductor.on_event)
+    return table
 
 
 def _courier(config: Config, core: Core) -> Courier:
@@ -332,13 +347,14 @@ def build(
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
     courier = _courier(config, core)
+    conductor = Conductor(config, core.records, adapters.runtime, lambda event: None)
     bus = MessageBus(
         command_handlers(core, headquarters),
-        event_handlers(courier),
+        event_handlers(courier, conductor),
         eventlog,
         parallel=config.parallel_deploys,
     )
-    courier.emit = bus.emit
+    courier.emit = conductor.emit = bus.emit
     inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
     recovery = Recovery(
         name=config.name,
@@ -380,6 +396,7 @@ def build(
         dns,
         courier,
         fleet,
+        conductor,
     )
 
 

@@ -125,6 +125,7 @@ class Server:
             # before nginx (recovery starts it): every request is told from the first on
             Step("request stream", self._open_requests, self._close_requests),
             Step("recovery", self._recover),
+            Step("processes", self._conduct, d.conductor.close),
             Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("fleet", d.fleet.start, d.fleet.stop),
@@ -222,6 +223,10 @@ class Server:
         self.daemon.core.records.load()
         await self.daemon.headquarters.load()
         await self.daemon.recovery.run()
+
+    async def _conduct(self) -> None:
+        """The live ships' process exits watched, their cron jobs on the timer."""
+        self.daemon.conductor.refresh()
 
     async def _run_outbound(self) -> None:
         """Deliveries journalled before a restart are resumed (hyperdrive/outbound)."""

@@ -170,6 +170,33 @@ class RolledBack(Event):
     failed_ship: str | None = None
 
 
+# -- the processes of live ships (pipeline/conductor.py) --
+@dataclass(frozen=True, kw_only=True)
+class ProcessExited(Event):
+    """A supervised process exited (its supervisor restarts it); message: its last lines."""
+
+    process: str = ""
+    code: int | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessCrashing(Event):
+    process: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronRan(Event):
+    job: str = ""
+    schedule: str = ""
+    code: int | None = None  # None: killed at its limit, or could not start
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronSkipped(Event):
+    job: str = ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class NginxConfigRejected(Event):
     pass
