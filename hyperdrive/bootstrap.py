@@ -50,6 +50,7 @@ from hyperdrive.pipeline.hqsync import HeadquartersSync
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
+from hyperdrive.pipeline.oneoff import OneOff
 from hyperdrive.pipeline.plan import Planner
 from hyperdrive.pipeline.ports import (
     Clock,
@@ -66,6 +67,7 @@ from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
+from hyperdrive.procview import ProcessView
 from hyperdrive.proxy import NginxProxy
 from hyperdrive.repos import GitRepos
 from hyperdrive.shipdns import ShipDns, app_names
@@ -369,6 +371,7 @@ def build(
         out=bus,
     )
     status = _status(config, core, headquarters, spool, bus, fleet)
+    view = _process_view(config, core, conductor)
     api = _api(
         config=config,
         core=core,
@@ -379,8 +382,9 @@ def build(
         inbox=inbox,
         status=status,
         fleet=fleet,
+        view=view,
     )
-    gitserver = _gitserver(config, keyring, eventlog, spool, status)
+    gitserver = _gitserver(config, keyring, eventlog, spool, status, view)
     return Daemon(
         config,
         eventlog,
@@ -398,6 +402,20 @@ def build(
         fleet,
         conductor,
     )
+
+
+def _process_view(config: Config, core: Core, conductor: Conductor) -> ProcessView:
+    """`hd ps`, `hd logs --app` and `hd run` (a one-off ship made from the live one)."""
+    adapters = core.adapters
+    oneoff = OneOff(
+        config=config,
+        records=core.records,
+        runtime=adapters.runtime,
+        network=adapters.network,
+        builder=core.deployer.builder,
+        fleet=core.fleet,
+    )
+    return ProcessView(config, core.records, conductor, run=oneoff.run, oneoff=oneoff)
 
 
 def _previews(core: Core, bus: MessageBus) -> Previews:
@@ -476,6 +494,7 @@ def _api(
     inbox: Inbox,
     status: Status,
     fleet: FleetService,
+    view: ProcessView,
 ) -> Api:
     deliveries = Deliveries()  # what each webhook delivery was answered, for the dashboard
     webhooks = WebhookReceiver(
@@ -511,16 +530,21 @@ def _api(
         metrics,
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes, dashboard.add_routes],
-        admin_routes=[fleet_routes(fleet)],
+        admin_routes=[fleet_routes(fleet), view.add_routes],
         traffic=lambda: stream.apps if isinstance(stream, RequestStream) else {},
     )
 
 
-def _gitserver(
-    config: Config, keyring: KeyRing, eventlog: EventLog, spool: FileSpool, status: Status
+def _gitserver(  # noqa: PLR0917 - what the SSH commands read
+    config: Config,
+    keyring: KeyRing,
+    eventlog: EventLog,
+    spool: FileSpool,
+    status: Status,
+    view: ProcessView,
 ) -> GitServer:
     refusals = Refusals(eventlog.append)  # one tally for git and commands alike
-    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals)
+    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals, view=view)
     listen = config.ssh_listen
     return GitServer(
         listen.host,

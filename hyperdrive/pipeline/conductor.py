@@ -161,6 +161,9 @@ class Conductor:
             for live, job in jobs:
                 self.start_job(live, job)
 
+    def is_running(self, app: str, job: str) -> bool:
+        return (app, job) in self._running
+
     def start_job(self, live: LiveShip, job: CronJob) -> None:
         key = (live.app, job.name)
         if key in self._running:

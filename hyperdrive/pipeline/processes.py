@@ -177,12 +177,12 @@ class ProcessState:
 
 def read_states(ship_dir: Path, names: Iterable[str]) -> list[ProcessState]:
     """Each named process's state; the ship owns run/ps, so what is read is checked."""
-    return [_state(ship_dir / "run" / "ps", name) for name in names]
+    return [_state(ship_dir / "run", name) for name in names]
 
 
-def _state(folder: Path, name: str) -> ProcessState:
+def _state(run: Path, name: str) -> ProcessState:
     try:
-        data = read_inside(folder, name, PS_LIMIT)
+        data = read_inside(run, f"ps/{name}", PS_LIMIT)
     except (OutsideTree, OSError):
         data = None
     if not data:
@@ -213,9 +213,8 @@ def _float(text: str | None) -> float | None:
 
 def log_tail(ship_dir: Path, name: str, limit: int) -> list[str]:
     """The last lines of a process's output (at most `limit` bytes read), whole lines only."""
-    logs = ship_dir / "run" / "logs"
-    try:
-        data = read_inside(logs, f"{name}.log", limit, tail=True)
+    try:  # from run/: a run/logs that is a link out is refused too
+        data = read_inside(ship_dir / "run", f"logs/{name}.log", limit, tail=True)
     except OutsideTree:
         return [f"[hyperdrive: /hyperdrive/logs/{name}.log is a link out of the ship]"]
     lines = data.decode("utf-8", "replace").splitlines() if data else []

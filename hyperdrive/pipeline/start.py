@@ -145,12 +145,12 @@ class Starter:
     async def app_log_tail(self, ship: Ship, process: str = "web") -> str:
         """The last lines of a process's output for a failure message; the app owns
         /hyperdrive, so a link there out of the run folder is not followed (and said so)."""
-        logs = self.config.ship_dir(ship.name) / "run" / "logs"
-        name = f"{process}.log"
+        run = self.config.ship_dir(ship.name) / "run"
+        name = f"logs/{process}.log"  # from run/: a run/logs that is a link out is refused too
         try:
-            data = await asyncio.to_thread(read_inside, logs, name, TAIL_BYTES, tail=True)
+            data = await asyncio.to_thread(read_inside, run, name, TAIL_BYTES, tail=True)
         except OutsideTree:
-            return f"; app output not shown: /hyperdrive/logs/{name} is a symbolic link out"
+            return f"; app output not shown: /hyperdrive/{name} is a symbolic link out"
         lines = data.decode("utf-8", "replace").splitlines() if data else []
         if data and len(data) > TAIL_BYTES:
             lines = lines[1:]  # read from mid-line: half a line could hold half a secret

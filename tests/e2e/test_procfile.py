@@ -147,3 +147,21 @@ def test_a_worker_that_dies_before_the_swap_fails_the_deploy(
     assert "process `worker` exited 3" in outcome["message"], outcome
     assert "no queue to read" in outcome["message"], outcome
     assert http_get(squadron.http_port, "/wdie/") == (200, "one\n")
+
+
+def test_a_cron_job_runs_within_its_minute(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "tick", tmp_path / "tick")
+    procfile = WEB + "cron: * * * * * echo ticked >> /app/ticks; echo tick said\n"
+    outcome = deploy(squadron, repo, {"Procfile": procfile, "index.html": "one\n"})
+    assert outcome["event"] == "DeployFinished", outcome
+
+    def ran() -> list[dict]:
+        return [e for e in squadron.events() if e["event"] == "CronRan"]
+
+    runs = until(ran, 75, step=1)  # due at the next minute: at most 60 s and a little
+    assert isinstance(runs, list)
+    assert runs[0]["app"] == "tick", runs
+    assert runs[0]["code"] == 0, runs
+    assert runs[0]["ms"] >= 0, runs
+    assert "tick said" in runs[0]["message"], runs
+    assert http_get(squadron.http_port, "/tick/ticks") == (200, "ticked\n")
