@@ -247,21 +247,39 @@ async def _run_in_pty(argv: list[str], process: Process) -> int:
     """An interactive program on a pseudo-terminal, wired to the SSH channel both ways."""
     master, slave = pty.openpty()
     _resize(master, process.get_terminal_size())
+    # the terminal must be the program's controlling one (`setsid -c`): lxc-attach prints
+    # nothing without; the slave stays open here until the output is read, or Linux drops
+    # what is still buffered when the program exits
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        "setsid", "-w", "-c", *argv, stdin=slave, stdout=slave, stderr=slave
     )
-    os.close(slave)
     loop = asyncio.get_running_loop()
     loop.add_reader(master, _pump_out, master, process)
     feeder = asyncio.create_task(_pump_in(process, master))
     try:
-        return await proc.wait()
+        code = await proc.wait()
+        _drain(master, process)  # what it printed just before it exited
+        return code
     finally:
         loop.remove_reader(master)
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder
+        os.close(slave)
         os.close(master)
+
+
+def _drain(master: int, process: Process) -> None:
+    """Output still in the terminal after the program exited (a quick command's all of it)."""
+    os.set_blocking(master, False)
+    for _ in range(1024):  # bounded: at most 64 MiB
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EAGAIN: nothing left; EIO: the other side is closed
+            return
+        if not data:
+            return
+        process.stdout.write(data)
 
 
 def _resize(fd: int, size: tuple[int, int, int, int]) -> None:

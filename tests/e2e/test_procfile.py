@@ -4,7 +4,9 @@ cron on its schedule, the app's own output, `hd ps` and `hd run`."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon
-from tests.e2e.squadron import AppRepo, http_get, make_squadron, teardown, wait_outcome
+from tests.e2e.squadron import (
+    AppRepo,
+    admiral_squadron,
+    containers,
+    http_get,
+    make_squadron,
+    teardown,
+    wait_outcome,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.lxc, pytest.mark.nginx, pytest.mark.slow]
 
@@ -165,3 +175,99 @@ def test_a_cron_job_runs_within_its_minute(squadron: Daemon, tmp_path: Path) -> 
     assert runs[0]["ms"] >= 0, runs
     assert "tick said" in runs[0]["message"], runs
     assert http_get(squadron.http_port, "/tick/ticks") == (200, "ticked\n")
+
+
+def test_hd_logs_app_follows_what_the_app_prints(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "chatty", tmp_path / "chatty")
+    procfile = (
+        WEB + "worker: echo worker says hello; sleep 2; echo worker says later; exec sleep 600\n"
+    )
+    outcome = deploy(squadron, repo, {"Procfile": procfile, "index.html": "one\n"})
+    assert outcome["event"] == "DeployFinished", outcome
+    argv = [sys.executable, "-m", "hyperdrive", "logs", "chatty", "--app", "-f"]
+    follower = subprocess.Popen(argv, env=squadron.env, stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "worker | worker says later" not in seen:
+            line = follower.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip("\n"))
+    finally:
+        follower.kill()
+        follower.wait(10)
+        if follower.stdout is not None:
+            follower.stdout.close()
+    assert "worker | worker says hello" in seen, seen
+    assert "worker | worker says later" in seen, seen  # printed after the follow began
+    once = squadron.hd("logs", "chatty", "--app", "-n", "1")
+    assert once.stdout.splitlines() == ["worker | worker says later"], once.stdout
+
+
+def test_hd_ps_shows_each_process_and_cron_job(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "busy", tmp_path / "busy")
+    procfile = WEB + HEARTBEAT + "cron_daily: 0 3 * * * echo nightly\n"
+    assert deploy(squadron, repo, {"Procfile": procfile, "index.html": "1\n"})["event"] == (
+        "DeployFinished"
+    )
+    ps = json.loads(squadron.hd("ps", "busy", "--json").stdout)["processes"]
+    rows = {row["process"]: row for row in ps}
+    assert set(rows) == {"web", "worker", "cron_daily"}, ps
+    assert rows["web"]["state"] == rows["worker"]["state"] == "running", ps
+    assert rows["worker"]["restarts"] == 0, ps
+    assert rows["worker"]["uptime_s"] >= 0, ps
+    assert rows["cron_daily"]["schedule"] == "0 3 * * *", ps
+    assert rows["cron_daily"]["next"].endswith("T03:00"), ps
+    table = squadron.hd("ps").stdout
+    assert "worker" in table
+    assert "running" in table
+
+
+def test_hd_run_runs_in_a_one_off_ship_with_the_apps_env(squadron: Daemon, tmp_path: Path) -> None:
+    repo = AppRepo(squadron, "oneoff", tmp_path / "oneoff")
+    assert deploy(squadron, repo, {"Procfile": WEB, "index.html": "one\n"})["event"] == (
+        "DeployFinished"
+    )
+    before = containers(squadron)
+    ran = squadron.hd(
+        "run",
+        "oneoff",
+        "--",
+        "echo port $PORT in $(pwd); hostname > /app/index.html; exit 7",
+        check=False,
+        timeout=120,
+    )
+    assert ran.returncode == 7, ran.stdout + ran.stderr
+    assert "port 3000 in /app" in ran.stdout, ran.stdout
+    assert containers(squadron) == before  # the one-off ship is gone
+    assert http_get(squadron.http_port, "/oneoff/") == (200, "one\n")  # the live /app untouched
+
+
+def test_ps_logs_and_run_over_ssh(tmp_path: Path) -> None:
+    with admiral_squadron(tmp_path) as (d, admiral):
+        repo = AppRepo(d, "sshy", tmp_path / "sshy")
+        procfile = WEB + "worker: echo ready to work; exec sleep 600\n"
+        outcome = deploy(d, repo, {"Procfile": procfile, "index.html": "one\n"})
+        assert outcome["event"] == "DeployFinished", outcome
+        ps = json.loads(admiral.ssh("ps", "sshy", "--json").stdout)["processes"]
+        assert {row["process"] for row in ps} == {"web", "worker"}, ps
+        assert "worker" in admiral.ssh("ps").stdout
+        output = str(until(lambda: admiral.ssh("logs", "sshy", "--app").stdout, 10))
+        assert "worker | ready to work" in output, output
+        ran = admiral.ssh(
+            "run", "sshy", "--", "echo", "in", "'$HOME'", ";", "exit", "5", check=False
+        )
+        assert ran.returncode == 5, ran.stdout + ran.stderr
+        assert "in /app" in ran.stdout, ran.stdout
+        base = [*shlex.split(admiral.ssh_command()), "-tt", "-p", str(d.ssh_port), "git@127.0.0.1"]
+        tty = subprocess.run(
+            [*base, "run", "sshy", "--", "tty", ";", "exit", "3"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert tty.returncode == 3, tty.stdout + tty.stderr
+        assert "/dev/" in tty.stdout, tty.stdout  # the command had a terminal
