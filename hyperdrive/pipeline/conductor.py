@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from hyperdrive.config import Config
 from hyperdrive.errors import AttachTimedOut, HyperdriveError
@@ -175,7 +176,8 @@ class Conductor:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     async def _run_job(self, live: LiveShip, job: CronJob) -> None:
-        t0, tail = time.monotonic(), CronOutput(self.config.ship_dir(live.ship), job.name)
+        ship_dir = self.config.ship_dir(live.ship)
+        t0, tail = time.monotonic(), await asyncio.to_thread(CronOutput, ship_dir, job.name)
         argv = ["/bin/sh", f"/hyperdrive/cron/{job.name}"]
         try:
             code: int | None = await self.runtime.attach(
@@ -208,20 +210,27 @@ class CronOutput:
     the ship's reach), moved to `.1` at CRON_LOG_LIMIT; its last lines kept for the event."""
 
     def __init__(self, ship_dir: Path, job: str) -> None:
-        folder = ship_dir / "cron"
-        folder.mkdir(exist_ok=True)
-        self.path = folder / f"{job}.log"
-        self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.path = ship_dir / "cron" / f"{job}.log"
         self.last: list[str] = []
+        self._fh: TextIO | None = None
+        if ship_dir.is_dir():  # a ship destroyed meanwhile gets no folder made again
+            self.path.parent.mkdir(exist_ok=True)
+            self._open()
+
+    def _open(self) -> None:
+        self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
 
     def line(self, text: str) -> None:
         self.last = [*self.last[-(TAIL_LINES - 1) :], text[:300]]
+        if self._fh is None:
+            return
         self._fh.write(text + "\n")
         self._fh.flush()
         if self._fh.tell() >= CRON_LOG_LIMIT:
             self._fh.close()
             self.path.replace(self.path.with_name(self.path.name + ".1"))
-            self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            self._open()
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
