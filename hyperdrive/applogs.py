@@ -34,13 +34,17 @@ class Source:
     offset: int = 0
 
     def tail(self, lines: int) -> list[str]:
+        """The last `lines` up to the file's size now; what is written after is new."""
+        size = self._size()
+        start = max(0, size - TAIL_BYTES)
         try:
-            data = read_inside(self.root, self.relative, TAIL_BYTES, tail=True)
+            data = read_inside(self.root, self.relative, TAIL_BYTES, offset=start) or b""
         except OutsideTree:
             return [f"{self.name} | [hyperdrive: {self.relative} is a link out: not read]"]
-        self.offset = self._size()
-        text = (data or b"").decode("utf-8", "replace").splitlines()
-        if data and len(data) > TAIL_BYTES:
+        data = data[: size - start]
+        self.offset = start + len(data)
+        text = data.decode("utf-8", "replace").splitlines()
+        if start:
             text = text[1:]  # begun mid-line
         return [f"{self.name} | {line}" for line in text[-lines:]] if lines else []
 

@@ -133,7 +133,7 @@ class GoLive:
                 await self.proxy.unpoint(app.name)
         self.ships.records.save(app)
         if previous is not None and previous.name != ship.name and previous.state == LIVE:
-            await self.after.terminate(previous)
+            await self.after.terminate(previous, drain_seconds(job.orders, self.config))
             with contextlib.suppress(HyperdriveError):
                 await self.runtime.stop(previous.name, kill=True)
             previous.state = STOPPED

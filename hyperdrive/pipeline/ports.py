@@ -353,6 +353,8 @@ class FakeRuntime:
             return await self._build(on_line, timeout)
         if script.startswith("kill -TERM"):
             box.app_running = box.app_running and ship in self.ignores_term
+            if ship not in self.ignores_term:
+                self._mark_processes(box, "state=stopped\n")
             return 0
         if script == "release":
             return await self._release(on_line, timeout)
@@ -381,8 +383,9 @@ class FakeRuntime:
                 on_line(line)
         return self.release_code
 
-    def _mark_processes(self, box: FakeContainer) -> None:
-        """What /hyperdrive/supervise writes to run/ps for each process it starts."""
+    def _mark_processes(self, box: FakeContainer, stopped: str | None = None) -> None:
+        """What /hyperdrive/supervise writes to run/ps for each process it starts (or
+        `stopped`, after SIGTERM)."""
         mounts = box.spec.mounts if box.spec else ()
         run = next((m.host_path for m in mounts if m.container_path == "/hyperdrive"), None)
         if run is None or not (run / "proc").is_dir():
@@ -391,6 +394,7 @@ class FakeRuntime:
         for script in (run / "proc").iterdir():
             dead = script.name in self.dead_processes
             state = "state=backoff\nrestarts=1\nlast_code=1\n" if dead else "state=running\n"
+            state = stopped or state
             (run / "ps" / script.name).write_text(f"{state}since={int(time.time())}\n")
 
     async def stop(self, ship: str, kill: bool = False) -> None:

@@ -5,7 +5,8 @@ Supervision runs in the ship, so the processes outlive a daemon restart as the s
 `/hyperdrive/start` starts `/hyperdrive/supervise <type>` for each Procfile process (plain
 POSIX sh: the busybox hull has no Python). The supervisor waits on its process (`wait`, no
 polling), restarts it after 1 s, doubling up to BACKOFF_MAX_S while it keeps dying within
-BACKOFF_RESET_S, and rewrites run/ps/<type> (key=value lines) at every start and exit. Output
+BACKOFF_RESET_S, and rewrites run/ps/<type> (key=value lines) at every start and exit. On
+SIGTERM it passes the signal on, waits for its process and notes `state=stopped`. Output
 goes through a FIFO to `/hyperdrive/logger`, which keeps run/logs/<type>.log under
 LOG_LIMIT_BYTES by moving it to <type>.log.1 (so at most twice that per type on the host).
 """
@@ -44,6 +45,14 @@ note() {{
   mv -f "$ps.new" "$ps"
 }}
 trap '' HUP
+stop() {{
+  trap '' TERM
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+  wait "$child"; code=$?; exited=$(date +%s)
+  note stopped
+  exit 0
+}}
+trap stop TERM
 while :; do
   since=$(date +%s)
   /bin/sh "/hyperdrive/proc/$name" </dev/null >"$fifo" 2>&1 &
@@ -61,6 +70,8 @@ done
 
 LOGGER = """#!/bin/sh
 # Written by Hyperdrive: appends each line read to $1, moved to $1.1 once it holds $2 bytes.
+# SIGTERM is for the processes: what they print while they stop is still kept.
+trap '' TERM HUP
 file=$1; limit=$2; size=0
 [ -f "$file" ] && size=$(wc -c <"$file")
 exec 3>>"$file"
@@ -149,7 +160,7 @@ class ProcessState:
     """One supervised process as its supervisor last wrote it (run/ps/<type>)."""
 
     name: str
-    state: str  # running, backoff, or missing (never started)
+    state: str  # running, backoff, stopped (after SIGTERM), or missing (never started)
     restarts: int = 0
     streak: int = 0  # restarts since it last ran BACKOFF_RESET_S
     since: float | None = None
@@ -191,7 +202,7 @@ def _state(run: Path, name: str) -> ProcessState:
     state = fields.get("state", "")
     return ProcessState(
         name,
-        state if state in ("running", "backoff") else "missing",
+        state if state in ("running", "backoff", "stopped") else "missing",
         _int(fields.get("restarts")) or 0,
         _int(fields.get("streak")) or 0,
         _float(fields.get("since")),
