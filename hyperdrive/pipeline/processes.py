@@ -84,12 +84,13 @@ while IFS= read -r line; do
 done
 """
 
-# A supervisor already running for a type (a kept ship revived twice) is not started again.
+# A supervisor already running for a type (a kept ship revived twice) is not started again;
+# a pid noted before the ship last stopped may be another process's now: its cmdline says.
 START_HEAD = """#!/bin/sh
 # Written by Hyperdrive: starts each process of the Procfile under /hyperdrive/supervise.
 up() {
   pid=$(sed -n 's/^supervisor=//p' "/hyperdrive/ps/$1" 2>/dev/null)
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] && grep -q supervise "/proc/$pid/cmdline" 2>/dev/null
 }
 """
 START_ONE = (
@@ -149,10 +150,10 @@ def recorded(ship_dir: Path) -> ShipProcesses:
     """processes.json of a ship; a ship built before it existed ran `web` only."""
     try:
         data = json.loads((ship_dir / PROCESSES_FILE).read_text())
-    except (OSError, ValueError):
+        jobs = tuple(cron_job(c["name"], f"{c['spec']} {c['command']}") for c in data["cron"])
+        return ShipProcesses(dict(data["processes"]), jobs)
+    except (OSError, ValueError, KeyError, TypeError):
         return ShipProcesses({"web": ""}, ())
-    jobs = tuple(cron_job(c["name"], f"{c['spec']} {c['command']}") for c in data["cron"])
-    return ShipProcesses(dict(data["processes"]), jobs)
 
 
 @dataclass(frozen=True)

@@ -271,3 +271,45 @@ def test_ps_logs_and_run_over_ssh(tmp_path: Path) -> None:
         )
         assert tty.returncode == 3, tty.stdout + tty.stderr
         assert "/dev/" in tty.stdout, tty.stdout  # the command had a terminal
+
+
+def test_a_retired_ships_worker_gets_sigterm_and_time_to_finish(
+    squadron: Daemon, tmp_path: Path
+) -> None:
+    repo = AppRepo(squadron, "grace", tmp_path / "grace")
+    worker = (
+        "worker: trap 'sleep 1; echo finished > /app/bye; exit 0' TERM; "
+        "while :; do sleep 0.2; done\n"
+    )
+    outcome = deploy(squadron, repo, {"Procfile": WEB + worker, "index.html": "one\n"})
+    assert outcome["event"] == "DeployFinished", outcome
+    old = live_ship(squadron, "grace")
+    outcome = deploy(squadron, repo, {"Procfile": WEB + worker, "index.html": "two\n"})
+    assert outcome["event"] == "DeployFinished", outcome
+    bye = squadron.data / "lxc" / old / "app" / "bye"
+    assert until(bye.is_file, 15)
+    assert bye.read_text() == "finished\n"  # it ran its SIGTERM handler to the end
+
+
+def test_a_worker_that_forks_without_bound_stops_at_the_pids_limit(tmp_path: Path) -> None:
+    d = make_squadron(tmp_path / "hd", HYPERDRIVE_SHIP_PIDS="64")
+    try:
+        d.start()
+        calm = AppRepo(d, "calm", tmp_path / "calm")
+        assert deploy(d, calm, {"index.html": "calm\n"})["event"] == "DeployFinished"
+        bomb = AppRepo(d, "bomb", tmp_path / "bomb")
+        outcome = deploy(d, bomb, {"Procfile": "worker: while :; do sleep 30 & done\n"})
+        assert outcome["event"] == "DeployFinished", outcome
+        ship = live_ship(d, "bomb")
+        lxcpath = str(d.var / "containers")
+
+        def pids() -> int:
+            argv = ["lxc-cgroup", "-P", lxcpath, "-n", ship, "pids.current"]
+            shown = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return int(shown.stdout.strip() or 0)
+
+        assert until(lambda: pids() >= 60, 20)  # it forked up to the limit…
+        assert pids() <= 64  # …and no further
+        assert http_get(d.http_port, "/calm/") == (200, "calm\n")  # the other app serves
+    finally:
+        teardown(d)
