@@ -33,35 +33,57 @@ PROCESSES_FILE = "processes.json"  # in the ship's folder, out of the ship's rea
 SUPERVISE = f"""#!/bin/sh
 # Written by Hyperdrive: runs /hyperdrive/proc/$1, restarts it with backoff, notes each start
 # and exit in /hyperdrive/ps/$1; its output goes to /hyperdrive/logs/$1.log (rotated).
-name=$1; ps=/hyperdrive/ps/$name; fifo=/hyperdrive/logs/.$name.fifo
-mkdir -p /hyperdrive/ps /hyperdrive/logs
-rm -f "$fifo"; mkfifo "$fifo"
-/bin/sh /hyperdrive/logger "/hyperdrive/logs/$name.log" {LOG_LIMIT_BYTES} <>"$fifo" &
-restarts=0; streak=0; delay=1; code=; exited=; child=
+# Every fork may fail (the ship's pids limit), and a shell that cannot fork exits: the EXIT
+# trap then starts this script again in the same process, after a second (`read -t` on a
+# FIFO nobody writes: no fork), with its counts. Run by bash where there is one (Debian).
+name=$1; ps=/hyperdrive/ps/$name; fifo=/hyperdrive/logs/.$name.fifo; tick=$fifo.tick
+again() {{  # a process started before the shell died is stopped: one of each, always
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+  read -t 1 _ 4<>"$tick" <&4
+  set -- "$name" "$restarts" "$streak" "$delay" "$logger"
+  [ -x /bin/bash ] && exec /bin/bash /hyperdrive/supervise "$@"
+  exec /bin/sh /hyperdrive/supervise "$@"
+}}
+restarts=${{2:-0}}; streak=${{3:-0}}; delay=${{4:-1}}; logger=${{5:-}}; code=; exited=; child=
+trap again EXIT
+for f in "$fifo" "$tick"; do [ -p "$f" ] || {{ rm -f "$f"; mkfifo "$f"; }}; done
+exec 3<>"$fifo"  # held read-write: writing to it never waits for a reader to open it
 note() {{
   printf 'state=%s\\npid=%s\\nsupervisor=%s\\nrestarts=%s\\nstreak=%s\\nsince=%s\\n' \\
     "$1" "$child" "$$" "$restarts" "$streak" "$since" >"$ps.new"
   printf 'last_code=%s\\nlast_exit=%s\\n' "$code" "$exited" >>"$ps.new"
   mv -f "$ps.new" "$ps"
 }}
-trap '' HUP
+log() {{  # the logger runs, or is started again
+  if [ -z "$logger" ] || ! kill -0 "$logger" 2>/dev/null; then
+    before=$!
+    /bin/sh /hyperdrive/logger "/hyperdrive/logs/$name.log" {LOG_LIMIT_BYTES} <&3 3>&- &
+    [ "$!" != "$before" ] && logger=$!  # else the fork failed: $! is an older process
+  fi
+}}
 stop() {{
-  trap '' TERM
+  trap '' TERM; trap - EXIT
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
   wait "$child"; code=$?; exited=$(date +%s)
   note stopped
   exit 0
 }}
+trap '' HUP
 trap stop TERM
 while :; do
-  since=$(date +%s)
-  /bin/sh "/hyperdrive/proc/$name" </dev/null >"$fifo" 2>&1 &
-  child=$!
-  note running
-  wait "$child"; code=$?; exited=$(date +%s)
+  log
+  since=$(date +%s); before=$!
+  /bin/sh "/hyperdrive/proc/$name" </dev/null >&3 2>&1 &
+  if [ "$!" != "$before" ]; then
+    child=$!; note running
+    wait "$child"; code=$?
+  else
+    child=; code=254  # it could not be started (no fork): tried again after the backoff
+  fi
+  exited=$(date +%s)
   if [ $((exited - since)) -ge {BACKOFF_RESET_S} ]; then delay=1; streak=0; fi
   restarts=$((restarts + 1)); streak=$((streak + 1))
-  echo "[hyperdrive] $name exited $code; restarting in $delay s" >"$fifo"
+  echo "[hyperdrive] $name exited $code; restarting in $delay s" >&3
   note backoff
   sleep "$delay"
   delay=$((delay * 2)); [ "$delay" -gt {BACKOFF_MAX_S} ] && delay={BACKOFF_MAX_S}
@@ -92,9 +114,10 @@ up() {
   pid=$(sed -n 's/^supervisor=//p' "/hyperdrive/ps/$1" 2>/dev/null)
   [ -n "$pid" ] && grep -q supervise "/proc/$pid/cmdline" 2>/dev/null
 }
+sh=/bin/sh; [ -x /bin/bash ] && sh=/bin/bash  # bash survives a failed fork; ash and dash do not
 """
 START_ONE = (
-    "up {name} || /bin/sh -c 'trap \"\" HUP; exec /bin/sh /hyperdrive/supervise {name}' "
+    "up {name} || $sh -c 'trap \"\" HUP; exec \"$0\" /hyperdrive/supervise {name}' $sh "
     "</dev/null >/dev/null 2>&1 &\n"
 )
 
