@@ -117,7 +117,7 @@ up() {
 sh=/bin/sh; [ -x /bin/bash ] && sh=/bin/bash  # bash survives a failed fork; ash and dash do not
 """
 START_ONE = (
-    "up {name} || $sh -c 'trap \"\" HUP; exec \"$0\" /hyperdrive/supervise {name}' $sh "
+    'up {name} || $sh -c \'trap "" HUP; exec "$0" /hyperdrive/supervise {name}\' $sh '
     "</dev/null >/dev/null 2>&1 &\n"
 )
 
