@@ -59,7 +59,7 @@ def test_a_hostile_build_is_contained_and_the_app_still_serves(
         }
     )
     outcome = wait_outcome(squadron, repo.push_trigger(sha))
-    assert outcome["event"] == "DeployFinished", outcome.get("message")
+    assert outcome["event"] == "DeployFinished", outcome
     log = Path(squadron.data / "lxc" / outcome["ship"] / "setup.log").read_text()
     assert log.split("map:")[1].split()[:3] == ["0", str(ids.uid), "65536"], log
     assert "DEVICE MADE" not in log
