@@ -13,7 +13,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from aiohttp import web
 
 from hyperdrive import __version__
 from hyperdrive.accesslog import BUCKETS, AppTraffic
-from hyperdrive.errors import HyperdriveError
+from hyperdrive.errors import FleetError, HyperdriveError
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since, tail
 from hyperdrive.files import write_atomically
 from hyperdrive.gitremote import shown_url
@@ -31,6 +31,8 @@ from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import Trigger
 
 StatusSource = Callable[[], Mapping[str, Any]]
+# every squadron's events (`?fleet=1`): set up, then read; FleetError when not in a fleet
+FleetEvents = Callable[..., Awaitable[AsyncIterator[Event]]]
 KEEPALIVE_S = 15.0
 
 
@@ -127,7 +129,9 @@ class Api:
         public_routes: Sequence[Callable[[web.Application], None]] = (),
         admin_routes: Sequence[Callable[[web.Application], None]] = (),
         traffic: Callable[[], Mapping[str, AppTraffic]] = dict,
+        fleet_events: FleetEvents | None = None,
     ) -> None:
+        self.fleet_events = fleet_events
         self.eventlog = eventlog
         self.spool = spool
         self.status = status
@@ -196,9 +200,9 @@ class Api:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        stream = await self._stream(request, where, history, follow)
         await response.prepare(request)
-        stream = tail(self.eventlog, where, history=history, follow=follow)
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionResetError, FleetError):
             async for event in _heartbeat(stream):
                 if event is None:
                     await response.write(b": keep-alive\n\n")
@@ -213,13 +217,27 @@ class Api:
         where, history = _filter(request), _history(request)
         follow = request.query.get("follow") == "1"
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        stream = await self._stream(request, where, history, follow)
         await response.prepare(request)
-        stream = tail(self.eventlog, where, history=history, follow=follow)
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionResetError, FleetError):
             async for event in _heartbeat(stream):
                 line = b"\n" if event is None else json.dumps(event).encode() + b"\n"
                 await response.write(line)
         return response
+
+    async def _stream(
+        self, request: web.Request, where: Filter, history: int | None, follow: bool
+    ) -> AsyncIterator[Event]:
+        """This squadron's events, or with `fleet=1` every squadron's (each with its
+        `squadron`); a squadron not in a fleet, or NATS out of reach, is a 409."""
+        if request.query.get("fleet") not in ("1", "true"):
+            return tail(self.eventlog, where, history=history, follow=follow)
+        if self.fleet_events is None:
+            raise web.HTTPConflict(text="this squadron is not in a fleet\n")
+        try:
+            return await self.fleet_events(where, history=history, follow=follow)
+        except FleetError as err:
+            raise web.HTTPConflict(text=f"{err}\n") from None
 
     async def post_trigger(self, request: web.Request) -> web.Response:
         """`hd deploy`, `hd rollback`, …: a durable trigger, answered with its deploy id."""

@@ -65,6 +65,7 @@ from hyperdrive.pipeline.ports import (
 )
 from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
+from hyperdrive.pipeline.rollout import Rollouts
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 from hyperdrive.procview import ProcessView
@@ -248,12 +249,13 @@ def deploy_core(config: Config, adapters: Adapters, fleet: Fleet | None = None) 
 
 
 def command_handlers(
-    core: Core, headquarters: HeadquartersSync
+    core: Core, headquarters: HeadquartersSync, rollouts: Rollouts | None = None
 ) -> dict[type[Command], CommandHandler]:
-    """The command table: each command type to exactly one handler."""
+    """The command table: each command type to exactly one handler (a Deploy through the
+    fleet's rollout gate when there is one)."""
     h = core.handlers
     return {
-        Deploy: core.deployer.deploy,
+        Deploy: rollouts.handle if rollouts is not None else core.deployer.deploy,
         Retire: h.retire,
         Rollback: h.rollback,
         Assemble: h.assemble,
@@ -346,12 +348,14 @@ def build(
     core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
     fleet.app_rows = lambda: app_rows(config, core.records, core.fleet)  # `hd fleet status`
+    fleet.events = eventlog  # every event, tagged, into the fleet's HD_EVENTS
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
     courier = _courier(config, core)
     conductor = Conductor(config, core.records, adapters.runtime, lambda event: None)
+    rollouts = Rollouts(core.deployer.deploy, core.fleet.orders, board=fleet.board)
     bus = MessageBus(
-        command_handlers(core, headquarters),
+        command_handlers(core, headquarters, rollouts),
         event_handlers(courier, conductor),
         eventlog,
         parallel=config.parallel_deploys,
@@ -531,6 +535,7 @@ def _api(
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes, dashboard.add_routes],
         admin_routes=[fleet_routes(fleet), view.add_routes],
+        fleet_events=fleet.fleet_events,
         traffic=lambda: stream.apps if isinstance(stream, RequestStream) else {},
     )
 

@@ -21,6 +21,7 @@ from hyperdrive.config import Config
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
 from hyperdrive.files import write_atomically
+from hyperdrive.fleet.feed import prefixed
 from hyperdrive.fleet.view import render as render_fleet
 from hyperdrive.follow import follow_client
 from hyperdrive.gitremote import shown_url
@@ -51,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true", help="one JSON object a line")
     logs.add_argument("--deploy", help="only this deploy's events")
     logs.add_argument("--since", help="e.g. 10m, 2h, or an ISO time")
+    logs.add_argument(
+        "--fleet", action="store_true", help="every squadron's events, each line [squadron] …"
+    )
     logs.add_argument(
         "-n", "--lines", type=_lines, default=100, help="how many stored events, or 'all'"
     )
@@ -180,10 +184,16 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
     if args.output:
         return _app_output(args, config)
     events = AdminClient(config.socket_path).events(
-        app=args.app, deploy=args.deploy, since=args.since, follow=args.follow, history=args.lines
+        app=args.app,
+        deploy=args.deploy,
+        since=args.since,
+        follow=args.follow,
+        history=args.lines,
+        fleet=args.fleet,
     )
     for event in events:
-        print(json.dumps(event) if args.json else describe(event), flush=True)
+        text = describe(event) if not args.fleet else prefixed(event, describe(event))
+        print(json.dumps(event) if args.json else text, flush=True)
     return EXIT_OK
 
 

@@ -84,9 +84,12 @@ class AdminClient:
         since: str | None = None,
         follow: bool = False,
         history: int | None = 100,
+        fleet: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """Stored events that match, then (follow) live ones, as dicts, as they arrive."""
+        """Stored events that match, then (follow) live ones, as dicts, as they arrive;
+        `fleet`: every squadron's, each with its `squadron`."""
         query = {"app": app, "deploy": deploy, "since": since, "follow": "1" if follow else "0"}
+        query["fleet"] = "1" if fleet else None
         query["history"] = "all" if history is None else str(history)
         path = "/events?" + urlencode({k: v for k, v in query.items() if v})
         conn, response = self._open("GET", path, None, None if follow else self.timeout)

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 # drain, headquarters were read, an app whose branch was deleted was retired.
 SUCCESS = frozenset({"DeployFinished", "HeadquartersSynced", "AppRetired"})
 FAILURE = frozenset({"DeployFailed", "HeadquartersSyncFailed"})
-# Neither: a newer deploy took over, or the trigger asked for nothing (a push to a branch
-# that does not deploy). Not an error for a pusher; `hd deploy` exits non-zero all the same.
-OTHER = frozenset({"DeploySuperseded", "TriggerIgnored"})
+# Neither: a newer deploy took over, the trigger asked for nothing (a push to a branch
+# that does not deploy), or a fleet's rollout stopped before this squadron's wave. Not an
+# error for a pusher; `hd deploy` exits non-zero all the same.
+OTHER = frozenset({"DeploySuperseded", "TriggerIgnored", "RolloutHeld"})
 OUTCOMES = SUCCESS | FAILURE | OTHER
 
 Show = Callable[[Mapping[str, Any]], None]

@@ -12,8 +12,10 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
@@ -26,7 +28,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from hyperdrive.errors import FleetError
-from hyperdrive.fleet import bundles, view
+from hyperdrive.eventlog import Event, EventSink, Filter, Subscription
+from hyperdrive.fleet import bundles, feed, rollout, view
 from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
@@ -42,6 +45,13 @@ PRESENCE = "hd_squadrons"
 APPS = "hd_apps"  # KV: `<squadron>.<app>` → that app's sha, ship, health there
 BUNDLES = "hd_bundles"  # object store: `<app>/<sha>` → the git bundle of that push
 BUNDLE_STORE_BYTES = 4 * 1024**3  # full: a push's bundle is not stored (the others fail it)
+EVENTS = "HD_EVENTS"  # every squadron's events, tagged (feed.py)
+EVENTS_MAX_AGE_S = 24 * 3600.0  # one day of the fleet's story; each squadron keeps its own log
+EVENTS_MAX_BYTES = 100 * 1024**2
+ROLLOUTS = "hd_rollouts"  # KV: `<app>.<deploy digest>` → plan; `….<squadron>` → its result
+ROLLOUT_WAIT_S = 3600.0  # a wave not opened within this is held (a squadron never reported)
+REPORT_TRY_S = 60.0  # a rollout result is tried this long while NATS is away
+WATCH_ALIVE_S = 30.0  # a rollout's watch checks its connection is the same at least this often
 NODES = "hd.fleet.nodes"  # request/reply: a squadron joining as a node asks for the routes
 RETENTION_S = 7 * 24 * 3600  # as long as the spool remembers done ids
 REBASE_AFTER_S = RETENTION_S - 24 * 3600  # a chain this old starts again from a whole history
@@ -159,7 +169,14 @@ async def grow(js: JetStreamContext) -> int:
     """Make the stream, the KV buckets and the bundle store R3 once the cluster has three
     nodes; the replicas all have now (1 while the cluster is smaller, or still forming)."""
     replicas = 3
-    for name in (STREAM, f"KV_{PRESENCE}", f"KV_{APPS}", f"OBJ_{BUNDLES}"):
+    for name in (
+        STREAM,
+        EVENTS,
+        f"KV_{PRESENCE}",
+        f"KV_{APPS}",
+        f"KV_{ROLLOUTS}",
+        f"OBJ_{BUNDLES}",
+    ):
         try:
             info = await js.stream_info(name)
             if (info.config.num_replicas or 1) < 3:
@@ -188,6 +205,34 @@ async def ask_for_routes(
     if not isinstance(routes, list) or not routes:
         raise FleetError("the fleet's node gave no routes; join without --node")
     return [str(r) for r in routes]
+
+
+async def ensure_events(js: JetStreamContext) -> None:
+    """The fleet's events: a day of them, at most 100 MB, the oldest dropped first."""
+    try:
+        await js.stream_info(EVENTS)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    config = StreamConfig(
+        name=EVENTS,
+        subjects=[f"{feed.SUBJECT}.>"],
+        max_age=EVENTS_MAX_AGE_S,
+        max_bytes=EVENTS_MAX_BYTES,
+    )
+    await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
+
+
+async def rollout_bucket(js: JetStreamContext) -> KeyValue:
+    """Rollout plans and results, kept as long as the triggers they are for."""
+    try:
+        return await js.key_value(ROLLOUTS)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    kv: KeyValue = await _with_replicas(
+        lambda r: js.create_key_value(bucket=ROLLOUTS, history=1, ttl=RETENTION_S, replicas=r)
+    )
+    return kv
 
 
 async def bundle_store(js: JetStreamContext) -> ObjectStore:
@@ -354,7 +399,11 @@ class FleetLink:
         answer_nodes: NodesHandler | None = None,
         code: Bundles | None = None,
         app_rows: Callable[[], list[dict[str, Any]]] | None = None,
+        events: EventSink | None = None,
     ) -> None:
+        self.events = events  # this squadron's event log, shared with the fleet
+        self._feed: Subscription | None = None
+        self.board = RolloutBoard(self)
         self.app_rows = app_rows  # this squadron's apps, as `hd status` shows them
         self._outcome = asyncio.Event()  # a deploy here has an outcome: tell the fleet
         self.answer_nodes = answer_nodes  # set where this squadron runs a node
@@ -368,6 +417,7 @@ class FleetLink:
             spool, outbox, connected=lambda: self.state == CONNECTED, prepare=self._fetch_code
         )
         self.state, self.detail = CONNECTING, ""
+        self.connections = 0  # how often it (re)connected: a watch made before is stale
         self.published = 0
         self.replicas = 0  # of the trigger stream, as last seen (0: not yet)
         self._nc: Client | None = None
@@ -378,6 +428,7 @@ class FleetLink:
     def _set(self, state: str, detail: str) -> None:
         if state == CONNECTED and self.state != CONNECTED:
             self._reconnected.set()
+            self.connections += 1
         if self.state == REFUSED and state == UNREACHABLE:
             return  # keep the reason a user can fix
         if (state, detail) != (self.state, self.detail):
@@ -392,6 +443,8 @@ class FleetLink:
                 await self.outbox.add(trigger)
         self.spool.listeners.append(self.relay)
         self.spool.listeners.append(self)
+        if self.events is not None:  # from now on; kept while NATS is away, up to its queue
+            self._feed = self.events.subscribe(Filter())
         self._task = asyncio.create_task(self._run(), name="fleet link")
 
     # -- the spool's listener: an outcome here is news for `hd fleet status` --
@@ -409,6 +462,9 @@ class FleetLink:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
@@ -456,6 +512,8 @@ class FleetLink:
         await claim_name(presence, self.identity)
         apps = await presence_bucket(js, APPS)
         await bundle_store(js)  # made now, so that it grows to R3 with the others
+        await ensure_events(js)
+        await rollout_bucket(js)
         sub = await js.pull_subscribe(
             f"{SUBJECT}.>",
             durable=self.identity.name,
@@ -468,7 +526,7 @@ class FleetLink:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
-        workers += [self._heartbeat(presence), self._report_apps(apps)]
+        workers += [self._heartbeat(presence), self._report_apps(apps), self._share_events()]
         tasks = [asyncio.create_task(w) for w in workers]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -569,8 +627,40 @@ class FleetLink:
                 state = json.dumps(view.app_state(row)).encode()
                 await apps.put(f"{self.identity.name}.{row['app']}", state)
 
+    async def _share_events(self) -> None:
+        """This squadron's events into the fleet's stream, as they happen; never waits on
+        the fleet (a core publish: a lost connection loses them for the fleet only)."""
+        if self._feed is None or self._nc is None:
+            return
+        nc, me = self._nc, self.identity.name
+        async for event in self._feed:
+            try:
+                await nc.publish(feed.subject(me, event), feed.encode(me, event))
+            except (nats.errors.Error, OSError) as err:
+                log.debug("fleet: an event not shared: %s", err)
+
+    async def fleet_events(
+        self, where: Filter, *, history: int | None = 100, follow: bool = False
+    ) -> AsyncIterator[Event]:
+        """Every squadron's events that match: the last `history` (None: all the stream
+        keeps), then, with `follow`, live ones; each carries its `squadron`. Set up here
+        (a FleetError says why not), read as the caller iterates."""
+        try:
+            js = self._jetstream()
+            await ensure_events(js)
+            info = await js.stream_info(EVENTS)
+            start = _events_start(where, history, info.state.first_seq, info.state.last_seq)
+            sub = await js.subscribe(
+                feed.app_subject(where.app), stream=EVENTS, ordered_consumer=True, config=start
+            )
+            backlog = await _backlog(sub)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+            raise FleetError(f"the fleet's events are out of reach: {err}") from None
+        return _read_events(sub, backlog, where, history, follow)
+
     async def fleet_view(self) -> dict[str, Any]:
-        """`hd fleet status`: the squadrons present and each app on each of them."""
+        """`hd fleet status`: the squadrons present, each app on each of them, and the
+        newest rollout of each app."""
         js = self._jetstream()
         squadrons = await entries(await presence_bucket(js))
         states = await entries(await presence_bucket(js, APPS))
@@ -579,7 +669,17 @@ class FleetLink:
             squadron, _, app = key.partition(".")
             if app and squadron in squadrons:  # a squadron that left: its apps go with it
                 rows.append((squadron, app, state))
-        return view.view(squadrons, rows, time.time())
+        rollouts = await self.board.newest(await rollout_bucket(js))
+        shown = view.view(squadrons, rows, time.time(), rollouts)
+        return {"squadron": self.identity.name, **shown}
+
+    def up(self, squadrons: dict[str, dict[str, Any]]) -> list[str]:
+        """The squadrons seen lately (and this one): those a rollout is frozen over."""
+        now = time.time()
+        seen = [
+            n for n, e in squadrons.items() if now - float(e.get("seen") or 0) <= view.STALE_AFTER_S
+        ]
+        return sorted({*seen, self.identity.name})
 
     async def _keep_alive(self) -> None:
         """While deploys run for deliveries, tell the stream so; idle, nothing wakes."""
@@ -598,6 +698,9 @@ class FleetLink:
         except Exception as err:  # noqa: BLE001 - whatever it was, this squadron's deploy says it
             why = f"the pushed commits did not reach this squadron: {err}"
             log.warning("fleet: %s: %s", trigger.id, why)
+            if trigger.app is not None:  # its deploy fails here: a rollout of it stops here
+                with contextlib.suppress(FleetError):
+                    await self.board.report(trigger.app, trigger.id, rollout.FAILED, tries=1)
             return replace(trigger, data={**trigger.data, "unfetched": why})
         return trigger
 
@@ -656,3 +759,206 @@ class FleetLink:
             "awaiting_outcome": len(self.relay.held),
             "replicas": self.replicas,
         }
+
+
+def _events_start(where: Filter, history: int | None, first: int, last: int) -> ConsumerConfig:
+    """Where a reader of the fleet's events starts: the last `history` of the stream when
+    nothing filters them, else where `since` says (or the start) and the newest are kept."""
+    unfiltered = where.app is None and where.deploy is None and where.since is None
+    if history == 0 or (unfiltered and history is not None):  # 0: live ones only
+        begin = max(first, last - (history or 0) + 1, 1)
+        return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=begin)
+    if where.since is not None:
+        at = datetime.fromtimestamp(where.since, UTC)
+        return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=at)
+    return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+
+
+async def _read_events(
+    sub: JetStreamContext.PushSubscription,
+    backlog: int,
+    where: Filter,
+    history: int | None,
+    follow: bool,
+) -> AsyncIterator[Event]:
+    """The stored events (the newest `history` that match), then live ones with `follow`."""
+    kept: deque[Event] = deque(maxlen=history)
+    try:
+        for _ in range(backlog):
+            event = feed.decode((await sub.next_msg(timeout=10)).data)
+            if event is not None and where(event):
+                kept.append(event)
+        for event in kept:
+            yield event
+        while follow:
+            event = feed.decode((await sub.next_msg(timeout=None)).data)
+            if event is not None and where(event):
+                yield event
+    except nats.errors.Error as err:
+        raise FleetError(f"the fleet's events stopped: {err}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _backlog(sub: JetStreamContext.PushSubscription) -> int:
+    """How many stored messages the new consumer has for us: delivered so far plus pending."""
+    info = await sub.consumer_info()
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    return int(delivered or 0) + int(info.num_pending or 0)
+
+
+class RolloutBoard:
+    """The fleet's record of each rollout (pipeline/rollout.py asks it): the plan, frozen by
+    the first squadron to take the trigger, and each squadron's result; KV watch, no polling."""
+
+    def __init__(self, link: FleetLink) -> None:
+        self.link = link
+
+    async def turn(
+        self,
+        app: str,
+        deploy: str,
+        spec: tuple[str, ...],
+        waiting: Callable[[rollout.Turn], None],
+    ) -> rollout.Turn:
+        try:
+            kv = await rollout_bucket(self.link._jetstream())
+            plan = await self._plan(kv, app, deploy, spec)
+            return await self._wait(kv, plan, waiting)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+            raise FleetError(f"the fleet's rollout record is out of reach: {err}") from None
+
+    async def _plan(
+        self, kv: KeyValue, app: str, deploy: str, spec: tuple[str, ...]
+    ) -> rollout.Plan:
+        """The plan of this deploy: the one stored, or made now from the squadrons up."""
+        name = rollout.key(app, deploy)
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return rollout.Plan.from_json(json.loads((await kv.get(name)).value or b"{}"))
+        squadrons = await entries(await presence_bucket(self.link._jetstream()))
+        plan = rollout.Plan.make(app, deploy, spec, self.link.up(squadrons))
+        try:
+            await kv.create(name, json.dumps(plan.to_json()).encode())
+        except nats.js.errors.KeyWrongLastSequenceError:  # another squadron froze it first
+            return rollout.Plan.from_json(json.loads((await kv.get(name)).value or b"{}"))
+        await kv.put(f"{app}.latest", json.dumps({"key": name, "at": plan.created}).encode())
+        return plan
+
+    async def _wait(
+        self, kv: KeyValue, plan: rollout.Plan, waiting: Callable[[rollout.Turn], None]
+    ) -> rollout.Turn:
+        """Watch the results until this squadron's wave opens or the rollout stops; a lost
+        connection watches again once NATS is back (the results are read anew)."""
+        said: list[rollout.Turn] = []
+
+        def first(now: rollout.Turn) -> None:
+            if not said:
+                said.append(now)
+                waiting(now)
+
+        try:
+            async with asyncio.timeout(ROLLOUT_WAIT_S):
+                while (now := await self._watch(kv, plan, first)) is None:
+                    await asyncio.sleep(1)  # NATS away: bounded by the rollout's wait
+                    with contextlib.suppress(FleetError, nats.errors.Error, nats.js.errors.Error):
+                        kv = await rollout_bucket(self.link._jetstream())
+                return now
+        except TimeoutError:
+            why = f"no wave opened in {ROLLOUT_WAIT_S:.0f} s"
+            number = plan.wave_of(self.link.identity.name)
+            return rollout.Turn(rollout.HELD, number, max(number, len(plan.waves)), why)
+
+    async def _watch(
+        self, kv: KeyValue, plan: rollout.Plan, waiting: Callable[[rollout.Turn], None]
+    ) -> rollout.Turn | None:
+        """One watch of the plan's results: this squadron's turn, or None when the
+        connection it was made on is gone."""
+        connection = self.link.connections
+        try:
+            watcher = await kv.watch(f"{rollout.key(plan.app, plan.deploy)}.*")
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            return None
+        results: dict[str, str] = {}
+        ready = False
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=WATCH_ALIVE_S)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    if self.link.connections != connection or self.link.state != CONNECTED:
+                        return None
+                    continue
+                if entry is None:
+                    ready = True
+                elif entry.value:
+                    results[entry.key.rsplit(".", 1)[1]] = _result(entry.value)
+                if not ready:
+                    continue
+                now = rollout.turn(plan, results, self.link.identity.name)
+                if now.state != rollout.WAIT:
+                    return now
+                waiting(now)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def report(
+        self, app: str, deploy: str, result: str, *, tries: int = int(REPORT_TRY_S)
+    ) -> None:
+        """This squadron's outcome in the rollout (the others' watches see it at once);
+        NATS away, tried again each second, `tries` times (the later waves wait for it).
+        A result with no plan (the app has no rollout) is never read."""
+        body = json.dumps({"result": result, "at": time.time()}).encode()
+        name = f"{rollout.key(app, deploy)}.{self.link.identity.name}"
+        last: Exception | None = None
+        for attempt in range(tries):
+            try:
+                kv = await rollout_bucket(self.link._jetstream())
+                await kv.put(name, body)
+                return
+            except (FleetError, TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+                last = err
+                if attempt + 1 < tries:
+                    await asyncio.sleep(1)
+        raise FleetError(f"the fleet's rollout record is out of reach: {last}")
+
+    async def newest(self, kv: KeyValue) -> dict[str, dict[str, Any]]:
+        """Each app's newest rollout as `hd fleet status` shows it: only the `<app>.latest`
+        pointers, their plans and those plans' results are read, not the whole bucket."""
+        try:
+            names = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        shown = {}
+        for pointer in (n for n in names if n.endswith(".latest")):
+            plan_key = str((await _value(kv, pointer)).get("key") or "")
+            plan = await _value(kv, plan_key) if plan_key else {}
+            if not plan:
+                continue
+            prefix = f"{plan_key}."
+            results = {
+                n[len(prefix) :]: str((await _value(kv, n)).get("result"))
+                for n in names
+                if n.startswith(prefix)
+            }
+            shown[pointer.removesuffix(".latest")] = rollout.shown(
+                rollout.Plan.from_json(plan), results
+            )
+        return shown
+
+
+async def _value(kv: KeyValue, name: str) -> dict[str, Any]:
+    """One key's JSON object ({} when it is gone or not an object)."""
+    try:
+        value = json.loads((await kv.get(name)).value or b"{}")
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _result(value: bytes) -> str:
+    try:
+        return str(json.loads(value).get("result") or "")
+    except (ValueError, AttributeError):
+        return ""

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import shutil
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -19,6 +19,7 @@ from aiohttp import web
 from hyperdrive import __version__, systemd
 from hyperdrive.config import NATS_URL, Config, Listen, without_password
 from hyperdrive.errors import FleetError
+from hyperdrive.eventlog import Event, EventSink, Filter
 from hyperdrive.fleet import state
 from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.node import NatsNode, NodeSpec
@@ -27,7 +28,7 @@ from hyperdrive.gitserver import package_hooks
 from hyperdrive.spool import FileSpool
 
 if TYPE_CHECKING:
-    from hyperdrive.fleet.link import FleetLink, Identity
+    from hyperdrive.fleet.link import FleetLink, Identity, RolloutBoard
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class FleetService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.problem = ""  # why the fleet could not start (bad creds file, …)
         self.app_rows: Callable[[], list[dict[str, Any]]] | None = None  # set by bootstrap
+        self.events: EventSink | None = None  # the event log, shared with the fleet (bootstrap)
 
     def urls(self) -> tuple[str, ...]:
         return state.connect_urls(self.config, state.read_membership(self.config))
@@ -83,6 +85,7 @@ class FleetService:
             answer_nodes=self._answer_nodes if node else None,
             code=Bundles(self.config.git_dir, package_hooks()),
             app_rows=self.app_rows,
+            events=self.events,
         )
         await self.link.start()
 
@@ -260,6 +263,21 @@ class FleetService:
             return await asyncio.wait_for(self.link.fleet_view(), 10)
         except TimeoutError:
             raise FleetError("the fleet did not answer within 10 s") from None
+
+    def board(self) -> RolloutBoard | None:
+        """Where rollouts are kept (pipeline/rollout.py); None alone or while NATS is away."""
+        link = self.link
+        return link.board if link is not None and link.state == "connected" else None
+
+    async def fleet_events(
+        self, where: Filter, *, history: int | None, follow: bool
+    ) -> AsyncIterator[Event]:
+        """`hd logs --fleet`, `GET /events?fleet=1`: every squadron's events."""
+        if self.link is None:
+            raise FleetError(
+                self.problem or "this squadron is not in a fleet (see `hd fleet init`)"
+            )
+        return await self.link.fleet_events(where, history=history, follow=follow)
 
     def status(self) -> dict[str, Any]:
         """What `hd status` and `hd doctor` say about the fleet."""

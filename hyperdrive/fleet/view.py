@@ -31,9 +31,11 @@ def view(
     squadrons: Mapping[str, Mapping[str, Any]],
     apps: Iterable[tuple[str, str, Mapping[str, Any]]],
     now: float,
+    rollouts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`{"squadrons": [{name, version, last_seen, seen_s_ago, state}], "apps": [{app,
-    squadrons: {name: {sha, ship, health, …}}}]}`, sorted by name."""
+    rollout, squadrons: {name: {sha, ship, health, rollout, …}}}]}`, sorted by name;
+    `rollout` is the app's newest rollout (null: none), each squadron's part in it."""
     rows = []
     for name, entry in sorted(squadrons.items()):
         seen = float(entry.get("seen") or 0)
@@ -49,8 +51,16 @@ def view(
         )
     table: dict[str, dict[str, Any]] = {}
     for squadron, app, state in apps:
-        table.setdefault(app, {})[squadron] = dict(state)
-    listed = [{"app": a, "squadrons": dict(sorted(on.items()))} for a, on in sorted(table.items())]
+        table.setdefault(app, {})[squadron] = {**state, "rollout": None}
+    rollouts = rollouts or {}
+    for app, shown in rollouts.items():
+        for squadron, part in shown.get("squadrons", {}).items():
+            if squadron in squadrons:  # a held squadron may have no state of that app yet
+                table.setdefault(app, {}).setdefault(squadron, {"health": "none"})["rollout"] = part
+    listed = [
+        {"app": a, "rollout": rollouts.get(a), "squadrons": dict(sorted(on.items()))}
+        for a, on in sorted(table.items())
+    ]
     return {"squadrons": rows, "apps": listed}
 
 
@@ -73,4 +83,5 @@ def render(shown: Mapping[str, Any]) -> str:
 def _cell(state: Mapping[str, Any] | None) -> str:
     if not state:
         return "-"
-    return f"{state.get('sha') or '-'} {state.get('ship') or '-'} {state.get('health')}"
+    cell = f"{state.get('sha') or '-'} {state.get('ship') or '-'} {state.get('health')}"
+    return f"{cell} ({state['rollout']})" if state.get("rollout") else cell

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import io
 import ipaddress
+import itertools
 import math
 import re
 import shlex
@@ -51,6 +52,7 @@ EGRESS_MAX_ALLOWED = 64
 
 
 MAX_DRAIN_S = 3600.0
+MAX_WAVES = 10  # `rollout` waves at most
 
 
 class _Bad(Exception):
@@ -99,6 +101,7 @@ class Orders:
     notify: tuple[str, ...] = ()
     guard: Guard | None = None  # `guard …`; None: HYPERDRIVE_GUARD
     drain_seconds: float | None = None  # `drain <seconds>`; None: HYPERDRIVE_DRAIN_SECONDS
+    rollout: tuple[str, ...] = ()  # `rollout 1 50% 100%`: waves across a fleet; () = all at once
     # `secret NAME…`: masked in all Hyperdrive shows; not compared, a new mask needs no redeploy
     secrets: tuple[str, ...] = field(default=(), compare=False)
     path: str = field(default="", compare=False)
@@ -143,6 +146,7 @@ class _Draft:
     notify: dict[str, None] = field(default_factory=dict)
     guard: Guard | None = None
     drain: float | None = None
+    rollout: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
     secrets: dict[str, None] = field(default_factory=dict)
@@ -284,6 +288,7 @@ def _finish(draft: _Draft, path: str) -> Orders:
         notify=tuple(draft.notify),
         guard=draft.guard,
         drain_seconds=draft.drain,
+        rollout=draft.rollout,
         secrets=tuple(draft.secrets),
         path=path,
         lines=dict(draft.lines),
@@ -567,6 +572,33 @@ def _drain(draft: _Draft, args: list[str], line: int) -> None:
     draft.drain = seconds
 
 
+def _rollout(draft: _Draft, args: list[str], line: int) -> None:
+    """`rollout 1 50% 100%`: waves across a fleet's squadrons; counts first, then
+    percentages, each wave more than the one before, the last `100%` (everyone)."""
+    usage = "rollout takes waves like `rollout 1 50% 100%` (counts, then percentages, to 100%)"
+    if not args or len(args) > MAX_WAVES:
+        raise _Bad(f"{usage}; 1 to {MAX_WAVES} waves")
+    counts = [_wave(word, usage) for word in args]
+    for before, (number, percent) in itertools.pairwise(counts):
+        if before[1] and not percent:
+            raise _Bad(f"rollout wave {number} after a percentage: {usage}")
+        if before[1] == percent and number <= before[0]:
+            raise _Bad(f"rollout waves must grow: {shown(' '.join(args))}; {usage}")
+    if counts[-1] != (100, True):
+        raise _Bad(f"the last rollout wave must be 100% (everyone): {usage}")
+    draft.once("rollout", line)
+    draft.rollout = tuple(args)
+
+
+def _wave(word: str, usage: str) -> tuple[int, bool]:
+    """One wave: a count of squadrons (`2`) or a share of them (`50%`, 1 to 100)."""
+    percent = word.endswith("%")
+    digits = word.removesuffix("%")
+    if not PORT_TEXT.fullmatch(digits) or (percent and int(digits) > 100):
+        raise _Bad(f"rollout wave {shown(word)} is not a count or a percentage: {usage}")
+    return int(digits), percent
+
+
 def _bounded(text: str, what: str, most: float) -> float:
     """A plain decimal number from 0 to `most` (no signs, exponents, inf or nan)."""
     if not NUMBER.fullmatch(text):
@@ -594,4 +626,5 @@ DIRECTIVES: dict[str, Directive] = {
     "notify": _notify,
     "guard": _guard,
     "drain": _drain,
+    "rollout": _rollout,
 }

@@ -3,7 +3,9 @@
 The refs are already updated when git runs this, so it always exits 0. The trigger files are
 written first, durably, before any output: a pusher who hangs up (Ctrl-C) cancels nothing.
 Unless the push said `-o nowait`, the deploy's events are then streamed back to the pusher,
-whose git prints them as `remote:` lines, until each deploy ends or WAIT_S passes.
+whose git prints them as `remote:` lines, until each deploy ends or WAIT_S passes. In a
+fleet, the other squadrons' deploys of the push follow as `[sq-b] …` lines, until each
+squadron up has an outcome or FLEET_WAIT_S passes.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
-from hyperdrive.follow import Outcome, follow_client, follow_many
+from hyperdrive.fleet.feed import prefixed
+from hyperdrive.follow import Outcome, follow_client, follow_many, outcome_of
 from hyperdrive.names import HEADQUARTERS, repo_name
 from hyperdrive.render import clean as _clean
 from hyperdrive.render import pushed
@@ -25,6 +29,8 @@ from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
 
 WAIT_S = 30 * 60.0
+FLEET_WAIT_S = 10 * 60.0  # how long a pusher waits for the other squadrons' outcomes
+FLEET_SINCE_S = 600.0  # their events are read from this long before the push (clock skew)
 QUEUED = "queued: the deploy starts when hyperdrive is running"
 
 
@@ -123,10 +129,61 @@ def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: fl
     """
     printer = _Printer(out)
     ids = [t.id for t in triggers]
+    fleet = _fleet_follower(client, triggers, printer)
     followed = follow_many(lambda deploy: _follow_one(client, deploy, printer), ids, wait_s)
     if len(followed) < len(ids):
         printer.say("-----> still deploying; follow it with `hd logs -f`")
+    if fleet is not None:
+        fleet.join(min(wait_s, FLEET_WAIT_S))
+        if fleet.is_alive():
+            printer.say("-----> other squadrons still deploying; `hd logs -f --fleet`")
     return not printer.gone
+
+
+def _fleet_follower(
+    client: AdminClient, triggers: list[Trigger], printer: _Printer
+) -> threading.Thread | None:
+    """In a fleet, a thread showing the other squadrons' deploys of these triggers."""
+    try:
+        shown = client.get("/fleet")
+    except HyperdriveError:  # alone, or the fleet out of reach: the local deploy only
+        return None
+    me = shown.get("squadron")
+    up = {s["name"] for s in shown.get("squadrons", []) if s.get("state") == "up"} - {me}
+    if not up:
+        return None
+    apps = {t.app for t in triggers}
+    app = apps.pop() if len(apps) == 1 else None
+    since = str(time.time() - FLEET_SINCE_S)  # no deploy of this push is older than it
+    events = client.events(app=app, since=since, follow=True, history=None, fleet=True)
+    work = {(t.id, name) for t in triggers for name in up}
+
+    def run() -> None:
+        try:
+            _follow_fleet(events, work, printer)
+        except HyperdriveError as err:
+            printer.say(f" !     lost the fleet's events: {_clean(str(err))}")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _follow_fleet(
+    events: Iterable[Mapping[str, Any]], work: set[tuple[str, str]], printer: _Printer
+) -> None:
+    """Print each other squadron's events of these deploys, `[sq-b] …`, until each
+    (deploy, squadron) in `work` has an outcome."""
+    for event in events:
+        deploy, squadron = str(event.get("deploy")), str(event.get("squadron"))
+        if (deploy, squadron) not in work or printer.gone:
+            continue
+        if (text := pushed(event)) is not None:
+            printer.say(prefixed(event, text))
+        if outcome_of(deploy, event) is not None:
+            work.discard((deploy, squadron))
+            if not work or printer.gone:
+                return
 
 
 def _announce(trigger: Trigger, out: TextIO) -> None:

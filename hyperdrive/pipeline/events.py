@@ -366,3 +366,36 @@ class DeliveryDeferred(Event):
 @dataclass(frozen=True, kw_only=True)
 class DeliveryAbandoned(Event):
     """Not sent: refused for good, out of tries, or no token or secret is kept."""
+
+
+# -- a fleet's rollout in waves (hyperdrive/pipeline/rollout.py) --
+@dataclass(frozen=True, kw_only=True)
+class RolloutWaiting(Event):
+    """This squadron's deploy waits for its wave: the squadrons of earlier waves first."""
+
+    wave: int = 0
+    waves: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutWaveOpened(Event):
+    """Every squadron of the earlier waves is healthy: this squadron deploys now."""
+
+    wave: int = 0
+    waves: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutStopped(Event):
+    """This squadron's part of a rollout failed: the later waves do not deploy."""
+
+    wave: int = 0
+    waves: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutHeld(Event):
+    """An outcome: the rollout stopped before this squadron's wave; its old ship serves."""
+
+    wave: int = 0
+    waves: int = 0

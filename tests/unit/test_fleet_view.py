@@ -30,7 +30,10 @@ def test_the_view_lists_squadrons_and_apps_by_name() -> None:
     assert [s["name"] for s in shown["squadrons"]] == ["alpha", "bravo"]
     assert [s["state"] for s in shown["squadrons"]] == ["gone", "up"]
     assert shown["squadrons"][1]["last_seen"] == "1970-01-12T13:46:35Z"
-    assert shown["apps"] == [{"app": "site", "squadrons": {"alpha": site, "bravo": site}}]
+    cell = {**site, "rollout": None}
+    assert shown["apps"] == [
+        {"app": "site", "rollout": None, "squadrons": {"alpha": cell, "bravo": cell}}
+    ]
     text = render(shown)
     assert "alpha" in text.splitlines()[1]
     assert text.splitlines()[-1].split() == [

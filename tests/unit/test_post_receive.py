@@ -17,7 +17,7 @@ import pytest
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from hyperdrive.errors import DaemonUnavailable
+from hyperdrive.errors import DaemonUnavailable, HyperdriveError
 from hyperdrive.gitserver import package_hooks
 from hyperdrive.headquarters.orders import parse_orders
 from hyperdrive.hooks import post_receive as hook
@@ -112,6 +112,9 @@ class FakeClient:
         self.script = events or []
         self.error = error
         self.asked: list[str] = []
+
+    def get(self, path: str) -> Any:
+        raise HyperdriveError("this squadron is not in a fleet")  # alone: no `[sq]` lines
 
     def events(self, *, deploy: str, follow: bool, history: int | None) -> Iterator[dict[str, Any]]:
         assert follow
