@@ -4,8 +4,10 @@ fails saying why (it exited, it listens elsewhere, it was killed for memory)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.config import Config
@@ -18,6 +20,7 @@ from hyperdrive.pipeline.health import KILLED_FOR_MEMORY, listening, oom_kills
 from hyperdrive.pipeline.job import Job, stage
 from hyperdrive.pipeline.model import HEALTHY, RUNNING_CPU_WEIGHT, Records, Ship
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
+from hyperdrive.watch import FolderWatch
 
 START_TIMEOUT_S = 30
 TAIL_BYTES = 64 * 1024  # of run/logs/<type>.log, read for the last lines a failure message shows
@@ -80,6 +83,7 @@ class Starter:
         """A process that exited before the swap fails the deploy, with its code and output."""
         t0, ship = job.now(), job.built
         ship_dir = self.config.ship_dir(ship.name)
+        await self._noted(ship_dir, names, START_TIMEOUT_S)
         states = await asyncio.to_thread(processes.read_states, ship_dir, names)
         for state in states:
             if state.state == "running" and state.restarts == 0:
@@ -96,6 +100,23 @@ class Starter:
             self.records.save(job.app)
             shown = ", ".join(names) or "no process"
             job.emit(ev.ShipHealthy, f"{shown} up after {self.workers_up_s:g} s", ms=job.ms(t0))
+
+    @staticmethod
+    async def _noted(ship_dir: Path, names: list[str], seconds: float) -> None:
+        """Until each process's supervisor has noted its start in run/ps (a web process can
+        answer before a worker's supervisor has written), at most `seconds`; inotify, no poll."""
+
+        def all_noted() -> bool:
+            states = processes.read_states(ship_dir, names)
+            return all(s.state != "missing" for s in states)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds), FolderWatch(ship_dir / "run" / "ps") as watch:
+                if all_noted():
+                    return
+                async for _ in watch.changes(asyncio.Event()):
+                    if all_noted():
+                        return
 
     async def _http_health(self, job: Job) -> None:
         t0, ship, orders = job.now(), job.built, job.orders
