@@ -26,9 +26,10 @@ from hyperdrive.config import Config
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.names import sanitize_app_name
 from hyperdrive.pipeline import processes
-from hyperdrive.pipeline.conductor import Conductor
+from hyperdrive.pipeline.conductor import Conductor, LiveShip
 from hyperdrive.pipeline.model import Records
 from hyperdrive.pipeline.oneoff import OneOff
+from hyperdrive.procfile import CronJob
 
 MAX_LINES = 10_000
 RunLines = Callable[[str, Sequence[str], Callable[[str], None]], Coroutine[Any, Any, int]]
@@ -58,7 +59,7 @@ class ProcessView:
                 rows.append({"app": live.app, "ship": live.ship, **self._cron_row(live, job)})
         return {"processes": rows}
 
-    def _cron_row(self, live: Any, job: Any) -> dict[str, Any]:
+    def _cron_row(self, live: LiveShip, job: CronJob) -> dict[str, Any]:
         due = job.schedule.next_after(self.conductor.now())
         return {
             "process": job.name,

@@ -16,6 +16,7 @@ from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.conductor import Conductor, LiveShip
 from hyperdrive.procfile import parse
+from hyperdrive.procview import ProcessView, ps_text
 from tests.unit.deploy_world import Squadron, World
 
 WEB = "web: ./serve\n"
@@ -228,3 +229,31 @@ class _Runtime:
             on_line("ticked")
         await self.done.wait()
         return 0
+
+
+def test_hd_ps_rows_and_table(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    records = _NoRecords()
+    ship = "hd-web-abc1234"
+    ship_dir = config.ship_dir(ship)
+    processes.write_scripts(ship_dir, parse("web: ./serve\nworker: ./work\ncron: 0 3 * * * ./x\n"))
+    (ship_dir / "run" / "ps" / "web").write_text("state=running\nrestarts=0\nsince=1000\n")
+    (ship_dir / "run" / "ps" / "worker").write_text(
+        "state=backoff\nrestarts=2\nstreak=2\nsince=900\nlast_code=1\n"
+    )
+    records.live["web"] = ship
+    conductor = Conductor(
+        config, records, _Runtime(), lambda event: None, now=lambda: datetime(2026, 12, 1, 20, 0)
+    )
+    view = ProcessView(config, records, conductor)  # type: ignore[arg-type]
+    rows = view.ps()["processes"]
+    assert [(r["process"], r["state"], r.get("restarts")) for r in rows] == [
+        ("web", "running", 0),
+        ("worker", "backoff", 2),
+        ("cron", "cron", None),
+    ]
+    assert rows[2]["next"] == "2026-12-02T03:00"
+    text = ps_text(view.ps(), width=100)
+    assert "backoff (last exit 1)" in text
+    assert "0 3 * * * → 2026-12-02T03:00" in text
+    assert ps_text({"processes": []}) == "no processes: no app has a live ship\n"
