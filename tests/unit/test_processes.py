@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from hyperdrive.errors import HyperdriveError
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.conductor import Conductor, LiveShip
+from hyperdrive.pipeline.oneoff import OneOff
 from hyperdrive.procfile import parse
 from hyperdrive.procview import ProcessView, ps_text
 from tests.unit.deploy_world import Squadron, World
@@ -257,3 +259,42 @@ def test_hd_ps_rows_and_table(tmp_path: Path) -> None:
     assert "backoff (last exit 1)" in text
     assert "0 3 * * * → 2026-12-02T03:00" in text
     assert ps_text({"processes": []}) == "no processes: no app has a live ship\n"
+
+
+# ─── hd run: a one-off ship, destroyed whatever happens ──────────────────────────
+
+
+async def test_a_one_off_ship_is_made_from_the_live_one_and_destroyed(
+    world: World, hd: Squadron
+) -> None:
+    await hd.deploy("web", {"Procfile": WEB})
+    live = hd.app("web").live
+    assert live is not None
+    view = _view(hd)
+    before = set(world.runtime.containers)
+    lines: list[str] = []
+    code = await view.run("web", ["echo", "$PORT"], lines.append)
+    assert code == 0
+    made = [c.split()[1] for c in world.runtime.calls if c.startswith("snapshot ")][-1]
+    assert made.startswith(f"{live}-run")
+    assert world.runtime.snapshot_source(live) is not None
+    assert set(world.runtime.containers) == before  # destroyed after
+    assert made not in world.network.taken  # its address given back
+    assert not hd.daemon.config.ship_dir(made).exists()
+    world.runtime.fail.add("start")
+    with pytest.raises(HyperdriveError, match="start failed"):
+        await view.run("web", ["true"], lines.append)
+    assert set(world.runtime.containers) == before  # destroyed when it failed too
+
+
+async def test_a_one_off_ship_needs_a_live_one(hd: Squadron) -> None:
+    with pytest.raises(HyperdriveError, match="ghost has no live ship"):
+        await _view(hd).run("ghost", ["true"], print)
+
+
+def _view(hd: Squadron) -> OneOff:
+    for add in hd.daemon.api.admin_routes:  # the wiring's own OneOff, reached through its view
+        view = getattr(add, "__self__", None)
+        if isinstance(view, ProcessView) and view.oneoff is not None:
+            return view.oneoff
+    raise AssertionError("no ProcessView wired")
