@@ -158,7 +158,8 @@ class AdmiralCommands:
             raise _Refused("logs --app needs an app: logs APP --app")
         ship_dir = self.view.ship_dir(app)
         lines = 100 if args.lines is None else args.lines
-        async for line in applogs.app_output(ship_dir, min(lines, MAX_LINES), args.follow):
+        shown, live = min(lines, MAX_LINES), self.view.follow(app)
+        async for line in applogs.app_output(ship_dir, shown, args.follow, live):
             _write(process, line + "\n")
             await process.stdout.drain()
         return 0

@@ -3,15 +3,15 @@
 Each process's output is in the live ship's run/logs/<type>.log (the in-ship logger keeps it
 under 2 MiB, the previous 2 MiB in <type>.log.1: pipeline/processes.py), each cron job's in
 `$DATA/lxc/<ship>/cron/<job>.log`. Lines are shown as `<type> | <line>`; the last N of each
-file first, then (follow) new lines as they are written, seen with inotify. Following stays on
-the ship that was live when it began: after a deploy, run it again.
+file first, then (follow) new lines as they are written, seen with inotify; after a deploy or
+a rollback the follow moves to the new live ship (a `hyperdrive | now following …` line).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +80,12 @@ def sources(ship_dir: Path) -> list[Source]:
     return found
 
 
-async def app_output(ship_dir: Path, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
-    """The last `lines` of each file, then (follow) every new line until cancelled."""
+async def app_output(
+    ship_dir: Path, lines: int = 100, follow: bool = False, live: LiveDir | None = None
+) -> AsyncIterator[str]:
+    """The last `lines` of each file, then (follow) every new line until cancelled; `live`
+    (the app's record file, and how to read its live ship's folder) moves the follow to the
+    next live ship after a deploy or a rollback."""
     found = await asyncio.to_thread(sources, ship_dir)
     for source in found:
         for line in await asyncio.to_thread(source.tail, lines):
@@ -89,26 +93,57 @@ async def app_output(ship_dir: Path, lines: int = 100, follow: bool = False) -> 
     if not follow:
         return
     changed = asyncio.Event()
-    watchers = [
-        asyncio.create_task(_watch(folder, changed))
-        for folder in (ship_dir / "run" / "logs", ship_dir / "cron")
-    ]
+    watchers = _watch_ship(ship_dir, changed)
+    if live is not None:
+        name = live.record.name
+        watchers.append(asyncio.create_task(_watch(live.record.parent, changed, name.__eq__)))
     try:
         while True:
             await changed.wait()
             changed.clear()
             for source in found:
-                for line in await asyncio.to_thread(source.new_lines):
-                    yield line
+                while new := await asyncio.to_thread(source.new_lines):
+                    for line in new:
+                        yield line
+            now = await asyncio.to_thread(live.current) if live else ship_dir
+            if now is not None and now != ship_dir:  # another ship is live: follow it
+                ship_dir, found = now, await asyncio.to_thread(sources, now)
+                _cancel(watchers[:2])
+                watchers[:2] = _watch_ship(now, changed)
+                yield f"hyperdrive | now following {now.name}"
+                changed.set()  # what it printed before the switch, from its start
     finally:
-        for task in watchers:
-            task.cancel()
+        _cancel(watchers)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*watchers, return_exceptions=True)
 
 
-async def _watch(folder: Path, changed: asyncio.Event) -> None:
+@dataclass(frozen=True)
+class LiveDir:
+    """The app's record (`records/apps/<app>.json`: rewritten when its live ship changes)
+    and how to read its live ship's folder now."""
+
+    record: Path
+    current: Callable[[], Path | None]
+
+
+def _watch_ship(ship_dir: Path, changed: asyncio.Event) -> list[asyncio.Task[None]]:
+    folders = (ship_dir / "run" / "logs", ship_dir / "cron")
+    return [asyncio.create_task(_watch(folder, changed, _is_log)) for folder in folders]
+
+
+def _is_log(name: str) -> bool:
+    return name.endswith(".log")
+
+
+def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+
+
+async def _watch(folder: Path, changed: asyncio.Event, wanted: Callable[[str], bool]) -> None:
+    """Set `changed` whenever a `wanted` file changes in `folder`."""
     never = asyncio.Event()
-    async with FolderWatch(folder, lambda name: name.endswith(".log")) as watch:
+    async with FolderWatch(folder, wanted) as watch:
         async for _ in watch.changes(never, settle=FOLLOW_SETTLE_S):
             changed.set()

@@ -75,6 +75,16 @@ class ProcessView:
             raise HyperdriveError(f"{app} has no live ship")
         return self.config.ship_dir(live)
 
+    def follow(self, app: str) -> applogs.LiveDir:
+        """How `hd logs --app -f` moves on to the app's next live ship."""
+
+        def current() -> Path | None:
+            with contextlib.suppress(HyperdriveError):
+                return self.ship_dir(app)
+            return None
+
+        return applogs.LiveDir(self.config.apps_records_dir / f"{app}.json", current)
+
     def _found(self, app: str) -> Path:
         try:
             return self.ship_dir(app)
@@ -93,7 +103,8 @@ class ProcessView:
         return web.json_response(await asyncio.to_thread(self.ps, name))
 
     async def get_output(self, request: web.Request) -> web.StreamResponse:
-        ship_dir = self._found(_app(request.match_info["app"]))
+        name = _app(request.match_info["app"])
+        ship_dir = self._found(name)
         try:
             lines = max(0, min(MAX_LINES, int(request.query.get("lines", "100"))))
         except ValueError:
@@ -102,7 +113,7 @@ class ProcessView:
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError):
-            async for line in applogs.app_output(ship_dir, lines, follow):
+            async for line in applogs.app_output(ship_dir, lines, follow, self.follow(name)):
                 await response.write(line.encode("utf-8", "replace") + b"\n")
         return response
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -179,31 +180,40 @@ def test_a_cron_job_runs_within_its_minute(squadron: Daemon, tmp_path: Path) -> 
 
 def test_hd_logs_app_follows_what_the_app_prints(squadron: Daemon, tmp_path: Path) -> None:
     repo = AppRepo(squadron, "chatty", tmp_path / "chatty")
-    procfile = (
-        WEB + "worker: echo worker says hello; sleep 2; echo worker says later; exec sleep 600\n"
-    )
-    outcome = deploy(squadron, repo, {"Procfile": procfile, "index.html": "one\n"})
+    worker = "worker: echo $VERSION says hello; sleep 2; echo $VERSION says later; exec sleep 600\n"
+    files = {"Procfile": WEB + worker.replace("$VERSION", "one"), "index.html": "one\n"}
+    outcome = deploy(squadron, repo, files)
     assert outcome["event"] == "DeployFinished", outcome
     argv = [sys.executable, "-m", "hyperdrive", "logs", "chatty", "--app", "-f"]
     follower = subprocess.Popen(argv, env=squadron.env, stdout=subprocess.PIPE, text=True)
-    seen: list[str] = []
     try:
         assert follower.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "worker | worker says later" not in seen:
-            line = follower.stdout.readline()
-            if not line:
-                break
-            seen.append(line.rstrip("\n"))
+        seen = read_until(follower.stdout, "worker | one says later")
+        assert "worker | one says hello" in seen, seen
+        files = {"Procfile": WEB + worker.replace("$VERSION", "two"), "index.html": "two\n"}
+        assert deploy(squadron, repo, files)["event"] == "DeployFinished"
+        seen = read_until(follower.stdout, "worker | two says later")  # the next live ship's
+        assert any(line.startswith("hyperdrive | now following ") for line in seen), seen
     finally:
         follower.kill()
         follower.wait(10)
         if follower.stdout is not None:
             follower.stdout.close()
-    assert "worker | worker says hello" in seen, seen
-    assert "worker | worker says later" in seen, seen  # printed after the follow began
     once = squadron.hd("logs", "chatty", "--app", "-n", "1")
-    assert once.stdout.splitlines() == ["worker | worker says later"], once.stdout
+    assert once.stdout.splitlines() == ["worker | two says later"], once.stdout
+
+
+def read_until(stream: IO[str], wanted: str, seconds: float = 30) -> list[str]:
+    """Lines read from `stream` up to `wanted` (AssertionError if it never comes)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and wanted not in seen:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line.rstrip("\n"))
+    assert wanted in seen, seen
+    return seen
 
 
 def test_hd_ps_shows_each_process_and_cron_job(squadron: Daemon, tmp_path: Path) -> None:
