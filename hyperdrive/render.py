@@ -51,7 +51,7 @@ STAGE = {
     "HullRetired": "hull-build",
     "RolledBack": "rollback",
     "ProcessExited": "process",
-    "ProcessCrashing": "process",
+    "ProcessCrashLooped": "process",
     "CronRan": "cron",
     "CronSkipped": "cron",
     "NginxConfigRejected": "nginx",

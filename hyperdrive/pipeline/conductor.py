@@ -126,7 +126,7 @@ class Conductor:
                 f"{processes.BACKOFF_MAX_S} s"
             )
             self.emit(
-                ev.ProcessCrashing(app=live.app, ship=live.ship, process=now.name, message=said)
+                ev.ProcessCrashLooped(app=live.app, ship=live.ship, process=now.name, message=said)
             )
 
     # -- cron --

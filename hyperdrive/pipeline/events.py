@@ -181,7 +181,7 @@ class ProcessExited(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessCrashing(Event):
+class ProcessCrashLooped(Event):
     process: str = ""
 
 

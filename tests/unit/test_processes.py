@@ -107,7 +107,7 @@ def test_each_restart_is_one_exit_event_and_a_crash_loop_is_said_once(tmp_path: 
     exits = [e for e in emitted if isinstance(e, ev.ProcessExited)]
     assert [e.restarts for e in exits] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert all(e.code == 1 and e.process == "worker" for e in exits)
-    crashing = [e for e in emitted if isinstance(e, ev.ProcessCrashing)]
+    crashing = [e for e in emitted if isinstance(e, ev.ProcessCrashLooped)]
     assert len(crashing) == 1
     assert "5 exits in a row" in (crashing[0].message or "")
 
