@@ -3,8 +3,9 @@ Protocols in pipeline/ports.py) are wired into the deploy core, the bus and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hyperdrive import systemd
@@ -16,6 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
+from hyperdrive.healing import NginxWatch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
@@ -104,6 +106,9 @@ class Core:
     adapters: Adapters
 
 
+Watch = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # runs until the event is set
+
+
 @dataclass
 class Daemon:
     """Everything `hd serve` runs, built but not started (server.py starts and stops it)."""
@@ -122,6 +127,8 @@ class Daemon:
     dns: ShipDns
     courier: Courier
     fleet: FleetService
+    # what breaks around the daemon, each noticed by a watch and put right (healing.py)
+    watches: dict[str, Watch] = field(default_factory=dict)
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -380,7 +387,16 @@ def build(
         dns,
         courier,
         fleet,
+        _watches(adapters, bus),
     )
+
+
+def _watches(adapters: Adapters, bus: MessageBus) -> dict[str, Watch]:
+    """The self-healing watches over the real programs (fakes need none)."""
+    found: dict[str, Watch] = {}
+    if isinstance(adapters.proxy, NginxProxy):
+        found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
+    return found
 
 
 def _previews(core: Core, bus: MessageBus) -> Previews:

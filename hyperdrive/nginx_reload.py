@@ -44,6 +44,7 @@ UNANSWERED = (502, 504)  # what nginx says itself when the upstream did not answ
 HOST = re.compile(
     r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 )
+WORKER = "nginx: worker process"
 CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
 
 
@@ -229,6 +230,18 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def orphan_workers(master: int) -> set[int]:
+    """The workers a dead master left: nginx processes still in its process group (the
+    daemonized master leads its own session, so the group id is its pid)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(proc.name)
+            if pid != master and os.getpgid(pid) == master and _cmdline(pid).startswith(WORKER):
+                found.add(pid)
+    return found
+
+
 class Nginx:
     """Hyperdrive's own nginx master under `prefix`: started daemonized, adopted from its pid file.
 
@@ -254,6 +267,7 @@ class Nginx:
         self.control_socket = self.prefix / "run" / "control.sock"
         self.generations = self.prefix / "generations"
         self.link = self.prefix / "conf"
+        self.started = asyncio.Event()  # set each time a master runs: a watcher's cue (healing.py)
 
     def argv(self, *extra: str, conf: str = "conf/nginx.conf") -> list[str]:
         """The command line, always with our own prefix and config."""
@@ -306,6 +320,7 @@ class Nginx:
     async def start(self) -> int:
         """Adopt the running master, or start one daemonized on the live config; its pid."""
         if (pid := self.master_pid()) is not None:
+            self.started.set()
             return pid
         if shutil.which(self.binary) is None:
             raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
@@ -334,8 +349,22 @@ class Nginx:
         async with asyncio.timeout(self.timeout):
             while True:
                 if (pid := self.master_pid()) is not None:
+                    self.started.set()
                     return pid
                 await asyncio.sleep(0.01)
+
+    async def quit_orphans(self, master: int) -> None:
+        """A killed master's workers go on serving, holding the ports a new master needs: ask
+        them to stop accepting (SIGQUIT; in-flight requests finish) and wait until they have."""
+        orphans = orphan_workers(master)
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout / 2):
+                # no event says a worker closed its listeners: a few ms, bounded
+                while not self.retired(orphans):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
 
     async def generation(self) -> str | None:
         """Which generation the workers serve, asked on the private control socket."""
@@ -528,6 +557,15 @@ class Routes:
             "domain": self.domain,
             "workers": self.workers,
         }
+
+    async def revive(self, dead: int) -> int | None:
+        """A master that died (killed, OOM) is started again on the config in force, once its
+        orphaned workers let go of the ports; the new pid, or None when nothing was needed."""
+        async with self._lock:
+            if self.nginx.live() is None or self.nginx.master_pid() is not None:
+                return None
+            await self.nginx.quit_orphans(dead)
+            return await self.nginx.start()
 
     async def _transaction(
         self, files: dict[str, str], changed: list[AppRoute], previous: Path | None, record: str

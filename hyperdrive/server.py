@@ -125,6 +125,7 @@ class Server:
             # before nginx (recovery starts it): every request is told from the first on
             Step("request stream", self._open_requests, self._close_requests),
             Step("recovery", self._recover),
+            Step("healing", self._run_watches),
             Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("fleet", d.fleet.start, d.fleet.stop),
@@ -222,6 +223,11 @@ class Server:
         self.daemon.core.records.load()
         await self.daemon.headquarters.load()
         await self.daemon.recovery.run()
+
+    async def _run_watches(self) -> None:
+        """What breaks around the daemon from now on is noticed and put right (healing.py)."""
+        for what, watch in self.daemon.watches.items():
+            self._background(watch(self.should_exit), what)
 
     async def _run_outbound(self) -> None:
         """Deliveries journalled before a restart are resumed (hyperdrive/outbound)."""
