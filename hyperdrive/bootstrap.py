@@ -17,7 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
-from hyperdrive.healing import NginxWatch
+from hyperdrive.healing import NginxWatch, TableWatch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
@@ -387,15 +387,18 @@ def build(
         dns,
         courier,
         fleet,
-        _watches(adapters, bus),
+        _watches(adapters, bus, recovery),
     )
 
 
-def _watches(adapters: Adapters, bus: MessageBus) -> dict[str, Watch]:
+def _watches(adapters: Adapters, bus: MessageBus, recovery: Recovery) -> dict[str, Watch]:
     """The self-healing watches over the real programs (fakes need none)."""
     found: dict[str, Watch] = {}
     if isinstance(adapters.proxy, NginxProxy):
         found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
+        table = TableWatch(adapters.proxy, recovery.readmit, bus)
+        adapters.proxy.on_lost = table.heal  # a swap that finds the table gone heals it first
+        found["nft table watch"] = table.run
     return found
 
 

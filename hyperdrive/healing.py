@@ -1,22 +1,26 @@
-"""Self-healing: notice at once what breaks around the daemon (its nginx master killed) and put
-it right, with an event. Nothing here polls: the kernel tells us (a pidfd turns readable when
-its process exits)."""
+"""Self-healing: notice at once what breaks around the daemon (its nginx master killed, its nft
+table deleted) and put it right, with an event. Nothing here polls: the kernel tells us (a
+pidfd turns readable when its process exits; `nft monitor` streams ruleset changes)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from asyncio.subprocess import DEVNULL, PIPE
+from collections.abc import Awaitable, Callable, Mapping
 
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.nginx_reload import Routes
 from hyperdrive.pipeline import events as ev
+from hyperdrive.proxy import NginxProxy
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0  # a master that cannot be started again is tried again after this long
+SETTLE_S = 0.02  # a deleted table comes as one line per part: heal once, after the burst
 
 
 async def exited(pid: int) -> None:
@@ -90,3 +94,95 @@ class NginxWatch:
         message = f"nginx master {dead} died; master {pid} serves the config in force again"
         log.warning("%s (%d ms)", message, ms)
         self.out.emit(ev.NginxRestarted(pid=pid, ms=ms, message=message))
+
+
+def touches(line: bytes, table: str) -> bool:
+    """Whether one `nft -j monitor` line deletes part of our table (an element going is a
+    swap's own doing: not a fault)."""
+    try:
+        change = json.loads(line)
+    except ValueError:
+        return False
+    gone = change.get("delete") if isinstance(change, dict) else None
+    if not isinstance(gone, dict) or "element" in gone:
+        return False
+    return any(
+        isinstance(part, dict)
+        and part.get("family") == "ip"
+        and (part.get("table") if kind != "table" else part.get("name")) == table
+        for kind, part in gone.items()
+    )
+
+
+class TableWatch:
+    """`nft monitor` streams the kernel's ruleset changes (netlink): when part of our table is
+    deleted or flushed, it is made again and re-pointed from the records, with an event."""
+
+    def __init__(
+        self,
+        proxy: NginxProxy,
+        targets: Callable[[], Awaitable[Mapping[str, tuple[str, int]]]],
+        emit: ev.Emitter,
+        nft: str = "nft",
+    ) -> None:
+        self.proxy = proxy
+        self.targets = targets  # the live ships to point at, from the records (recovery.py)
+        self.out = emit
+        self.nft = nft
+        self._lock = asyncio.Lock()
+        self._pending: asyncio.Task[None] | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: follow `nft monitor`, started again should it end."""
+        while not stop.is_set():
+            proc = await asyncio.create_subprocess_exec(
+                self.nft, "-j", "monitor", "ruleset",
+                stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL,
+            )  # fmt: skip
+            try:
+                await self.heal("found at the watch's start")  # what went while not watched
+                await first(self._follow(proc), stop.wait())
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_S)
+
+    async def _follow(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            if touches(line, self.proxy.traffic.table) and self._pending is None:
+                self._pending = asyncio.create_task(self._settle_then_heal())
+        log.warning("nft monitor ended (exit %s); following it again", proc.returncode)
+
+    async def _settle_then_heal(self) -> None:
+        """One heal for a burst of deletions (a table going is one line per rule)."""
+        try:
+            await asyncio.sleep(SETTLE_S)
+            await self.heal("said by the kernel (nft monitor)")
+        finally:
+            self._pending = None
+
+    async def heal(self, cause: str) -> bool:
+        """If the table lacks anything, make it whole from the records; whether it had to."""
+        async with self._lock:
+            if not self.proxy.prepared:  # no ship yet: the first deploy makes the table
+                return False
+            damage = await self.proxy.traffic.damage()
+            if not damage:
+                return False
+            began = time.monotonic()
+            try:
+                await self.proxy.traffic.ensure_table()  # first: the ships' rules go into it
+                repointed = await self.proxy.restore(await self.targets())
+                await self.proxy.apply_offer()
+            except HyperdriveError as err:
+                log.warning("%s; restoring it failed: %s", damage, err)
+                return False
+        ms = round((time.monotonic() - began) * 1000)
+        apps = ", ".join(repointed) or "no app"
+        message = f"{damage}; made again from the records ({cause}), {apps} re-pointed"
+        log.warning("%s (%d ms)", message, ms)
+        self.out.emit(ev.TrafficTableRestored(cause=cause, ms=ms, message=message))
+        return True

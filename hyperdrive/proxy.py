@@ -3,8 +3,9 @@ nftables map (traffic.py) points that address at the app's live ship."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
+from hyperdrive.errors import ProxyError
 from hyperdrive.nginx_reload import AppRoute, Routes
 from hyperdrive.pipeline.model import Route
 from hyperdrive.traffic import StablePorts, Traffic
@@ -19,6 +20,14 @@ class NginxProxy:
         self.ports = ports
         self.address = address  # the bridge's address: where the stable ports listen
         self._prepared = False
+        self._offered: set[int] = set()
+        # the table vanished under a swap: restore it from the records first (healing.py)
+        self.on_lost: Callable[[str], Awaitable[object]] | None = None
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the table was made by this daemon: only then is its absence a fault."""
+        return self._prepared
 
     async def prepare(self) -> None:
         if not self._prepared:
@@ -29,7 +38,24 @@ class NginxProxy:
         return f"http://{self.address}:{self.ports.port(app)}{path}"
 
     async def point(self, app: str, ip: str, port: int) -> None:
-        await self.traffic.point(self.ports.port(app), ip, port)
+        try:
+            await self.traffic.point(self.ports.port(app), ip, port)
+        except ProxyError:
+            if self.on_lost is None or not await self.traffic.damage():
+                raise
+            await self.on_lost(f"found at the swap of {app}")
+            await self.traffic.point(self.ports.port(app), ip, port)
+
+    async def restore(self, live: Mapping[str, tuple[str, int]]) -> list[str]:
+        """Make the table whole again and point each app of `live` (app -> ship address, port)
+        whose stable port is missing from the map; those apps. An app a swap pointed meanwhile
+        keeps what the swap gave it."""
+        await self.traffic.ensure_table()
+        current = await self.traffic.current()
+        missing = [app for app in sorted(live) if self.ports.port(app) not in current]
+        for app in missing:
+            await self.traffic.point(self.ports.port(app), *live[app])
+        return missing
 
     async def unpoint(self, app: str) -> None:
         await self.traffic.remove(self.ports.port(app))
@@ -41,6 +67,11 @@ class NginxProxy:
         offered = {self.routes.http_port, *(r.publish_port for r in routes if r.publish_port)}
         await self.prepare()
         await self.traffic.offer(offered)
+        self._offered = offered
+
+    async def apply_offer(self) -> None:
+        """The ports nginx listens on, offered to the ships again (a table made anew)."""
+        await self.traffic.offer(self._offered or {self.routes.http_port})
 
     def _upstream(self, route: Route) -> AppRoute:
         port = self.ports.port(route.app)

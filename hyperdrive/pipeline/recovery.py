@@ -52,6 +52,18 @@ class Recovery:
         # a master left running by the previous daemon is adopted, not restarted.
         await self.routes.apply()
 
+    async def readmit(self) -> dict[str, tuple[str, int]]:
+        """Every live ship's egress rule made true again (the table was lost); what each
+        routed app's traffic must point at: app -> (ship address, port)."""
+        targets = {}
+        for app in self.records.all():
+            if (live := app.live_ship) is None:
+                continue
+            await self._admit(app.name, live.ip)
+            if app.routed:
+                targets[app.name] = (live.ip, live.port)
+        return targets
+
     async def _ours(self) -> list[str]:
         prefix = f"{self.name}-"
         return [c.name for c in await self.runtime.list() if c.name.startswith(prefix)]

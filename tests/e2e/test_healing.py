@@ -164,3 +164,52 @@ def http_ok(d: Daemon, app: str, body: str) -> bool:
         return http_get(d.http_port, f"/{app}/", timeout=1) == (200, body)
     except OSError:
         return False
+
+
+def nft(*args: str) -> None:
+    subprocess.run(["nft", *args], capture_output=True, timeout=10, check=True)
+
+
+@pytest.mark.parametrize("how", ["delete", "flush"])
+def test_a_deleted_or_flushed_nft_table_is_restored_from_the_records(
+    sq: Squadron, how: str
+) -> None:
+    d, before = sq.d, count(sq.d, "TrafficTableRestored")
+    table = d.env["HYPERDRIVE_NAME"]
+    with Prober(d.http_port, "/beta/", step=0.005) as probe:
+        wait_for(lambda: probe.served > 10, 10, 0.01, "the client to be served")
+        nft(how, "table", "ip", table)
+        wait_for(lambda: count(d, "TrafficTableRestored") > before, 10, 0.02, "the restore")
+        served = probe.served
+        wait_for(lambda: probe.served > served + 10, 10, 0.01, "the client served again")
+    restored = [e for e in d.events() if e["event"] == "TrafficTableRestored"][-1]
+    assert "nft monitor" in restored["cause"]
+    repointed = "alpha, beta re-pointed" if how == "delete" else "no app re-pointed"
+    assert repointed in restored["message"], restored
+    assert probe.bodies == {sq.body("beta")}, probe.answers
+    serves(sq)
+    assert f"ok traffic table: whole, restored {before + 1}" in doctor(d)
+
+
+def doctor(d: Daemon) -> str:
+    """`hd doctor`'s lines, with rich's wrapping at 80 columns undone."""
+    return " ".join(d.hd("doctor", check=False).stdout.split())
+
+
+def test_a_table_deleted_while_the_daemon_is_down_is_shown_then_restored_at_start(
+    sq: Squadron,
+) -> None:
+    d = sq.d
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    nft("delete", "table", "ip", d.env["HYPERDRIVE_NAME"])
+    assert not http_ok(d, "alpha", sq.body("alpha")), "nothing reaches the ships"
+    assert f"FAIL traffic table: nft table ip {d.env['HYPERDRIVE_NAME']} is missing" in doctor(d)
+    d.start()
+    wait_for(lambda: all(http_ok(d, app, sq.body(app)) for app in APPS), 30, 0.05, "apps back")
+    assert "ok traffic table: whole" in doctor(d)
+    repo = sq.repos["alpha"]
+    sha = repo.commit({"index.html": "alpha is up\n", "v": "2"})
+    assert wait_outcome(d, repo.push_trigger(sha))["event"] == "DeployFinished"
+    serves(sq)
