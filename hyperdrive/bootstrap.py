@@ -17,7 +17,7 @@ from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
-from hyperdrive.healing import NginxWatch, TableWatch
+from hyperdrive.healing import NginxWatch, ShipWatch, TableWatch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.hull_builder import LxcHullBuilder
@@ -65,6 +65,7 @@ from hyperdrive.pipeline.ports import (
 )
 from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
+from hyperdrive.pipeline.revival import Revival
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 from hyperdrive.proxy import NginxProxy
@@ -73,6 +74,7 @@ from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import app_rows, squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.triggers import Trigger
 from hyperdrive.web.routes import Dashboard, Sources
 from hyperdrive.web.sessions import Sessions
 
@@ -387,13 +389,27 @@ def build(
         dns,
         courier,
         fleet,
-        _watches(adapters, bus, recovery),
+        _watches(core, bus, recovery, spool),
     )
 
 
-def _watches(adapters: Adapters, bus: MessageBus, recovery: Recovery) -> dict[str, Watch]:
+def _watches(core: Core, bus: MessageBus, recovery: Recovery, spool: FileSpool) -> dict[str, Watch]:
     """The self-healing watches over the real programs (fakes need none)."""
     found: dict[str, Watch] = {}
+    adapters = core.adapters
+    if isinstance(adapters.runtime, Lxc):
+
+        async def rollback(app: str) -> None:
+            await spool.put(Trigger.rollback(app, "hyperdrive"))
+
+        revival = Revival(
+            records=core.records,
+            runtime=adapters.runtime,
+            starter=core.deployer.starter,
+            out=bus,
+            rollback=rollback,
+        )
+        found["ship watch"] = ShipWatch(revival, adapters.runtime.states).run
     if isinstance(adapters.proxy, NginxProxy):
         found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
         table = TableWatch(adapters.proxy, recovery.readmit, bus)

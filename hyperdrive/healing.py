@@ -1,6 +1,7 @@
 """Self-healing: notice at once what breaks around the daemon (its nginx master killed, its nft
-table deleted) and put it right, with an event. Nothing here polls: the kernel tells us (a
-pidfd turns readable when its process exits; `nft monitor` streams ruleset changes)."""
+table deleted, a live ship stopped) and put it right, with an event. Nothing here polls: the
+kernel and LXC tell us (a pidfd turns readable when its process exits; `nft monitor` streams
+ruleset changes; `lxc-monitor` streams container states)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.nginx_reload import Routes
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.revival import Revival, States
 from hyperdrive.proxy import NginxProxy
 
 log = logging.getLogger(__name__)
@@ -186,3 +188,20 @@ class TableWatch:
         log.warning("%s (%d ms)", message, ms)
         self.out.emit(ev.TrafficTableRestored(cause=cause, ms=ms, message=message))
         return True
+
+
+class ShipWatch:
+    """LXC's monitor, followed for as long as the daemon runs: a live ship's death is revived
+    (pipeline/revival.py); should lxc-monitor end, it is started again."""
+
+    def __init__(self, revival: Revival, states: States) -> None:
+        self.revival = revival
+        self.states = states
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await first(self.revival.follow(self.states, stop), stop.wait())
+            if not stop.is_set():
+                log.warning("lxc-monitor ended; following it again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_S)

@@ -213,3 +213,52 @@ def test_a_table_deleted_while_the_daemon_is_down_is_shown_then_restored_at_star
     sha = repo.commit({"index.html": "alpha is up\n", "v": "2"})
     assert wait_outcome(d, repo.push_trigger(sha))["event"] == "DeployFinished"
     serves(sq)
+
+
+def kill_ship(d: Daemon, ship: str) -> None:
+    subprocess.run(
+        ["lxc-stop", "-P", str(d.var / "containers"), "-n", ship, "-k"],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+
+
+def events_since(d: Daemon, seq: int, name: str) -> list[dict]:
+    return [e for e in d.events() if e["event"] == name and e["seq"] > seq]
+
+
+def last_seq(d: Daemon) -> int:
+    return max(e["seq"] for e in d.events())
+
+
+def test_a_live_ship_killed_from_outside_is_started_again(sq: Squadron) -> None:
+    d = sq.d
+    ship, seq = live_ships(d)["alpha"], last_seq(d)
+    with Prober(d.http_port, "/alpha/", step=0.005) as probe:
+        wait_for(lambda: probe.served > 10, 10, 0.01, "the client to be served")
+        kill_ship(d, ship)
+        wait_for(lambda: events_since(d, seq, "ShipRevived"), 30, 0.02, "the ship revived")
+        served = probe.served
+        wait_for(lambda: probe.served > served + 10, 10, 0.01, "the client served again")
+    died = events_since(d, seq, "ShipDied")
+    assert [(e["app"], e["ship"], e["state"]) for e in died] == [("alpha", ship, "STOPPED")]
+    assert "stopped without Hyperdrive" in died[0]["message"]
+    assert live_ships(d)["alpha"] == ship, "the same ship serves: nothing was deployed"
+    assert probe.bodies == {sq.body("alpha")}
+    assert http_ok(d, "beta", sq.body("beta")), "the other app never noticed"
+
+
+def test_a_ship_that_keeps_dying_backs_off_and_says_so(sq: Squadron) -> None:
+    d = sq.d
+    ship, seq = live_ships(d)["beta"], last_seq(d)
+    for n in range(1, 4):
+        kill_ship(d, ship)
+        wait_for(
+            lambda n=n: len(events_since(d, seq, "ShipRevived")) >= n, 30, 0.02, f"revival {n}"
+        )
+    looping = events_since(d, seq, "ShipCrashLooping")
+    assert looping, "the third death in a minute backs off"
+    assert looping[0]["app"] == "beta"
+    assert looping[0]["wait_s"] >= 1
+    assert "backing off" in looping[0]["message"]
+    assert http_ok(d, "beta", sq.body("beta"))
+    assert live_ships(d)["beta"] == ship
