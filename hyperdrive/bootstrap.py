@@ -412,7 +412,7 @@ def _watches(core: Core, bus: MessageBus, recovery: Recovery, spool: FileSpool) 
         found["ship watch"] = ShipWatch(revival, adapters.runtime.states).run
     if isinstance(adapters.proxy, NginxProxy):
         found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
-        table = TableWatch(adapters.proxy, recovery.readmit, bus)
+        table = TableWatch(adapters.proxy, recovery, bus)
         adapters.proxy.on_lost = table.heal  # a swap that finds the table gone heals it first
         found["nft table watch"] = table.run
     return found

@@ -12,11 +12,12 @@ import logging
 import os
 import time
 from asyncio.subprocess import DEVNULL, PIPE
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable
 
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.nginx_reload import Routes
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.recovery import Recovery
 from hyperdrive.pipeline.revival import Revival, States
 from hyperdrive.proxy import NginxProxy
 
@@ -123,12 +124,12 @@ class TableWatch:
     def __init__(
         self,
         proxy: NginxProxy,
-        targets: Callable[[], Awaitable[Mapping[str, tuple[str, int]]]],
+        recovery: Recovery,
         emit: ev.Emitter,
         nft: str = "nft",
     ) -> None:
         self.proxy = proxy
-        self.targets = targets  # the live ships to point at, from the records (recovery.py)
+        self.recovery = recovery  # what the records say should be in the table
         self.out = emit
         self.nft = nft
         self._lock = asyncio.Lock()
@@ -176,8 +177,9 @@ class TableWatch:
                 return False
             began = time.monotonic()
             try:
-                await self.proxy.traffic.ensure_table()  # first: the ships' rules go into it
-                repointed = await self.proxy.restore(await self.targets())
+                # traffic first, in one transaction; then the ships' egress and nginx's ports
+                repointed = await self.proxy.restore(self.recovery.targets())
+                await self.recovery.readmit()
                 await self.proxy.apply_offer()
             except HyperdriveError as err:
                 log.warning("%s; restoring it failed: %s", damage, err)

@@ -48,13 +48,12 @@ class NginxProxy:
 
     async def restore(self, live: Mapping[str, tuple[str, int]]) -> list[str]:
         """Make the table whole again and point each app of `live` (app -> ship address, port)
-        whose stable port is missing from the map; those apps. An app a swap pointed meanwhile
-        keeps what the swap gave it."""
+        whose stable port is missing from the map, in one transaction; those apps. An app a
+        swap pointed meanwhile keeps what the swap gave it."""
         await self.traffic.ensure_table()
         current = await self.traffic.current()
         missing = [app for app in sorted(live) if self.ports.port(app) not in current]
-        for app in missing:
-            await self.traffic.point(self.ports.port(app), *live[app])
+        await self.traffic.point_all({self.ports.port(app): live[app] for app in missing})
         return missing
 
     async def unpoint(self, app: str) -> None:

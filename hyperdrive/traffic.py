@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,16 @@ class Traffic:
                 lines.append(f"delete element ip {self.table} {MAP} {{ {key} }}")
             lines.append(f"add element ip {self.table} {MAP} {{ {key} : {value} }}")
             await self._apply("\n".join([*lines, ""]))
+
+    async def point_all(self, targets: Mapping[int, tuple[str, int]]) -> None:
+        """Point stable ports that are not in the map yet, all in one nft transaction."""
+        lines = [
+            f"add element ip {self.table} {MAP} {{ {_port(key)} : {_ipv4(ip)} . {_port(port)} }}"
+            for key, (ip, port) in sorted(targets.items())
+        ]
+        if lines:
+            async with self._lock:
+                await self._apply("\n".join([*lines, ""]))
 
     async def offer(self, ports: set[int]) -> None:
         """The TCP ports on the bridge address ships may reach (nginx's): exactly `ports`."""

@@ -52,17 +52,20 @@ class Recovery:
         # a master left running by the previous daemon is adopted, not restarted.
         await self.routes.apply()
 
-    async def readmit(self) -> dict[str, tuple[str, int]]:
-        """Every live ship's egress rule made true again (the table was lost); what each
-        routed app's traffic must point at: app -> (ship address, port)."""
-        targets = {}
+    def targets(self) -> dict[str, tuple[str, int]]:
+        """What each routed app's traffic must point at, from the records: app -> (ship
+        address, port)."""
+        return {
+            app.name: (live.ip, live.port)
+            for app in self.records.all()
+            if app.routed and (live := app.live_ship) is not None
+        }
+
+    async def readmit(self) -> None:
+        """Every live ship's egress rule made true again (the table was lost)."""
         for app in self.records.all():
-            if (live := app.live_ship) is None:
-                continue
-            await self._admit(app.name, live.ip)
-            if app.routed:
-                targets[app.name] = (live.ip, live.port)
-        return targets
+            if (live := app.live_ship) is not None:
+                await self._admit(app.name, live.ip)
 
     async def _ours(self) -> list[str]:
         prefix = f"{self.name}-"

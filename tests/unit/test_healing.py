@@ -69,6 +69,10 @@ class GoneTable:
             raise ProxyError("cannot read nft map hdt1 app_backends: No such file or directory")
         self.map[port] = (ip, ship_port)
 
+    async def point_all(self, targets: dict[int, tuple[str, int]]) -> None:
+        assert self.map is not None
+        self.map.update(targets)
+
     async def damage(self) -> str:
         return "" if self.map is not None else "nft table ip hdt1 is missing"
 
