@@ -1,7 +1,8 @@
 """Load while faults happen (issue 18): signed GitHub webhooks at `--rate` a second for
 `--seconds`, `--per-app` concurrent `git push`es over SSH to each of `--apps` apps (busybox
-hull), a client GETting every app all along, and the daemon SIGKILLed while the pushes'
-deploys are under way (then started again, as its supervisor would). Prints acknowledged
+hull), a client GETting every app all along, and the daemon SIGKILLed `--kill-after` s after
+the first push is in, while the others and the deploys are under way (then started again, as
+its supervisor would; a pusher whose push the kill cut short pushes again). Prints acknowledged
 triggers lost, apps on their newest commit, and failed requests. Run as root:
     .venv/bin/python bench/storm.py [--apps 10 --per-app 2 --rate 100 --seconds 60]
 """
@@ -40,15 +41,17 @@ def main(args: argparse.Namespace) -> None:
         f"(0 = no answer while the daemon was down)"
     )
     print(
-        f"{pushes} concurrent pushes to {args.apps} apps, exit codes "
-        f"{sorted(r.pushes)}; daemon SIGKILLed at {r.killed_at:.1f} s, answering again "
-        f"{r.back_after:.2f} s later"
+        f"{pushes} concurrent pushes to {args.apps} apps: {r.pushes_in} in and queued "
+        f"(exit codes {sorted(r.pushes)}: a push streams its deploy, which the kill cuts); "
+        f"daemon SIGKILLed at {r.killed_at:.1f} s, answering again {r.back_after:.2f} s later"
     )
     print(
         f"acknowledged triggers lost: {len(r.lost)}; apps on their newest commit: "
         f"{sum(r.newest.values())}/{len(r.newest)}; client requests {r.requests}, "
         f"failed {len(r.failed)}; whole run {took:.0f} s; load {os.getloadavg()[0]:.2f}"
     )
+    for said in sorted(set(r.push_errors))[:5]:
+        print("  a push that failed:", said.replace("\n", " | "))
     for line in r.failed[:10]:
         print("  failed:", line)
 
@@ -59,5 +62,5 @@ if __name__ == "__main__":
     parser.add_argument("--per-app", type=int, default=2)
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--kill-after", type=float, default=1.0)
+    parser.add_argument("--kill-after", type=float, default=0.3)
     main(parser.parse_args())

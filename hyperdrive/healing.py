@@ -85,7 +85,7 @@ class NginxWatch:
         """Start a master again; said as an event with how long the apps went unserved."""
         began = time.monotonic()
         try:
-            pid = await self.routes.revive(dead or 0)
+            pid = await self.routes.revive()
         except HyperdriveError as err:
             log.warning("nginx master died and could not be started again: %s", err)
             with contextlib.suppress(TimeoutError):

@@ -231,13 +231,15 @@ def _cmdline(pid: int) -> str:
 
 
 def orphan_workers(master: int) -> set[int]:
-    """The workers a dead master left: nginx processes still in its process group (the
-    daemonized master leads its own session, so the group id is its pid)."""
+    """The workers a dead master left: nginx workers still in its process group (the
+    daemonized master leads its own session, so the group id is its pid) but no longer its
+    children (a live master that took the pid over has its own workers as children)."""
     found = set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(proc.name)
-            if pid != master and os.getpgid(pid) == master and _cmdline(pid).startswith(WORKER):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid, pgid = (int(f) for f in stat.read_text().rsplit(")", 1)[1].split()[1:3])
+            pid = int(stat.parent.name)
+            if pgid == master != ppid and pid != master and _cmdline(pid).startswith(WORKER):
                 found.add(pid)
     return found
 
@@ -324,6 +326,7 @@ class Nginx:
             return pid
         if shutil.which(self.binary) is None:
             raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
+        await self.quit_orphans()  # a killed master's workers still hold the ports
         self.control_socket.unlink(missing_ok=True)  # left by a master that was killed
         argv = self.argv()
         if self.scope is not None:
@@ -353,10 +356,14 @@ class Nginx:
                     return pid
                 await asyncio.sleep(0.01)
 
-    async def quit_orphans(self, master: int) -> None:
+    async def quit_orphans(self) -> None:
         """A killed master's workers go on serving, holding the ports a new master needs: ask
         them to stop accepting (SIGQUIT; in-flight requests finish) and wait until they have."""
-        orphans = orphan_workers(master)
+        try:
+            dead = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        orphans = orphan_workers(dead)
         for pid in orphans:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGQUIT)
@@ -558,13 +565,12 @@ class Routes:
             "workers": self.workers,
         }
 
-    async def revive(self, dead: int) -> int | None:
+    async def revive(self) -> int | None:
         """A master that died (killed, OOM) is started again on the config in force, once its
         orphaned workers let go of the ports; the new pid, or None when nothing was needed."""
         async with self._lock:
             if self.nginx.live() is None or self.nginx.master_pid() is not None:
                 return None
-            await self.nginx.quit_orphans(dead)
             return await self.nginx.start()
 
     async def _transaction(

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,8 @@ class Report:
     refused: dict[int, int] = field(default_factory=dict)  # status (0: no answer) -> count
     lost: list[str] = field(default_factory=list)  # acknowledged, but never an outcome
     pushes: list[int] = field(default_factory=list)  # git push exit codes
+    push_errors: list[str] = field(default_factory=list)  # what git said of those that failed
+    pushes_in: int = 0  # pushes whose ref landed and whose deploy was queued
     newest: dict[str, bool] = field(default_factory=dict)  # app -> serves its newest commit
     requests: int = 0
     failed: list[str] = field(default_factory=list)
@@ -136,7 +138,7 @@ def storm(
     per_app: int = 2,
     rate: float = 100,
     seconds: float = 60,
-    kill_after: float = 1.0,
+    kill_after: float = 0.3,
 ) -> Report:
     r = Report()
     url, _, sha = forge_app(d, admiral, tmp, "site version 1\n")
@@ -156,9 +158,15 @@ def storm(
             pool.submit(admiral.git, "push", "-q", "hyperdrive", "master", cwd=c, check=False)
             for c in pushes
         ]
-        time.sleep(kill_after)  # deploys of the pushes are under way
+        # once a push is in (its deploy under way), the others may still be transferring
+        wait(results, timeout=120, return_when=FIRST_COMPLETED)
+        time.sleep(kill_after)
         kill_and_restart(d, r, t0)
         r.pushes = [f.result().returncode for f in results]
+        done = [f.result() for f in results]
+        r.push_errors = [p.stderr.strip()[-300:] for p in done if p.returncode]
+        # in, and its deploy queued, even when the kill then cut the stream of the deploy
+        r.pushes_in = sum(1 for p in done if p.returncode == 0 or "Deploying" in p.stderr)
     # a push the kill cut short failed at the pusher's end, who pushes again
     for newest in pushes[per_app - 1 :: per_app]:
         admiral.git("push", "-q", "hyperdrive", "master", cwd=newest)
