@@ -86,7 +86,7 @@ class NginxWatch:
         began = time.monotonic()
         try:
             pid = await self.routes.revive()
-        except HyperdriveError as err:
+        except (HyperdriveError, OSError) as err:
             log.warning("nginx master died and could not be started again: %s", err)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETRY_S)

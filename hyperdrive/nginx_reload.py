@@ -348,13 +348,20 @@ class Nginx:
         return await self._wait_for_master()
 
     async def _wait_for_master(self) -> int:
-        """Poll the pid file until the daemonized master is there (bounded)."""
-        async with asyncio.timeout(self.timeout):
-            while True:
-                if (pid := self.master_pid()) is not None:
-                    self.started.set()
-                    return pid
-                await asyncio.sleep(0.01)
+        """Poll the pid file until the daemonized master is there (bounded); a master that
+        died before it was seen (killed at once) is a ProxyError like any failed start."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    if (pid := self.master_pid()) is not None:
+                        self.started.set()
+                        return pid
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise ProxyError(
+                f"nginx started but no master ran within {self.timeout} s: "
+                f"{self.errors_since(0, ('[emerg]', '[alert]'))[-500:]}"
+            ) from None
 
     async def quit_orphans(self) -> None:
         """A killed master's workers go on serving, holding the ports a new master needs: ask

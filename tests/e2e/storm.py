@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,20 +153,21 @@ def storm(
     sender = threading.Thread(target=send_webhooks, args=(d, url, sha, rate, seconds, r))
     sender.start()
     time.sleep(seconds * 0.3)
+    before = max(e["seq"] for e in d.events())
     with ThreadPoolExecutor(max_workers=len(pushes)) as pool:
         results = [
             pool.submit(admiral.git, "push", "-q", "hyperdrive", "master", cwd=c, check=False)
             for c in pushes
         ]
-        # once a push is in (its deploy under way), the others may still be transferring
-        wait(results, timeout=120, return_when=FIRST_COMPLETED)
+        # once a push is in and its deploy under way; the others may still be transferring
+        wait_for(lambda: _deploying(d, names, before), 120, 0.05, "a pushed deploy started")
         time.sleep(kill_after)
         kill_and_restart(d, r, t0)
         r.pushes = [f.result().returncode for f in results]
         done = [f.result() for f in results]
         r.push_errors = [p.stderr.strip()[-300:] for p in done if p.returncode]
         # in, and its deploy queued, even when the kill then cut the stream of the deploy
-        r.pushes_in = sum(1 for p in done if p.returncode == 0 or "Deploying" in p.stderr)
+        r.pushes_in = sum(1 for p in done if p.returncode == 0 or "-----> queued " in p.stderr)
     # a push the kill cut short failed at the pusher's end, who pushes again
     for newest in pushes[per_app - 1 :: per_app]:
         admiral.git("push", "-q", "hyperdrive", "master", cwd=newest)
@@ -199,3 +200,11 @@ def every_event(d: Daemon) -> list[dict]:
             except ValueError:
                 continue
     return found
+
+
+def _deploying(d: Daemon, apps: list[str], after: int) -> bool:
+    """Whether a deploy of one of `apps` started after event `after`."""
+    return any(
+        e["event"] == "DeployStarted" and e.get("app") in apps and e["seq"] > after
+        for e in d.events()
+    )
