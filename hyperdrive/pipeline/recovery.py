@@ -3,6 +3,7 @@ true again without disturbing what serves."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 
 log = logging.getLogger(__name__)
+RECOVER_AT_ONCE = 8
 
 
 @dataclass(kw_only=True)
@@ -45,8 +47,16 @@ class Recovery:
         if apps or await self._ours():
             await self.network.ensure()
             await self.proxy.prepare()
-            for app in apps:
-                await self._app(app)
+            # after a reboot every live ship starts again: several at once (10 apps ≤ 5 s)
+            bound = asyncio.Semaphore(RECOVER_AT_ONCE)
+
+            async def recover(app: App) -> None:
+                async with bound:
+                    await self._app(app)
+
+            results = await asyncio.gather(*(recover(app) for app in apps), return_exceptions=True)
+            if failed := next((r for r in results if isinstance(r, BaseException)), None):
+                raise failed
             await self._orphans()
         # nginx answers on HYPERDRIVE_HTTP_PORT from the start (404 until an app is routed);
         # a master left running by the previous daemon is adopted, not restarted.
