@@ -23,7 +23,9 @@ from hyperdrive.proxy import NginxProxy
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0  # a master that cannot be started again is tried again after this long
+MAX_PAUSE_S = 60.0
 SETTLE_S = 0.02  # a deleted table comes as one line per part: heal once, after the burst
+MAX_LINE = 16 << 20  # an `nft monitor` line can hold a whole set someone added
 
 
 async def exited(pid: int) -> None:
@@ -52,11 +54,30 @@ async def first(*waits: Awaitable[object]) -> None:
     """Wait until the first of `waits` is done; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:  # what went wrong in the one that ended is not swallowed
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+
+class Pause:
+    """How long to wait before following a monitor again: 1 s, doubling to 60 s while it keeps
+    ending at once (not allowed, not installed), back to 1 s after it ran a minute."""
+
+    def __init__(self) -> None:
+        self.next_s, self._since = RETRY_S, time.monotonic()
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        if time.monotonic() - self._since > MAX_PAUSE_S:
+            self.next_s = RETRY_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), self.next_s)
+        self.next_s = min(self.next_s * 2, MAX_PAUSE_S)
+        self._since = time.monotonic()
 
 
 class NginxWatch:
@@ -136,11 +157,14 @@ class TableWatch:
         self._pending: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop`: follow `nft monitor`, started again should it end."""
+        """Until `stop`: once the table is made, follow `nft monitor`, started again (later
+        each time) should it end."""
+        await first(self.proxy.ready.wait(), stop.wait())
+        pause = Pause()
         while not stop.is_set():
             proc = await asyncio.create_subprocess_exec(
                 self.nft, "-j", "monitor", "ruleset",
-                stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL,
+                stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL, limit=MAX_LINE,
             )  # fmt: skip
             try:
                 await self.heal("found at the watch's start")  # what went while not watched
@@ -149,14 +173,16 @@ class TableWatch:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RETRY_S)
+            await pause.wait(stop)
 
     async def _follow(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            if touches(line, self.proxy.traffic.table) and self._pending is None:
-                self._pending = asyncio.create_task(self._settle_then_heal())
+        try:
+            while line := await proc.stdout.readline():
+                if touches(line, self.proxy.traffic.table) and self._pending is None:
+                    self._pending = asyncio.create_task(self._settle_then_heal())
+        except ValueError as err:  # a line past MAX_LINE (someone's huge set): start again
+            log.warning("nft monitor: %s", err)
         log.warning("nft monitor ended (exit %s); following it again", proc.returncode)
 
     async def _settle_then_heal(self) -> None:
@@ -201,9 +227,9 @@ class ShipWatch:
         self.states = states
 
     async def run(self, stop: asyncio.Event) -> None:
+        pause = Pause()
         while not stop.is_set():
             await first(self.revival.follow(self.states, stop), stop.wait())
             if not stop.is_set():
-                log.warning("lxc-monitor ended; following it again")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RETRY_S)
+                log.warning("lxc-monitor ended; following it again in %.0f s", pause.next_s)
+                await pause.wait(stop)

@@ -3,6 +3,7 @@ nftables map (traffic.py) points that address at the app's live ship."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from hyperdrive.errors import ProxyError
@@ -19,7 +20,7 @@ class NginxProxy:
         self.traffic = traffic
         self.ports = ports
         self.address = address  # the bridge's address: where the stable ports listen
-        self._prepared = False
+        self.ready = asyncio.Event()  # set once the table is made: from then on it is watched
         self._offered: set[int] = set()
         # the table vanished under a swap: restore it from the records first (healing.py)
         self.on_lost: Callable[[str], Awaitable[object]] | None = None
@@ -27,12 +28,12 @@ class NginxProxy:
     @property
     def prepared(self) -> bool:
         """Whether the table was made by this daemon: only then is its absence a fault."""
-        return self._prepared
+        return self.ready.is_set()
 
     async def prepare(self) -> None:
-        if not self._prepared:
+        if not self.ready.is_set():
             await self.traffic.ensure_table()
-            self._prepared = True
+            self.ready.set()
 
     def stable_url(self, app: str, path: str) -> str:
         return f"http://{self.address}:{self.ports.port(app)}{path}"

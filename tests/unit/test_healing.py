@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from hyperdrive.errors import ProxyError
-from hyperdrive.healing import exited, touches
+from hyperdrive.healing import exited, first, touches
+from hyperdrive.lxc_async import STATE_LINE
 from hyperdrive.proxy import NginxProxy
 from hyperdrive.traffic import CHAINS, EGRESS, MAP, OFFERED, StablePorts, table_damage
 
@@ -122,3 +123,21 @@ async def test_exited_returns_when_any_process_ends() -> None:
     child.wait(5)
     await asyncio.wait_for(exited(2**22 + 7), 1)  # no such process: at once
     assert os.getpid() > 0
+
+
+def test_lxc_monitor_lines_name_the_container_and_its_state() -> None:
+    said = STATE_LINE.fullmatch("'hdt1-web-abc1234' changed state to [STOPPED]")
+    assert said is not None
+    assert (said["name"], said["state"]) == ("hdt1-web-abc1234", "STOPPED")
+    assert STATE_LINE.fullmatch("lxc-monitor: something else") is None
+
+
+async def test_first_returns_with_the_first_and_says_what_went_wrong_in_it() -> None:
+    never = asyncio.Event()
+    await asyncio.wait_for(first(asyncio.sleep(0), never.wait()), 5)
+
+    async def fails() -> None:
+        raise OSError("pidfd_open: too many open files")
+
+    with pytest.raises(OSError, match="too many open files"):
+        await first(fails(), never.wait())
