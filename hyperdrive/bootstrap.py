@@ -3,8 +3,9 @@ Protocols in pipeline/ports.py) are wired into the deploy core, the bus and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hyperdrive import systemd
@@ -18,6 +19,7 @@ from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
+from hyperdrive.healing import NginxWatch, ShipWatch, TableWatch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.https import CertificateKeeper
@@ -66,6 +68,7 @@ from hyperdrive.pipeline.ports import (
 )
 from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
+from hyperdrive.pipeline.revival import Revival
 from hyperdrive.pipeline.rollout import Rollouts
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
@@ -75,6 +78,7 @@ from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import app_rows, squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.triggers import Trigger
 from hyperdrive.web.routes import Dashboard, Sources
 from hyperdrive.web.sessions import Sessions
 
@@ -108,6 +112,9 @@ class Core:
     adapters: Adapters
 
 
+Watch = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # runs until the event is set
+
+
 @dataclass
 class Daemon:
     """Everything `hd serve` runs, built but not started (server.py starts and stops it)."""
@@ -127,6 +134,8 @@ class Daemon:
     courier: Courier
     fleet: FleetService
     keeper: CertificateKeeper | None = None
+    # what breaks around the daemon, each noticed by a watch and put right (healing.py)
+    watches: dict[str, Watch] = field(default_factory=dict)
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -414,7 +423,33 @@ def build(
         courier,
         fleet,
         keeper,
+        _watches(core, bus, recovery, spool),
     )
+
+
+def _watches(core: Core, bus: MessageBus, recovery: Recovery, spool: FileSpool) -> dict[str, Watch]:
+    """The self-healing watches over the real programs (fakes need none)."""
+    found: dict[str, Watch] = {}
+    adapters = core.adapters
+    if isinstance(adapters.runtime, Lxc):
+
+        async def rollback(app: str) -> None:
+            await spool.put(Trigger.rollback(app, "hyperdrive"))
+
+        revival = Revival(
+            records=core.records,
+            runtime=adapters.runtime,
+            starter=core.deployer.starter,
+            out=bus,
+            rollback=rollback,
+        )
+        found["ship watch"] = ShipWatch(revival, adapters.runtime.states).run
+    if isinstance(adapters.proxy, NginxProxy):
+        found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
+        table = TableWatch(adapters.proxy, recovery, bus)
+        adapters.proxy.on_lost = table.heal  # a swap that finds the table gone heals it first
+        found["nft table watch"] = table.run
+    return found
 
 
 def _previews(core: Core, bus: MessageBus) -> Previews:

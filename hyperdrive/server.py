@@ -127,6 +127,7 @@ class Server:
             Step("request stream", self._open_requests, self._close_requests),
             Step("certificates", self._run_certificates),
             Step("recovery", self._recover),
+            Step("healing", self._run_watches),
             Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("fleet", d.fleet.start, d.fleet.stop),
@@ -231,6 +232,11 @@ class Server:
         if keeper is not None:
             keeper.store.prepare()
             self._background(keeper.run(), "certificates")
+
+    async def _run_watches(self) -> None:
+        """What breaks around the daemon from now on is noticed and put right (healing.py)."""
+        for what, watch in self.daemon.watches.items():
+            self._background(watch(self.should_exit), what)
 
     async def _run_outbound(self) -> None:
         """Deliveries journalled before a restart are resumed (hyperdrive/outbound)."""

@@ -165,6 +165,43 @@ class NginxConfigRejected(Event):
     pass
 
 
+# -- healing: what broke around the daemon, and what it did about it --
+@dataclass(frozen=True, kw_only=True)
+class NginxRestarted(Event):
+    """Our nginx master died (killed, OOM); a new one serves the config in force."""
+
+    pid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrafficTableRestored(Event):
+    """Someone deleted or flushed our nft table; it was made again from the records."""
+
+    cause: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipDied(Event):
+    """A live ship stopped without us (lxc-stop -k, its init gone, the OOM killer)."""
+
+    state: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipRevived(Event):
+    """A live ship that died runs again (restarted, or the app rolled back to a kept ship)."""
+
+    restarts: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipCrashLooping(Event):
+    """A live ship keeps dying: the next restart waits, longer each time."""
+
+    restarts: int | None = None
+    wait_s: float | None = None
+
+
 # -- hulls --
 @dataclass(frozen=True, kw_only=True)
 class HullBuildStarted(Event):
