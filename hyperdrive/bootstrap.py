@@ -3,21 +3,26 @@ Protocols in pipeline/ports.py) are wired into the deploy core, the bus and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hyperdrive import systemd
 from hyperdrive.access import Refusals
 from hyperdrive.accesslog import RequestStream
+from hyperdrive.acme_client import AcmeIssuer
 from hyperdrive.admiral import AdmiralCommands
 from hyperdrive.api import Api, TokenStore
+from hyperdrive.certs import CertStore
 from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
+from hyperdrive.healing import NginxWatch, ShipWatch, TableWatch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
+from hyperdrive.https import CertificateKeeper
 from hyperdrive.hull_builder import LxcHullBuilder
 from hyperdrive.idmap import for_ships
 from hyperdrive.keyring import KeyRing, bootstrap_keyring
@@ -65,6 +70,7 @@ from hyperdrive.pipeline.ports import (
 )
 from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
+from hyperdrive.pipeline.revival import Revival
 from hyperdrive.pipeline.rollout import Rollouts
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
@@ -75,6 +81,7 @@ from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import app_rows, squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.triggers import Trigger
 from hyperdrive.web.routes import Dashboard, Sources
 from hyperdrive.web.sessions import Sessions
 
@@ -108,6 +115,9 @@ class Core:
     adapters: Adapters
 
 
+Watch = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # runs until the event is set
+
+
 @dataclass
 class Daemon:
     """Everything `hd serve` runs, built but not started (server.py starts and stops it)."""
@@ -127,6 +137,9 @@ class Daemon:
     courier: Courier
     fleet: FleetService
     conductor: Conductor
+    keeper: CertificateKeeper | None = None
+    # what breaks around the daemon, each noticed by a watch and put right (healing.py)
+    watches: dict[str, Watch] = field(default_factory=dict)
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -147,6 +160,7 @@ def real_adapters(
     clock: Clock | None = None,
     dns: ShipDns | None = None,
     requests: Requests | None = None,
+    keeper: CertificateKeeper | None = None,
 ) -> Adapters:
     """The given adapters, and the real one (LXC, git, nginx + nftables, …) for each missing."""
     if runtime is None or hull_builder is None:
@@ -165,7 +179,10 @@ def real_adapters(
     )
     if proxy is None:
         routes = Routes(nginx_for(config), http_port=config.http_port, domain=config.domain)
-        proxy = NginxProxy(routes, traffic, StablePorts(config.ports_record), address)
+        ports = StablePorts(config.ports_record)
+        proxy = NginxProxy(
+            routes, traffic, ports, address, keeper=keeper, https_port=config.https_port
+        )
     if network is None:
         ips = IpAllocator(config.ips_record, config.subnet)
         hooks, resolve = ([dns.bind], dns.addresses) if dns is not None else ([], None)
@@ -181,6 +198,23 @@ def real_adapters(
         probe=probe or HttpProbe(),
         clock=clock or SystemClock(),
         requests=requests or RequestStream(config.requests_socket),
+    )
+
+
+def certificate_keeper(config: Config) -> CertificateKeeper:
+    """The apps' (and the API's) certificates: ACME unless HYPERDRIVE_ACME_DIRECTORY is empty."""
+    store = CertStore(config.certs_dir)
+    issuer = None
+    if config.acme_directory:
+        issuer = AcmeIssuer(store, config.acme_directory, config.acme_email, config.acme_ca)
+    extra = (config.api_name,) if config.api_name else ()
+    return CertificateKeeper(
+        store,
+        issuer,
+        emit=lambda event: None,
+        retry_s=config.acme_retry_seconds,
+        extra=extra,
+        https_port=config.https_port,
     )
 
 
@@ -333,6 +367,7 @@ def build(
     spool = FileSpool(config.spool_dir, on_rejected=rejected)
     fleet = FleetService(config, spool)
     dns = ShipDns(str(bridge_address(config.subnet)), lambda: (), config.ship_dns)
+    keeper = certificate_keeper(config) if proxy is None else None
     adapters = real_adapters(
         config,
         runtime=runtime,
@@ -344,6 +379,7 @@ def build(
         clock=clock,
         dns=dns,
         requests=requests,
+        keeper=keeper,
     )
     core = deploy_core(config, adapters, orders)
     dns.names = lambda: served_names(config, core)
@@ -361,6 +397,8 @@ def build(
         parallel=config.parallel_deploys,
     )
     courier.emit = conductor.emit = bus.emit
+    if keeper is not None:
+        keeper.emit = bus.emit
     inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
     recovery = Recovery(
         name=config.name,
@@ -374,7 +412,7 @@ def build(
         starter=core.deployer.starter,
         out=bus,
     )
-    status = _status(config, core, headquarters, spool, bus, fleet)
+    status = _status(config, core, headquarters, spool, bus, fleet, keeper)
     view = _process_view(config, core, conductor)
     api = _api(
         config=config,
@@ -405,6 +443,8 @@ def build(
         courier,
         fleet,
         conductor,
+        keeper,
+        _watches(core, bus, recovery, spool),
     )
 
 
@@ -420,6 +460,31 @@ def _process_view(config: Config, core: Core, conductor: Conductor) -> ProcessVi
         fleet=core.fleet,
     )
     return ProcessView(config, core.records, conductor, run=oneoff.run, oneoff=oneoff)
+
+
+def _watches(core: Core, bus: MessageBus, recovery: Recovery, spool: FileSpool) -> dict[str, Watch]:
+    """The self-healing watches over the real programs (fakes need none)."""
+    found: dict[str, Watch] = {}
+    adapters = core.adapters
+    if isinstance(adapters.runtime, Lxc):
+
+        async def rollback(app: str) -> None:
+            await spool.put(Trigger.rollback(app, "hyperdrive"))
+
+        revival = Revival(
+            records=core.records,
+            runtime=adapters.runtime,
+            starter=core.deployer.starter,
+            out=bus,
+            rollback=rollback,
+        )
+        found["ship watch"] = ShipWatch(revival, adapters.runtime.states).run
+    if isinstance(adapters.proxy, NginxProxy):
+        found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
+        table = TableWatch(adapters.proxy, recovery, bus)
+        adapters.proxy.on_lost = table.heal  # a swap that finds the table gone heals it first
+        found["nft table watch"] = table.run
+    return found
 
 
 def _previews(core: Core, bus: MessageBus) -> Previews:
@@ -445,13 +510,14 @@ def served_names(config: Config, core: Core) -> set[str]:
 Status = Callable[[], dict[str, Any]]
 
 
-def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
+def _status(  # noqa: PLR0917 - the five parts it reads, the fleet and the certificates
     config: Config,
     core: Core,
     hq: HeadquartersSync,
     spool: FileSpool,
     bus: MessageBus,
     fleet: FleetService,
+    keeper: CertificateKeeper | None = None,
 ) -> Status:
     def status() -> dict[str, Any]:
         counts = {
@@ -467,6 +533,7 @@ def _status(  # noqa: PLR0917 - the five parts it reads, and the fleet
             hulls=core.hulls,
             headquarters=hq.source.url,
             counts=counts,
+            certificates=keeper.status() if keeper is not None else [],
         ) | {"fleet": fleet.status()}
 
     return status

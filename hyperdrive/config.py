@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path("/etc/hyperdrive/main.conf")
 KNOWN_HULLS = ("debian", "debian-13", "busybox")
 NAME = re.compile(r"[a-z][a-z0-9]{0,11}")
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ class Config:
     ssh_listen: Listen = Listen("0.0.0.0", 2222)
     api_listen: Listen = Listen("0.0.0.0", 8421)
     http_port: int = 80
+    https_port: int = 443
     domain: str = ""
+    acme_directory: str = LETS_ENCRYPT  # "": no ACME (only admirals' own certificates)
+    acme_email: str = ""
+    acme_ca: Path | None = None  # a CA bundle to trust for the ACME directory itself
+    acme_retry_seconds: float = 60.0  # the first retry after a failure; doubles to 6 h
+    api_tls: str = ""  # the name the API port serves HTTPS as; "": plain HTTP
     webhook_secret: str = ""
     admiral_keys: Path = Path("/etc/hyperdrive/admirals.pub")
     admiral_user: str = ""
@@ -97,6 +104,11 @@ class Config:
 
     # -- derived paths (the contract's names) --
     @property
+    def api_name(self) -> str:
+        """The name the API port serves HTTPS as ("" for plain HTTP)."""
+        return self.domain if self.api_tls == "on" else self.api_tls
+
+    @property
     def spool_dir(self) -> Path:
         return self.data / "spool"
 
@@ -115,6 +127,11 @@ class Config:
     @property
     def containers_dir(self) -> Path:
         return self.var / "containers"
+
+    @property
+    def certs_dir(self) -> Path:
+        """`$VAR/certs`: admirals' own certificates, and Hyperdrive's in `.hyperdrive/`."""
+        return self.var / "certs"
 
     @property
     def nginx_dir(self) -> Path:
@@ -285,6 +302,25 @@ def _domain(value: str) -> str:
     return value.rstrip(".")
 
 
+def _https_url(value: str) -> str:
+    if value and (not value.startswith("https://") or any(c.isspace() for c in value)):
+        raise ValueError("must be an https:// URL (or empty: no ACME)")
+    return value
+
+
+def _email(value: str) -> str:
+    if value and not re.fullmatch(r"[^@\s:]+@[a-z0-9.-]+\.[a-z]{2,}", value, re.IGNORECASE):
+        raise ValueError("not an e-mail address")
+    return value
+
+
+def _api_tls(value: str) -> str:
+    """`off`, `on` (the API answers as HYPERDRIVE_DOMAIN) or the host name it answers as."""
+    if value.lower() in ("", "off"):
+        return ""
+    return "on" if value.lower() == "on" else _domain(value.lower())
+
+
 def _hull(value: str) -> str:
     if value not in KNOWN_HULLS:
         raise ValueError(f"unknown hull, use one of: {', '.join(KNOWN_HULLS)}")
@@ -437,7 +473,13 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_SSH_LISTEN": "ssh_listen",
     "HYPERDRIVE_API_LISTEN": "api_listen",
     "HYPERDRIVE_HTTP_PORT": "http_port",
+    "HYPERDRIVE_HTTPS_PORT": "https_port",
     "HYPERDRIVE_DOMAIN": "domain",
+    "HYPERDRIVE_ACME_DIRECTORY": "acme_directory",
+    "HYPERDRIVE_ACME_EMAIL": "acme_email",
+    "HYPERDRIVE_ACME_CA": "acme_ca",
+    "HYPERDRIVE_ACME_RETRY": "acme_retry_seconds",
+    "HYPERDRIVE_API_TLS": "api_tls",
     "HYPERDRIVE_WEBHOOK_SECRET": "webhook_secret",
     "HYPERDRIVE_ADMIRAL_KEYS": "admiral_keys",
     "HYPERDRIVE_ADMIRAL_USER": "admiral_user",
@@ -468,7 +510,13 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "ssh_listen": _listen,
     "api_listen": _listen,
     "http_port": _port,
+    "https_port": _port,
     "domain": _domain,
+    "acme_directory": _https_url,
+    "acme_email": _email,
+    "acme_ca": _optional_path,
+    "acme_retry_seconds": _seconds(1, 86400),
+    "api_tls": _api_tls,
     "webhook_secret": _text,
     "admiral_keys": _abs_path,
     "admiral_user": _user,
@@ -550,6 +598,10 @@ def build(values: Mapping[str, str], source: Path | None = None) -> Config:
 
 
 def _check_together(config: Config) -> None:
+    if config.api_tls == "on" and not config.domain:
+        raise ConfigError("HYPERDRIVE_API_TLS=on needs HYPERDRIVE_DOMAIN (or give the name)")
+    if config.https_port == config.http_port:
+        raise ConfigError("HYPERDRIVE_HTTPS_PORT and HYPERDRIVE_HTTP_PORT must differ")
     if config.data == config.var:
         raise ConfigError(f"HYPERDRIVE_DATA and HYPERDRIVE_VAR must differ (both {config.data})")
     if config.fleet_listen.port and config.fleet_listen == config.fleet_cluster_listen:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperdrive.certs import CertStore
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config, Listen
 from hyperdrive.errors import HyperdriveError
@@ -23,6 +26,7 @@ from hyperdrive.traffic import Traffic
 
 APT = "apt-get install -y"
 MIN_FREE_BYTES = 2 << 30
+WARN_BEFORE = dt.timedelta(days=14)  # certificates: a renewal that keeps failing shows here
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,32 @@ def check_forwarding(config: Config) -> Check:
     return Check("forwarding", True, "no forward chain drops the ships' traffic")
 
 
+def check_traffic_table(config: Config) -> Check:
+    """Our nft table is whole; how often the daemon had to restore it (someone deleted it)."""
+    traffic = Traffic(config.name, f"{bridge_address(config.subnet)}/24", device=config.bridge)
+    try:
+        damage = asyncio.run(traffic.damage())
+    except HyperdriveError as err:
+        return Check("traffic table", False, f"cannot list nft tables: {err}", f"{APT} nftables")
+    if damage and not Path("/sys/class/net", config.bridge).exists():
+        return Check("traffic table", True, "made at the first deploy")
+    if damage:
+        fix = "start hd serve: it makes the table again from the records (TrafficTableRestored)"
+        return Check("traffic table", False, damage, fix)
+    return Check("traffic table", True, f"whole, {_restores(config)}")
+
+
+def _restores(config: Config) -> str:
+    """How many times the event log says the table was restored, and the last time."""
+    times = []
+    with contextlib.suppress(OSError), config.events_file.open("rb") as log:
+        times = [line[:60] for line in log if b'"TrafficTableRestored"' in line]
+    if not times:
+        return "never restored"
+    last = re.search(rb'"ts":\s*"?([^",]+)', times[-1])
+    return f"restored {len(times)}× (last {last.group(1).decode() if last else '?'})"
+
+
 def _port_free(listen: Listen) -> bool:
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -198,6 +228,7 @@ def check_ports(config: Config, daemon_up: bool) -> list[Check]:
         "ssh port": config.ssh_listen,
         "api port": config.api_listen,
         "http port": Listen("0.0.0.0", config.http_port),
+        "https port": Listen("0.0.0.0", config.https_port),
     }
     checks = []
     for name, listen in ports.items():
@@ -256,6 +287,31 @@ def check_privileged_ships(config: Config) -> Check:
     return Check("unprivileged ships", False, detail, fix)
 
 
+def check_certificates(config: Config, now: dt.datetime | None = None) -> Check:
+    """Every certificate on disk has 14 days or more left (ACME renews with a third left)."""
+    now = now or dt.datetime.now(dt.UTC)
+    found = CertStore(config.certs_dir).survey()
+    if not found:
+        return Check("certificates", True, "none yet (names get theirs once an app is served)")
+    soon = sorted((end, name, own) for name, (end, own) in found.items() if end - now < WARN_BEFORE)
+    if not soon:
+        first = min(end for end, _ in found.values())
+        return Check("certificates", True, f"{len(found)}, the first expires {when_day(first)}")
+    end, name, own = soon[0]
+    left = "expired" if end <= now else f"expires in {(end - now).days} days"
+    more = f" (and {len(soon) - 1} more)" if len(soon) > 1 else ""
+    fix = (
+        f"put a renewed certificate in {config.certs_dir / name}/"
+        if own
+        else "see `hd logs` for CertificateFailed: the ACME server's own words"
+    )
+    return Check("certificates", False, f"{name} {left} ({when_day(end)}){more}", fix)
+
+
+def when_day(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%d")
+
+
 def run_checks(config: Config) -> list[Check]:
     daemon = check_daemon(config)
     checks = [
@@ -275,8 +331,10 @@ def run_checks(config: Config) -> list[Check]:
         check_admirals(config, daemon.ok),
         check_ship_dns(config, daemon.ok),
         check_forwarding(config),
+        check_traffic_table(config),
         check_modes(config),
         check_ship_ids(config),
         check_privileged_ships(config),
+        check_certificates(config),
     ]
     return checks + check_fleet(config, daemon.ok) + check_ports(config, daemon.ok)

@@ -19,6 +19,10 @@ class SpoolError(HyperdriveError):
     """The durable inbox could not take or read a trigger."""
 
 
+class SpoolFull(SpoolError):
+    """The data disk has no room for a trigger: refused before anything is written."""
+
+
 class AlreadyRunning(HyperdriveError):
     """Another `hd serve` holds the lock on this data folder."""
 
@@ -56,6 +60,10 @@ class ContainerError(HyperdriveError):
 
 class ProxyError(HyperdriveError):
     """nginx or nftables refused a change; the message carries their own words."""
+
+
+class CertificateError(HyperdriveError):
+    """A certificate could not be obtained or loaded (the ACME server's own words inside)."""
 
 
 class DeployError(HyperdriveError):

@@ -10,7 +10,9 @@ import errno
 import os
 import secrets
 import stat
+from io import BufferedWriter
 from pathlib import Path
+from typing import IO
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -132,3 +134,14 @@ def _read_fd(fd: int, limit: int, tail: bool, offset: int = 0) -> bytes | None:
         elif offset:
             handle.seek(offset)
         return handle.read(limit + 1)
+
+
+def undo_append(handle: IO[bytes], path: Path, size: int) -> BufferedWriter:
+    """An append that failed (the disk full) may have left part of a record behind: cut the
+    file back to `size`, where the last whole record ended, and open it again for appends, so
+    the next record starts on a clean line instead of after a torn one."""
+    with contextlib.suppress(OSError):
+        handle.close()  # what is still buffered is dropped: it belongs to the failed record
+    with contextlib.suppress(OSError):
+        os.truncate(path, size)
+    return open(path, "ab")

@@ -37,6 +37,7 @@ from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
 from hyperdrive.procs import check_output
 from hyperdrive.repos import DEFAULT_BRANCH
+from hyperdrive.space import FOR_WORK, shortage
 
 log = logging.getLogger(__name__)
 
@@ -484,6 +485,9 @@ class GitServer:
     ) -> int:
         """A push; the repo is made for the first one, and removed again if the last push
         into it ends with no ref in it (`git-receive-pack zzz` that sends nothing)."""
+        if why := shortage(self.git_root, FOR_WORK):
+            log.warning("ssh: push to %s refused: %s", app, why)
+            return _refuse(process, f"push refused: {why}; the running version keeps serving")
         self._pushing[app] = self._pushing.get(app, 0) + 1
         try:
             if await self._create(app, repo):  # False when it is there already

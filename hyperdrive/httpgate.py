@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import ssl
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -57,15 +58,23 @@ class GuardedSite(web.BaseSite):
     """A TCP site that counts its connections: at the cap the oldest idle one is closed to
     make room, and only when all are serving a request is a newcomer answered 503."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int):
-        super().__init__(runner, backlog=min(BACKLOG, max_connections))
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
+    ):
+        super().__init__(runner, backlog=min(BACKLOG, max_connections), ssl_context=tls)
         self._host, self._port, self._cap = host, port, max_connections
         self.evicted = self.refused = 0
         self._burst = 0
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self.bound_port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self.bound_port}"
 
     @property
     def bound_port(self) -> int:
@@ -81,7 +90,12 @@ class GuardedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._accept, self._host, self._port, backlog=self._backlog, reuse_address=True
+            self._accept,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            ssl=self._ssl_context,
         )
 
     def _accept(self) -> asyncio.BaseProtocol:
@@ -119,12 +133,13 @@ async def serve_public(
     *,
     idle_timeout: float = IDLE_TIMEOUT_S,
     max_connections: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, GuardedSite]:
     """Start `app` on host:port behind the guards; the runner to clean up and the site."""
     # aiohttp arms keepalive_timeout when a connection is made, so it bounds a client that
     # never completes its headers as well as one kept alive after a response
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1, keepalive_timeout=idle_timeout)
     await runner.setup()
-    site = GuardedSite(runner, host, port, max_connections or connection_cap())
+    site = GuardedSite(runner, host, port, max_connections or connection_cap(), tls)
     await site.start()
     return runner, site

@@ -45,6 +45,9 @@ class TooOpen:
 def expected(config: Config) -> Iterator[tuple[Path, int]]:
     """Every path Hyperdrive keeps with the most open mode it may have (secrets first)."""
     secrets = [config.tokens_file, config.host_key_file, *_files(config.private_keys_dir, "*")]
+    secrets += _files(config.certs_dir, "*/privkey.pem")  # an admiral's own certificates' keys
+    secrets += _files(config.certs_dir / ".hyperdrive", "*.pem")  # the ACME account key
+    secrets += _files(config.certs_dir / ".hyperdrive" / "issued", "*/*.pem")
     if config.source is not None:
         secrets.insert(0, config.source)
     yield from ((p, SECRET_MODE) for p in secrets)

@@ -17,7 +17,7 @@ import re
 import shutil
 import signal
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +44,11 @@ UNANSWERED = (502, 504)  # what nginx says itself when the upstream did not answ
 HOST = re.compile(
     r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 )
+WORKER = "nginx: worker process"
 CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
+HTTPS_MODES = ("on", "off", "only")
+HSTS_SECONDS = 31536000  # a year, as browsers' preload lists ask; no includeSubDomains
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 
 @functools.cache
@@ -84,6 +88,7 @@ class AppRoute:
     servernames: tuple[str, ...] = ()
     publish_port: int | None = None
     check_path: str = "/"  # what the verify step asks for through nginx, below /<app>
+    https: str = "on"  # orders' `https on|off|only`
 
     def __post_init__(self) -> None:
         """Validate everything that ends up inside nginx config, once, here."""
@@ -99,6 +104,53 @@ class AppRoute:
             _check_port(self.publish_port, "PUBLISH_PORT")
         if not CHECK_PATH.fullmatch(self.check_path):
             raise InvalidName(f"invalid health check path {self.check_path!r}")
+        if self.https not in HTTPS_MODES:
+            raise InvalidName(f"invalid https mode {self.https!r}")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """What nginx needs for HTTPS: its port, the HTTP-01 webroot and each name's cert file."""
+
+    port: int = 443
+    webroot: Path = Path("/var/hyperdrive/certs/.hyperdrive/challenges")
+    certs: Mapping[str, Path] = field(default_factory=dict)  # name → key + chain file
+
+    def __post_init__(self) -> None:
+        _check_port(self.port, "HYPERDRIVE_HTTPS_PORT")
+        for name, path in self.certs.items():
+            check_host(name)
+            _check_path(path)
+        _check_path(self.webroot)
+
+    def key(self) -> dict[str, object]:
+        return {
+            "port": self.port,
+            "webroot": str(self.webroot),
+            "certs": {n: str(p) for n, p in sorted(self.certs.items())},
+        }
+
+
+def _check_path(path: Path) -> Path:
+    """An absolute path that is safe inside nginx config (no blanks, quotes or `;`)."""
+    if not SAFE_PATH.fullmatch(str(path)):
+        raise InvalidName(f"invalid path for nginx {str(path)!r}")
+    return path
+
+
+def tls_context(route: AppRoute, hosts: Sequence[str], tls: Tls) -> dict[str, object]:
+    """Which of an app's names nginx serves over plain HTTP, redirects (308) or serves TLS on."""
+    secured = [h for h in hosts if h in tls.certs] if route.https != "off" else []
+    only = route.https == "only"
+    return {
+        "plain_hosts": [h for h in hosts if not (only and h in secured)],
+        "redirect_hosts": secured if only else [],
+        "tls_sites": [{"host": h, "path": tls.certs[h]} for h in secured],
+        "hsts": HSTS_SECONDS if only else 0,
+        "https_port": tls.port,
+        "https_suffix": "" if tls.port == 443 else f":{tls.port}",
+        "webroot": tls.webroot,
+    }
 
 
 def app_hosts(route: AppRoute, domain: str) -> list[str]:
@@ -132,20 +184,33 @@ def render(
     domain: str = "",
     overrides: dict[str, str] | None = None,
     workers: str = "auto",
+    tls: Tls | None = None,
 ) -> dict[str, str]:
     """The whole config as {relative path: text}, without the per-generation control file."""
-    overrides = overrides or {}
-    main = _templates().get_template("nginx.conf.j2")
-    files = {"nginx.conf": main.render(prefix=prefix, http_port=http_port, workers=workers)}
+    overrides, tls = overrides or {}, tls or Tls()
+    main = (
+        _templates()
+        .get_template("nginx.conf.j2")
+        .render(
+            prefix=prefix,
+            http_port=http_port,
+            workers=workers,
+            webroot=tls.webroot,
+            https_port=tls.port,
+            tls=bool(tls.certs),
+        )
+    )
+    files = {"nginx.conf": main}
     for route in routes:
+        hosts = app_hosts(route, domain)
         context = {
             "app": route.app,
             "upstream": f"{UPSTREAM_PREFIX}{route.app}",
             "address": f"{route.address}:{route.port}",
-            "hosts": app_hosts(route, domain),
             "publish_port": route.publish_port,
             "http_port": http_port,
             "override": route.app in overrides,
+            **tls_context(route, hosts, tls),
         }
         for part in GENERATED:
             text = _templates().get_template("app.conf.j2").render(part=part, **context)
@@ -229,6 +294,20 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def orphan_workers(master: int) -> set[int]:
+    """The workers a dead master left: nginx workers still in its process group (the
+    daemonized master leads its own session, so the group id is its pid) but no longer its
+    children (a live master that took the pid over has its own workers as children)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid, pgid = (int(f) for f in stat.read_text().rsplit(")", 1)[1].split()[1:3])
+            pid = int(stat.parent.name)
+            if pgid == master != ppid and pid != master and _cmdline(pid).startswith(WORKER):
+                found.add(pid)
+    return found
+
+
 class Nginx:
     """Hyperdrive's own nginx master under `prefix`: started daemonized, adopted from its pid file.
 
@@ -254,6 +333,7 @@ class Nginx:
         self.control_socket = self.prefix / "run" / "control.sock"
         self.generations = self.prefix / "generations"
         self.link = self.prefix / "conf"
+        self.started = asyncio.Event()  # set each time a master runs: a watcher's cue (healing.py)
 
     def argv(self, *extra: str, conf: str = "conf/nginx.conf") -> list[str]:
         """The command line, always with our own prefix and config."""
@@ -306,9 +386,11 @@ class Nginx:
     async def start(self) -> int:
         """Adopt the running master, or start one daemonized on the live config; its pid."""
         if (pid := self.master_pid()) is not None:
+            self.started.set()
             return pid
         if shutil.which(self.binary) is None:
             raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
+        await self.quit_orphans()  # a killed master's workers still hold the ports
         self.control_socket.unlink(missing_ok=True)  # left by a master that was killed
         argv = self.argv()
         if self.scope is not None:
@@ -330,12 +412,37 @@ class Nginx:
         return await self._wait_for_master()
 
     async def _wait_for_master(self) -> int:
-        """Poll the pid file until the daemonized master is there (bounded)."""
-        async with asyncio.timeout(self.timeout):
-            while True:
-                if (pid := self.master_pid()) is not None:
-                    return pid
-                await asyncio.sleep(0.01)
+        """Poll the pid file until the daemonized master is there (bounded); a master that
+        died before it was seen (killed at once) is a ProxyError like any failed start."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    if (pid := self.master_pid()) is not None:
+                        self.started.set()
+                        return pid
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise ProxyError(
+                f"nginx started but no master ran within {self.timeout} s: "
+                f"{self.errors_since(0, ('[emerg]', '[alert]'))[-500:]}"
+            ) from None
+
+    async def quit_orphans(self) -> None:
+        """A killed master's workers go on serving, holding the ports a new master needs: ask
+        them to stop accepting (SIGQUIT; in-flight requests finish) and wait until they have."""
+        try:
+            dead = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        orphans = orphan_workers(dead)
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout / 2):
+                # no event says a worker closed its listeners: a few ms, bounded
+                while not self.retired(orphans):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
 
     async def generation(self) -> str | None:
         """Which generation the workers serve, asked on the private control socket."""
@@ -486,7 +593,12 @@ class Routes:
                 found[route.app] = path.read_text(errors="replace")
         return found
 
-    async def apply(self, routes: Sequence[AppRoute], fresh: Collection[str] | None = None) -> None:
+    async def apply(
+        self,
+        routes: Sequence[AppRoute],
+        fresh: Collection[str] | None = None,
+        tls: Tls | None = None,
+    ) -> None:
         """Make `routes` live, or leave the previous config live and raise ProxyError saying why.
 
         Overrides are read afresh for the apps in `fresh` (None: every app). When the live
@@ -496,8 +608,8 @@ class Routes:
         async with self._lock:
             check_conflicts(routes, self.http_port, self.domain)
             self.nginx.prepare()
-            overrides = self.overrides(routes, fresh)
-            key = render_key(routes, overrides, self._settings())
+            overrides, tls = self.overrides(routes, fresh), tls or Tls()
+            key = render_key(routes, overrides, {**self._settings(), "tls": digest(tls.key())})
             previous = self.nginx.live()
             live_files = read_tree(previous) if previous else None
             if previous and rendered_from(previous) == (key, digest(live_files)):
@@ -510,6 +622,7 @@ class Routes:
                 domain=self.domain,
                 overrides=overrides,
                 workers=self.workers,
+                tls=tls,
             )
             record = f"{key} {digest(files)}\n"
             if previous and files == live_files:
@@ -528,6 +641,14 @@ class Routes:
             "domain": self.domain,
             "workers": self.workers,
         }
+
+    async def revive(self) -> int | None:
+        """A master that died (killed, OOM) is started again on the config in force, once its
+        orphaned workers let go of the ports; the new pid, or None when nothing was needed."""
+        async with self._lock:
+            if self.nginx.live() is None or self.nginx.master_pid() is not None:
+                return None
+            return await self.nginx.start()
 
     async def _transaction(
         self, files: dict[str, str], changed: list[AppRoute], previous: Path | None, record: str

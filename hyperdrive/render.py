@@ -55,6 +55,11 @@ STAGE = {
     "CronRan": "cron",
     "CronSkipped": "cron",
     "NginxConfigRejected": "nginx",
+    "NginxRestarted": "nginx",
+    "TrafficTableRestored": "traffic",
+    "ShipDied": "ship-launch",
+    "ShipRevived": "ship-launch",
+    "ShipCrashLooping": "ship-launch",
     "TriggerIgnored": "deploy",
     "TriggerRejected": "spool",
     "DaemonStarted": "hyperdrive",
@@ -250,13 +255,29 @@ def _squadron_rows(status: Mapping[str, Any]) -> list[tuple[str, str]]:
     sha = status.get("headquarters_sha")
     hq += f" at {str(sha)[:7]}" if sha else ", nothing in force yet"
     ports = f"ssh {status['ssh']}, api {status['api']}, http :{status['http_port']}"
+    if status.get("certificates"):
+        ports += f", https :{status.get('https_port')}"
     pending = f"{status['pending']} triggers, {status['inflight']} deploys in flight"
     rows = [("listening", ports), ("headquarters", hq), ("pending", pending)]
     if hulls := _hulls_line(status.get("hulls", {})):
         rows.append(("hulls", hulls))
     if fleet := fleet_line(status.get("fleet") or {}):
         rows.append(("fleet", fleet))
+    rows += [("https", certificate_line(c)) for c in status.get("certificates") or []]
     return rows
+
+
+def certificate_line(cert: Mapping[str, Any]) -> str:
+    """`www.example.com until 2027-03-01T10:00:00Z (R11)`, or why there is none yet."""
+    line = f"{cert['name']} "
+    if cert.get("expires"):
+        line += f"until {cert['expires']} ({cert.get('issuer') or '?'}"
+        line += ", an admiral's own)" if cert.get("own") else ")"
+    else:
+        line += "no certificate yet"
+    if cert.get("error"):
+        line += f"; FAILED: {cert['error']}, retry {cert.get('retry') or 'later'}"
+    return line
 
 
 def fleet_line(fleet: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from hyperdrive.accesslog import RequestStream
 from hyperdrive.config import Config
 from hyperdrive.errors import AlreadyRunning
 from hyperdrive.httpgate import serve_public
+from hyperdrive.https import ApiTls
 from hyperdrive.masking import LogMask
 from hyperdrive.modes import UMASK, make_passable, ship_passages, tighten
 from hyperdrive.names import HEADQUARTERS
@@ -124,8 +125,10 @@ class Server:
             Step("outbound", self._run_outbound),
             # before nginx (recovery starts it): every request is told from the first on
             Step("request stream", self._open_requests, self._close_requests),
+            Step("certificates", self._run_certificates),
             Step("recovery", self._recover),
             Step("processes", self._conduct, d.conductor.close),
+            Step("healing", self._run_watches),
             Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("fleet", d.fleet.start, d.fleet.stop),
@@ -228,6 +231,18 @@ class Server:
         """The live ships' process exits watched, their cron jobs on the timer."""
         self.daemon.conductor.refresh()
 
+    async def _run_certificates(self) -> None:
+        """The one timer that gets and renews certificates (hyperdrive/https.py)."""
+        keeper = self.daemon.keeper
+        if keeper is not None:
+            keeper.store.prepare()
+            self._background(keeper.run(), "certificates")
+
+    async def _run_watches(self) -> None:
+        """What breaks around the daemon from now on is noticed and put right (healing.py)."""
+        for what, watch in self.daemon.watches.items():
+            self._background(watch(self.should_exit), what)
+
     async def _run_outbound(self) -> None:
         """Deliveries journalled before a restart are resumed (hyperdrive/outbound)."""
         courier = self.daemon.courier
@@ -263,8 +278,13 @@ class Server:
         self._background(keys, "admiral keys watch")
 
     async def _serve_http(self) -> None:
-        listen = self.config.api_listen
-        public, _ = await serve_public(self.daemon.api.public(), listen.host, listen.port)
+        listen, keeper = self.config.api_listen, self.daemon.keeper
+        tls = None
+        if self.config.api_name and keeper is not None:
+            api_tls = ApiTls(keeper, self.config.api_name)
+            await api_tls.reload()
+            tls = api_tls.context
+        public, _ = await serve_public(self.daemon.api.public(), listen.host, listen.port, tls=tls)
         admin = web.AppRunner(self.daemon.api.admin(), access_log=None, shutdown_timeout=1)
         await admin.setup()
         sock = self.config.socket_path

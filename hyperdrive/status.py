@@ -23,8 +23,10 @@ def squadron_status(
     hulls: Hulls,
     headquarters: str,
     counts: dict[str, int],
+    certificates: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The squadron, its hulls and apps; `counts` holds admirals, pending and inflight."""
+    """The squadron, its hulls and apps; `counts` holds admirals, pending and inflight;
+    `certificates` each HTTPS name's certificate and expiry (https.py)."""
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -33,6 +35,8 @@ def squadron_status(
         "ssh": str(config.ssh_listen),
         "api": str(config.api_listen),
         "http_port": config.http_port,
+        "https_port": config.https_port,
+        "certificates": certificates or [],
         "headquarters": shown_url(headquarters) if headquarters else "hosted here",
         "headquarters_sha": fleet.hq_sha,
         **counts,

@@ -206,8 +206,10 @@ class Daemon:
 
 def make_daemon(root: Path, **extra: str) -> Daemon:
     root.mkdir(parents=True, exist_ok=True)
-    api, ssh, http = free_port(), free_port(), free_port()
+    api, ssh, http, https = free_port(), free_port(), free_port(), free_port()
     conf = root / "main.conf"
+    # HTTPS on a port of its own; ACME off unless a test points HYPERDRIVE_ACME_DIRECTORY at
+    # its own pebble (tests/pebble.py): no test ever asks a real CA
     conf.write_text(
         "# written by the test suite\n"
         f"HYPERDRIVE_DATA={root / 'data'}\n"
@@ -215,6 +217,8 @@ def make_daemon(root: Path, **extra: str) -> Daemon:
         f"HYPERDRIVE_API_LISTEN=127.0.0.1:{api}\n"
         f"HYPERDRIVE_SSH_LISTEN=127.0.0.1:{ssh}\n"
         f"HYPERDRIVE_HTTP_PORT={http}\n"
+        f"HYPERDRIVE_HTTPS_PORT={https}\n"
+        "HYPERDRIVE_ACME_DIRECTORY=\n"
         f"HYPERDRIVE_ADMIRAL_KEYS={root / 'admirals.pub'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERDRIVE_")}

@@ -38,6 +38,7 @@ DEFAULT_PREVIEWS, MAX_PREVIEWS = 5, 50  # `previews on [max N]`: preview ships p
 FORGES = ("github", "gitlab", "gitea", "bitbucket")  # `forge <kind> <repo> [api-url]`
 FORGE_REPO = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
 MAX_NOTIFY = 4
+HTTPS_MODES = ("on", "off", "only")  # the same words nginx_reload.HTTPS_MODES renders
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PORT_TEXT = re.compile(r"[1-9][0-9]{0,4}")
@@ -102,6 +103,7 @@ class Orders:
     guard: Guard | None = None  # `guard …`; None: HYPERDRIVE_GUARD
     drain_seconds: float | None = None  # `drain <seconds>`; None: HYPERDRIVE_DRAIN_SECONDS
     rollout: tuple[str, ...] = ()  # `rollout 1 50% 100%`: waves across a fleet; () = all at once
+    https: str = "on"  # `https on|off|only`: certificates for the app's names, and redirects
     # `secret NAME…`: masked in all Hyperdrive shows; not compared, a new mask needs no redeploy
     secrets: tuple[str, ...] = field(default=(), compare=False)
     path: str = field(default="", compare=False)
@@ -147,6 +149,7 @@ class _Draft:
     guard: Guard | None = None
     drain: float | None = None
     rollout: tuple[str, ...] = ()
+    https: str = "on"
     env: dict[str, str] = field(default_factory=dict)
     servernames: dict[str, None] = field(default_factory=dict)
     secrets: dict[str, None] = field(default_factory=dict)
@@ -289,6 +292,7 @@ def _finish(draft: _Draft, path: str) -> Orders:
         guard=draft.guard,
         drain_seconds=draft.drain,
         rollout=draft.rollout,
+        https=draft.https,
         secrets=tuple(draft.secrets),
         path=path,
         lines=dict(draft.lines),
@@ -609,6 +613,16 @@ def _bounded(text: str, what: str, most: float) -> float:
     return value
 
 
+def _https(draft: _Draft, args: list[str], line: int) -> None:
+    """`https on|off|only`: serve the names over HTTPS too (on), not (off), or HTTPS alone
+    (only: plain HTTP gets a 308 to HTTPS and responses carry Strict-Transport-Security)."""
+    if len(args) != 1 or args[0] not in HTTPS_MODES:
+        got = shown(" ".join(args)) if args else "nothing"
+        raise _Bad(f"https takes one of {', '.join(HTTPS_MODES)}, got {got}")
+    draft.once("https", line)
+    draft.https = args[0]
+
+
 Directive = Callable[[_Draft, list[str], int], None]
 DIRECTIVES: dict[str, Directive] = {
     "autodeploy": _autodeploy,
@@ -627,4 +641,5 @@ DIRECTIVES: dict[str, Directive] = {
     "guard": _guard,
     "drain": _drain,
     "rollout": _rollout,
+    "https": _https,
 }

@@ -7,6 +7,7 @@ anything that is not a regular file are refused, never followed; files are read 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -235,6 +236,54 @@ def _git_files(store: BaseObjectStore, tree_id: ObjectID) -> dict[str, bytes | N
             if wanted:
                 files[f"{folder}/{name}"] = _blob(store, sub_mode, sub_sha)
     return files
+
+
+PEM_PRIVATE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+ )?PRIVATE KEY-----")
+MAX_SCANNED = 10_000  # entries: a bigger HQ is refused by its size, not scanned forever
+
+
+def private_key_files(repo: Path, rev: str, object_dirs: Sequence[Path] = ()) -> list[str]:
+    """Every file in HQ at `rev` that holds a PEM private key: HQ is shared, keys are not
+    (an admiral's own TLS key goes in $VAR/certs/<name>/ on the squadron)."""
+    from dulwich.object_store import DiskObjectStore, OverlayObjectStore  # noqa: PLC0415
+    from dulwich.repo import Repo  # noqa: PLC0415
+
+    with Repo(str(repo)) as git:
+        extra = [DiskObjectStore(str(path)) for path in object_dirs]
+        store = OverlayObjectStore([*extra, git.object_store]) if extra else git.object_store
+        try:
+            return _pem_keys(store, _resolve(git, store, rev))
+        finally:
+            for each in extra:
+                each.close()
+
+
+def _pem_keys(store: BaseObjectStore, tree_id: ObjectID) -> list[str]:
+    """Paths of regular files under a tree whose content holds a PEM private key."""
+    found, pending, seen = [], [("", tree_id)], 0
+    while pending and seen < MAX_SCANNED:
+        where, tree = pending.pop()
+        for name, mode, sha in _tree_items(store, tree):
+            seen += 1
+            if stat.S_ISDIR(mode):
+                pending.append((f"{where}{name}/", sha))
+            elif stat.S_ISREG(mode) and _holds_private_key(store, f"{where}{name}", sha):
+                found.append(printable(f"{where}{name}"))
+    return sorted(found)
+
+
+def _holds_private_key(store: BaseObjectStore, path: str, sha: ObjectID) -> bool:
+    return not _key_file(path) and bool(PEM_PRIVATE.search(store[sha].as_raw_string()))
+
+
+def _key_file(path: str) -> bool:
+    """An admiral or captain key file: its own check refuses a private key already."""
+    parts = path.split("/")
+    if not path.endswith(".pub"):
+        return False
+    return (len(parts) == 2 and parts[0] == KEYS_DIR) or (
+        len(parts) == 3 and parts[1] == CAPTAINS_DIR
+    )
 
 
 def _git_captains(store: BaseObjectStore, where: str, mode: int, tree_id: ObjectID) -> Files:

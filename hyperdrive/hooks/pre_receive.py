@@ -19,7 +19,11 @@ from hyperdrive.errors import ConfigError, HyperdriveError
 from hyperdrive.headquarters.checks import check
 from hyperdrive.headquarters.includes import read_includes
 from hyperdrive.headquarters.plan import plan
-from hyperdrive.headquarters.reader import Headquarters, read_headquarters_from_git
+from hyperdrive.headquarters.reader import (
+    Headquarters,
+    private_key_files,
+    read_headquarters_from_git,
+)
 from hyperdrive.keyring import parse_keys
 from hyperdrive.names import HEADQUARTERS, ZERO_SHA
 from hyperdrive.repos import branch_after_push, head_branch, resolve_ref
@@ -48,6 +52,16 @@ def _includes(folder: Path, out: TextIO) -> dict[str, str]:
         return {}
 
 
+def _private_keys(sha: str, env: Mapping[str, str]) -> list[str]:
+    """A problem line for each file of the push that holds a private key."""
+    quarantine = [Path(env["GIT_QUARANTINE_PATH"])] if env.get("GIT_QUARANTINE_PATH") else []
+    return [
+        f"{path}: holds a PRIVATE key: HQ is shared, keys are not (a certificate's key goes "
+        "in $VAR/certs/<name>/privkey.pem on the squadron)"
+        for path in private_key_files(Path.cwd(), sha, object_dirs=quarantine)
+    ]
+
+
 def followed_branch(repo: Path, updates: list[tuple[str, str, str]]) -> str:
     """The branch HQ follows once this push lands: HEAD's, or on a first push the first pushed."""
     head = head_branch(repo)
@@ -73,6 +87,7 @@ def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: Tex
             config.http_port: "Hyperdrive's HTTP port",
             config.ssh_listen.port: "Hyperdrive's SSH port",
             config.api_listen.port: "Hyperdrive's API port",
+            config.https_port: "Hyperdrive's HTTPS port",
         }
         problems = check(
             fresh,
@@ -80,6 +95,7 @@ def review(updates: list[tuple[str, str, str]], env: Mapping[str, str], out: Tex
             reserved_ports=reserved,
             domain=config.domain,
         )
+        problems += _private_keys(new, env)
         if problems:
             out.write("hyperdrive: headquarters refused, nothing changed:\n")
             out.writelines(f"  {line}\n" for line in problems)

@@ -26,6 +26,7 @@ from hyperdrive.pipeline.job import Job, Stamped, stage
 from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
 from hyperdrive.runtimes import choose_hull, read_asks
+from hyperdrive.space import FOR_WORK, shortage
 
 LOG_CAP_BYTES = 16 * 1024 * 1024
 EVENT_LINES_CAP = 5000
@@ -97,6 +98,8 @@ class Builder:
 
     async def export(self, job: Job) -> None:
         t0, ship = job.now(), job.built
+        if why := shortage(self.config.data, FOR_WORK):
+            raise DeployError("fetch", f"nothing built: {why}")
         target = self.config.ship_dir(ship.name) / "app"
         shutil.rmtree(target, ignore_errors=True)
         async with stage("fetch"):

@@ -202,6 +202,43 @@ class NginxConfigRejected(Event):
     pass
 
 
+# -- healing: what broke around the daemon, and what it did about it --
+@dataclass(frozen=True, kw_only=True)
+class NginxRestarted(Event):
+    """Our nginx master died (killed, OOM); a new one serves the config in force."""
+
+    pid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrafficTableRestored(Event):
+    """Someone deleted or flushed our nft table; it was made again from the records."""
+
+    cause: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipDied(Event):
+    """A live ship stopped without us (lxc-stop -k, its init gone, the OOM killer)."""
+
+    state: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipRevived(Event):
+    """A live ship that died runs again (restarted, or the app rolled back to a kept ship)."""
+
+    restarts: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipCrashLooping(Event):
+    """A live ship keeps dying: the next restart waits, longer each time."""
+
+    restarts: int | None = None
+    wait_s: float | None = None
+
+
 # -- hulls --
 @dataclass(frozen=True, kw_only=True)
 class HullBuildStarted(Event):
@@ -399,3 +436,30 @@ class RolloutHeld(Event):
 
     wave: int = 0
     waves: int = 0
+
+
+# -- certificates (https.py) --
+@dataclass(frozen=True, kw_only=True)
+class CertificateEvent(Event):
+    """A name's certificate: who issued it and until when (ISO 8601, UTC)."""
+
+    host: str = ""
+    expires: str | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateIssued(CertificateEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateRenewed(CertificateEvent):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateFailed(CertificateEvent):
+    """The ACME server's error in `message`; `retry` is when it is tried again (ISO 8601)."""
+
+    retry: str | None = None

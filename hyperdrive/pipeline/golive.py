@@ -62,7 +62,13 @@ class RouteTable:
         if kept and not fresh:
             return Route.from_json(name, kept)
         orders = self.fleet.orders(name)
-        return Route(name, tuple(orders.servernames), orders.publish_port, orders.healthcheck_path)
+        return Route(
+            name,
+            tuple(orders.servernames),
+            orders.publish_port,
+            orders.healthcheck_path,
+            orders.https,
+        )
 
     async def apply(self, with_app: str | None = None) -> None:
         """Render and apply the routes; `with_app`'s route (and override) is the one tried."""

@@ -305,6 +305,7 @@ class HeadquartersSync:
             config.http_port: "Hyperdrive's HTTP port",
             config.ssh_listen.port: "Hyperdrive's SSH port",
             config.api_listen.port: "Hyperdrive's API port",
+            config.https_port: "Hyperdrive's HTTPS port",
         }
         problems = check(
             hq, bootstrap_keys_present=True, reserved_ports=reserved, domain=config.domain

@@ -35,12 +35,14 @@ class Route:
     servernames: tuple[str, ...] = ()
     publish_port: int | None = None
     check_path: str = "/"
+    https: str = "on"  # orders' `https on|off|only`
 
     def to_json(self) -> dict[str, Any]:
         return {
             "servernames": list(self.servernames),
             "publish_port": self.publish_port,
             "check_path": self.check_path,
+            "https": self.https,
         }
 
     @classmethod
@@ -50,6 +52,7 @@ class Route:
             tuple(data.get("servernames", ())),
             data.get("publish_port"),
             data.get("check_path", "/"),
+            data.get("https", "on"),
         )
 
 

@@ -194,6 +194,15 @@ class Site:
             "headquarters": "hosted here",
             "headquarters_sha": None,
             "hulls": {"busybox": {"current": "hd-hull-busybox-1", "building": None}},
+            "certificates": [
+                {"name": "www.web.test", "expires": "2027-03-01T12:00:00Z", "issuer": "R11"},
+                {
+                    "name": "new.web.test",
+                    "expires": "",
+                    "error": "connection refused",
+                    "retry": "2026-12-01T12:01:00Z",
+                },
+            ],
             "apps": [{"app": "web", "ship": "hd-web-2222222", "sha": SHA2[:7], "url": "/web/"}],
         }
 
@@ -387,3 +396,14 @@ async def test_a_failed_health_checks_reason_is_on_the_deploy_page(
     await sign_in(client, s.token)
     page = await (await client.get("/apps/web/deploys/d8")).text()
     assert f"HealthCheckFailed: {why}" in page
+
+
+async def test_the_overview_shows_each_names_certificate_and_trouble(
+    site: tuple[Site, TestClient[Any, Any]],
+) -> None:
+    s, client = site
+    await sign_in(client, s.token)
+    page = await (await client.get("/")).text()
+    assert '<th scope="row">www.web.test</th><td>2027-03-01T12:00:00Z</td>' in page
+    assert '<th scope="row">new.web.test</th><td>none yet</td>' in page
+    assert "connection refused; retry 2026-12-01T12:01:00Z" in page

@@ -199,7 +199,7 @@ def test_check_reports_every_problem_as_file_line_message(tmp_path, keys) -> Non
         "Caps/orders: invalid app name 'Caps': use [a-z0-9][a-z0-9-]{0,38}",
         "bad/orders:2: unknown directive 'frobnicate'; known: autodeploy, branch, export, "
         "hull, healthcheck, servername, memory, cpus, egress, secret, previews, forge, notify, "
-        "guard, drain, rollout",
+        "guard, drain, rollout, https",
         "authorized_keys/oops.pub: holds a PRIVATE key: it was not loaded; remove it from HQ "
         "and replace that key",
         "odd/orders:1: PUBLISH_PORT 80 is Hyperdrive's HTTP port",
