@@ -44,6 +44,7 @@ from hyperdrive.pipeline.commands import (
     Rollback,
     SyncHeadquarters,
 )
+from hyperdrive.pipeline.conductor import Conductor
 from hyperdrive.pipeline.deploy import Deployer
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import GoLive, RouteTable
@@ -54,6 +55,7 @@ from hyperdrive.pipeline.hqsync import HeadquartersSync
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
+from hyperdrive.pipeline.oneoff import OneOff
 from hyperdrive.pipeline.plan import Planner
 from hyperdrive.pipeline.ports import (
     Clock,
@@ -72,6 +74,7 @@ from hyperdrive.pipeline.revival import Revival
 from hyperdrive.pipeline.rollout import Rollouts
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
+from hyperdrive.procview import ProcessView
 from hyperdrive.proxy import NginxProxy
 from hyperdrive.repos import GitRepos
 from hyperdrive.shipdns import ShipDns, app_names
@@ -133,6 +136,7 @@ class Daemon:
     dns: ShipDns
     courier: Courier
     fleet: FleetService
+    conductor: Conductor
     keeper: CertificateKeeper | None = None
     # what breaks around the daemon, each noticed by a watch and put right (healing.py)
     watches: dict[str, Watch] = field(default_factory=dict)
@@ -295,12 +299,25 @@ def command_handlers(
     }
 
 
-def event_handlers(courier: Courier | None = None) -> dict[type[ev.Event], list[EventHandler]]:
+def event_handlers(
+    courier: Courier | None = None, conductor: Conductor | None = None
+) -> dict[type[ev.Event], list[EventHandler]]:
     """The event table: facts to the listeners that react to them."""
-    if courier is None:
-        return {}
-    outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
-    return {kind: [courier.on_event] for kind in outcomes}
+    table: dict[type[ev.Event], list[EventHandler]] = {}
+    if courier is not None:
+        outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
+        for kind in outcomes:
+            table.setdefault(kind, []).append(courier.on_event)
+    if conductor is not None:  # after these another ship may be live, or none
+        changes: tuple[type[ev.Event], ...] = (
+            ev.DeployFinished,
+            ev.DeployFailed,
+            ev.RolledBack,
+            ev.AppRetired,
+        )
+        for change in changes:
+            table.setdefault(change, []).append(conductor.on_event)
+    return table
 
 
 def _courier(config: Config, core: Core) -> Courier:
@@ -371,14 +388,15 @@ def build(
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
     courier = _courier(config, core)
+    conductor = Conductor(config, core.records, adapters.runtime, lambda event: None)
     rollouts = Rollouts(core.deployer.deploy, core.fleet.orders, board=fleet.board)
     bus = MessageBus(
         command_handlers(core, headquarters, rollouts),
-        event_handlers(courier),
+        event_handlers(courier, conductor),
         eventlog,
         parallel=config.parallel_deploys,
     )
-    courier.emit = bus.emit
+    courier.emit = conductor.emit = bus.emit
     if keeper is not None:
         keeper.emit = bus.emit
     inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
@@ -395,6 +413,7 @@ def build(
         out=bus,
     )
     status = _status(config, core, headquarters, spool, bus, fleet, keeper)
+    view = _process_view(config, core, conductor)
     api = _api(
         config=config,
         core=core,
@@ -405,8 +424,9 @@ def build(
         inbox=inbox,
         status=status,
         fleet=fleet,
+        view=view,
     )
-    gitserver = _gitserver(config, keyring, eventlog, spool, status)
+    gitserver = _gitserver(config, keyring, eventlog, spool, status, view)
     return Daemon(
         config,
         eventlog,
@@ -422,9 +442,24 @@ def build(
         dns,
         courier,
         fleet,
+        conductor,
         keeper,
         _watches(core, bus, recovery, spool),
     )
+
+
+def _process_view(config: Config, core: Core, conductor: Conductor) -> ProcessView:
+    """`hd ps`, `hd logs --app` and `hd run` (a one-off ship made from the live one)."""
+    adapters = core.adapters
+    oneoff = OneOff(
+        config=config,
+        records=core.records,
+        runtime=adapters.runtime,
+        network=adapters.network,
+        builder=core.deployer.builder,
+        fleet=core.fleet,
+    )
+    return ProcessView(config, core.records, conductor, run=oneoff.run, oneoff=oneoff)
 
 
 def _watches(core: Core, bus: MessageBus, recovery: Recovery, spool: FileSpool) -> dict[str, Watch]:
@@ -530,6 +565,7 @@ def _api(
     inbox: Inbox,
     status: Status,
     fleet: FleetService,
+    view: ProcessView,
 ) -> Api:
     deliveries = Deliveries()  # what each webhook delivery was answered, for the dashboard
     webhooks = WebhookReceiver(
@@ -565,17 +601,22 @@ def _api(
         metrics,
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes, dashboard.add_routes],
-        admin_routes=[fleet_routes(fleet)],
+        admin_routes=[fleet_routes(fleet), view.add_routes],
         fleet_events=fleet.fleet_events,
         traffic=lambda: stream.apps if isinstance(stream, RequestStream) else {},
     )
 
 
-def _gitserver(
-    config: Config, keyring: KeyRing, eventlog: EventLog, spool: FileSpool, status: Status
+def _gitserver(  # noqa: PLR0917 - what the SSH commands read
+    config: Config,
+    keyring: KeyRing,
+    eventlog: EventLog,
+    spool: FileSpool,
+    status: Status,
+    view: ProcessView,
 ) -> GitServer:
     refusals = Refusals(eventlog.append)  # one tally for git and commands alike
-    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals)
+    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals, view=view)
     listen = config.ssh_listen
     return GitServer(
         listen.host,

@@ -46,8 +46,8 @@ GIT_SERVICES = {
     "git-upload-pack": "upload-pack",
     "git-upload-archive": "upload-archive",
 }
-ADMIRAL_VERBS = frozenset({"status", "logs", "deploy", "rollback", "enter"})
-PTY_VERBS = frozenset({"enter"})  # the only commands a terminal is allocated for
+ADMIRAL_VERBS = frozenset({"status", "logs", "ps", "deploy", "rollback", "enter", "run"})
+PTY_VERBS = frozenset({"enter", "run"})  # the only commands a terminal is allocated for
 MAX_COMMAND = 4096
 CHUNK = 64 * 1024
 PIPE_LIMIT = 1024 * 1024  # git's pipes buffer this much before asyncio pauses reading them

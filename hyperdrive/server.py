@@ -127,6 +127,7 @@ class Server:
             Step("request stream", self._open_requests, self._close_requests),
             Step("certificates", self._run_certificates),
             Step("recovery", self._recover),
+            Step("processes", self._conduct, d.conductor.close),
             Step("healing", self._run_watches),
             Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
@@ -225,6 +226,10 @@ class Server:
         self.daemon.core.records.load()
         await self.daemon.headquarters.load()
         await self.daemon.recovery.run()
+
+    async def _conduct(self) -> None:
+        """The live ships' process exits watched, their cron jobs on the timer."""
+        self.daemon.conductor.refresh()
 
     async def _run_certificates(self) -> None:
         """The one timer that gets and renews certificates (hyperdrive/https.py)."""

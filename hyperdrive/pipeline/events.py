@@ -100,6 +100,16 @@ class BuildFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReleaseFinished(Event):
+    """The Procfile's `release:` exited 0 in the new ship (before its health check)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseFailed(Event):
+    log: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShipStarted(Event):
     pass
 
@@ -158,6 +168,33 @@ class RolledBack(Event):
     errors: int | None = None  # of them 5xx
     percent: float | None = None
     failed_ship: str | None = None
+
+
+# -- the processes of live ships (pipeline/conductor.py) --
+@dataclass(frozen=True, kw_only=True)
+class ProcessExited(Event):
+    """A supervised process exited (its supervisor restarts it); message: its last lines."""
+
+    process: str = ""
+    code: int | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessCrashLooped(Event):
+    process: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronRan(Event):
+    job: str = ""
+    schedule: str = ""
+    code: int | None = None  # None: killed at its limit, or could not start
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronSkipped(Event):
+    job: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
