@@ -52,6 +52,7 @@ FETCH_WAIT_S = 10.0  # a pull waits this long; a pull lost with its consumer lea
 CONNECT_TIMEOUT_S = 3
 PUBLISH_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
+FETCH_TRIES, FETCH_PAUSE_S = 10, 2.0  # a bundle store that does not answer: ~1 min at most
 SERVER_REMOVE = "$JS.API.SERVER.REMOVE"  # the meta leader answers; system account only
 NOT_A_MEMBER = 10044  # its error code when the peer is gone already
 
@@ -657,6 +658,8 @@ class FleetLink:
             await asyncio.sleep(view.HEARTBEAT_S)
             await claim_name(presence, self.identity)
             await self._note_routes(presence)
+            with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                await self.fit()  # R3 or R1 as the nodes come and go; `replicas` fresh
 
     async def _note_routes(self, presence: KeyValue) -> None:
         """Tell this squadron's node where every node of the fleet is (its config keeps
@@ -708,12 +711,25 @@ class FleetLink:
         if self.code is None or not bundles.carries_code(trigger):
             return trigger
         try:
-            await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
+            await self._apply_patiently(trigger)
         except Exception as err:  # noqa: BLE001 - whatever it was, this squadron's deploy says it
             why = f"the pushed commits did not reach this squadron: {err}"
             log.warning("fleet: %s: %s", trigger.id, why)
             return replace(trigger, data={**trigger.data, "unfetched": why})
         return trigger
+
+    async def _apply_patiently(self, trigger: Trigger) -> None:
+        """The bundles, asked again while the store does not answer (just after a node is
+        lost its leader moves); a bundle the store has not got fails at once."""
+        assert self.code is not None
+        for _ in range(FETCH_TRIES - 1):
+            try:
+                await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
+                return
+            except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as err:
+                log.info("fleet: the bundle store did not answer for %s (%s)", trigger.id, err)
+            await asyncio.sleep(FETCH_PAUSE_S)
+        await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
 
     async def others(self) -> list[str]:
         """The other squadrons present in the fleet (by name)."""
