@@ -485,8 +485,7 @@ class FleetLink:
         with contextlib.suppress(ValueError):
             self.spool.listeners.remove(self.relay)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await _cancelled(self._task)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
@@ -547,11 +546,8 @@ class FleetLink:
         if self.answer_nodes is not None:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
-        await self._note_routes(presence)
-        if joined:
-            await self._take_tips(tips)
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
-        workers += [self._heartbeat(presence), self._report_apps(apps)]
+        workers += [self._heartbeat(presence, tips if joined else None), self._report_apps(apps)]
         tasks = [asyncio.create_task(w) for w in workers]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -652,8 +648,12 @@ class FleetLink:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
             log.warning("fleet: the newest push of %s not noted: %s", name, err)
 
-    async def _heartbeat(self, presence: KeyValue) -> None:
-        """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen"."""
+    async def _heartbeat(self, presence: KeyValue, tips: KeyValue | None) -> None:
+        """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen".
+        First, the fleet's nodes into this node's config and, just joined, the tips."""
+        await self._note_routes(presence)
+        if tips is not None:
+            await self._take_tips(tips)
         while True:
             await asyncio.sleep(view.HEARTBEAT_S)
             await claim_name(presence, self.identity)
@@ -830,3 +830,14 @@ async def _has_consumer(js: JetStreamContext, name: str) -> bool:
     except nats.js.errors.NotFoundError:
         return False
     return True
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for its end; cancelled again when something inside swallowed
+    the first one (nats-py can, in the middle of a request), at most a few times."""
+    for _ in range(5):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if done:
+            return
+    log.warning("fleet: the link's task did not stop; left behind")
