@@ -8,6 +8,7 @@ each leaves the fleet whole for the next.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,20 @@ def test_with_one_nats_node_killed_pushes_reach_the_others_and_it_catches_up(
     serves(b, "/site/", "v5 with B's node gone\n")
     fleet.wait_connected()
     assert b.node_pid() is not None
+
+
+def test_forget_is_refused_for_a_squadron_that_is_up_and_for_oneself(fleet: Fleet) -> None:
+    a, b, _ = fleet.squadrons
+    name = b.env["HYPERDRIVE_NAME"]
+    refused = a.hd("fleet", "forget", name, check=False, timeout=60)
+    assert refused.returncode == 1
+    assert f"{name} was seen" in refused.stderr
+    assert "it is up" in refused.stderr
+    own = a.hd("fleet", "forget", a.env["HYPERDRIVE_NAME"], check=False, timeout=60)
+    assert own.returncode == 1
+    assert "`hd fleet leave` instead" in own.stderr
+    shown = json.loads(a.hd("fleet", "status", "--json").stdout)
+    assert name in [s["name"] for s in shown["squadrons"]]  # nothing was dropped
 
 
 # The rollout case of issue 15 (`rollout 1 50% 100%`, the health check failing on B: A on
