@@ -113,12 +113,17 @@ def _fleet_verbs(fleet: argparse.ArgumentParser) -> None:
     join.add_argument("--secret", required=True, help="the fleet's secret, from init")
     join.add_argument("--advertise", default="", help="the address other nodes reach")
     join.add_argument(
-        "--node", action="store_true", help="run a JetStream cluster node here too (3 give R3)"
+        "--member",
+        action="store_true",
+        help="a client of the fleet's nodes only (default: run a JetStream node here too)",
     )
     shown = fleet_verbs.add_parser("status", help="the squadrons and each app on each")
     shown.add_argument("--json", action="store_true", help="as JSON")
     leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
     leave.add_argument("--force", action="store_true", help="even if others use the node here")
+    forget = fleet_verbs.add_parser("forget", help="drop a squadron gone for good")
+    forget.add_argument("name", help="the squadron's HYPERDRIVE_NAME")
+    forget.add_argument("--force", action="store_true", help="even if it was seen recently")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -396,9 +401,11 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
         body["advertise"] = args.advertise
     elif args.fleet_verb == "join":
         body |= {"url": args.url, "secret": args.secret}
-        body |= {"advertise": args.advertise, "node": args.node}
+        body |= {"advertise": args.advertise, "node": not args.member}
     elif args.fleet_verb == "leave":
         body["force"] = args.force
+    elif args.fleet_verb == "forget":
+        body |= {"name": args.name, "force": args.force}
     answer = client.post("/fleet", body)
     if args.fleet_verb == "init":
         print(f"fleet started; its NATS node listens on {config.fleet_listen}")
@@ -407,6 +414,9 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     elif args.fleet_verb == "join":
         node = "; a NATS node runs here too" if answer.get("node") else ""
         print(f"joined the fleet at {answer['url']}{node}")
+    elif args.fleet_verb == "forget":
+        peer = "; its NATS node is out of the cluster" if answer.get("node") else ""
+        print(f"forgot squadron {answer['forgot']}{peer}")
     else:
         print("left the fleet: this squadron is alone again")
     return EXIT_OK
