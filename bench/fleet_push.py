@@ -68,7 +68,7 @@ def main() -> None:
         stack.callback(stop_node, a)
         _, url, secret = init(a)
         for d in (b, c):
-            d.hd("fleet", "join", url, "--secret", secret, timeout=60)
+            d.hd("fleet", "join", url, "--member", "--secret", secret, timeout=60)
         wait_for(lambda: all(connected(d) for d in (a, b, c)), 60, 0.2, "all in the fleet")
         work = admiral.working_copy(root / "site-fleet", APP)
         show("push → served on all three", rounds(admiral, work, [a, b, c], args.pushes))

@@ -36,7 +36,9 @@ CAPTAIN_RIGHTS: dict[str, Scope] = {
     "rollback": Scope.OWN_APP,
     "logs": Scope.OWN_APP,  # without an app it is the squadron's log: admirals only
     "enter": Scope.OWN_APP,
+    "run": Scope.OWN_APP,  # a one-off ship of the app
     "status": Scope.OWN_APPS,
+    "ps": Scope.OWN_APPS,  # the captain's apps' processes only
 }
 # Decided to be admirals' alone should they ever be served over SSH (they change the squadron);
 # anything in neither table is refused to captains too.

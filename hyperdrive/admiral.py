@@ -1,6 +1,7 @@
-"""Admiral commands over SSH: `ssh -p 2222 git@HOST status | logs [-f] [APP] | deploy APP [SHA]
-| rollback APP | enter APP`. Each becomes the same trigger or read as its `hd` twin; a captain
-gets the ones hyperdrive.access allows, for their own apps only."""
+"""Admiral commands over SSH: `ssh -p 2222 git@HOST status | logs [-f] [APP] [--app] | ps [APP]
+| deploy APP [SHA] | rollback APP | enter APP | run APP -- COMMAND`. Each becomes the same
+trigger or read as its `hd` twin; a captain gets the ones hyperdrive.access allows, for their
+own apps only."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from hyperdrive import access
+from hyperdrive import access, applogs
 from hyperdrive.access import Identity
 from hyperdrive.enter import enter_argv
 from hyperdrive.errors import HyperdriveError, InvalidName
@@ -27,6 +28,8 @@ from hyperdrive.eventlog import EventLog, Filter, tail
 from hyperdrive.follow import Outcome, follow_async
 from hyperdrive.history import parse_history
 from hyperdrive.names import check_sha, sanitize_app_name
+from hyperdrive.pipeline.oneoff import shell_line
+from hyperdrive.procview import MAX_LINES, ProcessView, ps_text
 from hyperdrive.render import describe, status_text
 from hyperdrive.spool import Spool
 from hyperdrive.triggers import Trigger
@@ -54,6 +57,13 @@ def _parser() -> _Parser:
     logs.add_argument("--json", action="store_true")
     logs.add_argument("-n", "--lines", type=_lines, default=100, help="a number or 'all'")
     logs.add_argument("--deploy")
+    logs.add_argument("--app", dest="output", action="store_true")
+    ps = verbs.add_parser("ps", add_help=False)
+    ps.add_argument("app", nargs="?")
+    ps.add_argument("--json", action="store_true")
+    run = verbs.add_parser("run", add_help=False)
+    run.add_argument("app")
+    run.add_argument("command", nargs=argparse.REMAINDER)
     deploy = verbs.add_parser("deploy", add_help=False)
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
@@ -85,12 +95,15 @@ class AdmiralCommands:
         status: Callable[[], Mapping[str, Any]],
         lxcpath: Path,
         refusals: access.Refusals | None = None,
+        *,
+        view: ProcessView | None = None,
     ) -> None:
         self.eventlog = eventlog
         self.spool = spool
         self.status = status
         self.lxcpath = lxcpath
         self._refusals = refusals
+        self.view = view
 
     async def __call__(self, identity: Identity, argv: list[str], process: Process) -> int:
         try:
@@ -130,12 +143,57 @@ class AdmiralCommands:
 
     async def cmd_logs(self, identity: Identity, args: argparse.Namespace, process: Process) -> int:
         app = sanitize_app_name(args.app) if args.app else None
+        if args.output:
+            return await self._output(app, args, process)
         where = Filter(app=app, deploy=args.deploy)
         stream = tail(self.eventlog, where, history=args.lines, follow=args.follow)
         async for event in stream:
             _write(process, (json.dumps(event) if args.json else describe(event)) + "\n")
             await process.stdout.drain()
         return 0
+
+    async def _output(self, app: str | None, args: argparse.Namespace, process: Process) -> int:
+        """`logs APP --app [-f]`: what the app's processes print (hyperdrive/applogs.py)."""
+        if app is None or self.view is None:
+            raise _Refused("logs --app needs an app: logs APP --app")
+        ship_dir = self.view.ship_dir(app)
+        lines = 100 if args.lines is None else args.lines
+        shown, live = min(lines, MAX_LINES), self.view.follow(app)
+        async for line in applogs.app_output(ship_dir, shown, args.follow, live):
+            _write(process, line + "\n")
+            await process.stdout.drain()
+        return 0
+
+    async def cmd_ps(self, identity: Identity, args: argparse.Namespace, process: Process) -> int:
+        """`hd ps [APP]`'s table; a captain sees their own apps' processes only."""
+        if self.view is None:
+            raise HyperdriveError("ps is not served here")
+        app = sanitize_app_name(args.app) if args.app else None
+        ps = await asyncio.to_thread(self.view.ps, app)
+        ps["processes"] = [r for r in ps["processes"] if identity.commands(r["app"])]
+        if args.json:
+            _write(process, json.dumps(ps, indent=2) + "\n")
+            return 0
+        width = process.get_terminal_size()[0] if process.get_terminal_type() else 0
+        _write(process, ps_text(ps, width or 80, color=width > 0))
+        return 0
+
+    async def cmd_run(self, identity: Identity, args: argparse.Namespace, process: Process) -> int:
+        """`run APP -- COMMAND` in a one-off ship: on a PTY with `ssh -t`, else its output;
+        the command's exit status is the session's."""
+        argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not argv or self.view is None or self.view.oneoff is None:
+            raise _Refused("usage: run APP -- COMMAND")
+        app, oneoff = sanitize_app_name(args.app), self.view.oneoff
+        if process.get_terminal_type():
+            async with oneoff.ship(app) as ship:
+                attach = ["lxc-attach", "-P", str(self.lxcpath), "-n", ship, "--"]
+                return await _run_in_pty([*attach, *shell_line(argv)], process)
+
+        def show(line: str) -> None:
+            _write(process, line + "\n")
+
+        return await oneoff.run(app, argv, show)
 
     async def cmd_deploy(
         self, identity: Identity, args: argparse.Namespace, process: Process
@@ -188,21 +246,39 @@ async def _run_in_pty(argv: list[str], process: Process) -> int:
     """An interactive program on a pseudo-terminal, wired to the SSH channel both ways."""
     master, slave = pty.openpty()
     _resize(master, process.get_terminal_size())
+    # the terminal must be the program's controlling one (`setsid -c`): lxc-attach prints
+    # nothing without; the slave stays open here until the output is read, or Linux drops
+    # what is still buffered when the program exits
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        "setsid", "-w", "-c", *argv, stdin=slave, stdout=slave, stderr=slave
     )
-    os.close(slave)
     loop = asyncio.get_running_loop()
     loop.add_reader(master, _pump_out, master, process)
     feeder = asyncio.create_task(_pump_in(process, master))
     try:
-        return await proc.wait()
+        code = await proc.wait()
+        _drain(master, process)  # what it printed just before it exited
+        return code
     finally:
         loop.remove_reader(master)
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder
+        os.close(slave)
         os.close(master)
+
+
+def _drain(master: int, process: Process) -> None:
+    """Output still in the terminal after the program exited (a quick command's all of it)."""
+    os.set_blocking(master, False)
+    for _ in range(1024):  # bounded: at most 64 MiB
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EAGAIN: nothing left; EIO: the other side is closed
+            return
+        if not data:
+            return
+        process.stdout.write(data)
 
 
 def _resize(fd: int, size: tuple[int, int, int, int]) -> None:

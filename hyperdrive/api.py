@@ -21,7 +21,7 @@ from aiohttp import web
 
 from hyperdrive import __version__
 from hyperdrive.accesslog import BUCKETS, AppTraffic
-from hyperdrive.errors import FleetError, HyperdriveError
+from hyperdrive.errors import FleetError, HyperdriveError, SpoolFull
 from hyperdrive.eventlog import Event, EventLog, Filter, parse_since, tail
 from hyperdrive.files import write_atomically
 from hyperdrive.gitremote import shown_url
@@ -245,7 +245,10 @@ class Api:
             trigger = Trigger.requested(await request.json())
         except (ValueError, HyperdriveError) as err:
             raise web.HTTPBadRequest(text=f"bad trigger: {err}\n") from None
-        await self.spool.put(trigger)
+        try:
+            await self.spool.put(trigger)
+        except SpoolFull as err:
+            raise web.HTTPInsufficientStorage(text=f"{err}\n") from None
         return web.json_response({"deploy": trigger.id}, status=202)
 
     async def post_headquarters(self, request: web.Request) -> web.Response:

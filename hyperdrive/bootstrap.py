@@ -3,8 +3,9 @@ Protocols in pipeline/ports.py) are wired into the deploy core, the bus and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hyperdrive import systemd
@@ -18,6 +19,7 @@ from hyperdrive.config import Config
 from hyperdrive.eventlog import EventLog, JsonlEventLog
 from hyperdrive.fleet.service import FleetService, fleet_routes
 from hyperdrive.gitserver import GitServer, hook_env, package_hooks
+from hyperdrive.healing import NginxWatch, ShipWatch, TableWatch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.webhook import FleetResolver, WebhookReceiver
 from hyperdrive.https import CertificateKeeper
@@ -42,6 +44,7 @@ from hyperdrive.pipeline.commands import (
     Rollback,
     SyncHeadquarters,
 )
+from hyperdrive.pipeline.conductor import Conductor
 from hyperdrive.pipeline.deploy import Deployer
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.golive import GoLive, RouteTable
@@ -52,6 +55,7 @@ from hyperdrive.pipeline.hqsync import HeadquartersSync
 from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.inbox import Inbox
 from hyperdrive.pipeline.model import Records
+from hyperdrive.pipeline.oneoff import OneOff
 from hyperdrive.pipeline.plan import Planner
 from hyperdrive.pipeline.ports import (
     Clock,
@@ -66,15 +70,18 @@ from hyperdrive.pipeline.ports import (
 )
 from hyperdrive.pipeline.previews import Previews, previewed
 from hyperdrive.pipeline.recovery import Recovery
+from hyperdrive.pipeline.revival import Revival
 from hyperdrive.pipeline.rollout import Rollouts
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
+from hyperdrive.procview import ProcessView
 from hyperdrive.proxy import NginxProxy
 from hyperdrive.repos import GitRepos
 from hyperdrive.shipdns import ShipDns, app_names
 from hyperdrive.spool import FileSpool
 from hyperdrive.status import app_rows, squadron_status
 from hyperdrive.traffic import StablePorts, Traffic
+from hyperdrive.triggers import Trigger
 from hyperdrive.web.routes import Dashboard, Sources
 from hyperdrive.web.sessions import Sessions
 
@@ -108,6 +115,9 @@ class Core:
     adapters: Adapters
 
 
+Watch = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # runs until the event is set
+
+
 @dataclass
 class Daemon:
     """Everything `hd serve` runs, built but not started (server.py starts and stops it)."""
@@ -126,7 +136,10 @@ class Daemon:
     dns: ShipDns
     courier: Courier
     fleet: FleetService
+    conductor: Conductor
     keeper: CertificateKeeper | None = None
+    # what breaks around the daemon, each noticed by a watch and put right (healing.py)
+    watches: dict[str, Watch] = field(default_factory=dict)
 
 
 def nginx_for(config: Config) -> Nginx:
@@ -286,12 +299,25 @@ def command_handlers(
     }
 
 
-def event_handlers(courier: Courier | None = None) -> dict[type[ev.Event], list[EventHandler]]:
+def event_handlers(
+    courier: Courier | None = None, conductor: Conductor | None = None
+) -> dict[type[ev.Event], list[EventHandler]]:
     """The event table: facts to the listeners that react to them."""
-    if courier is None:
-        return {}
-    outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
-    return {kind: [courier.on_event] for kind in outcomes}
+    table: dict[type[ev.Event], list[EventHandler]] = {}
+    if courier is not None:
+        outcomes = (ev.DeployQueued, ev.DeployFinished, ev.DeployFailed, ev.DeploySuperseded)
+        for kind in outcomes:
+            table.setdefault(kind, []).append(courier.on_event)
+    if conductor is not None:  # after these another ship may be live, or none
+        changes: tuple[type[ev.Event], ...] = (
+            ev.DeployFinished,
+            ev.DeployFailed,
+            ev.RolledBack,
+            ev.AppRetired,
+        )
+        for change in changes:
+            table.setdefault(change, []).append(conductor.on_event)
+    return table
 
 
 def _courier(config: Config, core: Core) -> Courier:
@@ -362,14 +388,15 @@ def build(
     keyring = bootstrap_keyring(config.admiral_keys)
     headquarters = _headquarters(config, core, keyring, spool)
     courier = _courier(config, core)
+    conductor = Conductor(config, core.records, adapters.runtime, lambda event: None)
     rollouts = Rollouts(core.deployer.deploy, core.fleet.orders, board=fleet.board)
     bus = MessageBus(
         command_handlers(core, headquarters, rollouts),
-        event_handlers(courier),
+        event_handlers(courier, conductor),
         eventlog,
         parallel=config.parallel_deploys,
     )
-    courier.emit = bus.emit
+    courier.emit = conductor.emit = bus.emit
     if keeper is not None:
         keeper.emit = bus.emit
     inbox = Inbox(spool, bus, owner=core.ships.owner, route=_previews(core, bus).route)
@@ -386,6 +413,7 @@ def build(
         out=bus,
     )
     status = _status(config, core, headquarters, spool, bus, fleet, keeper)
+    view = _process_view(config, core, conductor)
     api = _api(
         config=config,
         core=core,
@@ -396,8 +424,9 @@ def build(
         inbox=inbox,
         status=status,
         fleet=fleet,
+        view=view,
     )
-    gitserver = _gitserver(config, keyring, eventlog, spool, status)
+    gitserver = _gitserver(config, keyring, eventlog, spool, status, view)
     return Daemon(
         config,
         eventlog,
@@ -413,8 +442,49 @@ def build(
         dns,
         courier,
         fleet,
+        conductor,
         keeper,
+        _watches(core, bus, recovery, spool),
     )
+
+
+def _process_view(config: Config, core: Core, conductor: Conductor) -> ProcessView:
+    """`hd ps`, `hd logs --app` and `hd run` (a one-off ship made from the live one)."""
+    adapters = core.adapters
+    oneoff = OneOff(
+        config=config,
+        records=core.records,
+        runtime=adapters.runtime,
+        network=adapters.network,
+        builder=core.deployer.builder,
+        fleet=core.fleet,
+    )
+    return ProcessView(config, core.records, conductor, run=oneoff.run, oneoff=oneoff)
+
+
+def _watches(core: Core, bus: MessageBus, recovery: Recovery, spool: FileSpool) -> dict[str, Watch]:
+    """The self-healing watches over the real programs (fakes need none)."""
+    found: dict[str, Watch] = {}
+    adapters = core.adapters
+    if isinstance(adapters.runtime, Lxc):
+
+        async def rollback(app: str) -> None:
+            await spool.put(Trigger.rollback(app, "hyperdrive"))
+
+        revival = Revival(
+            records=core.records,
+            runtime=adapters.runtime,
+            starter=core.deployer.starter,
+            out=bus,
+            rollback=rollback,
+        )
+        found["ship watch"] = ShipWatch(revival, adapters.runtime.states).run
+    if isinstance(adapters.proxy, NginxProxy):
+        found["nginx watch"] = NginxWatch(adapters.proxy.routes, bus).run
+        table = TableWatch(adapters.proxy, recovery, bus)
+        adapters.proxy.on_lost = table.heal  # a swap that finds the table gone heals it first
+        found["nft table watch"] = table.run
+    return found
 
 
 def _previews(core: Core, bus: MessageBus) -> Previews:
@@ -495,6 +565,7 @@ def _api(
     inbox: Inbox,
     status: Status,
     fleet: FleetService,
+    view: ProcessView,
 ) -> Api:
     deliveries = Deliveries()  # what each webhook delivery was answered, for the dashboard
     webhooks = WebhookReceiver(
@@ -530,17 +601,22 @@ def _api(
         metrics,
         set_headquarters=hq.set_source,
         public_routes=[webhooks.add_routes, dashboard.add_routes],
-        admin_routes=[fleet_routes(fleet)],
+        admin_routes=[fleet_routes(fleet), view.add_routes],
         fleet_events=fleet.fleet_events,
         traffic=lambda: stream.apps if isinstance(stream, RequestStream) else {},
     )
 
 
-def _gitserver(
-    config: Config, keyring: KeyRing, eventlog: EventLog, spool: FileSpool, status: Status
+def _gitserver(  # noqa: PLR0917 - what the SSH commands read
+    config: Config,
+    keyring: KeyRing,
+    eventlog: EventLog,
+    spool: FileSpool,
+    status: Status,
+    view: ProcessView,
 ) -> GitServer:
     refusals = Refusals(eventlog.append)  # one tally for git and commands alike
-    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals)
+    admiral = AdmiralCommands(eventlog, spool, status, config.containers_dir, refusals, view=view)
     listen = config.ssh_listen
     return GitServer(
         listen.host,

@@ -1,6 +1,8 @@
 """Build detection: how to build and start an app from the files it has, no special files needed.
 
-The first row that matches decides the build; a Procfile `web:` line always wins for the start.
+The first row that matches decides the build; a Procfile `web:` line always wins for the start,
+and its other lines (`release:`, workers, `cron…:`) mean what they mean on Heroku and piku
+(procfile.py); a Procfile with processes but no `web:` is a worker-only app (no route).
 
 | the app has                        | build (in the ship, in /app)           | start (default)    |
 |------------------------------------|----------------------------------------|--------------------|
@@ -20,23 +22,22 @@ The first row that matches decides the build; a Procfile `web:` line always wins
   dependencies does not download them again; npm's audit, fund and update checks are off.
 * `export BUILD_TIMEOUT=<seconds>` in the orders (or `$DATA/includes/*.env`) bounds the build
   (default 15 minutes); a build that runs longer is killed and the deploy fails.
-* A Procfile without a `web:` line, or a build script that is not executable, fails the deploy
-  with a message saying so; the running ship keeps serving.
+* A Procfile with a bad line or without any process, or a build script that is not
+  executable, fails the deploy with a message saying so; the running ship keeps serving.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hyperdrive.errors import DeployError
 from hyperdrive.files import OutsideTree, read_inside
+from hyperdrive.procfile import Procfile, ProcfileError, parse
 
 VENV = "/app/.venv"
 APP_FILE_LIMIT = 1024 * 1024  # a Procfile, package.json… larger than this is not an app's
-PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 BUILD_TIMEOUT_S = 15 * 60
 # Defaults under the orders' env: quiet, offline-friendly package managers, unbuffered logs.
 BUILD_ENV = {
@@ -59,25 +60,37 @@ COLLECTSTATIC = (
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """What to run in the ship: a build script (sh) or nothing, then the start command (sh)."""
+    """What to run in the ship: a build script (sh) or nothing, then the start command (sh)
+    of `web` ("" for a worker-only app); `procfile` holds every process, `web` included."""
 
     kind: str
     build: str | None
     start: str
     path_prefix: str = ""
     env: Mapping[str, str] = field(default_factory=lambda: dict(BUILD_ENV))
+    procfile: Procfile = field(default_factory=Procfile)
+
+    def __post_init__(self) -> None:
+        if self.start and self.procfile.web != self.start:
+            processes = {"web": self.start, **self.procfile.workers}
+            object.__setattr__(self, "procfile", replace(self.procfile, processes=processes))
 
 
-def procfile_web(app_dir: Path) -> str | None:
-    """The `web:` command of the Procfile; DeployError if there is a Procfile without one."""
+def read_procfile(app_dir: Path) -> Procfile | None:
+    """The app's Procfile, None without one; DeployError names a bad line, or says that
+    there is no process in it."""
     text = read_app_file(app_dir, "Procfile", "build")
     if text is None:
         return None
-    for line in text.splitlines():
-        match = PROCFILE_LINE.match(line.strip())
-        if match and match.group(1) == "web":
-            return match.group(2).strip()
-    raise DeployError("build", "the Procfile has no `web:` line: add `web: <command>`")
+    try:
+        procfile = parse(text)
+    except ProcfileError as err:
+        raise DeployError("build", str(err)) from None
+    if not procfile.processes and not procfile.cron:
+        raise DeployError(
+            "build", "the Procfile runs nothing: add `web: <command>` (or a worker, or cron)"
+        )
+    return procfile
 
 
 def read_app_file(app_dir: Path, name: str, stage: str) -> str | None:
@@ -160,18 +173,31 @@ def static_server(root: str) -> str:
 
 def detect(app_dir: Path) -> BuildPlan:
     """Decide how this app is built and started; DeployError says what is missing."""
-    web = procfile_web(app_dir)
+    procfile = read_procfile(app_dir)
+    plan = _detect(app_dir, procfile)
+    return plan if procfile is None else replace(plan, procfile=procfile)
+
+
+def _detect(app_dir: Path, procfile: Procfile | None) -> BuildPlan:
+    """The build (and default start) from the app's files; a Procfile that has processes
+    but no `web:` runs no default web process."""
+    web = procfile.web if procfile else None
+    if procfile is not None and web is None:
+        web = ""  # a worker-only app: nothing answers HTTP
     custom = _custom(app_dir)
     if custom is not None:
         if web is None:
-            raise DeployError("build", "a custom build needs a Procfile `web:` line to start")
+            raise DeployError("build", "a custom build needs a Procfile to say what to run")
         return BuildPlan("custom", custom, web)
     if (app_dir / "requirements.txt").is_file() or (app_dir / "pyproject.toml").is_file():
-        start = web or _python_start(app_dir)
+        start = web if web is not None else _python_start(app_dir)
         return BuildPlan("python", _python_build(app_dir), start, path_prefix=f"{VENV}/bin")
     if (app_dir / "package.json").is_file():
         return BuildPlan(
-            "node", _node_build(app_dir), web or "npm start", path_prefix="/app/node_modules/.bin"
+            "node",
+            _node_build(app_dir),
+            "npm start" if web is None else web,
+            path_prefix="/app/node_modules/.bin",
         )
     if web is not None:
         return BuildPlan("procfile", None, web)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from hyperdrive import __version__
 from hyperdrive import config as configuration
@@ -54,6 +55,15 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-n", "--lines", type=_lines, default=100, help="how many stored events, or 'all'"
     )
+    logs.add_argument(
+        "--app", dest="output", action="store_true", help="what APP's processes print"
+    )
+    ps = verbs.add_parser("ps", help="each process of each live ship: state, restarts, uptime")
+    ps.add_argument("app", nargs="?")
+    ps.add_argument("--json", action="store_true")
+    run = verbs.add_parser("run", help="a command in a one-off ship made from APP's live one")
+    run.add_argument("app")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG…]")
     deploy = verbs.add_parser("deploy", help="deploy an app (its branch tip, or SHA)")
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
@@ -100,12 +110,17 @@ def _fleet_verbs(fleet: argparse.ArgumentParser) -> None:
     join.add_argument("--secret", required=True, help="the fleet's secret, from init")
     join.add_argument("--advertise", default="", help="the address other nodes reach")
     join.add_argument(
-        "--node", action="store_true", help="run a JetStream cluster node here too (3 give R3)"
+        "--member",
+        action="store_true",
+        help="a client of the fleet's nodes only (default: run a JetStream node here too)",
     )
     shown = fleet_verbs.add_parser("status", help="the squadrons and each app on each")
     shown.add_argument("--json", action="store_true", help="as JSON")
     leave = fleet_verbs.add_parser("leave", help="leave the fleet: alone again")
     leave.add_argument("--force", action="store_true", help="even if others use the node here")
+    forget = fleet_verbs.add_parser("forget", help="drop a squadron gone for good")
+    forget.add_argument("name", help="the squadron's HYPERDRIVE_NAME")
+    forget.add_argument("--force", action="store_true", help="even if it was seen recently")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +183,8 @@ def _lines(value: str) -> int | None:
 
 
 def cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    if args.output:
+        return _app_output(args, config)
     events = AdminClient(config.socket_path).events(
         app=args.app,
         deploy=args.deploy,
@@ -180,6 +197,56 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
         text = describe(event) if not args.fleet else prefixed(event, describe(event))
         print(json.dumps(event) if args.json else text, flush=True)
     return EXIT_OK
+
+
+def _app_output(args: argparse.Namespace, config: Config) -> int:
+    """`hd logs APP --app [-f]`: what the app's processes print (hyperdrive/applogs.py)."""
+    if not args.app:
+        print("hd logs --app needs an app: hd logs APP --app", file=sys.stderr)
+        return EXIT_USAGE
+    lines = 10_000 if args.lines is None else args.lines
+    query = urlencode({"lines": lines, "follow": "1" if args.follow else "0"})
+    for line in AdminClient(config.socket_path).lines("GET", f"/apps/{args.app}/output?{query}"):
+        print(line, flush=True)
+    return EXIT_OK
+
+
+def cmd_ps(args: argparse.Namespace, config: Config) -> int:
+    path = "/ps" + (f"?{urlencode({'app': args.app})}" if args.app else "")
+    ps = AdminClient(config.socket_path).get(path)
+    if args.json:
+        print(json.dumps(ps, indent=2))
+        return EXIT_OK
+    if not ps["processes"]:
+        print("no processes: no app has a live ship")
+        return EXIT_OK
+    from rich.console import Console  # noqa: PLC0415 - rich costs ~25 ms: only for people
+
+    from hyperdrive.procview import ps_table  # noqa: PLC0415 - aiohttp: not for `hd status`
+
+    Console(highlight=False).print(ps_table(ps))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """`hd run APP -- COMMAND`: its output, then its exit status as hd's own."""
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not argv:
+        print("usage: hd run APP -- COMMAND", file=sys.stderr)
+        return EXIT_USAGE
+    last: str | None = None  # the daemon's last line is the exit status: held back one line
+    for line in AdminClient(config.socket_path).lines(
+        "POST", f"/apps/{args.app}/run", {"argv": argv}
+    ):
+        if last is not None:
+            print(last, flush=True)
+        last = line
+    try:
+        return int(json.loads(last or "")["exit"])
+    except (ValueError, KeyError, TypeError):
+        print(last or "", flush=True)
+        print("hyperdrive: the command's exit status was not said", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
@@ -334,9 +401,11 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
         body["advertise"] = args.advertise
     elif args.fleet_verb == "join":
         body |= {"url": args.url, "secret": args.secret}
-        body |= {"advertise": args.advertise, "node": args.node}
+        body |= {"advertise": args.advertise, "node": not args.member}
     elif args.fleet_verb == "leave":
         body["force"] = args.force
+    elif args.fleet_verb == "forget":
+        body |= {"name": args.name, "force": args.force}
     answer = client.post("/fleet", body)
     if args.fleet_verb == "init":
         print(f"fleet started; its NATS node listens on {config.fleet_listen}")
@@ -345,6 +414,9 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     elif args.fleet_verb == "join":
         node = "; a NATS node runs here too" if answer.get("node") else ""
         print(f"joined the fleet at {answer['url']}{node}")
+    elif args.fleet_verb == "forget":
+        peer = "; its NATS node is out of the cluster" if answer.get("node") else ""
+        print(f"forgot squadron {answer['forgot']}{peer}")
     else:
         print("left the fleet: this squadron is alone again")
     return EXIT_OK
@@ -363,6 +435,8 @@ HANDLERS: dict[str, Handler] = {
     "serve": cmd_serve,
     "status": cmd_status,
     "logs": cmd_logs,
+    "ps": cmd_ps,
+    "run": cmd_run,
     "doctor": cmd_doctor,
     "token": cmd_token,
     "deploy": cmd_deploy,

@@ -100,3 +100,13 @@ class AdminClient:
                         yield json.loads(raw)
             except (OSError, http.client.HTTPException) as err:
                 raise DaemonUnavailable(f"lost hyperdrive at {self.socket}: {err}") from err
+
+    def lines(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """A text answer line by line as it arrives (app output, a one-off command's)."""
+        conn, response = self._open(method, path, body, None)
+        with contextlib.closing(conn):
+            try:
+                for raw in response:
+                    yield raw.decode("utf-8", "replace").rstrip("\n")
+            except (OSError, http.client.HTTPException) as err:
+                raise DaemonUnavailable(f"lost hyperdrive at {self.socket}: {err}") from err

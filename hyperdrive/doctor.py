@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -120,6 +121,32 @@ def check_forwarding(config: Config) -> Check:
     if drops:
         return Check("forwarding", False, f"{drops[0]} drops", traffic.forward_fix(drops[0]))
     return Check("forwarding", True, "no forward chain drops the ships' traffic")
+
+
+def check_traffic_table(config: Config) -> Check:
+    """Our nft table is whole; how often the daemon had to restore it (someone deleted it)."""
+    traffic = Traffic(config.name, f"{bridge_address(config.subnet)}/24", device=config.bridge)
+    try:
+        damage = asyncio.run(traffic.damage())
+    except HyperdriveError as err:
+        return Check("traffic table", False, f"cannot list nft tables: {err}", f"{APT} nftables")
+    if damage and not Path("/sys/class/net", config.bridge).exists():
+        return Check("traffic table", True, "made at the first deploy")
+    if damage:
+        fix = "start hd serve: it makes the table again from the records (TrafficTableRestored)"
+        return Check("traffic table", False, damage, fix)
+    return Check("traffic table", True, f"whole, {_restores(config)}")
+
+
+def _restores(config: Config) -> str:
+    """How many times the event log says the table was restored, and the last time."""
+    times = []
+    with contextlib.suppress(OSError), config.events_file.open("rb") as log:
+        times = [line[:60] for line in log if b'"TrafficTableRestored"' in line]
+    if not times:
+        return "never restored"
+    last = re.search(rb'"ts":\s*"?([^",]+)', times[-1])
+    return f"restored {len(times)}× (last {last.group(1).decode() if last else '?'})"
 
 
 def _port_free(listen: Listen) -> bool:
@@ -304,6 +331,7 @@ def run_checks(config: Config) -> list[Check]:
         check_admirals(config, daemon.ok),
         check_ship_dns(config, daemon.ok),
         check_forwarding(config),
+        check_traffic_table(config),
         check_modes(config),
         check_ship_ids(config),
         check_privileged_ships(config),

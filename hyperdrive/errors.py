@@ -19,6 +19,10 @@ class SpoolError(HyperdriveError):
     """The durable inbox could not take or read a trigger."""
 
 
+class SpoolFull(SpoolError):
+    """The data disk has no room for a trigger: refused before anything is written."""
+
+
 class AlreadyRunning(HyperdriveError):
     """Another `hd serve` holds the lock on this data folder."""
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from hyperdrive.credentials import strip_userinfo_in
+from hyperdrive.files import undo_append
 from hyperdrive.masking import mask_event
 
 log = logging.getLogger(__name__)
@@ -334,9 +335,14 @@ class JsonlEventLog:
         deploy = record.get("deploy")
         if isinstance(deploy, str) and deploy not in self._first:
             self._first[deploy] = (self._generation, self._size)
-        self._fh.write(line)
-        self._fh.flush()
-        self._size += len(line)
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError as err:  # the disk full: followers still see it; the file stays whole
+            self._fh = undo_append(self._fh, self.path, self._size)
+            log.warning("event log: %s not stored (%s)", record.get("event"), err)
+        else:
+            self._size += len(line)
         self.appended += 1
         for sub in self._subscribers:
             sub.offer(record)

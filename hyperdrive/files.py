@@ -9,7 +9,9 @@ import contextlib
 import errno
 import os
 import stat
+from io import BufferedWriter
 from pathlib import Path
+from typing import IO
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -77,9 +79,12 @@ class OutsideTree(OSError):
     """A file asked for inside a tree is a symbolic link that leads out of it."""
 
 
-def read_inside(root: Path, relative: str, limit: int, *, tail: bool = False) -> bytes | None:
-    """Up to `limit` + 1 bytes (the last `limit` + 1 when `tail`) of the regular file at
-    `relative` under `root`, never through a link that leads out: app code made that tree.
+def read_inside(
+    root: Path, relative: str, limit: int, *, tail: bool = False, offset: int = 0
+) -> bytes | None:
+    """Up to `limit` + 1 bytes (the last `limit` + 1 when `tail`; from `offset` otherwise)
+    of the regular file at `relative` under `root`, never through a link that leads out: app
+    code made that tree.
 
     None when it is missing or not a regular file; OutsideTree when a link leads out of `root`
     (checked on the resolved path, then opened one component at a time with O_NOFOLLOW, so a
@@ -97,7 +102,7 @@ def read_inside(root: Path, relative: str, limit: int, *, tail: bool = False) ->
         if err.errno == errno.ELOOP:  # a link swapped in after the path was resolved
             raise OutsideTree(f"{relative} changed into a symbolic link while read") from err
         return None
-    return _read_fd(fd, limit, tail)
+    return _read_fd(fd, limit, tail, offset)
 
 
 def _open_beneath(base: str, relative: str) -> int:
@@ -115,8 +120,9 @@ def _open_beneath(base: str, relative: str) -> int:
         os.close(fd)
 
 
-def _read_fd(fd: int, limit: int, tail: bool) -> bytes | None:
-    """The head (or tail) of an open regular file, closed after; None for anything else."""
+def _read_fd(fd: int, limit: int, tail: bool, offset: int = 0) -> bytes | None:
+    """The head (or tail, or what follows `offset`) of an open regular file, closed after;
+    None for anything else."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -124,4 +130,17 @@ def _read_fd(fd: int, limit: int, tail: bool) -> bytes | None:
     with os.fdopen(fd, "rb") as handle:
         if tail and info.st_size > limit + 1:
             handle.seek(info.st_size - limit - 1)
+        elif offset:
+            handle.seek(offset)
         return handle.read(limit + 1)
+
+
+def undo_append(handle: IO[bytes], path: Path, size: int) -> BufferedWriter:
+    """An append that failed (the disk full) may have left part of a record behind: cut the
+    file back to `size`, where the last whole record ended, and open it again for appends, so
+    the next record starts on a clean line instead of after a torn one."""
+    with contextlib.suppress(OSError):
+        handle.close()  # what is still buffered is dropped: it belongs to the failed record
+    with contextlib.suppress(OSError):
+        os.truncate(path, size)
+    return open(path, "ab")

@@ -37,6 +37,7 @@ from hyperdrive.heads import DEFAULT_BRANCH
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
 from hyperdrive.procs import check_output
+from hyperdrive.space import FOR_WORK, shortage
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ GIT_SERVICES = {
     "git-upload-pack": "upload-pack",
     "git-upload-archive": "upload-archive",
 }
-ADMIRAL_VERBS = frozenset({"status", "logs", "deploy", "rollback", "enter"})
-PTY_VERBS = frozenset({"enter"})  # the only commands a terminal is allocated for
+ADMIRAL_VERBS = frozenset({"status", "logs", "ps", "deploy", "rollback", "enter", "run"})
+PTY_VERBS = frozenset({"enter", "run"})  # the only commands a terminal is allocated for
 MAX_COMMAND = 4096
 CHUNK = 64 * 1024
 PIPE_LIMIT = 1024 * 1024  # git's pipes buffer this much before asyncio pauses reading them
@@ -484,6 +485,9 @@ class GitServer:
     ) -> int:
         """A push; the repo is made for the first one, and removed again if the last push
         into it ends with no ref in it (`git-receive-pack zzz` that sends nothing)."""
+        if why := shortage(self.git_root, FOR_WORK):
+            log.warning("ssh: push to %s refused: %s", app, why)
+            return _refuse(process, f"push refused: {why}; the running version keeps serving")
         self._pushing[app] = self._pushing.get(app, 0) + 1
         try:
             if await self._create(app, repo):  # False when it is there already

@@ -15,8 +15,9 @@ import math
 import os
 import re
 import signal
+from asyncio.subprocess import DEVNULL, PIPE
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import jinja2
 
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STATE_LINE = re.compile(r"'(?P<name>[^']+)' changed state to \[(?P<state>[A-Z]+)\]")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MARKER = "# --- hyperdrive: the lines below are generated from ShipSpec; edits are lost ---"
 MANAGED_KEYS = ("lxc.net.", "lxc.uts.name", "lxc.cgroup.", "lxc.cgroup2.")
@@ -302,6 +304,23 @@ class Lxc:
     def _maps_ids(self, config: str) -> bool:
         lines = {ln.strip() for ln in config.splitlines()}
         return all(line in lines for line in self.ids.lxc_lines())
+
+    async def states(self) -> AsyncIterator[tuple[str, str]]:
+        """Every state change of the containers on our lxcpath, as LXC's own monitor says it
+        (lxc-monitor reads lxc-monitord's socket: told, not polled); ends if lxc-monitor does."""
+        proc = await asyncio.create_subprocess_exec(
+            "lxc-monitor", "-P", str(self.lxcpath), "-n", ".*",
+            stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            while line := await proc.stdout.readline():
+                if said := STATE_LINE.fullmatch(line.decode(errors="replace").strip()):
+                    yield said["name"], said["state"]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
     async def start(self, ship: str) -> None:
         """`lxc-start -d` (10–40 ms): returns once the container runs."""

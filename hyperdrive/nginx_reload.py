@@ -44,6 +44,7 @@ UNANSWERED = (502, 504)  # what nginx says itself when the upstream did not answ
 HOST = re.compile(
     r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 )
+WORKER = "nginx: worker process"
 CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
 HTTPS_MODES = ("on", "off", "only")
 HSTS_SECONDS = 31536000  # a year, as browsers' preload lists ask; no includeSubDomains
@@ -293,6 +294,20 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def orphan_workers(master: int) -> set[int]:
+    """The workers a dead master left: nginx workers still in its process group (the
+    daemonized master leads its own session, so the group id is its pid) but no longer its
+    children (a live master that took the pid over has its own workers as children)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid, pgid = (int(f) for f in stat.read_text().rsplit(")", 1)[1].split()[1:3])
+            pid = int(stat.parent.name)
+            if pgid == master != ppid and pid != master and _cmdline(pid).startswith(WORKER):
+                found.add(pid)
+    return found
+
+
 class Nginx:
     """Hyperdrive's own nginx master under `prefix`: started daemonized, adopted from its pid file.
 
@@ -318,6 +333,7 @@ class Nginx:
         self.control_socket = self.prefix / "run" / "control.sock"
         self.generations = self.prefix / "generations"
         self.link = self.prefix / "conf"
+        self.started = asyncio.Event()  # set each time a master runs: a watcher's cue (healing.py)
 
     def argv(self, *extra: str, conf: str = "conf/nginx.conf") -> list[str]:
         """The command line, always with our own prefix and config."""
@@ -370,9 +386,11 @@ class Nginx:
     async def start(self) -> int:
         """Adopt the running master, or start one daemonized on the live config; its pid."""
         if (pid := self.master_pid()) is not None:
+            self.started.set()
             return pid
         if shutil.which(self.binary) is None:
             raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
+        await self.quit_orphans()  # a killed master's workers still hold the ports
         self.control_socket.unlink(missing_ok=True)  # left by a master that was killed
         argv = self.argv()
         if self.scope is not None:
@@ -394,12 +412,37 @@ class Nginx:
         return await self._wait_for_master()
 
     async def _wait_for_master(self) -> int:
-        """Poll the pid file until the daemonized master is there (bounded)."""
-        async with asyncio.timeout(self.timeout):
-            while True:
-                if (pid := self.master_pid()) is not None:
-                    return pid
-                await asyncio.sleep(0.01)
+        """Poll the pid file until the daemonized master is there (bounded); a master that
+        died before it was seen (killed at once) is a ProxyError like any failed start."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    if (pid := self.master_pid()) is not None:
+                        self.started.set()
+                        return pid
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise ProxyError(
+                f"nginx started but no master ran within {self.timeout} s: "
+                f"{self.errors_since(0, ('[emerg]', '[alert]'))[-500:]}"
+            ) from None
+
+    async def quit_orphans(self) -> None:
+        """A killed master's workers go on serving, holding the ports a new master needs: ask
+        them to stop accepting (SIGQUIT; in-flight requests finish) and wait until they have."""
+        try:
+            dead = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        orphans = orphan_workers(dead)
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout / 2):
+                # no event says a worker closed its listeners: a few ms, bounded
+                while not self.retired(orphans):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
 
     async def generation(self) -> str | None:
         """Which generation the workers serve, asked on the private control socket."""
@@ -598,6 +641,14 @@ class Routes:
             "domain": self.domain,
             "workers": self.workers,
         }
+
+    async def revive(self) -> int | None:
+        """A master that died (killed, OOM) is started again on the config in force, once its
+        orphaned workers let go of the ports; the new pid, or None when nothing was needed."""
+        async with self._lock:
+            if self.nginx.live() is None or self.nginx.master_pid() is not None:
+                return None
+            return await self.nginx.start()
 
     async def _transaction(
         self, files: dict[str, str], changed: list[AppRoute], previous: Path | None, record: str

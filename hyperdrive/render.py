@@ -32,6 +32,8 @@ STAGE = {
     "ShipAssembled": "ship-build",
     "ShipBuilt": "ship-build",
     "BuildFailed": "ship-build",
+    "ReleaseFinished": "release",
+    "ReleaseFailed": "release",
     "ShipStarted": "ship-launch",
     "ShipHealthy": "health",
     "HealthCheckFailed": "health",
@@ -48,7 +50,16 @@ STAGE = {
     "HullBuildFailed": "hull-build",
     "HullRetired": "hull-build",
     "RolledBack": "rollback",
+    "ProcessExited": "process",
+    "ProcessCrashLooped": "process",
+    "CronRan": "cron",
+    "CronSkipped": "cron",
     "NginxConfigRejected": "nginx",
+    "NginxRestarted": "nginx",
+    "TrafficTableRestored": "traffic",
+    "ShipDied": "ship-launch",
+    "ShipRevived": "ship-launch",
+    "ShipCrashLooping": "ship-launch",
     "TriggerIgnored": "deploy",
     "TriggerRejected": "spool",
     "DaemonStarted": "hyperdrive",
@@ -68,7 +79,14 @@ STAGE = {
 }
 # what went wrong: the pusher sees these as ` !     ` lines
 FAILURES = frozenset(
-    {"DeployFailed", "BuildFailed", "HealthCheckFailed", "HullBuildFailed", "RolledBack"}
+    {
+        "DeployFailed",
+        "BuildFailed",
+        "ReleaseFailed",
+        "HealthCheckFailed",
+        "HullBuildFailed",
+        "RolledBack",
+    }
 )
 # the hook has already said what it queued: the pusher is not told again
 QUIET_FOR_PUSHER = frozenset({"PushReceived", "DeployQueued"})
@@ -167,6 +185,7 @@ HEADLINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "DeployFinished": _finished,
     "DeployFailed": _failed,
     "BuildFailed": _failed,
+    "ReleaseFailed": _failed,
     "HealthCheckFailed": _failed,
     "DeploySuperseded": _superseded,
 }

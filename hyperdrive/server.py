@@ -127,6 +127,8 @@ class Server:
             Step("request stream", self._open_requests, self._close_requests),
             Step("certificates", self._run_certificates),
             Step("recovery", self._recover),
+            Step("processes", self._conduct, d.conductor.close),
+            Step("healing", self._run_watches),
             Step("after swaps", _nothing, d.core.deployer.golive.after.close),
             Step("inbox", self._run_inbox, self._drain_inbox),
             Step("fleet", d.fleet.start, d.fleet.stop),
@@ -225,12 +227,21 @@ class Server:
         await self.daemon.headquarters.load()
         await self.daemon.recovery.run()
 
+    async def _conduct(self) -> None:
+        """The live ships' process exits watched, their cron jobs on the timer."""
+        self.daemon.conductor.refresh()
+
     async def _run_certificates(self) -> None:
         """The one timer that gets and renews certificates (hyperdrive/https.py)."""
         keeper = self.daemon.keeper
         if keeper is not None:
             keeper.store.prepare()
             self._background(keeper.run(), "certificates")
+
+    async def _run_watches(self) -> None:
+        """What breaks around the daemon from now on is noticed and put right (healing.py)."""
+        for what, watch in self.daemon.watches.items():
+            self._background(watch(self.should_exit), what)
 
     async def _run_outbound(self) -> None:
         """Deliveries journalled before a restart are resumed (hyperdrive/outbound)."""

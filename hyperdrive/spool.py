@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from hyperdrive.errors import SpoolError
-from hyperdrive.files import write_atomically
+from hyperdrive.errors import SpoolError, SpoolFull
+from hyperdrive.files import undo_append, write_atomically
+from hyperdrive.space import FOR_TRIGGERS, shortage
 from hyperdrive.triggers import Trigger
 from hyperdrive.watch import ARRIVALS, FolderWatch
 
@@ -97,6 +98,7 @@ class _JournalWriter:
 
     def _write(self, group: list[_Batch]) -> None:
         error: BaseException | None = None
+        whole = os.fstat(self._fh.fileno()).st_size  # every group before ended on a record
         try:
             for batch in group:
                 if batch.replace_with is not None:
@@ -108,6 +110,8 @@ class _JournalWriter:
             self.batches += 1
         except OSError as err:
             error = err
+            if not any(batch.replace_with is not None for batch in group):
+                self._fh = undo_append(self._fh, self.path, whole)
         # one wake-up per event loop for the whole group, not one per trigger
         waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for batch in group:
@@ -250,6 +254,8 @@ class FileSpool:
             return False
         if self.knows(trigger.id):
             return False
+        if why := shortage(self.root, FOR_TRIGGERS):
+            raise SpoolFull(f"could not persist trigger {trigger.id}: {why}")
         self._pending[trigger.id] = trigger
         if trigger.fingerprint:
             self._bodies[trigger.fingerprint] = trigger.id
@@ -276,7 +282,12 @@ class FileSpool:
         self._seen[trigger_id] = (now, trigger.fingerprint)
         record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
         record["fp"] = trigger.fingerprint
-        await self._submit([_line(record)])
+        try:
+            await self._submit([_line(record)])
+        except OSError as err:  # the disk full: it stays pending on disk and runs again
+            log.warning(
+                "spool: could not record %s as done (%s): it runs again at start", trigger_id, err
+            )
         await self._tell(lambda listener: listener.finished(trigger_id, outcome), trigger_id)
 
     async def _tell(

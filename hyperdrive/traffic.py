@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,14 @@ class Traffic:
         names = [item["table"]["name"] for item in listing["nftables"] if "table" in item]
         return self.table in names
 
+    async def damage(self) -> str:
+        """'' while the table is whole; else what someone took away (deleted, flushed)."""
+        try:
+            out = await run([self.nft, "-j", "list", "table", "ip", self.table])
+        except CommandFailed:
+            return f"nft table ip {self.table} is missing"
+        return table_damage(json.loads(out), self.table)
+
     async def drop_table(self) -> None:
         """Remove the table and everything in it (tests, uninstall); never `flush ruleset`."""
         async with self._lock:
@@ -197,6 +205,16 @@ class Traffic:
                 lines.append(f"delete element ip {self.table} {MAP} {{ {key} }}")
             lines.append(f"add element ip {self.table} {MAP} {{ {key} : {value} }}")
             await self._apply("\n".join([*lines, ""]))
+
+    async def point_all(self, targets: Mapping[int, tuple[str, int]]) -> None:
+        """Point stable ports that are not in the map yet, all in one nft transaction."""
+        lines = [
+            f"add element ip {self.table} {MAP} {{ {_port(key)} : {_ipv4(ip)} . {_port(port)} }}"
+            for key, (ip, port) in sorted(targets.items())
+        ]
+        if lines:
+            async with self._lock:
+                await self._apply("\n".join([*lines, ""]))
 
     async def offer(self, ports: set[int]) -> None:
         """The TCP ports on the bridge address ships may reach (nginx's): exactly `ports`."""
@@ -255,6 +273,19 @@ class Traffic:
         async with self._lock:
             if key in await self.current():
                 await self._apply(f"delete element ip {self.table} {MAP} {{ {key} }}\n")
+
+
+CHAINS = ("output", "prerouting", "postrouting", "forward", "input", CLOSED)
+
+
+def table_damage(listing: dict[str, Any], table: str) -> str:
+    """What `nft -j list table` output lacks of what `_table_script` makes: '' when whole."""
+    items = listing.get("nftables", [])
+    sets = {i[k]["name"] for i in items for k in ("map", "set") if k in i}
+    rules = {i["rule"]["chain"] for i in items if "rule" in i}
+    lost = [f"{name} set" for name in (MAP, EGRESS, OFFERED) if name not in sets]
+    lost += [f"{name} rules" for name in CHAINS if name not in rules]
+    return f"nft table ip {table} lost its {', '.join(lost)}" if lost else ""
 
 
 def forward_drops(listing: dict[str, Any], own: str) -> list[str]:

@@ -33,7 +33,7 @@ from hyperdrive.fleet import bundles, feed, rollout, view
 from hyperdrive.fleet.bundles import Bundles
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
-from hyperdrive.fleet.state import Creds
+from hyperdrive.fleet.state import Creds, node_routes, replicas_for
 from hyperdrive.spool import FileSpool
 from hyperdrive.triggers import Trigger
 
@@ -43,6 +43,7 @@ STREAM = "HD_TRIGGERS"
 SUBJECT = "hd.trigger"
 PRESENCE = "hd_squadrons"
 APPS = "hd_apps"  # KV: `<squadron>.<app>` → that app's sha, ship, health there
+TIPS = "hd_tips"  # KV: `<repo>/<ref>` → the newest shared push to it (a joiner's start)
 BUNDLES = "hd_bundles"  # object store: `<app>/<sha>` → the git bundle of that push
 BUNDLE_STORE_BYTES = 4 * 1024**3  # full: a push's bundle is not stored (the others fail it)
 EVENTS = "HD_EVENTS"  # every squadron's events, tagged (feed.py)
@@ -61,6 +62,9 @@ FETCH_WAIT_S = 10.0  # a pull waits this long; a pull lost with its consumer lea
 CONNECT_TIMEOUT_S = 3
 PUBLISH_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
+FETCH_TRIES, FETCH_PAUSE_S = 10, 2.0  # a bundle store that does not answer: ~1 min at most
+SERVER_REMOVE = "$JS.API.SERVER.REMOVE"  # the meta leader answers; system account only
+NOT_A_MEMBER = 10044  # its error code when the peer is gone already
 
 CONNECTING, CONNECTED, UNREACHABLE, REFUSED = "connecting", "connected", "unreachable", "refused"
 
@@ -76,6 +80,8 @@ class Identity:
     name: str
     instance: str
     version: str
+    route: str = ""  # a node's cluster URL, as the other nodes reach it ("" for a member)
+    client: str = ""  # a node's client URL, as the other squadrons reach it
 
 
 async def connect(
@@ -165,27 +171,83 @@ async def ensure_stream(js: JetStreamContext) -> None:
     await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
 
 
-async def grow(js: JetStreamContext) -> int:
-    """Make the stream, the KV buckets and the bundle store R3 once the cluster has three
-    nodes; the replicas all have now (1 while the cluster is smaller, or still forming)."""
-    replicas = 3
+async def fit(js: JetStreamContext, nodes: int) -> int:
+    """Grow the stream, the KV buckets and the bundle store to R3 once the cluster has three
+    nodes, shrink them to R1 when fewer remain; the replicas all have now (the lowest)."""
+    target = replicas_for(nodes)
+    replicas = target
     for name in (
         STREAM,
         EVENTS,
         f"KV_{PRESENCE}",
         f"KV_{APPS}",
+        f"KV_{TIPS}",
         f"KV_{ROLLOUTS}",
         f"OBJ_{BUNDLES}",
     ):
         try:
             info = await js.stream_info(name)
-            if (info.config.num_replicas or 1) < 3:
-                info = await js.update_stream(replace(info.config, num_replicas=3))
+            if (info.config.num_replicas or 1) != target:
+                info = await js.update_stream(replace(info.config, num_replicas=target))
             replicas = min(replicas, info.config.num_replicas or 1)
         except (nats.js.errors.Error, nats.errors.Error) as err:
             log.debug("fleet: %s stays at its replicas for now: %s", name, err)
             replicas = 1
     return replicas
+
+
+async def remove_peer(urls: tuple[str, ...], creds: Creds, server: str) -> None:
+    """Take node `server` out of the JetStream meta group (a node that left or was
+    forgotten); done when it is out already. FleetError when no meta leader took it."""
+    system = creds.system()
+    try:
+        nc = await connect(urls, system, name=f"{server}-remove", retry=False)
+    except Exception as err:  # noqa: BLE001 - nats-py raises many kinds
+        raise FleetError(f"cannot reach the fleet's nodes to remove {server}: {err}") from None
+    try:
+        for _ in range(10):  # a meta leader may be in election just after a node stopped
+            with contextlib.suppress(nats.errors.Error, TimeoutError, ValueError):
+                answer = json.loads((await nc.request(SERVER_REMOVE, _peer(server), 3)).data)
+                error = answer.get("error") or {}
+                if answer.get("success") or error.get("err_code") == NOT_A_MEMBER:
+                    return
+                log.debug("fleet: removing peer %s: %s", server, error)
+            await asyncio.sleep(1)
+    finally:
+        await _discard(nc)
+    raise FleetError(f"the fleet's JetStream did not remove the peer {server}")
+
+
+async def fit_at(urls: tuple[str, ...], creds: Creds, leaving: str) -> None:
+    """After a node left: the fleet's replicas fitted to the nodes that remain."""
+    nc = await connect(urls, creds, name=f"{leaving}-leaving", retry=False)
+
+    async def fitted() -> bool:
+        squadrons = await entries(await presence_bucket(js))
+        nodes = len({n for n in node_routes(squadrons) if n != leaving})
+        return await fit(js, nodes) == replicas_for(nodes)
+
+    try:
+        js = nc.jetstream()
+        await patiently(fitted)
+    finally:
+        await _discard(nc)
+
+
+async def patiently(work: Callable[[], Awaitable[bool]], tries: int = 10) -> None:
+    """Again until `work` says done: just after a node is lost, the leaders of the meta
+    group, the stream and the buckets move, and JetStream requests time out meanwhile."""
+    for _ in range(tries - 1):
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            if await work():
+                return
+        await asyncio.sleep(1)
+    if not await work():
+        raise FleetError("the fleet's JetStream did not settle")
+
+
+def _peer(server: str) -> bytes:
+    return json.dumps({"peer": server}).encode()
 
 
 async def ask_for_routes(
@@ -354,9 +416,10 @@ async def check_name(kv: KeyValue, identity: Identity) -> None:
 
 async def claim_name(kv: KeyValue, identity: Identity) -> None:
     """Take this squadron's name, atomically: create, or update our own entry."""
-    value = json.dumps(
-        {"id": identity.instance, "version": identity.version, "seen": time.time()}
-    ).encode()
+    entry: dict[str, Any] = {"id": identity.instance, "version": identity.version}
+    if identity.route:
+        entry |= {"route": identity.route, "client": identity.client}
+    value = json.dumps({**entry, "seen": time.time()}).encode()
     try:
         await kv.create(identity.name, value)
         return
@@ -382,7 +445,21 @@ class _MsgDelivery:
         await self.msg.term()
 
 
+class _Replayed:
+    """A tip replayed for a squadron that just joined: no stream delivery to acknowledge."""
+
+    async def ack(self) -> None:
+        return
+
+    async def in_progress(self) -> None:
+        return
+
+    async def term(self) -> None:
+        return
+
+
 NodesHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+RoutesHandler = Callable[[dict[str, str]], Awaitable[None]]
 
 
 class FleetLink:
@@ -400,10 +477,12 @@ class FleetLink:
         code: Bundles | None = None,
         app_rows: Callable[[], list[dict[str, Any]]] | None = None,
         events: EventSink | None = None,
+        on_routes: RoutesHandler | None = None,
     ) -> None:
         self.events = events  # this squadron's event log, shared with the fleet
         self._feed: Subscription | None = None
         self.board = RolloutBoard(self)
+        self.on_routes = on_routes  # a node: the fleet's nodes' routes, to keep in its config
         self.app_rows = app_rows  # this squadron's apps, as `hd status` shows them
         self._outcome = asyncio.Event()  # a deploy here has an outcome: tell the fleet
         self.answer_nodes = answer_nodes  # set where this squadron runs a node
@@ -460,8 +539,7 @@ class FleetLink:
         with contextlib.suppress(ValueError):
             self.spool.listeners.remove(self.relay)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await _cancelled(self._task)
         if self._feed is not None:
             self._feed.close()
             self._feed = None
@@ -511,9 +589,11 @@ class FleetLink:
         presence = await presence_bucket(js)
         await claim_name(presence, self.identity)
         apps = await presence_bucket(js, APPS)
+        tips = await presence_bucket(js, TIPS)
         await bundle_store(js)  # made now, so that it grows to R3 with the others
         await ensure_events(js)
         await rollout_bucket(js)
+        joined = not await _has_consumer(js, self.identity.name)
         sub = await js.pull_subscribe(
             f"{SUBJECT}.>",
             durable=self.identity.name,
@@ -526,7 +606,8 @@ class FleetLink:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
-        workers += [self._heartbeat(presence), self._report_apps(apps), self._share_events()]
+        workers += [self._heartbeat(presence, tips if joined else None), self._report_apps(apps)]
+        workers.append(self._share_events())
         tasks = [asyncio.create_task(w) for w in workers]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -608,13 +689,51 @@ class FleetLink:
             return False
         self.published += 1
         await self.outbox.sent(trigger.id)
+        if code is not None:
+            await self._note_tip(js, trigger)
         return True
 
-    async def _heartbeat(self, presence: KeyValue) -> None:
-        """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen"."""
+    async def _note_tip(self, js: JetStreamContext, trigger: Trigger) -> None:
+        """The newest push of a hosted repo's ref, for squadrons that join later."""
+        update = trigger.update
+        if update is None:
+            return
+        name = bundles.key(bundles.repo_name(trigger), update.ref)
+        try:
+            tips = await presence_bucket(js, TIPS)
+            if update.deleted:
+                await tips.delete(name)
+            else:
+                await tips.put(name, encode(trigger))
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+            log.warning("fleet: the newest push of %s not noted: %s", name, err)
+
+    async def _heartbeat(self, presence: KeyValue, tips: KeyValue | None) -> None:
+        """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen".
+        First, the fleet's nodes into this node's config and, just joined, the tips."""
+        await self._note_routes(presence)
+        if tips is not None:
+            await self._take_tips(tips)
         while True:
             await asyncio.sleep(view.HEARTBEAT_S)
             await claim_name(presence, self.identity)
+            await self._note_routes(presence)
+            with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                await self.fit()  # R3 or R1 as the nodes come and go; `replicas` fresh
+
+    async def _note_routes(self, presence: KeyValue) -> None:
+        """Tell this squadron's node where every node of the fleet is (its config keeps
+        them all, so a restarted node finds the cluster whichever peers are up)."""
+        if self.on_routes is not None:
+            await self.on_routes(node_routes(await entries(presence)))
+
+    async def _take_tips(self, tips: KeyValue) -> None:
+        """A squadron that just joined: the newest push of every hosted repo (apps first,
+        then HQ, whose sync orders them), as if it had come from the stream."""
+        pushes = sorted((await entries(tips)).values(), key=lambda t: t.get("kind") == "hq")
+        for push in pushes:
+            log.info("fleet: taking the fleet's newest push %s", push.get("id"))
+            await self.relay.received(json.dumps(push).encode(), _Replayed())
 
     async def _report_apps(self, apps: KeyValue) -> None:
         """Each app's state here into KV: at the start of a session and at each outcome."""
@@ -694,7 +813,7 @@ class FleetLink:
         if self.code is None or not bundles.carries_code(trigger):
             return trigger
         try:
-            await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
+            await self._apply_patiently(trigger)
         except Exception as err:  # noqa: BLE001 - whatever it was, this squadron's deploy says it
             why = f"the pushed commits did not reach this squadron: {err}"
             log.warning("fleet: %s: %s", trigger.id, why)
@@ -703,6 +822,19 @@ class FleetLink:
                     await self.board.report(trigger.app, trigger.id, rollout.FAILED, tries=1)
             return replace(trigger, data={**trigger.data, "unfetched": why})
         return trigger
+
+    async def _apply_patiently(self, trigger: Trigger) -> None:
+        """The bundles, asked again while the store does not answer (just after a node is
+        lost its leader moves); a bundle the store has not got fails at once."""
+        assert self.code is not None
+        for _ in range(FETCH_TRIES - 1):
+            try:
+                await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
+                return
+            except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as err:
+                log.info("fleet: the bundle store did not answer for %s (%s)", trigger.id, err)
+            await asyncio.sleep(FETCH_PAUSE_S)
+        await self.code.apply(trigger, lambda name: get_bundle(self._jetstream(), name))
 
     async def others(self) -> list[str]:
         """The other squadrons present in the fleet (by name)."""
@@ -730,24 +862,47 @@ class FleetLink:
         with contextlib.suppress(Exception):
             await msg.respond(json.dumps(answer).encode())
 
-    async def grow(self) -> bool:
+    async def fit(self) -> bool:
+        """The stream and buckets at the replicas the fleet's nodes allow; True once there."""
         if self._nc is None or not self._nc.is_connected:
             return False
-        self.replicas = await grow(self._nc.jetstream())
-        return self.replicas >= 3
+        js = self._nc.jetstream()
+        nodes = len(node_routes(await entries(await presence_bucket(js))))
+        self.replicas = await fit(js, nodes)
+        return self.replicas == replicas_for(nodes)
+
+    async def node_clients(self) -> tuple[str, ...]:
+        """The client URLs of the fleet's other nodes (where to go once this one is off)."""
+        squadrons = await entries(await presence_bucket(self._jetstream()))
+        others = (e.get("client") for n, e in squadrons.items() if n != self.identity.name)
+        return tuple(str(c) for c in others if c)
+
+    async def forget(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """`hd fleet forget NAME`: a squadron gone for good. Its name, consumer and apps go;
+        a node's peer leaves the meta group. Refused while it is up, unless `force`."""
+        found: dict[str, Any] = {}
+
+        async def dropped() -> bool:
+            js = self._jetstream()
+            presence = await presence_bucket(js)
+            entry = (await entries(presence)).get(name)
+            view.check_forgettable(name, entry, time.time(), force=force)
+            found.update(entry or {})
+            await _drop_squadron(js, presence, name)
+            return True
+
+        await patiently(dropped)
+        if found.get("route"):
+            await remove_peer(self._servers(), self.creds, name)
+            await patiently(self.fit)
+        return {"forgot": name, "node": bool(found.get("route"))}
 
     async def release_name(self) -> None:
         """`hd fleet leave`: free the name and drop this squadron's consumer."""
         js = self._jetstream()
         kv = await presence_bucket(js)
         await check_name(kv, self.identity)
-        await kv.delete(self.identity.name)
-        apps = await presence_bucket(js, APPS)
-        for key in await entries(apps):
-            if key.startswith(f"{self.identity.name}."):
-                await apps.delete(key)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(STREAM, self.identity.name)
+        await _drop_squadron(js, kv, self.identity.name)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -962,3 +1117,35 @@ def _result(value: bytes) -> str:
         return str(json.loads(value).get("result") or "")
     except (ValueError, AttributeError):
         return ""
+
+
+async def _drop_squadron(js: JetStreamContext, presence: KeyValue, name: str) -> None:
+    """A squadron out of the fleet: its durable consumer, its apps' rows, then its name (a
+    step that failed half-way is done again by running the same verb again)."""
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_consumer(STREAM, name)
+    apps = await presence_bucket(js, APPS)
+    for key in await entries(apps):
+        if key.startswith(f"{name}."):
+            await apps.delete(key)
+    await presence.delete(name)
+
+
+async def _has_consumer(js: JetStreamContext, name: str) -> bool:
+    """Whether this squadron's durable consumer exists (not: it joins just now)."""
+    try:
+        await js.consumer_info(STREAM, name)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for its end; cancelled again when something inside swallowed
+    the first one (nats-py can, in the middle of a request), at most a few times."""
+    for _ in range(5):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if done:
+            return
+    log.warning("fleet: the link's task did not stop; left behind")

@@ -50,17 +50,24 @@ def _quoted(value: str) -> str:
 def render(spec: NodeSpec) -> str:
     """The nats-server config: JetStream in `folder/jetstream`, auth always on.
 
-    A cluster block is written only with routes: nats-server 2.9 refuses a JetStream cluster
-    without any, and a lone node is a standalone JetStream server.
+    Two accounts: the fleet's (JetStream on) and the system account, whose user may remove
+    a peer that left. A cluster block is written only with routes: nats-server 2.9 refuses
+    a JetStream cluster without any, and a lone node is a standalone JetStream server.
     """
     user, password = _quoted(spec.creds.user), _quoted(spec.creds.password)
+    system = spec.creds.system()
     lines = [
         f"server_name: {_quoted(spec.name)}",
         f"listen: {_quoted(str(spec.listen))}",
         f"pid_file: {_quoted(str(spec.folder / 'nats.pid'))}",
         f"log_file: {_quoted(str(spec.folder / 'nats.log'))}",
         f"jetstream {{ store_dir: {_quoted(str(spec.folder / 'jetstream'))} }}",
-        f"authorization {{ user: {user}, password: {password} }}",
+        "accounts {",
+        f"  HD: {{ jetstream: enabled, users: [{{ user: {user}, password: {password} }}] }}",
+        f"  SYS: {{ users: [{{ user: {_quoted(system.user)}, "
+        f"password: {_quoted(system.password)} }}] }}",
+        "}",
+        "system_account: SYS",
     ]
     if spec.routes:
         routes = ", ".join(_quoted(_with_creds(r, spec.creds)) for r in spec.routes)

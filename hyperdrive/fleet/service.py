@@ -12,6 +12,7 @@ import logging
 import re
 import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -77,7 +78,7 @@ class FleetService:
 
         node = membership is not None and membership.node
         self.link = FleetLink(
-            self._identity(),
+            self._identity(membership),
             urls,
             creds,
             self.spool,
@@ -86,6 +87,7 @@ class FleetService:
             code=Bundles(self.config.git_dir, package_hooks()),
             app_rows=self.app_rows,
             events=self.events,
+            on_routes=self._keep_routes if node else None,
         )
         await self.link.start()
 
@@ -99,11 +101,31 @@ class FleetService:
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
 
-    def _identity(self) -> Identity:
+    def _identity(self, membership: state.Membership | None = None) -> Identity:
+        """Who this squadron is; a node also says where the others reach it."""
         from hyperdrive.fleet.link import Identity  # noqa: PLC0415
 
         ident = state.instance_id(self.config)
-        return Identity(self.config.name, ident, __version__)
+        if membership is None or not membership.node or self.config.fleet:
+            return Identity(self.config.name, ident, __version__)
+        host = membership.advertise or _advertised(self.config)
+        client = state.client_url(self.config.fleet_listen, host)
+        route = self._route(membership.advertise)
+        return Identity(self.config.name, ident, __version__, route=route, client=client)
+
+    async def _keep_routes(self, routes: dict[str, str]) -> None:
+        """Every node of the fleet in this node's config (read at its next start), so a
+        restarted node rejoins all of them. A lone node stays standalone."""
+        membership = state.read_membership(self.config)
+        if membership is None or not membership.node or not membership.routes:
+            return
+        peers = state.peer_routes(routes, self.config.name)
+        if not peers or peers == membership.routes:
+            return
+        creds = state.read_creds(self.config.fleet_creds_file)
+        kept = replace(membership, routes=peers)
+        await asyncio.to_thread(self._write_node, self._spec(creds, peers), creds, kept)
+        log.info("fleet: this node's peers are now %s", ", ".join(peers))
 
     # -- hd fleet init / join / leave --
     def _refuse_if_member(self) -> None:
@@ -117,7 +139,8 @@ class FleetService:
         self._refuse_if_member()
         self._need_nats_server()
         creds = state.new_creds()
-        await asyncio.to_thread(self._write_node, self._spec(creds, ()), creds, advertise, ())
+        membership = state.Membership(node=True, advertise=advertise)
+        await asyncio.to_thread(self._write_node, self._spec(creds, ()), creds, membership)
         await self.node.stop()  # a node a previous `leave` could not stop
         await self.node.start()
         await self._restart()
@@ -137,19 +160,16 @@ class FleetService:
         host = advertise or _advertised(self.config)
         return f"nats://{Listen(host, self.config.fleet_cluster_listen.port)}"
 
-    def _write_node(
-        self, spec: NodeSpec, creds: state.Creds, advertise: str, routes: tuple[str, ...]
-    ) -> None:
+    def _write_node(self, spec: NodeSpec, creds: state.Creds, membership: state.Membership) -> None:
         self.node.configure(spec)
         state.write_creds(self.config.fleet_creds_file, creds)
-        membership = state.Membership(node=True, advertise=advertise, routes=routes)
         state.write_membership(self.config, membership)
 
     async def join(
-        self, url: str, secret: str, *, advertise: str = "", node: bool = False
+        self, url: str, secret: str, *, advertise: str = "", node: bool = True
     ) -> dict[str, Any]:
-        """Join the fleet at `url`, checked first (secret, name): as a member (a client of
-        `url`), or with `node` as a JetStream cluster node of its own (three give R3)."""
+        """Join the fleet at `url`, checked first (secret, name): as a JetStream cluster node
+        of its own (the default: three give R3), or without `node` as a member (a client)."""
         self._refuse_if_member()
         from hyperdrive.fleet import link  # noqa: PLC0415 - only a fleet loads nats
 
@@ -163,11 +183,12 @@ class FleetService:
         route = self._route(advertise)
         routes = await link.ask_for_routes((url,), creds, identity, route)
         peers = tuple(r for r in routes if r != route)
-        await asyncio.to_thread(self._write_node, self._spec(creds, peers), creds, advertise, peers)
+        membership = state.Membership(node=True, advertise=advertise, routes=peers)
+        await asyncio.to_thread(self._write_node, self._spec(creds, peers), creds, membership)
         await self.node.stop()
         await self.node.start()
         await self._restart()
-        self._background(self._grow(), "fleet grow")
+        self._background(self._fit(), "fleet grow")
         return {"url": url, "node": True, "routes": list(peers)}
 
     async def _answer_nodes(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -179,26 +200,31 @@ class FleetService:
         membership = state.read_membership(self.config)
         if membership is None or not membership.node:
             raise FleetError("this squadron runs no NATS node")
-        routes = sorted({self._route(membership.advertise), *membership.routes})
+        routes = sorted({self._route(membership.advertise), *membership.routes, route})
         if not membership.routes:
             self._background(self._become_cluster(membership, route), "fleet cluster")
+        elif route not in membership.routes:  # a cluster node: the joiner in its config now
+            known = (*membership.routes, route)  # keys no squadron name can be
+            await self._keep_routes({f"route:{i}": r for i, r in enumerate(known)})
         return {"routes": routes}
 
     async def _become_cluster(self, membership: state.Membership, route: str) -> None:
         await asyncio.sleep(0.5)  # the answer is on its way first
         creds = state.read_creds(self.config.fleet_creds_file)
         routes = (route,)
-        grown = state.Membership(node=True, advertise=membership.advertise, routes=routes)
+        grown = replace(membership, routes=routes)
         await asyncio.to_thread(state.write_membership, self.config, grown)
         await self.node.reborn(self._spec(creds, routes))
         log.info("fleet: this node is now a cluster node with %s", route)
 
-    async def _grow(self) -> None:
-        """R3 once three nodes are in (bounded: a cluster still forming is asked again)."""
+    async def _fit(self) -> None:
+        """R3 once three nodes are in, R1 below (bounded: a cluster still forming is asked
+        again)."""
         for _ in range(30):
             await asyncio.sleep(2)
-            if self.link is not None and await self.link.grow():
-                return
+            with contextlib.suppress(Exception):  # not connected yet, a leader in election
+                if self.link is not None and await self.link.fit():
+                    return
 
     def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -221,15 +247,47 @@ class FleetService:
             raise FleetError("this squadron is not in a fleet")
         if membership.node and not membership.routes and not force:
             await self._refuse_if_others()  # the fleet's only node
+        peers: tuple[str, ...] = ()
         if self.link is not None:
             try:
+                if membership.node and membership.routes:
+                    peers = await asyncio.wait_for(self.link.node_clients(), 10)
                 await asyncio.wait_for(self.link.release_name(), 10)
             except Exception as err:  # noqa: BLE001 - leaving goes on; the name stays taken
                 log.warning("fleet: could not free the name %s: %r", self.config.name, err)
         await self.stop()
         await self.node.stop()
+        answer: dict[str, Any] = {"left": True}
+        if peers:
+            answer["peer_removed"] = await self._remove_own_peer(peers)
         await asyncio.to_thread(self._forget)
-        return {"left": True}
+        return answer
+
+    async def _remove_own_peer(self, peers: tuple[str, ...]) -> bool:
+        """This node, stopped, out of the meta group; the rest shrink to R1 below three."""
+        from hyperdrive.fleet import link  # noqa: PLC0415 - only a fleet loads nats
+
+        creds = state.read_creds(self.config.fleet_creds_file)
+        try:
+            await asyncio.wait_for(link.remove_peer(peers, creds, self.config.name), 30)
+            await asyncio.wait_for(link.fit_at(peers, creds, self.config.name), 30)
+        except (FleetError, TimeoutError) as err:
+            log.warning(
+                "fleet: %s; `hd fleet forget %s` on another squadron", err, self.config.name
+            )
+            return False
+        return True
+
+    async def forget(self, name: str, force: bool = False) -> dict[str, Any]:
+        """`hd fleet forget NAME`: a squadron gone for good leaves the fleet's records."""
+        if name == self.config.name:
+            raise FleetError("this is this squadron: `hd fleet leave` instead")
+        if self.link is None:
+            raise FleetError(self.problem or "this squadron is not in a fleet")
+        try:
+            return await asyncio.wait_for(self.link.forget(name, force=force), 60)
+        except TimeoutError:
+            raise FleetError("the fleet did not answer within 60 s") from None
 
     async def _refuse_if_others(self) -> None:
         if self.link is None:
@@ -339,8 +397,13 @@ async def _act(fleet: FleetService, body: dict[str, Any]) -> dict[str, Any]:
         url, secret = str(body.get("url") or ""), str(body.get("secret") or "")
         if not NATS_URL.fullmatch(url) or not secret:
             raise FleetError("join needs a NATS URL (nats://HOST:PORT) and the fleet's --secret")
-        advertise, node = str(body.get("advertise") or ""), bool(body.get("node"))
+        advertise, node = str(body.get("advertise") or ""), body.get("node", True) is not False
         return await fleet.join(url, secret, advertise=advertise, node=node)
     if action == "leave":
         return await fleet.leave(force=bool(body.get("force")))
-    raise FleetError(f"unknown fleet action {action!r} (init, join, leave)")
+    if action == "forget":
+        name = str(body.get("name") or "")
+        if not name:
+            raise FleetError("forget needs the name of a squadron")
+        return await fleet.forget(name, force=bool(body.get("force")))
+    raise FleetError(f"unknown fleet action {action!r} (init, join, leave, forget)")

@@ -7,10 +7,13 @@ Pure file handling: no NATS here.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hyperdrive.config import Config, Listen, parse_conf
 from hyperdrive.errors import ConfigError, FleetError
@@ -18,6 +21,7 @@ from hyperdrive.files import write_atomically
 from hyperdrive.modes import DATA_MODE, SECRET_MODE
 
 FLEET_USER = "hyperdrive"
+SYSTEM_USER = "system"  # the managed nodes' system account: `$JS.API.SERVER.REMOVE` needs it
 MEMBERSHIP = "fleet.json"
 
 
@@ -28,8 +32,22 @@ class Creds:
     user: str
     password: str
 
+    @property
+    def system_password(self) -> str:
+        """The system user's password, derived from the fleet's secret: every node writes
+        the same one into its config, and the join line needs to carry only one secret."""
+        digest = hmac.new(self.password.encode(), b"hyperdrive system account", hashlib.sha256)
+        return digest.hexdigest()
+
+    def system(self) -> Creds:
+        """The system account's user (peer removal); it can do nothing in the fleet's account."""
+        return Creds(SYSTEM_USER, self.system_password)
+
     def to_text(self) -> str:
-        return f"NATS_USER={self.user}\nNATS_PASSWORD={self.password}\n"
+        return (
+            f"NATS_USER={self.user}\nNATS_PASSWORD={self.password}\n"
+            f"NATS_SYSTEM_PASSWORD={self.system_password}\n"
+        )
 
 
 def new_creds() -> Creds:
@@ -116,6 +134,22 @@ def connect_urls(config: Config, membership: Membership | None) -> tuple[str, ..
     if membership.node:
         return (client_url(config.fleet_listen),)
     return membership.urls
+
+
+def replicas_for(nodes: int) -> int:
+    """R3 once the cluster has three nodes, R1 below (a two-node RAFT group stalls when
+    either node is gone, so R2 would be no safer than R1 and slower)."""
+    return 3 if nodes >= 3 else 1
+
+
+def node_routes(squadrons: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each node's cluster URL, by squadron name, from the presence entries."""
+    return {n: str(e["route"]) for n, e in squadrons.items() if e.get("route")}
+
+
+def peer_routes(routes: dict[str, str], own: str) -> tuple[str, ...]:
+    """What a node's config lists: every other node's route, sorted, once."""
+    return tuple(sorted({r for n, r in routes.items() if n != own}))
 
 
 def join_line(url: str, creds: Creds) -> str:

@@ -7,8 +7,25 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from hyperdrive.errors import FleetError
+
 HEARTBEAT_S = 30.0  # a squadron says it is there this often; "last seen" is that fresh
 STALE_AFTER_S = 3 * HEARTBEAT_S  # not seen for this long: shown as gone
+
+
+def check_forgettable(
+    name: str, entry: Mapping[str, Any] | None, now: float, *, force: bool
+) -> None:
+    """`hd fleet forget` is for a squadron gone for good: refused for one unknown, or seen
+    within STALE_AFTER_S (it is up: its own `hd fleet leave` is the way), unless `force`."""
+    if entry is None:
+        raise FleetError(f"there is no squadron {name!r} in this fleet")
+    ago = max(0.0, now - float(entry.get("seen") or 0))
+    if ago < STALE_AFTER_S and not force:
+        raise FleetError(
+            f"{name} was seen {ago:.0f} s ago: it is up; run `hd fleet leave` there, "
+            f"or `hd fleet forget {name} --force` if it is gone for good"
+        )
 
 
 def app_state(row: Mapping[str, Any]) -> dict[str, Any]:

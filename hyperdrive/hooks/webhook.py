@@ -43,7 +43,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError
+from hyperdrive.errors import HyperdriveError, InvalidName, SpoolError, SpoolFull
 from hyperdrive.gitremote import normalize_url, shown_url, split_branch
 from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.refusals import RefusalTally, source_of
@@ -693,6 +693,9 @@ class WebhookReceiver:
         """Put the one trigger of this delivery (its apps: `targets`); answer once durable."""
         try:
             fresh = await self._spool.put(trigger)
+        except SpoolFull as err:  # refused before a byte was written: 507, the forge retries
+            log.warning("webhook: %s", err)
+            raise WebhookRefused(507, f"{err}; the forge should retry") from err
         except SpoolError as err:
             log.warning("webhook: %s", err)
             raise WebhookRefused(

@@ -18,6 +18,7 @@ from hyperdrive.errors import AttachTimedOut, DeployError
 from hyperdrive.headquarters.orders import Orders
 from hyperdrive.masking import Masker
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
@@ -25,18 +26,11 @@ from hyperdrive.pipeline.job import Job, Stamped, stage
 from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
 from hyperdrive.runtimes import choose_hull, read_asks
+from hyperdrive.space import FOR_WORK, shortage
 
 LOG_CAP_BYTES = 16 * 1024 * 1024
 EVENT_LINES_CAP = 5000
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-START_SCRIPT = """#!/bin/sh
-# Written by Hyperdrive: runs /hyperdrive/web in the background and restarts it when it exits.
-. /hyperdrive/env
-cd /app
-/bin/sh -c 'trap "" HUP; while :; do /bin/sh /hyperdrive/web; echo "[hyperdrive] app exited $?"; \\
-  sleep 1; done' </dev/null >>/hyperdrive/app.log 2>&1 &
-"""
 
 
 class SetupLog:
@@ -104,6 +98,8 @@ class Builder:
 
     async def export(self, job: Job) -> None:
         t0, ship = job.now(), job.built
+        if why := shortage(self.config.data, FOR_WORK):
+            raise DeployError("fetch", f"nothing built: {why}")
         target = self.config.ship_dir(ship.name) / "app"
         shutil.rmtree(target, ignore_errors=True)
         async with stage("fetch"):
@@ -170,7 +166,8 @@ class Builder:
         )
 
     def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> list[Path]:
-        """/hyperdrive/env, build and start: what runs inside the ship, written by us."""
+        """/hyperdrive/env, build, start and the Procfile's scripts (processes.py): what runs
+        inside the ship, written by us."""
         run = self.config.ship_dir(ship.name) / "run"
         path = ":".join(filter(None, (plan.path_prefix, SYSTEM_PATH)))
         env = {
@@ -186,9 +183,8 @@ class Builder:
         (run / "env").chmod(0o600)
         build = plan.build or "true"
         (run / "build").write_text(f"#!/bin/sh\n. /hyperdrive/env\ncd /app\n{build}\n")
-        (run / "web").write_text(f". /hyperdrive/env\ncd /app\n{plan.start}\n")
-        (run / "start").write_text(START_SCRIPT)
-        return [run / name for name in ("env", "build", "web", "start")]
+        scripts = processes.write_scripts(self.config.ship_dir(ship.name), plan.procfile)
+        return [run / "env", run / "build", *scripts]
 
     async def build(self, job: Job) -> BuildPlan:
         t0, ship = job.now(), job.built
@@ -229,20 +225,45 @@ class Builder:
             return f" (egress allows only {shown}: {orders.where('egress')})"
         return ""
 
-    async def _run(self, job: Job, log: SetupLog) -> int:
-        """/hyperdrive/build in the ship, killed after BUILD_TIMEOUT (orders' env) seconds."""
-        async with stage("build"):
+    async def _run(self, job: Job, log: SetupLog, script: str = "build") -> int:
+        """/hyperdrive/build (or release) in the ship, killed after BUILD_TIMEOUT (orders'
+        env) seconds."""
+        async with stage(script):
             seconds = build_timeout(self.fleet.env(job.cmd.app))
             try:
-                argv = ["/bin/sh", "/hyperdrive/build"]
+                argv = ["/bin/sh", f"/hyperdrive/{script}"]
                 return await self.runtime.attach(job.built.name, argv, {}, seconds, log.line)
             except AttachTimedOut:
                 message = (
-                    f"build timed out after {seconds:g} s (BUILD_TIMEOUT; a build runs on the "
+                    f"{script} timed out after {seconds:g} s (BUILD_TIMEOUT; it runs on the "
                     f"CPU time running apps leave); see {log.path}"
                 )
-                job.emit(ev.BuildFailed, message, log=str(log.path))
-                raise DeployError("build", message) from None
+                failed = ev.BuildFailed if script == "build" else ev.ReleaseFailed
+                job.emit(failed, message, log=str(log.path))
+                raise DeployError(script, message) from None
+
+    async def release(self, job: Job, plan: BuildPlan) -> None:
+        """The Procfile's `release:` once, in the new ship with the app's env, before the
+        health check; its output streamed as the build's; a non-zero exit fails the deploy."""
+        command = plan.procfile.release
+        if command is None:
+            return
+        t0, ship = job.now(), job.built
+        mask = Masker.of(self.fleet.secrets(job.cmd.app))
+        log = SetupLog(
+            self.config.ship_dir(ship.name) / "setup.log",
+            lambda text: job.emit(ev.BuildOutput, text),
+            mask,
+        )
+        try:
+            code = await self._run(job, log, "release")
+        finally:
+            log.close()
+        if code != 0:
+            why = f"release `{mask(command)[:200]}` exited {code}"
+            job.emit(ev.ReleaseFailed, why, log=str(log.path))
+            raise DeployError("release", f"{why}: {' | '.join(log.tail)}; see {log.path}")
+        job.emit(ev.ReleaseFinished, f"release `{mask(command)[:200]}` exited 0", ms=job.ms(t0))
 
     async def _oom_kills(self, job: Job) -> int:
         info = await self.runtime.info(job.built.name)

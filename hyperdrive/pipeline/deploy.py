@@ -84,9 +84,11 @@ class Deployer:
         return True
 
     async def launch_new(self, job: Job) -> None:
-        """export → assemble → build → start → health, on a ship nobody is sent to yet."""
+        """export → assemble → build → release → start → health, on a ship nobody is sent to
+        yet."""
         await self.builder.export(job)
         await self.builder.assemble(job)
         plan = await self.builder.build(job)
+        await self.builder.release(job, plan)
         await self.starter.start(job, plan)
         await self.starter.health(job)

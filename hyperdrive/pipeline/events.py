@@ -117,6 +117,16 @@ class BuildFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReleaseFinished(Event):
+    """The Procfile's `release:` exited 0 in the new ship (before its health check)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseFailed(Event):
+    log: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShipStarted(Event):
     pass
 
@@ -177,9 +187,73 @@ class RolledBack(Event):
     failed_ship: str | None = None
 
 
+# -- the processes of live ships (pipeline/conductor.py) --
+@dataclass(frozen=True, kw_only=True)
+class ProcessExited(Event):
+    """A supervised process exited (its supervisor restarts it); message: its last lines."""
+
+    process: str = ""
+    code: int | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessCrashLooped(Event):
+    process: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronRan(Event):
+    job: str = ""
+    schedule: str = ""
+    code: int | None = None  # None: killed at its limit, or could not start
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronSkipped(Event):
+    job: str = ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class NginxConfigRejected(Event):
     pass
+
+
+# -- healing: what broke around the daemon, and what it did about it --
+@dataclass(frozen=True, kw_only=True)
+class NginxRestarted(Event):
+    """Our nginx master died (killed, OOM); a new one serves the config in force."""
+
+    pid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrafficTableRestored(Event):
+    """Someone deleted or flushed our nft table; it was made again from the records."""
+
+    cause: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipDied(Event):
+    """A live ship stopped without us (lxc-stop -k, its init gone, the OOM killer)."""
+
+    state: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipRevived(Event):
+    """A live ship that died runs again (restarted, or the app rolled back to a kept ship)."""
+
+    restarts: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipCrashLooping(Event):
+    """A live ship keeps dying: the next restart waits, longer each time."""
+
+    restarts: int | None = None
+    wait_s: float | None = None
 
 
 # -- hulls --

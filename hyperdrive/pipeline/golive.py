@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from hyperdrive.config import Config
 from hyperdrive.errors import DeployError, HyperdriveError, InvalidName, ProxyError
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.bus import FINISHED
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.guard import AfterSwap, Watch, drain_seconds
 from hyperdrive.pipeline.job import Job, stage
-from hyperdrive.pipeline.model import LIVE, Records, Route, Ship
+from hyperdrive.pipeline.model import LIVE, STOPPED, Records, Route, Ship
 from hyperdrive.pipeline.ports import Clock, ContainerRuntime, Probe, Proxy
 from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
@@ -99,6 +100,9 @@ class GoLive:
         job.ctx.point_of_no_return()
         await self.after.release(job.app.name)  # an earlier deploy's guard ends: this swaps
         app, ship, previous = job.app, job.built, job.app.live_ship
+        ship_dir = self.config.ship_dir(ship.name)
+        if not (await asyncio.to_thread(processes.recorded, ship_dir)).web:
+            return await self._live_unrouted(job, previous, rolled_back=rolled_back)
         try:
             await self.swap(job, previous)
         except DeployError as err:
@@ -121,6 +125,28 @@ class GoLive:
             if (failed := await self._drained(job, watch)) is not None:
                 return failed
         return await self._finished(job, watch, rolled_back=rolled_back)
+
+    async def _live_unrouted(self, job: Job, previous: Ship | None, *, rolled_back: bool) -> str:
+        """A worker-only ship: nothing to swap. It is live at once, the old ship is stopped
+        (SIGTERM first), and a route the app had while it served HTTP is taken away."""
+        app, ship, t0 = job.app, job.built, job.now()
+        ship.state = LIVE
+        app.live, app.since = ship.name, self.clock.time()
+        if app.routed:
+            app.routed, app.route = False, {}
+            await self.routes.apply()
+            with contextlib.suppress(HyperdriveError):
+                await self.proxy.unpoint(app.name)
+        self.ships.records.save(app)
+        if previous is not None and previous.name != ship.name and previous.state == LIVE:
+            await self.after.terminate(previous, drain_seconds(job.orders, self.config))
+            with contextlib.suppress(HyperdriveError):
+                await self.runtime.stop(previous.name, kill=True)
+            previous.state = STOPPED
+            self.ships.records.save(app)
+            said = f"ship '{previous.name}' stopped, kept for rollback (no route: no drain)"
+            job.emit(ev.ShipDrained, said, ship=previous.name, sha=previous.sha, ms=job.ms(t0))
+        return await self._finished(job, None, rolled_back=rolled_back)
 
     async def _drained(self, job: Job, watch: Watch) -> str | None:
         """The drain; the deploy's outcome if it failed there (a fall-back, the guard)."""

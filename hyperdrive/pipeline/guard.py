@@ -5,8 +5,9 @@ request stream, accesslog.py); past the guard's line, traffic goes back to the o
 (one nft transaction) and `RolledBack` carries the numbers. The old ship therefore keeps
 running, without new connections, until the guard is over, and until its own open connections
 (WebSockets, SSE, long requests) have closed or `drain` seconds have passed. Then its app gets
-SIGTERM to close what is left itself, TERM_GRACE_S to exit, and the ship is stopped (kept for
-`hd rollback`). All of it runs beside the deploy; a newer deploy of the app ends it first.
+SIGTERM to close what is left itself, TERM_GRACE_S to exit (its other Procfile processes up to
+`drain`, if longer), and the ship is stopped (kept for `hd rollback`). All of it runs beside
+the deploy; a newer deploy of the app ends it first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hyperdrive.config import Config, Guard
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.headquarters.orders import Orders
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.model import LIVE, STOPPED, App, Ship
 from hyperdrive.pipeline.ports import Clock, ContainerRuntime, Probe, Proxy, Requests
 from hyperdrive.pipeline.ships import Ships
@@ -281,7 +283,7 @@ class AfterSwap:
             return  # stopped or destroyed meanwhile
         t0 = _now()
         if term:
-            await self.terminate(old)
+            await self.terminate(old, watch.drain)
         with contextlib.suppress(HyperdriveError):
             await self.runtime.stop(old.name, kill=True)
         old.state = STOPPED
@@ -299,8 +301,10 @@ class AfterSwap:
             )
         )
 
-    async def terminate(self, ship: Ship) -> None:
-        """SIGTERM to the ship's app, then up to TERM_GRACE_S for it to stop serving."""
+    async def terminate(self, ship: Ship, grace: float = TERM_GRACE_S) -> None:
+        """SIGTERM to the ship's processes, then up to TERM_GRACE_S for the web process to stop
+        serving and up to `grace` (the drain limit; TERM_GRACE_S at least) for every Procfile
+        process to exit (its supervisor says so in run/ps); the ship's stop kills the rest."""
         info = await self.runtime.info(ship.name)
         pid = info.pid if info else None
         try:
@@ -308,9 +312,19 @@ class AfterSwap:
         except HyperdriveError as err:
             log.warning("SIGTERM to %s: %s", ship.name, err)
             return
-        deadline = _now() + TERM_GRACE_S
-        while _now() < deadline:
+        t0 = _now()
+        while _now() < t0 + TERM_GRACE_S:
             found = self.probe.sockets(pid, ship.port)
             if found is None or (found.clients == 0 and not found.listening):
+                break
+            await asyncio.sleep(0.1)
+        await self._until_stopped(ship, t0 + max(TERM_GRACE_S, grace))
+
+    async def _until_stopped(self, ship: Ship, deadline: float) -> None:
+        ship_dir = self.config.ship_dir(ship.name)
+        names = list((await asyncio.to_thread(processes.recorded, ship_dir)).processes)
+        while _now() < deadline:
+            states = await asyncio.to_thread(processes.read_states, ship_dir, names)
+            if all(s.state in ("stopped", "missing") for s in states):
                 return
             await asyncio.sleep(0.1)

@@ -270,7 +270,10 @@ class FakeRuntime:
 
     `build_output`/`build_code` script the build, `fail` names an operation that raises
     ContainerError (`snapshot`, `start`, `build`, `start-app`) or, for `answer`, an app that
-    starts but never answers; `hang_build` makes the build time out. A started app answers the
+    starts but never answers; `hang_build` makes the build time out (and the release, with
+    `hang_release`); `release_code`/`release_output` script the Procfile's `release:`; the
+    start script marks each Procfile process running in run/ps (as the real supervisor does)
+    except those in `dead_processes`, marked exited 1. A started app answers the
     FakeProbe unless the test brings it down (`stop_app`); `app_does(ship)` is what the app's
     own code does as it starts; `build_weights` are the ship's CPU weights as its builds ran;
     `ignores_term` names ships whose app outlives a SIGTERM.
@@ -290,6 +293,10 @@ class FakeRuntime:
     build_weights: list[int | None] = field(default_factory=list)
     build_idle: list[bool] = field(default_factory=list)  # was each build idle (SCHED_IDLE)?
     ignores_term: set[str] = field(default_factory=set)  # ships whose app outlives SIGTERM
+    release_code: int = 0
+    release_output: list[str] = field(default_factory=lambda: ["migrated"])
+    hang_release: bool = False
+    dead_processes: set[str] = field(default_factory=set)
 
     def _get(self, name: str) -> FakeContainer:
         if name not in self.containers:
@@ -346,8 +353,13 @@ class FakeRuntime:
             return await self._build(on_line, timeout)
         if script.startswith("kill -TERM"):
             box.app_running = box.app_running and ship in self.ignores_term
+            if ship not in self.ignores_term:
+                self._mark_processes(box, "state=stopped\n")
             return 0
+        if script == "release":
+            return await self._release(on_line, timeout)
         self._maybe_fail("start-app")
+        self._mark_processes(box)
         if self.app_does is not None:
             self.app_does(ship)
         box.app_running = self.start_code == 0 and "answer" not in self.fail
@@ -362,6 +374,28 @@ class FakeRuntime:
             if on_line is not None:
                 on_line(line)
         return self.build_code
+
+    async def _release(self, on_line: Callable[[str], None] | None, seconds: float) -> int:
+        if self.hang_release:
+            raise AttachTimedOut("ship", seconds, "")
+        for line in self.release_output:
+            if on_line is not None:
+                on_line(line)
+        return self.release_code
+
+    def _mark_processes(self, box: FakeContainer, stopped: str | None = None) -> None:
+        """What /hyperdrive/supervise writes to run/ps for each process it starts (or
+        `stopped`, after SIGTERM)."""
+        mounts = box.spec.mounts if box.spec else ()
+        run = next((m.host_path for m in mounts if m.container_path == "/hyperdrive"), None)
+        if run is None or not (run / "proc").is_dir():
+            return
+        (run / "ps").mkdir(exist_ok=True)
+        for script in (run / "proc").iterdir():
+            dead = script.name in self.dead_processes
+            state = "state=backoff\nrestarts=1\nlast_code=1\n" if dead else "state=running\n"
+            state = stopped or state
+            (run / "ps" / script.name).write_text(f"{state}since={int(time.time())}\n")
 
     async def stop(self, ship: str, kill: bool = False) -> None:
         self.calls.append(f"stop {ship}")

@@ -3,6 +3,7 @@ true again without disturbing what serves."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from hyperdrive.pipeline.ships import Ships
 from hyperdrive.pipeline.start import Starter
 
 log = logging.getLogger(__name__)
+RECOVER_AT_ONCE = 8
 
 
 @dataclass(kw_only=True)
@@ -45,12 +47,35 @@ class Recovery:
         if apps or await self._ours():
             await self.network.ensure()
             await self.proxy.prepare()
-            for app in apps:
-                await self._app(app)
+            # after a reboot every live ship starts again: several at once (10 apps ≤ 5 s)
+            bound = asyncio.Semaphore(RECOVER_AT_ONCE)
+
+            async def recover(app: App) -> None:
+                async with bound:
+                    await self._app(app)
+
+            results = await asyncio.gather(*(recover(app) for app in apps), return_exceptions=True)
+            if failed := next((r for r in results if isinstance(r, BaseException)), None):
+                raise failed
             await self._orphans()
         # nginx answers on HYPERDRIVE_HTTP_PORT from the start (404 until an app is routed);
         # a master left running by the previous daemon is adopted, not restarted.
         await self.routes.apply()
+
+    def targets(self) -> dict[str, tuple[str, int]]:
+        """What each routed app's traffic must point at, from the records: app -> (ship
+        address, port)."""
+        return {
+            app.name: (live.ip, live.port)
+            for app in self.records.all()
+            if app.routed and (live := app.live_ship) is not None
+        }
+
+    async def readmit(self) -> None:
+        """Every live ship's egress rule made true again (the table was lost)."""
+        for app in self.records.all():
+            if (live := app.live_ship) is not None:
+                await self._admit(app.name, live.ip)
 
     async def _ours(self) -> list[str]:
         prefix = f"{self.name}-"

@@ -4,22 +4,30 @@ fails saying why (it exited, it listens elsewhere, it was killed for memory)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.config import Config
 from hyperdrive.errors import DeployError
 from hyperdrive.files import OutsideTree, read_inside
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.build import memory
 from hyperdrive.pipeline.health import KILLED_FOR_MEMORY, listening, oom_kills
 from hyperdrive.pipeline.job import Job, stage
 from hyperdrive.pipeline.model import HEALTHY, RUNNING_CPU_WEIGHT, Records, Ship
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
+from hyperdrive.watch import FolderWatch
 
 START_TIMEOUT_S = 30
-TAIL_BYTES = 64 * 1024  # of run/app.log, read for the last lines a failure message shows
+TAIL_BYTES = 64 * 1024  # of run/logs/<type>.log, read for the last lines a failure message shows
+# A worker-only app is healthy when each process still runs, never restarted, this long after
+# the start (there is no HTTP to ask); a web app's other processes are checked after its HTTP
+# check the same way.
+WORKERS_UP_S = 3.0
 
 
 @dataclass(kw_only=True)
@@ -31,12 +39,14 @@ class Starter:
     network: Network
     probe: Probe
     records: Records
+    workers_up_s: float = WORKERS_UP_S
 
     async def start(self, job: Job, plan: BuildPlan) -> None:
         t0 = job.now()
         async with stage("start"):
             await self.run_start(job.built)
-        job.emit(ev.ShipStarted, f"started: {plan.start[:200]}", ms=job.ms(t0))
+        started = plan.start or ", ".join(plan.procfile.processes) or "no process (cron only)"
+        job.emit(ev.ShipStarted, f"started: {started[:200]}", ms=job.ms(t0))
 
     async def run_start(self, ship: Ship) -> None:
         """The app runs at a running ship's CPU weight; its ship was started at a build's."""
@@ -59,6 +69,56 @@ class Starter:
         await self.health(job)
 
     async def health(self, job: Job) -> None:
+        """The web process answers on PORT, then every other process still runs; a
+        worker-only app has only the second check, after WORKERS_UP_S."""
+        ship_dir = self.config.ship_dir(job.built.name)
+        recorded = await asyncio.to_thread(processes.recorded, ship_dir)
+        if recorded.web:
+            await self._http_health(job)
+        else:
+            await asyncio.sleep(self.workers_up_s)
+        await self._workers_up(job, [n for n in recorded.processes if n != "web"], recorded.web)
+
+    async def _workers_up(self, job: Job, names: list[str], web: bool) -> None:
+        """A process that exited before the swap fails the deploy, with its code and output."""
+        t0, ship = job.now(), job.built
+        ship_dir = self.config.ship_dir(ship.name)
+        await self._noted(ship_dir, names, START_TIMEOUT_S)
+        states = await asyncio.to_thread(processes.read_states, ship_dir, names)
+        for state in states:
+            if state.state == "running" and state.restarts == 0:
+                continue
+            if state.state == "missing":
+                why = f"process `{state.name}` never started"
+            else:
+                why = f"process `{state.name}` exited {state.last_code} before the swap"
+            message = why + await self.app_log_tail(ship, state.name)
+            job.emit(ev.HealthCheckFailed, message, ms=job.ms(t0))
+            raise DeployError("health", message)
+        if not web:
+            ship.healthy, ship.state = True, HEALTHY
+            self.records.save(job.app)
+            shown = ", ".join(names) or "no process"
+            job.emit(ev.ShipHealthy, f"{shown} up after {self.workers_up_s:g} s", ms=job.ms(t0))
+
+    @staticmethod
+    async def _noted(ship_dir: Path, names: list[str], seconds: float) -> None:
+        """Until each process's supervisor has noted its start in run/ps (a web process can
+        answer before a worker's supervisor has written), at most `seconds`; inotify, no poll."""
+
+        def all_noted() -> bool:
+            states = processes.read_states(ship_dir, names)
+            return all(s.state != "missing" for s in states)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds), FolderWatch(ship_dir / "run" / "ps") as watch:
+                if all_noted():
+                    return
+                async for _ in watch.changes(asyncio.Event()):
+                    if all_noted():
+                        return
+
+    async def _http_health(self, job: Job) -> None:
         t0, ship, orders = job.now(), job.built, job.orders
         url = f"http://{ship.ip}:{ship.port}{orders.healthcheck_path}"
         seconds = orders.healthcheck_seconds
@@ -103,14 +163,15 @@ class Starter:
 
         return killed
 
-    async def app_log_tail(self, ship: Ship) -> str:
-        """The last lines of the app's output for a failure message; the app owns /hyperdrive,
-        so a link there out of the run folder is not followed (and said so)."""
+    async def app_log_tail(self, ship: Ship, process: str = "web") -> str:
+        """The last lines of a process's output for a failure message; the app owns
+        /hyperdrive, so a link there out of the run folder is not followed (and said so)."""
         run = self.config.ship_dir(ship.name) / "run"
+        name = f"logs/{process}.log"  # from run/: a run/logs that is a link out is refused too
         try:
-            data = await asyncio.to_thread(read_inside, run, "app.log", TAIL_BYTES, tail=True)
+            data = await asyncio.to_thread(read_inside, run, name, TAIL_BYTES, tail=True)
         except OutsideTree:
-            return "; app output not shown: /hyperdrive/app.log is a symbolic link out of the ship"
+            return f"; app output not shown: /hyperdrive/{name} is a symbolic link out"
         lines = data.decode("utf-8", "replace").splitlines() if data else []
         if data and len(data) > TAIL_BYTES:
             lines = lines[1:]  # read from mid-line: half a line could hold half a secret

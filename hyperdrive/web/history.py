@@ -32,6 +32,8 @@ STAGES = {
     "ShipAssembled": "assemble",
     "ShipBuilt": "build",
     "BuildFailed": "build",
+    "ReleaseFinished": "release",
+    "ReleaseFailed": "release",
     "ShipStarted": "start",
     "ShipHealthy": "health",
     "HealthCheckFailed": "health",

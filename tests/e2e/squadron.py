@@ -90,6 +90,8 @@ def teardown(d: Daemon) -> None:
                 capture_output=True,
                 timeout=60,
             )
+        # the daemon's lxc-monitor (healing.py) started LXC's monitor daemon for this lxcpath
+        subprocess.run(["lxc-monitor", "-P", str(lxcpath), "-Q"], capture_output=True, timeout=10)
     pid_file = d.var / "nginx" / "run" / "nginx.pid"
     if pid_file.exists():
         with contextlib.suppress(ValueError, ProcessLookupError):

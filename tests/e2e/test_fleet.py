@@ -103,17 +103,17 @@ def test_init_join_a_name_clash_wrong_secret_and_leave(
     wait_for(lambda: connected(a), 30, 0.2, "A connected to its own node")
     assert re.search(rf"fleet +connected \({re.escape(url)}\)", a.hd("status").stdout)
 
-    b.hd("fleet", "join", url, "--secret", secret, timeout=60)
+    b.hd("fleet", "join", url, "--member", "--secret", secret, timeout=60)
     wait_for(lambda: connected(b), 30, 0.2, "B connected to the fleet")
-    refused = b.hd("fleet", "join", url, "--secret", secret, check=False)
+    refused = b.hd("fleet", "join", url, "--member", "--secret", secret, check=False)
     assert refused.returncode == 1
     assert "in a fleet already" in refused.stderr
 
     twin = started(squadrons, tmp_path / "twin", HYPERDRIVE_NAME=a.env["HYPERDRIVE_NAME"])
-    clash = twin.hd("fleet", "join", url, "--secret", secret, check=False, timeout=60)
+    clash = twin.hd("fleet", "join", url, "--member", "--secret", secret, check=False, timeout=60)
     assert clash.returncode == 1
     assert f"the squadron name '{a.env['HYPERDRIVE_NAME']}' is already taken" in clash.stderr
-    wrong = twin.hd("fleet", "join", url, "--secret", "not-it", check=False, timeout=60)
+    wrong = twin.hd("fleet", "join", url, "--member", "--secret", "not-it", check=False, timeout=60)
     assert wrong.returncode == 1
     assert "refused the fleet credentials" in wrong.stderr
     assert fleet_status(twin) == {"state": "alone"}
@@ -135,7 +135,7 @@ def test_the_managed_node_outlives_the_daemon_and_is_restarted_when_it_dies(
     a = started(squadrons, tmp_path / "a")
     b = started(squadrons, tmp_path / "b")
     _, url, secret = init(a)
-    b.hd("fleet", "join", url, "--secret", secret, timeout=60)
+    b.hd("fleet", "join", url, "--member", "--secret", secret, timeout=60)
     wait_for(lambda: connected(b), 30, 0.2, "B connected")
     pid = node_pid(a)
     assert pid is not None
@@ -158,7 +158,7 @@ def test_status_and_doctor_say_when_nats_is_unreachable(
     a = started(squadrons, tmp_path / "a")
     b = started(squadrons, tmp_path / "b")
     _, url, secret = init(a)
-    b.hd("fleet", "join", url, "--secret", secret, timeout=60)
+    b.hd("fleet", "join", url, "--member", "--secret", secret, timeout=60)
     wait_for(lambda: connected(b), 30, 0.2, "B connected")
     a.stop()
     stop_node(a)  # the fleet's only node is gone
@@ -188,7 +188,7 @@ def test_a_webhook_to_one_squadron_deploys_on_both(tmp_path: Path) -> None:
             for d, admiral, where in ((a, admiral_a, "hq-a"), (b, admiral_b, "hq-b")):
                 order_site(d, admiral, tmp_path / where, url)
             _, nats_url, secret = init(a)
-            b.hd("fleet", "join", nats_url, "--secret", secret, timeout=60)
+            b.hd("fleet", "join", nats_url, "--member", "--secret", secret, timeout=60)
             wait_for(lambda: connected(a) and connected(b), 30, 0.2, "both in the fleet")
 
             v1 = admiral_a.git("rev-parse", "HEAD", cwd=work).stdout.strip()
@@ -244,7 +244,6 @@ def test_three_nodes_keep_the_fleet_going_without_the_first(
             url,
             "--secret",
             secret,
-            "--node",
             "--advertise",
             "127.0.0.1",
             timeout=60,
@@ -283,7 +282,7 @@ def test_a_push_to_one_squadron_is_served_by_both_and_hq_is_one(tmp_path: Path) 
     ):
         try:
             _, nats_url, secret = init(a)
-            b.hd("fleet", "join", nats_url, "--secret", secret, timeout=60)
+            b.hd("fleet", "join", nats_url, "--member", "--secret", secret, timeout=60)
             wait_for(lambda: connected(a) and connected(b), 30, 0.2, "both in the fleet")
 
             work = admiral_a.working_copy(tmp_path / "site", "site")

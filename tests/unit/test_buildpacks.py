@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,35 @@ def test_a_procfile_alone_runs_its_web_line_without_a_build(tmp_path: Path) -> N
     )
 
 
-def test_a_procfile_without_web_is_a_clear_failure(tmp_path: Path) -> None:
-    with pytest.raises(DeployError, match="Procfile has no `web:` line"):
-        detect(app(tmp_path, {"Procfile": "worker: python3 worker.py\n", "index.html": ""}))
+def test_a_procfile_without_web_is_a_worker_only_app(tmp_path: Path) -> None:
+    plan = detect(app(tmp_path, {"Procfile": "worker: python3 worker.py\n", "index.html": ""}))
+    assert plan.start == ""
+    assert dict(plan.procfile.processes) == {"worker": "python3 worker.py"}
+
+
+def test_the_default_start_is_the_web_process_beside_the_workers(tmp_path: Path) -> None:
+    files = {"requirements.txt": "", "app.py": "", "Procfile": "web: gunicorn app\nq: rq\n"}
+    assert dict(detect(app(tmp_path, files)).procfile.processes) == {
+        "web": "gunicorn app",
+        "q": "rq",
+    }
+    plan = detect(app(tmp_path / "b", {"requirements.txt": "", "app.py": ""}))
+    assert dict(plan.procfile.processes) == {"web": "python3 app.py"}
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("web: ./serve\nworker ./work\n", "Procfile line 2: 'worker ./work' has no `type:`"),
+        ("web:\n", "Procfile line 1: `web:` has no command"),
+        ("web: a\n\nweb: b\n", "Procfile line 3: `web:` is there twice"),
+        ("cron: 61 * * * * ./x\n", "Procfile line 1: cannot read the minute field '61'"),
+        ("# only a comment\n", "the Procfile runs nothing"),
+    ],
+)
+def test_a_bad_procfile_is_refused_with_its_line(tmp_path: Path, text: str, said: str) -> None:
+    with pytest.raises(DeployError, match=re.escape(said)):
+        detect(app(tmp_path, {"Procfile": text, "index.html": ""}))
 
 
 @pytest.mark.parametrize("script", ["bin/build", ".hyperdrive/build"])

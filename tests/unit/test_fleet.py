@@ -17,6 +17,8 @@ from hyperdrive.fleet.bundles import TEMP_REF, bundled_ref
 from hyperdrive.fleet.node import NodeSpec, render
 from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.fleet.relay import Relay, encode, shared
+from hyperdrive.fleet.service import FleetService
+from hyperdrive.fleet.view import check_forgettable
 from hyperdrive.names import ZERO_SHA
 from hyperdrive.render import fleet_line
 from hyperdrive.spool import FileSpool
@@ -123,6 +125,70 @@ def test_creds_round_trip_secret_mode_and_clear_errors(tmp_path: Path) -> None:
         state.read_creds(tmp_path / "half")
 
 
+def test_the_system_password_comes_from_the_secret_and_is_kept_with_it(tmp_path: Path) -> None:
+    creds = state.Creds("hyperdrive", "s3cret")
+    system = creds.system()
+    assert system.user == "system"
+    assert system.password == state.Creds("hyperdrive", "s3cret").system().password
+    assert system.password not in (creds.password, state.Creds("hyperdrive", "other").system())
+    path = tmp_path / "fleet.creds"
+    state.write_creds(path, creds)
+    assert f"NATS_SYSTEM_PASSWORD={system.password}\n" in path.read_text()
+
+
+def test_a_node_lists_every_other_node_of_the_fleet_once() -> None:
+    presence = {
+        "a": {"id": "1", "route": "nats://10.0.0.1:6222", "client": "nats://10.0.0.1:4222"},
+        "b": {"id": "2", "route": "nats://10.0.0.2:6222"},
+        "m": {"id": "3"},  # a member: no route
+        "c": {"id": "4", "route": "nats://10.0.0.3:6222"},
+    }
+    routes = state.node_routes(presence)
+    assert routes == {
+        "a": "nats://10.0.0.1:6222",
+        "b": "nats://10.0.0.2:6222",
+        "c": "nats://10.0.0.3:6222",
+    }
+    assert state.peer_routes(routes, "b") == ("nats://10.0.0.1:6222", "nats://10.0.0.3:6222")
+    assert state.peer_routes({**routes, "x": "nats://10.0.0.1:6222"}, "c") == (
+        "nats://10.0.0.1:6222",
+        "nats://10.0.0.2:6222",
+    )
+
+
+def test_replicas_are_three_with_three_nodes_else_one() -> None:
+    assert [state.replicas_for(n) for n in (0, 1, 2, 3, 5)] == [1, 1, 1, 3, 3]
+
+
+def test_forget_is_refused_for_a_squadron_up_or_unknown() -> None:
+    now = 10_000.0
+    with pytest.raises(FleetError, match="there is no squadron 'ghost' in this fleet"):
+        check_forgettable("ghost", None, now, force=True)
+    seen = {"id": "1", "seen": now - 20}
+    with pytest.raises(FleetError, match=r"b was seen 20 s ago: it is up.*forget b --force"):
+        check_forgettable("b", seen, now, force=False)
+    check_forgettable("b", seen, now, force=True)
+    check_forgettable("b", {"id": "1", "seen": now - 3600}, now, force=False)
+
+
+async def test_leave_and_forget_are_refused_where_they_make_no_sense(tmp_path: Path) -> None:
+    config = configuration.build(
+        {"HYPERDRIVE_DATA": str(tmp_path / "d"), "HYPERDRIVE_VAR": str(tmp_path / "v")}
+    )
+    fleet = FleetService(config, FileSpool(tmp_path / "spool"))
+    with pytest.raises(FleetError, match="this squadron is not in a fleet"):
+        await fleet.leave()
+    with pytest.raises(FleetError, match="`hd fleet leave` instead"):
+        await fleet.forget(config.name)
+    with pytest.raises(FleetError, match="not in a fleet"):
+        await fleet.forget("other")
+    explicit = configuration.build(
+        {**{"HYPERDRIVE_FLEET": "nats://n:4222"}, "HYPERDRIVE_DATA": str(tmp_path / "d")}
+    )
+    with pytest.raises(FleetError, match="HYPERDRIVE_FLEET is set"):
+        await FleetService(explicit, FileSpool(tmp_path / "spool")).leave()
+
+
 def test_the_join_line_carries_the_url_and_the_secret() -> None:
     creds = state.Creds("hyperdrive", "s3cret")
     line = state.join_line(state.client_url(Listen("0.0.0.0", 4222), "10.0.0.5"), creds)
@@ -139,7 +205,10 @@ def test_a_lone_node_is_standalone_jetstream_with_auth(tmp_path: Path) -> None:
         state.Creds("hyperdrive", "pw"),
     )
     text = render(spec)
-    assert 'authorization { user: "hyperdrive", password: "pw" }' in text
+    assert '{ jetstream: enabled, users: [{ user: "hyperdrive", password: "pw" }] }' in text
+    system = state.Creds("hyperdrive", "pw").system()
+    assert f'users: [{{ user: "system", password: "{system.password}" }}]' in text
+    assert "system_account: SYS" in text  # peer removal needs it
     assert f'store_dir: "{tmp_path}/jetstream"' in text
     assert "cluster" not in text  # nats-server 2.9 refuses a JetStream cluster without routes
 

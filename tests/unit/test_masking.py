@@ -259,12 +259,12 @@ async def test_a_failure_message_never_quotes_an_app_log_line_cut_at_its_start(
     try:
         starter = world.daemon().daemon.core.deployer.starter
         ship = Ship("hd-web-abc1234", "abc1234" * 5, "10.0.0.2", 3000)
-        run = starter.config.ship_dir(ship.name) / "run"
-        run.mkdir(parents=True)
+        logs = starter.config.ship_dir(ship.name) / "run" / "logs"
+        logs.mkdir(parents=True)
         # the 64 KiB read back starts inside the secret: its second half alone is no match
-        (run / "app.log").write_text("opensesame" + "x" * (TAIL_BYTES - 16) + "\nlast words\n")
+        (logs / "web.log").write_text("opensesame" + "x" * (TAIL_BYTES - 16) + "\nlast words\n")
         tail = await starter.app_log_tail(ship)
-        (run / "app.log").write_text("first words\nlast words\n")
+        (logs / "web.log").write_text("first words\nlast words\n")
         whole = await starter.app_log_tail(ship)
     finally:
         world.close()

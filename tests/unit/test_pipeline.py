@@ -678,8 +678,8 @@ async def test_an_app_log_linked_to_a_host_file_stays_out_of_the_failure(
     host = host_file(world)
     ship_dir = hd.daemon.config.ship_dir
 
-    def link_the_log(ship: str) -> None:  # what `web: ln -sf /etc/shadow /hyperdrive/app.log` does
-        log = ship_dir(ship) / "run" / "app.log"
+    def link_the_log(ship: str) -> None:  # `web: ln -sf /etc/shadow /hyperdrive/logs/web.log`
+        log = ship_dir(ship) / "run" / "logs" / "web.log"
         log.unlink(missing_ok=True)
         log.symlink_to(host)
 
@@ -688,7 +688,7 @@ async def test_an_app_log_linked_to_a_host_file_stays_out_of_the_failure(
     outcome = hd.outcome(await hd.deploy("web", STATIC))
     assert outcome["event"] == "DeployFailed"
     assert outcome["stage"] == "health", outcome
-    assert "app output not shown: /hyperdrive/app.log is a symbolic link" in outcome["message"]
+    assert "app output not shown: /hyperdrive/logs/web.log is a symbolic link" in outcome["message"]
     assert "HOSTHASH" not in shown(hd)
 
 
@@ -702,7 +702,8 @@ async def test_what_a_ship_mounts_is_handed_to_its_root_before_it_starts(
     config = hd.daemon.config
     run = config.ship_dir(ship) / "run"
     assert world.runtime.handed[:2] == [config.ship_dir(ship), config.cache_dir("web")]
-    assert world.runtime.handed[2:] == [run / n for n in ("env", "build", "web", "start")]
+    names = ("env", "build", "supervise", "logger", "start", "proc", "cron", "ps", "logs")
+    assert world.runtime.handed[2:] == [run / n for n in names]
     spec = world.runtime.containers[ship].spec
     assert spec is not None
     assert spec.memory_bytes == config.ship_memory_bytes == 1024**3

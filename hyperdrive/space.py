@@ -1,0 +1,25 @@
+"""Room on the data disk: work that needs it is refused up front with a message that says so,
+and what is left is kept for what holds the squadron together (triggers, events, records)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+MiB = 1 << 20
+FOR_WORK = 64 * MiB  # a push's objects, a build's export and logs
+FOR_TRIGGERS = 4 * MiB  # a trigger is a few hundred bytes; the reserve is for everything else
+
+
+def shortage(folder: Path, reserve: int) -> str:
+    """'' while `folder`'s filesystem has `reserve` bytes free, else the message for the user."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""  # a folder not made yet is not a full disk; the write that follows will tell
+    if free >= reserve:
+        return ""
+    return (
+        f"the data disk is full: {free / MiB:.1f} MB free under {folder}, "
+        f"{reserve // MiB} MB needed; free space and try again"
+    )
