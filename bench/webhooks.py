@@ -3,9 +3,11 @@
 Run: .venv/bin/python bench/webhooks.py [--seconds 5] [--rounds 3] [--rate-seconds 5]
 
 1. Throughput: wrk, keep-alive, 10 connections, a 7-8 KB signed GitHub push with a unique
-   X-GitHub-Delivery per request, against (a) the receiver with a real FileSpool in a separate
-   process (uvloop if importable) and (b) /usr/bin/webhook with a payload-hmac-sha256 rule,
-   in rounds that alternate between the two so a shared machine's noise hits both alike.
+   X-GitHub-Delivery per request, against (a) the receiver with a real FileSpool, event log and
+   delivery ring (the daemon's wiring) in a separate process (uvloop if importable) and
+   (b) /usr/bin/webhook with a payload-hmac-sha256 rule,
+   in rounds that alternate between the two so a shared machine's noise hits both alike; the
+   servers' own CPU time per request (/proc/PID/stat) is the figure load moves least.
 2. Latency: p50/p99 at a fixed 100 requests/s from a small asyncio client, both servers.
 3. Every 202 is exactly one trigger: the journal on disk is counted against the answers.
 4. kill -9 of the receiver under load: every acknowledged delivery is in the journal.
@@ -33,7 +35,8 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+TREE = os.environ.get("HD_BENCH_TREE") or str(ROOT)  # whose hyperdrive (bench/webhooks_ab.py)
+sys.path.insert(0, TREE)
 
 from tests.conftest import free_port  # noqa: E402
 
@@ -96,6 +99,8 @@ def serve(port: int, spool_dir: Path) -> None:
 async def _serve(port: int, spool_dir: Path, loop_name: str) -> None:
     from aiohttp import web  # noqa: PLC0415
 
+    from hyperdrive.eventlog import JsonlEventLog  # noqa: PLC0415
+    from hyperdrive.hooks.deliveries import Deliveries  # noqa: PLC0415
     from hyperdrive.hooks.webhook import StaticResolver, WebhookReceiver  # noqa: PLC0415
     from hyperdrive.spool import FileSpool  # noqa: PLC0415
 
@@ -108,19 +113,17 @@ async def _serve(port: int, spool_dir: Path, loop_name: str) -> None:
 
     spool = EveryBodyNew(spool_dir)
     await spool.open()
-    events: list[object] = []
-    receiver = WebhookReceiver(
-        SECRET, spool, StaticResolver({"web": (APP_URL, None)}, None), events.append
-    )
+    events = JsonlEventLog(spool_dir.parent / f"{spool_dir.name}-events.jsonl")
+    events.open()  # the daemon's wiring: every event written, every answer remembered
+    resolver = StaticResolver({"web": (APP_URL, None)}, None)
+    receiver = WebhookReceiver(SECRET, spool, resolver, events.append, deliveries=Deliveries())
     app = web.Application()
     receiver.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
     print(f"ready {loop_name}", flush=True)
-    while True:  # events are kept in memory only, and dropped now and then
-        await asyncio.sleep(1)
-        events.clear()
+    await asyncio.Event().wait()
 
 
 # ─── helpers ─────────────────────────────────────────────────────────────────
@@ -157,7 +160,7 @@ def receiver(spool_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 
 @contextlib.contextmanager
-def peer(workdir: Path) -> Iterator[str]:
+def peer(workdir: Path) -> Iterator[tuple[str, int]]:
     """adnanh/webhook with an HMAC-SHA256 rule over the payload, running /bin/true."""
     port = free_port()
     rule = {
@@ -182,7 +185,7 @@ def peer(workdir: Path) -> Iterator[str]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield f"http://127.0.0.1:{port}/hooks/github"
+        yield f"http://127.0.0.1:{port}/hooks/github", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -200,6 +203,20 @@ def journal_puts(spool_dir: Path, prefix: str) -> list[str]:
 
 
 # ─── the measurements ────────────────────────────────────────────────────────
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (not its children): load-insensitive work done."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(url: str, pid: int, run: str, seconds: int, workdir: Path) -> dict[str, float]:
+    """A wrk round, plus the server's own CPU time per accepted request (µs)."""
+    before = cpu_seconds(pid)
+    result = run_wrk(url, run, seconds, workdir)
+    used = cpu_seconds(pid) - before
+    return result | {"cpu_us": used / max(result["ok"], 1) * 1e6}
 
 
 def run_wrk(url: str, run: str, seconds: int, workdir: Path) -> dict[str, float]:
@@ -298,16 +315,18 @@ def bench(tmp: Path, seconds: int, rounds: int, rate_seconds: float) -> None:
     )
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
-    with receiver(spool_dir) as (_proc, url):
+    with receiver(spool_dir) as (proc, url):
         for i in range(rounds):
-            ours.append(run_wrk(url, f"{run}-wrk{i}", seconds, tmp))
+            ours.append(measured(url, proc.pid, f"{run}-wrk{i}", seconds, tmp))
             # A fresh peer per round: it runs its commands after answering, and that backlog
             # (seconds of fork/exec) would otherwise eat the CPU of the next round.
-            with peer(tmp) as peer_url:
-                theirs.append(run_wrk(peer_url, f"{run}-peer{i}", seconds, tmp))
-            print(f"  round {i + 1}: {ours[-1]['rps']:,.0f} vs {theirs[-1]['rps']:,.0f} req/s")
+            with peer(tmp) as (peer_url, pid):
+                theirs.append(measured(peer_url, pid, f"{run}-peer{i}", seconds, tmp))
+            a, b = ours[-1], theirs[-1]
+            print(f"  round {i + 1}: {a['rps']:,.0f} vs {b['rps']:,.0f} req/s; "
+                  f"CPU {a['cpu_us']:.0f} vs {b['cpu_us']:.0f} µs per request")  # fmt: skip
         lat = asyncio.run(fixed_rate(url, f"{run}-lat", 100, rate_seconds))
-    with peer(tmp) as peer_url:
+    with peer(tmp) as (peer_url, _pid):
         peer_lat = asyncio.run(fixed_rate(peer_url, f"{run}-peerlat", 100, rate_seconds))
     report(ours, theirs, lat, peer_lat)
     for i, result in enumerate(ours):
@@ -330,6 +349,10 @@ def report(
     print(f"{'p50 / p99 ms at 100/s':30}{lat[0]:>7.2f} / {lat[1]:<5.2f}"
           f"{peer_lat[0]:>8.2f} / {peer_lat[1]:<5.2f}")  # fmt: skip
     print(f"{'non-2xx at 100/s':30}{lat[2]:>14}{peer_lat[2]:>16}")
+    cpu = [statistics.median(r["cpu_us"] for r in rs) for rs in (ours, theirs)]
+    print(f"{'server CPU µs per 202 (median)':30}{cpu[0]:>14.0f}{cpu[1]:>16.0f}")
+    print(f"CPU ratio peer / hyperdrive: {cpu[1] / cpu[0]:.2f}x (the peer's own process; "
+          "the /bin/true it forks per hook is its children's, not counted)")  # fmt: skip
     print(f"ratio hyperdrive / peer: {mine / peers:.2f}x "
           f"(hyperdrive fsyncs before every 202; the peer persists nothing)")  # fmt: skip
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import getpass
 import json
 import os
-import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -353,10 +350,13 @@ def cmd_retire(args: argparse.Namespace, config: Config) -> int:
 def cmd_secret(args: argparse.Namespace, config: Config) -> int:
     """`hd forge-token APP` / `hd notify-secret APP`: one line on stdin into $VAR/private_keys
     (mode 0600); an empty notify secret makes a fresh `whsec_` one and prints it once."""
+    import base64  # noqa: PLC0415 - `hd status` starts without these
+    import getpass  # noqa: PLC0415
+
     tty = sys.stdin.isatty()  # typed: not echoed
     value = getpass.getpass(f"{args.verb} for {args.app}: ") if tty else sys.stdin.readline()
     if args.verb == keys.NOTIFY_SECRET and not value.strip():
-        value = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        value = "whsec_" + base64.b64encode(os.urandom(32)).decode()
         print(value)
     path = keys.store(config.private_keys_dir, args.app, args.verb, value)
     print(f"kept in {path}", file=sys.stderr)

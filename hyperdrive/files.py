@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from io import BufferedWriter
 from pathlib import Path
@@ -33,7 +32,7 @@ def write_atomically(
     before it takes `path`'s place.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     blob = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     fd = os.open(tmp, _WRITE_FLAGS, 0o666 if mode is None else 0o600)
     try:

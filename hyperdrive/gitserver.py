@@ -33,10 +33,10 @@ from hyperdrive.access import Identity
 from hyperdrive.config import KEYS, Config
 from hyperdrive.errors import HyperdriveError, InvalidName
 from hyperdrive.files import write_atomically
+from hyperdrive.heads import DEFAULT_BRANCH
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
 from hyperdrive.procs import check_output
-from hyperdrive.repos import DEFAULT_BRANCH
 from hyperdrive.space import FOR_WORK, shortage
 
 log = logging.getLogger(__name__)

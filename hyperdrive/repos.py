@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-from collections.abc import Iterable
 from pathlib import Path
 
 from hyperdrive.errors import DeployError
 from hyperdrive.gitremote import shown_url
-from hyperdrive.names import ZERO_SHA, check_sha, sanitize_app_name
+from hyperdrive.heads import head_branch
+from hyperdrive.names import check_sha, sanitize_app_name
 from hyperdrive.procs import check_output
 
 FETCH_TIMEOUT_S = 300.0
-DEFAULT_BRANCH = "main"  # what HEAD of a repo made here names until a push writes a branch
 ARCHIVE_TIMEOUT_S = 300.0
 ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
 
@@ -156,50 +155,3 @@ def resolve_ref(path: Path, ref: str) -> str | None:
             return repo.refs[Ref(name.encode())].decode()
         except KeyError:
             return None
-
-
-def head_branch(path: Path) -> str:
-    """The branch a repo's HEAD names, which may not exist yet."""
-    try:
-        head = (path / "HEAD").read_text().strip()
-    except OSError:
-        return DEFAULT_BRANCH
-    prefix = "ref: refs/heads/"
-    return head[len(prefix) :] if head.startswith(prefix) else DEFAULT_BRANCH
-
-
-def branch_after_push(head: str, head_exists: bool, updates: Iterable[tuple[str, str]]) -> str:
-    """GitHub's rule for a repo's default branch: HEAD's branch while it exists, else the
-    first branch a push writes (so a first push of `main` or `master` is what deploys).
-
-    `updates` are (ref, new sha) in the order git reports them; `head_exists` is whether
-    HEAD's branch exists once the push has landed.
-    """
-    if head_exists:
-        return head
-    for ref, new in updates:
-        if ref.startswith("refs/heads/") and new != ZERO_SHA:
-            return ref.removeprefix("refs/heads/")
-    return head
-
-
-def adopt_pushed_branch(path: Path, updates: Iterable[tuple[str, str]]) -> str | None:
-    """After a push landed: point HEAD at the branch `branch_after_push` names; that branch,
-    or None when `path` is not a bare repo."""
-    from dulwich.errors import NotGitRepository  # noqa: PLC0415 - as in resolve_ref
-    from dulwich.refs import Ref  # noqa: PLC0415 - as in resolve_ref
-    from dulwich.repo import Repo  # noqa: PLC0415 - as in resolve_ref
-
-    if not (path / "HEAD").is_file():
-        return None
-    try:
-        repo = Repo(str(path))
-    except NotGitRepository:
-        return None
-    with repo:
-        head = head_branch(path)
-        exists = Ref(f"refs/heads/{head}".encode()) in repo.refs
-        branch = branch_after_push(head, exists, updates)
-        if branch != head:
-            repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{branch}".encode()))
-        return branch

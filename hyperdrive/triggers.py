@@ -11,10 +11,9 @@ back by `Trigger.from_json`, which also reads the spool files of earlier version
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -302,6 +301,8 @@ def deploy_id(trigger_id: str, app: str) -> str:
     """`<trigger id>:<app>`, kept inside the trigger id charset and length."""
     text = re.sub(r"[^A-Za-z0-9._:-]", "-", f"{trigger_id}:{app}")
     if not TRIGGER_ID.fullmatch(text):
+        import hashlib  # noqa: PLC0415 - only for an over-long id; `hd` starts without it
+
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         text = f"d-{digest}-{text[-100:]}"
     return text
@@ -425,7 +426,7 @@ SCHEMA: dict[TriggerKind, tuple[str, Callable[[Mapping[str, Any]], None]]] = {
 
 def new_trigger_id(prefix: str = "t") -> str:
     """A fresh id that sorts by time: `<prefix>-<ms hex>-<random>`."""
-    return f"{prefix}-{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
+    return f"{prefix}-{int(time.time() * 1000):x}-{os.urandom(4).hex()}"
 
 
 def write_incoming(root: Path, trigger: Trigger) -> Path:

@@ -102,7 +102,7 @@ class Bundles:
         if not await _has(repo, update.new):
             await self._fetch_chain(repo, name, update.new, fetch)
         await _git(repo, "update-ref", update.ref, update.new)
-        from hyperdrive.repos import adopt_pushed_branch  # noqa: PLC0415 - loads dulwich
+        from hyperdrive.heads import adopt_pushed_branch  # noqa: PLC0415 - may load dulwich
 
         adopt_pushed_branch(repo, [(update.ref, update.new)])
 

@@ -16,17 +16,18 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from hyperdrive.client import AdminClient
 from hyperdrive.errors import DaemonUnavailable, HyperdriveError
-from hyperdrive.fleet.feed import prefixed
-from hyperdrive.follow import Outcome, follow_client, follow_many, outcome_of
+from hyperdrive.heads import adopt_pushed_branch
 from hyperdrive.names import HEADQUARTERS, repo_name
 from hyperdrive.render import clean as _clean
 from hyperdrive.render import pushed
-from hyperdrive.repos import adopt_pushed_branch
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
+
+if TYPE_CHECKING:  # the follow machinery (http.client, ~45 ms) loads once the triggers are on disk
+    from hyperdrive.client import AdminClient
+    from hyperdrive.follow import Outcome
 
 WAIT_S = 30 * 60.0
 FLEET_WAIT_S = 10 * 60.0  # how long a pusher waits for the other squadrons' outcomes
@@ -94,6 +95,8 @@ class _Printer:
 
 
 def _follow_one(client: AdminClient, deploy: str, printer: _Printer) -> Outcome:
+    from hyperdrive.follow import Outcome, follow_client  # noqa: PLC0415 - see TYPE_CHECKING
+
     """Print one deploy's events until its outcome; the daemon being gone is not an error."""
 
     def show(event: Mapping[str, Any]) -> None:
@@ -129,6 +132,8 @@ def follow(triggers: list[Trigger], client: AdminClient, out: TextIO, wait_s: fl
     """
     printer = _Printer(out)
     ids = [t.id for t in triggers]
+    from hyperdrive.follow import follow_many  # noqa: PLC0415 - see TYPE_CHECKING
+
     fleet = _fleet_follower(client, triggers, printer)
     followed = follow_many(lambda deploy: _follow_one(client, deploy, printer), ids, wait_s)
     if len(followed) < len(ids):
@@ -174,6 +179,9 @@ def _follow_fleet(
 ) -> None:
     """Print each other squadron's events of these deploys, `[sq-b] …`, until each
     (deploy, squadron) in `work` has an outcome."""
+    from hyperdrive.fleet.feed import prefixed  # noqa: PLC0415 - see TYPE_CHECKING
+    from hyperdrive.follow import outcome_of  # noqa: PLC0415
+
     for event in events:
         deploy, squadron = str(event.get("deploy")), str(event.get("squadron"))
         if (deploy, squadron) not in work or printer.gone:
@@ -218,8 +226,11 @@ def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float
         return 0
     if not socket_path or not Path(socket_path).exists():
         _say(out, f"-----> {QUEUED}")
-    elif not follow(triggers, AdminClient(Path(socket_path)), out, wait_s):
-        raise BrokenPipeError("the pusher hung up")
+    else:
+        from hyperdrive.client import AdminClient  # noqa: PLC0415 - see TYPE_CHECKING
+
+        if not follow(triggers, AdminClient(Path(socket_path)), out, wait_s):
+            raise BrokenPipeError("the pusher hung up")
     return 0
 
 

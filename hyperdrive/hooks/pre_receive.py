@@ -24,9 +24,10 @@ from hyperdrive.headquarters.reader import (
     private_key_files,
     read_headquarters_from_git,
 )
+from hyperdrive.heads import branch_after_push, head_branch
 from hyperdrive.keyring import parse_keys
 from hyperdrive.names import HEADQUARTERS, ZERO_SHA
-from hyperdrive.repos import branch_after_push, head_branch, resolve_ref
+from hyperdrive.repos import resolve_ref
 
 
 def _bootstrap_keys(path: Path) -> bool:

@@ -30,7 +30,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
+import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -49,7 +49,7 @@ from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.refusals import RefusalTally, source_of
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
-from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
+from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind, deploy_id
 
 if TYPE_CHECKING:  # names for types only: the receiver needs none of HQ sync's machinery
     from hyperdrive.pipeline.fleet import Fleet
@@ -68,6 +68,8 @@ DISABLED_MESSAGE = (
     "random string> in /etc/hyperdrive/main.conf (or the environment), restart `hd serve`, "
     "and give the forge the same secret"
 )
+ANSWER = web.ResponseKey("answer", dict)  # where a response keeps the body it was made from
+JSON = "application/json"
 Headers = CIMultiDictProxy[str]
 Emit = Callable[[dict[str, Any]], object]  # e.g. EventLog.append
 
@@ -498,10 +500,10 @@ def load_json(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise _bad(f"body is not valid UTF-8 (byte {err.start})") from err
     try:
-        obj = json.loads(text)
-    except RecursionError as err:
-        raise _bad("body is nested too deeply to be a webhook") from err
-    except ValueError as err:
+        obj = orjson.loads(text)  # a quarter of json.loads' time for a forge's 8 KB push
+    except orjson.JSONDecodeError as err:
+        if str(err).startswith("depth limit"):  # orjson stops at 1,024 levels
+            raise _bad("body is nested too deeply to be a webhook") from err
         raise _bad(f"body is not JSON: {err}") from err
     if not isinstance(obj, dict):
         raise _bad("body is JSON but not an object")
@@ -583,13 +585,11 @@ class WebhookReceiver:
             response = await self._dispatch(delivery)
         except WebhookRefused as err:
             self._refused(provider, source, err)
-            response = web.json_response(
-                {"status": "rejected", "reason": err.reason}, status=err.status
-            )
+            response = _answer({"status": "rejected", "reason": err.reason}, status=err.status)
             if err.status in (408, 413):
                 response.force_close()  # the rest of the body is not worth a kept-alive connection
         if self.deliveries is not None:  # every answer, refusals the tally summarised included
-            body = json.loads(response.text or "{}")
+            body = response.get(ANSWER, {})
             self.deliveries.answered(provider.name, said, response.status, body, source)
         return response
 
@@ -649,7 +649,7 @@ class WebhookReceiver:
         if event in provider.ping_events:
             pinged = ev.WebhookPinged(message="the forge says hello")
             self._record(pinged, delivery)
-            return web.json_response({"status": "pong"}, status=200)
+            return _answer({"status": "pong"}, status=200)
         if event not in provider.push_events:
             return self._ignored(delivery, f"{_shown(event)} events start nothing; pushes do")
         push = provider.parse(delivery.body)
@@ -667,7 +667,7 @@ class WebhookReceiver:
         if hq is None and not targets:
             return self._ignored(delivery, "; ".join(dict.fromkeys(reasons)))
         trigger = _trigger(delivery, push, targets, hq, self._clock())
-        return await self._queue(delivery, push, trigger)
+        return await self._queue(delivery, push, trigger, {} if hq else targets)
 
     def _match(
         self, push: Push, live: Sequence[RefUpdate]
@@ -687,8 +687,10 @@ class WebhookReceiver:
                 reasons.append(f"{update.ref}: {found.reason}")
         return targets, hq, reasons
 
-    async def _queue(self, delivery: _Delivery, push: Push, trigger: Trigger) -> web.Response:
-        """Put the one trigger of this delivery; answer only once it is durable."""
+    async def _queue(
+        self, delivery: _Delivery, push: Push, trigger: Trigger, targets: Mapping[str, RefUpdate]
+    ) -> web.Response:
+        """Put the one trigger of this delivery (its apps: `targets`); answer once durable."""
         try:
             fresh = await self._spool.put(trigger)
         except SpoolFull as err:  # refused before a byte was written: 507, the forge retries
@@ -701,38 +703,43 @@ class WebhookReceiver:
             ) from err
         if not fresh:
             return self._redelivered(delivery, self._spool.fingerprint(trigger.id))
-        deploys = trigger.deploys
-        self._record_received(delivery, push, trigger, deploys)
+        deploys = {app: deploy_id(trigger.id, app) for app in targets}  # as Trigger.webhook's
+        self._record_received(delivery, push, trigger, targets, deploys)
         answer: dict[str, Any] = {"status": "queued", "deploys": deploys}
         if trigger.kind == TriggerKind.HQ_SYNC:
             answer["hq"] = True
-        return web.json_response(answer, status=202)
+        return _answer(answer, status=202)
 
     def _redelivered(self, delivery: _Delivery, known: str | None) -> web.Response:
         if known is not None and hmac.compare_digest(known, delivery.fingerprint):
             self._record(ev.WebhookRedelivered(message="seen before; started nothing"), delivery)
-            return web.json_response({"status": "duplicate"}, status=200)
+            return _answer({"status": "duplicate"}, status=200)
         reason = "this delivery id was used before for a different body; started nothing"
         self._record(ev.WebhookRejected(message=reason, status=409), delivery)
-        return web.json_response({"status": "rejected", "reason": reason}, status=409)
+        return _answer({"status": "rejected", "reason": reason}, status=409)
 
     def _replayed(self, delivery: _Delivery, first: str) -> web.Response:
         """The same signed body under a new delivery id: a replay (or a forge's retry)."""
         said = f"the same body came before as {first}; started nothing"
         self._record(ev.WebhookRedelivered(message=said), delivery)
-        return web.json_response({"status": "duplicate"}, status=200)
+        return _answer({"status": "duplicate"}, status=200)
 
     def _ignored(self, delivery: _Delivery, reason: str) -> web.Response:
         self._record(ev.WebhookIgnored(message=reason), delivery)
-        return web.json_response({"status": "ignored", "reason": reason}, status=202)
+        return _answer({"status": "ignored", "reason": reason}, status=202)
 
     def _record_received(
-        self, delivery: _Delivery, push: Push, trigger: Trigger, deploys: Mapping[str, str]
+        self,
+        delivery: _Delivery,
+        push: Push,
+        trigger: Trigger,
+        targets: Mapping[str, RefUpdate],
+        deploys: Mapping[str, str],
     ) -> None:
         repo = push.repository or push.urls[0]
         if trigger.kind == TriggerKind.HQ_SYNC:
             self._record(ev.WebhookReceived(message=f"push to HQ {repo}"), delivery)
-        for app, update in trigger.targets.items():
+        for app, update in targets.items():
             said = f"{update.ref} of {repo} pushed"
             event = ev.WebhookReceived(app=app, sha=update.new, deploy=deploys[app], message=said)
             self._record(event, delivery)
@@ -763,6 +770,15 @@ def _trigger(
         tid, provider=provider, repository=push.repository, targets=targets,
         fingerprint=fingerprint, received=now,
     )  # fmt: skip
+
+
+def _answer(body: dict[str, Any], status: int) -> web.Response:
+    """A JSON answer that keeps its body at hand (`response[ANSWER]`) for `Deliveries`."""
+    response = web.Response(
+        body=orjson.dumps(body), status=status, content_type=JSON, charset="utf-8"
+    )
+    response[ANSWER] = body
+    return response
 
 
 def _check_forge(provider: Provider, headers: Headers) -> str:
