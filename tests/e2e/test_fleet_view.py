@@ -85,8 +85,8 @@ def test_a_rollout_stops_at_the_failing_squadron_and_the_fleet_shows_it(tmp_path
             (d.data / "includes").mkdir(parents=True, exist_ok=True)
             (d.data / "includes" / "site.env").write_text("SITE_KEY=k-123\n")
         _, url, secret = init(first)
-        for d in (second, third):
-            d.hd("fleet", "join", url, "--secret", secret, timeout=60)
+        for d in (second, third):  # members: the waves, not the NATS nodes, are tested here
+            d.hd("fleet", "join", url, "--secret", secret, "--member", timeout=60)
         wait_for(lambda: all(connected(d) for d, _ in made), 60, 0.2, "three in the fleet")
 
         hq = admiral.working_copy(tmp_path / "hq", "headquarters")
