@@ -655,12 +655,13 @@ class FleetLink:
         """The outbox, in order; a trigger leaves it only once the stream has acked it.
 
         Failing while connected (the stream lost with a node's store, say) ends the session,
-        so the next one sets the stream up again."""
+        so the next one sets the stream up again. Each session starts with what is unsent: the
+        session before may have ended in the middle of a retry, its wake-up already taken."""
         while True:
-            await self.outbox.changed.wait()
-            self.outbox.changed.clear()
             for trigger in self.outbox.unsent():
                 await self._publish_until_acked(js, trigger)
+            await self.outbox.changed.wait()
+            self.outbox.changed.clear()
 
     async def _publish_until_acked(self, js: JetStreamContext, trigger: Any) -> None:
         backoff, failed_connected = 0.2, 0

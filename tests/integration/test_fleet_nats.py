@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -222,5 +223,25 @@ async def test_triggers_taken_while_nats_is_down_are_published_when_it_is_back(
         await nodes[0].node.start()
         await until(lambda: not a.link.outbox, "published after NATS came back", timeout=40)
         assert await stream_messages(nodes[0].url) == 3
+    finally:
+        await nodes[0].node.stop()
+
+
+async def test_a_trigger_whose_publish_was_retrying_at_the_reconnection_is_published(
+    tmp_path: Path, squadrons
+):
+    """NATS away long enough for the publish to back off for seconds: the reconnection starts
+    a new session in the middle of that wait, and the new session publishes what is unsent."""
+    nodes = await start_nodes(tmp_path / "n", 1)
+    try:
+        a = squadrons("alpha", [nodes[0].url])
+        await connected(await a.start())
+        await nodes[0].node.stop()
+        await until(lambda: a.link.state != CONNECTED, "alpha sees NATS gone")
+        assert await a.spool.put(webhook("retried"))
+        await asyncio.sleep(6)  # the publish backs off 0.2, 0.4 … 3.2 s meanwhile
+        await nodes[0].node.start()
+        await until(lambda: not a.link.outbox, "published after NATS came back", timeout=40)
+        assert await stream_messages(nodes[0].url) == 1
     finally:
         await nodes[0].node.stop()
