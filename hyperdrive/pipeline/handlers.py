@@ -83,6 +83,7 @@ class Handlers:
             await self.routes.apply()
             with contextlib.suppress(HyperdriveError):
                 await self.proxy.unpoint(name)
+        app.live = None  # stopped by us from here on: not a live ship's death (revival.py)
         for ship in list(app.ships):
             await self.ships.destroy(app, ship)
         records.drop(name)

@@ -238,8 +238,8 @@ def test_python_app_from_a_procfile_runs_on_debian_and_bad_builds_fail_clearly(
     assert time.monotonic() - started < 60
     assert app.served() == (200, "python v1\n")
 
-    no_web = {**python_app("v4"), "Procfile": "worker: python3 app.py\n"}
-    failed(app.deploy(no_web), "build", "Procfile has no `web:` line")
+    twice = {**python_app("v4"), "Procfile": "web: python3 app.py\nweb: python3 app.py\n"}
+    failed(app.deploy(twice), "build", "Procfile line 2", "`web:` is there twice")
     assert app.served() == (200, "python v1\n")
 
 
