@@ -160,7 +160,46 @@ def test_forget_is_refused_for_a_squadron_that_is_up_and_for_oneself(fleet: Flee
     assert name in [s["name"] for s in shown["squadrons"]]  # nothing was dropped
 
 
-# The rollout case of issue 15 (`rollout 1 50% 100%`, the health check failing on B: A on
-# the new version, C on the old) is written with the rollout waves, on loopback
-# (tests/e2e/test_fleet.py); a copy on this fleet goes here, as
-# `test_a_rollout_whose_health_check_fails_on_b_stops_there(fleet, …)`.
+HTTPD = "busybox httpd -f -p $PORT -h /app"
+# v2 needs a key each squadron's operator puts in $DATA/includes; the second one forgot it
+WAVE_V1 = {"Procfile": f"web: {HTTPD}\n", "index.html": "wave v1\n"}
+WAVE_V2 = {"Procfile": f'web: test -n "$WAVE_KEY" && exec {HTTPD}\n', "index.html": "wave v2\n"}
+
+
+def test_a_rollout_whose_health_check_fails_on_b_stops_there(fleet: Fleet, tmp_path: Path) -> None:
+    """`rollout 1 2 100%`: the squadrons by name are the waves; v2 fails its health check on
+    the second, so the first serves v2 and the third stays on v1 (held)."""
+    first, second, third = sorted(fleet.squadrons, key=lambda d: d.env["HYPERDRIVE_NAME"])
+    for d in (first, third):
+        (d.data / "includes").mkdir(parents=True, exist_ok=True)
+        (d.data / "includes" / "wave.env").write_text("WAVE_KEY=k-1\n")
+    admiral = fleet.admiral(first)
+    hq = admiral.working_copy(tmp_path / "hq", "headquarters")
+    admiral.git("pull", "-q", "hyperdrive", "master", cwd=hq)  # HQ as the fleet has it
+    admiral.commit(hq, {"wave/orders": "rollout 1 2 100%\nhealthcheck / 5\n"})
+    admiral.git("push", "hyperdrive", "master", cwd=hq)
+    work = admiral.working_copy(tmp_path / "wave", "wave")
+    admiral.commit(work, WAVE_V1)
+    admiral.git("push", "-o", "nowait", "hyperdrive", "master", cwd=work)
+    for d in fleet.squadrons:
+        serves(d, "/wave/", "wave v1\n")
+        settled(d)
+    admiral.commit(work, WAVE_V2)
+    admiral.git("push", "-o", "nowait", "hyperdrive", "master", cwd=work)
+    assert second.wait_event("RolloutStopped", 120, app="wave")
+    held = third.wait_event("RolloutHeld", 60, app="wave")
+    serves(first, "/wave/", "wave v2\n")
+    for d in (second, third):
+        serves(d, "/wave/", "wave v1\n")  # the old ship keeps serving
+    started = {e.get("deploy") for e in third.events() if e.get("event") == "DeployStarted"}
+    assert held["deploy"] not in started, "the third never started v2"
+
+    def shown() -> dict[str, str] | None:
+        status = json.loads(third.hd("fleet", "status", "--json").stdout)
+        rows = [row for row in status["apps"] if row["app"] == "wave"]
+        parts = {n: c.get("rollout") for n, c in rows[0]["squadrons"].items()} if rows else {}
+        return parts if set(parts.values()) == {"live", "failed", "held"} else None
+
+    parts = wait_for(shown, 60, 0.5, "the rollout shown as stopped")
+    names = [d.env["HYPERDRIVE_NAME"] for d in (first, second, third)]
+    assert parts == dict(zip(names, ["live", "failed", "held"], strict=True))
