@@ -157,17 +157,24 @@ async def probe(urls: tuple[str, ...], creds: Creds, identity: Identity) -> None
 
 async def ensure_stream(js: JetStreamContext) -> None:
     """The trigger stream: dedupe by Nats-Msg-Id, kept as long as the spool remembers ids."""
+    await _stream(
+        js,
+        StreamConfig(
+            name=STREAM,
+            subjects=[f"{SUBJECT}.>"],
+            max_age=RETENTION_S,
+            duplicate_window=DEDUPE_WINDOW_S,
+        ),
+    )
+
+
+async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Make the stream `config` names unless it is there (R3 where the cluster allows)."""
     try:
-        await js.stream_info(STREAM)
+        await js.stream_info(str(config.name))
         return
     except nats.js.errors.NotFoundError:
         pass
-    config = StreamConfig(
-        name=STREAM,
-        subjects=[f"{SUBJECT}.>"],
-        max_age=RETENTION_S,
-        duplicate_window=DEDUPE_WINDOW_S,
-    )
     await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
 
 
@@ -271,18 +278,15 @@ async def ask_for_routes(
 
 async def ensure_events(js: JetStreamContext) -> None:
     """The fleet's events: a day of them, at most 100 MB, the oldest dropped first."""
-    try:
-        await js.stream_info(EVENTS)
-        return
-    except nats.js.errors.NotFoundError:
-        pass
-    config = StreamConfig(
-        name=EVENTS,
-        subjects=[f"{feed.SUBJECT}.>"],
-        max_age=EVENTS_MAX_AGE_S,
-        max_bytes=EVENTS_MAX_BYTES,
+    await _stream(
+        js,
+        StreamConfig(
+            name=EVENTS,
+            subjects=[f"{feed.SUBJECT}.>"],
+            max_age=EVENTS_MAX_AGE_S,
+            max_bytes=EVENTS_MAX_BYTES,
+        ),
     )
-    await _with_replicas(lambda r: js.add_stream(config, num_replicas=r))
 
 
 async def rollout_bucket(js: JetStreamContext) -> KeyValue:

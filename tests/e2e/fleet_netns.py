@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tests.conftest import Daemon, wait_for
 from tests.e2e.squadron import Admiral, free_subnet, keygen, make_squadron
+from tests.e2e.squadron import http_get as squadron_get
 from tests.e2e.squadron import teardown as squadron_teardown
 
 JOIN = re.compile(r"hd fleet join (nats://\S+) --secret (\S+)")
@@ -207,17 +208,8 @@ class Fleet:
 
 
 def http_get(d: NsDaemon, path: str, timeout: float = 3) -> tuple[int, str]:
-    """(status, body) of a GET to the squadron's nginx; (0, why) when nothing answered."""
-    request = urllib.request.Request(f"http://{d.address}:{d.http_port}{path}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        body = err.read().decode(errors="replace")
-        err.close()
-        return err.code, body
-    except (urllib.error.URLError, OSError) as err:
-        return 0, f"no answer: {err}"
+    """(status, body) of a GET to the squadron's nginx at its namespace's address."""
+    return squadron_get(d.http_port, path, address=d.address, timeout=timeout)
 
 
 def post_hook(d: NsDaemon, provider: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
