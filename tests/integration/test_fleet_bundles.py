@@ -162,8 +162,8 @@ async def test_a_squadron_that_missed_pushes_gets_them_with_their_origin_gone(
     assert b.tip("shop") == pusher.tip
     # charlie gets only a later push, whose commits need the earlier ones: fetched back
     a2 = squadrons("alpha2", cluster[0].url)
-    await a2.start()
-    shutil.copytree(b.git_dir / "shop.git", a2.git_dir / "shop.git")
+    await a2.start()  # (as a joiner it may have begun to take shop's newest push already)
+    shutil.copytree(b.git_dir / "shop.git", a2.git_dir / "shop.git", dirs_exist_ok=True)
     pusher.sq, pusher.repo = a2, a2.git_dir / "shop.git"
     later = await pusher.push("v4")
     await until(lambda: c.spool.waiting(later.id), "charlie has the later push")
