@@ -4,10 +4,7 @@ and the event log stay whole, and everything works again once room is made."""
 
 from __future__ import annotations
 
-import errno
 import json
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
+from tests.diskfull import fill, tmpfs
 from tests.e2e.squadron import Admiral, Prober, admiral_squadron, http_get
 from tests.e2e.test_webhook_deploy import forge_app, post, push_payload
 from tests.fixtures.webhooks.forge import SECRET, github
@@ -25,36 +23,11 @@ MiB = 1 << 20
 
 @pytest.fixture
 def squadron(tmp_path: Path) -> Iterator[tuple[Daemon, Admiral]]:
-    data = tmp_path / "hd" / "data"
-    data.mkdir(parents=True)
-    mount = ["mount", "-t", "tmpfs", "-o", "size=160m,mode=0711", "tmpfs", str(data)]
-    subprocess.run(mount, check=True, timeout=10, capture_output=True)
-    try:
-        with admiral_squadron(tmp_path, HYPERDRIVE_WEBHOOK_SECRET=SECRET) as pair:
-            yield pair
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False, timeout=10)
-
-
-def fill(data: Path, leave: int) -> Path:
-    """A filler file that leaves at most `leave` bytes free on the data disk."""
-    filler = data / "filler"
-    with filler.open("ab") as out:
-        for size in (MiB, 4096):
-            while shutil.disk_usage(data).free - size >= leave and _wrote(out, size):
-                pass
-    return filler
-
-
-def _wrote(out, size: int) -> bool:
-    try:
-        out.write(b"x" * size)
-        out.flush()
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        return False
-    return True
+    with (
+        tmpfs(tmp_path / "hd" / "data", "160m", "0711"),
+        admiral_squadron(tmp_path, HYPERDRIVE_WEBHOOK_SECRET=SECRET) as pair,
+    ):
+        yield pair
 
 
 def webhook(d: Daemon, url: str, before: str, after: str) -> tuple[int, dict]:

@@ -4,14 +4,10 @@ and both take records again once room is made."""
 
 from __future__ import annotations
 
-import errno
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
@@ -19,6 +15,7 @@ from hyperdrive.errors import SpoolError, SpoolFull
 from hyperdrive.eventlog import JsonlEventLog
 from hyperdrive.spool import JOURNAL, FileSpool, read_journal
 from hyperdrive.triggers import RefUpdate, Trigger
+from tests.diskfull import fill, tmpfs
 
 pytestmark = [pytest.mark.root]
 
@@ -26,42 +23,8 @@ pytestmark = [pytest.mark.root]
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MB tmpfs of our own, unmounted after the test."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(where)],
-        check=True, timeout=10, capture_output=True,
-    )  # fmt: skip
-    try:
+    with tmpfs(tmp_path / "disk", "8m", "0700") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False, timeout=10)
-
-
-def fill(disk: Path, leave: int = 0) -> Path:
-    """Write a filler file until the filesystem has at most `leave` bytes free."""
-    filler = disk / "filler"
-    with filler.open("ab") as out:
-        for size in (1 << 16, 1 << 12):
-            while _free(disk) - size >= leave and _wrote(out, size):
-                pass
-    return filler
-
-
-def _free(disk: Path) -> int:
-    return shutil.disk_usage(disk).free
-
-
-def _wrote(out: BinaryIO, size: int) -> bool:
-    """Whether `size` more bytes fit; a full disk (ENOSPC) is the only failure expected."""
-    try:
-        out.write(b"x" * size)
-        out.flush()
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        return False
-    return True
 
 
 def push(n: int) -> Trigger:
