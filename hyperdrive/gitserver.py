@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from hyperdrive import access
 from hyperdrive.access import Identity
 from hyperdrive.config import KEYS, Config
@@ -38,6 +36,7 @@ from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
 from hyperdrive.procs import check_output
 from hyperdrive.space import FOR_WORK, shortage
+from hyperdrive.sshlib import asyncssh
 
 log = logging.getLogger(__name__)
 
