@@ -8,25 +8,18 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from hyperdrive import __version__
 from hyperdrive import config as configuration
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
-from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
-from hyperdrive.files import write_atomically
-from hyperdrive.fleet.feed import prefixed
-from hyperdrive.fleet.view import render as render_fleet
-from hyperdrive.follow import follow_client
-from hyperdrive.gitremote import shown_url
-from hyperdrive.history import parse_history
-from hyperdrive.modes import SECRET_MODE
-from hyperdrive.outbound import keys
 from hyperdrive.render import describe, status_view
-from hyperdrive.triggers import Trigger
+
+if TYPE_CHECKING:  # what only other verbs use loads in them: `hd status` starts with less
+    from hyperdrive.triggers import Trigger
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
 
@@ -176,6 +169,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 def _lines(value: str) -> int | None:
     """`-n N` or `-n all`; argparse turns a refusal into its usage error (exit 2)."""
+    from hyperdrive.history import parse_history  # noqa: PLC0415 - not for `hd status`
+
     try:
         return parse_history(value)
     except ValueError as err:
@@ -193,6 +188,8 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
         history=args.lines,
         fleet=args.fleet,
     )
+    from hyperdrive.fleet.feed import prefixed  # noqa: PLC0415 - not for `hd status`
+
     for event in events:
         text = describe(event) if not args.fleet else prefixed(event, describe(event))
         print(json.dumps(event) if args.json else text, flush=True)
@@ -274,6 +271,8 @@ def _follow(client: AdminClient, trigger: Trigger) -> int:
     """Queue a durable trigger, then show its events until its outcome; Ctrl-C leaves it be.
 
     The exit status is 0 only when the work finished (a deploy: after its drain)."""
+    from hyperdrive.follow import follow_client  # noqa: PLC0415 - not for `hd status`
+
     deploy = client.post("/triggers", trigger.request())["deploy"]  # the daemon's id for it
     print(f"{trigger.kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
     with _HullProgress() as progress:
@@ -323,6 +322,8 @@ class _HullProgress:
 
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     client = AdminClient(config.socket_path)
     if args.fleet:
         _in_a_fleet(client)
@@ -330,6 +331,8 @@ def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     client = AdminClient(config.socket_path)
     if args.fleet:
         _in_a_fleet(client)
@@ -344,6 +347,8 @@ def _in_a_fleet(client: AdminClient) -> None:
 
 
 def cmd_retire(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     return _follow(AdminClient(config.socket_path), Trigger.retire(args.app, "asked to"))
 
 
@@ -352,6 +357,8 @@ def cmd_secret(args: argparse.Namespace, config: Config) -> int:
     (mode 0600); an empty notify secret makes a fresh `whsec_` one and prints it once."""
     import base64  # noqa: PLC0415 - `hd status` starts without these
     import getpass  # noqa: PLC0415
+
+    from hyperdrive.outbound import keys  # noqa: PLC0415
 
     tty = sys.stdin.isatty()  # typed: not echoed
     value = getpass.getpass(f"{args.verb} for {args.app}: ") if tty else sys.stdin.readline()
@@ -364,15 +371,21 @@ def cmd_secret(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     trigger = Trigger.assemble(args.app, fresh=args.fresh)
     return _follow(AdminClient(config.socket_path), trigger)
 
 
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     return _follow(AdminClient(config.socket_path), Trigger.launch(args.ship))
 
 
 def cmd_enter(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.enter import enter_argv  # noqa: PLC0415 - not for `hd status`
+
     status = AdminClient(config.socket_path).get("/status")
     argv = enter_argv(status, args.app, config.containers_dir)
     os.execvp(argv[0], argv)  # noqa: S606 - replaces hd with the admiral's shell
@@ -380,10 +393,14 @@ def cmd_enter(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     client = AdminClient(config.socket_path)
     if args.hq_verb == "set":
         _remember_headquarters(config, args.url)
         client.post("/headquarters", {"url": args.url})
+        from hyperdrive.gitremote import shown_url  # noqa: PLC0415 - not for `hd status`
+
         print(f"headquarters: {shown_url(args.url)}")
         if not args.sync:
             return EXIT_OK
@@ -393,6 +410,8 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
 def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path, timeout=FLEET_TIMEOUT_S)
     if args.fleet_verb == "status":
+        from hyperdrive.fleet.view import render as render_fleet  # noqa: PLC0415 - not for status
+
         shown = client.get("/fleet")
         print(json.dumps(shown, indent=2) if args.json else render_fleet(shown))
         return EXIT_OK
@@ -424,6 +443,9 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
 
 def _remember_headquarters(config: Config, url: str) -> None:
     """Write HYPERDRIVE_HEADQUARTERS into main.conf so the choice survives a restart."""
+    from hyperdrive.files import write_atomically  # noqa: PLC0415 - not for `hd status`
+    from hyperdrive.modes import SECRET_MODE  # noqa: PLC0415 - not for `hd status`
+
     path = config.source or configuration.DEFAULT_CONFIG
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [ln for ln in lines if not ln.strip().startswith("HYPERDRIVE_HEADQUARTERS=")]
