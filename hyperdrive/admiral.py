@@ -18,8 +18,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from hyperdrive import access, applogs
 from hyperdrive.access import Identity
 from hyperdrive.enter import enter_argv
@@ -32,6 +30,7 @@ from hyperdrive.pipeline.oneoff import shell_line
 from hyperdrive.procview import MAX_LINES, ProcessView, ps_text
 from hyperdrive.render import describe, status_text
 from hyperdrive.spool import Spool
+from hyperdrive.sshlib import asyncssh
 from hyperdrive.triggers import Trigger
 
 Process = asyncssh.SSHServerProcess[bytes]

@@ -6,6 +6,7 @@ dot): the ACME account key, the HTTP-01 webroot, and issued certificates as immu
 validated files `issued/<name>/<sha12>.pem` (key + chain, 0600) that nginx's config names (its
 master reads them as root: keys stay 0600). A file that does not parse or whose key does not
 match is set aside (`.bad`), an expired one removed: neither is ever named in the config.
+`cryptography.x509` (~1.5 MB) loads when there is a certificate to read or make.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from hyperdrive.errors import CertificateError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ def iso(moment: dt.datetime) -> str:
 
 def covers(cert: x509.Certificate, name: str) -> bool:
     """Whether the certificate's DNS names include `name` (exactly, or by a `*.` wildcard)."""
+    from cryptography import x509  # noqa: PLC0415 - see the module's docstring
+
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -79,12 +84,16 @@ def covers(cert: x509.Certificate, name: str) -> bool:
 
 
 def _issuer(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - see the module's docstring
+
     common = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(common[0].value) if common else cert.issuer.rfc4514_string()
 
 
 def check(name: str, chain_pem: bytes, key_pem: bytes, now: dt.datetime) -> x509.Certificate:
     """The leaf of a key + chain that may be served for `name` now, or CertificateError."""
+    from cryptography import x509  # noqa: PLC0415 - see the module's docstring
+
     try:
         chain = x509.load_pem_x509_certificates(chain_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -270,6 +279,8 @@ class CertStore:
 
 def _expiry(path: Path) -> dt.datetime | None:
     """When the first certificate in a PEM file expires (None: unreadable)."""
+    from cryptography import x509  # noqa: PLC0415 - see the module's docstring
+
     try:
         return x509.load_pem_x509_certificates(path.read_bytes())[0].not_valid_after_utc
     except (OSError, ValueError):
@@ -278,11 +289,16 @@ def _expiry(path: Path) -> dt.datetime | None:
 
 def fingerprint(cert_pem: bytes) -> str:
     """sha256 of a PEM certificate's DER, hex (for status and tests)."""
+    from cryptography import x509  # noqa: PLC0415 - see the module's docstring
+
     return x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256()).hex()
 
 
 def self_signed(name: str, days: int = 7) -> bytes:
     """A throwaway key + self-signed certificate for `name` (PEM), served until a real one."""
+    from cryptography import x509  # noqa: PLC0415 - see the module's docstring
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)

@@ -8,25 +8,18 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from hyperdrive import __version__
 from hyperdrive import config as configuration
 from hyperdrive.client import AdminClient
 from hyperdrive.config import Config
-from hyperdrive.enter import enter_argv
 from hyperdrive.errors import ConfigError, DaemonUnavailable, HyperdriveError
-from hyperdrive.files import write_atomically
-from hyperdrive.fleet.feed import prefixed
-from hyperdrive.fleet.view import render as render_fleet
-from hyperdrive.follow import follow_client
-from hyperdrive.gitremote import shown_url
-from hyperdrive.history import parse_history
-from hyperdrive.modes import SECRET_MODE
-from hyperdrive.outbound import keys
 from hyperdrive.render import describe, status_view
-from hyperdrive.triggers import Trigger
+
+if TYPE_CHECKING:  # what only other verbs use loads in them: `hd status` starts with less
+    from hyperdrive.triggers import Trigger
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG, EXIT_DOWN = 0, 1, 2, 3, 4
 
@@ -35,15 +28,42 @@ FLEET_TIMEOUT_S = 60.0  # starting a node, or reaching another squadron's, takes
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """`hd`'s parser; given `verb`, only that verb's own parser is built (each costs argparse
+    ~0.2 ms of locale lookups: `hd status` builds one, not 25). None builds them all."""
     top = argparse.ArgumentParser(prog="hd", description="Hyperdrive: git push to deploy.")
     top.add_argument("--config", type=Path, help="main.conf to read (default /etc/hyperdrive)")
     verbs = top.add_subparsers(dest="verb", metavar="VERB")
-    serve = verbs.add_parser("serve", help="run the daemon in the foreground")
+    for name, (about, arguments) in VERBS.items():
+        if verb is None or name == verb:
+            arguments(verbs.add_parser(name, help=about))
+    return top
+
+
+def _asked_verb(argv: Sequence[str]) -> str | None:
+    """The verb of `hd [--config FILE] VERB …` when it is plain to see; None otherwise (help,
+    a mistake, an abbreviated option), and the whole parser says what it has to."""
+    words = list(argv)
+    if words[:1] == ["--config"]:
+        words = words[2:]
+    elif words[:1] and words[0].startswith("--config="):
+        words = words[1:]
+    return words[0] if words and words[0] in VERBS else None
+
+
+def _no_arguments(_: argparse.ArgumentParser) -> None:
+    """A verb without arguments of its own."""
+
+
+def _serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("-v", "--verbose", action="store_true")
-    status = verbs.add_parser("status", help="the squadron and its apps")
-    status.add_argument("--json", action="store_true")
-    logs = verbs.add_parser("logs", help="events, optionally following them live")
+
+
+def _json_flag(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("--json", action="store_true")
+
+
+def _logs_args(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("app", nargs="?")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--json", action="store_true", help="one JSON object a line")
@@ -58,39 +78,46 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "--app", dest="output", action="store_true", help="what APP's processes print"
     )
-    ps = verbs.add_parser("ps", help="each process of each live ship: state, restarts, uptime")
+
+
+def _ps_args(ps: argparse.ArgumentParser) -> None:
     ps.add_argument("app", nargs="?")
     ps.add_argument("--json", action="store_true")
-    run = verbs.add_parser("run", help="a command in a one-off ship made from APP's live one")
+
+
+def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("app")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG…]")
-    deploy = verbs.add_parser("deploy", help="deploy an app (its branch tip, or SHA)")
+
+
+def _deploy_args(deploy: argparse.ArgumentParser) -> None:
     deploy.add_argument("app")
     deploy.add_argument("sha", nargs="?")
     deploy.add_argument("--fleet", action="store_true", help="on every squadron of the fleet")
-    rollback = verbs.add_parser("rollback", help="back to the newest kept healthy ship")
+
+
+def _rollback_args(rollback: argparse.ArgumentParser) -> None:
     rollback.add_argument("app")
     rollback.add_argument("--fleet", action="store_true", help="on every squadron of the fleet")
-    verbs.add_parser("retire", help="take an app (or a preview) out of service").add_argument("app")
-    for kind, what in (("forge-token", "the forge API token"), ("notify-secret", "the secret")):
-        secret = verbs.add_parser(kind, help=f"keep {what} for APP's deliveries (read on stdin)")
-        secret.add_argument("app")
-    assemble = verbs.add_parser("assemble", help="build the hulls, or a ship for APP (no launch)")
+
+
+def _app_arg(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("app")
+
+
+def _assemble_args(assemble: argparse.ArgumentParser) -> None:
     assemble.add_argument("app", nargs="?")
     assemble.add_argument(
         "--fresh", action="store_true", help="Debian from the mirror, not from the kept tree"
     )
-    verbs.add_parser("launch", help="put an assembled ship in service").add_argument("ship")
-    verbs.add_parser("enter", help="a shell inside the app's live ship").add_argument("app")
-    _headquarters_verbs(verbs.add_parser("headquarters", help="where orders come from"))
-    _fleet_verbs(
-        verbs.add_parser("fleet", help="several squadrons following one HQ (docs/fleet.md)")
-    )
-    verbs.add_parser("doctor", help="check this machine and say how to fix what is missing")
-    verbs.add_parser("version", help="print the version")
-    token = verbs.add_parser("token", help="make an admiral token for GET /events")
+
+
+def _launch_args(launch: argparse.ArgumentParser) -> None:
+    launch.add_argument("ship")
+
+
+def _token_args(token: argparse.ArgumentParser) -> None:
     token.add_argument("admiral")
-    return top
 
 
 def _headquarters_verbs(hq: argparse.ArgumentParser) -> None:
@@ -123,8 +150,32 @@ def _fleet_verbs(fleet: argparse.ArgumentParser) -> None:
     forget.add_argument("--force", action="store_true", help="even if it was seen recently")
 
 
+Arguments = Callable[[argparse.ArgumentParser], None]
+# Each verb: its help line and what adds its arguments, in the order `hd -h` lists them.
+VERBS: dict[str, tuple[str, Arguments]] = {
+    "serve": ("run the daemon in the foreground", _serve_args),
+    "status": ("the squadron and its apps", _json_flag),
+    "logs": ("events, optionally following them live", _logs_args),
+    "ps": ("each process of each live ship: state, restarts, uptime", _ps_args),
+    "run": ("a command in a one-off ship made from APP's live one", _run_args),
+    "deploy": ("deploy an app (its branch tip, or SHA)", _deploy_args),
+    "rollback": ("back to the newest kept healthy ship", _rollback_args),
+    "retire": ("take an app (or a preview) out of service", _app_arg),
+    "forge-token": ("keep the forge API token for APP's deliveries (read on stdin)", _app_arg),
+    "notify-secret": ("keep the secret for APP's deliveries (read on stdin)", _app_arg),
+    "assemble": ("build the hulls, or a ship for APP (no launch)", _assemble_args),
+    "launch": ("put an assembled ship in service", _launch_args),
+    "enter": ("a shell inside the app's live ship", _app_arg),
+    "headquarters": ("where orders come from", _headquarters_verbs),
+    "fleet": ("several squadrons following one HQ (docs/fleet.md)", _fleet_verbs),
+    "doctor": ("check this machine and say how to fix what is missing", _no_arguments),
+    "version": ("print the version", _no_arguments),
+    "token": ("make an admiral token for GET /events", _token_args),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser(_asked_verb(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     if args.verb is None:
         parser().print_help()
         return EXIT_USAGE
@@ -176,6 +227,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 def _lines(value: str) -> int | None:
     """`-n N` or `-n all`; argparse turns a refusal into its usage error (exit 2)."""
+    from hyperdrive.history import parse_history  # noqa: PLC0415 - not for `hd status`
+
     try:
         return parse_history(value)
     except ValueError as err:
@@ -193,6 +246,8 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
         history=args.lines,
         fleet=args.fleet,
     )
+    from hyperdrive.fleet.feed import prefixed  # noqa: PLC0415 - not for `hd status`
+
     for event in events:
         text = describe(event) if not args.fleet else prefixed(event, describe(event))
         print(json.dumps(event) if args.json else text, flush=True)
@@ -274,6 +329,8 @@ def _follow(client: AdminClient, trigger: Trigger) -> int:
     """Queue a durable trigger, then show its events until its outcome; Ctrl-C leaves it be.
 
     The exit status is 0 only when the work finished (a deploy: after its drain)."""
+    from hyperdrive.follow import follow_client  # noqa: PLC0415 - not for `hd status`
+
     deploy = client.post("/triggers", trigger.request())["deploy"]  # the daemon's id for it
     print(f"{trigger.kind} {deploy} queued (Ctrl-C stops watching, not the work)", flush=True)
     with _HullProgress() as progress:
@@ -323,6 +380,8 @@ class _HullProgress:
 
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     client = AdminClient(config.socket_path)
     if args.fleet:
         _in_a_fleet(client)
@@ -330,6 +389,8 @@ def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     client = AdminClient(config.socket_path)
     if args.fleet:
         _in_a_fleet(client)
@@ -344,6 +405,8 @@ def _in_a_fleet(client: AdminClient) -> None:
 
 
 def cmd_retire(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     return _follow(AdminClient(config.socket_path), Trigger.retire(args.app, "asked to"))
 
 
@@ -352,6 +415,8 @@ def cmd_secret(args: argparse.Namespace, config: Config) -> int:
     (mode 0600); an empty notify secret makes a fresh `whsec_` one and prints it once."""
     import base64  # noqa: PLC0415 - `hd status` starts without these
     import getpass  # noqa: PLC0415
+
+    from hyperdrive.outbound import keys  # noqa: PLC0415
 
     tty = sys.stdin.isatty()  # typed: not echoed
     value = getpass.getpass(f"{args.verb} for {args.app}: ") if tty else sys.stdin.readline()
@@ -364,15 +429,21 @@ def cmd_secret(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     trigger = Trigger.assemble(args.app, fresh=args.fresh)
     return _follow(AdminClient(config.socket_path), trigger)
 
 
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     return _follow(AdminClient(config.socket_path), Trigger.launch(args.ship))
 
 
 def cmd_enter(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.enter import enter_argv  # noqa: PLC0415 - not for `hd status`
+
     status = AdminClient(config.socket_path).get("/status")
     argv = enter_argv(status, args.app, config.containers_dir)
     os.execvp(argv[0], argv)  # noqa: S606 - replaces hd with the admiral's shell
@@ -380,10 +451,14 @@ def cmd_enter(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
+    from hyperdrive.triggers import Trigger  # noqa: PLC0415 - not for `hd status`
+
     client = AdminClient(config.socket_path)
     if args.hq_verb == "set":
         _remember_headquarters(config, args.url)
         client.post("/headquarters", {"url": args.url})
+        from hyperdrive.gitremote import shown_url  # noqa: PLC0415 - not for `hd status`
+
         print(f"headquarters: {shown_url(args.url)}")
         if not args.sync:
             return EXIT_OK
@@ -393,6 +468,8 @@ def cmd_headquarters(args: argparse.Namespace, config: Config) -> int:
 def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     client = AdminClient(config.socket_path, timeout=FLEET_TIMEOUT_S)
     if args.fleet_verb == "status":
+        from hyperdrive.fleet.view import render as render_fleet  # noqa: PLC0415 - not for status
+
         shown = client.get("/fleet")
         print(json.dumps(shown, indent=2) if args.json else render_fleet(shown))
         return EXIT_OK
@@ -424,6 +501,9 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
 
 def _remember_headquarters(config: Config, url: str) -> None:
     """Write HYPERDRIVE_HEADQUARTERS into main.conf so the choice survives a restart."""
+    from hyperdrive.files import write_atomically  # noqa: PLC0415 - not for `hd status`
+    from hyperdrive.modes import SECRET_MODE  # noqa: PLC0415 - not for `hd status`
+
     path = config.source or configuration.DEFAULT_CONFIG
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [ln for ln in lines if not ln.strip().startswith("HYPERDRIVE_HEADQUARTERS=")]

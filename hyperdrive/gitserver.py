@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.resources
 import logging
 import os
 import re
@@ -26,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from hyperdrive import access
 from hyperdrive.access import Identity
 from hyperdrive.config import KEYS, Config
@@ -38,6 +35,7 @@ from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
 from hyperdrive.procs import check_output
 from hyperdrive.space import FOR_WORK, shortage
+from hyperdrive.sshlib import asyncssh
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +63,9 @@ HOOKS = ("pre-receive", "post-receive")
 
 def package_hooks() -> Path:
     """git's hooks, package data of `hyperdrive` so every install (a wheel, pipx, ./bootstrap,
-    a checkout) has them; git runs them, so they must be real, executable files."""
-    return Path(str(importlib.resources.files("hyperdrive") / "githooks"))
+    a checkout) has them; git runs them, so they must be real, executable files (never in a
+    zip: the package folder itself, without importlib.resources and its zipfile)."""
+    return Path(__file__).parent / "githooks"
 
 
 DEFAULT_HOOKS_DIR = package_hooks()

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hyperdrive.acme_client import AcmeIssuer, RateLimited
@@ -191,6 +190,8 @@ SERVE_CHECK_S = 5.0
 async def serves(port: int, cert: Certificate) -> str:
     """'' when a handshake for `cert.name` on 127.0.0.1:port gets exactly `cert` (asked again
     for up to SERVE_CHECK_S); otherwise what came instead."""
+    from cryptography import x509  # noqa: PLC0415 - ~1.5 MB, only with a certificate to check
+
     want = x509.load_pem_x509_certificates(cert.path.read_bytes())[0].public_bytes(DER)
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # compared exactly below

@@ -16,11 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
 from hyperdrive.access import Identity
 from hyperdrive.headquarters.admirals import PRIVATE_MARKERS, key_lines, public_key
 from hyperdrive.headquarters.orders import MAX_FILE_BYTES
+from hyperdrive.sshlib import asyncssh
 
 log = logging.getLogger(__name__)
 

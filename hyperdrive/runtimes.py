@@ -11,23 +11,23 @@
 patch (`3.13.1`, Heroku's usual pin) asks for that minor: Debian backports fixes into the patch
 release it ships (bookworm's 3.11.2 has fixes of later 3.11s), so its number says little.
 A hull is chosen before the ship is assembled, so a mismatch fails before any build runs.
+The version libraries (nodesemver, packaging, tomllib: ~1 MB) load when an app's files are read.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import nodesemver
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from typing import TYPE_CHECKING
 
 from hyperdrive.buildpacks import read_app_file
 from hyperdrive.errors import DeployError
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 # What each hull kind carries when it has not been measured yet (Debian's packages).
 KNOWN: Mapping[str, Mapping[str, str]] = {
@@ -51,6 +51,9 @@ class Ask:
 
     def met_by(self, version: str) -> bool:
         """Whether a hull's `version` (`3.13.5`) satisfies this ask."""
+        import nodesemver  # noqa: PLC0415 - see the module's docstring
+        from packaging.version import Version  # noqa: PLC0415 - see the module's docstring
+
         if self.runtime == "node":
             return bool(nodesemver.satisfies(version, self.wanted, loose=True))
         return Version(version) in _python_specifier(self.wanted)
@@ -62,6 +65,8 @@ class Ask:
 def _python_specifier(wanted: str) -> SpecifierSet:
     """`3.13` and `3.13.1` → `==3.13.*` (see the module's note on patches); a specifier (from
     requires-python) stays as it is."""
+    from packaging.specifiers import SpecifierSet  # noqa: PLC0415 - see the module's docstring
+
     match = PYTHON_VERSION.fullmatch(wanted)
     if match is None:
         return SpecifierSet(wanted)
@@ -106,6 +111,9 @@ def _node_ask(app_dir: Path) -> Ask | None:
 
 def _check(ask: Ask) -> None:
     """A version nobody can satisfy because it cannot be read is the app's mistake: say so."""
+    import nodesemver  # noqa: PLC0415 - see the module's docstring
+    from packaging.specifiers import InvalidSpecifier  # noqa: PLC0415 - see the module's docstring
+
     if ask.runtime == "node":
         ok = nodesemver.valid_range(ask.wanted, loose=True) is not None
     else:
@@ -119,6 +127,8 @@ def _check(ask: Ask) -> None:
 
 
 def _toml(text: str | None) -> dict[str, object]:
+    import tomllib  # noqa: PLC0415 - see the module's docstring
+
     try:
         return tomllib.loads(text) if text else {}
     except tomllib.TOMLDecodeError:
@@ -127,6 +137,8 @@ def _toml(text: str | None) -> dict[str, object]:
 
 def satisfies(asks: Iterable[Ask], runtimes: Mapping[str, str]) -> bool:
     """Whether a hull carrying `runtimes` ({"python": "3.11.2"}) has every asked version."""
+    from packaging.version import InvalidVersion  # noqa: PLC0415 - see the module's docstring
+
     for ask in asks:
         version = runtimes.get(ask.runtime)
         try:

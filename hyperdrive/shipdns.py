@@ -5,6 +5,7 @@ daemon answers for it: the apps' `servername`s (and `<app>.<domain>`) with the b
 where nginx serves them, and everything else by asking the host's resolvers (those
 /etc/resolv.conf names, or HYPERDRIVE_SHIP_DNS). Bounded: timeouts, and a cap on queries in
 flight; what it cannot answer in time gets SERVFAIL, and the ship's resolver asks again.
+The answers themselves are `hyperdrive.dnswire`'s, loaded at the first query.
 """
 
 from __future__ import annotations
@@ -17,22 +18,11 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import dns.asyncquery
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
-
 log = logging.getLogger(__name__)
 
 PORT = 53
-UPSTREAM_TIMEOUT_S = 2.0
 MAX_INFLIGHT = 256
 TCP_IDLE_S = 10.0
-LOCAL_TTL = 5
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 Names = Callable[[], Iterable[str]]
@@ -118,54 +108,25 @@ class ShipDns:
 
     async def answer(self, wire: bytes, tcp: bool = False) -> bytes | None:
         """The reply to one query in wire format; None for what is not a DNS query at all."""
-        try:
-            query = dns.message.from_wire(wire)
-        except dns.exception.DNSException:
+        from hyperdrive import dnswire  # noqa: PLC0415 - dnspython (~2 MB) at the first query
+
+        query = dnswire.parse(wire)
+        if query is None:
             return None
-        if query.flags & dns.flags.QR or len(query.question) != 1:
-            return _reply(query, dns.rcode.FORMERR)
-        local = self._local(query)
-        if local is not None:
-            return local
+        answered = dnswire.malformed(query) or dnswire.local(query, self.names(), self.address)
+        if answered is not None:
+            return answered
         async with self._slots:
-            return await self._relay(query, tcp)
+            return await dnswire.relay(query, self.upstreams, tcp)
 
     async def addresses(self, host: str) -> list[str]:
         """The IPv4 addresses the ships would get for `host` (for `egress allow` rules)."""
-        query = dns.message.make_query(host, dns.rdatatype.A)
-        if self._local(query) is not None:
+        from hyperdrive import dnswire  # noqa: PLC0415 - dnspython (~2 MB) at the first query
+
+        query = dnswire.query_a(host)
+        if dnswire.local(query, self.names(), self.address) is not None:
             return [self.address]
-        reply = dns.message.from_wire(await self._relay(query, tcp=False))
-        return sorted({r.to_text() for rrset in reply.answer for r in rrset if r.rdtype == 1})
-
-    def _local(self, query: dns.message.Message) -> bytes | None:
-        """An app's name: the bridge address for A, an empty answer for other types."""
-        question = query.question[0]
-        name = question.name.to_text(omit_final_dot=True).lower()
-        if name not in {n.lower() for n in self.names()}:
-            return None
-        response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA | dns.flags.RA
-        if question.rdtype == dns.rdatatype.A:
-            rrset = dns.rrset.from_text(question.name, LOCAL_TTL, "IN", "A", self.address)
-            response.answer.append(rrset)
-        return response.to_wire()
-
-    async def _relay(self, query: dns.message.Message, tcp: bool) -> bytes:
-        """Ask each upstream in turn; SERVFAIL when none answers in time."""
-        for upstream in self.upstreams:
-            try:
-                if tcp:
-                    got = await dns.asyncquery.tcp(query, upstream, timeout=UPSTREAM_TIMEOUT_S)
-                else:
-                    got = await dns.asyncquery.udp(
-                        query, upstream, timeout=UPSTREAM_TIMEOUT_S, ignore_trailing=True
-                    )
-            except (dns.exception.DNSException, OSError) as err:
-                log.debug("upstream %s: %s", upstream, err)
-                continue
-            return got.to_wire()
-        return _reply(query, dns.rcode.SERVFAIL)
+        return dnswire.a_records(await dnswire.relay(query, self.upstreams, tcp=False))
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Length-prefixed queries on one connection until it idles or closes."""
@@ -185,12 +146,6 @@ class ShipDns:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-
-
-def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
-    response = dns.message.make_response(query)
-    response.set_rcode(rcode)
-    return response.to_wire()
 
 
 class _Udp(asyncio.DatagramProtocol):

@@ -11,9 +11,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import asyncssh
-
 from hyperdrive.headquarters.orders import MAX_FILE_BYTES, shown
+from hyperdrive.sshlib import asyncssh
 
 KEYS_DIR = "authorized_keys"
 CAPTAINS_DIR = "captains"  # <app>/captains/<name>.pub: keys with rights over that app only

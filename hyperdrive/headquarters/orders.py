@@ -5,7 +5,6 @@ A mistake raises OrdersRejected naming file and line, so a push is refused with 
 
 from __future__ import annotations
 
-import difflib
 import io
 import ipaddress
 import itertools
@@ -261,6 +260,8 @@ def _directive(draft: _Draft, words: list[str], line: int) -> None:
 
 def _unknown(name: str) -> str:
     """Message for an unknown directive, with a suggestion when one is close."""
+    import difflib  # noqa: PLC0415 - only a mistake needs it
+
     close = difflib.get_close_matches(name, DIRECTIVES, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown directive {shown(name)}{hint}; known: {', '.join(DIRECTIVES)}"

@@ -1,5 +1,5 @@
-"""Each process loads only what it uses: an idle daemon no dulwich or jinja2 until their first
-use, git's hooks and `hd` no server stack."""
+"""Each process loads only what it uses: an idle daemon no dulwich, jinja2, dnspython, X.509 or
+version libraries until their first use, git's hooks and `hd` no server stack."""
 
 import subprocess
 import sys
@@ -8,8 +8,20 @@ from pathlib import Path
 import pytest
 
 CASES = {
-    # the daemon: dulwich and jinja2 load at their first use
-    "hyperdrive.server": {"dulwich", "jinja2"},
+    # the daemon: each loads at its first use (a deploy, a ship's DNS query, a certificate,
+    # an app's runtime files, a mistyped directive); asyncssh never loads its X.509 support
+    "hyperdrive.server": {
+        "dulwich",
+        "jinja2",
+        "dns",
+        "OpenSSL",
+        "cryptography.x509",
+        "nodesemver",
+        "packaging",
+        "tomllib",
+        "difflib",
+        "zipfile",
+    },
     # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
     "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},
     # git's hooks write triggers without the event loop machinery
@@ -23,8 +35,21 @@ CASES = {
     },
     # a push's trigger is on disk before the hook loads what follows the deploy
     "hyperdrive.hooks.post_receive": {"http.client", "dulwich", "hyperdrive.follow", "asyncio"},
-    # `hd status` is interpreter start plus imports: logging and hashlib wait for their use
-    "hyperdrive.cli": {"logging", "hashlib", "secrets", "getpass"},
+    # `hd status` is interpreter start plus imports: logging and hashlib wait for their use,
+    # the client speaks HTTP itself (no http.client, its email parser, ssl), other verbs'
+    # modules load in those verbs
+    "hyperdrive.cli": {
+        "logging",
+        "hashlib",
+        "secrets",
+        "getpass",
+        "http.client",
+        "email",
+        "ssl",
+        "threading",
+        "hyperdrive.triggers",
+        "hyperdrive.follow",
+    },
 }
 
 
@@ -50,3 +75,21 @@ def test_a_push_to_heads_branch_adopts_without_dulwich(tmp_path: Path) -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["main", "False"]
+
+
+def test_what_the_daemon_leaves_out_still_loads_after_it() -> None:
+    """asyncssh without X.509 in the daemon; pyOpenSSL, acme and x509 import as usual later,
+    and asyncssh reads the admirals' keys as before."""
+    probe = (
+        "import sys, hyperdrive.server; from hyperdrive.sshlib import asyncssh; "
+        "import OpenSSL.crypto, acme.client, cryptography.x509, dns.message; "
+        "key = asyncssh.generate_private_key('ssh-ed25519'); "
+        "line = key.export_public_key().decode(); "
+        "print(asyncssh.import_public_key(line).public_data == key.public_data, "
+        "hasattr(asyncssh.crypto, 'X509Certificate'), cryptography.x509.load_pem_x509_certificate "
+        "is not None)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "False", "True"]
