@@ -22,7 +22,7 @@ from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
-from hyperdrive.pipeline.job import Job, Stamped, stage
+from hyperdrive.pipeline.job import Job, Stamped, stage, together
 from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, RUNNING_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
 from hyperdrive.runtimes import choose_hull, read_asks
@@ -122,8 +122,10 @@ class Builder:
             with job.ctx.not_cancelled():
                 hull = await self.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
             ship.ip = self.network.allocate(ship.name)
-            await self.network.admit(ship.ip, job.cmd.app, job.orders.egress)
-            await self.runtime.snapshot(hull, ship.name)
+            await together(  # the ship's egress rule is in place before it can run
+                self.network.admit(ship.ip, job.cmd.app, job.orders.egress),
+                self.runtime.snapshot(hull, ship.name),
+            )
             spec = self.spec(ship, job.orders, building=await self.builds(job))
             for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
                 await self.runtime.hand_over(folder)  # what the ship mounts is its root's
