@@ -41,6 +41,7 @@ class Job:
     clock: Clock
     started: float
     ship: Ship | None = None
+    init_pid: int | None = None  # the ship's init, read while its app was being started
 
     @property
     def built(self) -> Ship:
