@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from deploy import ssh_round, stages, trigger_round  # noqa: E402
 
-from tests.conftest import Daemon, open_for_ships  # noqa: E402
+from tests.conftest import Daemon, open_for_ships, wait_for  # noqa: E402
 from tests.e2e.squadron import Admiral, AppRepo, keygen, make_squadron, teardown  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -41,16 +42,25 @@ def cpu_ms(d: Daemon) -> float:
     return sum(int(v) for v in fields[11:15]) * 1000 / TICKS
 
 
+def start_in(d: Daemon, tree: Path) -> None:
+    """`hd serve` of `tree`'s package: `python -m` puts the working folder first on sys.path,
+    so the daemon runs in the tree (and PYTHONPATH names it too)."""
+    d.env["PYTHONPATH"] = str(tree)
+    with d.log_path.open("ab") as log:
+        argv = [sys.executable, "-m", "hyperdrive", "serve"]
+        d.proc = subprocess.Popen(argv, env=d.env, stdout=log, stderr=log, cwd=tree)
+    wait_for(d.healthy, 20, 0.05, f"hd serve of {tree} to answer /healthz (see {d.log_path})")
+
+
 class Side:
     """One tree's squadron, its app repo (trigger rounds) and working copy (push rounds)."""
 
     def __init__(self, name: str, tree: Path, root: Path, drain: float) -> None:
         self.name = name
         self.d = make_squadron(root / "hd", HYPERDRIVE_DRAIN_SECONDS=str(drain))
-        self.d.env["PYTHONPATH"] = str(tree)
         key = keygen(root / "admiral")
         (self.d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
-        self.d.start()
+        start_in(self.d, tree)
         self.admiral = Admiral(self.d, key)
         self.work = self.admiral.working_copy(root / "site", "site")
         self.repo = AppRepo(self.d, "direct", root / "direct")
