@@ -41,6 +41,7 @@ LOG_TAIL_LINES = 30
 MAX_LINE = 64 * 1024
 DRAIN_S = 1.0  # after the command exits, how long its background children may hold the pipe
 TEMPLATES = Path(__file__).parent / "templates"
+LXCFS = Path("/var/lib/lxcfs")  # where lxcfs mounts the files its LXC mount hook binds
 
 # The busybox hull's init. busybox init runs udhcpc (which clears the static address) and
 # takes ~2 s to stop; this one runs nothing, gives processes up to 1 s after SIGTERM, then exits.
@@ -183,8 +184,10 @@ def _template() -> jinja2.Template:
     return env.get_template("ship.conf.j2")
 
 
-def render_config(hull_config: str, spec: ShipSpec, keys: CgroupKeys) -> str:
-    """The ship's config: the hull's lines minus the keys Hyperdrive manages, then its own."""
+def render_config(hull_config: str, spec: ShipSpec, keys: CgroupKeys, *, lxcfs: bool = True) -> str:
+    """The ship's config: the hull's lines minus the keys Hyperdrive manages, then its own.
+    `lxcfs`: whether lxcfs serves here; if not, its mount hook (common.conf.d), which would
+    find nothing to mount, is not run at every start (a shell and five programs)."""
     return _template().render(
         base=_hull_lines(hull_config),
         marker=MARKER,
@@ -192,7 +195,13 @@ def render_config(hull_config: str, spec: ShipSpec, keys: CgroupKeys) -> str:
         broadcast=spec.broadcast,
         cgroup=cgroup_settings(spec, keys),
         mounts=[_mount_entry(m) for m in spec.mounts],
+        lxcfs=lxcfs,
     )
+
+
+def lxcfs_serves(root: Path = LXCFS) -> bool:
+    """Is lxcfs mounted (its /proc files there for containers' mount hook to bind)?"""
+    return (root / "proc").is_dir()
 
 
 def patch_busybox_hull(folder: Path) -> None:
@@ -279,7 +288,7 @@ class Lxc:
         path = self._config(ship)
         if not path.is_file():
             raise ContainerError(f"ship {ship} does not exist: snapshot it from a hull first")
-        text = render_config(path.read_text(), spec, self.cgroups)
+        text = render_config(path.read_text(), spec, self.cgroups, lxcfs=lxcfs_serves())
         if not self._maps_ids(text):
             raise ContainerError(
                 f"ship {ship} would run privileged: its hull's config maps no ids "

@@ -87,8 +87,9 @@ class NginxProxy:
         if self.keeper is not None:
             offered.add(self.https_port)
         await self.prepare()
-        await self.traffic.offer(offered)
-        self._offered = offered
+        if offered != self._offered:  # a swap changes no port: no nft run (a heal offers anew)
+            await self.traffic.offer(offered)
+            self._offered = offered
 
     async def apply_offer(self) -> None:
         """The ports nginx listens on, offered to the ships again (a table made anew)."""

@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from hyperdrive.procs import check_output
 
 log = logging.getLogger(__name__)
 Allowed = Sequence[tuple[str, int]]  # (IPv4 address, port) pairs
+Script = Callable[[bool], str]  # an nft script, given whether its key is in the map already
+Present = Callable[[], Awaitable[bool]]  # whether that key is in the map, read from nft
 MAP = "app_backends"
 EGRESS = "ship_egress"  # ship address -> verdict: accept, or a jump to its app's chain
 OFFERED = "offered_ports"  # TCP ports on the bridge address ships may reach: nginx's
@@ -77,6 +79,10 @@ class Traffic:
         self.egress = egress
         self.nft = nft
         self._lock = asyncio.Lock()
+        # what this daemon last read or wrote of its maps (None: not known): a change is built
+        # from it without listing the map first, and read afresh when nft says it was wrong
+        self._ports: set[int] | None = None
+        self._ships: set[str] | None = None
 
     @property
     def bridge_ip(self) -> str:
@@ -187,6 +193,7 @@ class Traffic:
         async with self._lock:
             if await self.exists():
                 await self._apply(f"delete table ip {self.table}\n")
+            self._ports = self._ships = None
 
     async def current(self) -> dict[int, tuple[str, int]]:
         """The live map: stable port -> (ship address, ship port)."""
@@ -194,17 +201,44 @@ class Traffic:
             out = await run([self.nft, "-j", "list", "map", "ip", self.table, MAP])
         except CommandFailed as err:
             raise ProxyError(f"cannot read nft map {self.table} {MAP}: {err.output}") from err
-        return _parse_map(json.loads(out))
+        found = _parse_map(json.loads(out))
+        self._ports = set(found)
+        return found
+
+    async def _keyed(self, believed: bool | None, present: Present, script: Script) -> None:
+        """One transaction on a map key that may be there already, built from what this daemon
+        believes (no listing); a wrong belief (someone changed the table) makes nft refuse the
+        whole transaction, and it is built again from the map as it is."""
+        if believed is None:
+            believed = await present()
+        try:
+            await self._apply(script(believed))
+        except ProxyError:
+            if (actually := await present()) == believed:
+                raise
+            await self._apply(script(actually))
 
     async def point(self, stable_port: int, ship_ip: str, ship_port: int) -> None:
         """Send new connections for `stable_port` to the ship, in one nft transaction."""
         key, value = _port(stable_port), f"{_ipv4(ship_ip)} . {_port(ship_port)}"
+        element = f"element ip {self.table} {MAP} {{ {key}"
+
+        def script(there: bool) -> str:
+            return f"delete {element} }}\n" * there + f"add {element} : {value} }}\n"
+
+        async def present() -> bool:
+            return key in await self.current()
+
         async with self._lock:
-            lines = []
-            if key in await self.current():
-                lines.append(f"delete element ip {self.table} {MAP} {{ {key} }}")
-            lines.append(f"add element ip {self.table} {MAP} {{ {key} : {value} }}")
-            await self._apply("\n".join([*lines, ""]))
+            try:
+                await self._keyed(
+                    None if self._ports is None else key in self._ports, present, script
+                )
+            except ProxyError:
+                self._ports = None
+                raise
+            if self._ports is not None:
+                self._ports.add(key)
 
     async def point_all(self, targets: Mapping[int, tuple[str, int]]) -> None:
         """Point stable ports that are not in the map yet, all in one nft transaction."""
@@ -214,6 +248,7 @@ class Traffic:
         ]
         if lines:
             async with self._lock:
+                self._ports = None  # read afresh by the next change
                 await self._apply("\n".join([*lines, ""]))
 
     async def offer(self, ports: set[int]) -> None:
@@ -229,23 +264,41 @@ class Traffic:
         """From now on the ship at `ship_ip` reaches the outside as its app may: everything
         (None), nothing (an empty list) or only the `allow`ed (IPv4, port) pairs."""
         ip, t = _ipv4(ship_ip), f"ip {self.table}"
-        lines, verdict = [], "accept" if self.egress else f"jump {CLOSED}"
-        if self.egress and allow is not None:
-            chain = f"egress_{sanitize_app_name(app)}"
-            lines += [f"add chain {t} {chain}", f"flush chain {t} {chain}"]
-            for host, port in allow:
-                for proto in ("tcp", "udp"):
-                    lines.append(
-                        f"add rule {t} {chain} ip daddr {_ipv4(host)} {proto} dport "
-                        f"{_port(port)} accept"
-                    )
-            lines.append(f"add rule {t} {chain} jump {CLOSED}")
-            verdict = f"jump {chain}"
+        lines, verdict = self._egress_rules(app, allow)
+
+        def script(there: bool) -> str:
+            drop = [f"delete element {t} {EGRESS} {{ {ip} }}"] * there
+            return "\n".join(
+                [*drop, *lines, f"add element {t} {EGRESS} {{ {ip} : {verdict} }}", ""]
+            )
+
+        async def present() -> bool:
+            return ip in await self.admitted()
+
         async with self._lock:
-            if ip in await self.admitted():
-                lines.insert(0, f"delete element {t} {EGRESS} {{ {ip} }}")
-            lines.append(f"add element {t} {EGRESS} {{ {ip} : {verdict} }}")
-            await self._apply("\n".join([*lines, ""]))
+            try:
+                await self._keyed(
+                    None if self._ships is None else ip in self._ships, present, script
+                )
+            except ProxyError:
+                self._ships = None
+                raise
+            if self._ships is not None:
+                self._ships.add(ip)
+
+    def _egress_rules(self, app: str, allow: Allowed | None) -> tuple[list[str], str]:
+        """The app's own egress chain (only for `egress allow`) and the verdict its ships get."""
+        t = f"ip {self.table}"
+        if not self.egress or allow is None:
+            return [], "accept" if self.egress else f"jump {CLOSED}"
+        chain = f"egress_{sanitize_app_name(app)}"
+        lines = [f"add chain {t} {chain}", f"flush chain {t} {chain}"]
+        for host, port in allow:
+            for proto in ("tcp", "udp"):
+                match = f"ip daddr {_ipv4(host)} {proto} dport {_port(port)}"
+                lines.append(f"add rule {t} {chain} {match} accept")
+        lines.append(f"add rule {t} {chain} jump {CLOSED}")
+        return lines, f"jump {chain}"
 
     async def dismiss(self, ship_ip: str) -> None:
         """The ship at `ship_ip` is gone: its address carries no rule (absent is fine)."""
@@ -253,6 +306,8 @@ class Traffic:
         async with self._lock:
             if ip in await self.admitted():
                 await self._apply(f"delete element ip {self.table} {EGRESS} {{ {ip} }}\n")
+            if self._ships is not None:
+                self._ships.discard(ip)
 
     async def admitted(self) -> dict[str, str]:
         """Ship address -> the verdict its egress gets (`accept`, `jump egress_<app>`, …)."""
@@ -265,6 +320,7 @@ class Traffic:
             for key, verdict in item.get("map", {}).get("elem", []):
                 kind, arg = next(iter(verdict.items()))
                 found[str(key)] = f"{kind} {arg['target']}" if isinstance(arg, dict) else kind
+        self._ships = set(found)
         return found
 
     async def remove(self, stable_port: int) -> None:
@@ -273,6 +329,8 @@ class Traffic:
         async with self._lock:
             if key in await self.current():
                 await self._apply(f"delete element ip {self.table} {MAP} {{ {key} }}\n")
+            if self._ports is not None:
+                self._ports.discard(key)
 
 
 CHAINS = ("output", "prerouting", "postrouting", "forward", "input", CLOSED)

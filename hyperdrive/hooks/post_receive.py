@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -33,6 +33,7 @@ WAIT_S = 30 * 60.0
 FLEET_WAIT_S = 10 * 60.0  # how long a pusher waits for the other squadrons' outcomes
 FLEET_SINCE_S = 600.0  # their events are read from this long before the push (clock skew)
 QUEUED = "queued: the deploy starts when hyperdrive is running"
+FOLLOW_NICE = 10  # added to the hook's nice value once its triggers are written
 
 
 def parse_updates(lines: Iterable[str], out: TextIO) -> list[RefUpdate]:
@@ -202,8 +203,21 @@ def _announce(trigger: Trigger, out: TextIO) -> None:
     _say(out, f"-----> queued {verb} {update.ref} for {what} (deploy {trigger.id})")
 
 
-def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float = WAIT_S) -> int:
-    """The hook's whole job; returns 0 because the refs are updated whatever happens here."""
+def step_aside() -> None:
+    """The pusher's view of the deploy never takes CPU from the deploy itself: the follower's
+    imports and output run at a lower priority (every event is replayed from the log anyway)."""
+    os.nice(FOLLOW_NICE)
+
+
+def run(
+    lines: Iterable[str],
+    out: TextIO,
+    env: Mapping[str, str],
+    wait_s: float = WAIT_S,
+    before_follow: Callable[[], None] = lambda: None,
+) -> int:
+    """The hook's whole job; returns 0 because the refs are updated whatever happens here.
+    `before_follow` runs once the triggers are on disk, before following (main: step_aside)."""
     spool = env.get("HYPERDRIVE_SPOOL")
     if not spool:
         _say(out, " !     HYPERDRIVE_SPOOL is not set: nothing queued; run `hd deploy`")
@@ -227,6 +241,7 @@ def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float
     if not socket_path or not Path(socket_path).exists():
         _say(out, f"-----> {QUEUED}")
     else:
+        before_follow()
         from hyperdrive.client import AdminClient  # noqa: PLC0415 - see TYPE_CHECKING
 
         if not follow(triggers, AdminClient(Path(socket_path)), out, wait_s):
@@ -237,7 +252,7 @@ def run(lines: Iterable[str], out: TextIO, env: Mapping[str, str], wait_s: float
 def main() -> int:
     """Entry point; a pusher who hung up (EPIPE, Ctrl-C) ends it quietly with 0."""
     try:
-        return run(sys.stdin, sys.stdout, os.environ)
+        return run(sys.stdin, sys.stdout, os.environ, before_follow=step_aside)
     except (BrokenPipeError, KeyboardInterrupt):
         # Python would complain again when flushing stdout at exit: point it nowhere.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -22,8 +22,8 @@ from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.fleet import Fleet
 from hyperdrive.pipeline.health import oom_kills
 from hyperdrive.pipeline.hulls import Hulls
-from hyperdrive.pipeline.job import Job, Stamped, stage
-from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, Mount, Ship, ShipSpec
+from hyperdrive.pipeline.job import Job, Stamped, stage, together
+from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, RUNNING_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
 from hyperdrive.runtimes import choose_hull, read_asks
 from hyperdrive.space import FOR_WORK, shortage
@@ -66,6 +66,11 @@ class SetupLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def builds_nothing(plan: BuildPlan) -> bool:
+    """Nothing runs in the ship before its app: it may start at a running ship's CPU weight."""
+    return plan.build is None and plan.procfile.release is None
 
 
 def memory(orders: Orders, config: Config) -> str:
@@ -117,9 +122,11 @@ class Builder:
             with job.ctx.not_cancelled():
                 hull = await self.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
             ship.ip = self.network.allocate(ship.name)
-            await self.network.admit(ship.ip, job.cmd.app, job.orders.egress)
-            await self.runtime.snapshot(hull, ship.name)
-            spec = self.spec(ship, job.orders)
+            await together(  # the ship's egress rule is in place before it can run
+                self.network.admit(ship.ip, job.cmd.app, job.orders.egress),
+                self.runtime.snapshot(hull, ship.name),
+            )
+            spec = self.spec(ship, job.orders, building=await self.builds(job))
             for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
                 await self.runtime.hand_over(folder)  # what the ship mounts is its root's
             await self.runtime.write_config(ship.name, spec)
@@ -136,7 +143,16 @@ class Builder:
         default = job.orders.hull or self.config.hull
         return choose_hull(asks, self.hulls.offers(), default, named)
 
-    def spec(self, ship: Ship, orders: Orders) -> ShipSpec:
+    async def builds(self, job: Job) -> bool:
+        """Will anything run in the ship before its app (a build, a release)? True when unsure:
+        the build stage reads the app again and says what is wrong with it."""
+        try:
+            plan = await asyncio.to_thread(detect, self.config.ship_dir(job.built.name) / "app")
+        except DeployError:
+            return True
+        return not builds_nothing(plan)
+
+    def spec(self, ship: Ship, orders: Orders, *, building: bool = True) -> ShipSpec:
         folder, cache = self.config.ship_dir(ship.name), self.config.cache_dir(orders.app)
         for path in (folder / "run", cache):
             path.mkdir(parents=True, exist_ok=True)
@@ -160,9 +176,10 @@ class Builder:
             mounts=mounts,
             pids=self.config.ship_pids,
             # a build runs on spare CPU time only (idle), else at a tenth of the normal weight;
-            # Starter.run_start gives the ship the normal weight before the app runs
-            cpu_idle=True,
-            cpu_weight=BUILD_CPU_WEIGHT,
+            # Starter.run_start gives the ship the normal weight before the app runs. A ship
+            # with nothing to build starts at the normal weight (no lxc-cgroup runs later).
+            cpu_idle=building,
+            cpu_weight=BUILD_CPU_WEIGHT if building else RUNNING_CPU_WEIGHT,
         )
 
     def write_scripts(self, ship: Ship, plan: BuildPlan, env: dict[str, str]) -> list[Path]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -40,6 +41,7 @@ class Job:
     clock: Clock
     started: float
     ship: Ship | None = None
+    init_pid: int | None = None  # the ship's init, read while its app was being started
 
     @property
     def built(self) -> Ship:
@@ -64,6 +66,14 @@ class Job:
             "ship": ship.name if ship else None,
         }
         self.ctx.emit(event(**{**base, **fields, "message": message}))  # type: ignore[arg-type]
+
+
+async def together(*steps: Awaitable[object]) -> None:
+    """Run independent steps of a stage at once; each runs to its end, then the first error
+    is raised as it is (a TaskGroup would cancel the others and wrap it in a group)."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 @contextlib.asynccontextmanager

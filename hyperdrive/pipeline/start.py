@@ -15,9 +15,9 @@ from hyperdrive.errors import DeployError
 from hyperdrive.files import OutsideTree, read_inside
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline import processes
-from hyperdrive.pipeline.build import memory
+from hyperdrive.pipeline.build import builds_nothing, memory
 from hyperdrive.pipeline.health import KILLED_FOR_MEMORY, listening, oom_kills
-from hyperdrive.pipeline.job import Job, stage
+from hyperdrive.pipeline.job import Job, stage, together
 from hyperdrive.pipeline.model import HEALTHY, RUNNING_CPU_WEIGHT, Records, Ship
 from hyperdrive.pipeline.ports import ContainerRuntime, Network, Probe
 from hyperdrive.watch import FolderWatch
@@ -44,13 +44,23 @@ class Starter:
     async def start(self, job: Job, plan: BuildPlan) -> None:
         t0 = job.now()
         async with stage("start"):
-            await self.run_start(job.built)
+            await together(
+                self._note_init(job), self.run_start(job.built, weighted=not builds_nothing(plan))
+            )
         started = plan.start or ", ".join(plan.procfile.processes) or "no process (cron only)"
         job.emit(ev.ShipStarted, f"started: {started[:200]}", ms=job.ms(t0))
 
-    async def run_start(self, ship: Ship) -> None:
-        """The app runs at a running ship's CPU weight; its ship was started at a build's."""
-        await self.runtime.set_cpu_weight(ship.name, RUNNING_CPU_WEIGHT)
+    async def _note_init(self, job: Job) -> None:
+        """The ship's init pid for the health check's memory watch, read (lxc-info) beside
+        the start script rather than after it."""
+        info = await self.runtime.info(job.built.name)
+        job.init_pid = info.pid if info else None
+
+    async def run_start(self, ship: Ship, *, weighted: bool = True) -> None:
+        """The app runs at a running ship's CPU weight; its ship was started at a build's
+        (`weighted`: set it now), unless it had nothing to build (Builder.spec)."""
+        if weighted:
+            await self.runtime.set_cpu_weight(ship.name, RUNNING_CPU_WEIGHT)
         argv = ["/bin/sh", "/hyperdrive/start"]
         code = await self.runtime.attach(ship.name, argv, {}, START_TIMEOUT_S)
         if code != 0:
@@ -152,8 +162,10 @@ class Starter:
 
     async def _oom_watch(self, job: Job) -> Callable[[], str | None] | None:
         """For the health wait: a check that says so once the app was killed for memory."""
-        info = await self.runtime.info(job.built.name)
-        pid = info.pid if info else None
+        pid = job.init_pid
+        if pid is None:
+            info = await self.runtime.info(job.built.name)
+            pid = info.pid if info else None
         before, limit = oom_kills(pid), memory(job.orders, self.config)
 
         def killed() -> str | None:

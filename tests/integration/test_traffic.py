@@ -108,6 +108,27 @@ async def test_current_and_remove(net: ShipNet, traffic: Traffic) -> None:
     assert await traffic.current() == {STABLE + 1: (two.ip, 8001)}
 
 
+async def test_point_and_admit_right_when_someone_changed_the_maps(
+    net: ShipNet, traffic: Traffic
+) -> None:
+    """A swap builds its transaction from what the daemon last wrote, without listing the map;
+    an element someone else removed, added or changed meanwhile still ends as asked."""
+    one, two = net.ships
+    table = traffic.table
+    await traffic.point(STABLE, one.ip, 8000)
+    await traffic.admit(one.ip, "one", None)
+    sh("nft", "flush", "map", "ip", table, "app_backends")
+    sh("nft", "flush", "map", "ip", table, "ship_egress")
+    await traffic.point(STABLE, two.ip, 8000)  # believed there: it is not
+    await traffic.admit(one.ip, "one", [])  # believed there: it is not
+    sh("nft", "add", "element", "ip", table, "app_backends", f"{{ {STABLE + 1} : {one.ip} . 1 }}")
+    sh("nft", "add", "element", "ip", table, "ship_egress", f"{{ {two.ip} : drop }}")
+    await traffic.point(STABLE + 1, two.ip, 8001)  # believed absent: it is there, elsewhere
+    await traffic.admit(two.ip, "two", None)  # believed absent: it is there, another verdict
+    assert await traffic.current() == {STABLE: (two.ip, 8000), STABLE + 1: (two.ip, 8001)}
+    assert await traffic.admitted() == {one.ip: "jump egress_one", two.ip: "accept"}
+
+
 async def test_ensure_table_keeps_elements_and_rules_once(net: ShipNet, traffic: Traffic) -> None:
     one, _ = net.ships
     await traffic.point(STABLE, one.ip, one.port)

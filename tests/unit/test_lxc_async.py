@@ -16,6 +16,7 @@ from hyperdrive.lxc_async import (
     Lxc,
     cgroup_settings,
     detect_cgroups,
+    lxcfs_serves,
     render_config,
 )
 from hyperdrive.pipeline.model import Mount, ShipSpec
@@ -97,6 +98,17 @@ def test_a_cpu_weight_is_v1_shares_or_v2_weight_and_a_preference_without_a_contr
     assert "lxc.cgroup.cpu.shares = 102" in render_config(HULL_CONFIG, spec(cpu_weight=10), V1)
     with pytest.raises(ContainerError, match="cpu weight 0 is out of range"):
         spec(cpu_weight=0)
+
+
+def test_lxcfs_mount_hook_runs_only_where_lxcfs_serves(tmp_path: Path) -> None:
+    """Without lxcfs its hook (a shell script LXC runs at every start) has nothing to bind."""
+    assert not lxcfs_serves(tmp_path)
+    (tmp_path / "proc").mkdir()
+    assert lxcfs_serves(tmp_path)
+    without = render_config(HULL_CONFIG, spec(), V1, lxcfs=False)
+    assert without.endswith("\nlxc.hook.mount =\n")
+    assert without == render_config(without, spec(), V1, lxcfs=False)
+    assert "lxc.hook.mount" not in render_config(HULL_CONFIG, spec(), V1, lxcfs=True)
 
 
 def test_render_keeps_hull_lines_and_replaces_managed_ones(tmp_path: Path) -> None:

@@ -347,6 +347,19 @@ async def test_a_build_runs_idle_and_every_app_start_at_the_normal_weight(
     assert world.runtime.containers[first].cpu_weight == RUNNING_CPU_WEIGHT
 
 
+async def test_a_ship_with_nothing_to_build_starts_at_the_normal_weight_at_once(
+    world: World, hd: Squadron
+) -> None:
+    """A static app has no build to keep off the CPU: its ship starts at a running ship's
+    weight, and no weight is changed (no lxc-cgroup) before its app starts."""
+    ship = await live_at(hd, "web", {"index.html": "static\n"})
+    spec = world.runtime.containers[ship].spec
+    assert spec is not None
+    assert (spec.cpu_weight, spec.cpu_idle) == (RUNNING_CPU_WEIGHT, False)
+    assert not [call for call in world.runtime.calls if call.startswith(f"cpu-weight {ship}")]
+    assert world.runtime.containers[ship].cpu_weight == RUNNING_CPU_WEIGHT
+
+
 async def test_rollback_without_a_healthy_kept_ship_fails_and_changes_nothing(
     world: World, hd: Squadron
 ) -> None:

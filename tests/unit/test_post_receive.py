@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -205,6 +207,41 @@ def test_the_hook_program_exits_0_quietly_when_the_pusher_is_gone(tmp_path: Path
     os.close(write_end)
     assert (done.returncode, done.stderr) == (0, b"")
     assert len(incoming(tmp_path)) == 1
+
+
+def test_the_hook_follows_the_deploy_at_a_lower_priority_than_it_queued_it(tmp_path: Path) -> None:
+    """The trigger is written at the pusher's priority; the follower that connects to the
+    daemon afterwards runs FOLLOW_NICE lower, so it never takes CPU from the deploy."""
+    path = tmp_path / "api.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.settimeout(30)
+    env = {**env_for(tmp_path), "HYPERDRIVE_PYTHON": sys.executable, "PATH": os.environ["PATH"]}
+    env["HYPERDRIVE_SOCKET"] = str(path)
+    refs = tmp_path / "refs"
+    refs.write_text(f"{A} {B} refs/heads/master\n")
+    with refs.open("rb") as stdin:
+        hook_program = subprocess.Popen(
+            [str(package_hooks() / "post-receive")], stdin=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        conn, _ = listener.accept()
+        listener.close()  # its next calls find no daemon: it says the deploy is queued
+        with conn:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0]
+            stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            assert len(incoming(tmp_path)) == 1  # queued before it stepped aside
+        assert int(stat[16]) == min(19, os.nice(0) + hook.FOLLOW_NICE)
+        out, _ = hook_program.communicate(timeout=30)
+        assert (hook_program.returncode, b"queued" in out) == (0, True)
+    finally:
+        if hook_program.poll() is None:
+            hook_program.kill()
+            hook_program.communicate(timeout=30)
+        listener.close()
 
 
 def bare_repo(path: Path, head: str, branches: tuple[str, ...] = ()) -> Path:
