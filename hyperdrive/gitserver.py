@@ -194,8 +194,8 @@ async def _init_bare(path: Path, hooks_dir: Path) -> None:
 async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter) -> None:
     """Client → git stdin, until the client's EOF; a vanished client is an EOF too."""
     try:
-        while data := await src.read(CHUNK):
-            dst.write(data)
+        while (data := await src.read(CHUNK)) and not dst.is_closing():  # uvloop: closed at
+            dst.write(data)  # git's exit, and writing to it then raises RuntimeError
             await dst.drain()
     except (asyncssh.Error, ConnectionError):
         pass  # client gone or git done reading: git sees EOF and decides

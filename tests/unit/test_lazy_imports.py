@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 CASES = {
-    # the daemon: dulwich and jinja2 load at their first use
-    "hyperdrive.server": {"dulwich", "jinja2"},
+    # the daemon: dulwich and jinja2 load at their first use, uvloop when its loop is made
+    # (HYPERDRIVE_EVENT_LOOP=asyncio never loads it)
+    "hyperdrive.server": {"dulwich", "jinja2", "uvloop"},
     # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
     "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},
     # git's hooks write triggers without the event loop machinery
