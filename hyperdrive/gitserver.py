@@ -36,7 +36,7 @@ from hyperdrive.files import write_atomically
 from hyperdrive.heads import DEFAULT_BRANCH
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
-from hyperdrive.procs import check_output
+from hyperdrive.procs import check_output, spawn
 from hyperdrive.space import FOR_WORK, shortage
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ async def run_git(
     service: str, repo: Path, env: Mapping[str, str], process: asyncssh.SSHServerProcess[bytes]
 ) -> int:
     """Run `git <service> <repo>` with the session's streams pumped both ways; its exit code."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn(
         "git", service, str(repo), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(env),
         limit=PIPE_LIMIT,
