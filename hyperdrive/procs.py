@@ -93,7 +93,7 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     """`asyncio.create_subprocess_exec`, whose PIPEs are pipes on every loop. uvloop gives a
     child socket pairs instead, which a program cannot open as /dev/stdout or /dev/stderr
-    (`echo x > /dev/stderr` in a build step fails with ENXIO), so the pipes are made here."""
+    (`echo x > /dev/stderr` in a script fails with ENXIO), so the pipes are made here."""
     given: dict[str, Any] = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
     ours: dict[str, int] = {}  # our end of each pipe, by stream
     for name, value in given.items():
