@@ -30,15 +30,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hyperdrive.config import Config  # noqa: E402
 from hyperdrive.gitserver import GitServer, create_repo, package_hooks  # noqa: E402
 from hyperdrive.keyring import KeyRing  # noqa: E402
+from hyperdrive.server import loop_factory  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 KEX = "curve25519-sha256"
@@ -116,11 +119,18 @@ def serve_hyperdrive(work: Path, pub: Path) -> None:
 
     profile = os.environ.get("HD_BENCH_PROFILE")
     if not profile:
-        asyncio.run(main())
+        on_daemon_loop(main())
         return
     profiler = cProfile.Profile()
-    profiler.runcall(asyncio.run, main())
+    profiler.runcall(on_daemon_loop, main())
     profiler.dump_stats(profile)
+
+
+def on_daemon_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on the event loop `hd serve` would run on (HYPERDRIVE_EVENT_LOOP)."""
+    name = os.environ.get("HYPERDRIVE_EVENT_LOOP") or Config().event_loop
+    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+        runner.run(main)
 
 
 def print_profile(path: Path) -> None:

@@ -4,7 +4,8 @@ Run: .venv/bin/python bench/webhooks.py [--seconds 5] [--rounds 3] [--rate-secon
 
 1. Throughput: wrk, keep-alive, 10 connections, a 7-8 KB signed GitHub push with a unique
    X-GitHub-Delivery per request, against (a) the receiver with a real FileSpool, event log and
-   delivery ring (the daemon's wiring) in a separate process (uvloop if importable) and
+   delivery ring (the daemon's wiring and listener) in a separate process, on the daemon's
+   event loop (uvloop; HYPERDRIVE_EVENT_LOOP) and
    (b) /usr/bin/webhook with a payload-hmac-sha256 rule,
    in rounds that alternate between the two so a shared machine's noise hits both alike; the
    servers' own CPU time per request (/proc/PID/stat) is the figure load moves least.
@@ -85,23 +86,28 @@ end
 
 
 def serve(port: int, spool_dir: Path) -> None:
-    """`bench/webhooks.py --serve PORT DIR`: the receiver with a real FileSpool."""
+    """`bench/webhooks.py --serve PORT DIR`: the receiver with a real FileSpool, on the event
+    loop `hd serve` of that tree runs on by default (a tree before HYPERDRIVE_EVENT_LOOP: the
+    standard library's, as its daemon did)."""
+    from hyperdrive.config import Config  # noqa: PLC0415 - the tree HD_BENCH_TREE names
+
     try:
-        import uvloop  # noqa: PLC0415 - optional, used only when installed
-
-        uvloop.install()
-        loop_name = "uvloop"
+        from hyperdrive.server import loop_factory  # noqa: PLC0415
     except ImportError:
-        loop_name = "asyncio"
-    asyncio.run(_serve(port, spool_dir, loop_name))
+        factory = asyncio.new_event_loop
+    else:
+        factory = loop_factory(getattr(Config(), "event_loop", "asyncio"))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(port, spool_dir))
 
 
-async def _serve(port: int, spool_dir: Path, loop_name: str) -> None:
+async def _serve(port: int, spool_dir: Path) -> None:
     from aiohttp import web  # noqa: PLC0415
 
     from hyperdrive.eventlog import JsonlEventLog  # noqa: PLC0415
     from hyperdrive.hooks.deliveries import Deliveries  # noqa: PLC0415
     from hyperdrive.hooks.webhook import StaticResolver, WebhookReceiver  # noqa: PLC0415
+    from hyperdrive.httpgate import serve_public  # noqa: PLC0415
     from hyperdrive.spool import FileSpool  # noqa: PLC0415
 
     class EveryBodyNew(FileSpool):
@@ -117,12 +123,11 @@ async def _serve(port: int, spool_dir: Path, loop_name: str) -> None:
     events.open()  # the daemon's wiring: every event written, every answer remembered
     resolver = StaticResolver({"web": (APP_URL, None)}, None)
     receiver = WebhookReceiver(SECRET, spool, resolver, events.append, deliveries=Deliveries())
-    app = web.Application()
+    app = web.Application(client_max_size=25 * 1024 * 1024)  # as the daemon's public API
     receiver.add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    print(f"ready {loop_name}", flush=True)
+    await serve_public(app, "127.0.0.1", port)  # the daemon's listener: its guards, no access log
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    print(f"ready {loop}", flush=True)
     await asyncio.Event().wait()
 
 

@@ -86,6 +86,7 @@ class Config:
     keep_ships: int = 3
     parallel_deploys: int = 4
     eventlog_max_bytes: int = 64 * 1024 * 1024
+    event_loop: str = "asyncio"  # the daemon's loop: the standard library's, or uvloop
     guard: Guard = field(default_factory=Guard)  # unless orders say `guard`
     drain_seconds: float = 30.0  # a ship's connections after a swap, unless orders say `drain`
     apt_mirror: str = ""  # "": the Debian mirror the host's own apt sources name
@@ -406,6 +407,15 @@ def _user(value: str) -> str:
     return value
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _event_loop(value: str) -> str:
+    if value not in EVENT_LOOPS:
+        raise ValueError(f"use {' or '.join(EVENT_LOOPS)}")
+    return value
+
+
 def _on_off(value: str) -> bool:
     if value.lower() not in ("on", "off"):
         raise ValueError("use on or off")
@@ -485,6 +495,7 @@ KEYS: dict[str, str] = {
     "HYPERDRIVE_KEEP_SHIPS": "keep_ships",
     "HYPERDRIVE_PARALLEL_DEPLOYS": "parallel_deploys",
     "HYPERDRIVE_EVENTLOG_MAX_BYTES": "eventlog_max_bytes",
+    "HYPERDRIVE_EVENT_LOOP": "event_loop",
     "HYPERDRIVE_DRAIN_SECONDS": "drain_seconds",
     "HYPERDRIVE_GUARD": "guard",
     "HYPERDRIVE_APT_MIRROR": "apt_mirror",
@@ -522,6 +533,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "keep_ships": _count(0, 100),
     "parallel_deploys": _count(1, 64),
     "eventlog_max_bytes": _count(64 * 1024, 1 << 40),
+    "event_loop": _event_loop,
     "drain_seconds": _seconds(0, 3600),
     "guard": _guard,
     "apt_mirror": _mirror,

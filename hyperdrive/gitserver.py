@@ -33,7 +33,7 @@ from hyperdrive.files import write_atomically
 from hyperdrive.heads import DEFAULT_BRANCH
 from hyperdrive.keyring import KeyRing
 from hyperdrive.names import repo_name
-from hyperdrive.procs import check_output
+from hyperdrive.procs import check_output, spawn
 from hyperdrive.space import FOR_WORK, shortage
 from hyperdrive.sshlib import asyncssh
 
@@ -193,8 +193,8 @@ async def _init_bare(path: Path, hooks_dir: Path) -> None:
 async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter) -> None:
     """Client → git stdin, until the client's EOF; a vanished client is an EOF too."""
     try:
-        while data := await src.read(CHUNK):
-            dst.write(data)
+        while (data := await src.read(CHUNK)) and not dst.is_closing():  # uvloop: closed at
+            dst.write(data)  # git's exit, and writing to it then raises RuntimeError
             await dst.drain()
     except (asyncssh.Error, ConnectionError):
         pass  # client gone or git done reading: git sees EOF and decides
@@ -231,7 +231,7 @@ async def run_git(
     service: str, repo: Path, env: Mapping[str, str], process: asyncssh.SSHServerProcess[bytes]
 ) -> int:
     """Run `git <service> <repo>` with the session's streams pumped both ways; its exit code."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn(
         "git", service, str(repo), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(env),
         limit=PIPE_LIMIT,

@@ -428,7 +428,7 @@ async def _stream(
     argv: list[str], env: dict[str, str], line: Callable[[str], None], seconds: float
 ) -> int | None:
     """Run argv, feeding each output line to `line`; None when killed after `seconds`."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await procs.spawn(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

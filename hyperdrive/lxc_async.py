@@ -26,7 +26,7 @@ from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.files import write_atomically
 from hyperdrive.idmap import IdMap, hand_over, passage_error, shift_tree
 from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec, check_cpu_weight
-from hyperdrive.procs import run
+from hyperdrive.procs import run, spawn
 
 if TYPE_CHECKING:
     import jinja2
@@ -507,7 +507,7 @@ async def _stream(
     argv: Sequence[str], emit: Callable[[str], None], seconds: float, ship: str, tail: deque[str]
 ) -> int:
     """Run lxc-attach, feeding each output line to emit; kill the command tree on timeout."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -30,6 +31,7 @@ def squadron_status(
     return {
         "version": __version__,
         "pid": os.getpid(),
+        "event_loop": running_loop(),
         "name": config.name,
         "data": str(config.data),
         "ssh": str(config.ssh_listen),
@@ -43,6 +45,15 @@ def squadron_status(
         "hulls": hulls.status(),
         "apps": app_rows(config, records, fleet),
     }
+
+
+def running_loop() -> str:
+    """`uvloop` or `asyncio`: the loop this daemon really runs on (HYPERDRIVE_EVENT_LOOP)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return ""
+    return type(loop).__module__.partition(".")[0]
 
 
 def app_rows(config: Config, records: Records, fleet: Fleet) -> list[dict[str, Any]]:

@@ -297,9 +297,12 @@ def _given(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+UNSAFE_IN_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
 def deploy_id(trigger_id: str, app: str) -> str:
     """`<trigger id>:<app>`, kept inside the trigger id charset and length."""
-    text = re.sub(r"[^A-Za-z0-9._:-]", "-", f"{trigger_id}:{app}")
+    text = UNSAFE_IN_ID.sub("-", f"{trigger_id}:{app}")
     if not TRIGGER_ID.fullmatch(text):
         import hashlib  # noqa: PLC0415 - only for an over-long id; `hd` starts without it
 

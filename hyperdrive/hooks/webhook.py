@@ -49,7 +49,7 @@ from hyperdrive.hooks.deliveries import Deliveries
 from hyperdrive.hooks.refusals import RefusalTally, source_of
 from hyperdrive.names import ZERO_SHA, check_ref, check_sha
 from hyperdrive.pipeline import events as ev
-from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind, deploy_id
+from hyperdrive.triggers import RefUpdate, Trigger, TriggerKind
 
 if TYPE_CHECKING:  # names for types only: the receiver needs none of HQ sync's machinery
     from hyperdrive.pipeline.fleet import Fleet
@@ -703,7 +703,7 @@ class WebhookReceiver:
             ) from err
         if not fresh:
             return self._redelivered(delivery, self._spool.fingerprint(trigger.id))
-        deploys = {app: deploy_id(trigger.id, app) for app in targets}  # as Trigger.webhook's
+        deploys = dict(trigger.data.get("deploys", {})) if targets else {}  # Trigger.webhook's
         self._record_received(delivery, push, trigger, targets, deploys)
         answer: dict[str, Any] = {"status": "queued", "deploys": deploys}
         if trigger.kind == TriggerKind.HQ_SYNC:

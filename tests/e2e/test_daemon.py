@@ -24,6 +24,7 @@ def test_healthz_status_metrics_and_logs(daemon: Daemon) -> None:
     status = json.loads(daemon.hd("status", "--json").stdout)
     assert status["pending"] == 0
     assert status["api"] == f"127.0.0.1:{daemon.api_port}"
+    assert status["event_loop"] == "asyncio", "HYPERDRIVE_EVENT_LOOP's default"
     table = daemon.hd("status").stdout
     assert "no apps yet" in table
     url = f"http://127.0.0.1:{daemon.api_port}/metrics"
@@ -62,6 +63,18 @@ def test_trigger_file_is_handed_over_and_leaves_the_spool(daemon: Daemon) -> Non
     assert event["app"] == "web"
     wait_for(lambda: not list((daemon.data / "spool" / "incoming").glob("*.json")), 5)
     wait_for(lambda: json.loads(daemon.hd("status", "--json").stdout)["pending"] == 0, 5)
+
+
+def test_uvloop_serves_when_asked(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "hd", HYPERDRIVE_EVENT_LOOP="uvloop")
+    d.start()
+    try:
+        assert json.loads(d.hd("status", "--json").stdout)["event_loop"] == "uvloop"
+        trigger = Trigger.retire("web", "a test")
+        write_incoming(d.data / "spool", trigger)
+        d.wait_event("AppRetired", deploy=trigger.id)
+    finally:
+        assert d.stop(signal.SIGTERM) == 0
 
 
 def test_bad_spool_files_are_quarantined_and_daemon_keeps_serving(daemon: Daemon) -> None:

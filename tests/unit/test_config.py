@@ -129,6 +129,7 @@ BAD_VALUES = [
     ("HYPERDRIVE_ADMIRAL_USER", "Root User"),
     ("HYPERDRIVE_SHIP_EGRESS", "maybe"),
     ("HYPERDRIVE_SHIP_DNS", "9.9.9.9,dns.example"),
+    ("HYPERDRIVE_EVENT_LOOP", "trio"),
 ]
 
 
@@ -170,6 +171,12 @@ def test_good_edge_values_are_accepted() -> None:
     assert config.api_listen == Listen("localhost", 1)
     assert config.subnet.prefixlen == 28
     assert config.keep_ships == 0
+
+
+def test_the_event_loop_is_asyncio_unless_asked() -> None:
+    assert Config().event_loop == "asyncio"
+    assert build({"HYPERDRIVE_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    assert build({}).redacted()["HYPERDRIVE_EVENT_LOOP"] == "asyncio"
 
 
 def test_ship_egress_and_dns() -> None:

@@ -9,7 +9,8 @@ import pytest
 
 CASES = {
     # the daemon: each loads at its first use (a deploy, a ship's DNS query, a certificate,
-    # an app's runtime files, a mistyped directive); asyncssh never loads its X.509 support
+    # an app's runtime files, a mistyped directive), uvloop when its loop is made; asyncssh
+    # never loads its X.509 support
     "hyperdrive.server": {
         "dulwich",
         "jinja2",
@@ -21,6 +22,7 @@ CASES = {
         "tomllib",
         "difflib",
         "zipfile",
+        "uvloop",
     },
     # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
     "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},

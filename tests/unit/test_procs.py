@@ -2,11 +2,13 @@
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
+import uvloop
 
 from hyperdrive.errors import CommandFailed
-from hyperdrive.procs import check_output, run
+from hyperdrive.procs import PIPE, check_output, run, spawn
 
 
 async def test_status_and_words_come_back() -> None:
@@ -41,3 +43,57 @@ async def test_cancelling_the_caller_kills_the_program(tmp_path) -> None:
         await task
     await asyncio.sleep(1.5)
     assert not marker.exists()
+
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def on(loop: str, test: Callable[[], Awaitable[None]]) -> None:
+    """Run `test` on one of the loops the daemon may run on (HYPERDRIVE_EVENT_LOOP)."""
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(test())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_program_may_open_its_own_stdout_and_stderr(loop: str) -> None:
+    on(loop, _a_program_may_open_its_own_stdout_and_stderr)
+
+
+async def _a_program_may_open_its_own_stdout_and_stderr() -> None:
+    """What shell scripts in builds do; uvloop's own socket pairs refuse it (ENXIO)."""
+    script = "echo out > /dev/stdout; echo err > /dev/stderr; cat /dev/stdin"
+    result = await run(["sh", "-c", script], timeout=10, stdin=b"in\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\nin\n", "err\n")
+    script = "echo a > /dev/stdout; echo b > /dev/stderr"
+    assert (await run(["sh", "-c", script], timeout=10, merge=True)).stdout == "a\nb\n"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_program_that_exits_without_reading_its_stdin_is_no_error(loop: str) -> None:
+    on(loop, _a_program_that_exits_without_reading_its_stdin_is_no_error)
+
+
+async def _a_program_that_exits_without_reading_its_stdin_is_no_error() -> None:
+    for _ in range(20):  # the race: the program gone before its stdin is written
+        result = await run(["true"], timeout=10, stdin=b"x" * 200_000)
+        assert result.returncode == 0
+    assert (await run(["cat"], timeout=10, stdin=b"")).returncode == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_spawned_streams_are_what_the_caller_asked_for(loop: str) -> None:
+    on(loop, _spawned_streams_are_what_the_caller_asked_for)
+
+
+async def _spawned_streams_are_what_the_caller_asked_for() -> None:
+    proc = await spawn("sh", "-c", "read line; echo got $line", stdin=PIPE, stdout=PIPE)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is None
+    proc.stdin.write(b"hello\n")
+    await proc.stdin.drain()
+    proc.stdin.close()
+    assert await proc.stdout.readline() == b"got hello\n"
+    assert await proc.wait() == 0
+    with pytest.raises(FileNotFoundError):
+        await spawn("/nonexistent/program", stdout=PIPE)
