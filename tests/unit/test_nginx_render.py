@@ -24,8 +24,12 @@ def test_layout_is_one_file_per_part_with_each_apps_section() -> None:
     assert "listen 8080 default_server;" in main
     assert "include proxies.conf;" in main
     a, b = app_part(files, "upstream", "a"), app_part(files, "upstream", "b")
-    assert a is not None and "server 10.0.0.1:20000;" in a and "20001" not in a
-    assert b is not None and "server 10.0.0.1:20001;" in b and "20000" not in b
+    assert a is not None
+    assert "server 10.0.0.1:20000;" in a
+    assert "20001" not in a
+    assert b is not None
+    assert "server 10.0.0.1:20001;" in b
+    assert "20000" not in b
     assert app_part(files, "upstream", "c") is None
 
 
