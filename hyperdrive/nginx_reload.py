@@ -49,6 +49,7 @@ HOST = re.compile(
     r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 )
 WORKER = "nginx: worker process"
+STARTED = re.compile(r"\bstart worker process (\d+)")
 CHECK_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
 HTTPS_MODES = ("on", "off", "only")
 HSTS_SECONDS = 31536000  # a year, as browsers' preload lists ask; no includeSubDomains
@@ -326,6 +327,14 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def _parent(pid: int) -> int | None:
+    """A process's parent pid (None once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def orphan_workers(master: int) -> set[int]:
     """The workers a dead master left: nginx workers still in its process group (the
     daemonized master leads its own session, so the group id is its pid) but no longer its
@@ -366,6 +375,7 @@ class Nginx:
         self.generations = self.prefix / "generations"
         self.link = self.prefix / "conf"
         self.started = asyncio.Event()  # set each time a master runs: a watcher's cue (healing.py)
+        self._workers: dict[int, set[int]] = {}  # master -> the workers its last reload started
 
     def argv(self, *extra: str, conf: str = "conf/nginx.conf") -> list[str]:
         """The command line, always with our own prefix and config."""
@@ -516,7 +526,7 @@ class Nginx:
         pid = self.master_pid()
         if pid is None:
             raise ProxyError(f"nginx master under {self.prefix} is not running")
-        offset, old_workers = self.log_offset(), self.worker_pids(pid)
+        offset, old_workers = self.log_offset(), self.workers_of(pid)
         os.kill(pid, signal.SIGHUP)
         try:
             async with asyncio.timeout(self.timeout):
@@ -525,11 +535,24 @@ class Nginx:
                     if problems := self.errors_since(offset):
                         raise ProxyError(f"nginx kept its old config: {problems}")
                     await asyncio.sleep(0.01)
+            self._workers = {pid: self.started_workers(offset)}
         except TimeoutError:
             raise ProxyError(
                 f"nginx did not take the new config within {self.timeout} s: "
                 f"{self.errors_since(offset, ('[emerg]', '[alert]', '[crit]'))}"
             ) from None
+
+    def workers_of(self, master: int) -> set[int]:
+        """The master's accepting workers: those its last reload started while each still is
+        one, else found in /proc (a scan costs ~50 µs a process, and every ship adds some)."""
+        known = self._workers.get(master)
+        if known and all(_parent(pid) == master and _cmdline(pid) == WORKER for pid in known):
+            return known
+        return self.worker_pids(master)
+
+    def started_workers(self, offset: int) -> set[int]:
+        """The workers the master says it started (`start worker process N`) after `offset`."""
+        return {int(pid) for pid in STARTED.findall(self.errors_since(offset, ("[notice]",)))}
 
     @staticmethod
     def worker_pids(master: int) -> set[int]:
