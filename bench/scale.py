@@ -7,6 +7,7 @@ that N, for `--rounds` rounds (p50 reported):
 * add: the first `git push` over SSH of a new app → served (a new nginx route);
 * retire: `hd retire` of that app → its route answers 404 and its ship's container is gone;
 * the daemon's RSS and the wall time of `hd status`.
+One redeploy, add and retire at each N go first, uncounted (caches, the first ship of a kind).
 Each op's CPU time of the daemon (its own and its children's: nginx -t, nft, lxc-*) is printed
 beside it: unlike wall time, other load on the machine does not move it. Run as root:
     .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5]
@@ -170,6 +171,9 @@ class Bench:
         return took[0]
 
     def measure(self, n: int, rounds: int) -> None:
+        self.measured(self.redeploy, self.add, self.retire, rounds=1)  # warm-up, not counted
+        for shas in self.deployed.values():
+            shas.clear()
         (redeploy,) = self.measured(self.redeploy, rounds=rounds)
         add, retire = self.measured(self.add, self.retire, rounds=rounds)  # N stays N
         settled(self.d)
