@@ -8,8 +8,9 @@ that N, for `--rounds` rounds (p50 reported):
 * retire: `hd retire` of that app → its route answers 404 and its ship's container is gone;
 * the daemon's RSS and the wall time of `hd status`.
 One redeploy, add and retire at each N go first, uncounted (caches, the first ship of a kind).
-Each op's CPU time of the daemon (its own and its children's: nginx -t, nft, lxc-*) is printed
-beside it: unlike wall time, other load on the machine does not move it. Run as root:
+Each op's CPU time of the daemon (its own + its children's: nginx -t, nft, lxc-*, git) is
+printed beside it, and `hd status`'s own CPU: unlike wall time, other load hardly moves it.
+Run as root:
     .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5]
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,6 +43,7 @@ from tests.e2e.squadron import (
     wait_outcome,
 )
 
+Figure = tuple[float, float, float]  # wall ms, the daemon's own CPU ms, its children's CPU ms
 SITE = "site"  # the app redeployed at every N
 TICK = os.sysconf("SC_CLK_TCK")
 STAGES = {  # stage -> the event whose `ms` it is
@@ -60,10 +64,10 @@ def served(d: Daemon, app: str, body: str, timeout: float = 60) -> float:
     raise AssertionError(f"{app} never served {body!r}; log: {d.log()}")
 
 
-def cpu_ms(pid: int) -> float:
-    """CPU time of `pid` and its waited-for children (utime stime cutime cstime), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) * 1000 / TICK
+def cpu_ms(pid: int) -> tuple[float, float]:
+    """CPU ms of `pid` itself (utime stime) and of its waited-for children (cutime cstime)."""
+    fields = [int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()]
+    return sum(fields[11:13]) * 1000 / TICK, sum(fields[13:15]) * 1000 / TICK
 
 
 def rss_mb(pid: int) -> float:
@@ -80,7 +84,7 @@ class Bench:
         self.d, self.admiral, self.root = d, admiral, root
         self.apps: list[str] = []  # the apps live now
         self.added = self.pushes = 0
-        self.rows: dict[int, dict[str, tuple[float, float]]] = {}
+        self.rows: dict[int, dict[str, Figure]] = {}
         self.deployed: dict[str, list[str]] = {"redeploy": [], "add": []}  # op -> shas
 
     @property
@@ -88,23 +92,21 @@ class Bench:
         assert self.d.proc is not None
         return self.d.proc.pid
 
-    def once(self, op: Callable[[int], float], i: int) -> tuple[float, float]:
-        """`op`'s ms and the daemon's CPU ms over it, started on a settled squadron."""
+    def once(self, op: Callable[[int], float], i: int) -> Figure:
+        """`op`'s ms and the daemon's own and children's CPU ms over it, from a settled start."""
         settled(self.d)
-        before = cpu_ms(self.pid)
+        own, children = cpu_ms(self.pid)
         wall = op(i) * 1000
-        return wall, cpu_ms(self.pid) - before
+        own_after, children_after = cpu_ms(self.pid)
+        return wall, own_after - own, children_after - children
 
-    def measured(self, *ops: Callable[[int], float], rounds: int) -> list[tuple[float, float]]:
-        """Per op, the p50 of its ms and of its CPU ms; the ops alternate round by round."""
-        seen: list[list[tuple[float, float]]] = [[] for _ in ops]
+    def measured(self, *ops: Callable[[int], float], rounds: int) -> list[Figure]:
+        """Per op, the p50 of each of its figures; the ops alternate round by round."""
+        seen: list[list[Figure]] = [[] for _ in ops]
         for i in range(rounds):
             for got, op in zip(seen, ops, strict=True):
                 got.append(self.once(op, i))
-        return [
-            (statistics.median(w for w, _ in got), statistics.median(c for _, c in got))
-            for got in seen
-        ]
+        return [p50(got) for got in seen]
 
     def first_site(self) -> None:
         work = self.admiral.working_copy(self.root / SITE, SITE)
@@ -155,10 +157,15 @@ class Bench:
         wait_for(gone, 60, 0.002, f"{app}'s route and ship gone")
         return time.monotonic() - t0
 
-    def status(self, _: int) -> float:
+    def status(self) -> Figure:
+        """`hd status`'s wall ms, its own CPU ms, and the daemon's CPU ms answering it."""
+        before, own = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ms(self.pid)[0]
         t0 = time.monotonic()
         self.d.hd("status")
-        return time.monotonic() - t0
+        wall = (time.monotonic() - t0) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return wall, used * 1000, cpu_ms(self.pid)[0] - own
 
     def _push_and_watch(self, work: Path, app: str, body: str, op: str) -> float:
         """`git push` started → `body` served; the watch runs beside the push."""
@@ -179,8 +186,8 @@ class Bench:
         add, retire = self.measured(self.add, self.retire, rounds=rounds)  # N stays N
         settled(self.d)
         row = {"redeploy": redeploy, "add": add, "retire": retire}
-        row["rss"] = (rss_mb(self.pid), 0.0)
-        (row["status"],) = self.measured(self.status, rounds=rounds)
+        row["rss"] = (rss_mb(self.pid), 0.0, 0.0)
+        row["status"] = p50([self.status() for _ in range(rounds)])
         self.rows[n] = row
         print(f"N={n}: {fmt(row)}  load {os.getloadavg()[0]:.2f}", flush=True)
         events = self.d.events()
@@ -189,7 +196,12 @@ class Bench:
             shas.clear()
 
 
-def stage_line(events: list[dict], shas: list[str]) -> str:
+def p50(figures: list[Figure]) -> Figure:
+    walls, own, children = zip(*figures, strict=True)
+    return statistics.median(walls), statistics.median(own), statistics.median(children)
+
+
+def stage_line(events: list[dict[str, Any]], shas: list[str]) -> str:
     """Each stage's p50 ms over the deploys of `shas`, from their events."""
     found: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for event in events:
@@ -199,32 +211,51 @@ def stage_line(events: list[dict], shas: list[str]) -> str:
     return ", ".join(f"{s} {statistics.median(v):.0f}" for s, v in found.items() if v)
 
 
-def fmt(row: dict[str, tuple[float, float]]) -> str:
-    parts = [f"{k} {row[k][0]:.0f} ms (cpu {row[k][1]:.0f})" for k in ("redeploy", "add", "retire")]
-    return ", ".join([*parts, f"RSS {row['rss'][0]:.1f} MB", f"status {row['status'][0]:.0f} ms"])
+OPS = ("redeploy", "add", "retire")
 
 
-def table(rows: dict[int, dict[str, tuple[float, float]]]) -> None:
-    """Markdown: each figure at each N, then its ratio to the figure at the smallest N."""
+def cell(f: Figure) -> str:
+    return f"{f[0]:.0f} ms ({f[1]:.0f} + {f[2]:.0f})"
+
+
+def fmt(row: dict[str, Figure]) -> str:
+    parts = [f"{k} {cell(row[k])}" for k in OPS]
+    status = row["status"]
+    said = f"status {status[0]:.0f} ms (its CPU {status[1]:.0f}, the daemon's {status[2]:.0f})"
+    return ", ".join([*parts, f"RSS {row['rss'][0]:.1f} MB", said])
+
+
+def ratio(now: float, then: float) -> str:
+    return f"{now / then:.2f}x" if then else "-"
+
+
+def table(rows: dict[int, dict[str, Figure]]) -> None:
+    """Markdown: each figure at each N, then its ratio to the figure at the smallest N. CPU is
+    the daemon's own + its children's (nginx -t, nft, lxc-*, git), ms over the op."""
     ns = sorted(rows)
     base = rows[ns[0]]
     print(
-        "\n| apps | redeploy (daemon CPU) | add (daemon CPU) | retire (daemon CPU) | RSS | "
-        "`hd status` |"
+        "\n| apps | redeploy (CPU own + children) | add (CPU) | retire (CPU) | RSS | "
+        "`hd status` (its CPU + the daemon's) |"
     )
     print("|---|---|---|---|---|---|")
     for n in ns:
         r = rows[n]
-        cells = [f"{r[k][0]:.0f} ms ({r[k][1]:.0f} ms)" for k in ("redeploy", "add", "retire")]
-        cells += [f"{r['rss'][0]:.1f} MB", f"{r['status'][0]:.0f} ms"]
+        status = f"{r['status'][0]:.0f} ms ({r['status'][1]:.0f} + {r['status'][2]:.0f})"
+        cells = [cell(r[k]) for k in OPS] + [f"{r['rss'][0]:.1f} MB", status]
         print(f"| {n} | " + " | ".join(cells) + " |")
     for n in ns[1:]:
         r = rows[n]
         ratios = [
-            f"{r[k][0] / base[k][0]:.2f}x (cpu {r[k][1] / max(base[k][1], 1):.2f}x)"
-            for k in ("redeploy", "add", "retire")
+            f"{ratio(r[k][0], base[k][0])} (CPU {ratio(r[k][1], base[k][1])} + "
+            f"{ratio(r[k][2], base[k][2])})"
+            for k in OPS
         ]
-        ratios += [f"{r[k][0] / base[k][0]:.2f}x" for k in ("rss", "status")]
+        ratios.append(ratio(r["rss"][0], base["rss"][0]))
+        ratios.append(
+            f"{ratio(r['status'][0], base['status'][0])} (CPU "
+            f"{ratio(r['status'][1], base['status'][1])})"
+        )
         print(f"| {n} / {ns[0]} | " + " | ".join(ratios) + " |")
 
 

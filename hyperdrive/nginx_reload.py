@@ -230,7 +230,7 @@ def render(
     return files
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)  # ~2 KB an entry
 def _app_parts(context: str) -> tuple[str, ...]:
     """One app's upstream, proxies and hosts parts; cached, as one app's change leaves the
     others' contexts (and so their text) as they were."""
