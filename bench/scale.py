@@ -66,8 +66,9 @@ def served(d: Daemon, app: str, body: str, timeout: float = 60) -> float:
 
 def cpu_ms(pid: int) -> tuple[float, float]:
     """CPU ms of `pid` itself (utime stime) and of its waited-for children (cutime cstime)."""
-    fields = [int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()]
-    return sum(fields[11:13]) * 1000 / TICK, sum(fields[13:15]) * 1000 / TICK
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime) * 1000 / TICK, (cutime + cstime) * 1000 / TICK
 
 
 def rss_mb(pid: int) -> float:
