@@ -373,6 +373,7 @@ class StablePorts:
     def __init__(self, records_file: Path, first: int = 20000) -> None:
         self.records_file = records_file
         self.first = _port(first)
+        self._known: dict[str, int] = {}  # read once: an app's port never changes
 
     def load(self) -> dict[str, int]:
         """Every app's port; an empty mapping before the first allocation."""
@@ -388,14 +389,18 @@ class StablePorts:
 
     def port(self, app: str) -> int:
         """The app's stable port, allocating the next free one (durably) the first time."""
+        if (known := self._known.get(app)) is not None:
+            return known  # asked for every route at every swap: no file read for each
         ports = self.load()
         if (known := ports.get(sanitize_app_name(app))) is not None:
+            self._known = ports
             return known
         taken = set(ports.values())
         port = next((p for p in range(self.first, 65536) if p not in taken), None)
         if port is None:
             raise ProxyError(f"no free stable port left from {self.first}")
         self._save({**ports, app: port})
+        self._known = {**ports, app: port}
         return port
 
     def _save(self, ports: dict[str, int]) -> None:

@@ -232,9 +232,9 @@ def test_nginx_config_broken_by_hand(fleet: Fleet) -> None:
     live(hand, "hand one\n")
     live(other, "other one\n")
     nginx = fleet.d.var / "nginx"
-    (nginx / "hosts" / "hand.conf").write_text("this is { not nginx\n")
+    (nginx / "hosts.conf").write_text("this is { not nginx\n")
     live(hand, "hand two\n")
-    assert "not nginx" not in (nginx / "hosts" / "hand.conf").read_text()
+    assert "not nginx" not in (nginx / "hosts.conf").read_text()
 
     override = nginx / "overrides" / "other.conf"
     override.write_text("proxy_pass_typo on;\n")

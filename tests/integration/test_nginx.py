@@ -78,7 +78,7 @@ async def test_rendered_config_passes_nginx_t(net: ShipNet, routes: Routes) -> N
     )
     assert done.returncode == 0, done.stderr
     assert "syntax is ok" in done.stderr
-    live = routes.nginx.prefix / "upstream" / "a.conf"
+    live = routes.nginx.prefix / "upstream.conf"
     assert "keepalive_time 1s;" in live.read_text()
 
 
@@ -145,10 +145,10 @@ async def test_bad_override_rejected_while_other_app_serves(net: ShipNet, routes
 async def test_config_broken_by_hand_is_rerendered(net: ShipNet, routes: Routes) -> None:
     """Hand edits of generated files are not trusted: the next apply renders from the routes."""
     await routes.apply([route_a(net)])
-    (routes.nginx.prefix / "proxies" / "a.conf").write_text("location { broken\n")
+    (routes.nginx.prefix / "proxies.conf").write_text("location { broken\n")
     await routes.apply([route_a(net)])  # same routes: the difference on disk is repaired
-    assert "proxy_pass" in (routes.nginx.prefix / "proxies" / "a.conf").read_text()
-    (routes.nginx.prefix / "upstream" / "a.conf").write_text("garbage;\n")
+    assert "proxy_pass" in (routes.nginx.prefix / "proxies.conf").read_text()
+    (routes.nginx.prefix / "upstream.conf").write_text("garbage;\n")
     await routes.apply([route_a(net), route_b(net)])
     assert ship_of(routes.http_port, "/a/") == "one"
     assert ship_of(routes.http_port, "/b/") == "two"
@@ -204,10 +204,10 @@ async def test_a_start_repairs_a_live_config_edited_while_down(
     net: ShipNet, routes: Routes
 ) -> None:
     await routes.apply([route_a(net)])
-    (routes.nginx.prefix / "upstream" / "a.conf").write_text("garbage;\n")
+    (routes.nginx.prefix / "upstream.conf").write_text("garbage;\n")
     again = restarted(routes)
     await again.apply([route_a(net)], fresh=set())
-    assert "garbage" not in (again.nginx.prefix / "upstream" / "a.conf").read_text()
+    assert "garbage" not in (again.nginx.prefix / "upstream.conf").read_text()
     assert ship_of(again.http_port, "/a/") == "one"
 
 

@@ -41,4 +41,4 @@ def test_nginx_sends_the_stream_to_the_daemons_socket_named_by_upstream() -> Non
     main = files["nginx.conf"]
     assert "access_log syslog:server=unix:/srv/ng/run/requests.sock,nohostname,tag=hd" in main
     assert "$proxy_host" in main
-    assert f"upstream {UPSTREAM_PREFIX}web {{" in files["upstream/web.conf"]
+    assert f"upstream {UPSTREAM_PREFIX}web {{" in files["upstream.conf"]

@@ -289,7 +289,7 @@ def test_https_servers_redirect_and_hsts() -> None:
         http_port=8080,
         tls=tls,
     )
-    hosts = on["hosts/a.conf"]
+    hosts = on["hosts.conf"]
     assert "listen 8443 ssl;\n    server_name a.test;" in hosts
     assert f"ssl_certificate {path};" in hosts
     assert "server_name a.test b.test;" in hosts  # both still plain HTTP with `https on`
@@ -302,7 +302,7 @@ def test_https_servers_redirect_and_hsts() -> None:
         http_port=8080,
         tls=tls,
     )
-    hosts = only["hosts/a.conf"]
+    hosts = only["hosts.conf"]
     assert "server_name b.test;" in hosts  # no certificate yet: served, not redirected
     assert "return 308 https://$host:8443$request_uri;" in hosts
     assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in hosts
@@ -313,14 +313,14 @@ def test_https_servers_redirect_and_hsts() -> None:
         http_port=8080,
         tls=tls,
     )
-    assert "ssl" not in off["hosts/a.conf"]
+    assert "ssl" not in off["hosts.conf"]
 
 
 def test_no_certificate_no_https_listener() -> None:
     files = render(
         [AppRoute("a", "10.0.0.1", 20000, ("a.test",))], prefix=Path("/p"), http_port=8080
     )
-    assert "ssl" not in files["hosts/a.conf"]
+    assert "ssl" not in files["hosts.conf"]
     assert "ssl_reject_handshake" not in files["nginx.conf"]
 
 
