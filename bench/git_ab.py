@@ -1,6 +1,7 @@
 """Two source trees' git servers side by side: what the server itself costs per transfer.
 
 Run (as root): .venv/bin/python bench/git_ab.py OTHER_TREE [--files 800] [--mb 20] [--rounds 6]
+  [--profile DIR]  (cProfile both servers into DIR/<tree>.prof; where their time went, printed)
 
 OTHER_TREE is another checkout of Hyperdrive (e.g. `git archive main | tar -x -C /tmp/main`).
 Each tree's GitServer runs as its own process (`bench/git_ssh.py --serve` with HD_BENCH_TREE
@@ -14,8 +15,10 @@ paired own-CPU ratio (other ÷ this), which the load moves far less than wall ti
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -32,11 +35,11 @@ Sample = dict[str, float]  # wall, own (server CPU), git (its children's CPU), i
 
 
 @contextlib.contextmanager
-def server(tree: Path, work: Path, key: Path) -> Iterator[tuple[int, Side]]:
+def server(tree: Path, work: Path, key: Path, profile: Path | None) -> Iterator[tuple[int, Side]]:
     """`tree`'s git server in its own process: (pid, how to reach it)."""
     folder = work / tree.name
     folder.mkdir()
-    proc, port = start_hyperdrive(folder, key.with_suffix(".pub"), None, tree)
+    proc, port = start_hyperdrive(folder, key.with_suffix(".pub"), profile, tree)
     try:
         yield proc.pid, Side(tree.name, key, port, "git", "/")
     finally:
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=800)
     parser.add_argument("--mb", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--profile", type=Path, help="a folder for both servers' cProfiles")
     args = parser.parse_args()
     trees = {"other": args.other.resolve(), "this": ROOT}
     print(
@@ -87,7 +91,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hd-git-ab-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "client")
-        live = {n: stack.enter_context(server(t, work, work / "client")) for n, t in trees.items()}
+        profiles = {n: args.profile / f"{n}.prof" if args.profile else None for n in trees}
+        live = {
+            n: stack.enter_context(server(t, work, work / "client", profiles[n]))
+            for n, t in trees.items()
+        }
         source = work / "source"
         source_repo(source, args.files, args.mb, live["this"][1].env)
         results: dict[str, list[dict[str, Sample]]] = {n: [] for n in trees}
@@ -98,6 +106,48 @@ def main() -> None:
                 results[name].append(one_round(pid, side, source, into, f"r{i}"))
             print(f"  round {i + 1}: " + ", ".join(shown(n, r[-1]) for n, r in results.items()))
     report(results)
+    for name, path in profiles.items():
+        if path is not None:
+            where_time_went(name, path)
+
+
+def component(filename: str, function: str) -> str:
+    """Which part of the server a profiled function belongs to."""
+    if "epoll" in function:
+        return "waiting (epoll)"
+    for name in ("asyncssh", "hyperdrive", "asyncio"):
+        if f"/{name}/" in filename:
+            return name
+    builtin = {
+        "posix.write": "os.write (to git)", "posix.read": "os.read (from git)",
+        "send": "socket.send", "recv": "socket.recv", "crypt": "AES-GCM",
+        "fork_exec": "starting git", "acquire": "thread start waits",
+    }  # fmt: skip
+    for key, name in builtin.items():
+        if filename == "~" and key in function:
+            return name
+    return "other Python"
+
+
+def where_time_went(name: str, path: Path) -> None:
+    """The profile grouped by component: own time and calls, and the busiest functions."""
+    stats = pstats.Stats(str(path))
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    raw = stats.stats  # type: ignore[attr-defined]  # the profile's rows: public, not typed
+    own: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter[str] = collections.Counter()
+    for (filename, _, function), (_, ncalls, tottime, _, _) in raw.items():
+        part = component(filename, function)
+        own[part] += tottime
+        calls[part] += ncalls
+    busy = sum(t for part, t in own.items() if part != "waiting (epoll)")
+    print(f"\n{name}: where the server's time went ({path}); busy {busy:.2f} s in all")
+    for part, seconds in sorted(own.items(), key=lambda kv: -kv[1]):
+        share = "" if part == "waiting (epoll)" else f"{seconds / busy:6.1%}"
+        print(f"  {part:<24} {seconds:8.3f} s {calls[part]:>9,} calls {share}")
+    top = sorted(raw.items(), key=lambda kv: -kv[1][2])[:8]
+    for (filename, line, function), (_, ncalls, tottime, _, _) in top:
+        print(f"    {tottime:7.3f} s {ncalls:>8,}  {Path(filename).name}:{line} {function}")
 
 
 def shown(name: str, sample: dict[str, Sample]) -> str:
