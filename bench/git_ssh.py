@@ -14,8 +14,9 @@ repos), 10 concurrent clones. Then: every clone has the pushed commit and passes
 
 Every operation runs in pairs (one run on each server, alternating which goes first), at least
 --pairs of them, and goes on while the median of the paired ratios has a 95 % confidence
-interval wider than ±5 %, within its share of --minutes (the rows not yet run share what is
-left); a row that does not get there within its share says so.
+interval wider than ±5 %, within its share of --minutes (WEIGHTS; what a row leaves goes to
+the rows after it); a row that does not get there within its share stops (after at least 2
+pairs) and says so, so the whole run stays within about --minutes.
 """
 
 from __future__ import annotations
@@ -241,6 +242,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 TARGET = 0.05  # the ratio's 95 % confidence interval must lie within ±5 % of it
 MIN_PAIRS = 6  # the fewest paired runs for which a 95 % interval of a median exists
 MAX_PAIRS = 40
+# each row's share of the time budget, by its cost (what a row leaves goes to the next)
+WEIGHTS = {
+    "connection setup": 1, "first push": 2, "one-file push": 1, "full clone": 1,
+    "10 concurrent pushes": 5, "10 concurrent clones": 2,
+}  # fmt: skip
 
 
 def spread(ratios: list[float]) -> float:
@@ -272,7 +278,7 @@ class Bench:
         self.work, self.sides, self.tree, self.minimum = work, sides, tree, minimum
         self.hd_pid = hd_pid
         self.deadline = time.monotonic() + budget
-        self.rows_left = 6
+        self.weights_left = sum(WEIGHTS.values())
         self.rows: list[tuple[str, float, float, float, float, int]] = []
         self.clones: list[Path] = []
         self.cpu: dict[str, tuple[float, float]] = {}  # label -> hd server (own, git) s per op
@@ -293,15 +299,14 @@ class Bench:
     def alternate(self, label: str, action: Callable[[Side, int], float]) -> None:
         """Paired runs, alternating which side goes first, until the median ratio's 95 %
         interval is within ±5 % (at least `minimum` pairs), or this row's share of the time
-        budget is spent, or MAX_PAIRS; keep the medians."""
+        budget is spent (at least 2 pairs), or MAX_PAIRS; keep the medians."""
         times: dict[str, list[float]] = {s.name: [] for s in self.sides}
         cpu = [0.0, 0.0]
-        ends = time.monotonic() + max(0.0, self.deadline - time.monotonic()) / self.rows_left
-        self.rows_left -= 1
+        ends = self._share(label)
         for run in range(MAX_PAIRS):
-            if run >= self.minimum and (
-                spread(self._ratios(times)) <= TARGET or time.monotonic() >= ends
-            ):
+            if run >= self.minimum and spread(self._ratios(times)) <= TARGET:
+                break
+            if run >= 2 and time.monotonic() >= ends:
                 break
             for side in self.sides if run % 2 == 0 else self.sides[::-1]:
                 before = cpu_seconds(self.hd_pid)
@@ -312,6 +317,13 @@ class Bench:
         done = len(times[self.sides[0].name])
         self.cpu[label] = (cpu[0] / done, cpu[1] / done)
         self.record(label, times)
+
+    def _share(self, label: str) -> float:
+        """When `label` must stop repeating: its weight's part of the time that is left."""
+        left = max(0.0, self.deadline - time.monotonic())
+        ends = time.monotonic() + left * WEIGHTS[label] / self.weights_left
+        self.weights_left -= WEIGHTS[label]
+        return ends
 
     def _ratios(self, times: dict[str, list[float]]) -> list[float]:
         hd, ssh = (times[s.name] for s in self.sides)
@@ -430,7 +442,7 @@ def main() -> None:
         "--pairs", type=int, default=MIN_PAIRS, help="paired runs of every operation, at least"
     )
     parser.add_argument(
-        "--minutes", type=float, default=8.0, help="time for the repeats beyond --pairs"
+        "--minutes", type=float, default=9.0, help="time for all the rows' runs, about"
     )
     parser.add_argument("--profile", type=Path, help="cProfile the Hyperdrive server into this")
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
