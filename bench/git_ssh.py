@@ -1,7 +1,7 @@
 """Git over SSH: Hyperdrive's asyncssh server beside OpenSSH sshd + git-shell, in one run.
 
-Run (as root): .venv/bin/python bench/git_ssh.py [--files 2000] [--mb 50] [--repeat 5]
-  [--rounds 5] [--profile FILE]  (FILE: a cProfile of Hyperdrive's server process, top printed)
+Run (as root): .venv/bin/python bench/git_ssh.py [--files 2000] [--mb 50] [--pairs 6]
+  [--minutes 8] [--profile FILE]  (FILE: a cProfile of Hyperdrive's server process, top printed)
 
 Both servers listen on 127.0.0.1 (free ports), serve the same kind of bare repo (made by
 hyperdrive.gitserver.create_repo, so both run the same post-receive hook, which writes its
@@ -11,6 +11,12 @@ config: its own host key, AuthorizedKeysFile = a temp file, ForceCommand git-she
 Measured: connection setup (`git ls-remote`, the same op on both), first push of a generated
 repo (random, incompressible files), one-file push, full clone, 10 concurrent pushes (10
 repos), 10 concurrent clones. Then: every clone has the pushed commit and passes fsck.
+
+Every operation runs in pairs (one run on each server, alternating which goes first), at least
+--pairs of them, and goes on while the median of the paired ratios has a 95 % confidence
+interval wider than ±5 %, within its share of --minutes (WEIGHTS; what a row leaves goes to
+the rows after it); a row that does not get there within its share stops (after at least 2
+pairs) and says so, so the whole run stays within about --minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import contextlib
 import cProfile
 import functools
+import math
 import os
 import pstats
 import shlex
@@ -36,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+TREE = os.environ.get("HD_BENCH_TREE") or str(ROOT)  # whose hyperdrive (bench/git_ab.py)
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, TREE)
 
 from hyperdrive.config import Config  # noqa: E402
 from hyperdrive.gitserver import GitServer, create_repo, package_hooks  # noqa: E402
@@ -49,6 +58,7 @@ CIPHER = "aes128-gcm@openssh.com"
 HOSTKEY = "ssh-ed25519"
 TIMEOUT = 300
 GOALS = {"connection setup": 0.5, "one-file push": 0.5}
+NAMES = ("warm", "main")  # the repos every run shares
 
 
 def sh(*argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -141,9 +151,10 @@ def print_profile(path: Path) -> None:
 
 
 def start_hyperdrive(
-    work: Path, pub: Path, profile: Path | None
+    work: Path, pub: Path, profile: Path | None, tree: Path = ROOT
 ) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "HD_BENCH_PROFILE": str(profile or "")}
+    """The server (of `tree`'s hyperdrive package) in a child process: (process, port)."""
+    env = {**os.environ, "HD_BENCH_PROFILE": str(profile or ""), "HD_BENCH_TREE": str(tree)}
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(work), str(pub)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -238,45 +249,74 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
+TARGET = 0.05  # the ratio's 95 % confidence interval must lie within ±5 % of it
+MIN_PAIRS = 6  # the fewest paired runs for which a 95 % interval of a median exists
+MAX_PAIRS = 40
+# each row's share of the time budget, by its cost (what a row leaves goes to the next)
+WEIGHTS = {
+    "connection setup": 1, "first push": 2, "one-file push": 1, "full clone": 1,
+    "10 concurrent pushes": 5, "10 concurrent clones": 2,
+}  # fmt: skip
+
+
 def spread(ratios: list[float]) -> float:
-    """Half the interquartile range of the paired ratios, relative to their median."""
-    if len(ratios) < 4:
-        return (max(ratios) - min(ratios)) / 2 / statistics.median(ratios)
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    return (q3 - q1) / 2 / statistics.median(ratios)
+    """Half-width of a distribution-free 95 % confidence interval of the median ratio,
+    relative to it (order statistics: the k-th lowest and highest of n, k from the binomial
+    tail; with fewer than 6 pairs no such interval exists and this is infinite)."""
+    n, ordered = len(ratios), sorted(ratios)
+    k = _interval_rank(n)
+    if k is None:
+        return math.inf
+    return (ordered[n - 1 - k] - ordered[k]) / 2 / statistics.median(ordered)
+
+
+def _interval_rank(n: int) -> int | None:
+    """The largest k (0-based) with P(k < rank of the median ≤ n - k) ≥ 95 %, or None."""
+    best = None
+    for k in range(n // 2):
+        outside = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        if outside > 0.05:
+            break
+        best = k
+    return best
 
 
 class Bench:
     def __init__(
-        self, work: Path, sides: list[Side], tree: Path, repeat: int, rounds: int, hd_pid: int
+        self, work: Path, sides: list[Side], tree: Path, minimum: int, hd_pid: int, budget: float
     ) -> None:
-        self.work, self.sides, self.tree, self.repeat = work, sides, tree, repeat
-        self.rounds, self.hd_pid = rounds, hd_pid
-        self.rows: list[tuple[str, float, float, float, int]] = []
+        self.work, self.sides, self.tree, self.minimum = work, sides, tree, minimum
+        self.hd_pid = hd_pid
+        self.deadline = time.monotonic() + budget
+        self.weights_left = sum(WEIGHTS.values())
+        self.rows: list[tuple[str, float, float, float, float, int]] = []
         self.clones: list[Path] = []
         self.cpu: dict[str, tuple[float, float]] = {}  # label -> hd server (own, git) s per op
 
     def record(self, label: str, times: dict[str, list[float]]) -> None:
-        hd_times, ssh_times = (times[s.name] for s in self.sides)
-        ratios = [a / b for a, b in zip(hd_times, ssh_times, strict=True)]
-        hd, ssh = statistics.median(hd_times), statistics.median(ssh_times)
+        ratios = self._ratios(times)
+        hd, ssh = (statistics.median(times[s.name]) for s in self.sides)
         ratio, plus = statistics.median(ratios), spread(ratios)
-        self.rows.append((label, hd, ssh, ratio, len(ratios)))
+        self.rows.append((label, hd, ssh, ratio, plus, len(ratios)))
         own, git = self.cpu.get(label, (0.0, 0.0))
+        shown = "n/a" if math.isinf(plus) else f"{plus:.1%}"
         print(
             f"  {label:<22} hyperdrive {hd:7.3f} s   sshd {ssh:7.3f} s   ratio {ratio:5.2f} "
-            f"± {plus:.0%} (n={len(ratios)}; hd server CPU {own:.3f} s, its git {git:.3f} s)"
+            f"± {shown} ({len(ratios)} pairs{'' if plus <= TARGET else ', NOT within ±5 %'}; "
+            f"hd server CPU {own:.3f} s, its git {git:.3f} s)"
         )
 
-    def alternate(
-        self, label: str, runs: int, action: Callable[[Side, int], float], most: int = 0
-    ) -> None:
-        """Run each side `runs` times, alternating who goes first, and on (up to `most` runs)
-        while the paired ratios spread more than ±5 %; keep the medians."""
+    def alternate(self, label: str, action: Callable[[Side, int], float]) -> None:
+        """Paired runs, alternating which side goes first, until the median ratio's 95 %
+        interval is within ±5 % (at least `minimum` pairs), or this row's share of the time
+        budget is spent (at least 2 pairs), or MAX_PAIRS; keep the medians."""
         times: dict[str, list[float]] = {s.name: [] for s in self.sides}
         cpu = [0.0, 0.0]
-        for run in range(max(runs, most)):
-            if run >= runs and spread(self._ratios(times)) <= 0.05:
+        ends = self._share(label)
+        for run in range(MAX_PAIRS):
+            if run >= self.minimum and spread(self._ratios(times)) <= TARGET:
+                break
+            if run >= 2 and time.monotonic() >= ends:
                 break
             for side in self.sides if run % 2 == 0 else self.sides[::-1]:
                 before = cpu_seconds(self.hd_pid)
@@ -288,21 +328,41 @@ class Bench:
         self.cpu[label] = (cpu[0] / done, cpu[1] / done)
         self.record(label, times)
 
+    def _share(self, label: str) -> float:
+        """When `label` must stop repeating: its weight's part of the time that is left."""
+        left = max(0.0, self.deadline - time.monotonic())
+        ends = time.monotonic() + left * WEIGHTS[label] / self.weights_left
+        self.weights_left -= WEIGHTS[label]
+        return ends
+
     def _ratios(self, times: dict[str, list[float]]) -> list[float]:
         hd, ssh = (times[s.name] for s in self.sides)
         return [a / b for a, b in zip(hd, ssh, strict=True)]
+
+    def fresh(self, side: Side, *repos: str) -> None:
+        """git-shell cannot create repos: make the sshd side's, untimed, as Hyperdrive does."""
+        if side.name != "sshd":
+            return
+        hooks = package_hooks()
+
+        async def create_all() -> None:
+            root = self.work / "sshd"
+            await asyncio.gather(*(create_repo(root / f"{r}.git", hooks) for r in repos))
+
+        asyncio.run(create_all())
 
     def connection_setup(self) -> None:
         def ls_remote(side: Side, run: int) -> float:
             return timed(lambda: sh("git", "ls-remote", side.url("main"), env=side.env))
 
-        self.alternate("connection setup", self.repeat * 2, ls_remote, self.repeat * 4)
+        self.alternate("connection setup", ls_remote)
 
     def first_push(self) -> None:
         def first(side: Side, run: int) -> float:
+            self.fresh(side, f"first{run}")
             return timed(lambda: push(side, self.tree, f"first{run}"))
 
-        self.alternate("first push", self.rounds, first, self.rounds * 2)
+        self.alternate("first push", first)
 
     def one_file_push(self) -> None:
         def one_file(side: Side, run: int) -> float:
@@ -315,7 +375,7 @@ class Bench:
         sh("git", "commit", "-q", "-m", "one", cwd=self.tree, env=self.sides[0].env)
         for side in self.sides:
             push(side, self.tree, "main")
-        self.alternate("one-file push", self.repeat, one_file, self.repeat * 2)
+        self.alternate("one-file push", one_file)
         for side in self.sides:  # both sides end at the same commit, for the clones
             push(side, self.tree, "main")
 
@@ -325,20 +385,21 @@ class Bench:
             self.clones.append(into)
             return timed(lambda: clone(side, "main", into))
 
-        self.alternate("full clone", self.rounds, one_clone, self.rounds * 2)
+        self.alternate("full clone", one_clone)
 
     def concurrent(self) -> None:
         def pushes(side: Side, run: int) -> float:
-            jobs = [functools.partial(push, side, self.tree, f"many{run}-{n}") for n in range(10)]
-            return in_parallel(jobs)
+            names = [f"many{run}-{n}" for n in range(10)]
+            self.fresh(side, *names)
+            return in_parallel([functools.partial(push, side, self.tree, n) for n in names])
 
         def clones(side: Side, run: int) -> float:
             targets = [self.work / f"many-{side.name}-{run}-{n}" for n in range(10)]
             self.clones += targets
             return in_parallel([functools.partial(clone, side, "main", t) for t in targets])
 
-        self.alternate("10 concurrent pushes", self.rounds, pushes)
-        self.alternate("10 concurrent clones", self.rounds, clones)
+        self.alternate("10 concurrent pushes", pushes)
+        self.alternate("10 concurrent clones", clones)
 
     def verify(self) -> None:
         """No byte lost: every clone holds the pushed commit and passes fsck."""
@@ -353,26 +414,29 @@ class Bench:
         print(f"  verified: {len(self.clones)} clones at {head[:7]} pass fsck; so do all repos")
 
 
-def prepare_sshd_repos(work: Path, rounds: int) -> None:
-    """git-shell cannot create repos: make the sshd side's the same way Hyperdrive does."""
-    names = ["warm", "main", *(f"first{n}" for n in range(2 * rounds))]
-    names += [f"many{r}-{n}" for r in range(rounds) for n in range(10)]
+def prepare_sshd_repos(work: Path) -> None:
+    """git-shell cannot create repos: make the sshd side's fixed ones as Hyperdrive does."""
     hooks = package_hooks()
 
     async def create_all() -> None:
-        await asyncio.gather(*(create_repo(work / "sshd" / f"{n}.git", hooks) for n in names))
+        await asyncio.gather(*(create_repo(work / "sshd" / f"{n}.git", hooks) for n in NAMES))
 
     asyncio.run(create_all())
 
 
 def report(bench: Bench, negotiated: dict[str, str], work: Path) -> None:
-    print(f"\nload average {os.getloadavg()[0]:.1f}; ratio = median of paired runs (hd ÷ sshd)")
-    print("| operation | Hyperdrive (s) | OpenSSH sshd + git-shell (s) | ratio | runs | goal |")
+    print(f"\nload average {os.getloadavg()[0]:.1f}; ratio = median of paired runs (hd ÷ sshd),")
+    print("± = half its 95 % confidence interval (order statistics), target ±5 %")
+    print("| operation | Hyperdrive (s) | OpenSSH sshd + git-shell (s) | ratio ± 95 % CI | pairs "
+          "| goal |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
-    for label, hd, ssh, ratio, runs in bench.rows:
+    for label, hd, ssh, ratio, plus, pairs in bench.rows:
         goal = GOALS.get(label, 0.9)
         mark = "ok" if ratio <= goal else "MISSED"
-        print(f"| {label} | {hd:.3f} | {ssh:.3f} | {ratio:.2f} | {runs} | ≤ {goal} {mark} |")
+        ci = "n/a" if math.isinf(plus) else f"{plus:.1%}" + ("" if plus <= TARGET else " (> 5 %)")
+        print(
+            f"| {label} | {hd:.3f} | {ssh:.3f} | {ratio:.2f} ± {ci} | {pairs} | ≤ {goal} {mark} |"
+        )
     for side, text in negotiated.items():
         print(f"negotiated with {side}: {text}")
     for root in ("spool-hd", "spool-sshd"):
@@ -384,8 +448,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--mb", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=5, help="runs of the small operations")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of the large ones (at least)")
+    parser.add_argument(
+        "--pairs", type=int, default=MIN_PAIRS, help="paired runs of every operation, at least"
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=9.0, help="time for all the rows' runs, about"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the Hyperdrive server into this")
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -399,7 +467,7 @@ def main() -> None:
 def run_bench(work: Path, args: argparse.Namespace) -> None:
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "client")
     pub = work / "client.pub"
-    prepare_sshd_repos(work, args.rounds)
+    prepare_sshd_repos(work)
     hd_proc, hd_port = start_hyperdrive(work, pub, args.profile)
     sshd_proc, sshd_port = start_sshd(work, pub)
     try:
@@ -417,7 +485,7 @@ def run_bench(work: Path, args: argparse.Namespace) -> None:
             push(side, tree, "warm")
             push(side, tree, "main")
         negotiated = {s.name: s.negotiated() for s in sides}
-        bench = Bench(work, sides, tree, args.repeat, args.rounds, hd_proc.pid)
+        bench = Bench(work, sides, tree, args.pairs, hd_proc.pid, args.minutes * 60)
         bench.connection_setup()
         bench.first_push()
         bench.one_file_push()

@@ -203,6 +203,19 @@ async def test_clone_and_fetch_see_exactly_what_was_pushed(rig: Rig) -> None:
     await check("git", "fsck", "--strict", cwd=rig.git_root / "app2.git")
 
 
+async def test_a_pack_larger_than_every_buffer_arrives_whole(rig: Rig) -> None:
+    # 12 MB of incompressible files: more than git's stdin pipe (1 MB), one batch of SSH data
+    # (1 MB) and asyncssh's window (2 MB) hold, so batches form and the pipe can fill
+    files = {f"d/{n}.bin": os.urandom(400_000) for n in range(30)}
+    _, sha, result = await push_app(rig, "large", files)
+    assert result.returncode == 0, result.output
+    await check("git", "fsck", "--strict", cwd=rig.git_root / "large.git")
+    clone = rig.tmp / "large-clone"
+    await check("git", "clone", "-q", rig.url("large.git"), clone, env=rig.env)
+    assert (await check("git", "rev-parse", "HEAD", cwd=clone)).stdout.strip() == sha
+    assert all((clone / name).read_bytes() == data for name, data in files.items())
+
+
 async def test_protocol_v2_reaches_git(rig: Rig) -> None:
     await push_app(rig)
     env = {**rig.env, "GIT_TRACE_PACKET": "1"}
