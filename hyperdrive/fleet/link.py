@@ -95,10 +95,13 @@ async def connect(
     """A NATS connection with the fleet's credentials; `retry` keeps reconnecting forever."""
 
     async def error(err: Exception) -> None:
-        if isinstance(err, nats.errors.AuthorizationError) or "authoriz" in str(err).lower():
+        said = str(err) or type(err).__name__
+        if isinstance(err, nats.errors.AuthorizationError) or "authoriz" in said.lower():
             on_state(REFUSED, "NATS refused the fleet credentials (wrong secret?)")
+        elif client.is_connected:  # one the connection outlived (a callback's, a consumer's):
+            log.warning("NATS: %s", said)  # it must not leave a connected link "unreachable"
         else:
-            on_state(UNREACHABLE, f"NATS unreachable: {err or type(err).__name__}")
+            on_state(UNREACHABLE, f"NATS unreachable: {said}")
 
     async def disconnected() -> None:
         on_state(UNREACHABLE, "NATS connection lost; reconnecting")

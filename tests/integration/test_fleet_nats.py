@@ -192,6 +192,29 @@ async def test_wrong_credentials_are_refused(lone_node: Node, squadrons):
     assert "credentials" in link.detail
 
 
+async def test_an_error_the_connection_outlives_leaves_the_link_connected(
+    lone_node: Node, squadrons
+):
+    """NATS reports a subscription callback's exception through the same callback as a lost
+    server: the link must not say "unreachable" while it is connected (nothing would correct it)."""
+    link = await squadrons("alpha", [lone_node.url]).start()
+    await connected(link)
+    said: list[bytes] = []
+
+    async def broken(msg: nats.aio.msg.Msg) -> None:
+        said.append(msg.data)
+        raise RuntimeError("a handler's own bug")
+
+    assert link._nc is not None
+    await link._nc.subscribe("hd.test.broken", cb=broken)
+    await link._nc.publish("hd.test.broken", b"x")
+    await link._nc.flush()
+    await until(lambda: said, "the broken handler called")
+    await asyncio.sleep(0.2)  # its error has been reported by then
+    assert link.state == CONNECTED, link.detail
+    assert await link.others() == []
+
+
 async def test_a_squadron_name_is_unique_in_the_fleet(cluster: list[Node], squadrons):
     first = squadrons("alpha", [cluster[0].url], instance="machine-1")
     await connected(await first.start())
