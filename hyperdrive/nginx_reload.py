@@ -557,14 +557,8 @@ class Nginx:
     @staticmethod
     def worker_pids(master: int) -> set[int]:
         """The master's worker processes that still accept connections."""
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != master:
-                    continue
-                if _cmdline(int(stat.parent.name)) == "nginx: worker process":
-                    found.add(int(stat.parent.name))
-        return found
+        pids = (int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat"))
+        return {pid for pid in pids if _parent(pid) == master and _cmdline(pid) == WORKER}
 
     @staticmethod
     def retired(workers: set[int]) -> bool:
