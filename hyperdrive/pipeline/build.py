@@ -144,13 +144,14 @@ class Builder:
         return choose_hull(asks, self.hulls.offers(), default, named)
 
     async def builds(self, job: Job) -> bool:
-        """Will anything run in the ship before its app (a build, a release)? True when unsure:
-        the build stage reads the app again and says what is wrong with it."""
+        """Will anything run in the ship before its app (a build, a release)? The plan is kept
+        for the build stage; True when unsure: that stage reads the app again and says what is
+        wrong with it."""
         try:
-            plan = await asyncio.to_thread(detect, self.config.ship_dir(job.built.name) / "app")
+            job.plan = await asyncio.to_thread(detect, self.config.ship_dir(job.built.name) / "app")
         except DeployError:
             return True
-        return not builds_nothing(plan)
+        return not builds_nothing(job.plan)
 
     def spec(self, ship: Ship, orders: Orders, *, building: bool = True) -> ShipSpec:
         folder, cache = self.config.ship_dir(ship.name), self.config.cache_dir(orders.app)
@@ -206,7 +207,9 @@ class Builder:
     async def build(self, job: Job) -> BuildPlan:
         t0, ship = job.now(), job.built
         async with stage("build"):
-            plan = await asyncio.to_thread(detect, self.config.ship_dir(ship.name) / "app")
+            plan = job.plan  # read at assemble, unless it could not be
+            if plan is None:
+                plan = await asyncio.to_thread(detect, self.config.ship_dir(ship.name) / "app")
             for script in self.write_scripts(ship, plan, self.fleet.env(job.cmd.app)):
                 await self.runtime.hand_over(script)
             mask = Masker.of(self.fleet.secrets(job.cmd.app))  # of the env just written

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
+from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.errors import DeployError, HyperdriveError
 from hyperdrive.headquarters.orders import Orders
 from hyperdrive.pipeline import events as ev
@@ -42,6 +43,7 @@ class Job:
     started: float
     ship: Ship | None = None
     init_pid: int | None = None  # the ship's init, read while its app was being started
+    plan: BuildPlan | None = None  # what the exported tree asks for, once read (assemble)
 
     @property
     def built(self) -> Ship:
