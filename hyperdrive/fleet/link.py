@@ -233,7 +233,7 @@ async def fit_at(urls: tuple[str, ...], creds: Creds, leaving: str) -> None:
     nc = await connect(urls, creds, name=f"{leaving}-leaving", retry=False)
 
     async def fitted() -> bool:
-        squadrons = await entries(await presence_bucket(js))
+        squadrons = await entries(js)
         nodes = len({n for n in node_routes(squadrons) if n != leaving})
         return await fit(js, nodes) == replicas_for(nodes)
 
@@ -384,14 +384,18 @@ async def presence_bucket(js: JetStreamContext, bucket: str = PRESENCE) -> KeyVa
     return kv
 
 
-async def entries(kv: KeyValue) -> dict[str, dict[str, Any]]:
-    """Every key of a bucket with its JSON value (a small bucket: one entry per squadron)."""
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
+async def entries(js: JetStreamContext, bucket: str = PRESENCE) -> dict[str, dict[str, Any]]:
+    """Every key of a small bucket (one entry per squadron) with its JSON value.
+
+    The keys come from the stream leader's count per subject, not `KeyValue.keys()`: its
+    watcher can say "no more" before the first key arrived (seen while a leader moved), and
+    an empty answer would read as "no squadrons". Unreachable raises instead."""
+    kv = await presence_bucket(js, bucket)
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
     found = {}
-    for name in keys:
+    for subject in sorted(info.state.subjects or {}):
+        name = subject.removeprefix(prefix)
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             value = json.loads((await kv.get(name)).value or b"{}")
             found[name] = value if isinstance(value, dict) else {}
@@ -596,7 +600,7 @@ class FleetLink:
         presence = await presence_bucket(js)
         await claim_name(presence, self.identity)
         apps = await presence_bucket(js, APPS)
-        tips = await presence_bucket(js, TIPS)
+        await presence_bucket(js, TIPS)  # made now, so that it grows to R3 with the others
         await bundle_store(js)  # made now, so that it grows to R3 with the others
         await ensure_events(js)
         await rollout_bucket(js)
@@ -613,7 +617,7 @@ class FleetLink:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
-        workers += [self._heartbeat(presence, tips if joined else None), self._report_apps(apps)]
+        workers += [self._heartbeat(presence, joined), self._report_apps(apps)]
         workers.append(self._share_events())
         tasks = [asyncio.create_task(w) for w in workers]
         try:
@@ -716,29 +720,30 @@ class FleetLink:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
             log.warning("fleet: the newest push of %s not noted: %s", name, err)
 
-    async def _heartbeat(self, presence: KeyValue, tips: KeyValue | None) -> None:
+    async def _heartbeat(self, presence: KeyValue, joined: bool) -> None:
         """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen".
         First, the fleet's nodes into this node's config and, just joined, the tips."""
-        await self._note_routes(presence)
-        if tips is not None:
-            await self._take_tips(tips)
+        await self._note_routes()
+        if joined:
+            await self._take_tips()
         while True:
             await asyncio.sleep(view.HEARTBEAT_S)
             await claim_name(presence, self.identity)
-            await self._note_routes(presence)
+            await self._note_routes()
             with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
                 await self.fit()  # R3 or R1 as the nodes come and go; `replicas` fresh
 
-    async def _note_routes(self, presence: KeyValue) -> None:
+    async def _note_routes(self) -> None:
         """Tell this squadron's node where every node of the fleet is (its config keeps
         them all, so a restarted node finds the cluster whichever peers are up)."""
         if self.on_routes is not None:
-            await self.on_routes(node_routes(await entries(presence)))
+            await self.on_routes(node_routes(await entries(self._jetstream())))
 
-    async def _take_tips(self, tips: KeyValue) -> None:
+    async def _take_tips(self) -> None:
         """A squadron that just joined: the newest push of every hosted repo (apps first,
         then HQ, whose sync orders them), as if it had come from the stream."""
-        pushes = sorted((await entries(tips)).values(), key=lambda t: t.get("kind") == "hq")
+        tips = await entries(self._jetstream(), TIPS)
+        pushes = sorted(tips.values(), key=lambda t: t.get("kind") == "hq")
         for push in pushes:
             log.info("fleet: taking the fleet's newest push %s", push.get("id"))
             await self.relay.received(json.dumps(push).encode(), _Replayed())
@@ -789,14 +794,17 @@ class FleetLink:
         """`hd fleet status`: the squadrons present, each app on each of them, and the
         newest rollout of each app."""
         js = self._jetstream()
-        squadrons = await entries(await presence_bucket(js))
-        states = await entries(await presence_bucket(js, APPS))
+        try:
+            squadrons = await entries(js)
+            states = await entries(js, APPS)
+            rollouts = await self.board.newest(await rollout_bucket(js))
+        except (nats.errors.Error, nats.js.errors.Error) as err:
+            raise FleetError(f"the fleet's state is out of reach just now: {err}") from None
         rows = []
         for key, state in states.items():
             squadron, _, app = key.partition(".")
             if app and squadron in squadrons:  # a squadron that left: its apps go with it
                 rows.append((squadron, app, state))
-        rollouts = await self.board.newest(await rollout_bucket(js))
         shown = view.view(squadrons, rows, time.time(), rollouts)
         return {"squadron": self.identity.name, **shown}
 
@@ -875,13 +883,13 @@ class FleetLink:
         if self._nc is None or not self._nc.is_connected:
             return False
         js = self._nc.jetstream()
-        nodes = len(node_routes(await entries(await presence_bucket(js))))
+        nodes = len(node_routes(await entries(js)))
         self.replicas = await fit(js, nodes)
         return self.replicas == replicas_for(nodes)
 
     async def node_clients(self) -> tuple[str, ...]:
         """The client URLs of the fleet's other nodes (where to go once this one is off)."""
-        squadrons = await entries(await presence_bucket(self._jetstream()))
+        squadrons = await entries(self._jetstream())
         others = (e.get("client") for n, e in squadrons.items() if n != self.identity.name)
         return tuple(str(c) for c in others if c)
 
@@ -893,7 +901,7 @@ class FleetLink:
         async def dropped() -> bool:
             js = self._jetstream()
             presence = await presence_bucket(js)
-            entry = (await entries(presence)).get(name)
+            entry = (await entries(js)).get(name)
             view.check_forgettable(name, entry, time.time(), force=force)
             found.update(entry or {})
             await _drop_squadron(js, presence, name)
@@ -999,7 +1007,7 @@ class RolloutBoard:
         name = rollout.key(app, deploy)
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return rollout.Plan.from_json(json.loads((await kv.get(name)).value or b"{}"))
-        squadrons = await entries(await presence_bucket(self.link._jetstream()))
+        squadrons = await entries(self.link._jetstream())
         plan = rollout.Plan.make(app, deploy, spec, self.link.up(squadrons))
         try:
             await kv.create(name, json.dumps(plan.to_json()).encode())
@@ -1133,7 +1141,7 @@ async def _drop_squadron(js: JetStreamContext, presence: KeyValue, name: str) ->
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_consumer(STREAM, name)
     apps = await presence_bucket(js, APPS)
-    for key in await entries(apps):
+    for key in await entries(js, APPS):
         if key.startswith(f"{name}."):
             await apps.delete(key)
     await presence.delete(name)
