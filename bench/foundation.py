@@ -31,7 +31,7 @@ from hyperdrive.client import AdminClient  # noqa: E402
 from hyperdrive.eventlog import JsonlEventLog  # noqa: E402
 from hyperdrive.spool import FileSpool  # noqa: E402
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming  # noqa: E402
-from tests.conftest import make_daemon, open_for_ships, stop_nginx_under  # noqa: E402
+from tests.conftest import make_daemon, open_for_ships, remove_host_state, stop_nginx_under  # noqa: E402
 
 SUBSCRIBERS = 10
 OLD = "0" * 40  # the ref the bench triggers "push" is new
@@ -170,6 +170,7 @@ def daemon_figures(runs: int, idle: float, folder: Path) -> None:
     finally:
         daemon.stop()
         stop_nginx_under(folder)
+        remove_host_state(daemon.env["HYPERDRIVE_NAME"])
 
 
 def _breakdown(env: dict[str, str], runs: int) -> None:

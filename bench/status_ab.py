@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import make_daemon, open_for_ships, stop_nginx_under  # noqa: E402
+from tests.conftest import make_daemon, open_for_ships, remove_host_state, stop_nginx_under  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -74,6 +74,7 @@ def main() -> None:
         finally:
             daemon.stop()
             stop_nginx_under(Path(tmp))
+            remove_host_state(daemon.env["HYPERDRIVE_NAME"])
     for name, runs in results.items():
         wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
         print(f"{name:6} hd status --json: {wall:6.1f} ms wall, {cpu:6.1f} ms CPU")

@@ -69,7 +69,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """This run's base folder goes with it (containers' trees in it are gone by teardown)."""
+    """This run's base folder goes with it (containers' trees in it are gone by teardown), and
+    no bridge or nft table of a daemon it made stays on the host: any left is named, removed."""
+    if os.geteuid() == 0 and _MADE_NAMES:
+        left = left_on_host(_MADE_NAMES)
+        for name in left:
+            remove_host_state(name)
+        if left:
+            sys.stderr.write(f"\nleft on the host by this run's daemons, removed: {left}\n")
     basetemp = config.option.basetemp
     if os.geteuid() == 0 and basetemp and Path(basetemp).parent.name == "hd-pytest":
         shutil.rmtree(basetemp, ignore_errors=True)
@@ -204,8 +211,39 @@ class Daemon:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
+_SUBNETS_GIVEN: set[int] = set()
+
+
+def free_subnet() -> str:
+    """A /24 in 10.213.100-189 that no interface here uses and no squadron of this run was
+    given: two squadrons on one subnet would route each other's ships."""
+    listed = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10, check=True
+    )
+    used = {int(part.split(".")[2]) for part in listed.stdout.split() if part.startswith("10.213.")}
+    start = secrets.randbelow(90)
+    for step in range(90):
+        third = 100 + (start + step) % 90
+        if third not in used and third not in _SUBNETS_GIVEN:
+            _SUBNETS_GIVEN.add(third)
+            return f"10.213.{third}.0/24"
+    if len(_SUBNETS_GIVEN) >= 90:  # a long run: those given long ago are torn down by now
+        _SUBNETS_GIVEN.clear()
+        return free_subnet()
+    raise RuntimeError("no free 10.213.x.0/24 left for a test squadron")
+
+
+_MADE_NAMES: list[str] = []  # every daemon name this run made, in order
+
+
 def make_daemon(root: Path, **extra: str) -> Daemon:
+    """A daemon in `root`, named `hdt<hex>` on a subnet of its own unless `extra` says: its
+    bridge and nft table never meet a real squadron's on this host (see `remove_host_state`)."""
     root.mkdir(parents=True, exist_ok=True)
+    extra.setdefault("HYPERDRIVE_NAME", f"hdt{secrets.token_hex(3)}")
+    if "HYPERDRIVE_SUBNET" not in extra:
+        extra["HYPERDRIVE_SUBNET"] = free_subnet()
+    _MADE_NAMES.append(extra["HYPERDRIVE_NAME"])
     api, ssh, http, https = free_port(), free_port(), free_port(), free_port()
     conf = root / "main.conf"
     # HTTPS on a port of its own; ACME off unless a test points HYPERDRIVE_ACME_DIRECTORY at
@@ -260,11 +298,31 @@ def stop_nginx_under(folder: Path) -> None:
             os.kill(pid, signal.SIGQUIT)
 
 
+def remove_host_state(name: str) -> None:
+    """Remove the nft table and bridge a daemon named `name` made (gone already: nothing)."""
+    subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True, timeout=10)
+    subprocess.run(["ip", "link", "del", f"{name}br0"], capture_output=True, timeout=10)
+
+
+def left_on_host(names: list[str]) -> list[str]:
+    """Those of `names` whose nft table or bridge still exists."""
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=10)
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10)
+    have = set(tables.stdout.split()) | {f.rstrip(":").split("@")[0] for f in links.stdout.split()}
+    return sorted({n for n in names if n in have or f"{n}br0" in have})
+
+
 @pytest.fixture(autouse=True)
 def _reap_nginx(tmp_path: Path) -> Iterator[None]:
-    """Ships and nginx outlive `hd serve` on purpose; a test's nginx must not outlive the test."""
+    """Ships and nginx outlive `hd serve` on purpose; a test's nginx must not outlive the
+    test, nor the bridge and table of a daemon it made (a module's shared squadrons were made
+    before this fixture starts, and are their fixture's to remove)."""
+    made = len(_MADE_NAMES)
     yield
     stop_nginx_under(tmp_path)
+    if os.geteuid() == 0:
+        for name in _MADE_NAMES[made:]:
+            remove_host_state(name)
 
 
 @pytest.fixture

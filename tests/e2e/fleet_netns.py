@@ -22,8 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import Daemon, wait_for
-from tests.e2e.squadron import Admiral, free_subnet, keygen, make_squadron
+from tests.conftest import Daemon, free_subnet, wait_for
+from tests.e2e.squadron import Admiral, keygen, make_squadron
 from tests.e2e.squadron import http_get as squadron_get
 from tests.e2e.squadron import teardown as squadron_teardown
 

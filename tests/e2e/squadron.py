@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shlex
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperdrive.triggers import RefUpdate, Trigger, write_incoming
-from tests.conftest import Daemon, make_daemon, wait_for
+from tests.conftest import Daemon, make_daemon, remove_host_state, wait_for
 from tests.e2e.world import World
 
 GIT_ENV = {
@@ -33,35 +32,10 @@ GIT_ENV = {
 }
 
 
-_SUBNETS_GIVEN: set[int] = set()
-
-
-def free_subnet() -> str:
-    """A /24 in 10.213.100-189 that no interface here uses and no squadron of this run was
-    given: two squadrons on one subnet would route each other's ships."""
-    listed = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10, check=True
-    )
-    used = {int(part.split(".")[2]) for part in listed.stdout.split() if part.startswith("10.213.")}
-    start = secrets.randbelow(90)
-    for step in range(90):
-        third = 100 + (start + step) % 90
-        if third not in used and third not in _SUBNETS_GIVEN:
-            _SUBNETS_GIVEN.add(third)
-            return f"10.213.{third}.0/24"
-    if len(_SUBNETS_GIVEN) >= 90:  # a long run: those given long ago are torn down by now
-        _SUBNETS_GIVEN.clear()
-        return free_subnet()
-    raise RuntimeError("no free 10.213.x.0/24 left for a test squadron")
-
-
 def make_squadron(root: Path, **extra: str) -> Daemon:
-    """A daemon whose ships, bridge and tables are named `hdt<hex>` on a subnet of its own."""
-    name = f"hdt{secrets.token_hex(3)}"
-    subnet = free_subnet()
+    """A daemon (named `hdt<hex>` on a subnet of its own, see `make_daemon`) that deploys
+    quickly: short drains and no guard."""
     settings = {
-        "HYPERDRIVE_NAME": name,
-        "HYPERDRIVE_SUBNET": subnet,
         "HYPERDRIVE_HULL": "busybox",
         "HYPERDRIVE_DRAIN_SECONDS": "0.5",
         # old ships stop right after their drain; tests/e2e/test_guard.py orders a guard
@@ -96,8 +70,7 @@ def teardown(d: Daemon) -> None:
     if pid_file.exists():
         with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGQUIT)
-    subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True, timeout=10)
-    subprocess.run(["ip", "link", "del", f"{name}br0"], capture_output=True, timeout=10)
+    remove_host_state(name)
 
 
 def http_get(

@@ -48,7 +48,7 @@ def test_a_key_appended_to_the_file_logs_in_without_a_restart(tmp_path: Path) ->
         assert changed["fingerprints"] == [_fingerprint(tmp_path / "ops")]
         status = wait_for(lambda: admiral.ssh("status", check=False), what="ssh status to log in")
         assert status.returncode == 0, status.stderr
-        assert "hyperdrive" in status.stdout
+        assert d.env["HYPERDRIVE_NAME"] in status.stdout  # the squadron answered
         assert d.proc.pid == pid  # the same daemon: no restart
         assert d.proc.poll() is None
     finally:
