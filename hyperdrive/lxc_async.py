@@ -434,7 +434,8 @@ class Lxc:
             if on_line is not None:
                 on_line(line)
 
-        returncode = await _stream(argv_, emit, timeout, ship, tail)
+        owner = (self.ids.uid, self.ids.gid)
+        returncode = await _stream(argv_, emit, timeout, ship, tail, owner=owner)
         if returncode != 0 and (errors := _error_lines(logfile, offset)):
             output = "\n".join(tail)
             raise ContainerError(f"lxc-attach {ship} failed: {errors}\n{output}".strip())
@@ -504,15 +505,23 @@ async def _communicate(argv: Sequence[str], seconds: float) -> tuple[int | None,
 
 
 async def _stream(
-    argv: Sequence[str], emit: Callable[[str], None], seconds: float, ship: str, tail: deque[str]
+    argv: Sequence[str],
+    emit: Callable[[str], None],
+    seconds: float,
+    ship: str,
+    tail: deque[str],
+    *,
+    owner: tuple[int, int],
 ) -> int:
-    """Run lxc-attach, feeding each output line to emit; kill the command tree on timeout."""
+    """Run lxc-attach, feeding each output line to emit; kill the command tree on timeout.
+    The output pipe is the ship's root's (`owner`): a script may reopen it as /dev/stderr."""
     proc = await spawn(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd="/",
+        pipe_owner=owner,
     )
     assert proc.stdout is not None
     pump = asyncio.create_task(_pump_lines(proc.stdout, emit))

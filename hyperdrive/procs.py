@@ -89,17 +89,23 @@ async def spawn(
     stdout: Any = None,
     stderr: Any = None,
     limit: int = LIMIT,
+    pipe_owner: tuple[int, int] | None = None,
     **options: Any,
 ) -> asyncio.subprocess.Process:
     """`asyncio.create_subprocess_exec`, whose PIPEs are pipes on every loop. uvloop gives a
     child socket pairs instead, which a program cannot open as /dev/stdout or /dev/stderr
-    (`echo x > /dev/stderr` in a script fails with ENXIO), so the pipes are made here."""
+    (`echo x > /dev/stderr` in a script fails with ENXIO), so the pipes are made here.
+
+    A pipe is its maker's, mode 0600: `pipe_owner` (uid, gid) gives it to whoever must reopen
+    it through /dev/stderr, such as a ship's root, whose ids are not the host's root."""
     given: dict[str, Any] = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
     ours: dict[str, int] = {}  # our end of each pipe, by stream
     for name, value in given.items():
         if value == PIPE:
             read, write = os.pipe()
             given[name], ours[name] = (read, write) if name == "stdin" else (write, read)
+            if pipe_owner is not None:
+                os.fchown(read, *pipe_owner)  # one inode for both ends
     if stderr == STDOUT and stdout == PIPE:
         given["stderr"] = given["stdout"]
     theirs = [given[name] for name in ours]

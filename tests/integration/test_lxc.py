@@ -149,6 +149,16 @@ async def test_attach_streams_lines_as_they_come_and_returns_the_status(
     assert seen[1][0] - seen[0][0] > 0.5  # "one" arrived before the command slept
 
 
+async def test_a_command_in_a_ship_may_open_its_output_as_dev_stdout_and_dev_stderr(
+    lxc: Lxc, hull: str, bridge: Bridge, site: Path
+) -> None:
+    """Build scripts write `>/dev/stderr`: the output pipe is the ship's root's to reopen."""
+    ship = await running_ship(lxc, hull, bridge, site, 25)
+    script = "echo out > /dev/stdout && echo err > /dev/stderr"
+    code, lines = await run(lxc, ship, "sh", "-c", script)
+    assert (code, lines) == (0, ["out", "err"])
+
+
 async def test_attach_timeout_kills_the_command_and_its_children(
     lxc: Lxc, hull: str, bridge: Bridge, site: Path
 ) -> None:
