@@ -71,8 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """This run's base folder goes with it (containers' trees in it are gone by teardown), and
     no bridge or nft table of a daemon it made stays on the host: any left is named, removed."""
-    if os.geteuid() == 0 and _MADE_NAMES:
-        left = left_on_host(_MADE_NAMES)
+    if os.geteuid() == 0 and _MADE:
+        left = left_on_host(list(_MADE))
         for name in left:
             remove_host_state(name)
         if left:
@@ -215,25 +215,25 @@ _SUBNETS_GIVEN: set[int] = set()
 
 
 def free_subnet() -> str:
-    """A /24 in 10.213.100-189 that no interface here uses and no squadron of this run was
-    given: two squadrons on one subnet would route each other's ships."""
+    """A /24 in 10.213.100-189 that no interface here uses and, while there are others, no
+    daemon of this run was given: two daemons on one subnet would route each other's ships."""
     listed = subprocess.run(
         ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10, check=True
     )
     used = {int(part.split(".")[2]) for part in listed.stdout.split() if part.startswith("10.213.")}
-    start = secrets.randbelow(90)
-    for step in range(90):
-        third = 100 + (start + step) % 90
-        if third not in used and third not in _SUBNETS_GIVEN:
-            _SUBNETS_GIVEN.add(third)
-            return f"10.213.{third}.0/24"
-    if len(_SUBNETS_GIVEN) >= 90:  # a long run: those given long ago are torn down by now
+    free = [third for third in range(100, 190) if third not in used]
+    fresh = [third for third in free if third not in _SUBNETS_GIVEN]
+    if not fresh:  # all given once: those no interface uses now were torn down since
         _SUBNETS_GIVEN.clear()
-        return free_subnet()
-    raise RuntimeError("no free 10.213.x.0/24 left for a test squadron")
+        fresh = free
+    if not fresh:
+        raise RuntimeError("no free 10.213.x.0/24 left for a test daemon")
+    third = secrets.choice(fresh)
+    _SUBNETS_GIVEN.add(third)
+    return f"10.213.{third}.0/24"
 
 
-_MADE_NAMES: list[str] = []  # every daemon name this run made, in order
+_MADE: dict[str, Path] = {}  # every daemon this run made: its name, its folder
 
 
 def make_daemon(root: Path, **extra: str) -> Daemon:
@@ -243,7 +243,7 @@ def make_daemon(root: Path, **extra: str) -> Daemon:
     extra.setdefault("HYPERDRIVE_NAME", f"hdt{secrets.token_hex(3)}")
     if "HYPERDRIVE_SUBNET" not in extra:
         extra["HYPERDRIVE_SUBNET"] = free_subnet()
-    _MADE_NAMES.append(extra["HYPERDRIVE_NAME"])
+    _MADE[extra["HYPERDRIVE_NAME"]] = root
     api, ssh, http, https = free_port(), free_port(), free_port(), free_port()
     conf = root / "main.conf"
     # HTTPS on a port of its own; ACME off unless a test points HYPERDRIVE_ACME_DIRECTORY at
@@ -315,14 +315,14 @@ def left_on_host(names: list[str]) -> list[str]:
 @pytest.fixture(autouse=True)
 def _reap_nginx(tmp_path: Path) -> Iterator[None]:
     """Ships and nginx outlive `hd serve` on purpose; a test's nginx must not outlive the
-    test, nor the bridge and table of a daemon it made (a module's shared squadrons were made
-    before this fixture starts, and are their fixture's to remove)."""
-    made = len(_MADE_NAMES)
+    test, nor the bridge and table of a daemon it made in its own folder (a module's shared
+    squadrons live in folders of their own, and are their fixture's to remove)."""
     yield
     stop_nginx_under(tmp_path)
     if os.geteuid() == 0:
-        for name in _MADE_NAMES[made:]:
-            remove_host_state(name)
+        for name, root in list(_MADE.items()):
+            if root.is_relative_to(tmp_path):
+                remove_host_state(name)
 
 
 @pytest.fixture
