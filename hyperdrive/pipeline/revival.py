@@ -1,6 +1,7 @@
 """A live ship that dies without us (`lxc-stop -k` from outside, its init gone, the OOM killer)
-is started again, as LXC's own monitor tells us it stopped; a ship that keeps dying is started
-again later each time, and one that cannot be started makes the app roll back to a kept ship."""
+is started again, as LXC's own monitor tells us it stopped, and is said to run again once it
+answers its health check; a ship that keeps dying is started again later each time, and one
+that cannot be started or does not answer makes the app roll back to a kept ship."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from hyperdrive.errors import HyperdriveError
 from hyperdrive.pipeline import events as ev
-from hyperdrive.pipeline.model import LIVE, App, Records
+from hyperdrive.pipeline.model import LIVE, App, Records, Route
 from hyperdrive.pipeline.ports import ContainerRuntime
 from hyperdrive.pipeline.start import Starter
 
@@ -23,6 +24,7 @@ DEAD = frozenset({"STOPPED", "ABORTING"})
 WINDOW_S = 60.0  # deaths counted over this long
 CALM = 2  # deaths in the window restarted at once; after that, waits that double
 MAX_WAIT_S = 60.0
+REVIVED_CHECK_S = 30.0  # a ship started again answers its check within this, or rolls back
 
 States = Callable[[], AsyncIterator[tuple[str, str]]]  # (container, new state), as LXC says
 
@@ -106,6 +108,11 @@ class Revival:
             seen.popleft()
         return len(seen)
 
+    @staticmethod
+    def _check_path(app: App) -> str:
+        """The path the app's last accepted route checks (its orders' healthcheck)."""
+        return Route.from_json(app.name, app.route).check_path if app.route else "/"
+
     async def _restart(self, app: App, ship: str, deaths: int) -> None:
         began, live = self.clock(), app.ship(ship)
         if live is None or live.state != LIVE:
@@ -113,6 +120,7 @@ class Revival:
         try:
             await self.runtime.start(ship)
             await self.starter.run_start(live)
+            await self.starter.answering(live, self._check_path(app), REVIVED_CHECK_S)
         except HyperdriveError as err:
             log.warning("%s: restarting %s failed: %s; rolling back", app.name, ship, err)
             with contextlib.suppress(HyperdriveError):

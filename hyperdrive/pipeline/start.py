@@ -66,6 +66,16 @@ class Starter:
         if code != 0:
             raise DeployError("start", f"the start script exited {code}")
 
+    async def answering(self, ship: Ship, path: str, seconds: float) -> None:
+        """A ship started again without a deploy: its web process answers `path` within
+        `seconds` (a worker-only app: at once), else DeployError says how it did not."""
+        recorded = await asyncio.to_thread(processes.recorded, self.config.ship_dir(ship.name))
+        if not recorded.web:
+            return
+        url = f"http://{ship.ip}:{ship.port}{path}"
+        if (problem := await self.probe.wait_healthy(url, seconds)) is not None:
+            raise DeployError("health", f"{url} {problem} after {seconds:g} s")
+
     async def revive(self, job: Job) -> None:
         """Start a kept ship again (container and app) and health-check it."""
         ship = job.built

@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from hyperdrive.errors import DeployError
 from hyperdrive.pipeline import events as ev
-from hyperdrive.pipeline.model import LIVE, STOPPED, App, Records, Ship
+from hyperdrive.pipeline.model import LIVE, STOPPED, App, Records, Route, Ship
 from hyperdrive.pipeline.ports import FakeContainer, FakeRuntime
 from hyperdrive.pipeline.revival import Revival, backoff
 
@@ -19,8 +20,16 @@ class Starts:
     def __init__(self) -> None:
         self.started: list[str] = []
 
+        self.answers = True
+        self.checked: list[tuple[str, str]] = []
+
     async def run_start(self, ship: Ship) -> None:
         self.started.append(ship.name)
+
+    async def answering(self, ship: Ship, path: str, seconds: float) -> None:
+        self.checked.append((ship.name, path))
+        if not self.answers:
+            raise DeployError("health", f"http://{ship.ip}:{ship.port}{path} never answered")
 
 
 class Told(list[ev.Event]):
@@ -94,6 +103,28 @@ async def test_a_ship_that_cannot_start_rolls_the_app_back(tmp_path: Path) -> No
     await revival.revive(revival.records.get("web"), "s-web-2", "STOPPED")
     assert rolled == ["web"]
     assert "rolling back" in (told[-1].message or "")
+
+
+async def test_a_revived_ship_is_said_to_run_once_it_answers_its_check_path(
+    tmp_path: Path,
+) -> None:
+    revival, _, starts, told, rolled = world(tmp_path)
+    app = revival.records.get("web")
+    app.route = Route("web", check_path="/up").to_json()
+    await revival.revive(app, "s-web-2", "STOPPED")
+    assert starts.checked == [("s-web-2", "/up")]
+    assert [e.name for e in told] == ["ShipDied", "ShipRevived"]
+    assert rolled == []
+
+
+async def test_a_revived_ship_that_does_not_answer_rolls_the_app_back(tmp_path: Path) -> None:
+    revival, runtime, starts, told, rolled = world(tmp_path)
+    starts.answers = False
+    await revival.revive(revival.records.get("web"), "s-web-2", "STOPPED")
+    assert rolled == ["web"]
+    assert "ShipRevived" not in [e.name for e in told]
+    assert "never answered" in (told[-1].message or "")
+    assert runtime.containers["s-web-2"].state == "STOPPED"  # not left half alive
 
 
 def test_backoff_waits_longer_each_death_after_the_calm_ones() -> None:
