@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
@@ -398,12 +399,13 @@ class JsonlEventLog:
             for event in await asyncio.to_thread(lambda: list(deque(events, maxlen=last))):
                 yield event
             return
+        reader = _Batches(events)
         try:
-            while batch := await asyncio.to_thread(_take, events, BATCH):
+            while batch := await asyncio.to_thread(reader.take, BATCH):
                 for event in batch:
                     yield event
         finally:
-            events.close()
+            reader.close()
 
     @property
     def subscribers(self) -> int:
@@ -464,8 +466,30 @@ def _masked_again(event: Event, raw: bytes, mask: Callable[[str], str] | None) -
     return event if mask(line) == line else mask_event(event, mask)
 
 
-def _take(events: Iterator[Event], count: int) -> list[Event]:
-    return list(itertools.islice(events, count))
+class _Batches:
+    """Stored events read in worker threads, a batch at a time. A reader cancelled while a
+    thread is in a batch must not close the files under it: the last one out closes them."""
+
+    def __init__(self, events: Generator[Event]) -> None:
+        self.events = events
+        self.lock = threading.Lock()
+
+    def take(self, count: int) -> list[Event]:
+        with self.lock:
+            return list(itertools.islice(self.events, count))
+
+    def close(self) -> None:
+        if not self.lock.acquire(blocking=False):  # a thread is still reading: it closes
+            threading.Thread(target=self._close_after, daemon=True).start()
+            return
+        try:
+            self.events.close()
+        finally:
+            self.lock.release()
+
+    def _close_after(self) -> None:
+        with self.lock:
+            self.events.close()
 
 
 def _index(files: list[tuple[int, Path]]) -> dict[str, Position]:

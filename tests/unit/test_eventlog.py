@@ -2,7 +2,9 @@
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -398,3 +400,33 @@ def test_an_oversized_event_keeps_its_fixed_fields_and_says_what_was_cut(
 def test_an_event_within_the_cap_is_stored_as_it_is(log: JsonlEventLog) -> None:
     message = "é" * 10_000  # escaped on disk, still within 64 KiB
     assert log.append({"event": "BuildOutput", "message": message})["message"] == message
+
+
+async def test_a_reader_cancelled_while_a_thread_reads_its_batch_closes_the_files_after_it() -> (
+    None
+):
+    """The dashboard's history stops mid-read: the files close once the thread is done with
+    them, not under it (that was `ValueError: generator already executing`)."""
+    inside, go_on = threading.Event(), threading.Event()
+    closed: list[bool] = []
+
+    def stored() -> Generator[eventlog.Event]:
+        try:
+            inside.set()
+            go_on.wait(10)
+            yield {"seq": 1, "event": "DeployQueued"}
+        finally:
+            closed.append(True)
+
+    batches = eventlog._Batches(stored())
+    reading = asyncio.ensure_future(asyncio.to_thread(batches.take, 10))
+    assert await asyncio.to_thread(inside.wait, 10)
+    batches.close()  # the reader is cancelled now; the thread is inside the generator
+    assert closed == []
+    go_on.set()
+    assert [e["seq"] for e in await reading] == [1]
+    for _ in range(200):  # bounded: the closing thread runs once the batch is out
+        if closed:
+            break
+        await asyncio.sleep(0.01)
+    assert closed == [True]
