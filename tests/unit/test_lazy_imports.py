@@ -23,6 +23,8 @@ CASES = {
         "difflib",
         "zipfile",
         "uvloop",
+        "hyperdrive.hull_debian",  # the first Debian hull loads it (and its apt sources)
+        "hyperdrive.aptsource",
     },
     # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
     "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},
