@@ -25,6 +25,7 @@ CASES = {
         "uvloop",
         "hyperdrive.hull_debian",  # the first Debian hull loads it (and its apt sources)
         "hyperdrive.aptsource",
+        "hyperdrive.pipeline.fakes",  # the ports' in-memory fakes are for the unit tests
     },
     # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
     "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.fakes import FakeContainer, FakeRuntime
 from hyperdrive.pipeline.model import LIVE, STOPPED, App, Records, Ship
-from hyperdrive.pipeline.ports import FakeContainer, FakeRuntime
 from hyperdrive.pipeline.revival import Revival, backoff
 
 
