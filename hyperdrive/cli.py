@@ -205,7 +205,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from hyperdrive import server  # noqa: PLC0415 - keep `hd status` start-up light
+    from hyperdrive import httplib  # noqa: PLC0415 - keep `hd status` start-up light
+
+    httplib.load()  # before anything imports aiohttp: its TLS contexts without the CA bundle
+    from hyperdrive import server  # noqa: PLC0415
 
     server.setup_logging(args.verbose)
     server.run(config)

@@ -1,18 +1,20 @@
 """The HullBuilder port for real: a busybox hull from the host's busybox, a Debian hull
 (`debian`: bookworm, `debian-13`: trixie) from the kept tree or the mirror the host's apt uses
-(hull_debian.py)."""
+(hull_debian.py, loaded at the first Debian hull: a busybox squadron never needs it)."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hyperdrive.aptsource import from_host
 from hyperdrive.errors import ContainerError, HyperdriveError
-from hyperdrive.hull_debian import DebianHullBuild, Progress, runtime_versions
 from hyperdrive.lxc_async import Lxc
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.ports import Emit
+
+if TYPE_CHECKING:
+    from hyperdrive.hull_debian import Progress
 
 # The Debian release of each Debian hull kind.
 RELEASES = {"debian": "bookworm", "debian-13": "trixie"}
@@ -45,6 +47,8 @@ class LxcHullBuilder:
         """Python's and Node's versions in a built Debian hull; busybox has neither."""
         if kind == "busybox":
             return {}
+        from hyperdrive.hull_debian import runtime_versions  # noqa: PLC0415 - see the top
+
         return await runtime_versions(self.lxc.lxcpath / hull / "rootfs")
 
     async def _busybox(self, hull: str, why: str, emit: Emit) -> str:
@@ -64,6 +68,9 @@ class LxcHullBuilder:
                     hull=hull, percent=step.percent, step=step.step, message=step.step
                 )
             )
+
+        from hyperdrive.aptsource import from_host  # noqa: PLC0415 - see the top
+        from hyperdrive.hull_debian import DebianHullBuild  # noqa: PLC0415
 
         apt = await from_host(self.mirror)
         debian = DebianHullBuild(

@@ -1,13 +1,15 @@
 """The daemon's fleet: the managed node (if this squadron runs one) and the fleet link.
 
 `hd fleet init/join/leave` arrive here over the admin socket. With no fleet, `start` does
-nothing and nats is never imported; the link module is loaded at the first use.
+nothing and nats is never imported; the link, the node, the outbox and the bundles are
+loaded at their first use, so a squadron alone holds none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -22,14 +24,13 @@ from hyperdrive.config import NATS_URL, Config, Listen, without_password
 from hyperdrive.errors import FleetError
 from hyperdrive.eventlog import Event, EventSink, Filter
 from hyperdrive.fleet import state
-from hyperdrive.fleet.bundles import Bundles
-from hyperdrive.fleet.node import NatsNode, NodeSpec
-from hyperdrive.fleet.outbox import Outbox
 from hyperdrive.gitserver import package_hooks
 from hyperdrive.spool import FileSpool
 
 if TYPE_CHECKING:
     from hyperdrive.fleet.link import FleetLink, Identity, RolloutBoard
+    from hyperdrive.fleet.node import NatsNode, NodeSpec
+    from hyperdrive.fleet.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ ROUTE = re.compile(r"nats://[A-Za-z0-9.:\[\]-]+:\d{1,5}")
 
 def node_for(config: Config) -> NatsNode:
     """Our nats-server; under systemd in its own scope, so it outlives the service's restart."""
+    from hyperdrive.fleet.node import NatsNode  # noqa: PLC0415 - see the top
+
     scope = f"{config.name}-nats" if systemd.booted() else None
     return NatsNode(config.nats_dir, scope=scope)
 
@@ -48,14 +51,24 @@ class FleetService:
     def __init__(self, config: Config, spool: FileSpool) -> None:
         self.config = config
         self.spool = spool
-        self.node = node_for(config)
-        self.outbox = Outbox(config.spool_dir / "fleet-outbox.jsonl")
         self.link: FleetLink | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.problem = ""  # why the fleet could not start (bad creds file, …)
         self.app_rows: Callable[[], list[dict[str, Any]]] | None = None  # set by bootstrap
         self.events: EventSink | None = None  # the event log, shared with the fleet (bootstrap)
+
+    @functools.cached_property
+    def node(self) -> NatsNode:
+        """The managed nats-server: made at the first fleet step that needs it."""
+        return node_for(self.config)
+
+    @functools.cached_property
+    def outbox(self) -> Outbox:
+        """Triggers waiting for the fleet stream; only the link uses it."""
+        from hyperdrive.fleet.outbox import Outbox  # noqa: PLC0415 - see the top
+
+        return Outbox(self.config.spool_dir / "fleet-outbox.jsonl")
 
     def urls(self) -> tuple[str, ...]:
         return state.connect_urls(self.config, state.read_membership(self.config))
@@ -74,6 +87,7 @@ class FleetService:
             return
         if membership is not None and membership.node:
             self._supervisor = asyncio.create_task(self.node.supervise(), name="nats-server")
+        from hyperdrive.fleet.bundles import Bundles  # noqa: PLC0415 - see the top
         from hyperdrive.fleet.link import FleetLink  # noqa: PLC0415 - only a fleet loads nats
 
         node = membership is not None and membership.node
@@ -152,6 +166,8 @@ class FleetService:
             raise FleetError("nats-server is not installed (apt-get install nats-server)")
 
     def _spec(self, creds: state.Creds, routes: tuple[str, ...]) -> NodeSpec:
+        from hyperdrive.fleet.node import NodeSpec  # noqa: PLC0415 - see the top
+
         c = self.config
         return NodeSpec(c.name, c.nats_dir, c.fleet_listen, c.fleet_cluster_listen, creds, routes)
 

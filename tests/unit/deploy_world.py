@@ -1,4 +1,4 @@
-"""A squadron built by `bootstrap.build` on the in-memory fakes of pipeline/ports.py.
+"""A squadron built by `bootstrap.build` on the in-memory fakes of pipeline/fakes.py.
 
 The outside world (containers, git, nginx + nftables, the bridge, HTTP, time) is a set of
 fakes that outlive a daemon, so a test can 'crash' one daemon in any stage and start another
@@ -16,8 +16,7 @@ from typing import Any
 from hyperdrive import bootstrap
 from hyperdrive.config import Config, Guard
 from hyperdrive.pipeline.commands import Command, Deploy
-from hyperdrive.pipeline.model import App
-from hyperdrive.pipeline.ports import (
+from hyperdrive.pipeline.fakes import (
     FakeClock,
     FakeGit,
     FakeHullBuilder,
@@ -28,6 +27,7 @@ from hyperdrive.pipeline.ports import (
     FakeRuntime,
     Holds,
 )
+from hyperdrive.pipeline.model import App
 
 STATIC = {"index.html": "hello\n"}
 PYTHON = {"requirements.txt": "flask\n", "app.py": "print('hi')\n"}

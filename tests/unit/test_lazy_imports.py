@@ -23,9 +23,19 @@ CASES = {
         "difflib",
         "zipfile",
         "uvloop",
+        "hyperdrive.hull_debian",  # the first Debian hull loads it (and its apt sources)
+        "hyperdrive.aptsource",
+        "hyperdrive.pipeline.fakes",  # the ports' in-memory fakes are for the unit tests
     },
-    # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet)
-    "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {"nats"},
+    # a squadron alone never loads the NATS client (the fleet link is loaded only in a fleet),
+    # nor the managed node, the outbox or the code bundles
+    "hyperdrive.server, hyperdrive.bootstrap, hyperdrive.fleet.service": {
+        "nats",
+        "hyperdrive.fleet.link",
+        "hyperdrive.fleet.node",
+        "hyperdrive.fleet.outbox",
+        "hyperdrive.fleet.bundles",
+    },
     # git's hooks write triggers without the event loop machinery
     "hyperdrive.triggers": {"asyncio", "aiohttp", "asyncssh"},
     # post-receive and `hd` follow deploys over plain http.client

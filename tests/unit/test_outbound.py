@@ -18,7 +18,7 @@ from hyperdrive.outbound.courier import Courier, Links, Request, backoff
 from hyperdrive.outbound.journal import Delivery, DeliveryJournal
 from hyperdrive.outbound.signing import signature, signed_headers
 from hyperdrive.pipeline import events as ev
-from hyperdrive.pipeline.ports import FakeClock
+from hyperdrive.pipeline.fakes import FakeClock
 
 SHA = "a" * 40
 STATUS = forges.Status(SHA, forges.SUCCESS, "http://web.example/", "web is live", "hyperdrive/web")

@@ -13,9 +13,9 @@ import pytest
 from hyperdrive.headquarters import Headquarters, parse_orders
 from hyperdrive.pipeline.bus import FAILED, FINISHED, SUPERSEDED
 from hyperdrive.pipeline.commands import Assemble, AssembleHulls, Deploy, Launch, Rollback
+from hyperdrive.pipeline.fakes import FakeGit
 from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, LIVE, RUNNING_CPU_WEIGHT, STOPPED
 from hyperdrive.pipeline.model import FAILED as SHIP_FAILED
-from hyperdrive.pipeline.ports import FakeGit
 from tests.unit.deploy_world import PYTHON, STATIC, Squadron, World
 
 STAGES = ("plan", "export", "assemble", "build", "start", "health", "swap", "drain")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from hyperdrive.errors import DeployError
 from hyperdrive.pipeline import events as ev
+from hyperdrive.pipeline.fakes import FakeContainer, FakeRuntime
 from hyperdrive.pipeline.model import LIVE, STOPPED, App, Records, Route, Ship
-from hyperdrive.pipeline.ports import FakeContainer, FakeRuntime
 from hyperdrive.pipeline.revival import Revival, backoff
 
 
