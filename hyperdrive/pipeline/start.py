@@ -83,11 +83,14 @@ class Starter:
         worker-only app has only the second check, after WORKERS_UP_S."""
         ship_dir = self.config.ship_dir(job.built.name)
         recorded = await asyncio.to_thread(processes.recorded, ship_dir)
+        others = [n for n in recorded.processes if n != "web"]
         if recorded.web:
             await self._http_health(job)
+            if not others:  # a web process alone: nothing more to wait for or read
+                return
         else:
             await asyncio.sleep(self.workers_up_s)
-        await self._workers_up(job, [n for n in recorded.processes if n != "web"], recorded.web)
+        await self._workers_up(job, others, recorded.web)
 
     async def _workers_up(self, job: Job, names: list[str], web: bool) -> None:
         """A process that exited before the swap fails the deploy, with its code and output."""
