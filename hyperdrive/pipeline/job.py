@@ -12,6 +12,7 @@ import aiohttp
 from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.errors import DeployError, HyperdriveError
 from hyperdrive.headquarters.orders import Orders
+from hyperdrive.masking import Masker
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import Context
 from hyperdrive.pipeline.commands import Deploy
@@ -44,6 +45,7 @@ class Job:
     ship: Ship | None = None
     init_pid: int | None = None  # the ship's init, read while its app was being started
     plan: BuildPlan | None = None  # what the exported tree asks for, once read (assemble)
+    masker: Masker | None = None  # of the env in the ship's scripts, once they are written
 
     @property
     def built(self) -> Ship:
