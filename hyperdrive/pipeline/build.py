@@ -123,17 +123,24 @@ class Builder:
             with job.ctx.not_cancelled():
                 hull = await self.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
             ship.ip = self.network.allocate(ship.name)
-            await together(  # the ship's egress rule is in place before it can run
+            _, _, spec = await together(  # the ship's egress rule is in place before it can run
                 self.network.admit(ship.ip, job.cmd.app, job.orders.egress),
                 self.runtime.snapshot(hull, ship.name),
+                self._folders(job),
             )
-            spec = self.spec(ship, job.orders, building=await self.builds(job))
-            for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
-                await self.runtime.hand_over(folder)  # what the ship mounts is its root's
             await self.runtime.write_config(ship.name, spec)
             await together(self.runtime.start(ship.name), self._scripts_early(job))
         message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
         job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
+
+    async def _folders(self, job: Job) -> ShipSpec:
+        """The ship's spec and the folders it mounts, made and handed over to its root (beside
+        lxc-copy: they are in $DATA, not in the container's folder)."""
+        ship = job.built
+        spec = self.spec(ship, job.orders, building=await self.builds(job))
+        for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
+            await self.runtime.hand_over(folder)  # what the ship mounts is its root's
+        return spec
 
     async def hull_kind(self, job: Job) -> str:
         """The hull kind whose runtime versions the app's files ask for (.python-version,

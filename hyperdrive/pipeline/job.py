@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 
@@ -72,12 +73,15 @@ class Job:
         self.ctx.emit(event(**{**base, **fields, "message": message}))  # type: ignore[arg-type]
 
 
-async def together(*steps: Awaitable[object]) -> None:
+async def together(*steps: Awaitable[Any]) -> list[Any]:
     """Run independent steps of a stage at once; each runs to its end, then the first error
-    is raised as it is (a TaskGroup would cancel the others and wrap it in a group)."""
-    for result in await asyncio.gather(*steps, return_exceptions=True):
+    is raised as it is (a TaskGroup would cancel the others and wrap it in a group); else
+    their results, in order."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
         if isinstance(result, BaseException):
             raise result
+    return results
 
 
 @contextlib.asynccontextmanager
