@@ -44,8 +44,8 @@ class Starter:
     async def start(self, job: Job, plan: BuildPlan) -> None:
         t0 = job.now()
         async with stage("start"):
-            await together(
-                self._note_init(job), self.run_start(job.built, weighted=not builds_nothing(plan))
+            await together(  # lxc-attach is spawned first: the app waits on it, not on lxc-info
+                self.run_start(job.built, weighted=not builds_nothing(plan)), self._note_init(job)
             )
         started = plan.start or ", ".join(plan.procfile.processes) or "no process (cron only)"
         job.emit(ev.ShipStarted, f"started: {started[:200]}", ms=job.ms(t0))
