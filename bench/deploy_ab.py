@@ -73,6 +73,7 @@ class Side:
         self.note(f"{kind}: served", served * 1000)
         self.note(f"{kind}: daemon CPU", cpu_ms(self.d) - before)
         self.note(f"{kind}: queued → swapped", sum(got[s] for s in STAGES_TO_SWAP) + got["queue"])
+        self.note(f"{kind}: overhead", got["overhead"])  # bench/deploy.py's: gaps included
 
     def note(self, figure: str, value: float) -> None:
         self.figures.setdefault(figure, []).append(value)

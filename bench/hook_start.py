@@ -3,8 +3,9 @@ DeployQueued that is the hook's interpreter and imports.
 
 Run: .venv/bin/python bench/hook_start.py [OTHER_TREE] [--runs 30]
 
-Each run is the real hook module (`python -m hyperdrive.hooks.post_receive`, as
-hyperdrive/githooks/post-receive execs it) in a real bare repo, fed one ref line, with
+Each run is the tree's real hook as git runs it (hyperdrive/githooks/post-receive, the shell
+script that execs the interpreter on `hyperdrive.hooks.post_receive`; the interpreter is this
+one, as the daemon's HYPERDRIVE_PYTHON names its own) in a real bare repo, fed one ref line, with
 `-o nowait` so it exits once its trigger file is written (checked). With OTHER_TREE (another
 checkout, e.g. `git archive main | tar -x -C /tmp/main`) the two trees' hooks alternate run by
 run. Printed: median wall time and CPU time (the child's utime + stime), and `python -c pass`.
@@ -45,10 +46,11 @@ def hook_run(tree: Path, repo: Path, spool: Path) -> tuple[float, float]:
     env = {
         "PATH": os.environ["PATH"], "PYTHONPATH": str(tree), "HYPERDRIVE_SPOOL": str(spool),
         "GIT_DIR": str(repo), "HYPERDRIVE_APP": "web", "GIT_PUSH_OPTION_COUNT": "1",
-        "GIT_PUSH_OPTION_0": "nowait",
+        "GIT_PUSH_OPTION_0": "nowait", "HYPERDRIVE_PYTHON": sys.executable,
     }  # fmt: skip
-    # no -P here (the hook has it): PYTHONPATH must pick the tree; cwd is the repo, as git runs it
-    argv = [sys.executable, "-m", "hyperdrive.hooks.post_receive"]
+    # PYTHONPATH picks the tree for a hook that does not set it itself; cwd is the repo, as
+    # git runs it
+    argv = ["/bin/sh", str(tree / "hyperdrive" / "githooks" / "post-receive")]
     figures = timed(argv, env, repo, f"{'0' * 40} {SHA} refs/heads/main\n")
     written = list((spool / "incoming").glob("*.json"))
     assert len(written) == 1, f"the hook of {tree} wrote {len(written)} triggers"

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import stat
 from asyncio.subprocess import DEVNULL, PIPE
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -232,18 +233,45 @@ def confine_hull(folder: Path, ids: IdMap) -> None:
     shift_tree(_rootfs((folder / "config").read_text(), folder), ids)
     os.chown(folder, ids.uid, ids.gid)
     config = folder / "config"
-    ours = ("lxc.idmap", "lxc.tty.dir", "lxc.hook.post-stop")  # set below, once
+    ours = ("lxc.idmap", "lxc.tty.dir", "lxc.hook.post-stop", "lxc.hook.clone")  # set below
     lines = [ln for ln in config.read_text().splitlines() if _key(ln) not in ours]
     if not any(_key(ln) == "lxc.include" and "common.conf" in ln for ln in lines):
         lines.insert(0, f"lxc.include = {COMMON_CONF}")
-    # the ship's root may not move bind mounts: no /dev/lxc (as LXC's userns.conf says); and
-    # no post-stop hooks: lxcfs's (common.conf.d) sleeps 0.5 s for a reboot ships never make
-    lines += [*ids.lxc_lines(), "lxc.tty.dir =", "lxc.hook.post-stop ="]
+    # the ship's root may not move bind mounts: no /dev/lxc (as LXC's userns.conf says); no
+    # post-stop hooks: lxcfs's (common.conf.d) sleeps 0.5 s for a reboot ships never make;
+    # no clone hook: common.conf's clonehostname ran two shells and a sed at every lxc-copy
+    # to rename the hull in /etc/hosts, which Lxc.snapshot does itself (rename_in_hosts)
+    lines += [*ids.lxc_lines(), "lxc.tty.dir =", "lxc.hook.post-stop =", "lxc.hook.clone ="]
     write_atomically(config, "\n".join(lines) + "\n")
 
 
 def _key(line: str) -> str:
     return line.partition("=")[0].strip()
+
+
+def rename_in_hosts(lower: Path, upper: Path, old: str, new: str) -> None:
+    """What LXC's clonehostname hook does at lxc-copy, in-process: the first `old` of each line
+    of the hull's /etc/hosts (`lower`) becomes `new`, in the snapshot's own copy (`upper`, its
+    overlay's upper dir: its /etc made as the hull's). No-op when the hull's file does not name
+    `old` or the snapshot has its own file already (a hull whose config still runs the hook)."""
+    source, target = lower / "etc" / "hosts", upper / "etc" / "hosts"
+    try:
+        st = source.lstat()
+        text = source.read_text() if stat.S_ISREG(st.st_mode) else ""
+    except (OSError, ValueError):
+        return
+    if old not in text or target.exists():
+        return
+    etc = source.parent.lstat()
+    if not target.parent.is_dir():
+        target.parent.mkdir(mode=stat.S_IMODE(etc.st_mode))
+        os.chown(target.parent, etc.st_uid, etc.st_gid)
+    renamed = "".join(ln.replace(old, new, 1) for ln in text.splitlines(keepends=True))
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(renamed)
+        os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+        os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
 
 
 class Lxc:
@@ -282,6 +310,12 @@ class Lxc:
         if result.returncode == 0 and not await self.exists(ship):
             raise self._error(result, f"lxc-copy made no container {ship}")
         self._check(result)
+        try:  # what common.conf's clone hook did, in-process (confine_hull clears the hook)
+            await asyncio.to_thread(
+                rename_in_hosts, self.rootfs(hull), self.rootfs(ship), hull, ship
+            )
+        except OSError as err:
+            raise ContainerError(f"ship {ship}: could not write its /etc/hosts: {err}") from err
 
     async def write_config(self, ship: str, spec: ShipSpec) -> None:
         """Render the ship's config from templates/ship.conf.j2 over what lxc-copy wrote."""

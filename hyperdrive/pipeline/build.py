@@ -4,6 +4,7 @@ run the build (its output in setup.log and in BuildOutput events)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import shutil
 from collections import deque
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from hyperdrive.buildpacks import BuildPlan, build_timeout, detect
 from hyperdrive.config import Config
-from hyperdrive.errors import AttachTimedOut, DeployError
+from hyperdrive.errors import AttachTimedOut, DeployError, HyperdriveError
 from hyperdrive.headquarters.orders import Orders
 from hyperdrive.masking import Masker
 from hyperdrive.pipeline import events as ev
@@ -122,17 +123,24 @@ class Builder:
             with job.ctx.not_cancelled():
                 hull = await self.hulls.ensure(kind, Stamped(job.ctx, job.cmd.deploy))
             ship.ip = self.network.allocate(ship.name)
-            await together(  # the ship's egress rule is in place before it can run
+            _, _, spec = await together(  # the ship's egress rule is in place before it can run
                 self.network.admit(ship.ip, job.cmd.app, job.orders.egress),
                 self.runtime.snapshot(hull, ship.name),
+                self._folders(job),
             )
-            spec = self.spec(ship, job.orders, building=await self.builds(job))
-            for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
-                await self.runtime.hand_over(folder)  # what the ship mounts is its root's
             await self.runtime.write_config(ship.name, spec)
-            await self.runtime.start(ship.name)
+            await together(self.runtime.start(ship.name), self._scripts_early(job))
         message = f"ship '{ship.name}' assembled from hull '{hull}' at {ship.ip}"
         job.emit(ev.ShipAssembled, message, ms=job.ms(t0))
+
+    async def _folders(self, job: Job) -> ShipSpec:
+        """The ship's spec and the folders it mounts, made and handed over to its root (beside
+        lxc-copy: they are in $DATA, not in the container's folder)."""
+        ship = job.built
+        spec = self.spec(ship, job.orders, building=await self.builds(job))
+        for folder in (self.config.ship_dir(ship.name), self.config.cache_dir(job.cmd.app)):
+            await self.runtime.hand_over(folder)  # what the ship mounts is its root's
+        return spec
 
     async def hull_kind(self, job: Job) -> str:
         """The hull kind whose runtime versions the app's files ask for (.python-version,
@@ -204,15 +212,33 @@ class Builder:
         scripts = processes.write_scripts(self.config.ship_dir(ship.name), plan.procfile)
         return [run / "env", run / "build", *scripts]
 
+    async def _scripts_early(self, job: Job) -> None:
+        """The ship's scripts, written while its container starts (nothing in it runs them
+        before the build stage attaches); when the plan is unknown or a write fails, the build
+        stage writes them and says what went wrong."""
+        if job.plan is not None:
+            with contextlib.suppress(HyperdriveError, OSError):
+                await self._write_scripts(job, job.plan)
+
+    async def _write_scripts(self, job: Job, plan: BuildPlan) -> Masker:
+        """The scripts and env in run/, the ship's root's; the masker of the secrets in them."""
+        app, ship = job.cmd.app, job.built
+        env, secrets = self.fleet.env(app), self.fleet.secrets(app)
+        for script in await asyncio.to_thread(self.write_scripts, ship, plan, env):
+            await self.runtime.hand_over(script)
+        job.masker = Masker.of(secrets)
+        return job.masker
+
     async def build(self, job: Job) -> BuildPlan:
         t0, ship = job.now(), job.built
         async with stage("build"):
             plan = job.plan  # read at assemble, unless it could not be
             if plan is None:
                 plan = await asyncio.to_thread(detect, self.config.ship_dir(ship.name) / "app")
-            for script in self.write_scripts(ship, plan, self.fleet.env(job.cmd.app)):
-                await self.runtime.hand_over(script)
-            mask = Masker.of(self.fleet.secrets(job.cmd.app))  # of the env just written
+            # written while the ship started, unless they could not be
+            mask = job.masker
+            if mask is None:
+                mask = await self._write_scripts(job, plan)
         if plan.build is None:
             return plan
         log = SetupLog(

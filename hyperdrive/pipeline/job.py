@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 
 from hyperdrive.buildpacks import BuildPlan
 from hyperdrive.errors import DeployError, HyperdriveError
 from hyperdrive.headquarters.orders import Orders
+from hyperdrive.masking import Masker
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.bus import Context
 from hyperdrive.pipeline.commands import Deploy
@@ -44,6 +46,7 @@ class Job:
     ship: Ship | None = None
     init_pid: int | None = None  # the ship's init, read while its app was being started
     plan: BuildPlan | None = None  # what the exported tree asks for, once read (assemble)
+    masker: Masker | None = None  # of the env in the ship's scripts, once they are written
 
     @property
     def built(self) -> Ship:
@@ -70,12 +73,15 @@ class Job:
         self.ctx.emit(event(**{**base, **fields, "message": message}))  # type: ignore[arg-type]
 
 
-async def together(*steps: Awaitable[object]) -> None:
+async def together(*steps: Awaitable[Any]) -> list[Any]:
     """Run independent steps of a stage at once; each runs to its end, then the first error
-    is raised as it is (a TaskGroup would cancel the others and wrap it in a group)."""
-    for result in await asyncio.gather(*steps, return_exceptions=True):
+    is raised as it is (a TaskGroup would cancel the others and wrap it in a group); else
+    their results, in order."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
         if isinstance(result, BaseException):
             raise result
+    return results
 
 
 @contextlib.asynccontextmanager

@@ -110,7 +110,8 @@ done
 # a pid noted before the ship last stopped may be another process's now: its cmdline says.
 START_HEAD = """#!/bin/sh
 # Written by Hyperdrive: starts each process of the Procfile under /hyperdrive/supervise.
-up() {
+up() {  # a new ship has no ps file: no sed (a process) for it
+  [ -f "/hyperdrive/ps/$1" ] || return 1
   pid=$(sed -n 's/^supervisor=//p' "/hyperdrive/ps/$1" 2>/dev/null)
   [ -n "$pid" ] && grep -q supervise "/proc/$pid/cmdline" 2>/dev/null
 }

@@ -44,8 +44,8 @@ class Starter:
     async def start(self, job: Job, plan: BuildPlan) -> None:
         t0 = job.now()
         async with stage("start"):
-            await together(
-                self._note_init(job), self.run_start(job.built, weighted=not builds_nothing(plan))
+            await together(  # lxc-attach is spawned first: the app waits on it, not on lxc-info
+                self.run_start(job.built, weighted=not builds_nothing(plan)), self._note_init(job)
             )
         started = plan.start or ", ".join(plan.procfile.processes) or "no process (cron only)"
         job.emit(ev.ShipStarted, f"started: {started[:200]}", ms=job.ms(t0))
@@ -93,11 +93,14 @@ class Starter:
         worker-only app has only the second check, after WORKERS_UP_S."""
         ship_dir = self.config.ship_dir(job.built.name)
         recorded = await asyncio.to_thread(processes.recorded, ship_dir)
+        others = [n for n in recorded.processes if n != "web"]
         if recorded.web:
             await self._http_health(job)
+            if not others:  # a web process alone: nothing more to wait for or read
+                return
         else:
             await asyncio.sleep(self.workers_up_s)
-        await self._workers_up(job, [n for n in recorded.processes if n != "web"], recorded.web)
+        await self._workers_up(job, others, recorded.web)
 
     async def _workers_up(self, job: Job, names: list[str], web: bool) -> None:
         """A process that exited before the swap fails the deploy, with its code and output."""

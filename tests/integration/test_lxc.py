@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -90,6 +91,25 @@ async def test_files_put_in_rootfs_before_start_are_in_the_ship(
     _, lines = await run(lxc, ship, "cat", "/app/Procfile")
     assert lines == ["web: httpd -f"]
     assert not (lxc.lxcpath / hull / "rootfs" / "app").exists()  # the hull is untouched
+
+
+async def test_a_ship_names_itself_in_etc_hosts_where_its_hull_named_the_hull(
+    lxc: Lxc, hull: str, bridge: Bridge, tag: str
+) -> None:
+    # what LXC's clone hook did (confine_hull clears it): Debian's hull names itself there
+    hosts = lxc.rootfs(hull) / "etc" / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n127.0.1.1 {hull}\n")
+    os.chown(hosts, lxc.ids.uid, lxc.ids.gid)
+    assert "lxc.hook.clone =" in (lxc.lxcpath / hull / "config").read_text().splitlines()
+    ship = f"{tag}-named"
+    await lxc.snapshot(hull, ship)
+    await lxc.write_config(ship, bridge.spec(25, "named"))
+    await lxc.start(ship)
+    _, lines = await run(lxc, ship, "cat", "/etc/hosts")
+    assert lines == ["127.0.0.1 localhost", f"127.0.1.1 {ship}"]
+    _, owner = await run(lxc, ship, "stat", "-c", "%u:%g %a", "/etc/hosts", "/etc")
+    assert owner == ["0:0 644", "0:0 755"]  # the ship's root's, as the hull's were
+    assert hosts.read_text().endswith(f" {hull}\n")  # the hull is untouched
 
 
 async def test_app_mount_is_read_only(lxc: Lxc, hull: str, bridge: Bridge, site: Path) -> None:

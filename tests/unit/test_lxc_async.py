@@ -17,6 +17,7 @@ from hyperdrive.lxc_async import (
     cgroup_settings,
     detect_cgroups,
     lxcfs_serves,
+    rename_in_hosts,
     render_config,
 )
 from hyperdrive.pipeline.model import Mount, ShipSpec
@@ -168,3 +169,33 @@ def test_rootfs_is_where_the_ship_sees_new_files(
     assert lxc.rootfs("ship") == Path(expected)
     with pytest.raises(ContainerError, match="does not exist"):
         lxc.rootfs("other")
+
+
+def test_the_hulls_name_in_etc_hosts_becomes_the_ships_in_the_ships_own_copy(
+    tmp_path: Path,
+) -> None:
+    lower, upper = tmp_path / "hull" / "rootfs", tmp_path / "ship" / "delta"
+    (lower / "etc").mkdir(parents=True)
+    upper.mkdir(parents=True)
+    hosts = lower / "etc" / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.1.1 hull-1 hull-1.local\n")
+    hosts.chmod(0o640)
+    rename_in_hosts(lower, upper, "hull-1", "ship-a")
+    copy = upper / "etc" / "hosts"
+    # as LXC's clonehostname hook (sed s|old|new|): the first on each line
+    assert copy.read_text() == "127.0.0.1 localhost\n127.0.1.1 ship-a hull-1.local\n"
+    assert copy.stat().st_mode & 0o777 == 0o640
+    assert hosts.read_text().startswith("127.0.0.1 localhost\n127.0.1.1 hull-1 ")
+    copy.write_text("kept\n")  # the snapshot has its own (the hook ran): left as it is
+    rename_in_hosts(lower, upper, "hull-1", "ship-a")
+    assert copy.read_text() == "kept\n"
+
+
+def test_a_hull_whose_hosts_does_not_name_it_gives_its_ships_no_copy(tmp_path: Path) -> None:
+    lower, upper = tmp_path / "hull", tmp_path / "delta"
+    (lower / "etc").mkdir(parents=True)
+    upper.mkdir()
+    rename_in_hosts(lower, upper, "hull-1", "ship-a")  # no /etc/hosts (busybox)
+    (lower / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    rename_in_hosts(lower, upper, "hull-1", "ship-a")
+    assert not (upper / "etc").exists()
