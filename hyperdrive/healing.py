@@ -122,7 +122,10 @@ class NginxWatch:
 
 def touches(line: bytes, table: str) -> bool:
     """Whether one `nft -j monitor` line deletes part of our table (an element going is a
-    swap's own doing: not a fault)."""
+    swap's own doing: not a fault). The monitor tells every table's changes on the host: a
+    line that names no deletion or not our table is passed over unparsed."""
+    if not line.startswith(b'{"delete": ') or f'"{table}"'.encode() not in line:
+        return False
     try:
         change = json.loads(line)
     except ValueError:
