@@ -10,6 +10,7 @@ the file. A trigger leaves the journal only when the deploy it started has an ou
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -18,13 +19,14 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
 from hyperdrive.errors import SpoolError, SpoolFull
-from hyperdrive.files import undo_append, write_atomically
+from hyperdrive.files import write_atomically
 from hyperdrive.space import FOR_TRIGGERS, shortage
 from hyperdrive.triggers import Trigger
 from hyperdrive.watch import ARRIVALS, FolderWatch
@@ -48,83 +50,172 @@ class Spool(Protocol):
     async def done(self, trigger_id: str, outcome: str) -> None: ...
 
 
-class _Batch:
-    """One request to the writer thread: lines to append, or a whole journal to swap in."""
-
-    def __init__(
-        self,
-        lines: list[bytes],
-        future: asyncio.Future[None],
-        replace_with: bytes | None = None,
-    ) -> None:
-        self.lines = lines
-        self.future = future
-        self.replace_with = replace_with
-
-
 class _JournalWriter:
-    """A dedicated thread: appends whatever is queued, fsyncs once, answers every waiter."""
+    """Group commit. The event loop writes each pass's records to the journal at once (a
+    page-cache write); one thread fsyncs, back to back while there is more, and every record
+    written before an fsync began is answered when it ends. A group costs one fsync and one
+    wake-up of the loop, whatever its size, and the thread is woken only when it sleeps."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self.path = path
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the writer
+        self._loop = loop
+        self._fd = _open_append(path)
+        self._size = self._durable = os.fstat(self._fd).st_size  # where whole records end
+        self._seq = 0  # writes made; an fsync that began after write n covers it
+        self._lines: list[bytes] = []  # records of this loop pass, not written yet
+        self._waiting: list[asyncio.Future[None]] = []
+        self._written: collections.deque[_Written] = collections.deque()
+        # a compaction under way: records wait in memory until the new journal is in place
+        self._swap: tuple[bytes, int, list[asyncio.Future[None]]] | None = None
+        self._scheduled = False
+        self._idle = False  # the thread sleeps until a write wakes it
+        self._wake: queue.SimpleQueue[Callable[[], int] | bool | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
         self.batches = 0
         self._thread.start()
 
-    def submit(self, batch: _Batch) -> None:
-        self._queue.put(batch)
+    def append(self, lines: list[bytes]) -> asyncio.Future[None]:
+        """Durable once the future is done; the records of one loop pass are one write."""
+        future = self._loop.create_future()
+        self._lines += lines
+        self._waiting.append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-        self._fh.close()
+    def replace(self, content: bytes) -> asyncio.Future[None]:
+        """Compaction: `content` (a snapshot holding every record appended so far) takes the
+        journal's place; records appended after this call go into the new file. One at a time
+        (FileSpool.compact holds a lock)."""
+        if self._swap is not None:
+            raise SpoolError("a compaction is already under way")
+        future = self._loop.create_future()
+        self._flush()  # this pass's records go to the old file; the snapshot holds them too
+        self._swap = (content, self._seq, [future])
+        self._wake.put(self._swap_in)
+        return future
+
+    async def close(self) -> None:
+        """Answer every record already taken, then stop the thread and close the journal."""
+        for _ in range(100):  # bounded: each round waits for what was outstanding
+            self._flush()
+            outstanding = [f for w in self._written for f in w.futures] + self._waiting
+            outstanding += self._swap[2] if self._swap is not None else []
+            if not outstanding:
+                break
+            await asyncio.gather(*outstanding, return_exceptions=True)
+        self._wake.put(None)
+        await asyncio.to_thread(self._thread.join, 10)
+        os.close(self._fd)
+
+    def _flush(self) -> None:
+        """Write this pass's records as one append (held back while a compaction runs)."""
+        self._scheduled = False
+        if not self._waiting or self._swap is not None:
+            return
+        futures, lines = self._waiting, self._lines
+        self._waiting, self._lines = [], []
+        start = self._size
+        try:
+            self._write(b"".join(lines))
+        except OSError as err:  # the disk full: the journal is cut back to its last record
+            self._truncate(start)
+            _settle(futures, err)
+            return
+        self._seq += 1
+        self._written.append(_Written(self._seq, self._size, futures))
+        if self._idle:
+            self._idle = False
+            self._wake.put(True)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            self._size += written
+            view = view[written:]
+
+    def _truncate(self, size: int) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, size)
+        self._size = size
 
     def _run(self) -> None:
+        """The thread: fsync while the loop has written more, else sleep until it writes."""
+        synced = 0
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            with contextlib.suppress(queue.Empty):
-                while len(group) < 4096:
-                    item = self._queue.get_nowait()
-                    if item is None:
-                        self._queue.put(None)
-                        break
-                    group.append(item)
-            self._write(group)
+            upto = self._seq
+            if upto == synced:
+                self._idle = True
+                if self._seq == synced:  # nothing came between the look and the flag
+                    job = self._wake.get()
+                    if job is None:
+                        return
+                    if callable(job):
+                        synced = job()
+                self._idle = False
+                continue
+            try:
+                os.fdatasync(self._fd)  # the size is data to fdatasync; the times are not
+            except OSError as err:
+                self._loop.call_soon_threadsafe(self._synced, upto, err)
+            else:
+                self._loop.call_soon_threadsafe(self._synced, upto, None)
+            synced = upto
 
-    def _write(self, group: list[_Batch]) -> None:
-        error: BaseException | None = None
-        whole = os.fstat(self._fh.fileno()).st_size  # every group before ended on a record
+    def _synced(self, upto: int, error: OSError | None) -> None:
+        """On the loop: answer every record the fsync covered; on an error, cut the journal
+        back to what an earlier fsync kept and fail everything after it."""
+        self.batches += 1
+        if error is not None:
+            self._truncate(self._durable)
+            _settle([f for w in self._written for f in w.futures], error)
+            self._written.clear()
+            return
+        while self._written and self._written[0].seq <= upto:
+            done = self._written.popleft()
+            self._durable = done.end
+            _settle(done.futures, None)
+
+    def _swap_in(self) -> int:
+        """In the thread: write the new journal beside the old one and rename it into place."""
+        assert self._swap is not None
+        content, covered, _ = self._swap
         try:
-            for batch in group:
-                if batch.replace_with is not None:
-                    self._swap(batch.replace_with)
-                else:
-                    self._fh.write(b"".join(batch.lines))
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self.batches += 1
+            write_atomically(self.path, content)
+            fd = _open_append(self.path)
         except OSError as err:
-            error = err
-            if not any(batch.replace_with is not None for batch in group):
-                self._fh = undo_append(self._fh, self.path, whole)
-        # one wake-up per event loop for the whole group, not one per trigger
-        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for batch in group:
-            waiting.setdefault(batch.future.get_loop(), []).append(batch.future)
-        for loop, futures in waiting.items():
-            loop.call_soon_threadsafe(_settle, futures, error)
+            self._loop.call_soon_threadsafe(self._swapped, covered, err, None)
+        else:
+            self._loop.call_soon_threadsafe(self._swapped, covered, None, fd)
+        return covered
 
-    def _swap(self, content: bytes) -> None:
-        """Compaction: write the new journal beside the old one and rename it into place."""
-        self._fh.flush()
-        write_atomically(self.path, content)
-        self._fh.close()
-        self._fh = open(self.path, "ab")  # noqa: SIM115
+    def _swapped(self, covered: int, error: OSError | None, fd: int | None) -> None:
+        """On the loop: the records the snapshot holds are durable with it (or failed)."""
+        assert self._swap is not None
+        futures, self._swap = self._swap[2], None
+        if fd is not None:
+            os.close(self._fd)
+            self._fd, self._size = fd, os.fstat(fd).st_size
+            self._durable = self._size
+        while self._written and self._written[0].seq <= covered:
+            _settle(self._written.popleft().futures, error)
+        _settle(futures, error)
+        self._flush()
+
+
+@dataclass(slots=True)
+class _Written:
+    """Records written to the journal as one append, waiting for an fsync to cover them."""
+
+    seq: int
+    end: int
+    futures: list[asyncio.Future[None]]
+
+
+def _open_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -202,6 +293,7 @@ class FileSpool:
         self._records = 0
         self._writer: _JournalWriter | None = None
         self.listeners: list[SpoolListener] = []
+        self._compacting = asyncio.Lock()
 
     async def open(self) -> None:
         """Replay the journal and queue every trigger a crash left unfinished."""
@@ -209,7 +301,7 @@ class FileSpool:
             folder.mkdir(parents=True, exist_ok=True)
         journal = self.root / JOURNAL
         self._pending, self._seen, self._records = await asyncio.to_thread(read_journal, journal)
-        self._writer = _JournalWriter(journal)
+        self._writer = _JournalWriter(journal, asyncio.get_running_loop())
         self._index_bodies()
         for trigger in self._pending.values():
             self._ready.put_nowait(trigger)
@@ -217,8 +309,8 @@ class FileSpool:
 
     async def close(self) -> None:
         if self._writer is not None:
-            await asyncio.to_thread(self._writer.close)
-            self._writer = None
+            writer, self._writer = self._writer, None
+            await writer.close()
 
     def pending(self) -> list[Trigger]:
         return list(self._pending.values())
@@ -304,6 +396,10 @@ class FileSpool:
 
     async def compact(self) -> None:
         """Rewrite the journal as just the pending triggers and the recently done ids."""
+        async with self._compacting:
+            await self._compact()
+
+    async def _compact(self) -> None:
         horizon = time.time() - SEEN_RETENTION_S
         self._seen = {tid: seen for tid, seen in self._seen.items() if seen[0] >= horizon}
         self._index_bodies()
@@ -312,17 +408,15 @@ class FileSpool:
             _line({"op": "done", "id": i, "ts": ts, "fp": fp}) for i, (ts, fp) in self._seen.items()
         ]
         self._records = len(lines)
-        await self._submit([], replace_with=b"".join(lines))
-
-    def _submit(
-        self, lines: list[bytes], replace_with: bytes | None = None
-    ) -> asyncio.Future[None]:
         if self._writer is None:
             raise SpoolError("the spool is not open")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._writer.replace(b"".join(lines))
+
+    def _submit(self, lines: list[bytes]) -> asyncio.Future[None]:
+        if self._writer is None:
+            raise SpoolError("the spool is not open")
         self._records += len(lines)
-        self._writer.submit(_Batch(lines, future, replace_with))
-        return future
+        return self._writer.append(lines)
 
     async def receive(self) -> AsyncIterator[Trigger]:
         """Every durable trigger, in order, once: pending ones from before a crash first."""
