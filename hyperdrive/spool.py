@@ -227,6 +227,29 @@ def _line(obj: dict[str, Any]) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
+# A pending trigger as the spool keeps it: its JSON and its fingerprint. Bytes and text are not
+# objects the garbage collector follows, so 30,000 stalled triggers do not make each full
+# collection walk 30,000 dataclasses and their dicts (a 70-160 ms pause measured).
+Kept = tuple[bytes, str]
+
+
+def _kept(trigger: Trigger) -> Kept:
+    return _line(trigger.to_json())[:-1], trigger.fingerprint
+
+
+def _put_line(kept: Kept) -> bytes:
+    return b'{"op":"put","trigger":' + kept[0] + b"}\n"
+
+
+def _revived(kept: Kept) -> Trigger:
+    """The trigger again, from what the spool wrote itself."""
+    try:
+        obj = orjson.loads(kept[0])
+    except orjson.JSONDecodeError:  # json's `\\udcXX` for surrogate-escaped bytes
+        obj = json.loads(kept[0])
+    return Trigger.from_json(obj)
+
+
 Seen = dict[str, tuple[float, str]]  # done trigger id -> (time done, fingerprint)
 
 
@@ -266,6 +289,11 @@ def _replay(raw: bytes, pending: dict[str, Trigger], seen: Seen) -> None:
         log.warning("spool journal: skipping an unreadable record: %s", err)
 
 
+def _read_kept(path: Path) -> tuple[dict[str, Kept], Seen, int]:
+    pending, seen, records = read_journal(path)
+    return {tid: _kept(trigger) for tid, trigger in pending.items()}, seen, records
+
+
 RejectedCallback = Callable[[str, str], None]
 
 
@@ -285,11 +313,11 @@ class FileSpool:
         self.incoming = root / "incoming"
         self.rejected = root / "rejected"
         self._on_rejected = on_rejected or (lambda name, why: None)
-        self._pending: dict[str, Trigger] = {}
+        self._pending: dict[str, Kept] = {}
         self._seen: Seen = {}
         self._bodies: dict[str, str] = {}  # fingerprint -> the trigger id that carried it
         self._inflight: dict[str, asyncio.Future[None]] = {}
-        self._ready: asyncio.Queue[Trigger] = asyncio.Queue()
+        self._ready: asyncio.Queue[str] = asyncio.Queue()  # ids of triggers to hand over
         self._records = 0
         self._writer: _JournalWriter | None = None
         self.listeners: list[SpoolListener] = []
@@ -300,11 +328,11 @@ class FileSpool:
         for folder in (self.root, self.incoming, self.rejected):
             folder.mkdir(parents=True, exist_ok=True)
         journal = self.root / JOURNAL
-        self._pending, self._seen, self._records = await asyncio.to_thread(read_journal, journal)
+        self._pending, self._seen, self._records = await asyncio.to_thread(_read_kept, journal)
         self._writer = _JournalWriter(journal, asyncio.get_running_loop())
         self._index_bodies()
-        for trigger in self._pending.values():
-            self._ready.put_nowait(trigger)
+        for trigger_id in self._pending:
+            self._ready.put_nowait(trigger_id)
         await self.ingest_incoming()
 
     async def close(self) -> None:
@@ -313,7 +341,11 @@ class FileSpool:
             await writer.close()
 
     def pending(self) -> list[Trigger]:
-        return list(self._pending.values())
+        return [_revived(kept) for kept in self._pending.values()]
+
+    def pending_count(self) -> int:
+        """How many triggers wait for an outcome (without reading them back)."""
+        return len(self._pending)
 
     def waiting(self, trigger_id: str) -> bool:
         """Taken and without an outcome yet."""
@@ -325,7 +357,7 @@ class FileSpool:
     def fingerprint(self, trigger_id: str) -> str | None:
         """The fingerprint a known id was taken with (pending or done), else None."""
         if trigger_id in self._pending:
-            return self._pending[trigger_id].fingerprint
+            return self._pending[trigger_id][1]
         if trigger_id in self._seen:
             return self._seen[trigger_id][1]
         return None
@@ -337,7 +369,7 @@ class FileSpool:
     def _index_bodies(self) -> None:
         """Body fingerprints of every trigger the spool knows, for a replay under a new id."""
         self._bodies = {fp: tid for tid, (_, fp) in self._seen.items() if fp}
-        self._bodies |= {t.fingerprint: t.id for t in self._pending.values() if t.fingerprint}
+        self._bodies |= {fp: tid for tid, (_, fp) in self._pending.items() if fp}
 
     async def put(self, trigger: Trigger) -> bool:
         """Append and fsync (shared with concurrent puts); False for an id already taken."""
@@ -348,10 +380,10 @@ class FileSpool:
             return False
         if why := shortage(self.root, FOR_TRIGGERS):
             raise SpoolFull(f"could not persist trigger {trigger.id}: {why}")
-        self._pending[trigger.id] = trigger
+        kept = self._pending[trigger.id] = _kept(trigger)
         if trigger.fingerprint:
             self._bodies[trigger.fingerprint] = trigger.id
-        future = self._submit([_line({"op": "put", "trigger": trigger.to_json()})])
+        future = self._submit([_put_line(kept)])
         self._inflight[trigger.id] = future
         try:
             await asyncio.shield(future)
@@ -362,18 +394,17 @@ class FileSpool:
         finally:
             self._inflight.pop(trigger.id, None)
         await self._tell(lambda listener: listener.taken(trigger), trigger.id)
-        self._ready.put_nowait(trigger)
+        self._ready.put_nowait(trigger.id)
         return True
 
     async def done(self, trigger_id: str, outcome: str) -> None:
         """The deploy this trigger started has an outcome: the trigger leaves the inbox."""
-        trigger = self._pending.pop(trigger_id, None)
-        if trigger is None:
+        kept = self._pending.pop(trigger_id, None)
+        if kept is None:
             return
-        now = time.time()
-        self._seen[trigger_id] = (now, trigger.fingerprint)
-        record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now}
-        record["fp"] = trigger.fingerprint
+        now, fingerprint = time.time(), kept[1]
+        self._seen[trigger_id] = (now, fingerprint)
+        record = {"op": "done", "id": trigger_id, "outcome": outcome, "ts": now, "fp": fingerprint}
         try:
             await self._submit([_line(record)])
         except OSError as err:  # the disk full: it stays pending on disk and runs again
@@ -403,7 +434,7 @@ class FileSpool:
         horizon = time.time() - SEEN_RETENTION_S
         self._seen = {tid: seen for tid, seen in self._seen.items() if seen[0] >= horizon}
         self._index_bodies()
-        lines = [_line({"op": "put", "trigger": t.to_json()}) for t in self._pending.values()]
+        lines = [_put_line(kept) for kept in self._pending.values()]
         lines += [
             _line({"op": "done", "id": i, "ts": ts, "fp": fp}) for i, (ts, fp) in self._seen.items()
         ]
@@ -421,9 +452,9 @@ class FileSpool:
     async def receive(self) -> AsyncIterator[Trigger]:
         """Every durable trigger, in order, once: pending ones from before a crash first."""
         while True:
-            trigger = await self._ready.get()
-            if trigger.id in self._pending:
-                yield trigger
+            trigger_id = await self._ready.get()
+            if (kept := self._pending.get(trigger_id)) is not None:
+                yield _revived(kept)
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Ingest incoming files as inotify reports them; nothing polls."""
