@@ -423,7 +423,10 @@ class FileSpool:
             except Exception:
                 log.exception("spool: a listener failed on trigger %s", trigger_id)
         if self._records > COMPACT_AFTER and self._records > 4 * (len(self._pending) + 1):
-            await self.compact()
+            try:
+                await self.compact()
+            except OSError as err:  # the old journal is still whole: the trigger stays taken
+                log.warning("spool: could not compact the journal (%s); it stays as it is", err)
 
     async def compact(self) -> None:
         """Rewrite the journal as just the pending triggers and the recently done ids."""
