@@ -126,6 +126,10 @@ async def _serve(port: int, spool_dir: Path) -> None:
     app = web.Application(client_max_size=25 * 1024 * 1024)  # as the daemon's public API
     receiver.add_routes(app)
     await serve_public(app, "127.0.0.1", port)  # the daemon's listener: its guards, no access log
+    with contextlib.suppress(ImportError):  # what the daemon does once started (a tree before)
+        from hyperdrive.server import give_back_memory  # noqa: PLC0415
+
+        give_back_memory()
     loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     print(f"ready {loop}", flush=True)
     await asyncio.Event().wait()

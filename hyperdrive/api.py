@@ -296,7 +296,7 @@ class _Collector:
         yield GaugeMetricFamily(
             "hyperdrive_triggers_pending",
             "triggers without an outcome",
-            value=len(api.spool.pending()),
+            value=api.spool.pending_count(),
         )
         for name, value in api.metrics().items():
             yield GaugeMetricFamily(f"hyperdrive_{name}", name.replace("_", " "), value=value)

@@ -523,7 +523,7 @@ def _status(  # noqa: PLR0917 - the five parts it reads, the fleet and the certi
         counts = {
             "admirals": hq.keyring.count(),
             "captains": hq.keyring.captain_count(),
-            "pending": len(spool.pending()),
+            "pending": spool.pending_count(),
             "inflight": bus.inflight,
         }
         return squadron_status(

@@ -44,8 +44,12 @@ def make_private(folder: Path) -> None:
 def give_back_memory() -> None:
     """Start-up (imports, config, the first nginx render) leaves freed memory inside the process:
     collect it and hand glibc's free pages to the kernel, so an idle daemon holds only what it
-    uses (~1.5 MB less RSS). glibc only; elsewhere there is nothing to call."""
+    uses (~1.5 MB less RSS). glibc only; elsewhere there is nothing to call.
+
+    What start-up made and kept (modules, classes, the wiring: ~40,000 objects) lives as long
+    as the daemon: frozen, no later full collection walks it again (an 18 ms pause each)."""
     gc.collect()
+    gc.freeze()
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):

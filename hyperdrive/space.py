@@ -3,7 +3,7 @@ and what is left is kept for what holds the squadron together (triggers, events,
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 MiB = 1 << 20
@@ -13,10 +13,11 @@ FOR_TRIGGERS = 4 * MiB  # a trigger is a few hundred bytes; the reserve is for e
 
 def shortage(folder: Path, reserve: int) -> str:
     """'' while `folder`'s filesystem has `reserve` bytes free, else the message for the user."""
-    try:
-        free = shutil.disk_usage(folder).free
+    try:  # statvfs itself: every trigger asks, and shutil's tuple of three costs as much again
+        st = os.statvfs(folder)
     except OSError:
         return ""  # a folder not made yet is not a full disk; the write that follows will tell
+    free = st.f_bavail * st.f_frsize  # what shutil.disk_usage calls free
     if free >= reserve:
         return ""
     return (

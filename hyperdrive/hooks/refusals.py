@@ -8,6 +8,7 @@ front; at most `max_sources` are tracked (the oldest is summarised early to make
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -18,6 +19,7 @@ INTERVAL_S = 60.0
 MAX_SOURCES = 4096
 
 
+@functools.lru_cache(maxsize=4096)  # every delivery asks; the same forges send most of them
 def source_of(remote: str | None) -> str:
     """The address refusals are counted by: the TCP peer, an IPv6 one by its /64 (one host
     commonly holds a whole /64, so counting its addresses one by one would count nothing)."""

@@ -629,10 +629,23 @@ class WebhookReceiver:
         """The raw body, at most `max_body` bytes, within `read_timeout` seconds (slow drips)."""
         if request.content_length is not None and request.content_length > self._max_body:
             raise WebhookRefused(413, f"body is larger than {self._max_body} bytes")
+        try:
+            if request.content.is_eof():  # it came with the headers: nothing to wait for
+                raw = request.content.read_nowait()
+            else:
+                raw = await self._read_arriving(request.content)
+        except (aiohttp.ClientPayloadError, ConnectionError) as err:
+            raise _bad(f"body was cut short: {err}") from err
+        if len(raw) > self._max_body:
+            raise WebhookRefused(413, f"body is larger than {self._max_body} bytes")
+        return raw
+
+    async def _read_arriving(self, content: aiohttp.StreamReader) -> bytes:
+        """The body as it arrives, refused once past `max_body` or `read_timeout`."""
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self._read_timeout):
-                while chunk := await request.content.read(1 << 16):
+                while chunk := await content.read(1 << 16):
                     size += len(chunk)
                     if size > self._max_body:
                         raise WebhookRefused(413, f"body is larger than {self._max_body} bytes")
@@ -640,8 +653,6 @@ class WebhookReceiver:
         except TimeoutError as err:
             self.slow_bodies += 1
             raise WebhookRefused(408, f"body not received within {self._read_timeout:g} s") from err
-        except (aiohttp.ClientPayloadError, ConnectionError) as err:
-            raise _bad(f"body was cut short: {err}") from err
         return b"".join(chunks)
 
     async def _dispatch(self, delivery: _Delivery) -> web.Response:

@@ -1,6 +1,7 @@
 """The spool keeps every acknowledged trigger, hands each over once, and survives crashes."""
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -226,3 +227,62 @@ async def test_a_body_is_remembered_pending_done_after_restart_and_compaction(
     await again.compact()
     assert again.carried("f" * 64) == "github:d-1", "within retention"
     await again.close()
+
+
+async def test_puts_made_while_a_compaction_runs_are_all_kept(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    await spool.open()
+    first = [push() for _ in range(50)]
+    await asyncio.gather(*(spool.put(t) for t in first))
+    for trigger in first[:40]:
+        await spool.done(trigger.id, "deployed")
+    later = [push() for _ in range(50)]
+    await asyncio.gather(spool.compact(), *(spool.put(t) for t in later), spool.compact())
+    await spool.close()
+    pending, seen, _ = read_journal(tmp_path / JOURNAL)
+    assert list(pending) == [t.id for t in first[40:] + later]
+    assert set(seen) == {t.id for t in first[:40]}
+
+
+async def test_a_failed_fsync_refuses_its_triggers_and_the_journal_stays_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FileSpool(tmp_path)
+    await spool.open()
+    kept = push()
+    await spool.put(kept)
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    lost = [push() for _ in range(5)]
+    results = await asyncio.gather(*(spool.put(t) for t in lost), return_exceptions=True)
+    assert all(isinstance(r, SpoolError) for r in results), results
+    assert [t.id for t in spool.pending()] == [kept.id], "nothing half-taken"
+    monkeypatch.undo()
+    later = push()
+    assert await spool.put(later)
+    await spool.close()
+    pending, _, _ = read_journal(tmp_path / JOURNAL)
+    assert list(pending) == [kept.id, later.id]
+
+
+async def test_pending_triggers_add_nothing_a_full_collection_walks(tmp_path: Path) -> None:
+    """A daemon whose deploys stall holds thousands of pending triggers; if each were objects
+    the collector follows, every full collection would walk them all (a long pause)."""
+    spool = FileSpool(tmp_path)
+    await spool.open()
+
+    async def put(n: int) -> None:
+        for _ in range(n // 100):
+            await asyncio.gather(*(spool.put(push()) for _ in range(100)))
+
+    await put(200)
+    gc.collect()
+    before = len(gc.get_objects())
+    await put(2000)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 200, "pending triggers are kept as bytes"
+    assert len(spool.pending()) == 2200
+    await spool.close()
