@@ -8,8 +8,9 @@ that N, for `--rounds` rounds (p50 reported):
 * retire: `hd retire` of that app → its route answers 404 and its ship's container is gone;
 * the daemon's RSS and the wall time of `hd status`.
 One redeploy, add and retire at each N go first, uncounted (caches, the first ship of a kind).
-Each op's CPU time of the daemon (its own + its children's: nginx -t, nft, lxc-*, git) is
-printed beside it, and `hd status`'s own CPU: unlike wall time, other load hardly moves it.
+Each op's CPU time of the daemon (its own + its children's: nginx -t, nft, lxc-*, git; the
+mean over the rounds) is printed beside it, and `hd status`'s own CPU: unlike wall time, other
+load hardly moves it.
 Run as root:
     .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5]
 """
@@ -243,8 +244,10 @@ def spied(pid: int, into: Path | None, name: str) -> Iterator[None]:
 
 
 def p50(figures: list[Figure]) -> Figure:
+    """The p50 wall ms and the mean CPU ms: CPU comes in clock ticks (10 ms), whose median
+    hides any change smaller than a tick."""
     walls, own, children = zip(*figures, strict=True)
-    return statistics.median(walls), statistics.median(own), statistics.median(children)
+    return statistics.median(walls), statistics.fmean(own), statistics.fmean(children)
 
 
 def stage_line(events: list[dict[str, Any]], shas: list[str]) -> str:
