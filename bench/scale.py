@@ -75,6 +75,12 @@ def cpu_ms(pid: int) -> tuple[float, float]:
     return (utime + stime) * 1000 / TICK, (cutime + cstime) * 1000 / TICK
 
 
+def reads(pid: int) -> tuple[int, int]:
+    """The read calls and bytes read of `pid` so far, its threads included (/proc/PID/io)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["rchar"])
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -92,6 +98,7 @@ class Bench:
         self.rows: dict[int, dict[str, Figure]] = {}
         self.deployed: dict[str, list[str]] = {"redeploy": [], "add": []}  # op -> shas
         self.clock: dict[str, tuple[float, float]] = {}  # sha -> push started, served (epoch s)
+        self.reads: dict[str, list[tuple[int, int]]] = {}  # op -> the daemon's (reads, bytes)
 
     @property
     def pid(self) -> int:
@@ -99,11 +106,15 @@ class Bench:
         return self.d.proc.pid
 
     def once(self, op: Callable[[int], float], i: int) -> Figure:
-        """`op`'s ms and the daemon's own and children's CPU ms over it, from a settled start."""
+        """`op`'s ms and the daemon's own and children's CPU ms over it, from a settled start;
+        the daemon's read calls and bytes over it go to `self.reads` (load does not move them)."""
         settled(self.d)
         own, children = cpu_ms(self.pid)
+        calls, got = reads(self.pid)
         wall = op(i) * 1000
         own_after, children_after = cpu_ms(self.pid)
+        calls_after, got_after = reads(self.pid)
+        self.reads.setdefault(op.__name__, []).append((calls_after - calls, got_after - got))
         return wall, own_after - own, children_after - children
 
     def measured(self, *ops: Callable[[int], float], rounds: int) -> list[Figure]:
@@ -201,6 +212,11 @@ class Bench:
             row["status"] = p50([self.status() for _ in range(rounds)])
         self.rows[n] = row
         print(f"N={n}: {fmt(row)}  load {os.getloadavg()[0]:.2f}", flush=True)
+        for op, got in self.reads.items():
+            calls, sizes = zip(*got[1:], strict=True)  # the warm-up round is not counted
+            mean = f"{statistics.fmean(calls):.0f} calls, {statistics.fmean(sizes) / 1024:.0f} KB"
+            print(f"  {op}: the daemon's reads per op (mean) {mean}", flush=True)
+        self.reads.clear()
         events = self.d.events()
         for op, shas in self.deployed.items():
             print(f"  {op} stages (p50 ms): {stage_line(events, shas)}", flush=True)
