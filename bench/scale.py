@@ -11,8 +11,12 @@ One redeploy, add and retire at each N go first, uncounted (caches, the first sh
 Each op's CPU time of the daemon (its own + its children's: nginx -t, nft, lxc-*, git; the
 mean over the rounds) is printed beside it, and `hd status`'s own CPU: unlike wall time, other
 load hardly moves it.
-Run as root:
-    .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5]
+`--profile DIR` samples the daemon with py-spy (pip install py-spy) over the redeploys and the
+`hd status` runs (collapsed stacks, to diff between Ns) and prints the gaps between each
+deploy's events. Run as root, from the tree whose daemon is measured (`python -m hyperdrive`
+puts the working folder first on sys.path: `cd /tmp/old && …/.venv/bin/python bench/scale.py`
+measures /tmp/old):
+    .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5] [--profile DIR]
 """
 
 from __future__ import annotations
