@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     from rich.console import Console, Group  # noqa: PLC0415 - rich costs ~25 ms: only for people
 
-    # one print of the whole view: a print per part cost ~0.1 ms each, 3 parts per app
+    # one print of the whole view: a print per part cost ~0.05 ms each, 3 parts per app
     Console(highlight=False).print(Group(*status_view(status)))
     return EXIT_OK
 
