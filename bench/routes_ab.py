@@ -37,6 +37,9 @@ class Answer(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 256  # the verify asks every app at once: 5 refuses some under load
+
 def cpu():
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -48,16 +51,16 @@ async def timed(routes, apps, fresh):
     return (time.perf_counter() - t0) * 1000, cpu() - c0
 
 async def main(n, rounds):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    server = Server(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     prefix = Path(tempfile.mkdtemp(prefix="hdbench-routes-"))
     nginx = Nginx(prefix)
     routes = Routes(nginx, http_port=free_port(), workers="2")
     apps = [AppRoute(f"app{i:03d}", "127.0.0.1", port) for i in range(n)]
-    await routes.apply(apps)
     got = {"add": [], "remove": [], "unchanged": []}
     try:
+        await routes.apply(apps)
         for k in range(rounds):
             more = [*apps, AppRoute(f"new{k:03d}", "127.0.0.1", port)]
             got["add"].append(await timed(routes, more, {f"new{k:03d}"}))

@@ -8,23 +8,31 @@ that N, for `--rounds` rounds (p50 reported):
 * retire: `hd retire` of that app → its route answers 404 and its ship's container is gone;
 * the daemon's RSS and the wall time of `hd status`.
 One redeploy, add and retire at each N go first, uncounted (caches, the first ship of a kind).
-Each op's CPU time of the daemon (its own + its children's: nginx -t, nft, lxc-*, git) is
-printed beside it, and `hd status`'s own CPU: unlike wall time, other load hardly moves it.
-Run as root:
-    .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5]
+Each op's CPU time of the daemon (its own + its children's: nginx -t, nft, lxc-*, git; the
+mean over the rounds) is printed beside it, and `hd status`'s own CPU: unlike wall time, other
+load hardly moves it.
+`--profile DIR` samples the daemon with py-spy (pip install py-spy) over the redeploys and the
+`hd status` runs (collapsed stacks, to diff between Ns) and prints the gaps between each
+deploy's events. Run as root, from the tree whose daemon is measured (`python -m hyperdrive`
+puts the working folder first on sys.path: `cd /tmp/old && …/.venv/bin/python bench/scale.py`
+measures /tmp/old):
+    .venv/bin/python bench/scale.py [--apps 1,40,100] [--rounds 5] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -71,6 +79,12 @@ def cpu_ms(pid: int) -> tuple[float, float]:
     return (utime + stime) * 1000 / TICK, (cutime + cstime) * 1000 / TICK
 
 
+def reads(pid: int) -> tuple[int, int]:
+    """The read calls and bytes read of `pid` so far, its threads included (/proc/PID/io)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["rchar"])
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -81,12 +95,14 @@ def rss_mb(pid: int) -> float:
 class Bench:
     """One squadron, an admiral, and what was measured at each N."""
 
-    def __init__(self, d: Daemon, admiral: Admiral, root: Path) -> None:
-        self.d, self.admiral, self.root = d, admiral, root
+    def __init__(self, d: Daemon, admiral: Admiral, root: Path, profile: Path | None) -> None:
+        self.d, self.admiral, self.root, self.profile = d, admiral, root, profile
         self.apps: list[str] = []  # the apps live now
         self.added = self.pushes = 0
         self.rows: dict[int, dict[str, Figure]] = {}
         self.deployed: dict[str, list[str]] = {"redeploy": [], "add": []}  # op -> shas
+        self.clock: dict[str, tuple[float, float]] = {}  # sha -> push started, served (epoch s)
+        self.reads: dict[str, list[tuple[int, int]]] = {}  # op -> the daemon's (reads, bytes)
 
     @property
     def pid(self) -> int:
@@ -94,11 +110,15 @@ class Bench:
         return self.d.proc.pid
 
     def once(self, op: Callable[[int], float], i: int) -> Figure:
-        """`op`'s ms and the daemon's own and children's CPU ms over it, from a settled start."""
+        """`op`'s ms and the daemon's own and children's CPU ms over it, from a settled start;
+        the daemon's read calls and bytes over it go to `self.reads` (load does not move them)."""
         settled(self.d)
         own, children = cpu_ms(self.pid)
+        calls, got = reads(self.pid)
         wall = op(i) * 1000
         own_after, children_after = cpu_ms(self.pid)
+        calls_after, got_after = reads(self.pid)
+        self.reads.setdefault(op.__name__, []).append((calls_after - calls, got_after - got))
         return wall, own_after - own, children_after - children
 
     def measured(self, *ops: Callable[[int], float], rounds: int) -> list[Figure]:
@@ -170,36 +190,84 @@ class Bench:
 
     def _push_and_watch(self, work: Path, app: str, body: str, op: str) -> float:
         """`git push` started → `body` served; the watch runs beside the push."""
-        self.deployed[op].append(self.admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip())
+        sha = self.admiral.git("rev-parse", "HEAD", cwd=work).stdout.strip()
+        self.deployed[op].append(sha)
         took: list[float] = []
         watch = threading.Thread(target=lambda: took.append(served(self.d, app, body)))
+        started = time.time()
         watch.start()
         self.admiral.git("push", "-q", "hyperdrive", "master", cwd=work)
         watch.join(70)
         assert took, f"{app} was never served {body!r}"
+        self.clock[sha] = started, started + took[0]
         return took[0]
 
     def measure(self, n: int, rounds: int) -> None:
         self.measured(self.redeploy, self.add, self.retire, rounds=1)  # warm-up, not counted
         for shas in self.deployed.values():
             shas.clear()
-        (redeploy,) = self.measured(self.redeploy, rounds=rounds)
+        with spied(self.pid, self.profile, f"redeploy-{n}"):
+            (redeploy,) = self.measured(self.redeploy, rounds=rounds)
         add, retire = self.measured(self.add, self.retire, rounds=rounds)  # N stays N
         settled(self.d)
         row = {"redeploy": redeploy, "add": add, "retire": retire}
         row["rss"] = (rss_mb(self.pid), 0.0, 0.0)
-        row["status"] = p50([self.status() for _ in range(rounds)])
+        with spied(self.pid, self.profile, f"status-{n}"):
+            row["status"] = p50([self.status() for _ in range(rounds)])
         self.rows[n] = row
         print(f"N={n}: {fmt(row)}  load {os.getloadavg()[0]:.2f}", flush=True)
+        for op, got in self.reads.items():
+            calls, sizes = zip(*got[1:], strict=True)  # the warm-up round is not counted
+            mean = f"{statistics.fmean(calls):.0f} calls, {statistics.fmean(sizes) / 1024:.0f} KB"
+            print(f"  {op}: the daemon's reads per op (mean) {mean}", flush=True)
+        self.reads.clear()
         events = self.d.events()
         for op, shas in self.deployed.items():
             print(f"  {op} stages (p50 ms): {stage_line(events, shas)}", flush=True)
+            print(f"  {op} wall (p50 ms): {wall_line(events, shas, self.clock)}", flush=True)
+            if self.profile is not None:
+                print(f"  {op} between events (p50 ms): {gap_line(events, shas)}", flush=True)
             shas.clear()
 
 
+@contextlib.contextmanager
+def spied(pid: int, into: Path | None, name: str) -> Iterator[None]:
+    """py-spy samples the daemon over the block into `into`/`name`.txt (collapsed stacks), to
+    diff what grows with N; nothing runs without `--profile`."""
+    if into is None:
+        yield
+        return
+    into.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "-r",
+            "500",
+            "-f",
+            "raw",
+            "-o",
+            str(into / f"{name}.txt"),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1)  # py-spy attaches
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
 def p50(figures: list[Figure]) -> Figure:
+    """The p50 wall ms and the mean CPU ms: CPU comes in clock ticks (10 ms), whose median
+    hides any change smaller than a tick."""
     walls, own, children = zip(*figures, strict=True)
-    return statistics.median(walls), statistics.median(own), statistics.median(children)
+    return statistics.median(walls), statistics.fmean(own), statistics.fmean(children)
 
 
 def stage_line(events: list[dict[str, Any]], shas: list[str]) -> str:
@@ -210,6 +278,43 @@ def stage_line(events: list[dict[str, Any]], shas: list[str]) -> str:
             if event.get("sha") in shas and event["event"] == name and "ms" in event:
                 found[stage].append(event["ms"])
     return ", ".join(f"{s} {statistics.median(v):.0f}" for s, v in found.items() if v)
+
+
+def wall_line(
+    events: list[dict[str, Any]], shas: list[str], clock: dict[str, tuple[float, float]]
+) -> str:
+    """Where each deploy's wall time went, p50 ms: the push started → DeployQueued (ssh, git,
+    the hook) → DeployStarted → TrafficSwapped → the new content served."""
+    marks = ("DeployQueued", "DeployStarted", "TrafficSwapped")
+    parts: dict[str, list[float]] = {}
+    for sha in shas:
+        at = {e["event"]: stamp(e) for e in events if e.get("sha") == sha and e["event"] in marks}
+        if len(at) < len(marks) or sha not in clock:
+            continue
+        points = [clock[sha][0], *(at[m] for m in marks), clock[sha][1]]
+        names = ("push→queued", "queued→started", "started→swapped", "swapped→served")
+        for name, a, b in zip(names, points, points[1:], strict=False):
+            parts.setdefault(name, []).append((b - a) * 1000)
+    return ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in parts.items())
+
+
+def gap_line(events: list[dict[str, Any]], shas: list[str]) -> str:
+    """The p50 ms from each of a deploy's events to the next, DeployQueued → TrafficSwapped:
+    where time that no stage's `ms` covers goes."""
+    gaps: dict[str, list[float]] = {}
+    for sha in shas:
+        mine = [e for e in events if e.get("sha") == sha or e.get("deploy") == sha]
+        names = [e["event"] if e["event"] != "StageFinished" else e["stage"] for e in mine]
+        if "TrafficSwapped" not in names:
+            continue
+        mine = mine[: names.index("TrafficSwapped") + 1]
+        for a, b, name in zip(mine, mine[1:], names[1:], strict=False):
+            gaps.setdefault(name, []).append((stamp(b) - stamp(a)) * 1000)
+    return ", ".join(f"→{k} {statistics.median(v):.1f}" for k, v in gaps.items())
+
+
+def stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["ts"]).replace("Z", "+00:00")).timestamp()
 
 
 OPS = ("redeploy", "add", "retire")
@@ -269,7 +374,7 @@ def main(args: argparse.Namespace) -> None:
         d = make_squadron(root / "hd", HYPERDRIVE_KEEP_SHIPS="1")
         key = keygen(root / "admiral")
         (d.root / "admirals.pub").write_text(Path(f"{key}.pub").read_text())
-        bench = Bench(d, Admiral(d, key), root)
+        bench = Bench(d, Admiral(d, key), root, args.profile)
         try:
             d.start()
             bench.first_site()  # the hull is built here, not in a measured round
@@ -289,4 +394,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--apps", default="1,40,100")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the daemon over the redeploys and hd status into DIR"
+    )
     main(parser.parse_args())

@@ -17,8 +17,9 @@ import os
 import re
 import shutil
 import signal
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,8 +169,8 @@ def app_hosts(route: AppRoute, domain: str) -> list[str]:
 
 def check_conflicts(routes: Sequence[AppRoute], http_port: int, domain: str) -> None:
     """Refuse two apps claiming one name, host or port, with a message naming both."""
-    apps = [route.app for route in routes]
-    if dupes := sorted({app for app in apps if apps.count(app) > 1}):
+    counted = Counter(route.app for route in routes)
+    if dupes := sorted(app for app, times in counted.items() if times > 1):
         raise ProxyError(f"app listed twice in the routes: {', '.join(dupes)}")
     owners: dict[str, str] = {f"PUBLISH_PORT {http_port}": "the HTTP port (HYPERDRIVE_HTTP_PORT)"}
     for route in routes:
@@ -276,6 +277,13 @@ def read_tree(folder: Path) -> dict[str, str]:
     }
 
 
+def _conf_files(folder: Path) -> set[str]:
+    """The names of the regular files in `folder` (none when it is missing)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as found:
+        return {e.name for e in found if e.is_file()}
+    return set()
+
+
 def digest(value: object) -> str:
     """sha256 of a JSON-able value."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
@@ -286,9 +294,18 @@ def render_key(
 ) -> str:
     """Everything `render` makes the files from: its arguments, the templates and this module's
     own source (an upgrade that changes how config is rendered renders again)."""
+    rows = [[getattr(r, name) for name in ROUTE_FIELDS] for r in routes]  # asdict: 6 µs each
+    return digest([rows, dict(overrides), dict(settings), _sources()])
+
+
+ROUTE_FIELDS = tuple(f.name for f in fields(AppRoute))
+
+
+@functools.cache
+def _sources() -> list[str]:
+    """The templates and this module's source, read once: an upgrade starts a new daemon."""
     sources = [(TEMPLATES / name).read_text() for name in NGINX_TEMPLATES]
-    sources.append(Path(__file__).read_text())
-    return digest([[asdict(r) for r in routes], dict(overrides), dict(settings), sources])
+    return [*sources, Path(__file__).read_text()]
 
 
 def rendered_from(folder: Path) -> tuple[str, str] | None:
@@ -634,13 +651,15 @@ class Routes:
         apps in `fresh` (None: all), the copy nginx last accepted for the others, so one app's
         bad override fails only that app's own change."""
         found, live = {}, self.nginx.live()
+        admirals = self.nginx.prefix / "overrides"
+        accepted = live / "overrides" if live else admirals
+        listed = {admirals: _conf_files(admirals), accepted: _conf_files(accepted)}
         for route in routes:
             name = f"{route.app}.conf"
-            path = self.nginx.prefix / "overrides" / name
-            if fresh is not None and route.app not in fresh:
-                path = live / "overrides" / name if live else path
-            if path.is_file():
-                found[route.app] = path.read_text(errors="replace")
+            folder = admirals if fresh is None or route.app in fresh else accepted
+            if name in listed[folder]:  # one listing per folder, not a stat per app
+                with contextlib.suppress(FileNotFoundError):
+                    found[route.app] = (folder / name).read_text(errors="replace")
         return found
 
     async def apply(

@@ -207,14 +207,13 @@ APP_FIELDS = (
 
 def status_text(status: Mapping[str, Any], width: int = 80, color: bool = False) -> str:
     """The status view drawn as text `width` columns wide (for an SSH channel)."""
-    from rich.console import Console  # noqa: PLC0415 - rich costs ~25 ms: only for people
+    from rich.console import Console, Group  # noqa: PLC0415 - rich costs ~25 ms: only for people
 
     out = io.StringIO()
     console = Console(
         file=out, width=width, highlight=False, color_system="standard" if color else None
     )
-    for part in status_view(status):
-        console.print(part)
+    console.print(Group(*status_view(status)))  # one print: one per part cost ~0.05 ms each
     return out.getvalue()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import Any
 
 from hyperdrive import __version__
@@ -59,6 +60,7 @@ def running_loop() -> str:
 def app_rows(config: Config, records: Records, fleet: Fleet) -> list[dict[str, Any]]:
     """One row per app a record or HQ names: live ship, since, URL, last deploy, orders."""
     names = sorted({a.name for a in records.all()} | set(fleet.names()))
+    host = socket.gethostname()  # once, not a uname per app
     rows = []
     for name in names:
         app = records.get(name)
@@ -70,7 +72,7 @@ def app_rows(config: Config, records: Records, fleet: Fleet) -> list[dict[str, A
                 "ship": live.name if live else None,
                 "sha": live.sha[:7] if live else None,
                 "since": None if app.since is None else when(app.since),
-                "url": app_url(config, name) if app.routed else None,
+                "url": app_url(config, name, host) if app.routed else None,
                 "last_deploy": result or None,
                 "orders": fleet.summary(name)["orders"],
             }

@@ -59,6 +59,8 @@ class Conductor:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     _fired: datetime | None = None  # the minute last run: a timer early by a hair is no rerun
+    # each live ship's cron jobs, by the ship and its creation time
+    _cron_jobs: dict[tuple[LiveShip, float], tuple[CronJob, ...]] = field(default_factory=dict)
 
     def live(self) -> list[LiveShip]:
         return [LiveShip(a.name, a.live) for a in self.records.all() if a.live]
@@ -131,11 +133,19 @@ class Conductor:
 
     # -- cron --
     def jobs(self) -> list[tuple[LiveShip, CronJob]]:
-        found = []
-        for live in self.live():
-            recorded = processes.recorded(self.config.ship_dir(live.ship))
-            found += [(live, job) for job in recorded.cron]
-        return found
+        """Every live ship's cron jobs. A ship's processes.json is written before it goes
+        live and never after, so it is read once per live ship (by name and creation time:
+        a ship made again under the same name is read again), not at every deploy's end."""
+        known, self._cron_jobs = self._cron_jobs, {}
+        for app in self.records.all():
+            if app.live:
+                made = ship.created if (ship := app.live_ship) else 0.0
+                key = (LiveShip(app.name, app.live), made)
+                self._cron_jobs[key] = known[key] if key in known else self._recorded_cron(key[0])
+        return [(live, job) for (live, _), jobs in self._cron_jobs.items() for job in jobs]
+
+    def _recorded_cron(self, live: LiveShip) -> tuple[CronJob, ...]:
+        return processes.recorded(self.config.ship_dir(live.ship)).cron
 
     def next_due(self, after: datetime) -> tuple[datetime | None, list[tuple[LiveShip, CronJob]]]:
         """The next minute any job is due, and the jobs due then."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -10,6 +11,13 @@ from hyperdrive.headquarters import Headquarters, Orders, merge_env, parse_order
 from hyperdrive.masking import Masker, secret_values
 from hyperdrive.names import is_app_name
 from hyperdrive.pipeline.previews import Preview, preview_orders
+
+
+@functools.lru_cache(maxsize=1024)
+def _default_orders(app: str, hull: str) -> Orders:
+    """The orders of an app HQ does not name: the same every time, so parsed once per app
+    (`hd status` asks for every app's)."""
+    return parse_orders("", f"{app}/orders", app=app, default_hull=hull)
 
 
 @dataclass
@@ -33,7 +41,7 @@ class Fleet:
             return self.hq.apps[app]
         if (preview := self.previews(app)) is not None:
             return preview_orders(self.orders(preview.app), preview, self.domain)
-        return parse_orders("", f"{app}/orders", app=app, default_hull=self.default_hull)
+        return _default_orders(app, self.default_hull)
 
     def repo(self, app: str) -> str:
         """The git repo an app's commits come from: a preview's is its app's."""

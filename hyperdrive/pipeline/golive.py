@@ -32,12 +32,13 @@ SWAP_CHECK_S = 5
 SETTLE_S = 3.0  # the new ship is watched at least this long (or `drain`, if shorter)
 
 
-def app_url(config: Config, app: str) -> str:
-    """Where people reach the app: `http://<app>.<domain>/` or `http://<host>[:port]/<app>/`."""
+def app_url(config: Config, app: str, host: str | None = None) -> str:
+    """Where people reach the app: `http://<app>.<domain>/` or `http://<host>[:port]/<app>/`
+    (`host`: the machine's name, when the caller has it already)."""
     if config.domain:
         return f"http://{app}.{config.domain}/"
     port = "" if config.http_port == 80 else f":{config.http_port}"
-    return f"http://{socket.gethostname()}{port}/{app}/"
+    return f"http://{host or socket.gethostname()}{port}/{app}/"
 
 
 class RouteTable:

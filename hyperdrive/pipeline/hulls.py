@@ -115,10 +115,11 @@ class Hulls:
     def setup_log(self, hull: str) -> Path:
         return self.builder.setup_log(hull)
 
-    def versions(self, kind: str) -> list[int]:
-        """Every version of `kind` that exists on the lxcpath, oldest first."""
+    def versions(self, kind: str, names: Iterable[str] | None = None) -> list[int]:
+        """Every version of `kind` that exists on the lxcpath (or among `names`), oldest first."""
         pattern = re.compile(rf"{re.escape(self.name)}-hull-{re.escape(kind)}-([0-9]+)")
-        matches = (pattern.fullmatch(name) for name in self.runtime.names())
+        listed = self.runtime.names() if names is None else names
+        matches = (pattern.fullmatch(name) for name in listed)
         return sorted(int(m.group(1)) for m in matches if m)
 
     async def ensure(self, kind: str, out: Emitter) -> str:
@@ -216,17 +217,22 @@ class Hulls:
             build.listeners.remove(out)
 
     async def prune(self, ships_in_use: Iterable[str], out: Emitter | None = None) -> list[str]:
-        """Destroy hull versions that are not current and that no ship in use was made from."""
-        used = {self.hull_of(ship) for ship in ships_in_use}
+        """Destroy hull versions that are not current and that no ship in use was made from.
+        Every deploy ends here: the ships' configs are read only when an old version is left,
+        and the lxcpath is listed once (both grow with the squadron)."""
+        names, current = self.runtime.names(), self._load()
+        old = [
+            (kind, version)
+            for kind in BUILDERS
+            if kind not in self._builds  # a build is under way: its half-made version is new
+            for version in self.versions(kind, names)
+            if version != current.get(kind)
+        ]
+        used = {self.hull_of(ship) for ship in ships_in_use} if old else set()
         retired = []
-        for kind in BUILDERS:
-            if kind in self._builds:
-                continue  # a build is under way: its half-made version is not an old one
-            current = self._load().get(kind)
-            for version in self.versions(kind):
-                hull = self.container(kind, version)
-                if version == current or hull in used or self._has_clones(hull):
-                    continue
+        for kind, version in old:
+            hull = self.container(kind, version)
+            if hull not in used and not self._has_clones(hull):
                 with contextlib.suppress(HyperdriveError):
                     await self.runtime.destroy(hull)
                     retired.append(hull)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import shutil
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ class Ships:
         """`<name>-<app>-<sha7>`; a redeploy of the same commit gets `-2`, `-3`, …"""
         base = ship_name(self.config.name, app.name, sha)
         taken = {s.name for s in app.ships}
-        name = next(n for n in [base, *(f"{base}-{i}" for i in range(2, 10_000))] if n not in taken)
+        names = itertools.chain([base], (f"{base}-{i}" for i in range(2, 10_000)))  # lazily
+        name = next(n for n in names if n not in taken)
         ship = Ship(name, sha, ip="", port=port, created=self.clock.time(), deploy=deploy)
         app.upsert(ship)
         self.records.save(app)

@@ -16,6 +16,7 @@ from hyperdrive.errors import HyperdriveError
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline import processes
 from hyperdrive.pipeline.conductor import Conductor, LiveShip
+from hyperdrive.pipeline.model import App, Ship
 from hyperdrive.pipeline.oneoff import OneOff
 from hyperdrive.procfile import parse
 from hyperdrive.procview import ProcessView, ps_text
@@ -191,6 +192,22 @@ def test_the_next_due_job_of_all_live_ships_is_the_one_timer(tmp_path: Path) -> 
     assert [(live.app, job.command) for live, job in jobs] == [("b", "b")]
 
 
+def test_a_ship_made_again_under_its_name_runs_its_new_cron_jobs(tmp_path: Path) -> None:
+    config, records = _config(tmp_path), _NoRecords()
+    ship, ship_dir = "hd-a-1111111", config.ship_dir("hd-a-1111111")
+    records.live["a"], records.made[ship] = ship, 1.0
+    processes.write_scripts(ship_dir, parse("web: x\ncron: 30 * * * * old\n"))
+    conductor = Conductor(config, records, _Runtime(), lambda event: None)
+    at = datetime(2026, 12, 1, 20, 17, 5)
+    assert [job.command for _, job in conductor.next_due(at)[1]] == ["old"]
+    processes.write_scripts(ship_dir, parse("web: x\ncron: */20 * * * * new\n"))
+    records.made[ship] = 2.0  # retired, then deployed again: the same name, a new ship
+    assert conductor.next_due(at) == (
+        datetime(2026, 12, 1, 20, 20),
+        [(LiveShip("a", ship), parse("cron: */20 * * * * new\n").cron[0])],
+    )
+
+
 # ─── small fakes of what the conductor reads ─────────────────────────────────────
 
 
@@ -198,17 +215,20 @@ def _config(tmp_path: Path):  # type: ignore[no-untyped-def]
     return World(tmp_path).config()
 
 
-class _App:
-    def __init__(self, name: str, live: str) -> None:
-        self.name, self.live = name, live
-
-
 class _NoRecords:
+    """Each app's live ship, made at `made[ship]` (0 unless set)."""
+
     def __init__(self) -> None:
         self.live: dict[str, str] = {}
+        self.made: dict[str, float] = {}
 
-    def all(self) -> list[_App]:
-        return [_App(name, ship) for name, ship in sorted(self.live.items())]
+    def all(self) -> list[App]:
+        return [
+            App(
+                name, live=ship, ships=[Ship(ship, "0" * 40, "", 0, created=self.made.get(ship, 0))]
+            )
+            for name, ship in sorted(self.live.items())
+        ]
 
 
 class _Runtime:
