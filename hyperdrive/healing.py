@@ -19,6 +19,7 @@ from hyperdrive.nginx_reload import Routes
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.recovery import Recovery
 from hyperdrive.pipeline.revival import Revival, States
+from hyperdrive.procs import dying_with_us
 from hyperdrive.proxy import NginxProxy
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class TableWatch:
         pause = Pause()
         while not stop.is_set():
             proc = await asyncio.create_subprocess_exec(
-                self.nft, "-j", "monitor", "ruleset",
+                *dying_with_us(self.nft, "-j", "monitor", "ruleset"),
                 stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL, limit=MAX_LINE,
             )  # fmt: skip
             try:

@@ -27,7 +27,7 @@ from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.files import write_atomically
 from hyperdrive.idmap import IdMap, hand_over, passage_error, shift_tree
 from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec, check_cpu_weight
-from hyperdrive.procs import run, spawn
+from hyperdrive.procs import dying_with_us, run, spawn
 
 if TYPE_CHECKING:
     import jinja2
@@ -352,7 +352,7 @@ class Lxc:
         """Every state change of the containers on our lxcpath, as LXC's own monitor says it
         (lxc-monitor reads lxc-monitord's socket: told, not polled); ends if lxc-monitor does."""
         proc = await asyncio.create_subprocess_exec(
-            "lxc-monitor", "-P", str(self.lxcpath), "-n", ".*",
+            *dying_with_us("lxc-monitor", "-P", str(self.lxcpath), "-n", ".*"),
             stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL,
         )  # fmt: skip
         assert proc.stdout is not None

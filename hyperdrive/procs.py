@@ -24,6 +24,21 @@ PIPE, STDOUT, DEVNULL = (
 LIMIT = 1 << 16  # asyncio's own default line limit of a StreamReader
 
 
+def dying_with_us(*argv: str) -> list[str]:
+    """argv for a follower that lives as long as the daemon (`nft monitor`, `lxc-monitor`):
+    util-linux's setpriv asks the kernel to SIGKILL it when the daemon dies, SIGKILL
+    included, then runs it; without setpriv, argv as it is."""
+    setpriv = _setpriv()
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    import shutil  # noqa: PLC0415 - a follower's first start only
+
+    return shutil.which("setpriv")
+
+
 @dataclass(frozen=True)
 class Completed:
     """What a program did: its status (None when it timed out) and what it said."""

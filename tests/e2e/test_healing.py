@@ -143,13 +143,39 @@ def simulate_reboot(d: Daemon) -> None:
     subprocess.run(["ip", "link", "del", f"{name}br0"], timeout=10, check=True)
 
 
+def followers(pid: int) -> dict[int, str]:
+    """The daemon's children that follow the kernel and LXC: `nft monitor`, `lxc-monitor`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and argv[0] in (b"nft", b"lxc-monitor"):
+            found[int(entry.name)] = argv[0].decode()
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower()
+    except OSError:
+        return False
+
+
 def test_after_a_reboot_every_app_serves_its_last_live_ship_without_a_deploy(
     sq: Squadron,
 ) -> None:
     d = sq.d
     ships = live_ships(d)
     deploys = count(d, "DeployStarted")
+    assert d.proc is not None
+    watching = followers(d.proc.pid)
+    assert sorted(watching.values()) == ["lxc-monitor", "nft"], watching
     simulate_reboot(d)
+    # a daemon killed with SIGKILL takes its followers with it: none lingers after a crash
+    wait_for(lambda: not any(map(alive, watching)), 10, 0.02, f"{watching} to end")
     assert not running(d) & set(ships.values())
     assert http_get(d.http_port, "/alpha/", timeout=1)[0] == 0, "nothing answers after a reboot"
     d.start()

@@ -1,12 +1,15 @@
 """Programs run with a limit: their status and words come back; a hung one is killed."""
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import uvloop
 
+from hyperdrive import procs
 from hyperdrive.errors import CommandFailed
 from hyperdrive.procs import PIPE, check_output, run, spawn
 
@@ -97,3 +100,31 @@ async def _spawned_streams_are_what_the_caller_asked_for() -> None:
     assert await proc.wait() == 0
     with pytest.raises(FileNotFoundError):
         await spawn("/nonexistent/program", stdout=PIPE)
+
+
+async def test_a_follower_dies_with_the_process_that_started_it_even_on_sigkill() -> None:
+    """`nft monitor` and `lxc-monitor` must not outlive a daemon killed with SIGKILL."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen({procs.dying_with_us('sleep', '60')!r})\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    follower = int(await asyncio.wait_for(parent.stdout.readline(), 10))
+    parent.kill()
+    await parent.wait()
+    for _ in range(500):  # bounded: the kernel signals the follower as its parent dies
+        if not _running(follower):
+            break
+        await asyncio.sleep(0.01)
+    assert not _running(follower)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
