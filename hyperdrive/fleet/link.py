@@ -617,7 +617,7 @@ class FleetLink:
             await self._nc.subscribe(NODES, queue="hd-nodes", cb=self._nodes_request)
         self._set(CONNECTED, "")
         workers = [self._consume(sub), self._publish(js), self._keep_alive()]
-        workers += [self._heartbeat(presence, joined), self._report_apps(apps)]
+        workers += [self._heartbeat(js, presence, joined), self._report_apps(apps)]
         workers.append(self._share_events())
         tasks = [asyncio.create_task(w) for w in workers]
         try:
@@ -720,29 +720,29 @@ class FleetLink:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
             log.warning("fleet: the newest push of %s not noted: %s", name, err)
 
-    async def _heartbeat(self, presence: KeyValue, joined: bool) -> None:
+    async def _heartbeat(self, js: JetStreamContext, presence: KeyValue, joined: bool) -> None:
         """Say this squadron is there (version, time) every HEARTBEAT_S: its "last seen".
         First, the fleet's nodes into this node's config and, just joined, the tips."""
-        await self._note_routes()
+        await self._note_routes(js)
         if joined:
-            await self._take_tips()
+            await self._take_tips(js)
         while True:
             await asyncio.sleep(view.HEARTBEAT_S)
             await claim_name(presence, self.identity)
-            await self._note_routes()
+            await self._note_routes(js)
             with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
                 await self.fit()  # R3 or R1 as the nodes come and go; `replicas` fresh
 
-    async def _note_routes(self) -> None:
+    async def _note_routes(self, js: JetStreamContext) -> None:
         """Tell this squadron's node where every node of the fleet is (its config keeps
         them all, so a restarted node finds the cluster whichever peers are up)."""
         if self.on_routes is not None:
-            await self.on_routes(node_routes(await entries(self._jetstream())))
+            await self.on_routes(node_routes(await entries(js)))
 
-    async def _take_tips(self) -> None:
+    async def _take_tips(self, js: JetStreamContext) -> None:
         """A squadron that just joined: the newest push of every hosted repo (apps first,
         then HQ, whose sync orders them), as if it had come from the stream."""
-        tips = await entries(self._jetstream(), TIPS)
+        tips = await entries(js, TIPS)
         pushes = sorted(tips.values(), key=lambda t: t.get("kind") == "hq")
         for push in pushes:
             log.info("fleet: taking the fleet's newest push %s", push.get("id"))
