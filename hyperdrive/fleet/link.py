@@ -384,18 +384,22 @@ async def presence_bucket(js: JetStreamContext, bucket: str = PRESENCE) -> KeyVa
     return kv
 
 
-async def entries(js: JetStreamContext, bucket: str = PRESENCE) -> dict[str, dict[str, Any]]:
-    """Every key of a small bucket (one entry per squadron) with its JSON value.
+async def keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys a bucket holds, deleted ones included (their marker is a message too).
 
-    The keys come from the stream leader's count per subject, not `KeyValue.keys()`: its
+    They come from the stream leader's count per subject, not `KeyValue.keys()`: its
     watcher can say "no more" before the first key arrived (seen while a leader moved), and
-    an empty answer would read as "no squadrons". Unreachable raises instead."""
-    kv = await presence_bucket(js, bucket)
+    an empty answer would read as "no squadrons" or "no rollouts". Unreachable raises."""
     prefix = f"$KV.{bucket}."
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return sorted(subject.removeprefix(prefix) for subject in info.state.subjects or {})
+
+
+async def entries(js: JetStreamContext, bucket: str = PRESENCE) -> dict[str, dict[str, Any]]:
+    """Every live key of a small bucket (one entry per squadron) with its JSON value."""
+    kv = await presence_bucket(js, bucket)
     found = {}
-    for subject in sorted(info.state.subjects or {}):
-        name = subject.removeprefix(prefix)
+    for name in await keys(js, bucket):
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             value = json.loads((await kv.get(name)).value or b"{}")
             found[name] = value if isinstance(value, dict) else {}
@@ -797,7 +801,7 @@ class FleetLink:
         try:
             squadrons = await entries(js)
             states = await entries(js, APPS)
-            rollouts = await self.board.newest(await rollout_bucket(js))
+            rollouts = await self.board.newest(js)
         except (nats.errors.Error, nats.js.errors.Error) as err:
             raise FleetError(f"the fleet's state is out of reach just now: {err}") from None
         rows = []
@@ -854,12 +858,7 @@ class FleetLink:
 
     async def others(self) -> list[str]:
         """The other squadrons present in the fleet (by name)."""
-        kv = await presence_bucket(self._jetstream())
-        try:
-            names = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return sorted(n for n in names if n != self.identity.name)
+        return sorted(n for n in await entries(self._jetstream()) if n != self.identity.name)
 
     def _jetstream(self) -> JetStreamContext:
         if self._nc is None or not self._nc.is_connected:
@@ -1094,13 +1093,11 @@ class RolloutBoard:
                     await asyncio.sleep(1)
         raise FleetError(f"the fleet's rollout record is out of reach: {last}")
 
-    async def newest(self, kv: KeyValue) -> dict[str, dict[str, Any]]:
+    async def newest(self, js: JetStreamContext) -> dict[str, dict[str, Any]]:
         """Each app's newest rollout as `hd fleet status` shows it: only the `<app>.latest`
         pointers, their plans and those plans' results are read, not the whole bucket."""
-        try:
-            names = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
+        kv = await rollout_bucket(js)
+        names = await keys(js, ROLLOUTS)
         shown = {}
         for pointer in (n for n in names if n.endswith(".latest")):
             plan_key = str((await _value(kv, pointer)).get("key") or "")
@@ -1108,11 +1105,8 @@ class RolloutBoard:
             if not plan:
                 continue
             prefix = f"{plan_key}."
-            results = {
-                n[len(prefix) :]: str((await _value(kv, n)).get("result"))
-                for n in names
-                if n.startswith(prefix)
-            }
+            told = {n[len(prefix) :]: await _value(kv, n) for n in names if n.startswith(prefix)}
+            results = {squadron: str(v["result"]) for squadron, v in told.items() if "result" in v}
             shown[pointer.removesuffix(".latest")] = rollout.shown(
                 rollout.Plan.from_json(plan), results
             )
