@@ -583,7 +583,9 @@ class FleetLink:
 
     async def _close(self) -> None:
         if self._nc is not None:
-            self._discovered = [u.geturl() for u in self._nc.discovered_servers]
+            # the whole pool, not only what this connection discovered: the nodes a session
+            # was given are not "discovered" by it, and would be lost at the one after it
+            self._discovered = [u.geturl() for u in self._nc.servers]
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
             self._nc = None

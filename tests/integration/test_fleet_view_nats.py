@@ -179,3 +179,31 @@ async def test_a_squadron_waiting_for_its_wave_survives_losing_its_nats_node(
     await link(alpha).board.report("site", "push-3", rollout.HEALTHY)
     opened = await asyncio.wait_for(second, 60)
     assert (opened.state, opened.wave) == (rollout.GO, 2)
+
+
+def connected_port(squadron: Squadron) -> int | None:
+    """The port of the node the squadron's link is connected through (None: not connected)."""
+    nc = link(squadron)._nc
+    if link(squadron).state != CONNECTED or nc is None or not nc.is_connected:
+        return None
+    return nc.connected_url.port if nc.connected_url is not None else None
+
+
+async def test_a_squadron_whose_own_node_is_gone_follows_the_fleet_through_later_failovers(
+    fleet: list[Logged],
+) -> None:
+    # bravo was given only its own node: the others it knows from the cluster, and it must
+    # keep knowing them in every session after the first one that learned them
+    _, bravo, _ = fleet
+    ports = {urlparse(s.node.url).port: s.node for s in fleet}
+    own = urlparse(bravo.node.url).port
+    await bravo.node.node.stop()
+    await until(lambda: connected_port(bravo) not in (None, own), "bravo on another node", 60)
+    before, through = link(bravo).connections, ports[connected_port(bravo)]
+    await through.node.stop()  # and the node it went on through restarts
+    await through.node.start()
+
+    def again() -> bool:
+        return link(bravo).connections > before and connected_port(bravo) not in (None, own)
+
+    await until(again, "bravo connected again, not through its own node", 90)
