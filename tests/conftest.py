@@ -106,15 +106,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise AssertionError("no free port in 200 tries")
 
 
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.02, what: str = "condition"):
-    """Bounded wait for a condition a test needs; fails with `what` on timeout."""
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.02, what: object = "condition"):
+    """Bounded wait for a condition a test needs; fails with `what` on timeout (a callable
+    `what` is called then: a daemon's log as it is at the failure, not at the start)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    said = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout} s waiting for {said}")
 
 
 @dataclass
@@ -160,7 +162,9 @@ class Daemon:
             [sys.executable, "-m", "hyperdrive", "serve"], env=self.env, stdout=log, stderr=log
         )
         log.close()
-        wait_for(self.healthy, timeout, 0.05, f"hd serve to answer /healthz; log: {self.log()}")
+        wait_for(
+            self.healthy, timeout, 0.05, lambda: f"hd serve to answer /healthz; log: {self.log()}"
+        )
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

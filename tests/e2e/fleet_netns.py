@@ -53,7 +53,9 @@ class NsDaemon(Daemon):
         argv = [*enter, *launcher, sys.executable, "-m", "hyperdrive", "serve"]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
         log.close()
-        wait_for(self.healthy, timeout, 0.05, f"hd serve to answer /healthz; log: {self.log()}")
+        wait_for(
+            self.healthy, timeout, 0.05, lambda: f"hd serve to answer /healthz; log: {self.log()}"
+        )
 
     def get(self, path: str, timeout: float = 5) -> dict:
         url = f"http://{self.address}:{self.api_port}{path}"

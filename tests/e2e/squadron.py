@@ -178,7 +178,9 @@ def wait_outcome(d: Daemon, deploy: str, timeout: float = 120) -> dict:
                 return event
         return None
 
-    return wait_for(outcome, timeout, 0.1, f"the outcome of deploy {deploy}; log: {d.log()}")
+    return wait_for(
+        outcome, timeout, 0.1, lambda: f"the outcome of deploy {deploy}; log: {d.log()}"
+    )
 
 
 def containers(d: Daemon) -> set[str]:

@@ -291,7 +291,7 @@ def hq_deploy_finished(d: Daemon, mark: int, app: str) -> dict[str, Any]:
                 return event
         return None
 
-    return wait_for(found, 60, 0.1, f"an HQ redeploy of {app}; log: {d.log()}")
+    return wait_for(found, 60, 0.1, lambda: f"an HQ redeploy of {app}; log: {d.log()}")
 
 
 def test_includes_redeploy_only_affected_apps_and_an_empty_hq_retires_all(

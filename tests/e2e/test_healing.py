@@ -104,7 +104,7 @@ def test_nginx_killed_twice_is_healed_twice(sq: Squadron) -> None:
     for _ in range(2):
         old = master_pid(d)
         os.kill(old, signal.SIGKILL)
-        wait_for(lambda old=old: nginx_alive(d, old), 10, 0.01, f"a new nginx master; {d.log()}")
+        wait_for(lambda old=old: nginx_alive(d, old), 10, 0.01, lambda: f"a new master; {d.log()}")
     wait_for(lambda: count(d, "NginxRestarted") == before + 2, 10, 0.05, "two restarts said")
     serves(sq)
 

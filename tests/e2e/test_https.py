@@ -133,7 +133,7 @@ def test_api_port_serves_https_as_its_name(world: tuple[Daemon, Pebble], tmp_pat
             return False
         return True
 
-    wait_for(verified, 20, 0.1, f"the API to serve {name}'s certificate; log: {d.log()}")
+    wait_for(verified, 20, 0.1, lambda: f"the API to serve {name}'s certificate; log: {d.log()}")
     status, _, body = https_get(d.api_port, name, "/healthz", root)
     assert (status, json.loads(body)["status"]) == (200, "ok")
     assert http_get(d.api_port, "/healthz")[0] == 0  # no plain HTTP on the API port

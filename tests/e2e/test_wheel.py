@@ -68,7 +68,7 @@ def test_a_wheel_in_a_fresh_venv_serves_and_deploys_a_push(tmp_path: Path) -> No
                 [str(venv / "bin" / "hd"), "serve"], env=d.env, cwd=tmp_path, stdout=log,
                 stderr=log,
             )  # fmt: skip
-        wait_for(d.healthy, 60, 0.1, f"the wheel's hd serve to answer; log: {d.log()}")
+        wait_for(d.healthy, 60, 0.1, lambda: f"the wheel's hd serve to answer; log: {d.log()}")
         environ = Path(f"/proc/{d.proc.pid}/environ").read_bytes().split(b"\0")
         assert not any(item.startswith(b"PYTHONPATH=") for item in environ)
         assert not Path(f"/proc/{d.proc.pid}/cwd").resolve().is_relative_to(ROOT)
