@@ -51,7 +51,7 @@ class Deliveries:
             status=status,
             answer=str(body.get("status", "")),
             reason=str(body.get("reason", "")),
-            deploys=tuple((str(a), str(d)) for a, d in started),
+            deploys=tuple([(str(a), str(d)) for a, d in started]),
             source=source,
         )
         ring = self._rings.setdefault(provider, deque(maxlen=self.per_forge))

@@ -592,12 +592,13 @@ class WebhookReceiver:
 
     async def handle(self, provider: Provider, request: web.Request) -> web.Response:
         """Answer one delivery; every refusal is an event and a JSON reason, never a traceback."""
-        source, said = source_of(request.remote), _given_id(provider, request.headers)
+        source, said = source_of(request.remote), ""
         try:
             delivery = await self._receive(provider, request)
             said = delivery.trigger_id.partition(":")[2]
             response = await self._dispatch(delivery)
         except WebhookRefused as err:
+            said = said or _given_id(provider, request.headers)  # as sent, when not verified
             self._refused(provider, source, err)
             response = _answer({"status": "rejected", "reason": err.reason}, status=err.status)
             if err.status in (408, 413):
