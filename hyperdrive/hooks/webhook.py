@@ -246,7 +246,7 @@ def _wanted(branch: str | None, default_branch: str | None) -> str:
 
 def hmac_sha256_hex(secret: bytes, body: bytes) -> str:
     """Hex HMAC-SHA256 of the raw body: what GitHub, Gitea and Bitbucket send. `hmac.digest`
-    is OpenSSL's one-shot HMAC, without the Python object `hmac.new` builds (~4 µs)."""
+    is OpenSSL's one-shot HMAC, without the Python object `hmac.new` builds."""
     return hmac.digest(secret, body, "sha256").hex()
 
 
