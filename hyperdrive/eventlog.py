@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -39,9 +39,17 @@ CUT_TEXT, CUT_ITEMS = 1024, 16  # what an oversized event keeps of its other str
 SECRET_KEY = re.compile(r"secret|token|signature|password|private", re.IGNORECASE)
 
 
+_SECOND: list[tuple[int, str]] = [(-1, "")]  # the last whole second stamped, and its text
+
+
 def now_iso() -> str:
-    """UTC with milliseconds: `2026-11-25T14:54:35.123Z`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds: `2026-11-25T14:54:35.123Z`. The text of the second is made once
+    per second: a datetime and its isoformat per event cost a delivery ~2 µs."""
+    now = time.time()
+    second, cached = int(now), _SECOND[0]  # one tuple: a thread never sees half of it
+    if cached[0] != second:
+        cached = _SECOND[0] = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def parse_since(value: str | float | None) -> float | None:

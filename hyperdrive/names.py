@@ -8,6 +8,7 @@ from hyperdrive.errors import InvalidName
 APP_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,38}")
 HULL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+REF_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 HEADQUARTERS = "headquarters"
 ZERO_SHA = "0" * 40  # what git reports for the missing side of a ref created or deleted
 
@@ -53,7 +54,7 @@ def check_ref(ref: str) -> str:
         and len(ref) <= 255
         and ".." not in ref
         and not ref.endswith(("/", ".lock", "."))
-        and re.fullmatch(r"[A-Za-z0-9._/+-]+", ref) is not None
+        and REF_CHARS.fullmatch(ref) is not None
         and "//" not in ref
     )
     if not ok:

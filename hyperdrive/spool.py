@@ -68,6 +68,7 @@ class _JournalWriter:
         # a compaction under way: records wait in memory until the new journal is in place
         self._swap: tuple[bytes, int, list[asyncio.Future[None]]] | None = None
         self._scheduled = False
+        self.room_checked = False  # a put asked statvfs for the records of this loop pass
         self._idle = False  # the thread sleeps until a write wakes it
         self._wake: queue.SimpleQueue[Callable[[], int] | bool | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
@@ -111,7 +112,7 @@ class _JournalWriter:
 
     def _flush(self) -> None:
         """Write this pass's records as one append (held back while a compaction runs)."""
-        self._scheduled = False
+        self._scheduled = self.room_checked = False
         if not self._waiting or self._swap is not None:
             return
         futures, lines = self._waiting, self._lines
@@ -378,8 +379,7 @@ class FileSpool:
             return False
         if self.knows(trigger.id):
             return False
-        if why := shortage(self.root, FOR_TRIGGERS):
-            raise SpoolFull(f"could not persist trigger {trigger.id}: {why}")
+        self._check_room(trigger.id)
         kept = self._pending[trigger.id] = _kept(trigger)
         if trigger.fingerprint:
             self._bodies[trigger.fingerprint] = trigger.id
@@ -396,6 +396,17 @@ class FileSpool:
         await self._tell(lambda listener: listener.taken(trigger), trigger.id)
         self._ready.put_nowait(trigger.id)
         return True
+
+    def _check_room(self, trigger_id: str) -> None:
+        """SpoolFull unless the disk keeps its reserve: one statvfs answers every put of a loop
+        pass, as their records go to the journal in one write (the reserve is 4 MiB)."""
+        writer = self._writer
+        if writer is not None and writer.room_checked:
+            return
+        if why := shortage(self.root, FOR_TRIGGERS):
+            raise SpoolFull(f"could not persist trigger {trigger_id}: {why}")
+        if writer is not None:
+            writer.room_checked = True
 
     async def done(self, trigger_id: str, outcome: str) -> None:
         """The deploy this trigger started has an outcome: the trigger leaves the inbox."""

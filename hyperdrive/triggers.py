@@ -83,14 +83,22 @@ class RefUpdate:
     @classmethod
     def from_json(cls, obj: Any, where: str) -> RefUpdate:
         """Read `{ref, old, new}`; a SpoolError names `where` and what is wrong."""
-        if not isinstance(obj, Mapping):
-            raise SpoolError(f"{where} is not an object")
-        if missing := [key for key in ("ref", "old", "new") if obj.get(key) is None]:
-            raise SpoolError(f"{where} lacks {' and '.join(missing)}")
-        try:
-            return cls(obj.get("ref"), obj.get("old"), obj.get("new"))  # type: ignore[arg-type]
-        except HyperdriveError as err:
-            raise SpoolError(f"{where}: {err}") from err
+        check_update(obj, where)
+        return cls(obj["ref"], obj["old"], obj["new"])
+
+
+def check_update(obj: Any, where: str) -> None:
+    """What `RefUpdate.from_json` checks, without making the object (a trigger's own check)."""
+    if not isinstance(obj, Mapping):
+        raise SpoolError(f"{where} is not an object")
+    if missing := [key for key in ("ref", "old", "new") if obj.get(key) is None]:
+        raise SpoolError(f"{where} lacks {' and '.join(missing)}")
+    try:
+        check_ref(obj["ref"])
+        check_sha(obj["old"])
+        check_sha(obj["new"])
+    except HyperdriveError as err:
+        raise SpoolError(f"{where}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,8 @@ class Trigger:
         if not isinstance(self.id, str) or not TRIGGER_ID.fullmatch(self.id):
             raise SpoolError(f"trigger has an invalid id: {self.id!r}")
         try:
-            object.__setattr__(self, "kind", TriggerKind(self.kind))
+            if type(self.kind) is not TriggerKind:  # the constructors pass the member itself
+                object.__setattr__(self, "kind", TriggerKind(self.kind))
         except (ValueError, TypeError):
             known = ", ".join(TriggerKind)
             raise SpoolError(
@@ -366,7 +375,7 @@ def _sha(data: Mapping[str, Any]) -> None:
 
 def _update(data: Mapping[str, Any], required: bool = True) -> None:
     if required or any(k in data for k in ("ref", "old", "new")):
-        RefUpdate.from_json(data, "the ref update")
+        check_update(data, "the ref update")
 
 
 def _pushed(data: Mapping[str, Any]) -> None:
@@ -383,7 +392,7 @@ def _webhook(data: Mapping[str, Any]) -> None:
         raise SpoolError("targets and deploys must be objects")
     for app, update in targets.items():
         sanitize_app_name(app)
-        RefUpdate.from_json(update, f"targets.{app}")
+        check_update(update, f"targets.{app}")
     for app, deploy in deploys.items():
         if not isinstance(deploy, str) or not TRIGGER_ID.fullmatch(deploy):
             raise SpoolError(f"deploys.{app} is not a deploy id: {deploy!r}")

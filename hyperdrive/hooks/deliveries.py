@@ -30,33 +30,44 @@ class Delivery:
     source: str = ""
 
 
+# What the ring keeps of an answer until it is shown: (at, delivery, status, body, source)
+Answered = tuple[float, str, int, Mapping[str, Any], str]
+
+
 class Deliveries:
-    """The newest `per_forge` deliveries of each forge, newest first."""
+    """The newest `per_forge` deliveries of each forge, newest first. An answer is kept as it
+    was given and made a `Delivery` only when read: most are never shown."""
 
     def __init__(self, per_forge: int = PER_FORGE, clock: Callable[[], float] = time.time) -> None:
         self.per_forge = per_forge
         self._clock = clock
-        self._rings: dict[str, deque[Delivery]] = {}
+        self._rings: dict[str, deque[Answered]] = {}
 
     def answered(
         self, provider: str, delivery: str, status: int, body: Mapping[str, Any], source: str
-    ) -> Delivery:
-        """Remember what `provider`'s delivery was told (the JSON body of the answer)."""
-        deploys = body.get("deploys")
-        started = tuple(sorted(deploys.items())) if isinstance(deploys, dict) else ()
-        said = Delivery(
-            at=self._clock(),
-            provider=provider,
-            delivery=delivery,
-            status=status,
-            answer=str(body.get("status", "")),
-            reason=str(body.get("reason", "")),
-            deploys=tuple((str(a), str(d)) for a, d in started),
-            source=source,
-        )
-        ring = self._rings.setdefault(provider, deque(maxlen=self.per_forge))
-        ring.appendleft(said)
-        return said
+    ) -> None:
+        """Remember what `provider`'s delivery was told (the JSON body of the answer, which
+        the receiver does not change once sent)."""
+        ring = self._rings.get(provider)
+        if ring is None:
+            ring = self._rings[provider] = deque(maxlen=self.per_forge)
+        ring.appendleft((self._clock(), delivery, status, body, source))
 
     def recent(self, provider: str) -> list[Delivery]:
-        return list(self._rings.get(provider, ()))
+        return [_delivery(provider, kept) for kept in self._rings.get(provider, ())]
+
+
+def _delivery(provider: str, kept: Answered) -> Delivery:
+    at, delivery, status, body, source = kept
+    deploys = body.get("deploys")
+    started = sorted(deploys.items()) if isinstance(deploys, dict) else ()
+    return Delivery(
+        at=at,
+        provider=provider,
+        delivery=delivery,
+        status=status,
+        answer=str(body.get("status", "")),
+        reason=str(body.get("reason", "")),
+        deploys=tuple((str(a), str(d)) for a, d in started),
+        source=source,
+    )

@@ -70,6 +70,7 @@ DISABLED_MESSAGE = (
 )
 ANSWER = web.ResponseKey("answer", dict)  # where a response keeps the body it was made from
 JSON = "application/json"
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}  # as content_type= writes it
 Headers = CIMultiDictProxy[str]
 Emit = Callable[[dict[str, Any]], object]  # e.g. EventLog.append
 
@@ -244,8 +245,9 @@ def _wanted(branch: str | None, default_branch: str | None) -> str:
 
 
 def hmac_sha256_hex(secret: bytes, body: bytes) -> str:
-    """Hex HMAC-SHA256 of the raw body: what GitHub, Gitea and Bitbucket send."""
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+    """Hex HMAC-SHA256 of the raw body: what GitHub, Gitea and Bitbucket send. `hmac.digest`
+    is OpenSSL's one-shot HMAC, without the Python object `hmac.new` builds."""
+    return hmac.digest(secret, body, "sha256").hex()
 
 
 def _same(given: str, expected: str) -> bool:
@@ -339,10 +341,12 @@ def _field(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...] = st
 
 
 def _optional(obj: Mapping[str, Any], path: str) -> str | None:
-    try:
-        value = _field(obj, path)
-    except WebhookRefused:
-        return None
+    """The text at a dotted path, or None: a walk without `_field`'s refusal to catch."""
+    value: Any = obj
+    for key in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
     return value if isinstance(value, str) and value else None
 
 
@@ -368,6 +372,13 @@ def _ref(value: str, path: str) -> str:
         raise _bad(f"payload field {path!r}: {err}") from err
 
 
+GITHUB_URLS = tuple(f"repository.{k}" for k in ("clone_url", "ssh_url", "html_url", "git_url"))
+GITLAB_URLS = tuple(
+    f"{side}.{k}" for side in ("project", "repository")
+    for k in ("git_http_url", "git_ssh_url", "web_url")
+)  # fmt: skip
+
+
 def parse_github(obj: Mapping[str, Any]) -> Push:
     """GitHub's push event; Gitea and Forgejo send the same shape."""
     ref = _ref(_field(obj, "ref"), "ref")
@@ -377,9 +388,7 @@ def parse_github(obj: Mapping[str, Any]) -> Push:
         after = ZERO_SHA
     return Push(
         repository=_optional(obj, "repository.full_name") or "",
-        urls=_urls(
-            obj, *(f"repository.{k}" for k in ("clone_url", "ssh_url", "html_url", "git_url"))
-        ),
+        urls=_urls(obj, *GITHUB_URLS),
         default_branch=_optional(obj, "repository.default_branch"),
         updates=(RefUpdate(ref, before, after),),
     )
@@ -390,11 +399,9 @@ def parse_gitlab(obj: Mapping[str, Any]) -> Push:
     ref = _ref(_field(obj, "ref"), "ref")
     before, after = _sha(obj, "before"), _sha(obj, "after")
     _field(obj, "project", dict)
-    paths = ("git_http_url", "git_ssh_url", "web_url")
-    urls = _urls(obj, *(f"project.{k}" for k in paths), *(f"repository.{k}" for k in paths))
     return Push(
         repository=_optional(obj, "project.path_with_namespace") or "",
-        urls=urls,
+        urls=_urls(obj, *GITLAB_URLS),
         default_branch=_optional(obj, "project.default_branch"),
         updates=(RefUpdate(ref, before, after),),
     )
@@ -473,10 +480,17 @@ FORGE_NAMES = {
 }
 
 
+# (event header, forge) in the order forges are told apart: Gitea first, as it also sends GitHub's
+_SENDERS = tuple(
+    (h, name) for name in ("gitea", "gitlab", "bitbucket", "github")
+    for h in PROVIDER[name].event_headers
+)  # fmt: skip
+
+
 def detect_provider(headers: Headers) -> str | None:
     """Which forge sent this, by its headers; Gitea first, as it also sends GitHub's."""
-    for name in ("gitea", "gitlab", "bitbucket", "github"):
-        if any(h in headers for h in PROVIDER[name].event_headers):
+    for header, name in _SENDERS:
+        if header in headers:
             return name
     return None
 
@@ -578,12 +592,13 @@ class WebhookReceiver:
 
     async def handle(self, provider: Provider, request: web.Request) -> web.Response:
         """Answer one delivery; every refusal is an event and a JSON reason, never a traceback."""
-        source, said = source_of(request.remote), _given_id(provider, request.headers)
+        source, said = source_of(request.remote), ""
         try:
             delivery = await self._receive(provider, request)
             said = delivery.trigger_id.partition(":")[2]
             response = await self._dispatch(delivery)
         except WebhookRefused as err:
+            said = said or _given_id(provider, request.headers)  # as sent, when not verified
             self._refused(provider, source, err)
             response = _answer({"status": "rejected", "reason": err.reason}, status=err.status)
             if err.status in (408, 413):
@@ -750,10 +765,14 @@ class WebhookReceiver:
         repo = push.repository or push.urls[0]
         if trigger.kind == TriggerKind.HQ_SYNC:
             self._record(ev.WebhookReceived(message=f"push to HQ {repo}"), delivery)
+        provider, tid = delivery.provider.name, delivery.trigger_id
         for app, update in targets.items():
             said = f"{update.ref} of {repo} pushed"
-            event = ev.WebhookReceived(app=app, sha=update.new, deploy=deploys[app], message=said)
-            self._record(event, delivery)
+            event = ev.WebhookReceived(
+                app=app, sha=update.new, deploy=deploys[app], message=said,
+                provider=provider, delivery=tid,
+            )  # fmt: skip
+            self._emit(event.record())  # named after its delivery at once: no `replace`
 
     def _record(self, event: ev.WebhookEvent, delivery: _Delivery | None = None) -> None:
         """One event-log record, named after the delivery when there is one; it carries ids and
@@ -785,9 +804,7 @@ def _trigger(
 
 def _answer(body: dict[str, Any], status: int) -> web.Response:
     """A JSON answer that keeps its body at hand (`response[ANSWER]`) for `Deliveries`."""
-    response = web.Response(
-        body=orjson.dumps(body), status=status, content_type=JSON, charset="utf-8"
-    )
+    response = web.Response(body=orjson.dumps(body), status=status, headers=_JSON_HEADERS)
     response[ANSWER] = body
     return response
 

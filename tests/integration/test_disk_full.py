@@ -4,6 +4,7 @@ and both take records again once room is made."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -52,6 +53,24 @@ async def test_a_full_disk_refuses_triggers_cleanly_and_takes_them_again(disk: P
     pending, _, _ = read_journal(disk / "spool" / JOURNAL)
     assert list(pending) == ["push-disk-1", "push-disk-3"]
     whole_lines(disk / "spool" / JOURNAL)
+
+
+async def test_puts_that_arrive_together_share_one_look_at_the_disk_and_each_is_refused(
+    disk: Path,
+) -> None:
+    """One statvfs answers for the puts of a loop pass: on a full disk every one of them is
+    refused, and the next pass looks again once room is made."""
+    spool = FileSpool(disk / "spool")
+    await spool.open()
+    assert all(await asyncio.gather(spool.put(push(1)), spool.put(push(2))))
+    filler = fill(disk)
+    said = await asyncio.gather(spool.put(push(3)), spool.put(push(4)), return_exceptions=True)
+    assert all(isinstance(e, SpoolFull) for e in said), said
+    filler.unlink()
+    assert all(await asyncio.gather(spool.put(push(5)), spool.put(push(6))))
+    await spool.close()
+    pending, _, _ = read_journal(disk / "spool" / JOURNAL)
+    assert list(pending) == [f"push-disk-{n}" for n in (1, 2, 5, 6)]
 
 
 async def test_an_event_that_does_not_fit_leaves_the_log_whole(disk: Path) -> None:
