@@ -15,7 +15,7 @@ from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Awaitable
 
 from hyperdrive.errors import HyperdriveError
-from hyperdrive.nginx_reload import Routes
+from hyperdrive.nginx_reload import MasterDied, Routes
 from hyperdrive.pipeline import events as ev
 from hyperdrive.pipeline.recovery import Recovery
 from hyperdrive.pipeline.revival import Revival, States
@@ -24,6 +24,7 @@ from hyperdrive.proxy import NginxProxy
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0  # a master that cannot be started again is tried again after this long
+STILLBORN_AT_ONCE = 3  # new masters that die as they start are replaced at once this often
 MAX_PAUSE_S = 60.0
 SETTLE_S = 0.02  # a deleted table comes as one line per part: heal once, after the burst
 MAX_LINE = 16 << 20  # an `nft monitor` line can hold a whole set someone added
@@ -87,6 +88,8 @@ class NginxWatch:
     def __init__(self, routes: Routes, emit: ev.Emitter) -> None:
         self.routes = routes
         self.out = emit
+        self.stillborn = 0  # masters in a row that died as they started
+        self.lost: list[int] = []  # masters that died since one was last seen serving
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: wait for a master, wait for it to die, bring it back."""
@@ -106,19 +109,41 @@ class NginxWatch:
     async def _heal(self, dead: int | None, stop: asyncio.Event) -> None:
         """Start a master again; said as an event with how long the apps went unserved."""
         began = time.monotonic()
+        dead = dead if dead is not None else self.routes.nginx.last_pid()
+        if dead is not None and dead not in self.lost:
+            self.lost.append(dead)
         try:
             pid = await self.routes.revive()
+        except MasterDied as err:
+            self.stillborn += 1
+            log.warning("%s; starting another", err)
+            if self.stillborn > STILLBORN_AT_ONCE:  # not just killed along with the one before
+                await _pause(stop)
+            return
         except (HyperdriveError, OSError) as err:
             log.warning("nginx master died and could not be started again: %s", err)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RETRY_S)
+            await _pause(stop)
             return
         if pid is None:
             return
+        lost, self.lost, self.stillborn = self.lost, [], 0
         ms = round((time.monotonic() - began) * 1000)
-        message = f"nginx master {dead} died; master {pid} serves the config in force again"
+        message = f"{_masters(lost)} died; master {pid} serves the config in force again"
         log.warning("%s (%d ms)", message, ms)
         self.out.emit(ev.NginxRestarted(pid=pid, ms=ms, message=message))
+
+
+def _masters(pids: list[int]) -> str:
+    """`nginx master 12`, or `nginx masters 12 and 34` (one killed as it started)."""
+    if len(pids) < 2:
+        return f"nginx master {pids[0] if pids else '?'}"
+    return f"nginx masters {', '.join(map(str, pids[:-1]))} and {pids[-1]}"
+
+
+async def _pause(stop: asyncio.Event) -> None:
+    """RETRY_S before the next try, or less when the daemon stops."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), RETRY_S)
 
 
 def touches(line: bytes, table: str) -> bool:

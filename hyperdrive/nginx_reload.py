@@ -84,6 +84,10 @@ def _check_port(port: int, what: str) -> int:
     return port
 
 
+class MasterDied(ProxyError):
+    """A master nginx started was gone before it was seen running (killed as it started)."""
+
+
 @dataclass(frozen=True)
 class AppRoute:
     """How one app is reached: its stable address and the names and ports it is served on."""
@@ -344,6 +348,15 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def _running(pid: int) -> bool:
+    """Whether a process is there and has not exited (an exited child is a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
 def _parent(pid: int) -> int | None:
     """A process's parent pid (None once it is gone)."""
     try:
@@ -421,13 +434,18 @@ class Nginx:
 
     def master_pid(self) -> int | None:
         """The pid of OUR running master (pid file + /proc check), or None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+        if (pid := self.last_pid()) is None:
             return None
         cmdline = _cmdline(pid) + " "
         mine = f" -p {self.prefix}/ -c conf/nginx.conf "
         return pid if cmdline.startswith("nginx: master process") and mine in cmdline else None
+
+    def last_pid(self) -> int | None:
+        """The pid in the pid file: the last master's, running or not (None: no file)."""
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     async def _run(self, argv: list[str]) -> tuple[int | None, str]:
         """Run nginx itself; (exit code or None on timeout, its output)."""
@@ -453,6 +471,7 @@ class Nginx:
         if shutil.which(self.binary) is None:
             raise ProxyError(f"{self.binary} is not installed (apt-get install nginx)")
         await self.quit_orphans()  # a killed master's workers still hold the ports
+        before = self.last_pid()
         self.control_socket.unlink(missing_ok=True)  # left by a master that was killed
         argv = self.argv()
         if self.scope is not None:
@@ -471,17 +490,21 @@ class Nginx:
                 code = await proc.wait()
         if code != 0:
             raise ProxyError(f"nginx did not start: {start_log.read_text(errors='replace')}")
-        return await self._wait_for_master()
+        return await self._wait_for_master(before)
 
-    async def _wait_for_master(self) -> int:
-        """Poll the pid file until the daemonized master is there (bounded); a master that
-        died before it was seen (killed at once) is a ProxyError like any failed start."""
+    async def _wait_for_master(self, before: int | None) -> int:
+        """Poll the pid file until the daemonized master is there (bounded). A master that
+        wrote its pid and died before it was seen (killed at once) is MasterDied at once,
+        not after the timeout: whoever started it may start another straight away."""
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
                     if (pid := self.master_pid()) is not None:
                         self.started.set()
                         return pid
+                    written = self.last_pid()
+                    if written not in (None, before) and not _running(written):
+                        raise MasterDied(f"nginx's new master {written} died as it started")
                     await asyncio.sleep(0.01)
         except TimeoutError:
             raise ProxyError(
