@@ -327,7 +327,8 @@ def _write_snapshot(
     lxcpath: Path, hull: str, ship: str, *, ids: IdMap, lines: builtins.list[str], lower: Path
 ) -> None:
     """The snapshot's files, in lxc-copy's order: folders, records, config, then the hull's
-    list of snapshots (lxc-destroy of the ship takes it out again)."""
+    list of snapshots (lxc-destroy of the ship takes it out again). No fsync, as lxc-copy:
+    write_config replaces the config with a synced one before the ship is started."""
     folder = lxcpath / ship
     upper = folder / "overlay" / "delta"
     for made in (folder, folder / "overlay", upper, folder / "overlay" / "work", folder / "rootfs"):
@@ -336,18 +337,24 @@ def _write_snapshot(
     os.chmod(folder, 0o770)  # noqa: S103 - lxc-copy's own mode: the ship's root and host root
     rename_in_hosts(lower, upper, hull, ship)
     name_in_hostname(lower, upper, ship)
-    write_atomically(folder / "lxc_rdepends", f"{lxcpath}\n{hull}\n")  # as LXC: 0644 less umask
+    _write_new(folder / "lxc_rdepends", f"{lxcpath}\n{hull}\n", 0o644)  # less the umask, as LXC
     config = [*lines, f"lxc.rootfs.path = overlay:{lower}:{upper}"]
-    write_atomically(folder / "config", "\n".join(config) + "\n", mode=0o640)
+    _write_new(folder / "config", "\n".join(config) + "\n", 0o640)  # write_config fsyncs its own
     with _lxc_lock(lxcpath, hull):  # lxc-destroy of a sibling rewrites this file under it
         fd = os.open(
             lxcpath / hull / "lxc_snapshots", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640
         )
         try:
             os.write(fd, f"{lxcpath}\n{ship}\n".encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """A new file, unsynced as lxc-copy writes its own (it fails if `path` is there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def _snapshot_lines(
