@@ -9,6 +9,7 @@ loop (`spawn`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -113,6 +114,7 @@ async def run_until_said(
             if said:
                 _reap_later(proc, errors, timeout)
                 handed = True
+                await asyncio.sleep(0)  # the reaper is under way: a loop that ends waits for it
                 return None
             await proc.wait()
             return Completed(args, proc.returncode, "", _text(await errors))
@@ -139,12 +141,28 @@ def _reap_later(
         except TimeoutError:
             proc.kill()
             code = await proc.wait()
+        except asyncio.CancelledError:  # the loop is ending: the child's exit is near, wait for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_exited(proc), seconds)
+            raise
         if code != 0:
             log.warning("%s exited %s after its output: %s", proc.pid, code, _text(await errors))
 
-    task = asyncio.create_task(reap(), name=str(proc.pid))
+    task = asyncio.create_task(reap(), name=f"reap {proc.pid}")
     _reaping.add(task)
     task.add_done_callback(_reaping.discard)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """A child's stdout drained and its status reaped (killed if it does not end by itself);
+    its stderr's reader is a task the ending loop cancels too."""
+    assert proc.stdout is not None
+    try:
+        await asyncio.gather(proc.stdout.read(), proc.wait())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def check_output(

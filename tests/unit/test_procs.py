@@ -162,3 +162,14 @@ async def test_until_said_kills_a_silent_program_at_its_timeout() -> None:
     assert said is not None
     assert said.returncode is None
     assert "no answer within 0.2 s" in said.output
+
+
+def test_a_loop_that_ends_waits_for_the_programs_still_being_reaped(tmp_path) -> None:
+    exited = tmp_path / "exited"
+
+    async def main() -> None:
+        script = f"echo done; sleep 0.2; touch {exited}"
+        assert await procs.run_until_said(["sh", "-c", script], timeout=10) is None
+
+    asyncio.run(main())  # cancels the reaper, which still waits for the exit
+    assert exited.exists()
