@@ -112,7 +112,7 @@ async def run_until_said(
         async with asyncio.timeout(timeout):
             _, said = await asyncio.gather(_feed(proc.stdin, stdin), proc.stdout.read(LIMIT))
             if said:
-                _reap_later(proc, errors, timeout)
+                _reap_later(proc, args[0], errors, timeout)
                 handed = True
                 await asyncio.sleep(0)  # the reaper is under way: a loop that ends waits for it
                 return None
@@ -128,7 +128,7 @@ async def run_until_said(
 
 
 def _reap_later(
-    proc: asyncio.subprocess.Process, errors: asyncio.Future[bytes], seconds: float
+    proc: asyncio.subprocess.Process, name: str, errors: asyncio.Future[bytes], seconds: float
 ) -> None:
     """Read the rest of a child's output and wait for its exit, beside the caller."""
 
@@ -146,7 +146,8 @@ def _reap_later(
                 await asyncio.wait_for(_exited(proc), seconds)
             raise
         if code != 0:
-            log.warning("%s exited %s after its output: %s", proc.pid, code, _text(await errors))
+            said = _text(await errors).strip()
+            log.warning("%s (pid %s) exited %s after its output: %s", name, proc.pid, code, said)
 
     task = asyncio.create_task(reap(), name=f"reap {proc.pid}")
     _reaping.add(task)
