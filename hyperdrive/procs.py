@@ -1,13 +1,17 @@
 """Running programs: argument lists, a timeout on every call, their own words in every error.
 
 The child never outlives the call: on a timeout or a cancellation it is killed and reaped.
-Its pipes are real pipes on any event loop (`spawn`).
+The one exception is `run_until_said`, for a program whose work is done once it says so and
+whose exit takes longer: a task of its own reaps it. Its pipes are real pipes on any event
+loop (`spawn`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ PIPE, STDOUT, DEVNULL = (
     asyncio.subprocess.DEVNULL,
 )
 LIMIT = 1 << 16  # asyncio's own default line limit of a StreamReader
+log = logging.getLogger(__name__)
+_reaping: set[asyncio.Task[None]] = set()  # children of run_until_said still exiting
 
 
 def dying_with_us(*argv: str) -> list[str]:
@@ -82,6 +88,82 @@ async def run(
             proc.kill()
             await proc.wait()
     return Completed(args, proc.returncode, _text(out), _text(err))
+
+
+async def run_until_said(
+    argv: Sequence[str],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the program's limit: it is killed when it passes
+    stdin: bytes | None = None,
+) -> Completed | None:
+    """Run argv until it writes to stdout: then None, and a task reaps it (a status other than
+    0 is logged). A program that exits without writing anything gives its Completed, as `run`.
+
+    For `nft --echo`: the kernel echoes a transaction once it is committed, and nft's exit
+    then waits ~12 ms more in the kernel (its netlink socket's release flushes the freeing of
+    what the transaction removed, an RCU grace period) with nothing left to do for us."""
+    args = [str(a) for a in argv]
+    proc = await spawn(*args, stdin=DEVNULL if stdin is None else PIPE, stdout=PIPE, stderr=PIPE)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    errors = asyncio.ensure_future(proc.stderr.read())
+    handed = False
+    try:
+        async with asyncio.timeout(timeout):
+            _, said = await asyncio.gather(_feed(proc.stdin, stdin), proc.stdout.read(LIMIT))
+            if said:
+                _reap_later(proc, args[0], errors, timeout)
+                handed = True
+                await asyncio.sleep(0)  # the reaper is under way: a loop that ends waits for it
+                return None
+            await proc.wait()
+            return Completed(args, proc.returncode, "", _text(await errors))
+    except TimeoutError:
+        return Completed(args, None, "", f"no answer within {timeout:g} s")
+    finally:
+        if not handed and proc.returncode is None:
+            errors.cancel()
+            proc.kill()
+            await proc.wait()
+
+
+def _reap_later(
+    proc: asyncio.subprocess.Process, name: str, errors: asyncio.Future[bytes], seconds: float
+) -> None:
+    """Read the rest of a child's output and wait for its exit, beside the caller."""
+
+    async def reap() -> None:
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(seconds):
+                await proc.stdout.read()
+                code = await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            code = await proc.wait()
+        except asyncio.CancelledError:  # the loop is ending: the child's exit is near, wait for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_exited(proc), seconds)
+            raise
+        if code != 0:
+            said = _text(await errors).strip()
+            log.warning("%s (pid %s) exited %s after its output: %s", name, proc.pid, code, said)
+
+    task = asyncio.create_task(reap(), name=f"reap {proc.pid}")
+    _reaping.add(task)
+    task.add_done_callback(_reaping.discard)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """A child's stdout drained and its status reaped (killed if it does not end by itself);
+    its stderr's reader is a task the ending loop cancels too."""
+    assert proc.stdout is not None
+    try:
+        await asyncio.gather(proc.stdout.read(), proc.wait())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def check_output(
@@ -168,23 +250,27 @@ async def communicate(proc: asyncio.subprocess.Process, data: bytes | None) -> t
     """`Process.communicate` for a process from `spawn`: feed stdin, read stdout and stderr to
     their ends, wait. A program that stops reading its stdin is told by its status, not here."""
 
-    async def feed(writer: asyncio.StreamWriter) -> None:
-        try:
-            if data and not writer.is_closing():
-                writer.write(data)
-                await writer.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            writer.close()
-
     async def read(reader: asyncio.StreamReader | None) -> bytes:
         return b"" if reader is None else await reader.read()
 
-    feeding = feed(proc.stdin) if proc.stdin is not None else asyncio.sleep(0)
+    feeding = _feed(proc.stdin, data)
     _, out, err = await asyncio.gather(feeding, read(proc.stdout), read(proc.stderr))
     await proc.wait()
     return out, err
+
+
+async def _feed(writer: asyncio.StreamWriter | None, data: bytes | None) -> None:
+    """Write `data` to a child's stdin and close it (one that stopped reading is no error)."""
+    if writer is None:
+        return
+    try:
+        if data and not writer.is_closing():
+            writer.write(data)
+            await writer.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        writer.close()
 
 
 def _text(data: bytes | None) -> str:

@@ -304,7 +304,7 @@ def small_disk(tmp_path: Path) -> Iterator[Daemon]:
         subprocess.run(["umount", "-l", str(lxcpath)], timeout=30)
 
 
-def test_lxc_copy_fails_on_a_full_disk(small_disk: Daemon, tmp_path: Path) -> None:
+def test_a_snapshot_fails_on_a_full_disk(small_disk: Daemon, tmp_path: Path) -> None:
     d = small_disk
     repo = AppRepo(d, "web", tmp_path / "web")
     live(repo, "disk one\n")
@@ -312,7 +312,8 @@ def test_lxc_copy_fails_on_a_full_disk(small_disk: Daemon, tmp_path: Path) -> No
     dd = ["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=64"]
     subprocess.run(dd, capture_output=True, timeout=30)  # stops with ENOSPC: the disk is full
     outcome = failed_but_served(repo, {"index.html": "disk two\n"}, "disk one\n", "assemble")
-    assert "lxc-copy" in outcome["message"], outcome
+    assert "could not snapshot hull" in outcome["message"], outcome
+    assert "No space left on device" in outcome["message"], outcome
     filler.unlink()
     live(repo, "disk three\n")
     assert_no_orphans(d)

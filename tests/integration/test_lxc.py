@@ -112,6 +112,49 @@ async def test_a_ship_names_itself_in_etc_hosts_where_its_hull_named_the_hull(
     assert hosts.read_text().endswith(f" {hull}\n")  # the hull is untouched
 
 
+def _tree(folder: Path) -> list[str]:
+    """Each path under a container's folder with its mode and owner."""
+    return sorted(
+        f"{p.relative_to(folder)} {oct(p.lstat().st_mode)} {p.lstat().st_uid}:{p.lstat().st_gid}"
+        for p in folder.rglob("*")
+        if p.relative_to(folder).parts[:3] != ("overlay", "work", "work")  # made by the mount
+    )
+
+
+async def test_a_snapshot_written_without_lxc_copy_is_what_lxc_copy_makes(
+    lxc: Lxc, hull: str, bridge: Bridge, tag: str
+) -> None:
+    hostname = lxc.rootfs(hull) / "etc" / "hostname"
+    hostname.write_text(f"{hull}\n")
+    os.chown(hostname, lxc.ids.uid, lxc.ids.gid)
+    ours, theirs = f"{tag}-ours", f"{tag}-theirs"
+    await lxc.snapshot(hull, ours)
+    argv = ["lxc-copy", "-P", str(lxc.lxcpath), "-n", hull, "-N", theirs, "-s", "-B", "overlayfs"]
+    copy = await asyncio.create_subprocess_exec(*argv)
+    assert await copy.wait() == 0
+    mine, lxcs = lxc.lxcpath / ours, lxc.lxcpath / theirs
+    assert _tree(mine) == _tree(lxcs)
+
+    def lines(folder: Path, name: str) -> list[str]:
+        return sorted(filter(None, (folder / "config").read_text().replace(name, "X").splitlines()))
+
+    assert lines(mine, ours) == lines(lxcs, theirs)
+    assert (mine / "overlay" / "delta" / "etc" / "hostname").read_text().strip() == ours
+    assert (mine / "lxc_rdepends").read_text() == (lxcs / "lxc_rdepends").read_text()
+    assert lxc.snapshot_source(ours) == hull
+    listed = (lxc.lxcpath / hull / "lxc_snapshots").read_text().split()
+    assert listed.count(ours) == 1
+    await lxc.write_config(ours, bridge.spec(26, "ours"))
+    await lxc.start(ours)
+    _, name = await run(lxc, ours, "cat", "/etc/hostname")
+    assert name == [ours]
+    await lxc.destroy(ours)  # lxc-destroy takes it out of the hull's list, as for lxc-copy's
+    await lxc.destroy(theirs)
+    assert not lxc.has_snapshots(hull)
+    await lxc.destroy(hull)
+    assert await lxc.list() == []
+
+
 async def test_app_mount_is_read_only(lxc: Lxc, hull: str, bridge: Bridge, site: Path) -> None:
     ship = await running_ship(lxc, hull, bridge, site, 11)
     code, lines = await run(lxc, ship, "sh", "-c", "echo x > /app/index.html")

@@ -19,6 +19,7 @@ from hyperdrive.lxc_async import (
     lxcfs_serves,
     rename_in_hosts,
     render_config,
+    snapshot_by_hand,
 )
 from hyperdrive.pipeline.model import Mount, ShipSpec
 
@@ -199,3 +200,31 @@ def test_a_hull_whose_hosts_does_not_name_it_gives_its_ships_no_copy(tmp_path: P
     (lower / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
     rename_in_hosts(lower, upper, "hull-1", "ship-a")
     assert not (upper / "etc").exists()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["lxc.rootfs.path = dir:{hull}/rootfs", "lxc.hook.clone = /bin/hook"],  # a hook of its own
+        ["lxc.rootfs.path = dir:{hull}/rootfs", "lxc.hook.clone =", "lxc.include = x.conf"],
+        ["lxc.rootfs.path = overlay:/a:/b", "lxc.hook.clone ="],  # not a folder: lxc-copy's
+        [
+            "lxc.rootfs.path = dir:{hull}/rootfs",
+            "lxc.mount.fstab = {hull}/fstab",
+            "lxc.hook.clone =",
+        ],
+        ["lxc.rootfs.path = dir:{hull}/rootfs"],  # an old hull: common.conf's clone hook runs
+    ],
+)
+def test_a_hull_only_lxc_copy_can_snapshot_is_left_to_it(tmp_path: Path, lines: list[str]) -> None:
+    hull = tmp_path / "hull"
+    hull.mkdir()
+    (hull / "config").write_text("\n".join(lines).format(hull=hull) + "\n")
+    assert not snapshot_by_hand(tmp_path, "hull", "ship", IdMap(100000, 100000))
+    assert not (tmp_path / "ship").exists()
+    assert not (hull / "lxc_snapshots").exists()
+
+
+def test_a_missing_hull_is_left_to_lxc_copy_and_its_log(tmp_path: Path) -> None:
+    assert not snapshot_by_hand(tmp_path, "nohull", "ship", IdMap(100000, 100000))
+    assert not (tmp_path / "ship").exists()

@@ -128,3 +128,48 @@ def _running(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return False
+
+
+async def test_until_said_returns_once_the_program_speaks_and_reaps_it_later(tmp_path) -> None:
+    """nft --echo's case: the answer is the first output; the exit comes after, unwaited."""
+    gate, exited = tmp_path / "gate", tmp_path / "exited"
+    wait = f"i=0; while [ ! -e {gate} ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done"
+    script = f'read line; echo "$line"; {wait}; touch {exited}'
+    said = await procs.run_until_said(["sh", "-c", script], timeout=10, stdin=b"commit\n")
+    assert said is None
+    assert not exited.exists()  # still running: it cannot exit before the gate opens
+    gate.touch()
+    await asyncio.wait_for(asyncio.gather(*procs._reaping), 10)
+    assert exited.exists()
+    assert not procs._reaping
+
+
+async def test_until_said_logs_a_failure_after_the_output(caplog) -> None:
+    said = await procs.run_until_said(["sh", "-c", "echo ok; echo late >&2; exit 4"], timeout=10)
+    assert said is None
+    await asyncio.wait_for(asyncio.gather(*procs._reaping), 10)
+    assert "exited 4 after its output: late" in caplog.text
+
+
+async def test_until_said_gives_the_status_of_a_program_that_says_nothing() -> None:
+    said = await procs.run_until_said(["sh", "-c", "echo refused >&2; exit 1"], timeout=10)
+    assert said is not None
+    assert (said.returncode, said.output) == (1, "refused")
+
+
+async def test_until_said_kills_a_silent_program_at_its_timeout() -> None:
+    said = await procs.run_until_said(["sleep", "30"], timeout=0.2)
+    assert said is not None
+    assert said.returncode is None
+    assert "no answer within 0.2 s" in said.output
+
+
+def test_a_loop_that_ends_waits_for_the_programs_still_being_reaped(tmp_path) -> None:
+    exited = tmp_path / "exited"
+
+    async def main() -> None:
+        script = f"echo done; sleep 0.2; touch {exited}"
+        assert await procs.run_until_said(["sh", "-c", script], timeout=10) is None
+
+    asyncio.run(main())  # cancels the reaper, which still waits for the exit
+    assert exited.exists()
