@@ -30,7 +30,7 @@ from hyperdrive.errors import AttachTimedOut, ContainerError
 from hyperdrive.files import write_atomically
 from hyperdrive.idmap import IdMap, hand_over, passage_error, shift_tree
 from hyperdrive.pipeline.model import ContainerInfo, Mount, ShipSpec, check_cpu_weight
-from hyperdrive.procs import dying_with_us, run, spawn
+from hyperdrive.procs import dying_with_us, in_thread_to_its_end, run, spawn
 
 if TYPE_CHECKING:
     import jinja2
@@ -431,7 +431,7 @@ class Lxc:
         of ours (1–3 ms, `snapshot_by_hand`), by `lxc-copy` otherwise (5–220 ms)."""
         _check_name(ship)
         try:
-            if await asyncio.to_thread(
+            if await in_thread_to_its_end(
                 snapshot_by_hand, self.lxcpath, _check_name(hull), ship, self.ids
             ):
                 return

@@ -13,10 +13,10 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hyperdrive.errors import CommandFailed
 
@@ -26,8 +26,22 @@ PIPE, STDOUT, DEVNULL = (
     asyncio.subprocess.DEVNULL,
 )
 LIMIT = 1 << 16  # asyncio's own default line limit of a StreamReader
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 _reaping: set[asyncio.Task[None]] = set()  # children of run_until_said still exiting
+
+
+async def in_thread_to_its_end(fn: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, but a cancelled caller still waits for the thread to end: a thread
+    that writes a ship's files goes on after a cancellation, and what runs next (a superseded
+    deploy's scrap) must find all it wrote, not race it."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
 
 
 def dying_with_us(*argv: str) -> list[str]:

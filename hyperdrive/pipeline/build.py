@@ -26,6 +26,7 @@ from hyperdrive.pipeline.hulls import Hulls
 from hyperdrive.pipeline.job import Job, Stamped, stage, together
 from hyperdrive.pipeline.model import BUILD_CPU_WEIGHT, RUNNING_CPU_WEIGHT, Mount, Ship, ShipSpec
 from hyperdrive.pipeline.ports import ContainerRuntime, Git, Network, Proxy
+from hyperdrive.procs import in_thread_to_its_end
 from hyperdrive.runtimes import choose_hull, read_asks
 from hyperdrive.space import FOR_WORK, shortage
 
@@ -224,7 +225,7 @@ class Builder:
         """The scripts and env in run/, the ship's root's; the masker of the secrets in them."""
         app, ship = job.cmd.app, job.built
         env, secrets = self.fleet.env(app), self.fleet.secrets(app)
-        for script in await asyncio.to_thread(self.write_scripts, ship, plan, env):
+        for script in await in_thread_to_its_end(self.write_scripts, ship, plan, env):
             await self.runtime.hand_over(script)
         job.masker = Masker.of(secrets)
         return job.masker

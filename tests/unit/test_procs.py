@@ -2,6 +2,7 @@
 
 import asyncio
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -173,3 +174,21 @@ def test_a_loop_that_ends_waits_for_the_programs_still_being_reaped(tmp_path) ->
 
     asyncio.run(main())  # cancels the reaper, which still waits for the exit
     assert exited.exists()
+
+
+async def test_a_thread_cancelled_from_its_caller_is_waited_for_to_its_end() -> None:
+    started, wrote = threading.Event(), []
+
+    def slow_write() -> str:
+        started.set()
+        time.sleep(0.3)
+        wrote.append("all of it")
+        return "done"
+
+    caller = asyncio.create_task(procs.in_thread_to_its_end(slow_write))
+    await asyncio.to_thread(started.wait, 5)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert wrote == ["all of it"]  # what comes after the cancellation finds the whole write
+    assert await procs.in_thread_to_its_end(lambda: 7) == 7
