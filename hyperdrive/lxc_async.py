@@ -443,7 +443,7 @@ class Lxc:
             raise self._error(result, f"lxc-copy made no container {ship}")
         self._check(result)
         try:  # what common.conf's clone hook did, in-process (confine_hull clears the hook)
-            await asyncio.to_thread(
+            await in_thread_to_its_end(
                 rename_in_hosts, self.rootfs(hull), self.rootfs(ship), hull, ship
             )
         except OSError as err:
@@ -463,7 +463,7 @@ class Lxc:
         for where in (self.lxcpath, *(m.host_path for m in spec.mounts)):
             if (why := passage_error(where, self.ids)) is not None:
                 raise ContainerError(f"ship {ship}: {why}")
-        await asyncio.to_thread(write_atomically, path, text)
+        await in_thread_to_its_end(write_atomically, path, text)
 
     async def hand_over(self, path: Path) -> None:
         """Give a host file or tree the daemon wrote for a ship to the ship's root."""
