@@ -93,13 +93,19 @@ async def test_files_put_in_rootfs_before_start_are_in_the_ship(
     assert not (lxc.lxcpath / hull / "rootfs" / "app").exists()  # the hull is untouched
 
 
+def hull_etc(lxc: Lxc, hull: str, name: str, text: str) -> Path:
+    """A file in the hull's /etc, the ships' root's as the hull's own files are."""
+    path = lxc.rootfs(hull) / "etc" / name
+    path.write_text(text)
+    os.chown(path, lxc.ids.uid, lxc.ids.gid)
+    return path
+
+
 async def test_a_ship_names_itself_in_etc_hosts_where_its_hull_named_the_hull(
     lxc: Lxc, hull: str, bridge: Bridge, tag: str
 ) -> None:
     # what LXC's clone hook did (confine_hull clears it): Debian's hull names itself there
-    hosts = lxc.rootfs(hull) / "etc" / "hosts"
-    hosts.write_text(f"127.0.0.1 localhost\n127.0.1.1 {hull}\n")
-    os.chown(hosts, lxc.ids.uid, lxc.ids.gid)
+    hosts = hull_etc(lxc, hull, "hosts", f"127.0.0.1 localhost\n127.0.1.1 {hull}\n")
     assert "lxc.hook.clone =" in (lxc.lxcpath / hull / "config").read_text().splitlines()
     ship = f"{tag}-named"
     await lxc.snapshot(hull, ship)
@@ -124,9 +130,7 @@ def _tree(folder: Path) -> list[str]:
 async def test_a_snapshot_written_without_lxc_copy_is_what_lxc_copy_makes(
     lxc: Lxc, hull: str, bridge: Bridge, tag: str
 ) -> None:
-    hostname = lxc.rootfs(hull) / "etc" / "hostname"
-    hostname.write_text(f"{hull}\n")
-    os.chown(hostname, lxc.ids.uid, lxc.ids.gid)
+    hull_etc(lxc, hull, "hostname", f"{hull}\n")
     ours, theirs = f"{tag}-ours", f"{tag}-theirs"
     await lxc.snapshot(hull, ours)
     argv = ["lxc-copy", "-P", str(lxc.lxcpath), "-n", hull, "-N", theirs, "-s", "-B", "overlayfs"]
